@@ -1,0 +1,48 @@
+# clipsync: `make run` (the main job on the embedded defaults) and `make test` (the suite).
+# Both create .venv, install the pinned dependencies (torch first, CPU build) and fetch the MediaPipe
+# face model files into .clipsync/cache; they are idempotent and skip what is already done.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CLIENT ?= acme
+MODELS := .clipsync/cache/mediapipe/face_landmarker.task
+
+.PHONY: setup models demo-data run test lint compile clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first and pinned: an open range would pull a multi-GB CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+models: $(MODELS)
+
+$(MODELS): $(STAMP)
+	$(BIN)/clipsync fetch-models
+
+demo-data: $(STAMP)
+	$(BIN)/clipsync demo-data --client $(CLIENT)
+
+run: $(STAMP) $(MODELS) demo-data
+	$(BIN)/clipsync run --client $(CLIENT)
+
+test: $(STAMP) $(MODELS)
+	$(BIN)/ruff check components pipelines serving tests benchmarks
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
+
+lint: $(STAMP)
+	$(BIN)/ruff check components pipelines serving tests benchmarks
+	$(BIN)/ruff format --check components pipelines serving tests benchmarks
+
+compile: $(STAMP)
+	$(BIN)/clipsync compile --client $(CLIENT) -o monthly_retrain.yaml
+
+clean:
+	rm -rf .clipsync/pipeline_root monthly_retrain.yaml

@@ -1,0 +1,100 @@
+"""The ingest manifest: one JSON Lines row per video the window saw, accepted or not.
+
+Every later stage reads it; only ``accepted`` rows are processed. The file is plain JSON Lines so a
+person can read it and a kfp ``Dataset`` artifact can carry it as is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Status = Literal["accepted", "rejected", "duplicate"]
+Split = Literal["train", "val", "test"]
+Authenticity = Literal["real", "fake"]
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One video seen by ingest.
+
+    Attributes:
+        video_id: First 16 hex digits of the content SHA-256 (stable across months and renames).
+        key: Object key inside the client's source store (e.g. ``videos/clip_001.mp4``).
+        uri: Full location: a local path or ``s3://bucket/key``.
+        sha256: Content hash of the whole file.
+        size_bytes: File size.
+        uploaded_at: ISO-8601 upload time (the label record's ``timestamp``, else the object's mtime).
+        status: ``accepted``, ``rejected`` (see ``reason``) or ``duplicate`` (see ``duplicate_of``).
+        reason: Why a video was rejected, specific enough to act on; empty otherwise.
+        duplicate_of: ``video_id`` of the accepted copy of a duplicate.
+        split: ``train``, ``val`` or ``test``, fixed by the content hash.
+        labels: Text labels for search (several per video allowed).
+        category: The client's category of the video (for per-category metrics).
+        authenticity: ``real`` / ``fake`` for lip-sync training, empty when not labelled.
+        duration_s: Container duration in seconds.
+        width: Display width in pixels (after rotation metadata).
+        height: Display height in pixels (after rotation metadata).
+        fps: Average frame rate of the video stream.
+        video_codec: Codec name of the video stream.
+        rotation: Rotation metadata in degrees (0, 90, 180, 270).
+        has_audio: Whether an audio stream exists.
+        audio_sample_rate: Sample rate of the audio stream, 0 without audio.
+    """
+
+    video_id: str
+    key: str
+    uri: str
+    sha256: str
+    size_bytes: int
+    uploaded_at: str
+    status: Status
+    reason: str = ""
+    duplicate_of: str = ""
+    split: Split = "train"
+    labels: tuple[str, ...] = ()
+    category: str = ""
+    authenticity: Authenticity | Literal[""] = ""
+    duration_s: float = 0.0
+    width: int = 0
+    height: int = 0
+    fps: float = 0.0
+    video_codec: str = ""
+    rotation: int = 0
+    has_audio: bool = False
+    audio_sample_rate: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def accepted(self) -> bool:
+        return self.status == "accepted"
+
+
+def write_manifest(path: str | Path, records: Iterable[VideoRecord]) -> int:
+    """Write records as JSON Lines (sorted by key for stable diffs). Returns the row count."""
+    rows = sorted(records, key=lambda r: r.key)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        for record in rows:
+            fh.write(json.dumps(dataclasses.asdict(record), sort_keys=True) + "\n")
+    return len(rows)
+
+
+def read_manifest(path: str | Path) -> list[VideoRecord]:
+    """Read a manifest written by :func:`write_manifest`."""
+    records = []
+    with open(path, encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                row["labels"] = tuple(row.get("labels", ()))
+                records.append(VideoRecord(**row))
+            except (json.JSONDecodeError, TypeError) as exc:
+                raise ValueError(f"{path}:{line_no}: not a manifest row: {exc}") from exc
+    return records

@@ -1,0 +1,86 @@
+"""start_run: resolve the client's configuration and the window, and open the DAG run's parent MLflow run."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+from components.common.config import ClientConfig, ConfigError, from_dict
+
+logger = logging.getLogger("clipsync.start_run")
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """What every later task needs: the resolved config (JSON), the window end and the parent run id."""
+
+    config_json: str
+    as_of: str
+    parent_run_id: str
+
+
+def resolve_config(client_id: str, config_yaml: str, as_of: str, window_days: int) -> ClientConfig:
+    """Build the run's configuration from the pipeline parameters.
+
+    Args:
+        client_id: Overrides ``client_id`` of the YAML when non-empty.
+        config_yaml: The client's YAML config text (empty for the embedded defaults).
+        as_of: End of the window (ISO date, exclusive); empty means the YAML's value, else today (UTC).
+        window_days: Window length; 0 keeps the YAML's value.
+
+    Returns:
+        The validated configuration with ``window.as_of`` always set.
+
+    Raises:
+        ConfigError: If the YAML or a parameter is invalid.
+    """
+    import yaml
+
+    data = yaml.safe_load(config_yaml) if config_yaml.strip() else {}
+    if not isinstance(data, dict):
+        raise ConfigError("config_yaml must hold a mapping at the top level")
+    if client_id:
+        data["client_id"] = client_id
+    window = dict(data.get("window") or {})
+    if as_of:
+        window["as_of"] = as_of
+    window.setdefault("as_of", "")
+    if not window["as_of"]:
+        window["as_of"] = datetime.now(UTC).date().isoformat()
+    if window_days:
+        window["days"] = window_days
+    data["window"] = window
+    return from_dict(data)
+
+
+def start_run(client_id: str, config_yaml: str, as_of: str, window_days: int) -> RunStart:
+    """Resolve the configuration and open the parent MLflow run of this DAG run.
+
+    Returns:
+        The serialized config, the resolved ``as_of`` and the parent run id.
+    """
+    from components.common import tracking
+
+    config = resolve_config(client_id, config_yaml, as_of, window_days)
+    end = date.fromisoformat(config.window.as_of)
+    params = {
+        "client_id": config.client_id,
+        "as_of": end.isoformat(),
+        "window_days": config.window.days,
+        "source_uri": config.storage.source_uri,
+    }
+    run_id = tracking.start_parent_run(
+        config.tracking,
+        run_name=f"monthly_retrain {config.client_id} {end.isoformat()}",
+        params=params,
+        tags={"clipsync.client": config.client_id},
+    )
+    logger.info(
+        "start_run: client %s, window %s days up to %s, parent MLflow run %s",
+        config.client_id,
+        config.window.days,
+        end,
+        run_id,
+    )
+    return RunStart(config_json=config.to_json(), as_of=end.isoformat(), parent_run_id=run_id)

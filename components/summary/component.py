@@ -1,0 +1,21 @@
+"""Thin kfp wrapper of components.summary.core."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Markdown, Output
+
+from components.common.images import MEDIA_IMAGE
+
+
+@dsl.component(base_image=MEDIA_IMAGE, install_kfp_package=False)
+def summary(config: str, parent_run_id: str, manifest: Input[Dataset], report: Output[Markdown]):
+    """Write the run summary (Markdown) and close the parent MLflow run."""
+    import logging
+    from pathlib import Path
+
+    from components.common.config import ClientConfig
+    from components.summary.core import summarize
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = ClientConfig.from_json(config)
+    result = summarize(cfg, parent_run_id, {"manifest": manifest.path})
+    Path(report.path).write_text(result.to_markdown())

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from components.common.config import ClientConfig, ConfigError, from_dict, load_config
+
+
+def test_embedded_defaults_need_no_server(state_dir: Path):
+    config = load_config()
+    assert config.client_id == "acme"
+    assert config.state_dir == str(state_dir)
+    assert config.storage.source_uri == str(state_dir / "buckets" / "acme")
+    assert config.tracking.tracking_uri == f"sqlite:///{state_dir / 'mlflow.db'}"
+    assert config.tracking.artifact_location == str(state_dir / "mlartifacts")
+    assert config.window.days == 30 and config.window.as_of == ""
+
+
+def test_yaml_file_and_overrides(tmp_path: Path, state_dir: Path):
+    path = tmp_path / "beta.yaml"
+    path.write_text(
+        "client_id: beta\n"
+        "storage:\n  source_uri: s3://beta-uploads/2026\n"
+        "tracking:\n  tracking_uri: http://127.0.0.1:5000\n"
+        "window:\n  days: 14\n  as_of: '2026-11-01'\n"
+        "ingest:\n  min_fps: 10\n"
+    )
+    config = load_config(path, client_id="gamma")
+    assert config.client_id == "gamma"
+    assert config.storage.source_uri == "s3://beta-uploads/2026"
+    assert config.tracking.artifact_location == ""  # a server keeps its own artifact root
+    assert config.window.days == 14 and config.window.as_of == "2026-11-01"
+    assert config.ingest.min_fps == 10.0
+
+
+def test_json_round_trip(state_dir: Path):
+    config = load_config(client_id="delta")
+    assert ClientConfig.from_json(config.to_json()) == config
+
+
+def test_config_is_frozen(state_dir: Path):
+    config = load_config()
+    with pytest.raises(AttributeError):
+        config.client_id = "x"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"client_id": "Bad_Id"}, "client_id"),
+        ({"colour": "red"}, "unknown top-level"),
+        ({"window": {"days": 0}}, "window.days"),
+        ({"window": {"as_of": "November"}}, "ISO date"),
+        ({"window": {"days": "30"}}, "window.days must be int"),
+        ({"ingest": {"val_fraction": 0.5, "test_fraction": 0.5}}, "sum to less than 1"),
+        ({"ingest": {"min_side": 0}}, "min_side"),
+        ({"storage": {"videos_prefix": "../videos/"}}, "videos_prefix"),
+        ({"storage": {"bucket": "x"}}, "unknown setting(s) in [storage]"),
+        ({"tracking": "sqlite://"}, "[tracking] must be a mapping"),
+    ],
+)
+def test_invalid_settings_are_refused_clearly(state_dir: Path, data: dict, message: str):
+    with pytest.raises(
+        ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")
+    ):
+        from_dict(data)
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
