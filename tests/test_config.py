@@ -70,3 +70,9 @@ def test_invalid_settings_are_refused_clearly(state_dir: Path, data: dict, messa
 def test_missing_file_is_a_clear_error(tmp_path: Path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_example_cluster_config_is_valid():
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "example-cluster.yaml")
+    assert config.storage.source_uri.startswith("s3://")
+    assert config.tracking.tracking_uri.startswith("http://")
