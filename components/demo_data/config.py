@@ -1,0 +1,116 @@
+"""Settings of the demo client library generator (standard library only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+from components.common.config import ConfigError
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What the demo client library holds. The output is a pure function of ``(seed, as_of)`` and the counts.
+
+    Attributes:
+        seed: Seed of everything random (scenes, faces, speech, timestamps, file names).
+        as_of: The run date the library is made for (ISO date); upload times lie before it. Empty means
+            today (UTC) when the library is generated.
+        clips_per_category: Search clips per visual category (7 categories).
+        talking_real: Real talking heads (mouth follows the clip's own speech). The first one gets a short
+            occlusion (a box hides the face for ``occlusion_frames`` frames).
+        talking_fake: Fake talking heads, alternating ``shifted`` (mouth follows the speech shifted by
+            ``fake_shift_s``) and ``other_audio`` (mouth follows another clip's speech).
+        two_face: Clips with two faces of which one speaks.
+        no_face: Clips with speech over a textured background and no face.
+        size: Side of the (square) talking-head frames in pixels (even).
+        talking_fps: Frame rate of talking heads, two-face and no-face clips.
+        talking_duration_s: Length of those clips.
+        sample_rate: Audio sample rate of the speech track (AAC, mono).
+        fake_shift_s: Range ``(low, high)`` of the absolute shift of a ``shifted`` fake, in seconds.
+        occlusion_frames: Consecutive frames the occluded clip hides its face (0: no occluded clip).
+        broken: Also write the broken uploads (empty, truncated, text, audio-only, no-audio, duplicate).
+        span_days: Upload times spread over this many days before ``as_of``.
+        window_days: The retrain window the times are planned around (the default 30-day window).
+        in_window_fraction: Share of the valid clips uploaded inside the last ``window_days`` days; broken
+            uploads and the duplicated clip are always inside, so ingest meets them.
+        crf: x264 constant rate factor (quality; lower is better and larger).
+        preset: x264 preset.
+        workers: Processes that render and encode in parallel (1: all in the calling process). The output
+            does not depend on it.
+    """
+
+    seed: int = 0
+    as_of: str = ""
+    clips_per_category: int = 10
+    talking_real: int = 20
+    talking_fake: int = 20
+    two_face: int = 6
+    no_face: int = 4
+    size: int = 256
+    talking_fps: int = 25
+    talking_duration_s: float = 3.0
+    sample_rate: int = 16000
+    fake_shift_s: tuple[float, float] = (0.3, 0.8)
+    occlusion_frames: int = 5
+    broken: bool = True
+    span_days: int = 90
+    window_days: int = 30
+    in_window_fraction: float = 0.75
+    crf: int = 23
+    preset: str = "veryfast"
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.seed, int) and self.seed >= 0, f"demo.seed must be an int >= 0, got {self.seed!r}")
+        if self.as_of:
+            try:
+                date.fromisoformat(self.as_of)
+            except ValueError as exc:
+                raise ConfigError(f"demo.as_of must be an ISO date (YYYY-MM-DD), got {self.as_of!r}") from exc
+        for name in ("clips_per_category", "talking_real", "talking_fake", "two_face", "no_face"):
+            value = getattr(self, name)
+            _require(
+                isinstance(value, int) and 0 <= value <= 10000, f"demo.{name} must be an int in 0..10000, got {value!r}"
+            )
+        _require(
+            isinstance(self.size, int) and 96 <= self.size <= 1024 and self.size % 2 == 0,
+            f"demo.size must be an even int in 96..1024, got {self.size!r}",
+        )
+        _require(5 <= self.talking_fps <= 60, f"demo.talking_fps must be 5..60, got {self.talking_fps}")
+        _require(
+            1.0 <= self.talking_duration_s <= 30.0,
+            f"demo.talking_duration_s must be 1..30 s, got {self.talking_duration_s}",
+        )
+        _require(
+            self.sample_rate in (8000, 16000, 22050, 24000, 32000, 44100, 48000),
+            f"demo.sample_rate must be a standard AAC rate (8000..48000), got {self.sample_rate}",
+        )
+        low, high = self.fake_shift_s
+        _require(
+            0 < low <= high <= self.talking_duration_s / 2,
+            f"demo.fake_shift_s must satisfy 0 < low <= high <= talking_duration_s / 2, got {self.fake_shift_s}",
+        )
+        _require(
+            0 <= self.occlusion_frames < self.talking_fps * self.talking_duration_s / 2,
+            f"demo.occlusion_frames must be >= 0 and under half the clip, got {self.occlusion_frames}",
+        )
+        _require(
+            1 <= self.window_days < self.span_days <= 3650,
+            f"demo: need 1 <= window_days < span_days <= 3650, got {self.window_days}, {self.span_days}",
+        )
+        _require(
+            0.0 <= self.in_window_fraction <= 1.0,
+            f"demo.in_window_fraction must be in [0, 1], got {self.in_window_fraction}",
+        )
+        _require(0 <= self.crf <= 51, f"demo.crf must be 0..51, got {self.crf}")
+        _require(
+            self.preset in ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"),
+            f"demo.preset must be an x264 preset (ultrafast..medium), got {self.preset!r}",
+        )
+        _require(1 <= self.workers <= 64, f"demo.workers must be 1..64, got {self.workers}")

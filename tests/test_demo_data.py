@@ -1,0 +1,279 @@
+"""The demo client library: layout, decodability, broken uploads, timestamps, truth geometry, lip sync, determinism."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from components.common.config import ConfigError
+from components.demo_data.core import DemoConfig, DemoSummary, _plan, generate_demo_data
+from components.demo_data.scenes import CATEGORIES
+
+AS_OF = "2026-11-01"
+SMALL = {"clips_per_category": 1, "talking_real": 3, "talking_fake": 4, "two_face": 1, "no_face": 1}
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory) -> tuple[DemoSummary, list[dict], list[dict]]:
+    root = tmp_path_factory.mktemp("demo")
+    summary = generate_demo_data(root / "bucket", root / "truth", DemoConfig(seed=5, as_of=AS_OF, workers=1, **SMALL))
+    return summary, _read_jsonl(summary.records_path), _read_jsonl(summary.truth_path)
+
+
+def _by_path(rows: list[dict]) -> dict[str, dict]:
+    return {r["video_path"]: r for r in rows}
+
+
+def _decode(path: Path) -> tuple[list[np.ndarray], np.ndarray | None, dict]:
+    """RGB frames, 16 kHz mono int16 audio (or None) and stream facts of an mp4."""
+    facts: dict = {}
+    with av.open(str(path)) as container:
+        facts["video_codecs"] = [s.codec_context.name for s in container.streams.video]
+        facts["audio_codecs"] = [s.codec_context.name for s in container.streams.audio]
+        frames = []
+        if container.streams.video:
+            facts["fps"] = float(container.streams.video[0].average_rate)
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    audio = None
+    if facts["audio_codecs"]:
+        with av.open(str(path)) as container:
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
+            chunks = [o.to_ndarray()[0] for f in container.decode(audio=0) for o in resampler.resample(f)]
+            chunks += [o.to_ndarray()[0] for o in resampler.resample(None)]
+            audio = np.concatenate(chunks)
+    return frames, audio, facts
+
+
+def test_config_is_validated():
+    with pytest.raises(ConfigError, match="as_of"):
+        DemoConfig(as_of="01/11/2026")
+    with pytest.raises(ConfigError, match="talking_real"):
+        DemoConfig(talking_real=-1)
+    with pytest.raises(ConfigError, match="size"):
+        DemoConfig(size=255)
+    with pytest.raises(ConfigError, match="fake_shift_s"):
+        DemoConfig(fake_shift_s=(0.8, 0.3))
+    with pytest.raises(ConfigError, match="window_days"):
+        DemoConfig(window_days=90, span_days=60)
+
+
+def test_default_plan_counts_and_window():
+    jobs = _plan(DemoConfig(as_of=AS_OF))
+    kinds = [j.kind for j in jobs]
+    assert kinds.count("search") == 7 * 10
+    assert kinds.count("talking_head") == 40
+    assert kinds.count("two_face") == 6 and kinds.count("no_face") == 4 and kinds.count("broken") == 6
+    assert len({j.name for j in jobs}) == len(jobs)
+    end = datetime(2026, 11, 1, tzinfo=UTC)
+    ages = np.array([(end - datetime.fromisoformat(j.timestamp)).total_seconds() / 86400 for j in jobs])
+    assert ages.min() > 0 and ages.max() > 60
+    assert 0.7 <= np.mean(ages < 30) <= 0.82
+    # Empty as_of means today (UTC): everything lies in the 90 days before it.
+    today = datetime.now(UTC)
+    stamps = [datetime.fromisoformat(j.timestamp) for j in _plan(DemoConfig(clips_per_category=1))]
+    assert all(today - timedelta(days=91) < s < today for s in stamps)
+
+
+def test_bucket_layout_and_records(library):
+    summary, records, truth = library
+    bucket = summary.bucket_dir
+    assert summary.truth_path.parent != bucket and bucket not in summary.truth_path.parents
+    files = sorted(p.relative_to(bucket).as_posix() for p in (bucket / "videos").iterdir())
+    assert sorted(r["video_path"] for r in records) == files == [t["video_path"] for t in truth]
+    assert [p.relative_to(bucket).as_posix() for p in (bucket / "labels").iterdir()] == ["labels/records.jsonl"]
+    assert summary.videos == len(records) == 7 + 3 + 4 + 1 + 1 + 6 and summary.broken == 6
+    search_categories = {r["category"] for r, t in zip(records, truth, strict=True) if t["kind"] == "search"}
+    assert len(search_categories) >= 7 and len(summary.categories) >= 7
+    queries = {c.name: c.query for c in CATEGORIES}
+    for record, row in zip(records, truth, strict=True):
+        assert 3 <= len(record["labels"]) <= 4 and len(set(record["labels"])) == len(record["labels"])
+        if row["kind"] == "search":
+            assert record["labels"][0] == queries[record["category"]]
+        talking = row["kind"] in ("talking_head", "two_face", "no_face") or row["broken_kind"] == "no_audio"
+        assert ("authenticity" in record) == talking
+    authenticity = [r.get("authenticity") for r, t in zip(records, truth, strict=True) if t["kind"] == "talking_head"]
+    assert authenticity.count("real") == 3 and authenticity.count("fake") == 4
+
+
+def test_valid_files_decode_as_h264_and_aac(library):
+    summary, _, truth = library
+    checked = 0
+    for row in truth:
+        if row["kind"] == "broken" and row["broken_kind"] not in ("no_audio", "duplicate"):
+            continue
+        frames, audio, facts = _decode(summary.bucket_dir / row["video_path"])
+        assert facts["video_codecs"] == ["h264"]
+        assert len(frames) == row["n_frames"] > 0
+        assert frames[0].shape == (row["height"], row["width"], 3)
+        assert facts["fps"] == pytest.approx(row["fps"])
+        assert 10 <= row["fps"] <= 25 and 2.0 <= row["n_frames"] / row["fps"] <= 4.0
+        if row["has_audio"]:
+            assert facts["audio_codecs"] == ["aac"]
+            assert abs(len(audio) / 16000 - row["n_frames"] / row["fps"]) < 0.1
+        else:
+            assert facts["audio_codecs"] == []
+        checked += 1
+    assert checked == len(truth) - 4
+    sizes = {(r["width"], r["height"]) for r in truth if r["kind"] == "search"}
+    assert len(sizes) >= 2
+
+
+def test_broken_uploads_are_what_they_claim(library):
+    summary, records, truth = library
+    bucket = summary.bucket_dir
+    broken = {r["broken_kind"]: r for r in truth if r["kind"] == "broken"}
+    assert set(broken) == {"empty", "truncated", "not_media", "audio_only", "no_audio", "duplicate"}
+    assert (bucket / broken["empty"]["video_path"]).stat().st_size == 0
+    text = bucket / broken["not_media"]["video_path"]
+    assert text.read_text().startswith("Meeting notes")
+    with pytest.raises(av.FFmpegError):
+        av.open(str(text))
+    truncated = broken["truncated"]
+    data = (bucket / truncated["video_path"]).read_bytes()
+    assert len(data) == truncated["transform"]["kept_bytes"] == int(0.4 * truncated["transform"]["full_bytes"])
+    assert data[4:8] == b"ftyp"
+    with pytest.raises(av.FFmpegError), av.open(str(bucket / truncated["video_path"])) as container:
+        for _ in container.decode(video=0):
+            pass
+    _, audio, facts = _decode(bucket / broken["audio_only"]["video_path"])
+    assert facts["video_codecs"] == [] and facts["audio_codecs"] == ["aac"] and len(audio) > 16000
+    frames, _, facts = _decode(bucket / broken["no_audio"]["video_path"])
+    assert facts["audio_codecs"] == [] and len(frames) == 75 and broken["no_audio"]["faces"]
+    assert _by_path(records)[broken["no_audio"]["video_path"]]["authenticity"] == "real"
+    dup = broken["duplicate"]
+    original = dup["transform"]["duplicate_of"]
+    assert original != dup["video_path"] and _by_path(truth)[original]["kind"] == "search"
+    assert (bucket / dup["video_path"]).read_bytes() == (bucket / original).read_bytes()
+
+
+def test_timestamps_span_months_and_window_holds_most(library):
+    summary, records, truth = library
+    end = datetime.fromisoformat(AS_OF).replace(tzinfo=UTC)
+    stamps = {r["video_path"]: datetime.fromisoformat(r["timestamp"]) for r in records}
+    ages = {k: (end - v).total_seconds() / 86400 for k, v in stamps.items()}
+    assert min(ages.values()) > 0 and max(ages.values()) - min(ages.values()) > 31
+    in_window = [a < 30 for a in ages.values()]
+    assert 0.5 < np.mean(in_window) < 1.0
+    assert summary.in_window == sum(in_window)
+    for row in truth:
+        if row["kind"] == "broken":
+            assert ages[row["video_path"]] < 30, row
+        assert row["in_window"] == (ages[row["video_path"]] < 30)
+        mtime = os.stat(summary.bucket_dir / row["video_path"]).st_mtime
+        assert mtime == pytest.approx(stamps[row["video_path"]].timestamp())
+
+
+def test_truth_geometry(library):
+    _, _, truth = library
+    faced = [r for r in truth if r["faces"]]
+    assert len(faced) == 3 + 4 + 1 + 1
+    for row in faced:
+        w, h = row["width"], row["height"]
+        for face in row["faces"]:
+            assert len(face["boxes"]) == len(face["mouth_centers"]) == row["n_frames"]
+            for box, mouth in zip(face["boxes"], face["mouth_centers"], strict=True):
+                if box is None:
+                    assert mouth is None
+                    continue
+                x0, y0, x1, y1 = box
+                assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+                assert 0.15 * w < x1 - x0 < 0.6 * w
+                assert x0 < mouth[0] < x1 and y0 < mouth[1] < y1
+    two = next(r for r in truth if r["kind"] == "two_face")
+    assert [f["speaking"] for f in two["faces"]].count(True) == 1
+    occluded = [r for r in truth if r["transform"].get("occluded_frames")]
+    assert len(occluded) == 1
+    hidden = [i for i, b in enumerate(occluded[0]["faces"][0]["boxes"]) if b is None]
+    assert len(hidden) == 5 and hidden == list(range(hidden[0], hidden[0] + 5))
+    fakes = [r for r in truth if r["kind"] == "talking_head" and r["authenticity"] == "fake"]
+    assert {r["fake_kind"] for r in fakes} == {"shifted", "other_audio"}
+    for row in fakes:
+        if row["fake_kind"] == "shifted":
+            assert 0.3 <= abs(row["av_offset_s"]) <= 0.8
+        else:
+            assert row["transform"]["other_audio_of"] in _by_path(truth)
+    assert all(r["av_offset_s"] == 0 for r in truth if r["authenticity"] == "real")
+
+
+def _mouth_audio_correlation(path: Path, row: dict) -> float:
+    """Pearson correlation of mouth darkness (decoded frames, at the truth mouth) with per-frame audio RMS."""
+    frames, audio, _ = _decode(path)
+    face = next(f for f in row["faces"] if f["speaking"])
+    fps, n = row["fps"], row["n_frames"]
+    darkness, rms = [], []
+    for k in range(n):
+        box, mouth = face["boxes"][k], face["mouth_centers"][k]
+        if box is None:
+            continue
+        r = max(2, round(0.1 * (box[2] - box[0])))
+        x, y = round(mouth[0]), round(mouth[1])
+        patch = frames[k][y - r : y + r + 1, x - r : x + r + 1].astype(np.float32)
+        darkness.append(-patch.mean())
+        seg = audio[round(k / fps * 16000) : round((k + 1) / fps * 16000)].astype(np.float64)
+        rms.append(np.sqrt(np.mean(seg**2)) if len(seg) else 0.0)
+    return float(np.corrcoef(darkness, rms)[0, 1])
+
+
+def test_mouth_opening_follows_audio_only_for_real_clips(library):
+    summary, _, truth = library
+    corr: dict[str, list[float]] = {"real": [], "shifted": [], "other_audio": [], "two_face": []}
+    for row in truth:
+        if row["kind"] == "talking_head":
+            key = "real" if row["authenticity"] == "real" else row["fake_kind"]
+        elif row["kind"] == "two_face":
+            key = "two_face"
+        else:
+            continue
+        corr[key].append(_mouth_audio_correlation(summary.bucket_dir / row["video_path"], row))
+    assert len(corr["real"]) == 3 and len(corr["shifted"]) == 2 and len(corr["other_audio"]) == 2
+    assert min(corr["real"] + corr["two_face"]) > 0.6, corr
+    assert max(corr["shifted"]) < 0.5 and max(corr["other_audio"]) < 0.5, corr
+    assert np.mean(corr["real"]) - np.mean(corr["shifted"] + corr["other_audio"]) > 0.5, corr
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_same_seed_and_date_give_identical_bytes(library, tmp_path):
+    summary = library[0]
+    # The same (seed, as_of) again, rendered by two worker processes this time: the very same bytes.
+    config = DemoConfig(seed=5, as_of=AS_OF, workers=2, **SMALL)
+    again = generate_demo_data(tmp_path / "bucket", tmp_path / "truth", config)
+    first = {**_hashes(summary.bucket_dir), **_hashes(summary.truth_path.parent)}
+    second = {**_hashes(again.bucket_dir), **_hashes(again.truth_path.parent)}
+    assert len(first) == summary.videos + 2
+    assert first == second
+    # Another seed or date plans other clips and other upload times.
+    plan = [(j.name, j.kind, j.timestamp) for j in _plan(config)]
+    assert plan != [(j.name, j.kind, j.timestamp) for j in _plan(dataclasses.replace(config, seed=6))]
+    assert plan != [(j.name, j.kind, j.timestamp) for j in _plan(dataclasses.replace(config, as_of="2026-11-02"))]
+
+
+def test_regenerating_replaces_the_library(tmp_path):
+    bucket, truth = tmp_path / "bucket", tmp_path / "truth"
+    none = {"talking_real": 0, "talking_fake": 0, "two_face": 0, "no_face": 0, "broken": False, "workers": 1}
+    first = generate_demo_data(bucket, truth, DemoConfig(as_of=AS_OF, clips_per_category=1, **none))
+    (bucket / "videos" / "client_own.mp4").write_bytes(b"kept")
+    second = generate_demo_data(bucket, truth, DemoConfig(as_of=AS_OF, clips_per_category=0, **{**none, "no_face": 1}))
+    assert first.videos == 7 and second.videos == 1
+    assert sorted(p.name for p in (bucket / "videos").iterdir()) == ["client_own.mp4", "clip_001.mp4"]
+    assert len(_read_jsonl(second.records_path)) == 1
+    with pytest.raises(ValueError, match="inside the bucket"):
+        generate_demo_data(bucket, bucket / "truth", DemoConfig(as_of=AS_OF))
