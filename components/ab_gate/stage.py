@@ -1,0 +1,52 @@
+"""The ab_gate stage around the pure :func:`~components.ab_gate.core.decide`: read, decide, log."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from components.ab_gate.config import GatePolicy
+from components.ab_gate.core import Decision, decide
+from components.ab_gate.inputs import clip_evaluations, lipsync_evaluations
+
+logger = logging.getLogger("clipsync.ab_gate")
+
+
+def run_ab_gate(
+    config, model: str, report_dir: Path, challenger_version: str, log_to_active_run: bool = True
+) -> Decision:
+    """Gate one model of this month's run.
+
+    Call it inside the stage's ``tracking.stage_run`` block when ``log_to_active_run`` is set: the decision's
+    numbers go to the active run's metrics and the decision itself to ``ab_gate/<model>.json`` and ``.md``.
+
+    Args:
+        config: The ClientConfig (tracking, client id; its ``ab_gate`` section if the lead registered one).
+        model: ``clip`` or ``lipsync``.
+        report_dir: The evaluate stage's report folder for that model.
+        challenger_version: The challenger's registry version (the finetune stage's output).
+        log_to_active_run: Log to MLflow's active run.
+
+    Returns:
+        The decision (keeping the champion is a normal outcome).
+    """
+    from components.common import tracking
+
+    policy = getattr(config, "ab_gate", None) or GatePolicy()
+    if model == "clip":
+        champion, challenger, base = clip_evaluations(Path(report_dir), challenger_version)
+    elif model == "lipsync":
+        current = tracking.get_version_by_alias(config.tracking, f"lipsync-{config.client_id}", "champion")
+        champion, challenger, base = lipsync_evaluations(Path(report_dir), challenger_version, current)
+    else:
+        raise ValueError(f"model must be clip or lipsync, got {model!r}")
+    decision = decide(champion, challenger, policy, base=base)
+    logger.info("ab_gate %s: %s (%s)", model, decision.verdict, "; ".join(decision.reasons[:2]))
+    if log_to_active_run:
+        import mlflow
+
+        tracking.log_metrics(decision.as_metrics())
+        tracking.log_dict_artifact(decision.to_dict(), f"ab_gate/{model}.json")
+        mlflow.log_text(decision.to_markdown(), f"ab_gate/{model}.md")
+        mlflow.set_tag(f"clipsync.gate.{model}", decision.verdict)
+    return decision

@@ -1,0 +1,97 @@
+"""The deploy stage's settings (standard library only: kfp wrappers and pipelines/ import it)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from components.common.config import ConfigError
+
+TARGETS = ("local", "kserve")
+PREDICTORS = ("clip-search", "lipsync")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_LABEL_KEY = re.compile(r"^([a-z0-9.-]+/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    """Where and how a promoted model is served.
+
+    Attributes:
+        target: ``"local"`` (a ``kserve.ModelServer`` on this machine, the embedded default) or
+            ``"kserve"`` (an InferenceService in the cluster).
+        namespace: Kubernetes namespace of the InferenceServices.
+        canary_traffic_percent: Share of traffic (1-99) the new revision gets first; 0 sends all traffic to
+            it once it is ready.
+        ready_timeout_s: How long to wait for the InferenceService to become Ready.
+        local_server_url: The local model server (``clipsync serve``), told to load the new champion.
+        storage_uri_prefix: Where the promoted model files are published for KServe's storage initializer;
+            ``{client}`` is replaced by the client id. Each version lands in
+            ``{prefix}/{registered model}/v{version}/``.
+        service_account: ServiceAccount of the predictor pods (it carries the MinIO credentials secret).
+        gpu: Request GPUs for the predictors (limits, toleration and node selector below).
+        gpu_count: ``nvidia.com/gpu`` per predictor pod.
+        gpu_node_selector: ``key=value`` node label the predictor pods are scheduled on.
+        gpu_toleration_key: Taint key of the GPU nodes, tolerated (operator Exists, effect NoSchedule).
+        clip_runtime: ServingRuntime of the clip-search predictor.
+        lipsync_runtime: ServingRuntime of the lipsync predictor.
+        cpu_request: CPU request of a predictor pod.
+        memory_request: Memory request of a predictor pod.
+        memory_limit: Memory limit of a predictor pod.
+    """
+
+    target: str = "local"
+    namespace: str = "clipsync"
+    canary_traffic_percent: int = 0
+    ready_timeout_s: int = 600
+    local_server_url: str = "http://127.0.0.1:8080"
+    storage_uri_prefix: str = "s3://clipsync-models/{client}"
+    service_account: str = "clipsync-models"
+    gpu: bool = True
+    gpu_count: int = 1
+    gpu_node_selector: str = "nvidia.com/gpu.present=true"
+    gpu_toleration_key: str = "nvidia.com/gpu"
+    clip_runtime: str = "clipsync-clip-search"
+    lipsync_runtime: str = "clipsync-lipsync"
+    cpu_request: str = "1"
+    memory_request: str = "4Gi"
+    memory_limit: str = "8Gi"
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ConfigError(f"deploy.target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+        for name in ("namespace", "service_account", "clip_runtime", "lipsync_runtime"):
+            value = getattr(self, name)
+            if not _DNS_LABEL.match(value):
+                raise ConfigError(f"deploy.{name} must be a DNS label (lower-case, digits, dashes), got {value!r}")
+        if not 0 <= self.canary_traffic_percent <= 99:
+            raise ConfigError(f"deploy.canary_traffic_percent must be 0..99, got {self.canary_traffic_percent}")
+        if not 1 <= self.ready_timeout_s <= 86_400:
+            raise ConfigError(f"deploy.ready_timeout_s must be 1..86400, got {self.ready_timeout_s}")
+        if not self.local_server_url.startswith(("http://", "https://")):
+            raise ConfigError(f"deploy.local_server_url must be http(s)://..., got {self.local_server_url!r}")
+        prefix = self.storage_uri_prefix
+        if not prefix or prefix.endswith("/") or ("://" not in prefix and not prefix.startswith("/")):
+            raise ConfigError(
+                "deploy.storage_uri_prefix must be a URI (s3://bucket/path) or an absolute path without a "
+                f"trailing '/', got {prefix!r}"
+            )
+        leftover = prefix.replace("{client}", "")
+        if "{" in leftover or "}" in leftover:
+            raise ConfigError(f"deploy.storage_uri_prefix may only use the placeholder {{client}}, got {prefix!r}")
+        if not 1 <= self.gpu_count <= 16:
+            raise ConfigError(f"deploy.gpu_count must be 1..16, got {self.gpu_count}")
+        key, sep, value = self.gpu_node_selector.partition("=")
+        if not sep or not _LABEL_KEY.match(key) or not re.match(r"^[A-Za-z0-9._-]{0,63}$", value):
+            raise ConfigError(f"deploy.gpu_node_selector must be key=value, got {self.gpu_node_selector!r}")
+        if not _LABEL_KEY.match(self.gpu_toleration_key):
+            raise ConfigError(f"deploy.gpu_toleration_key is not a valid taint key: {self.gpu_toleration_key!r}")
+        for name in ("cpu_request", "memory_request", "memory_limit"):
+            if not re.match(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$", getattr(self, name)):
+                raise ConfigError(f"deploy.{name} must be a Kubernetes quantity, got {getattr(self, name)!r}")
+
+    def runtime(self, predictor: str) -> str:
+        """The ServingRuntime name of ``predictor`` (``clip-search`` or ``lipsync``)."""
+        if predictor not in PREDICTORS:
+            raise ValueError(f"predictor must be one of {', '.join(PREDICTORS)}, got {predictor!r}")
+        return self.clip_runtime if predictor == "clip-search" else self.lipsync_runtime

@@ -1,0 +1,262 @@
+"""Scheduling monthly_retrain on a Kubeflow Pipelines server: a recurring run per client, or one run now.
+
+``schedule`` compiles the DAG with the client's config baked into its defaults, uploads it as a new version
+of the pipeline ``clipsync-monthly-retrain-<client>`` (created on first use), and creates a KFP recurring
+run: by default at 02:00 on the 1st of each month (``0 0 2 1 * *``: KFP cron has 6 fields, seconds first),
+at most one run at a time, no catch-up of missed months. ``submit`` launches one run now.
+
+Only the standard library and kfp are imported at module level.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("clipsync.schedule")
+
+DEFAULT_CRON = "0 0 2 1 * *"
+_CLIENT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}[a-z0-9]$")
+_DESCRIPTORS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+_MONTHS = ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]
+_DAYS = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"]
+# (name, lowest, highest, names allowed)
+_FIELDS = (
+    ("second", 0, 59, ()),
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day of month", 1, 31, ()),
+    ("month", 1, 12, _MONTHS),
+    ("day of week", 0, 6, _DAYS),
+)
+
+
+class ScheduleError(ValueError):
+    """A schedule argument is invalid, or the server refused the request."""
+
+
+@dataclass(frozen=True)
+class ScheduleResult:
+    """What :func:`schedule` created on the server.
+
+    Attributes:
+        pipeline_id: The uploaded pipeline.
+        version_id: The uploaded pipeline version (this compile).
+        experiment_id: The experiment the recurring run belongs to.
+        recurring_run_id: The recurring run.
+        cron: Its schedule.
+        replaced: Ids of former recurring runs of the same name that were deleted.
+    """
+
+    pipeline_id: str
+    version_id: str
+    experiment_id: str
+    recurring_run_id: str
+    cron: str
+    replaced: tuple[str, ...] = ()
+
+
+def _check_value(token: str, low: int, high: int, names: tuple[str, ...], what: str, expr: str) -> None:
+    if token.upper() in names:
+        return
+    if not token.isdigit() or not low <= int(token) <= high:
+        raise ScheduleError(f"cron {expr!r}: {what} value {token!r} is outside {low}-{high}")
+
+
+def validate_cron(expr: str) -> str:
+    """Check a KFP (robfig/cron) expression: 6 fields, seconds first, or a descriptor such as ``@monthly``.
+
+    Args:
+        expr: The expression.
+
+    Returns:
+        The expression with its whitespace normalized.
+
+    Raises:
+        ScheduleError: With the offending field.
+    """
+    text = " ".join(str(expr).split())
+    if text in _DESCRIPTORS:
+        return text
+    parts = text.split(" ")
+    if len(parts) != 6:
+        hint = " (KFP wants seconds first: '0 ' + a 5-field cron)" if len(parts) == 5 else ""
+        raise ScheduleError(f"cron {expr!r} has {len(parts)} fields; KFP needs 6{hint}")
+    for part, (what, low, high, names) in zip(parts, _FIELDS, strict=True):
+        for item in part.split(","):
+            if item == "":
+                raise ScheduleError(f"cron {expr!r}: empty list item in the {what} field")
+            base, _, step = item.partition("/")
+            if step and (not step.isdigit() or int(step) == 0):
+                raise ScheduleError(f"cron {expr!r}: bad step {step!r} in the {what} field")
+            if base in ("*", "?"):
+                if base == "?" and what not in ("day of month", "day of week"):
+                    raise ScheduleError(f"cron {expr!r}: '?' is only allowed for the day fields")
+                continue
+            start, dash, end = base.partition("-")
+            _check_value(start, low, high, names, what, expr)
+            if dash:
+                _check_value(end, low, high, names, what, expr)
+    return text
+
+
+def _check_client(client_id: str) -> None:
+    if not _CLIENT_ID.match(client_id or ""):
+        raise ScheduleError(f"client id must be 2-42 lower-case letters, digits or dashes, got {client_id!r}")
+
+
+def pipeline_name(client_id: str) -> str:
+    """The KFP pipeline a client's package is uploaded as."""
+    return f"clipsync-monthly-retrain-{client_id}"
+
+
+def _connect(host: str, kfp_client: Any) -> Any:
+    if kfp_client is not None:
+        return kfp_client
+    if not host or not host.startswith(("http://", "https://")):
+        raise ScheduleError(f"--host must be the KFP API URL (http(s)://...), got {host!r}")
+    import kfp
+
+    try:
+        return kfp.Client(host=host)  # calls the server's healthz
+    except Exception as exc:
+        raise ScheduleError(f"cannot reach the Kubeflow Pipelines API at {host}: {type(exc).__name__}: {exc}") from exc
+
+
+def _upload(kfp_client: Any, package: Path, name: str) -> tuple[str, str]:
+    """Upload ``package`` as a new version of pipeline ``name``; returns (pipeline_id, version_id)."""
+    version_name = f"{name}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
+    pipeline_id = kfp_client.get_pipeline_id(name)
+    if pipeline_id is None:
+        pipeline = kfp_client.upload_pipeline(
+            str(package), pipeline_name=name, description="clipsync monthly_retrain (compiled by clipsync schedule)"
+        )
+        pipeline_id = pipeline.pipeline_id
+        versions = kfp_client.list_pipeline_versions(pipeline_id, page_size=1, sort_by="created_at desc")
+        if not versions.pipeline_versions:
+            raise ScheduleError(f"pipeline {name} ({pipeline_id}) was uploaded but lists no version")
+        version_id = versions.pipeline_versions[0].pipeline_version_id
+    else:
+        version = kfp_client.upload_pipeline_version(str(package), version_name, pipeline_id=pipeline_id)
+        version_id = version.pipeline_version_id
+    logger.info("uploaded pipeline %s (%s), version %s", name, pipeline_id, version_id)
+    return pipeline_id, version_id
+
+
+def schedule(
+    host: str,
+    client_id: str,
+    config_yaml: str = "",
+    cron: str = DEFAULT_CRON,
+    *,
+    experiment: str = "",
+    job_name: str = "",
+    replace: bool = False,
+    kfp_client: Any = None,
+) -> ScheduleResult:
+    """Create the client's monthly recurring run on a KFP server.
+
+    Args:
+        host: The KFP API, e.g. ``http://ml-pipeline-ui.kubeflow`` (ignored when ``kfp_client`` is given).
+        client_id: The client.
+        config_yaml: The client's YAML config text, baked into the package's parameter defaults.
+        cron: 6-field KFP cron (default: 02:00 UTC on the 1st of each month).
+        experiment: KFP experiment (default ``clipsync-<client>``).
+        job_name: Recurring run name (default ``clipsync-<client>-monthly``).
+        replace: Delete former recurring runs of the same name first; without it their existence is an error.
+        kfp_client: An existing ``kfp.Client``.
+
+    Returns:
+        The ids the server assigned.
+
+    Raises:
+        ScheduleError: On a bad argument, an unreachable server, or a recurring run that already exists.
+    """
+    cron = validate_cron(cron)
+    _check_client(client_id)
+    from pipelines.package import compile_pipeline
+
+    experiment = experiment or f"clipsync-{client_id}"
+    job_name = job_name or f"clipsync-{client_id}-monthly"
+    kfp_client = _connect(host, kfp_client)
+    exp = kfp_client.create_experiment(experiment)  # returns the existing one of that name
+    existing = kfp_client.list_recurring_runs(experiment_id=exp.experiment_id, page_size=100).recurring_runs or []
+    same = [r.recurring_run_id for r in existing if r.display_name == job_name]
+    if same and not replace:
+        raise ScheduleError(
+            f"recurring run {job_name!r} already exists in experiment {experiment!r} ({', '.join(same)}); "
+            "use --replace to replace it"
+        )
+    with tempfile.TemporaryDirectory(prefix="clipsync-schedule-") as tmp:
+        package = compile_pipeline(Path(tmp) / "monthly_retrain.yaml", client_id, config_yaml)
+        pipeline_id, version_id = _upload(kfp_client, package, pipeline_name(client_id))
+    for old in same:
+        kfp_client.delete_recurring_run(old)
+        logger.info("deleted former recurring run %s", old)
+    run = kfp_client.create_recurring_run(
+        experiment_id=exp.experiment_id,
+        job_name=job_name,
+        description=f"clipsync monthly retrain of {client_id}",
+        cron_expression=cron,
+        max_concurrency=1,
+        no_catchup=True,
+        pipeline_id=pipeline_id,
+        version_id=version_id,
+    )
+    logger.info("recurring run %s (%s) created: %s", job_name, run.recurring_run_id, cron)
+    return ScheduleResult(pipeline_id, version_id, exp.experiment_id, run.recurring_run_id, cron, tuple(same))
+
+
+def submit(
+    host: str,
+    client_id: str,
+    config_yaml: str = "",
+    *,
+    as_of: str = "",
+    window_days: int = 0,
+    experiment: str = "",
+    kfp_client: Any = None,
+) -> str:
+    """Launch one run of monthly_retrain now.
+
+    Args:
+        host: The KFP API (ignored when ``kfp_client`` is given).
+        client_id: The client.
+        config_yaml: The client's YAML config text.
+        as_of: End of the retrain window (ISO date; empty: the config's or today).
+        window_days: Window length (0: the config's).
+        experiment: KFP experiment (default ``clipsync-<client>``).
+        kfp_client: An existing ``kfp.Client``.
+
+    Returns:
+        The run id.
+
+    Raises:
+        ScheduleError: On a bad argument or an unreachable server.
+    """
+    _check_client(client_id)
+    if as_of:
+        try:
+            datetime.strptime(as_of, "%Y-%m-%d")
+        except ValueError as exc:
+            raise ScheduleError(f"as_of must be an ISO date (YYYY-MM-DD), got {as_of!r}") from exc
+    if window_days < 0:
+        raise ScheduleError(f"window_days must be >= 0, got {window_days}")
+    from pipelines.package import compile_pipeline
+
+    kfp_client = _connect(host, kfp_client)
+    with tempfile.TemporaryDirectory(prefix="clipsync-submit-") as tmp:
+        package = compile_pipeline(Path(tmp) / "monthly_retrain.yaml", client_id, config_yaml)
+        result = kfp_client.create_run_from_pipeline_package(
+            str(package),
+            arguments={"client_id": client_id, "as_of": as_of, "window_days": window_days},
+            run_name=f"clipsync-{client_id}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}",
+            experiment_name=experiment or f"clipsync-{client_id}",
+        )
+    logger.info("run %s submitted", result.run_id)
+    return result.run_id

@@ -1,0 +1,160 @@
+"""manifests/: generated from the deploy code (no drift), valid against the KServe CRD schemas and, for the
+built-in kinds, against Kubernetes' own schemas (kubernetes-validate --strict); the GPU overlay gives
+exactly what deploy creates; no credential value anywhere."""
+
+from __future__ import annotations
+
+import copy
+import os
+from functools import cache
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from components.deploy.config import DeployConfig
+from components.deploy.core import build_inference_service
+from components.deploy.manifests import apply_merge_patch, manifest_objects, merge_patch_diff, render_manifests
+
+REPO = Path(__file__).resolve().parents[1]
+MANIFESTS = REPO / "manifests"
+# The KServe CRDs (v0.21): $CLIPSYNC_KSERVE_SCHEMAS, else tests/schemas/kserve, else the workspace's shared copy.
+_SCHEMA_DIRS = [
+    Path(p) for p in (os.environ.get("CLIPSYNC_KSERVE_SCHEMAS"), REPO / "tests" / "schemas" / "kserve") if p
+] + [REPO.parent / "shared" / "schemas" / "kserve"]
+SCHEMAS = next(
+    (d for d in _SCHEMA_DIRS if (d / "serving.kserve.io_inferenceservices.yaml").is_file()), _SCHEMA_DIRS[-1]
+)
+CRD_FILES = {
+    "InferenceService": "serving.kserve.io_inferenceservices.yaml",
+    "ServingRuntime": "serving.kserve.io_servingruntimes.yaml",
+}
+BUILT_IN = {"ServiceAccount", "Secret", "Role", "RoleBinding"}
+
+
+def _files(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): p.read_text() for p in sorted(root.rglob("*.yaml"))}
+
+
+def _strict(schema):
+    """Refuse unknown fields where the API server would silently prune them (structural schemas)."""
+    if isinstance(schema, dict):
+        schema = {k: _strict(v) for k, v in schema.items()}
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            schema["additionalProperties"] = False
+    elif isinstance(schema, list):
+        schema = [_strict(v) for v in schema]
+    return schema
+
+
+@cache
+def crd_validator(kind: str, version: str):
+    if not (SCHEMAS / CRD_FILES[kind]).is_file():
+        pytest.fail(f"KServe CRD schema {CRD_FILES[kind]} not found in {[str(d) for d in _SCHEMA_DIRS]}")
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRD files are ~40k lines
+    crd = yaml.load((SCHEMAS / CRD_FILES[kind]).read_text(), Loader=loader)
+    (entry,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
+    return jsonschema.Draft7Validator(_strict(entry["schema"]["openAPIV3Schema"]))
+
+
+def validate_crd(obj: dict) -> None:
+    version = obj["apiVersion"].split("/")[1]
+    crd_validator(obj["kind"], version).validate(obj)
+
+
+def test_committed_manifests_equal_the_rendered_ones(tmp_path):
+    render_manifests(tmp_path)
+    rendered, committed = _files(tmp_path), _files(MANIFESTS)
+    assert sorted(committed) == sorted(rendered), "manifests/ files differ: run python -m components.deploy.manifests"
+    for rel, text in rendered.items():
+        assert committed[rel] == text, f"manifests/{rel} drifted: run python -m components.deploy.manifests manifests"
+
+
+def test_kserve_objects_match_the_crd_schemas():
+    objects = [yaml.safe_load(t) for t in _files(MANIFESTS).values()]
+    kinds = [o["kind"] for o in objects if o.get("kind") in CRD_FILES and "spec" in o and "metadata" in o]
+    assert kinds.count("InferenceService") >= 2 and kinds.count("ServingRuntime") == 2
+    for obj in objects:
+        if (
+            obj["kind"] in CRD_FILES
+            and obj["apiVersion"].startswith("serving.kserve.io/")
+            and "namespace" in obj.get("metadata", {})
+        ):
+            validate_crd(obj)
+    # What deploy creates in every variant is valid too (GPU, canary).
+    for predictor in ("clip-search", "lipsync"):
+        for cfg in (DeployConfig(), DeployConfig(gpu=False), DeployConfig(canary_traffic_percent=25, gpu_count=2)):
+            validate_crd(build_inference_service(f"{predictor}-acme", "s3://b/k", cfg, predictor))
+
+
+def test_crd_validation_is_not_vacuous():
+    isvc = build_inference_service("clip-search-acme", "s3://b/k", DeployConfig(), "clip-search")
+    typo = copy.deepcopy(isvc)
+    typo["spec"]["predictor"]["model"]["storageURI"] = typo["spec"]["predictor"]["model"].pop("storageUri")
+    with pytest.raises(jsonschema.ValidationError, match="storageURI"):
+        validate_crd(typo)
+    bad_type = copy.deepcopy(isvc)
+    bad_type["spec"]["predictor"]["minReplicas"] = "one"
+    with pytest.raises(jsonschema.ValidationError):
+        validate_crd(bad_type)
+
+
+def test_built_in_kinds_pass_kubernetes_validate_strict():
+    import kubernetes_validate
+
+    version = kubernetes_validate.latest_version()
+    seen = set()
+    for text in _files(MANIFESTS).values():
+        obj = yaml.safe_load(text)
+        if obj["kind"] in BUILT_IN:
+            kubernetes_validate.validate(obj, version, strict=True)
+            seen.add(obj["kind"])
+    assert seen == BUILT_IN
+    role = yaml.safe_load((MANIFESTS / "base" / "role-deploy.yaml").read_text())
+    role["rules"][0]["verb"] = role["rules"][0].pop("verbs")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(role, version, strict=True)
+
+
+def test_gpu_overlay_gives_what_deploy_creates_with_gpu():
+    files = {rel: yaml.safe_load(text) for rel, text in _files(MANIFESTS).items()}
+    overlay = files["overlays/gpu/kustomization.yaml"]
+    assert overlay["resources"] == ["../../base"]
+    for entry in overlay["patches"]:
+        patch = files[f"overlays/gpu/{entry['path']}"]
+        name = entry["target"]["name"]
+        (base,) = [
+            o for r, o in files.items() if r.startswith("base/inferenceservice-") and o["metadata"]["name"] == name
+        ]
+        predictor = base["metadata"]["labels"]["clipsync/predictor"]
+        uri = base["spec"]["predictor"]["model"]["storageUri"]
+        assert apply_merge_patch(base, patch) == build_inference_service(name, uri, DeployConfig(gpu=True), predictor)
+        pred = patch["spec"]["predictor"]
+        assert pred["model"]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+        assert pred["tolerations"][0]["key"] == "nvidia.com/gpu" and pred["nodeSelector"]
+    base_kustomization = files["base/kustomization.yaml"]
+    assert sorted(base_kustomization["resources"]) == sorted(
+        r.removeprefix("base/") for r in files if r.startswith("base/") and not r.endswith("kustomization.yaml")
+    )
+
+
+def test_merge_patch_round_trip():
+    a = {"x": 1, "y": {"z": [1, 2], "w": "keep"}, "gone": True}
+    b = {"x": 2, "y": {"z": [3], "w": "keep", "new": {"k": "v"}}}
+    assert apply_merge_patch(a, merge_patch_diff(a, b)) == b
+
+
+def test_no_credential_values_anywhere():
+    secrets = [o for o in manifest_objects().values() if isinstance(o, dict) and o.get("kind") == "Secret"]
+    assert len(secrets) == 1
+    (secret,) = secrets
+    assert "data" not in secret
+    assert secret["stringData"] == {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}
+    assert secret["metadata"]["annotations"]["serving.kserve.io/s3-endpoint"]
+    sa = next(o for o in manifest_objects().values() if isinstance(o, dict) and o.get("kind") == "ServiceAccount")
+    assert sa["secrets"] == [{"name": secret["metadata"]["name"]}]
