@@ -33,5 +33,5 @@ def run_local(config: ClientConfig, as_of: str = "", window_days: int = 0) -> st
         client_id=config.client_id, config_yaml=config.to_json(), as_of=as_of, window_days=window_days
     )
     report = Path(task.output.path)
-    run_dir = report.parents[2]  # {pipeline_root}/{pipeline}-{timestamp}/summary/report
+    run_dir = report.parents[1]  # {pipeline_root}/{pipeline}-{timestamp}/summary/report
     return report.read_text() + f"\nPipeline outputs: {run_dir}\n"

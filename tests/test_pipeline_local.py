@@ -1,0 +1,62 @@
+"""The monthly_retrain DAG executed for real by kfp.local's SubprocessRunner on a tiny demo library."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from components.common.config import load_config
+from components.common.manifest import read_manifest
+from components.demo_data.core import DemoConfig, generate_demo_data
+from pipelines.local import run_local
+
+pytestmark = pytest.mark.slow
+
+AS_OF = "2026-11-01"
+
+
+@pytest.fixture(scope="module")
+def tiny_client(tmp_path_factory) -> Path:
+    state = tmp_path_factory.mktemp("state")
+    config = load_config(state_dir=str(state), client_id="tiny")
+    generate_demo_data(
+        Path(config.storage.source_uri),
+        state / "demo" / "tiny",
+        DemoConfig(seed=1, as_of=AS_OF, clips_per_category=2, talking_real=2, talking_fake=2, two_face=1, no_face=1),
+    )
+    return state
+
+
+def test_dag_runs_locally_and_summarizes(tiny_client: Path):
+    config = load_config(state_dir=str(tiny_client), client_id="tiny")
+    source_before = {p: p.read_bytes() for p in Path(config.storage.source_uri).rglob("*") if p.is_file()}
+
+    report = run_local(config, as_of=AS_OF)
+
+    assert "# monthly_retrain: tiny, window of 30 days up to 2026-11-01" in report
+    assert "| ingest | FINISHED |" in report
+    run_dir = Path(report.split("Pipeline outputs: ")[1].strip())
+    manifest = read_manifest(run_dir / "ingest" / "manifest")
+    reasons = {r.reason.split(":")[0] for r in manifest if r.status == "rejected"}
+    assert {"empty_file", "not_media", "no_video_stream", "no_audio_for_lipsync"} <= reasons
+    assert any(r.status == "duplicate" for r in manifest)
+    assert sum(r.accepted for r in manifest) >= 10
+
+    # Client data is never modified or deleted.
+    source_after = {p: p.read_bytes() for p in Path(config.storage.source_uri).rglob("*") if p.is_file()}
+    assert source_after == source_before
+
+    # One parent MLflow run, each stage a nested run.
+    client = MlflowClient(tracking_uri=config.tracking.tracking_uri)
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    stages = {r.data.tags["clipsync.stage"] for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
+    assert {"ingest"} <= stages
+    ingest_run = next(r for r in runs if r.data.tags.get("clipsync.stage") == "ingest")
+    assert ingest_run.data.metrics["ingest_accepted"] == sum(r.accepted for r in manifest)
+    assert json.loads(json.dumps(ingest_run.data.params))["as_of"] == AS_OF
