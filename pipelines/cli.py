@@ -80,6 +80,60 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Serve the previous version again and point the registry alias ``champion`` back at it."""
+    from components.deploy.core import DeployError, rollback_model
+
+    config = _load(args)
+    try:
+        result = rollback_model(config.tracking, config.client_id, Path(config.state_dir), args.model, config.deploy)
+    except DeployError as exc:
+        print(f"clipsync: rollback failed, champion unchanged: {exc}", file=sys.stderr)
+        return 1
+    print(result.to_markdown(), end="")
+    return 0
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    """Upload the pipeline and create the client's recurring run on a Kubeflow Pipelines server."""
+    from pipelines.schedule import ScheduleError, schedule
+
+    config_yaml = args.config.read_text() if args.config else ""
+    try:
+        result = schedule(args.host, args.client or "acme", config_yaml, cron=args.cron, replace=args.replace)
+    except ScheduleError as exc:
+        print(f"clipsync: {exc}", file=sys.stderr)
+        return 2
+    print(result)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Launch one run of monthly_retrain now on a Kubeflow Pipelines server."""
+    from pipelines.schedule import ScheduleError, submit
+
+    config_yaml = args.config.read_text() if args.config else ""
+    try:
+        run_id = submit(
+            args.host, args.client or "acme", config_yaml, as_of=args.as_of or "", window_days=args.window_days or 0
+        )
+    except ScheduleError as exc:
+        print(f"clipsync: {exc}", file=sys.stderr)
+        return 2
+    print(f"submitted run {run_id}")
+    return 0
+
+
+def cmd_render_manifests(args: argparse.Namespace) -> int:
+    """Write the Kubernetes manifests (the same objects deploy creates)."""
+    from components.deploy.manifests import render_manifests
+
+    config = _load(args)
+    for path in render_manifests(args.output, client_id=config.client_id, cfg=config.deploy):
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `clipsync` command."""
     parser = argparse.ArgumentParser(
@@ -92,9 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo-data", help="generate a demo client library (videos, labels, broken uploads)")
     _add_config_args(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed and as-of: same library)")
-    p.add_argument(
-        "--as-of", help="timestamps are spread over the ~3 months before this ISO date (default today)"
-    )
+    p.add_argument("--as-of", help="timestamps are spread over the ~3 months before this ISO date (default today)")
     p.add_argument("--force", action="store_true", help="regenerate even if the client's folder has data")
     p.set_defaults(func=cmd_demo_data)
 
@@ -112,6 +164,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("-o", "--output", type=Path, default=Path("monthly_retrain.yaml"), help="output file")
     p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("schedule", help="create the client's monthly recurring run on a Kubeflow Pipelines server")
+    _add_config_args(p)
+    p.add_argument("--host", required=True, help="KFP API URL, e.g. http://ml-pipeline-ui.kubeflow")
+    p.add_argument("--cron", default="0 0 2 1 * *", help="6-field KFP cron (seconds first); default: 02:00 on the 1st")
+    p.add_argument("--replace", action="store_true", help="replace an existing recurring run of this client")
+    p.set_defaults(func=cmd_schedule)
+
+    p = sub.add_parser("submit", help="launch one monthly_retrain run now on a Kubeflow Pipelines server")
+    _add_config_args(p)
+    p.add_argument("--host", required=True, help="KFP API URL")
+    p.add_argument("--as-of", help="end of the retrain window, ISO date (default: today UTC)")
+    p.add_argument("--window-days", type=int, help="window length in days (default: the config's)")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("rollback", help="serve the previous champion again (registry alias previous -> champion)")
+    _add_config_args(p)
+    p.add_argument("--model", required=True, choices=["clip", "lipsync"], help="which model to roll back")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("render-manifests", help="write the Kubernetes manifests (InferenceServices, runtimes, RBAC)")
+    _add_config_args(p)
+    p.add_argument("-o", "--output", type=Path, default=Path("manifests"), help="output folder")
+    p.set_defaults(func=cmd_render_manifests)
     return parser
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from components.common.config import ConfigError
+from components.common.errors import ConfigError
 
 TESTS = ("bootstrap", "mcnemar")
 

@@ -19,11 +19,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from components.ab_gate.config import GatePolicy
+from components.common.errors import ConfigError
+from components.deploy.config import DeployConfig
+from components.face_tracking.config import FaceTrackingConfig
+
+__all__ = ["ClientConfig", "ConfigError", "from_dict", "load_config"]
 CLIENT_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}[a-z0-9]$")
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or out of range."""
 
 
 def default_state_dir() -> Path:
@@ -108,9 +110,7 @@ class WindowConfig:
             try:
                 date.fromisoformat(self.as_of)
             except ValueError as exc:
-                raise ConfigError(
-                    f"window.as_of must be an ISO date (YYYY-MM-DD), got {self.as_of!r}"
-                ) from exc
+                raise ConfigError(f"window.as_of must be an ISO date (YYYY-MM-DD), got {self.as_of!r}") from exc
 
 
 @dataclass(frozen=True)
@@ -166,6 +166,9 @@ class ClientConfig:
         tracking: See :class:`TrackingConfig`.
         window: See :class:`WindowConfig`.
         ingest: See :class:`IngestConfig`.
+        face_tracking: See :class:`components.face_tracking.config.FaceTrackingConfig`.
+        ab_gate: The promotion policy, :class:`components.ab_gate.config.GatePolicy`.
+        deploy: See :class:`components.deploy.config.DeployConfig`.
     """
 
     client_id: str
@@ -176,6 +179,9 @@ class ClientConfig:
     tracking: TrackingConfig
     window: WindowConfig = field(default_factory=WindowConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    face_tracking: FaceTrackingConfig = field(default_factory=FaceTrackingConfig)
+    ab_gate: GatePolicy = field(default_factory=GatePolicy)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
 
     def __post_init__(self) -> None:
         _require(
@@ -199,6 +205,9 @@ _SECTIONS: dict[str, type] = {
     "tracking": TrackingConfig,
     "window": WindowConfig,
     "ingest": IngestConfig,
+    "face_tracking": FaceTrackingConfig,
+    "ab_gate": GatePolicy,
+    "deploy": DeployConfig,
 }
 
 
@@ -212,6 +221,9 @@ def _build_section(name: str, cls: type, values: dict[str, Any]) -> Any:
         # Accept ints where floats are expected (YAML writes 1 for 1.0); refuse other type mismatches.
         if expected == "float" and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        # YAML and JSON have lists where the dataclasses hold tuples (hashable, frozen).
+        if str(expected).startswith("tuple") and isinstance(value, list):
+            value = tuple(value)
         type_ok = {
             "str": isinstance(value, str),
             "int": isinstance(value, int) and not isinstance(value, bool),

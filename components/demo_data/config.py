@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 
-from components.common.config import ConfigError
+from components.common.errors import ConfigError
 
 
 def _require(condition: bool, message: str) -> None:

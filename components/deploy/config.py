@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from components.common.config import ConfigError
+from components.common.errors import ConfigError
 
 TARGETS = ("local", "kserve")
 PREDICTORS = ("clip-search", "lipsync")

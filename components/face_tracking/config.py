@@ -1,0 +1,77 @@
+"""Settings of the face_tracking stage (standard library only: the kfp wrapper imports this)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from components.common.errors import ConfigError
+
+SELECT_STRATEGIES = ("longest", "largest", "first")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"face_tracking: {message}")
+
+
+@dataclass(frozen=True)
+class FaceTrackingConfig:
+    """How faces are found, tracked and turned into mouth crops.
+
+    Attributes:
+        max_faces: Most faces kept per frame (the highest-scoring ones).
+        select_strategy: Which track is the subject: ``longest`` (most frames with a face), ``largest``
+            (largest median box area) or ``first`` (earliest start; ties go to the longer track).
+        min_detection_confidence: Detector score threshold (0..1).
+        iou_threshold: Smallest IoU between a track's last box and a detection for them to match.
+        max_misses: Frames a track survives without a matching detection (a short occlusion) and keeps its id.
+        detect_every: Run the detector on every k-th frame only; boxes and crop geometry in between are
+            interpolated linearly between the detections of the same track (1: every frame, the reference).
+        crop_size: Side of the square mouth crops in pixels.
+        mouth_scale: Crop side as a multiple of the distance between the eyes.
+        use_landmarks: Also run FaceLandmarker and place the mouth crop from its lip and eye landmarks where
+            they agree with the detector's keypoints; off (default), from the detector's six keypoints (eyes,
+            mouth centre). Off by default because the mesh model obtainable here (mediapipe 0.10.21's
+            face_landmark.tflite in a .task bundle) gives positions unrelated to the face under mediapipe
+            1.2.2 (measured), so every mesh is rejected and the landmarker only costs time.
+        full_range_fallback: Where the short-range detector finds nothing in a frame, try the full-range
+            model (small or distant faces).
+        emit_all_tracks: Emit every kept track as its own sample (each speaker), not only the selected one.
+        min_track_frames: Tracks with fewer detected frames are dropped as spurious (the selected track is
+            kept whatever its length).
+        workers: Videos processed in parallel (processes); 1 processes them in this process.
+    """
+
+    max_faces: int = 5
+    select_strategy: str = "longest"
+    min_detection_confidence: float = 0.5
+    iou_threshold: float = 0.3
+    max_misses: int = 5
+    detect_every: int = 1
+    crop_size: int = 96
+    mouth_scale: float = 1.6
+    use_landmarks: bool = False
+    full_range_fallback: bool = True
+    emit_all_tracks: bool = False
+    min_track_frames: int = 3
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.max_faces <= 20, f"max_faces must be 1..20, got {self.max_faces}")
+        _require(
+            self.select_strategy in SELECT_STRATEGIES,
+            f"select_strategy must be one of {', '.join(SELECT_STRATEGIES)}, got {self.select_strategy!r}",
+        )
+        _require(
+            0.0 < self.min_detection_confidence < 1.0,
+            f"min_detection_confidence must be in (0, 1), got {self.min_detection_confidence}",
+        )
+        _require(0.0 < self.iou_threshold < 1.0, f"iou_threshold must be in (0, 1), got {self.iou_threshold}")
+        _require(0 <= self.max_misses <= 1000, f"max_misses must be 0..1000, got {self.max_misses}")
+        _require(1 <= self.detect_every <= 30, f"detect_every must be 1..30, got {self.detect_every}")
+        _require(16 <= self.crop_size <= 512, f"crop_size must be 16..512, got {self.crop_size}")
+        _require(0.5 <= self.mouth_scale <= 5.0, f"mouth_scale must be 0.5..5, got {self.mouth_scale}")
+        _require(self.min_track_frames >= 1, f"min_track_frames must be >= 1, got {self.min_track_frames}")
+        _require(1 <= self.workers <= 64, f"workers must be 1..64, got {self.workers}")
+        for name in ("use_landmarks", "full_range_fallback", "emit_all_tracks"):
+            _require(isinstance(getattr(self, name), bool), f"{name} must be a bool, got {getattr(self, name)!r}")
