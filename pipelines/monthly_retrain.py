@@ -7,6 +7,8 @@ the same parameters; locally `clipsync run` executes it with kfp.local's Subproc
 
 from kfp import dsl
 
+from components.face_tracking.component import face_tracking
+from components.frame_extraction.component import frame_extraction
 from components.ingest.component import ingest
 from components.start_run.component import start_run
 from components.summary.component import summary
@@ -40,6 +42,18 @@ def monthly_retrain(
     ingested = ingest(config=config, parent_run_id=parent)
     ingested.set_display_name("ingest")
 
-    closed = summary(config=config, parent_run_id=parent, manifest=ingested.outputs["manifest"])
+    extracted = frame_extraction(config=config, parent_run_id=parent, manifest=ingested.outputs["manifest"])
+    extracted.set_display_name("frame_extraction")
+
+    tracked = face_tracking(config=config, parent_run_id=parent, frames=extracted.outputs["frames"])
+    tracked.set_display_name("face_tracking")
+
+    closed = summary(
+        config=config,
+        parent_run_id=parent,
+        manifest=ingested.outputs["manifest"],
+        frames=extracted.outputs["frames"],
+        faces=tracked.outputs["faces"],
+    )
     closed.set_display_name("summary")
     return closed.outputs["report"]

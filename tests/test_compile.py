@@ -12,7 +12,7 @@ from components.common.images import IMAGES
 from pipelines.cli import main
 from pipelines.package import compile_pipeline
 
-EXPECTED_TASKS = {"start-run", "ingest", "summary"}
+EXPECTED_TASKS = {"start-run", "ingest", "frame-extraction", "face-tracking", "summary"}
 
 
 def test_compile_and_load_back(tmp_path: Path):

@@ -11,6 +11,8 @@ from mlflow.tracking import MlflowClient
 from components.common.config import load_config
 from components.common.manifest import read_manifest
 from components.demo_data.core import DemoConfig, generate_demo_data
+from components.face_tracking.dataset import read_face_index
+from components.frame_extraction.dataset import read_frame_index
 from pipelines.local import run_local
 
 pytestmark = pytest.mark.slow
@@ -19,9 +21,9 @@ AS_OF = "2026-11-01"
 
 
 @pytest.fixture(scope="module")
-def tiny_client(tmp_path_factory) -> Path:
+def tiny_client(tmp_path_factory, model_cache: Path) -> Path:
     state = tmp_path_factory.mktemp("state")
-    config = load_config(state_dir=str(state), client_id="tiny")
+    config = load_config(state_dir=str(state), client_id="tiny", cache_dir=str(model_cache))
     generate_demo_data(
         Path(config.storage.source_uri),
         state / "demo" / "tiny",
@@ -30,8 +32,8 @@ def tiny_client(tmp_path_factory) -> Path:
     return state
 
 
-def test_dag_runs_locally_and_summarizes(tiny_client: Path):
-    config = load_config(state_dir=str(tiny_client), client_id="tiny")
+def test_dag_runs_locally_and_summarizes(tiny_client: Path, model_cache: Path):
+    config = load_config(state_dir=str(tiny_client), client_id="tiny", cache_dir=str(model_cache))
     source_before = {p: p.read_bytes() for p in Path(config.storage.source_uri).rglob("*") if p.is_file()}
 
     report = run_local(config, as_of=AS_OF)
@@ -55,8 +57,25 @@ def test_dag_runs_locally_and_summarizes(tiny_client: Path):
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    stages = {r.data.tags["clipsync.stage"] for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
-    assert {"ingest"} <= stages
+    stages = {
+        r.data.tags["clipsync.stage"] for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id
+    }
+    assert {"ingest", "frame_extraction", "face_tracking"} <= stages
     ingest_run = next(r for r in runs if r.data.tags.get("clipsync.stage") == "ingest")
     assert ingest_run.data.metrics["ingest_accepted"] == sum(r.accepted for r in manifest)
     assert json.loads(json.dumps(ingest_run.data.params))["as_of"] == AS_OF
+
+    # frame_extraction covered every accepted video; face_tracking every lip-sync sample among them.
+    frames = read_frame_index(run_dir / "frame-extraction" / "frames")
+    assert {f.video_id for f in frames} == {r.video_id for r in manifest if r.accepted}
+    assert all(f.status == "ok" and f.n_search >= 1 for f in frames)
+    faces = read_face_index(run_dir / "face-tracking" / "faces")
+    lipsync_ids = {r.video_id for r in manifest if r.accepted and r.authenticity}
+    assert {f.video_id for f in faces} == lipsync_ids
+    truth = {
+        json.loads(line)["video_path"]: json.loads(line)
+        for line in (tiny_client / "demo" / "tiny" / "truth.jsonl").open()
+    }
+    by_id = {r.video_id: truth[r.key] for r in manifest if r.accepted}
+    for face in faces:
+        assert face.fallback_used == (by_id[face.video_id]["kind"] == "no_face")

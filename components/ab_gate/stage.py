@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from components.ab_gate.config import GatePolicy
 from components.ab_gate.core import Decision, decide
 from components.ab_gate.inputs import clip_evaluations, lipsync_evaluations
 
@@ -21,7 +20,7 @@ def run_ab_gate(
     numbers go to the active run's metrics and the decision itself to ``ab_gate/<model>.json`` and ``.md``.
 
     Args:
-        config: The ClientConfig (tracking, client id; its ``ab_gate`` section if the lead registered one).
+        config: The ClientConfig (tracking, client id, the ``ab_gate`` policy).
         model: ``clip`` or ``lipsync``.
         report_dir: The evaluate stage's report folder for that model.
         challenger_version: The challenger's registry version (the finetune stage's output).
@@ -32,7 +31,7 @@ def run_ab_gate(
     """
     from components.common import tracking
 
-    policy = getattr(config, "ab_gate", None) or GatePolicy()
+    policy = config.ab_gate
     if model == "clip":
         champion, challenger, base = clip_evaluations(Path(report_dir), challenger_version)
     elif model == "lipsync":

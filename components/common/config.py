@@ -23,6 +23,7 @@ from components.ab_gate.config import GatePolicy
 from components.common.errors import ConfigError
 from components.deploy.config import DeployConfig
 from components.face_tracking.config import FaceTrackingConfig
+from components.frame_extraction.config import FrameExtractionConfig
 
 __all__ = ["ClientConfig", "ConfigError", "from_dict", "load_config"]
 CLIENT_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}[a-z0-9]$")
@@ -166,6 +167,7 @@ class ClientConfig:
         tracking: See :class:`TrackingConfig`.
         window: See :class:`WindowConfig`.
         ingest: See :class:`IngestConfig`.
+        frame_extraction: See :class:`components.frame_extraction.config.FrameExtractionConfig`.
         face_tracking: See :class:`components.face_tracking.config.FaceTrackingConfig`.
         ab_gate: The promotion policy, :class:`components.ab_gate.config.GatePolicy`.
         deploy: See :class:`components.deploy.config.DeployConfig`.
@@ -179,6 +181,7 @@ class ClientConfig:
     tracking: TrackingConfig
     window: WindowConfig = field(default_factory=WindowConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    frame_extraction: FrameExtractionConfig = field(default_factory=FrameExtractionConfig)
     face_tracking: FaceTrackingConfig = field(default_factory=FaceTrackingConfig)
     ab_gate: GatePolicy = field(default_factory=GatePolicy)
     deploy: DeployConfig = field(default_factory=DeployConfig)
@@ -205,6 +208,7 @@ _SECTIONS: dict[str, type] = {
     "tracking": TrackingConfig,
     "window": WindowConfig,
     "ingest": IngestConfig,
+    "frame_extraction": FrameExtractionConfig,
     "face_tracking": FaceTrackingConfig,
     "ab_gate": GatePolicy,
     "deploy": DeployConfig,

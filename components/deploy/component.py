@@ -18,12 +18,11 @@ def deploy(config: str, parent_run_id: str, model: str, version: str) -> str:
 
     from components.common import tracking
     from components.common.config import ClientConfig
-    from components.deploy.config import DeployConfig
     from components.deploy.core import deploy_model
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = ClientConfig.from_json(config)
-    deploy_cfg = getattr(cfg, "deploy", None) or DeployConfig()
+    deploy_cfg = cfg.deploy
     params = {"model": model, "version": version, "target": deploy_cfg.target}
     with tracking.stage_run(cfg.tracking, parent_run_id, f"deploy_{model}", params):
         result = deploy_model(cfg.tracking, cfg.client_id, Path(cfg.state_dir), model, version, deploy_cfg)

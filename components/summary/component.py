@@ -7,7 +7,14 @@ from components.common.images import MEDIA_IMAGE
 
 
 @dsl.component(base_image=MEDIA_IMAGE, install_kfp_package=False)
-def summary(config: str, parent_run_id: str, manifest: Input[Dataset], report: Output[Markdown]):
+def summary(
+    config: str,
+    parent_run_id: str,
+    manifest: Input[Dataset],
+    frames: Input[Dataset],
+    faces: Input[Dataset],
+    report: Output[Markdown],
+):
     """Write the run summary (Markdown) and close the parent MLflow run."""
     import logging
     from pathlib import Path
@@ -17,5 +24,6 @@ def summary(config: str, parent_run_id: str, manifest: Input[Dataset], report: O
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = ClientConfig.from_json(config)
-    result = summarize(cfg, parent_run_id, {"manifest": manifest.path})
+    outputs = {"manifest": manifest.path, "frames": frames.path, "faces": faces.path}
+    result = summarize(cfg, parent_run_id, outputs)
     Path(report.path).write_text(result.to_markdown())

