@@ -41,7 +41,9 @@ class RunSummary:
             "|---|---|---:|---|",
         ]
         for stage in self.stages:
-            figures = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(stage.metrics.items()))
+            # Zero counts of rejection reasons are logged every month for stable names; here they are noise.
+            shown = {k: v for k, v in stage.metrics.items() if not ("rejected_" in k and v == 0)}
+            figures = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(shown.items()))
             lines.append(f"| {stage.stage} | {stage.status} | {stage.seconds:.1f} | {figures} |")
         lines += ["", "Outputs:"]
         lines += [f"- {name}: {uri}" for name, uri in sorted(self.artifacts.items())]
