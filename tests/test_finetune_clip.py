@@ -1,0 +1,455 @@
+"""finetune_clip: loss, masking, strategies, adapter round trip, resume, tokenizer of the demo base CLIP."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from components.common.config import ConfigError  # noqa: E402
+from components.finetune_clip.config import FinetuneClipConfig  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+CATEGORIES = {"surgery": (200, 40, 40), "forklift": (40, 200, 40), "curling": (40, 40, 200)}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory) -> Path:
+    """A tiny demo base CLIP (1 layer, width 32, 32 px), pretrained for 3 steps."""
+    from components.finetune_clip.base_model import build_demo_base_clip
+
+    out = tmp_path_factory.mktemp("base") / "base-clip"
+    return build_demo_base_clip(
+        out, seed=0, time_budget_s=20, max_steps=3, batch_size=8, image_size=32, patch_size=16, width=32, layers=1
+    )
+
+
+def _cfg(**kw) -> FinetuneClipConfig:
+    base = {
+        "epochs": 2,
+        "batch_size": 4,
+        "frames_per_video": 2,
+        "lr": 5e-3,
+        "warmup_ratio": 0.0,
+        "early_stopping_patience": 0,
+        "device": "cpu",
+        "lora_r": 4,
+        "lora_alpha": 8,
+    }
+    base.update(kw)
+    return FinetuneClipConfig(**base)
+
+
+def _samples(n: int, spec, seed: int, k: int = 2):
+    from components.finetune_clip.core import ClipSample
+    from components.finetune_clip.model import prepare_frames
+
+    rng = np.random.default_rng(seed)
+    names = list(CATEGORIES)
+    out = []
+    for i in range(n):
+        cat = names[i % len(names)]
+        frames = rng.integers(0, 60, size=(3, 40, 40, 3)).astype(np.uint8)
+        frames[:, 10:30, 10:30] = CATEGORIES[cat]
+        labels = (f"{cat} video",) + (("shared label",) if i % 2 == 0 else ())
+        out.append(ClipSample(f"v{seed}-{i:03d}", prepare_frames(frames, k, spec), labels, cat))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- loss
+
+
+def test_loss_two_by_two_hand_computed():
+    from components.finetune_clip.core import contrastive_loss
+
+    v = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    t = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    # logits = [[1, 0.6], [0, 0.8]] at scale 1
+    v2t = (-math.log(math.e / (math.e + math.exp(0.6))) - math.log(math.exp(0.8) / (1 + math.exp(0.8)))) / 2
+    t2v = (-math.log(math.e / (math.e + 1)) - math.log(math.exp(0.8) / (math.exp(0.6) + math.exp(0.8)))) / 2
+    loss = contrastive_loss(v, t, torch.eye(2, dtype=torch.bool), 1.0)
+    assert loss.item() == pytest.approx((v2t + t2v) / 2, rel=1e-6)
+    # identity mask = CLIP's loss (cross-entropy both ways), at another scale too
+    logits = 10.0 * v @ t.T
+    clip = (
+        torch.nn.functional.cross_entropy(logits, torch.arange(2))
+        + torch.nn.functional.cross_entropy(logits.T, torch.arange(2))
+    ) / 2
+    assert contrastive_loss(v, t, torch.eye(2, dtype=torch.bool), 10.0).item() == pytest.approx(clip.item(), rel=1e-4)
+
+
+def _reference_loss(logits: np.ndarray, pos: np.ndarray) -> float:
+    """Loop version of the multi-positive loss: a positive competes with the row's negatives only."""
+
+    def one_way(lg, p):
+        rows = []
+        for i in range(lg.shape[0]):
+            terms = []
+            for j in np.flatnonzero(p[i]):
+                neg = [math.exp(lg[i, k]) for k in range(lg.shape[1]) if not p[i, k]]
+                terms.append(-math.log(math.exp(lg[i, j]) / (math.exp(lg[i, j]) + sum(neg))))
+            if terms:
+                rows.append(sum(terms) / len(terms))
+        return sum(rows) / len(rows)
+
+    return 0.5 * (one_way(logits, pos) + one_way(logits.T, pos.T))
+
+
+def test_multilabel_masking_three_by_three():
+    from components.finetune_clip.core import batch_texts, contrastive_loss, positive_mask
+
+    labels = [("laparoscopic surgery", "shared"), ("shared",), ("forklift",)]
+    texts = batch_texts(labels)
+    assert texts == ["laparoscopic surgery", "shared", "forklift"]
+    mask = positive_mask(labels, texts)
+    assert mask.tolist() == [[True, True, False], [False, True, False], [False, False, True]]
+    g = torch.Generator().manual_seed(0)
+    v = torch.nn.functional.normalize(torch.randn(3, 8, generator=g), dim=-1)
+    t = torch.nn.functional.normalize(torch.randn(3, 8, generator=g), dim=-1)
+    loss = contrastive_loss(v, t, mask, 5.0)
+    expected = _reference_loss((5.0 * v @ t.T).numpy().astype(np.float64), mask.numpy())
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    # Video 0's two labels are never each other's negative: raising the similarity of its second positive
+    # leaves the loss term of its first positive untouched, so the loss can only go down.
+    logits = (5.0 * v @ t.T).detach().requires_grad_(True)
+    pos = mask
+    from components.finetune_clip.core import _directional_nll
+
+    _directional_nll(logits, pos).backward()
+    assert logits.grad[0, 1] < 0 and logits.grad[0, 0] < 0  # both positives are pulled up
+    assert logits.grad[0, 2] > 0  # the negative is pushed down
+    # the same mask treated as single-positive CE would differ: the masking matters
+    naive = torch.nn.functional.cross_entropy(5.0 * v @ t.T, torch.tensor([0, 1, 2]))
+    assert not math.isclose(loss.item(), naive.item(), rel_tol=1e-3)
+
+
+def test_loss_row_without_negative_is_finite():
+    from components.finetune_clip.core import contrastive_loss
+
+    v = torch.nn.functional.normalize(torch.randn(2, 4), dim=-1).requires_grad_(True)
+    t = torch.nn.functional.normalize(torch.randn(2, 4), dim=-1)
+    mask = torch.tensor([[True, True], [False, True]])  # video 0 carries every text of the batch
+    loss = contrastive_loss(v, t, mask, 10.0)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(v.grad).all()
+
+
+# ------------------------------------------------------------------------------------------- strategies
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="strategy"):
+        FinetuneClipConfig(strategy="adapterfusion")
+    with pytest.raises(ConfigError, match="batch_size"):
+        FinetuneClipConfig(batch_size=1)
+    assert FinetuneClipConfig(target_modules=["q_proj"]).target_modules == ("q_proj",)
+    d = FinetuneClipConfig()
+    assert (d.strategy, d.lora_r, d.lora_alpha, d.lora_dropout, d.target_modules, d.lr) == (
+        "lora",
+        16,
+        32,
+        0.1,
+        ("q_proj", "v_proj"),
+        1e-3,
+    )
+
+
+def test_strategies_trainable_parameter_sets(tiny_base):
+    from components.finetune_clip.model import apply_strategy, load_base_clip
+
+    seen = {}
+    for strategy in ("lora", "hybrid", "full"):
+        bundle = load_base_clip(str(tiny_base))
+        n_total_base = sum(p.numel() for p in bundle.model.parameters())
+        _model, stats = apply_strategy(bundle.model, _cfg(strategy=strategy))
+        seen[strategy] = stats
+        names = set(stats.names)
+        if strategy == "lora":
+            assert names and all(".lora_A." in n or ".lora_B." in n for n in names)
+            # 1 layer x 2 towers x (q_proj, v_proj) x (A, B)
+            assert len(names) == 8
+            assert any("text_model" in n and "q_proj" in n for n in names)
+            assert any("vision_model" in n and "v_proj" in n for n in names)
+            assert not any("k_proj.lora" in n or "out_proj.lora" in n for n in names)
+            assert stats.trainable == 8 * 4 * 32  # each A is 4x32, each B 32x4
+            assert stats.total == n_total_base + stats.trainable
+        elif strategy == "hybrid":
+            assert all(n.startswith(("text_model.", "text_projection.")) for n in names)
+            assert "text_projection.weight" in names and "text_model.embeddings.token_embedding.weight" in names
+            assert not any(n.startswith(("vision_model.", "visual_projection.")) for n in names)
+            assert "logit_scale" not in names
+        else:
+            assert stats.trainable == stats.total == n_total_base
+            assert "logit_scale" in names and "vision_model.embeddings.patch_embedding.weight" in names
+    assert seen["lora"].fraction < seen["hybrid"].fraction < seen["full"].fraction == 1.0
+
+
+# ------------------------------------------------------------------------------ training and round trip
+
+
+def _embeddings(bundle, samples, texts):
+    from components.finetune_clip.core import embed_samples
+    from components.finetune_clip.model import encode_texts
+
+    with torch.no_grad():
+        return (
+            embed_samples(bundle, bundle.model, samples, "mean"),
+            encode_texts(bundle.model, bundle.tokenizer, texts),
+        )
+
+
+@pytest.mark.parametrize("strategy", ["lora", "hybrid"])
+def test_export_and_load_round_trip(tiny_base, tmp_path, strategy):
+    from components.finetune_clip.core import export_model, train_clip
+    from components.finetune_clip.model import load_base_clip, load_clip_model
+
+    bundle = load_base_clip(str(tiny_base))
+    train = _samples(8, bundle.image_spec, seed=1)
+    texts = ["surgery video", "forklift video", "shared label"]
+    _base_v, base_t = _embeddings(bundle, train, texts)
+    cfg = _cfg(strategy=strategy, epochs=1)
+    result = train_clip(bundle, train, [], cfg, tmp_path / "work")
+    trained_v, trained_t = _embeddings(bundle, train, texts)
+    assert not torch.allclose(trained_t, base_t, atol=1e-4)  # training changed the model
+    out = export_model(
+        result.model, bundle, cfg, result.stats, tmp_path / "model", {"window": "w", "client_id": "acme"}
+    )
+    files = sorted(p.name for p in out.iterdir())
+    if strategy == "lora":
+        assert files == ["adapter_config.json", "adapter_model.safetensors", "card.json", "model_card.md"]
+        assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_base)
+    else:
+        assert files == ["card.json", "model.safetensors", "model_card.md"]
+        from safetensors.torch import load_file
+
+        assert all(k.startswith(("text_model.", "text_projection.")) for k in load_file(str(out / "model.safetensors")))
+    card = json.loads((out / "card.json").read_text())
+    assert card["base_model"] == str(tiny_base) and card["strategy"] == strategy and card["window"] == "w"
+    for merge in (False, True):
+        loaded = load_clip_model(out, merge=merge)
+        v, t = _embeddings(loaded, train, texts)
+        assert torch.allclose(v, trained_v, atol=1e-5) and torch.allclose(t, trained_t, atol=1e-5)
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tiny_base, tmp_path):
+    from safetensors.torch import load_file
+
+    from components.finetune_clip.core import train_clip
+    from components.finetune_clip.model import load_base_clip
+
+    cfg = _cfg(epochs=3, lora_dropout=0.1)
+    spec = load_base_clip(str(tiny_base)).image_spec
+    train, val = _samples(10, spec, seed=2), _samples(4, spec, seed=3)
+
+    full = train_clip(load_base_clip(str(tiny_base)), train, val, cfg, tmp_path / "a")
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_first(metrics, epoch):
+        if epoch == 1:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_clip(load_base_clip(str(tiny_base)), train, val, cfg, tmp_path / "b", stop_after_first)
+    state = json.loads((tmp_path / "b" / "checkpoints" / "last" / "state.json").read_text())
+    assert state["epoch"] == 1 and not state["finished"]
+    resumed = train_clip(load_base_clip(str(tiny_base)), train, val, cfg, tmp_path / "b")
+    assert resumed.resumed_from_epoch == 1 and resumed.epochs_run == 3 and full.resumed_from_epoch == 0
+    assert [h["val_loss"] for h in resumed.history] == pytest.approx([h["val_loss"] for h in full.history], rel=1e-5)
+    a = load_file(str(tmp_path / "a" / "checkpoints" / "last" / "trainable.safetensors"))
+    b = load_file(str(tmp_path / "b" / "checkpoints" / "last" / "trainable.safetensors"))
+    assert set(a) == set(b) and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    opt_a = load_file(str(tmp_path / "a" / "checkpoints" / "last" / "optimizer.safetensors"))
+    opt_b = load_file(str(tmp_path / "b" / "checkpoints" / "last" / "optimizer.safetensors"))
+    assert all(torch.allclose(opt_a[k], opt_b[k], atol=1e-6) for k in opt_a)
+    # a finished run is not trained again; another config starts over
+    again = train_clip(load_base_clip(str(tiny_base)), train, val, cfg, tmp_path / "b")
+    assert again.resumed_from_epoch == 3 and len(again.history) == 3
+    other = train_clip(load_base_clip(str(tiny_base)), train, val, replace(cfg, epochs=1), tmp_path / "b")
+    assert other.resumed_from_epoch == 0 and other.epochs_run == 1
+
+
+def test_demo_tokenizer_loads_with_full_vocabulary(tiny_base):
+    from transformers import CLIPTokenizerFast
+
+    card = json.loads((tiny_base / "base_card.json").read_text())
+    tok = CLIPTokenizerFast.from_pretrained(tiny_base)
+    assert len(tok) == card["vocab_size"] > 500
+    ids = tok("a red circle on a blue background")["input_ids"]
+    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+    assert len(ids) == 9  # every generic word is one token
+    # a client word is unknown to the base: it falls apart into sub-word pieces, never <unk>
+    ids = tok("laparoscopic")["input_ids"]
+    assert len(ids) > 4 and tok.eos_token_id not in ids[1:-1]
+
+
+def test_base_model_errors_are_clear(tmp_path):
+    import subprocess
+    import sys
+
+    from components.finetune_clip.model import ModelLoadError, load_base_clip
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match=r"no config\.json"):
+        load_base_clip(str(tmp_path / "empty"))
+    # A hub id without network (offline mode, so no retries): a clear error naming the model.
+    code = (
+        "from components.finetune_clip.model import load_base_clip, ModelLoadError\n"
+        "try:\n    load_base_clip('openai/clip-vit-base-patch32')\n"
+        "except ModelLoadError as e:\n    print('ERR', e)\n"
+    )
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert "ERR cannot load base CLIP 'openai/clip-vit-base-patch32'" in out.stdout
+
+
+def _write_frames_dataset(root: Path, n: int, seed: int = 0) -> Path:
+    """A frames Dataset (FORMATS.md) written with frame_extraction's own writers, plus one rejected video."""
+    from components.frame_extraction.dataset import FrameRecord, ShardWriter, write_frame_index
+
+    rng = np.random.default_rng(seed)
+    names = list(CATEGORIES)
+    rows = []
+    root.mkdir(parents=True)
+    with ShardWriter(root, "search", max_videos=10) as writer:
+        for i in range(n):
+            cat = names[i % len(names)]
+            vid = f"{i:016x}"
+            frames = rng.integers(0, 60, size=(3, 48, 48, 3)).astype(np.uint8)
+            frames[:, 12:36, 12:36] = CATEGORIES[cat]
+            shard = writer.add(vid, frames)
+            split = ("train", "train", "val", "test")[i % 4]
+            rows.append(
+                FrameRecord(
+                    video_id=vid,
+                    split=split,
+                    labels=(f"{cat} video",),
+                    category=cat,
+                    search_shard=shard,
+                    n_search=3,
+                    search_times=(0.5, 1.5, 2.5),
+                )
+            )
+    rows.append(
+        FrameRecord(video_id="f" * 16, split="train", labels=("x",), status="rejected", reason="decode_error: broken")
+    )
+    write_frame_index(root, rows)
+    return root
+
+
+def test_stage_registers_challenger_and_evaluates(tiny_base, tmp_path):
+    """run_finetune_clip + run_evaluate_clip on a small frames Dataset with MLflow on sqlite."""
+    import mlflow
+
+    from components.common import tracking
+    from components.common.config import from_dict
+    from components.evaluate.clip_eval import run_evaluate_clip
+    from components.finetune_clip.core import run_finetune_clip
+
+    frames = _write_frames_dataset(tmp_path / "frames", 24)
+    config = from_dict(
+        {"state_dir": str(tmp_path / "state"), "client_id": "acme", "window": {"as_of": "2026-11-01", "days": 30}}
+    )
+    cfg = _cfg(base_model=str(tiny_base), epochs=2)
+    report = run_finetune_clip(frames, tmp_path / "model", config, cfg, parent_run_id="")
+    assert report.registered_version == "1" and report.n_train == 12 and report.n_val == 6
+    assert [s["video_id"] for s in report.skipped] == ["f" * 16]
+    assert report.skipped[0]["reason"].startswith("frames not extracted: decode_error")
+    assert tracking.get_version_by_alias(config.tracking, "clip-acme", "challenger") == "1"
+    card = json.loads((tmp_path / "model" / "card.json").read_text())
+    assert card["window"] == "2026-10-02..2026-11-01" and card["client_id"] == "acme"
+    client = mlflow.MlflowClient(config.tracking.tracking_uri)
+    run = client.get_run(report.run_id)
+    assert 0 < run.data.metrics["trainable_fraction"] < 0.1
+    assert len(client.get_metric_history(report.run_id, "val_loss")) == 2
+    with tracking.stage_run(config.tracking, "", "evaluate"):
+        ev = run_evaluate_clip(frames, tmp_path / "model", tmp_path / "eval", config, cfg)
+    assert ev.baseline_kind == "base" and ev.n_test_videos == 6
+    assert ev.challenger.queries == ev.baseline.queries == sorted(f"{c} video" for c in CATEGORIES)
+    assert (tmp_path / "eval" / "clip_report.html").is_file()
+    # next month: version 1 is champion; the challenger is compared against it (same weights: same figures)
+    client.set_registered_model_alias("clip-acme", "champion", "1")
+    with tracking.stage_run(config.tracking, "", "evaluate"):
+        ev2 = run_evaluate_clip(frames, tmp_path / "model", tmp_path / "eval2", config, cfg)
+    assert ev2.baseline_kind == "champion v1"
+    assert ev2.baseline.rank.tolist() == ev2.challenger.rank.tolist() == ev.challenger.rank.tolist()
+
+
+def test_base_model_from_s3_folder(tiny_base, tmp_path, monkeypatch):
+    """An s3:// base folder (moto's S3 server on loopback) loads the same weights as the local folder."""
+    import socket
+
+    moto_server = pytest.importorskip("moto.server")
+    from minio import Minio
+
+    from components.finetune_clip.model import encode_texts, load_base_clip
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        for key, value in {
+            "MINIO_ENDPOINT": f"http://127.0.0.1:{port}",
+            "MINIO_ACCESS_KEY": "test",
+            "MINIO_SECRET_KEY": "testsecret",
+            "MINIO_REGION": "us-east-1",
+        }.items():
+            monkeypatch.setenv(key, value)
+        client = Minio(
+            f"127.0.0.1:{port}", access_key="test", secret_key="testsecret", secure=False, region="us-east-1"
+        )
+        client.make_bucket("models")
+        for f in tiny_base.iterdir():
+            client.fput_object("models", f"clip/base/{f.name}", str(f))
+        remote = load_base_clip("s3://models/clip/base", cache_dir=tmp_path / "cache")
+    finally:
+        server.stop()
+    local = load_base_clip(str(tiny_base))
+    assert (tmp_path / "cache" / "base-models" / "models__clip__base" / "config.json").is_file()
+    assert remote.image_spec == local.image_spec and len(remote.tokenizer) == len(local.tokenizer)
+    with torch.no_grad():
+        a = encode_texts(remote.model, remote.tokenizer, ["a red circle"])
+        b = encode_texts(local.model, local.tokenizer, ["a red circle"])
+    assert torch.equal(a, b)
+
+
+def test_grad_accumulation_steps_and_bf16_autocast(tiny_base, tmp_path):
+    from components.finetune_clip.core import train_clip
+    from components.finetune_clip.model import load_base_clip
+
+    bundle = load_base_clip(str(tiny_base))
+    train = _samples(10, bundle.image_spec, seed=4)  # batches of 4, 4, 2 -> one optimizer step per epoch
+    cfg = _cfg(epochs=2, grad_accum=3, mixed_precision="bf16", warmup_ratio=0.5)
+    result = train_clip(bundle, train, [], cfg, tmp_path / "w")
+    state = json.loads((tmp_path / "w" / "checkpoints" / "last" / "state.json").read_text())
+    assert state["step"] == 2 and result.precision == "bf16" and result.epochs_run == 2
+    assert all(math.isfinite(h["train_loss"]) for h in result.history)
+    # warm-up of 1 step (0.5 x 2), then cosine: the lr after the last step has decayed to 0
+    assert result.history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(RuntimeError, match="fp16 needs CUDA"):
+        train_clip(load_base_clip(str(tiny_base)), train, [], _cfg(mixed_precision="fp16"), tmp_path / "x")
