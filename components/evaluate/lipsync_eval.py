@@ -1,0 +1,547 @@
+"""evaluate, lip-sync part: challenger vs. champion on the same test videos, plus robustness.
+
+Conventions (LipFD's validation code gets both wrong; we do not):
+
+- **fake is the positive class**: FPR = real videos called fake / all real videos; FNR = fake videos
+  called real / all fake videos;
+- ROC AUC and average precision are computed on the scores, not on thresholded labels;
+- the decision threshold is chosen on the validation videos (the same split by video that training
+  used) and only then applied to the test videos.
+
+Videos whose mouth crops come from the centre-crop fallback (no face found) are reported separately:
+the headline metrics are on videos with a tracked face. Robustness repeats the metrics under the
+perturbations AVLips evaluates (compression, Gaussian noise, blur, pixelation, saturation, contrast),
+applied to the mouth crops, and writes a Markdown table and a PNG plot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger("clipsync.evaluate")
+
+#: perturbation -> levels, mildest first (after DeeperForensics-1.0 / AVLips; 3 of their 5 intensities).
+PERTURBATIONS: dict[str, tuple[float, ...]] = {
+    "compression": (75, 40, 15),  # JPEG quality of every crop
+    "gaussian_noise": (0.02, 0.05, 0.1),  # std, pixel values in [0, 1]
+    "blur": (1.0, 2.0, 3.0),  # Gaussian sigma in pixels (96 px crops)
+    "pixelation": (2, 4, 8),  # downscale factor
+    "saturation": (0.6, 0.3, 0.0),  # colour saturation factor
+    "contrast": (0.8, 0.6, 0.4),  # contrast factor
+}
+
+REPORT_FILE = "lipsync_eval.json"
+PAIRED_FILE = "lipsync_paired.jsonl"
+TABLE_FILE = "lipsync_robustness.md"
+PLOT_FILE = "lipsync_robustness.png"
+
+
+# --------------------------------------------------------------------------------------- metrics
+
+
+def _nan_to_none(value: float) -> float | None:
+    return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else value
+
+
+def binary_metrics(y_true_fake: np.ndarray, score_fake: np.ndarray, threshold: float = 0.5) -> dict:
+    """Video-level metrics with fake as the positive class.
+
+    Args:
+        y_true_fake: 1 for fake videos, 0 for real ones.
+        score_fake: Probability (or any score) of being fake; higher means more likely fake.
+        threshold: A video is called fake when ``score >= threshold``.
+
+    Returns:
+        ``n, n_fake, n_real, tp, fp, tn, fn, accuracy, balanced_accuracy, roc_auc, average_precision,
+        fpr, fnr, threshold``; a rate whose denominator is zero, and AUC/AP with a single class, are ``None``.
+
+    Raises:
+        ValueError: On mismatched lengths or labels other than 0/1.
+    """
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    y = np.asarray(y_true_fake).astype(int).reshape(-1)
+    s = np.asarray(score_fake, dtype=np.float64).reshape(-1)
+    if y.shape != s.shape:
+        raise ValueError(f"labels and scores differ in length: {y.shape} vs {s.shape}")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("labels must be 0 (real) or 1 (fake)")
+    pred = s >= threshold
+    tp = int(np.sum(pred & (y == 1)))
+    fp = int(np.sum(pred & (y == 0)))
+    tn = int(np.sum(~pred & (y == 0)))
+    fn = int(np.sum(~pred & (y == 1)))
+    n_fake, n_real = tp + fn, tn + fp
+    both = n_fake > 0 and n_real > 0
+    fpr = fp / n_real if n_real else None
+    fnr = fn / n_fake if n_fake else None
+    return {
+        "n": len(y),
+        "n_fake": n_fake,
+        "n_real": n_real,
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+        "accuracy": (tp + tn) / len(y) if len(y) else None,
+        "balanced_accuracy": (1 - fpr + 1 - fnr) / 2 if both else None,
+        "roc_auc": float(roc_auc_score(y, s)) if both else None,
+        "average_precision": float(average_precision_score(y, s)) if both else None,
+        "fpr": fpr,
+        "fnr": fnr,
+        "threshold": float(threshold),
+    }
+
+
+def choose_threshold(y_true_fake: np.ndarray, score_fake: np.ndarray, default: float = 0.5) -> float:
+    """Threshold maximizing Youden's J (TPR - FPR, i.e. balanced accuracy) on validation scores.
+
+    Candidates are midpoints between consecutive distinct scores (plus just below the lowest and just
+    above the highest); ties go to the candidate closest to ``default``.
+
+    Returns:
+        The threshold; ``default`` when the validation set lacks one of the classes.
+    """
+    y = np.asarray(y_true_fake).astype(int).reshape(-1)
+    s = np.asarray(score_fake, dtype=np.float64).reshape(-1)
+    if len(y) == 0 or y.min() == y.max():
+        return float(default)
+    uniq = np.unique(s)
+    candidates = np.concatenate([[uniq[0] - 1e-6], (uniq[:-1] + uniq[1:]) / 2, [uniq[-1] + 1e-6]])
+    n_fake, n_real = int(y.sum()), int((1 - y).sum())
+    best, best_j = float(default), -math.inf
+    for t in candidates:
+        pred = s >= t
+        j = np.sum(pred & (y == 1)) / n_fake - np.sum(pred & (y == 0)) / n_real
+        if j > best_j + 1e-12 or (abs(j - best_j) <= 1e-12 and abs(t - default) < abs(best - default)):
+            best, best_j = float(t), j
+    return best
+
+
+# ---------------------------------------------------------------------------------- perturbations
+
+
+def perturb_crops(crops: np.ndarray, kind: str, level: float, seed: int = 0) -> np.ndarray:
+    """Degrade mouth crops like AVLips' robustness tests.
+
+    Args:
+        crops: uint8 ``[T, H, W, 3]`` RGB.
+        kind: A key of :data:`PERTURBATIONS`.
+        level: Its intensity (JPEG quality, noise std, blur sigma, pixelation factor, saturation or
+            contrast factor).
+        seed: Seed of the noise.
+
+    Returns:
+        uint8 crops of the same shape.
+
+    Raises:
+        ValueError: On an unknown kind.
+    """
+    import cv2
+
+    x = np.asarray(crops)
+    if kind == "compression":
+        out = np.empty_like(x)
+        for i, frame in enumerate(x):
+            ok, buf = cv2.imencode(".jpg", frame[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(level)])
+            if not ok:
+                raise RuntimeError("JPEG encoding failed")
+            out[i] = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
+        return out
+    if kind == "gaussian_noise":
+        rng = np.random.default_rng(seed)
+        return np.clip(x + rng.normal(0, 255 * level, x.shape), 0, 255).astype(np.uint8)
+    if kind == "blur":
+        return np.stack([cv2.GaussianBlur(f, (0, 0), float(level)) for f in x])
+    if kind == "pixelation":
+        h, w = x.shape[1:3]
+        small = (max(1, round(w / level)), max(1, round(h / level)))
+        return np.stack(
+            [
+                cv2.resize(cv2.resize(f, small, interpolation=cv2.INTER_AREA), (w, h), interpolation=cv2.INTER_NEAREST)
+                for f in x
+            ]
+        )
+    xf = x.astype(np.float32)
+    if kind == "saturation":
+        gray = (0.299 * xf[..., 0] + 0.587 * xf[..., 1] + 0.114 * xf[..., 2])[..., None]
+        return np.clip(gray + (xf - gray) * level, 0, 255).astype(np.uint8)
+    if kind == "contrast":
+        mean = xf.mean(axis=(1, 2, 3), keepdims=True)
+        return np.clip(mean + (xf - mean) * level, 0, 255).astype(np.uint8)
+    raise ValueError(f"unknown perturbation {kind!r}; expected one of {sorted(PERTURBATIONS)}")
+
+
+# ------------------------------------------------------------------------------------ evaluation
+
+
+@dataclass
+class ModelEval:
+    """One model's evaluation.
+
+    Attributes:
+        model_dir: Where it was loaded from.
+        threshold: Chosen on validation (or the model's own when validation lacks a class).
+        threshold_source: ``validation`` or ``model``.
+        val: Validation metrics at that threshold.
+        test: Test metrics on videos with a tracked face (the headline).
+        test_fallback: Test metrics on centre-crop fallback videos.
+        test_all: Test metrics on every test video.
+    """
+
+    model_dir: str
+    threshold: float
+    threshold_source: str
+    val: dict = field(default_factory=dict)
+    test: dict = field(default_factory=dict)
+    test_fallback: dict = field(default_factory=dict)
+    test_all: dict = field(default_factory=dict)
+
+
+@dataclass
+class LipsyncEvalReport:
+    """Challenger (and champion) on the same test videos; paired outcomes for the gate; robustness.
+
+    ``paired`` rows: video_id, label (``real``/``fake``), fallback_used, and per model ``<role>_score``,
+    ``<role>_pred_fake``, ``<role>_correct``. ``champion_version`` is set by :func:`run_evaluate_lipsync`.
+    """
+
+    challenger: ModelEval
+    champion: ModelEval | None
+    n_val_videos: int
+    n_test_videos: int
+    n_test_fallback: int
+    paired: list[dict] = field(default_factory=list)
+    robustness: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+    champion_version: str = ""
+
+    def as_metrics(self) -> dict[str, float]:
+        """Flat numbers for MLflow: ``lipsync_<model>_<subset>_<metric>``; undefined values are left out."""
+        out: dict[str, float] = {
+            "lipsync_n_val_videos": float(self.n_val_videos),
+            "lipsync_n_test_videos": float(self.n_test_videos),
+            "lipsync_n_test_fallback": float(self.n_test_fallback),
+        }
+        for role, ev in (("challenger", self.challenger), ("champion", self.champion)):
+            if ev is None:
+                continue
+            out[f"lipsync_{role}_threshold"] = ev.threshold
+            for subset in ("val", "test", "test_fallback", "test_all"):
+                for key in ("accuracy", "roc_auc", "average_precision", "fpr", "fnr", "balanced_accuracy"):
+                    value = getattr(ev, subset).get(key)
+                    if value is not None:
+                        out[f"lipsync_{role}_{subset}_{key}"] = float(value)
+        for row in self.robustness:
+            for key in ("roc_auc", "accuracy"):
+                if row.get(key) is not None:
+                    out[f"lipsync_{row['model']}_robust_{row['perturbation']}_{row['level']:g}_{key}"] = float(row[key])
+        return out
+
+
+def fetch_champion(config, dest: str | Path) -> tuple[Path, str] | None:
+    """Download the champion of ``lipsync-<client>`` into ``dest``.
+
+    Args:
+        config: The ClientConfig (tracking settings and client id).
+        dest: Target folder.
+
+    Returns:
+        ``(model folder, registry version)``, or ``None`` when there is no champion yet (first month).
+    """
+    from components.common import tracking
+
+    name = f"lipsync-{config.client_id}"
+    version = tracking.get_version_by_alias(config.tracking, name, "champion")
+    if version is None:
+        return None
+    return tracking.download_version(config.tracking, name, version, Path(dest)), version
+
+
+def _score(model, videos, perturbation: tuple[str, float] | None = None) -> np.ndarray:
+    from components.finetune_lipsync.model import predict_video
+
+    scores = []
+    for i, v in enumerate(videos):
+        crops = v.crops if perturbation is None else perturb_crops(v.crops, *perturbation, seed=i)
+        scores.append(predict_video(model, crops, v.audio, v.fps).probability)
+    return np.asarray(scores, dtype=np.float64)
+
+
+def _evaluate_model(model_dir: Path, val, test, face_mask: np.ndarray) -> tuple[ModelEval, np.ndarray, object]:
+    from components.finetune_lipsync.model import load_model
+
+    model = load_model(model_dir)
+    y_val = np.array([v.label for v in val], dtype=int)
+    y_test = np.array([v.label for v in test], dtype=int)
+    val_scores = _score(model, val) if val else np.zeros(0)
+    if len(y_val) and y_val.min() != y_val.max():
+        threshold, source = choose_threshold(y_val, val_scores, default=model.config.threshold), "validation"
+    else:
+        threshold, source = float(model.config.threshold), "model"
+    test_scores = _score(model, test)
+    ev = ModelEval(
+        model_dir=str(model_dir),
+        threshold=threshold,
+        threshold_source=source,
+        val=binary_metrics(y_val, val_scores, threshold) if len(y_val) else {},
+        test=binary_metrics(y_test[face_mask], test_scores[face_mask], threshold) if face_mask.any() else {},
+        test_fallback=binary_metrics(y_test[~face_mask], test_scores[~face_mask], threshold)
+        if (~face_mask).any()
+        else {},
+        test_all=binary_metrics(y_test, test_scores, threshold) if len(y_test) else {},
+    )
+    return ev, test_scores, model
+
+
+def evaluate_lipsync(
+    challenger_dir: str | Path,
+    champion_dir: str | Path | None,
+    faces_dir: str | Path,
+    out_dir: str | Path,
+    cfg=None,
+    robustness: bool = True,
+    perturbations: dict[str, Sequence[float]] | None = None,
+) -> LipsyncEvalReport:
+    """Evaluate the challenger (and the champion) on the faces Dataset's test videos.
+
+    Args:
+        challenger_dir: Model folder of the new model.
+        champion_dir: Model folder of the current champion, or ``None`` (first month).
+        faces_dir: The face_tracking Dataset.
+        out_dir: Where the report files go (JSON, paired JSONL, Markdown table, PNG plot).
+        cfg: The FinetuneLipsyncConfig training used (its ``val_fraction`` and ``seed`` rebuild the
+            validation split); default settings when ``None``.
+        robustness: Also run the perturbation sweep.
+        perturbations: Overrides :data:`PERTURBATIONS`.
+
+    Returns:
+        The report (also written to ``out_dir``).
+    """
+    from components.finetune_lipsync.config import FinetuneLipsyncConfig
+    from components.finetune_lipsync.core import load_lipsync_videos, split_by_video, training_pool
+
+    cfg = cfg or FinetuneLipsyncConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    videos, skipped = load_lipsync_videos(faces_dir)
+    _, val = split_by_video(training_pool(videos), cfg.val_fraction, cfg.seed)
+    test = sorted((v for v in videos if v.split == "test"), key=lambda v: v.video_id)
+    if not test:
+        logger.warning("evaluate: no labelled lip-sync test videos in %s", faces_dir)
+    face_mask = np.array([not v.fallback_used for v in test], dtype=bool)
+    y_test = np.array([v.label for v in test], dtype=int)
+
+    models = {"challenger": Path(challenger_dir)}
+    if champion_dir is not None:
+        models["champion"] = Path(champion_dir)
+    evals: dict[str, ModelEval] = {}
+    scores: dict[str, np.ndarray] = {}
+    loaded = {}
+    for role, path in models.items():
+        if test:
+            evals[role], scores[role], loaded[role] = _evaluate_model(path, val, test, face_mask)
+        else:
+            evals[role] = ModelEval(model_dir=str(path), threshold=float("nan"), threshold_source="none")
+        logger.info(
+            "evaluate: lipsync %s test AUC %s accuracy %s (threshold %.3f from %s)",
+            role,
+            evals[role].test.get("roc_auc"),
+            evals[role].test.get("accuracy"),
+            evals[role].threshold,
+            evals[role].threshold_source,
+        )
+
+    paired = []
+    for i, v in enumerate(test):
+        row = {"video_id": v.video_id, "label": "fake" if v.label else "real", "fallback_used": v.fallback_used}
+        for role in scores:
+            pred = bool(scores[role][i] >= evals[role].threshold)
+            row[f"{role}_score"] = float(scores[role][i])
+            row[f"{role}_pred_fake"] = pred
+            row[f"{role}_correct"] = pred == bool(v.label)
+        paired.append(row)
+
+    robust_rows: list[dict] = []
+    face_test = [v for v, keep in zip(test, face_mask, strict=True) if keep]
+    if robustness and face_test:
+        y_face = y_test[face_mask]
+        for role, model in loaded.items():
+            clean = evals[role].test
+            robust_rows.append(_robust_row(role, "none", 0.0, clean))
+            for kind, levels in (perturbations or PERTURBATIONS).items():
+                for level in levels:
+                    s = _score(model, face_test, (kind, level))
+                    robust_rows.append(_robust_row(role, kind, level, binary_metrics(y_face, s, evals[role].threshold)))
+
+    report = LipsyncEvalReport(
+        challenger=evals["challenger"],
+        champion=evals.get("champion"),
+        n_val_videos=len(val),
+        n_test_videos=len(test),
+        n_test_fallback=int((~face_mask).sum()),
+        paired=paired,
+        robustness=robust_rows,
+        skipped=skipped,
+    )
+    write_lipsync_report(report, out)
+    return report
+
+
+def _robust_row(model: str, kind: str, level: float, metrics: dict) -> dict:
+    keys = ("accuracy", "roc_auc", "average_precision", "fpr", "fnr")
+    return {"model": model, "perturbation": kind, "level": float(level), **{k: metrics.get(k) for k in keys}}
+
+
+# ---------------------------------------------------------------------------------------- report
+
+
+def robustness_table(rows: Sequence[dict]) -> str:
+    """Markdown table: one line per perturbation level, AUC / accuracy / FPR / FNR per model."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
+    head = "| perturbation | level | " + " | ".join(f"{m} AUC | {m} acc | {m} FPR | {m} FNR" for m in models) + " |"
+    sep = "|---|---|" + "---|---|---|---|" * len(models)
+    lines = [head, sep]
+    keyed = {(r["model"], r["perturbation"], r["level"]): r for r in rows}
+    for kind, level in dict.fromkeys((r["perturbation"], r["level"]) for r in rows):
+        cells = []
+        for m in models:
+            r = keyed.get((m, kind, level), {})
+            cells.append(" | ".join(fmt(r.get(k)) for k in ("roc_auc", "accuracy", "fpr", "fnr")))
+        lines.append(f"| {kind} | {level:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def robustness_plot(rows: Sequence[dict], path: str | Path) -> Path:
+    """PNG: one panel per perturbation, ROC AUC (solid) and accuracy (dashed) against level, per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = [k for k in dict.fromkeys(r["perturbation"] for r in rows) if k != "none"]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    cols = 3
+    n_rows = max(1, math.ceil(len(kinds) / cols))
+    fig, axes = plt.subplots(n_rows, cols, figsize=(4 * cols, 3 * n_rows), squeeze=False)
+    for ax, kind in zip(axes.flat, kinds, strict=False):
+        for j, m in enumerate(models):
+            clean = next((r for r in rows if r["model"] == m and r["perturbation"] == "none"), None)
+            pts = [r for r in rows if r["model"] == m and r["perturbation"] == kind]
+            xs = list(range(len(pts) + 1))
+            labels = ["clean"] + [f"{r['level']:g}" for r in pts]
+            for key, style in (("roc_auc", "-o"), ("accuracy", "--s")):
+                ys = [(clean or {}).get(key)] + [r.get(key) for r in pts]
+                ys = [np.nan if y is None else y for y in ys]
+                ax.plot(xs, ys, style, color=f"C{j}", label=f"{m} {'AUC' if key == 'roc_auc' else 'acc'}")
+            ax.set_xticks(xs, labels)
+        ax.set_title(kind)
+        ax.set_ylim(0, 1.05)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(kinds) :]:
+        ax.axis("off")
+    if kinds:
+        axes.flat[0].legend(fontsize=7, loc="lower left")
+    fig.suptitle("Lip-sync detector under perturbations (test videos with a face)")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _json_safe(obj):
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float):
+        return _nan_to_none(obj)
+    if isinstance(obj, np.generic):
+        return _json_safe(obj.item())
+    return obj
+
+
+def write_lipsync_report(report: LipsyncEvalReport, out_dir: str | Path) -> dict[str, str]:
+    """Write the JSON report, the paired outcomes (JSON Lines), the robustness table and plot.
+
+    Returns:
+        File role -> path (also stored in ``report.files``).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"report": str(out / REPORT_FILE), "paired": str(out / PAIRED_FILE)}
+    with open(out / PAIRED_FILE, "w", encoding="utf-8") as fh:
+        for row in report.paired:
+            fh.write(json.dumps(_json_safe(row), sort_keys=True) + "\n")
+    if report.robustness:
+        (out / TABLE_FILE).write_text(robustness_table(report.robustness), encoding="utf-8")
+        robustness_plot(report.robustness, out / PLOT_FILE)
+        files.update(table=str(out / TABLE_FILE), plot=str(out / PLOT_FILE))
+    report.files = files
+    (out / REPORT_FILE).write_text(json.dumps(_json_safe(asdict(report)), indent=2, sort_keys=True), encoding="utf-8")
+    return files
+
+
+def log_lipsync_eval(report: LipsyncEvalReport, artifact_dir: str = "evaluate/lipsync") -> None:
+    """Log the report's metrics, JSON, table and plot into the active MLflow run (inside ``stage_run``)."""
+    import mlflow
+
+    from components.common import tracking
+
+    tracking.log_metrics(report.as_metrics())
+    tracking.log_dict_artifact(_json_safe(asdict(report)), f"{artifact_dir}/{REPORT_FILE}")
+    for role in ("table", "plot", "paired"):
+        if role in report.files:
+            mlflow.log_artifact(report.files[role], artifact_dir)
+
+
+def run_evaluate_lipsync(
+    faces_dir: Path,
+    challenger_dir: Path,
+    out_dir: Path,
+    config,
+    cfg=None,
+    log_to_active_run: bool = True,
+) -> LipsyncEvalReport:
+    """The lip-sync half of the evaluate stage: challenger vs. the registry's champion (if any).
+
+    Call it inside the evaluate stage's ``tracking.stage_run`` block when ``log_to_active_run`` is set:
+    metrics go to the active run, the report files to its ``evaluate_lipsync/`` artifacts.
+
+    Args:
+        faces_dir: The face_tracking Dataset.
+        challenger_dir: The finetune_lipsync Model artifact.
+        out_dir: Folder for the report files.
+        config: The ClientConfig (tracking, client id, state_dir).
+        cfg: The finetune_lipsync settings (validation split); the ClientConfig's section by default.
+        log_to_active_run: Log metrics and artifacts to MLflow's active run.
+
+    Returns:
+        The report.
+    """
+    import tempfile
+
+    cfg = cfg or config.finetune_lipsync
+    Path(config.state_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=config.state_dir, prefix=".lipsync-champion-") as tmp:
+        champion = fetch_champion(config, Path(tmp) / "champion")
+        report = evaluate_lipsync(challenger_dir, champion[0] if champion else None, faces_dir, out_dir, cfg)
+    if champion is not None:
+        report.champion_version = champion[1]
+        write_lipsync_report(report, out_dir)
+    if log_to_active_run:
+        log_lipsync_eval(report, "evaluate_lipsync")
+    return report

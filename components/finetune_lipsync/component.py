@@ -1,0 +1,38 @@
+"""Thin kfp wrapper of components.finetune_lipsync.core."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components.common.images import TRAIN_IMAGE
+
+
+@dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
+def finetune_lipsync(
+    config: str, parent_run_id: str, faces: Input[Dataset], model: Output[Model], metrics: Output[Metrics]
+) -> str:
+    """Fine-tune the lip-sync detector on the faces Dataset; register it as ``lipsync-<client>@challenger``.
+
+    Returns:
+        The registered model version.
+    """
+    import logging
+    from pathlib import Path
+
+    from components.common.config import ClientConfig
+    from components.finetune_lipsync.core import run_finetune_lipsync
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = ClientConfig.from_json(config)
+    report = run_finetune_lipsync(Path(faces.path), Path(model.path), cfg, parent_run_id=parent_run_id)
+    model.metadata.update(
+        {
+            "registered_name": report.registered_name,
+            "registered_version": report.registered_version,
+            "threshold": report.threshold,
+            "pretrained": report.pretrained,
+        }
+    )
+    for name, value in report.as_metrics().items():
+        if value == value:  # NaN is not a valid kfp metric
+            metrics.log_metric(name, value)
+    return report.registered_version

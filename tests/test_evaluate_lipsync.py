@@ -1,0 +1,189 @@
+"""evaluate (lip-sync part): metrics with fake as positive, threshold from validation, perturbations, report."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from components.evaluate.lipsync_eval import (
+    PERTURBATIONS,
+    binary_metrics,
+    choose_threshold,
+    evaluate_lipsync,
+    perturb_crops,
+    robustness_table,
+)
+from components.finetune_lipsync.config import FinetuneLipsyncConfig
+from components.finetune_lipsync.core import load_lipsync_videos, split_by_video, train_lipsync, training_pool
+from components.finetune_lipsync.model import LipSyncDetector, LipSyncModelConfig, save_model
+from components.finetune_lipsync.synthetic import synthetic_video, write_synthetic_faces
+
+torch.set_num_threads(1)
+
+
+def test_metrics_use_fake_as_positive_class():
+    # 3 fakes, 5 reals. At 0.5: one fake missed (score 0.4), two reals flagged (0.6, 0.7).
+    y = np.array([1, 1, 1, 0, 0, 0, 0, 0])
+    s = np.array([0.9, 0.8, 0.4, 0.7, 0.6, 0.3, 0.2, 0.1])
+    m = binary_metrics(y, s, 0.5)
+    assert (m["tp"], m["fn"], m["fp"], m["tn"]) == (2, 1, 2, 3)
+    assert m["fpr"] == pytest.approx(2 / 5)  # reals called fake / all reals
+    assert m["fnr"] == pytest.approx(1 / 3)  # fakes called real / all fakes
+    assert m["accuracy"] == pytest.approx(5 / 8)
+    # With real as positive (LipFD's mistake) these would swap to FPR 1/3 and FNR 2/5.
+    assert (m["fpr"], m["fnr"]) != pytest.approx((1 / 3, 2 / 5))
+    # AUC from the scores: 15 fake-real pairs, the fake ranks higher in 13 (0.4 loses to 0.7 and 0.6).
+    assert m["roc_auc"] == pytest.approx(13 / 15)
+    assert m["average_precision"] == pytest.approx((1 + 1 + 3 / 5) / 3)
+
+
+def test_auc_and_ap_come_from_scores_not_thresholded_labels():
+    y = np.array([1, 1, 0, 0])
+    s = np.array([0.45, 0.40, 0.30, 0.10])  # perfectly ranked, but all below 0.5
+    m = binary_metrics(y, s, 0.5)
+    assert m["roc_auc"] == 1.0 and m["average_precision"] == 1.0
+    assert m["accuracy"] == 0.5 and m["fnr"] == 1.0 and m["fpr"] == 0.0
+    single = binary_metrics(np.array([0, 0]), np.array([0.2, 0.9]), 0.5)
+    assert single["roc_auc"] is None and single["fnr"] is None and single["fpr"] == 0.5
+    with pytest.raises(ValueError):
+        binary_metrics(np.array([0, 2]), np.array([0.1, 0.2]))
+    with pytest.raises(ValueError):
+        binary_metrics(np.array([0, 1]), np.array([0.1]))
+
+
+def test_threshold_is_chosen_on_validation_scores():
+    y = np.array([0, 0, 0, 1, 1, 1])
+    s = np.array([0.05, 0.1, 0.2, 0.3, 0.35, 0.9])
+    t = choose_threshold(y, s)
+    assert 0.2 < t <= 0.3 and binary_metrics(y, s, t)["accuracy"] == 1.0
+    assert choose_threshold(np.array([1, 1]), np.array([0.2, 0.3])) == 0.5  # one class: default
+    overlap = choose_threshold(np.array([0, 1, 0, 1]), np.array([0.1, 0.4, 0.6, 0.9]))
+    assert binary_metrics(np.array([0, 1, 0, 1]), np.array([0.1, 0.4, 0.6, 0.9]), overlap)["balanced_accuracy"] == 0.75
+
+
+def test_perturbations_degrade_crops_and_keep_shape():
+    crops, _ = synthetic_video(False, 0, duration_s=0.2)
+    for kind, levels in PERTURBATIONS.items():
+        for level in levels:
+            out = perturb_crops(crops, kind, level, seed=1)
+            assert out.shape == crops.shape and out.dtype == np.uint8, kind
+            assert np.abs(out.astype(int) - crops).mean() > 0.3, (kind, level)
+        mild, strong = (perturb_crops(crops, kind, lv, seed=1) for lv in (levels[0], levels[-1]))
+        assert np.abs(strong.astype(int) - crops).mean() > np.abs(mild.astype(int) - crops).mean(), kind
+    gray = perturb_crops(crops, "saturation", 0.0)
+    assert np.abs(gray[..., 0].astype(int) - gray[..., 1]).max() <= 1
+    with pytest.raises(ValueError, match="unknown perturbation"):
+        perturb_crops(crops, "rain", 1)
+
+
+def test_evaluate_challenger_and_champion_on_same_test_videos(tmp_path):
+    faces = tmp_path / "faces"
+    write_synthetic_faces(
+        faces, {"train": 8, "val": 4, "test": 8}, duration_s=1.5, size=32, fallback_ids=("test006", "test007")
+    )
+    cfg = FinetuneLipsyncConfig(
+        crop_size=32,
+        visual_channels=4,
+        audio_channels=8,
+        embed_dim=16,
+        attention_heads=2,
+        epochs=3,
+        pretrained="",
+        num_threads=1,
+        device="cpu",
+        precision="fp32",
+        use_augmentation=False,
+    )
+    videos, _ = load_lipsync_videos(faces)
+    train, val = split_by_video(training_pool(videos), cfg.val_fraction, cfg.seed)
+    challenger = train_lipsync(train, val, cfg, tmp_path / "challenger").model_dir
+    torch.manual_seed(0)
+    save_model(LipSyncDetector(LipSyncModelConfig(**cfg.model_config_dict())), tmp_path / "champion")
+
+    perturbations = {"blur": (2.0,), "compression": (20,)}
+    report = evaluate_lipsync(
+        challenger, tmp_path / "champion", faces, tmp_path / "out", cfg, perturbations=perturbations
+    )
+    assert (report.n_test_videos, report.n_test_fallback, report.n_val_videos) == (8, 2, len(val))
+    for ev in (report.challenger, report.champion):
+        assert ev.threshold_source == "validation"
+        assert ev.test["n"] == 6 and ev.test_fallback["n"] == 2 and ev.test_all["n"] == 8
+        assert ev.val["n"] == len(val)
+    # Paired outcomes: the same 8 videos, both models scored on each.
+    assert [r["video_id"] for r in report.paired] == [f"test{i:03d}" for i in range(8)]
+    for row in report.paired:
+        for role in ("challenger", "champion"):
+            pred = row[f"{role}_score"] >= getattr(report, role).threshold
+            assert row[f"{role}_pred_fake"] == pred
+            assert row[f"{role}_correct"] == (pred == (row["label"] == "fake"))
+    assert sum(r["fallback_used"] for r in report.paired) == 2
+    # Robustness: clean + 2 perturbations, per model.
+    assert len(report.robustness) == 2 * 3
+    assert {(r["model"], r["perturbation"]) for r in report.robustness} >= {
+        ("champion", "blur"),
+        ("challenger", "compression"),
+    }
+    out = tmp_path / "out"
+    assert (out / "lipsync_robustness.png").read_bytes()[:4] == b"\x89PNG"
+    table = (out / "lipsync_robustness.md").read_text()
+    assert "| blur | 2 |" in table and "challenger AUC" in table and "champion FNR" in table
+    saved = json.loads((out / "lipsync_eval.json").read_text())
+    assert saved["challenger"]["test"]["n"] == 6
+    assert len((out / "lipsync_paired.jsonl").read_text().splitlines()) == 8
+    metrics = report.as_metrics()
+    assert "lipsync_challenger_test_roc_auc" in metrics and "lipsync_champion_test_fallback_accuracy" in metrics
+    assert metrics["lipsync_challenger_robust_blur_2_accuracy"] >= 0
+
+    # First month: no champion; the report still holds the challenger alone.
+    alone = evaluate_lipsync(challenger, None, faces, tmp_path / "out2", replace(cfg), robustness=False)
+    assert alone.champion is None and "champion_score" not in alone.paired[0]
+    assert alone.challenger.test == report.challenger.test
+
+
+def test_robustness_table_marks_missing_values():
+    rows = [
+        {
+            "model": "challenger",
+            "perturbation": "none",
+            "level": 0.0,
+            "roc_auc": 0.9,
+            "accuracy": 0.8,
+            "fpr": 0.1,
+            "fnr": None,
+        },
+    ]
+    table = robustness_table(rows)
+    assert "| none | 0 | 0.900 | 0.800 | 0.100 | n/a |" in table
+
+
+def test_stage_fetches_champion_from_registry_and_logs_to_mlflow(tmp_path):
+    import mlflow
+
+    from components.common import tracking
+    from components.common.config import from_dict
+    from components.evaluate.lipsync_eval import run_evaluate_lipsync
+
+    faces = tmp_path / "faces"
+    write_synthetic_faces(faces, {"train": 4, "val": 2, "test": 4}, duration_s=1.0, size=32)
+    config = from_dict({"client_id": "acme", "state_dir": str(tmp_path / "state")})
+    mc = LipSyncModelConfig(crop_size=32, visual_channels=4, audio_channels=8, embed_dim=16, attention_heads=2)
+    for name in ("champion", "challenger"):
+        save_model(LipSyncDetector(mc), tmp_path / name)
+    cfg = FinetuneLipsyncConfig(crop_size=32, pretrained="")
+    with tracking.stage_run(config.tracking, "", "evaluate_lipsync") as run_id:
+        first = run_evaluate_lipsync(faces, tmp_path / "challenger", tmp_path / "out1", config, cfg)
+        assert first.champion is None  # nothing registered yet
+        tracking.register_model_dir(config.tracking, "lipsync-acme", tmp_path / "champion", run_id, alias="champion")
+        report = run_evaluate_lipsync(faces, tmp_path / "challenger", tmp_path / "out2", config, cfg)
+    assert report.champion is not None and report.champion.test_all["n"] == 4
+    assert report.champion_version == "1"
+    assert json.loads((tmp_path / "out2" / "lipsync_eval.json").read_text())["champion_version"] == "1"
+    assert all("champion_correct" in row for row in report.paired)
+    client = mlflow.MlflowClient(config.tracking.tracking_uri)
+    logged = {f.path for f in client.list_artifacts(run_id, "evaluate_lipsync")}
+    assert "evaluate_lipsync/lipsync_robustness.png" in logged and "evaluate_lipsync/lipsync_paired.jsonl" in logged
+    assert "lipsync_champion_test_all_accuracy" in client.get_run(run_id).data.metrics

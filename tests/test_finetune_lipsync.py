@@ -1,0 +1,214 @@
+"""finetune_lipsync: config, split by video, phase switch, augmentation alignment, training, the stage."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from components.common.config import ConfigError, from_dict
+from components.finetune_lipsync.augment import AugmentParams, augment_video, speed_window
+from components.finetune_lipsync.config import FinetuneLipsyncConfig
+from components.finetune_lipsync.core import (
+    LipsyncVideo,
+    load_lipsync_videos,
+    run_finetune_lipsync,
+    set_trainable,
+    split_by_video,
+    train_lipsync,
+    unfrozen_groups,
+)
+from components.finetune_lipsync.model import LipSyncDetector, LipSyncModelConfig, load_model, save_model
+from components.finetune_lipsync.synthetic import synthetic_video, write_synthetic_faces
+
+torch.set_num_threads(1)
+
+TINY = FinetuneLipsyncConfig(
+    crop_size=32,
+    visual_channels=4,
+    audio_channels=8,
+    embed_dim=16,
+    attention_heads=2,
+    batch_size=8,
+    epochs=2,
+    freeze_epochs=1,
+    pretrained="",
+    num_threads=1,
+    device="cpu",
+    precision="fp32",
+)
+
+
+def _videos(n: int, duration_s: float = 1.5, seed: int = 0) -> list[LipsyncVideo]:
+    out = []
+    for i in range(n):
+        crops, audio = synthetic_video(i % 2 == 1, seed + i, duration_s=duration_s, size=32)
+        out.append(LipsyncVideo(f"vid{i:02d}", crops, audio, 25.0, i % 2))
+    return out
+
+
+def test_config_defaults_and_validation():
+    cfg = FinetuneLipsyncConfig()
+    assert (cfg.lr, cfg.lr_encoder, cfg.val_fraction, cfg.batch_size) == (1e-4, 1e-5, 0.2, 8)
+    assert cfg.use_augmentation and (cfg.speed_min, cfg.speed_max, cfg.rotation_deg) == (0.9, 1.1, 15.0)
+    for bad in (
+        {"fusion": "sum"},
+        {"freeze_epochs": 20, "epochs": 5},
+        {"val_fraction": 0.0},
+        {"precision": "int8"},
+        {"video_aggregation": "mode"},
+        {"pretrained": "weights.pth"},
+        {"hop_s": 2.0},
+        {"embed_dim": 30},
+        {"speed_min": 1.2},
+        {"crop_size": 50},
+    ):
+        with pytest.raises(ConfigError):
+            FinetuneLipsyncConfig(**bad)
+    assert LipSyncModelConfig(**cfg.model_config_dict()).n_frames == 25
+
+
+def test_split_by_video_never_leaks_and_is_stratified_and_stable():
+    videos = _videos(20, duration_s=0.4)
+    train, val = split_by_video(videos, 0.2, seed=3)
+    assert {v.video_id for v in train}.isdisjoint({v.video_id for v in val})
+    assert len(train) + len(val) == 20 and len(val) == 4
+    assert sorted(v.label for v in val) == [0, 0, 1, 1]
+    _, again_val = split_by_video(list(reversed(videos)), 0.2, seed=3)
+    assert {v.video_id for v in again_val} == {v.video_id for v in val}  # input order does not matter
+    assert {v.video_id for v in split_by_video(videos, 0.2, seed=4)[1]} != {v.video_id for v in val}
+    with pytest.raises(ValueError, match="duplicate"):
+        split_by_video([*videos, videos[0]], 0.2)
+    # Windows follow their video: training refuses a video present on both sides.
+    with pytest.raises(ValueError, match="both training and validation"):
+        train_lipsync(train, [*val, train[0]], TINY, "/nonexistent")
+
+
+def test_freeze_schedule_and_which_parameters_get_gradients():
+    cfg = replace(TINY, epochs=6, freeze_epochs=2, unfreeze_every=1, unfreeze_groups=1)
+    assert [unfrozen_groups(e, cfg, True, 4) for e in range(6)] == [0, 0, 1, 2, 3, 4]
+    assert [unfrozen_groups(e, cfg, False, 4) for e in range(6)] == [4] * 6  # scratch: all train
+    assert unfrozen_groups(0, replace(cfg, freeze_from_scratch=True), False, 4) == 0
+
+    torch.manual_seed(0)
+    model = LipSyncDetector(LipSyncModelConfig(**TINY.model_config_dict()))
+    crops, audio = synthetic_video(True, 0, duration_s=1.0)
+    video, sound = torch.from_numpy(crops[None]), torch.from_numpy(audio[None])
+
+    def grads_after_backward(n_unfrozen):
+        model.zero_grad(set_to_none=True)
+        set_trainable(model, n_unfrozen)
+        model(video, sound).sum().backward()
+        return {name for name, p in model.named_parameters() if p.grad is not None}
+
+    phase1 = grads_after_backward(0)
+    assert phase1 and all(n.startswith(("fusion.", "classifier.")) for n in phase1)
+    top = grads_after_backward(1)
+    assert any(n.startswith("visual.temporal.") for n in top) and any(n.startswith("audio.blocks.2.") for n in top)
+    assert not any(n.startswith(("visual.blocks.", "audio.blocks.0.", "audio.blocks.1.")) for n in top)
+    everything = grads_after_backward(4)
+    assert everything == {n for n, _ in model.named_parameters()}
+
+
+def test_phase_switch_inside_training_freezes_then_unfreezes(tmp_path):
+    torch.manual_seed(0)
+    start = LipSyncDetector(LipSyncModelConfig(**TINY.model_config_dict()))
+    save_model(start, tmp_path / "start")
+    before = load_file(str(tmp_path / "start" / "model.safetensors"))
+    train, val = split_by_video(_videos(10), 0.2, seed=0)
+    cfg = replace(TINY, epochs=2, freeze_epochs=1, use_augmentation=False, plateau_patience=5)
+    seen = []
+    result = train_lipsync(
+        train,
+        val,
+        cfg,
+        tmp_path / "m1",
+        lambda m, s: seen.append((s, m)),
+        pretrained=tmp_path / "start" / "model.safetensors",
+    )
+    assert [row["phase"] for row in result.history] == [1.0, 2.0]
+    assert [s for s, _ in seen] == [0, 1]
+    assert result.history[0]["trainable_params"] < result.history[1]["trainable_params"]
+    assert result.history[0]["lr_head"] == cfg.lr and result.history[1]["lr_encoder"] == cfg.lr_encoder
+    # Phase 1 only: encoders keep the pretrained weights exactly, the head moved.
+    r1 = train_lipsync(
+        train, val, replace(cfg, epochs=1), tmp_path / "p1", pretrained=tmp_path / "start" / "model.safetensors"
+    )
+    after = load_file(str(r1.model_dir / "model.safetensors"))
+    enc = [k for k in before if k.startswith(("visual.", "audio."))]
+    assert enc and all(torch.equal(before[k], after[k]) for k in enc)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("classifier."))
+    # One phase-2 epoch: the top visual group moved, the bottom block did not (progressive).
+    assert result.best_epoch == 1  # val loss fell in epoch 2 (seeded), so the phase-2 weights were kept
+    after2 = load_file(str(result.model_dir / "model.safetensors"))
+    assert not torch.equal(before["visual.temporal.0.weight"], after2["visual.temporal.0.weight"])
+    assert torch.equal(before["visual.blocks.0.0.weight"], after2["visual.blocks.0.0.weight"])
+
+
+def test_speed_augmentation_keeps_audio_and_video_aligned():
+    fps, sr = 25.0, 16000
+    crops = np.zeros((100, 4, 4, 3), np.uint8)
+    crops[:, 0, 0, 0] = np.arange(100)  # pixel = frame index
+    audio = (np.arange(4 * sr) / sr).astype(np.float32)  # sample = its time in seconds
+    for speed in (0.9, 1.0, 1.1):
+        video, sound = speed_window(crops, audio, fps, 1.0, 25, 25.0, sr, speed, sr)
+        assert video.shape == (25, 4, 4, 3) and sound.shape == (sr,)
+        for j in range(25):
+            t_audio = sound[round(j / 25.0 * sr)]
+            t_video_frame = video[j, 0, 0, 0] / fps  # start time of the frame shown
+            assert t_video_frame <= t_audio + 1e-4 < t_video_frame + 1 / fps  # audio inside the frame
+        assert sound[-1] - sound[0] == pytest.approx(speed * (sr - 1) / sr, abs=1e-3)  # span scales with speed
+    # Near the end, the sped-up window is moved back inside the clip instead of running past it.
+    video, sound = speed_window(crops, audio, fps, 3.0, 25, 25.0, sr, 1.1, sr)
+    assert sound[-1] > 3.8 and sound.min() > 0
+
+
+def test_spatial_augmentation_changes_pixels_but_not_shape():
+    crops, _ = synthetic_video(False, 0, duration_s=0.4, size=32)
+    batch = torch.from_numpy(np.stack([crops, crops]))
+    gen = torch.Generator().manual_seed(0)
+    out = augment_video(batch, AugmentParams(), gen)
+    assert out.shape == batch.shape and out.dtype == torch.float32
+    assert float(out.min()) >= 0 and float(out.max()) <= 1
+    assert not torch.allclose(out, batch.float() / 255, atol=0.02)
+    off = AugmentParams(rotation_deg=0, flip_prob=0, color_jitter=0, noise_std=0)
+    torch.testing.assert_close(augment_video(batch, off, gen), batch.float() / 255)
+
+
+def test_stage_trains_registers_and_fine_tunes_from_champion(tmp_path):
+    from components.common import tracking
+
+    faces = tmp_path / "faces"
+    write_synthetic_faces(faces, {"train": 8, "val": 2, "test": 2}, duration_s=1.5, size=32)
+    videos, skipped = load_lipsync_videos(faces)
+    assert len(videos) == 12 and not skipped
+    config = from_dict({"client_id": "acme", "state_dir": str(tmp_path / "state")})
+    cfg = replace(TINY, epochs=1, freeze_epochs=0, pretrained="champion")
+    report = run_finetune_lipsync(faces, tmp_path / "model", config, cfg, parent_run_id="")
+    # No champion yet: scratch. The 10-video pool splits 8/2 by video; test videos are left alone.
+    assert report.pretrained == "" and (report.n_train_videos, report.n_val_videos, report.n_test_videos) == (8, 2, 2)
+    assert report.registered_name == "lipsync-acme" and report.registered_version == "1"
+    assert tracking.get_version_by_alias(config.tracking, "lipsync-acme", "challenger") == "1"
+    files = sorted(p.name for p in (tmp_path / "model").iterdir())
+    assert files == ["README.md", "config.json", "model.safetensors", "training_summary.json"]
+    summary = json.loads((tmp_path / "model" / "training_summary.json").read_text())
+    assert set(summary["train_video_ids"]).isdisjoint(summary["val_video_ids"])
+    assert not any(v.startswith("test") for v in summary["train_video_ids"] + summary["val_video_ids"])
+    assert "Lip-sync manipulation detector" in (tmp_path / "model" / "README.md").read_text()
+    assert load_model(tmp_path / "model").config.threshold == pytest.approx(report.threshold)
+
+    import mlflow
+
+    client = mlflow.MlflowClient(config.tracking.tracking_uri)
+    run_id = client.get_model_version("lipsync-acme", "1").run_id
+    assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == [0]
+
+    # Promote it; the next month fine-tunes from the champion (phase 1 at epoch 0).
+    client.set_registered_model_alias("lipsync-acme", "champion", "1")
+    report2 = run_finetune_lipsync(faces, tmp_path / "model2", config, replace(cfg, freeze_epochs=1))
+    assert report2.pretrained.endswith("model.safetensors") and report2.registered_version == "2"
+    assert tracking.get_version_by_alias(config.tracking, "lipsync-acme", "challenger") == "2"
