@@ -1,0 +1,477 @@
+"""serving: the real model server in a subprocess on 127.0.0.1, called over REST (V1, V2) and gRPC.
+
+Tiny models built here: a 1-layer CLIP base (build_demo_base_clip) with two LoRA adapters perturbed differently
+(clients acme and beta sharing the base), their indexes built from a small frames Dataset, and a tiny lip-sync
+detector; the videos are encoded with PyAV.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("kserve")
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+CATEGORIES = {"surgery": (200, 40, 40), "forklift": (40, 200, 40), "curling": (40, 40, 200)}
+FACE_CACHE = ROOT / ".clipsync" / "cache"
+TOKEN = "s3cret-token"
+
+
+# ------------------------------------------------------------------------------------------- tiny models
+
+
+def make_base(out: Path) -> Path:
+    from components.finetune_clip.base_model import build_demo_base_clip
+
+    return build_demo_base_clip(
+        out, seed=0, time_budget_s=20, max_steps=3, batch_size=8, image_size=32, patch_size=16, width=32, layers=1
+    )
+
+
+def make_adapter(base: Path, out: Path, seed: int) -> Path:
+    """A LoRA adapter with random (seeded) weights: a different 'client model' per seed."""
+    from peft import LoraConfig, get_peft_model
+
+    from components.finetune_clip.model import load_base_clip
+
+    bundle = load_base_clip(str(base))
+    model = get_peft_model(bundle.model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
+    model.save_pretrained(str(out))
+    card = {"base_model": str(base), "strategy": "lora", "pooling": "mean", "frames_per_video": 2}
+    (out / "card.json").write_text(json.dumps(card))
+    return out
+
+
+def make_frames(root: Path, n: int = 12, seed: int = 0) -> Path:
+    from components.frame_extraction.dataset import FrameRecord, ShardWriter, write_frame_index
+
+    rng = np.random.default_rng(seed)
+    names = list(CATEGORIES)
+    rows = []
+    root.mkdir(parents=True)
+    with ShardWriter(root, "search", max_videos=10) as writer:
+        for i in range(n):
+            cat = names[i % len(names)]
+            vid = f"{i:016x}"
+            frames = rng.integers(0, 60, size=(3, 48, 48, 3)).astype(np.uint8)
+            frames[:, 12:36, 12:36] = CATEGORIES[cat]
+            shard = writer.add(vid, frames)
+            rows.append(
+                FrameRecord(
+                    video_id=vid,
+                    split=("train", "train", "val", "test")[i % 4],
+                    labels=(f"{cat} video",),
+                    category=cat,
+                    search_shard=shard,
+                    n_search=3,
+                    search_times=(0.5, 1.5, 2.5),
+                )
+            )
+    write_frame_index(root, rows)
+    return root
+
+
+def make_lipsync(out: Path) -> Path:
+    from components.finetune_lipsync.model import LipSyncDetector, LipSyncModelConfig, save_model
+
+    torch.manual_seed(0)
+    cfg = LipSyncModelConfig(crop_size=16, visual_channels=4, audio_channels=8, embed_dim=8, attention_heads=2)
+    return save_model(LipSyncDetector(cfg), out)
+
+
+def make_video(path: Path, seconds: float = 2.0, fps: int = 25, side: int = 64) -> Path:
+    import av
+
+    rng = np.random.default_rng(1)
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=fps)
+        vs.width = vs.height = side
+        vs.pix_fmt = "yuv420p"
+        aus = out.add_stream("aac", rate=16000, layout="mono")
+        for i in range(int(seconds * fps)):
+            img = np.full((side, side, 3), 90, np.uint8)
+            img[20 + i % 10 : 40, 20:44] = (200, 120, 100)
+            for packet in vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in vs.encode():
+            out.mux(packet)
+        samples = np.sin(np.arange(int(seconds * 16000)) / 8) * 0.3 + rng.normal(0, 0.01, int(seconds * 16000))
+        frame = av.AudioFrame.from_ndarray(samples.astype(np.float32)[None], format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for packet in aus.encode(frame):
+            out.mux(packet)
+        for packet in aus.encode():
+            out.mux(packet)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------------- the server
+
+
+class Server:
+    def __init__(self, http: int, grpc: int, proc: subprocess.Popen, work: Path) -> None:
+        self.http, self.grpc, self.proc, self.work = http, grpc, proc, work
+        self.url = f"http://127.0.0.1:{http}"
+
+    def call(self, method: str, path: str, body: object = None, data: bytes | None = None, headers=None, auth=True):
+        hdrs = {"Authorization": f"Bearer {TOKEN}"} if auth else {}
+        hdrs.update(headers or {})
+        if body is not None:
+            data = json.dumps(body).encode()
+            hdrs["Content-Type"] = "application/json"
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=hdrs)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                return exc.code, json.loads(raw)
+            except ValueError:
+                return exc.code, {"raw": raw.decode("utf-8", "replace")}
+
+    def healthy(self) -> bool:
+        status, body = self.call("GET", "/v2/health/ready", auth=False)
+        return status == 200 and body.get("ready") is True
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("serving")
+    base = make_base(root / "base")
+    frames = make_frames(root / "frames")
+    from serving.index_build import build_index
+
+    adapters = {}
+    for client, seed in (("acme", 1), ("beta", 2)):
+        adapters[client] = make_adapter(base, root / f"clip-{client}", seed)
+        build_index(adapters[client], frames)
+    lipsync = make_lipsync(root / "lipsync-acme")
+    video = make_video(root / "talk.mp4")
+    return {"root": root, "base": base, "frames": frames, "adapters": adapters, "lipsync": lipsync, "video": video}
+
+
+@pytest.fixture(scope="module")
+def server(assets):
+    if not (FACE_CACHE / "mediapipe" / "face_detection_short_range.tflite").is_file():
+        pytest.skip("MediaPipe face models not fetched (clipsync setup)")
+    root = assets["root"]
+    champions = root / "champions.json"
+    champions.write_text(json.dumps({"clip-acme": {"path": str(assets["adapters"]["acme"]), "version": "1"}}, indent=2))
+    http, grpc = free_port(), free_port()
+    env = {**os.environ, "CLIPSYNC_TEST_TOKEN": TOKEN, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [
+        sys.executable, "-m", "serving.server",
+        "--champions", str(champions),
+        "--model", f"lipsync-acme={assets['lipsync']}",
+        "--host", "127.0.0.1", "--http_port", str(http), "--grpc_port", str(grpc),
+        "--cache_dir", str(FACE_CACHE), "--query_log_uri", str(root / "artifacts"),
+        "--query_log_flush_entries", "1", "--max_upload_mb", "0.2", "--auth_token_env", "CLIPSYNC_TEST_TOKEN",
+        "--batch_wait_ms", "5",
+    ]  # fmt: skip
+    log = open(root / "server.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    srv = Server(http, grpc, proc, root)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited {proc.returncode}:\n{(root / 'server.log').read_text()[-3000:]}")
+            try:
+                if srv.healthy():
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            time.sleep(0.3)
+        else:
+            raise RuntimeError(f"server not ready in 90 s:\n{(root / 'server.log').read_text()[-3000:]}")
+        yield srv
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        log.close()
+
+
+def v1_search(srv: Server, model: str, text: str, k: int = 3):
+    return srv.call("POST", f"/v1/models/{model}:predict", {"instances": [{"text": text, "top_k": k}]})
+
+
+def v2_body(text: list[str], k: int | None = 3, text_type: str = "BYTES") -> dict:
+    inputs = [{"name": "text", "shape": [len(text)], "datatype": text_type, "data": text}]
+    if k is not None:
+        inputs.append({"name": "top_k", "shape": [1], "datatype": "INT32", "data": [k]})
+    return {"id": "q1", "inputs": inputs}
+
+
+def outputs(body: dict) -> dict:
+    return {o["name"]: o for o in body["outputs"]}
+
+
+# ------------------------------------------------------------------------------------------- tests
+
+
+def test_binds_loopback_and_requires_token(server):
+    assert server.proc.poll() is None
+    status, body = server.call("POST", "/v1/models/clip-acme:predict", {"instances": [{"text": "x"}]}, auth=False)
+    assert status == 401 and "bearer token" in body["error"]
+    assert server.healthy()  # health stays open
+
+
+def test_v1_and_v2_rest_search_and_adapters_differ(server, assets):
+    # beta is not loaded yet: load it through the repository endpoint (champions.json re-read).
+    champions = assets["root"] / "champions.json"
+    data = json.loads(champions.read_text())
+    data["clip-beta"] = {"path": str(assets["adapters"]["beta"]), "version": "7"}
+    champions.write_text(json.dumps(data))
+    status, _ = server.call("POST", "/v2/repository/models/clip-beta/load", data=b"")
+    assert status == 200
+    status, listed = server.call("GET", "/v2/models")
+    assert status == 200 and set(listed["models"]) >= {"clip-acme", "clip-beta", "lipsync-acme"}
+
+    status, a = v1_search(server, "clip-acme", "surgery video", 4)
+    assert status == 200, a
+    pred = a["predictions"][0]
+    assert len(pred["results"]) == 4 and 0.0 <= pred["confidence"] <= 1.0
+    scores = [r["score"] for r in pred["results"]]
+    assert scores == sorted(scores, reverse=True)
+    assert a["calibration"]["calibrated"] is True and a["calibration"]["n_queries"] == 3
+    status, b = v1_search(server, "clip-beta", "surgery video", 4)
+    assert status == 200
+    ids_a = [r["video_id"] for r in pred["results"]]
+    ids_b = [r["video_id"] for r in b["predictions"][0]["results"]]
+    assert ids_a != ids_b or scores != [r["score"] for r in b["predictions"][0]["results"]]
+
+    # The server's answer equals the client's model loaded alone (no adapter cross-talk on the shared base).
+    from components.finetune_clip.model import encode_texts, load_clip_model
+    from serving.index import VideoIndex
+
+    for client, ids in (("acme", ids_a), ("beta", ids_b)):
+        bundle = load_clip_model(assets["adapters"][client], merge=False)
+        with torch.no_grad():
+            emb = encode_texts(bundle.model, bundle.tokenizer, ["surgery video"]).numpy()
+        _, expect_ids = VideoIndex.load(assets["adapters"][client] / "index").search(emb, 4)
+        assert ids == expect_ids[0]
+
+    status, v2 = server.call("POST", "/v2/models/clip-acme/infer", v2_body(["surgery video", "curling video"], 4))
+    assert status == 200, v2
+    out = outputs(v2)
+    assert out["video_ids"]["shape"] == [2, 4] and out["scores"]["datatype"] == "FP32"
+    assert out["video_ids"]["data"][:4] == ids_a
+    assert out["confidence"]["shape"] == [2] and out["low_confidence"]["datatype"] == "BOOL"
+
+
+def test_embeddings_outputs(server):
+    status, body = server.call(
+        "POST", "/v1/models/clip-acme:predict", {"instances": [{"text": "surgery video", "output": "text_embedding"}]}
+    )
+    assert status == 200
+    vec = np.array(body["predictions"][0]["text_embedding"])
+    assert vec.shape == (32,) and abs(np.linalg.norm(vec) - 1) < 1e-4
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((40, 40, 3), (200, 40, 40), np.uint8)).save(buf, format="PNG")
+    status, body = server.call(
+        "POST",
+        "/v1/models/clip-acme:predict",
+        {"instances": [{"image_b64": base64.b64encode(buf.getvalue()).decode()}]},
+    )
+    assert status == 200 and len(body["predictions"][0]["image_embedding"]) == 32
+    req = v2_body(["surgery video"], None)
+    req["outputs"] = [{"name": "text_embedding"}]
+    status, body = server.call("POST", "/v2/models/clip-acme/infer", req)
+    assert status == 200 and outputs(body)["text_embedding"]["shape"] == [1, 32]
+    img = {"name": "image", "shape": [1, 8, 8, 3], "datatype": "UINT8", "data": [100] * 192}
+    status, body = server.call("POST", "/v2/models/clip-acme/infer", {"id": "i", "inputs": [img]})
+    assert status == 200 and outputs(body)["image_embedding"]["shape"] == [1, 32]
+
+
+def test_grpc_search_and_lipsync(server, assets):
+    import grpc
+    from kserve import InferenceGRPCClient, InferInput, InferRequest
+
+    async def run():
+        client = InferenceGRPCClient(url=f"127.0.0.1:{server.grpc}", timeout=60)
+        meta = (("authorization", f"Bearer {TOKEN}"),)
+        text = InferInput("text", [1], "BYTES")
+        text.set_data_from_numpy(np.array([b"surgery video"], dtype=np.object_))
+        k = InferInput("top_k", [1], "INT32")
+        k.set_data_from_numpy(np.array([4], dtype=np.int32))
+        res = await client.infer(InferRequest("clip-acme", [text, k], request_id="g1"), headers=meta)
+        out = {o.name: o for o in res.outputs}
+        ids = [x.decode() if isinstance(x, bytes) else x for x in out["video_ids"].as_numpy().reshape(-1)]
+        _, v1 = v1_search(server, "clip-acme", "surgery video", 4)
+        assert ids == [r["video_id"] for r in v1["predictions"][0]["results"]]
+        with pytest.raises(grpc.aio.AioRpcError) as err:  # no token
+            await client.infer(InferRequest("clip-acme", [text, k], request_id="g2"))
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        bad = InferInput("text", [1], "FP32")
+        bad.set_data_from_numpy(np.array([1.0], dtype=np.float32))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.infer(InferRequest("clip-acme", [bad], request_id="g3"), headers=meta)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "BYTES" in err.value.details()
+        video = InferInput("video", [1], "BYTES")
+        video.set_data_from_numpy(np.array([assets["video"].read_bytes()], dtype=np.object_))
+        res = await client.infer(InferRequest("lipsync-acme", [video], request_id="g4"), headers=meta)
+        out = {o.name: o for o in res.outputs}
+        conf, p_fake = float(out["confidence"].as_numpy()[0]), float(out["manipulation_probability"].as_numpy()[0])
+        assert abs(conf + p_fake - 1) < 1e-5 and bool(out["is_fake"].as_numpy()[0]) != bool(
+            out["is_real"].as_numpy()[0]
+        )
+        assert len(out["window_probabilities"].as_numpy()) >= 1
+        await client.close()
+
+    asyncio.run(run())
+
+
+def test_lipsync_rest_v1_v2_and_multipart(server, assets):
+    data = assets["video"].read_bytes()
+    status, body = server.call(
+        "POST", "/v1/models/lipsync-acme:predict", {"instances": [{"video_b64": base64.b64encode(data).decode()}]}
+    )
+    assert status == 200, body
+    pred = body["predictions"][0]
+    assert set(pred) >= {"is_real", "is_fake", "confidence", "manipulation_probability", "face_track", "fallback_used"}
+    assert pred["is_real"] != pred["is_fake"] and abs(pred["confidence"] + pred["manipulation_probability"] - 1) < 1e-5
+    assert pred["fallback_used"] is True and pred["face_track"] == -1  # no face in the synthetic clip
+    assert len(pred["windows"]) >= 2 and pred["analyzed"]["frames"] == 50
+
+    req = {
+        "id": "v",
+        "inputs": [{"name": "video", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(data).decode()]}],
+    }
+    status, body = server.call("POST", "/v2/models/lipsync-acme/infer", req)
+    assert status == 200, body
+    assert abs(outputs(body)["manipulation_probability"]["data"][0] - pred["manipulation_probability"]) < 1e-5
+
+    boundary = "----clipsync"
+    form = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="video_file"; filename="talk.mp4"\r\n'
+            "Content-Type: video/mp4\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    status, body = server.call(
+        "POST", "/api/lip-sync", data=form, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+    assert status == 200, body
+    assert body["manipulation_probability"] == pred["manipulation_probability"]
+
+
+def test_bad_inputs_are_4xx_and_server_stays_healthy(server, assets):
+    bad_v1 = [
+        ({"instances": [{"text": "   "}]}, "empty"),
+        ({"instances": [{"text": "surgery", "top_k": 0}]}, "top_k"),
+        ({"instances": [{"text": "surgery", "top_k": 10**9}]}, "top_k"),
+        ({"instances": [{"text": 5}]}, "string"),
+        ({"instances": []}, "instances"),
+    ]
+    for body, word in bad_v1:
+        status, answer = server.call("POST", "/v1/models/clip-acme:predict", body)
+        assert status == 400 and word in answer["error"], (body, answer)
+    status, answer = server.call("POST", "/v2/models/clip-acme/infer", v2_body(["1.5"], 3, text_type="FP32"))
+    assert 400 <= status < 500 and "BYTES" in answer["error"]
+    status, answer = server.call("POST", "/v2/models/clip-acme/infer", v2_body(["a"], 0))
+    assert status == 400 and "top_k" in answer["error"]
+
+    def lipsync(blob: bytes):
+        return server.call(
+            "POST", "/v1/models/lipsync-acme:predict", {"instances": [{"video_b64": base64.b64encode(blob).decode()}]}
+        )
+
+    good = assets["video"].read_bytes()
+    status, answer = lipsync(good[: len(good) // 3] + os.urandom(2000))  # corrupt: truncated + garbage
+    assert status == 400, answer
+    status, answer = lipsync(b"this is plain text, not a video at all" * 20)
+    assert status == 400 and "video" in answer["error"]
+    status, answer = lipsync(os.urandom(150_000))  # over the 0.2 MiB limit after base64? no: raw 146 KiB < 205 KiB
+    assert status == 400
+    status, answer = lipsync(os.urandom(250_000))  # 244 KiB > 0.2 MiB
+    assert status == 413 and "limit" in answer["error"]
+    status, answer = server.call("POST", "/v1/models/lipsync-acme:predict", data=b"x" * 1_500_000,
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    assert status == 413
+    assert server.healthy() and server.proc.poll() is None
+    status, _ = v1_search(server, "clip-acme", "surgery video")
+    assert status == 200
+
+
+def test_concurrent_requests_are_batched_without_errors(server):
+    texts = [f"{c} video" for c in CATEGORIES] * 8
+
+    def one(i: int):
+        if i % 2:
+            return v1_search(server, "clip-acme", texts[i], 3)
+        return server.call("POST", "/v2/models/clip-beta/infer", v2_body([texts[i]], 3))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(one, range(len(texts))))
+    assert all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200][:2]
+    assert server.healthy()
+
+
+def test_unload_then_query_log(server, assets):
+    status, _ = server.call("POST", "/v2/repository/models/clip-beta/unload", data=b"")
+    assert status == 200
+    status, _ = v1_search(server, "clip-beta", "surgery video")
+    assert status == 404
+    status, _ = v1_search(server, "clip-acme", "surgery video")  # the shared base still serves acme
+    assert status == 200
+    from components.common.storage import LocalStore
+    from serving.querylog import read_month
+
+    month = time.strftime("%Y-%m", time.gmtime())
+    entries = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not entries:
+        entries = read_month(LocalStore(assets["root"] / "artifacts"), "clip-acme", month)
+        time.sleep(0.2)
+    assert entries, "no query log written"
+    e = entries[0]
+    assert e["model"] == "clip-acme" and e["query"] == "surgery video"
+    assert set(e) >= {"ts", "top_score", "confidence", "latency_ms", "low_confidence"}
+    assert "frames" not in json.dumps(e)
+
+
+def test_sigterm_stops_cleanly(server):
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=30) == 0
+    assert "model server stopped" in (server.work / "server.log").read_text()
