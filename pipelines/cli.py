@@ -27,25 +27,36 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
-    """Generate the demo client library into the client's (local) source folder."""
+    """Generate the demo client library, and the small base CLIP the embedded default starts from."""
     from components.demo_data.core import DemoConfig, generate_demo_data
+    from components.finetune_clip.base_model import build_demo_base_clip
+    from components.finetune_clip.model import resolve_base_ref
 
     config = _load(args)
-    bucket = Path(config.storage.source_uri)
     if config.storage.source_uri.startswith("s3://"):
         logger.error("demo-data writes a local folder; storage.source_uri is %s", config.storage.source_uri)
         return 2
-    truth_dir = Path(config.state_dir) / "demo" / config.client_id
+    bucket = Path(config.storage.source_uri)
     if (bucket / "labels" / "records.jsonl").exists() and not args.force:
         print(f"demo data already present in {bucket} (use --force to regenerate)")
-        return 0
-    demo = DemoConfig(seed=args.seed, as_of=args.as_of or "")
-    summary = generate_demo_data(bucket, truth_dir, demo)
-    print(
-        f"demo data for {config.client_id}: {summary.videos} videos ({summary.broken} broken on purpose), "
-        f"{len(summary.categories)} categories, timestamps up to {summary.as_of}\n"
-        f"  bucket: {summary.bucket_dir}\n  ground truth (for tests): {summary.truth_path}"
-    )
+    else:
+        summary = generate_demo_data(
+            bucket,
+            Path(config.state_dir) / "demo" / config.client_id,
+            DemoConfig(seed=args.seed, as_of=args.as_of or ""),
+        )
+        print(
+            f"demo data for {config.client_id}: {summary.videos} videos ({summary.broken} broken on purpose), "
+            f"{len(summary.categories)} categories, timestamps up to {summary.as_of}\n"
+            f"  bucket: {summary.bucket_dir}\n  ground truth (for tests): {summary.truth_path}"
+        )
+    if not config.finetune_clip.base_model:
+        base_dir = Path(resolve_base_ref("", config.state_dir))
+        if (base_dir / "model.safetensors").exists() and not args.force:
+            print(f"demo base CLIP already present in {base_dir}")
+        else:
+            print("pretraining the demo base CLIP on generic shapes (about a minute)...")
+            print(f"  demo base CLIP: {build_demo_base_clip(base_dir, seed=args.seed)}")
     return 0
 
 
@@ -134,6 +145,28 @@ def cmd_render_manifests(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the client's champion models (or explicit folders) with one KServe model server on localhost."""
+    from serving.server import serve_main
+
+    return serve_main(_load(args), args.http_port, args.grpc_port, args.clip_dir, args.lipsync_dir)
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    """Build a CLIP model's search index (and confidence calibrator) from a frames Dataset."""
+    from serving.index_build import index_main
+
+    config = _load(args)
+    return index_main(
+        args.model_dir,
+        args.frames_dir,
+        args.output,
+        approx_threshold=config.serving.approx_threshold,
+        nprobe=config.serving.nprobe,
+        relevance=config.finetune_clip.eval_relevance,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `clipsync` command."""
     parser = argparse.ArgumentParser(
@@ -183,6 +216,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--model", required=True, choices=["clip", "lipsync"], help="which model to roll back")
     p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("serve", help="serve the champion CLIP adapter and lip-sync model (KServe, HTTP + gRPC)")
+    _add_config_args(p)
+    p.add_argument("--http-port", type=int, help="REST port (default: serving.http_port, 8080)")
+    p.add_argument("--grpc-port", type=int, help="gRPC port (default: serving.grpc_port, 8081)")
+    p.add_argument("--clip-dir", type=Path, help="serve this CLIP model folder instead of the MLflow champion")
+    p.add_argument("--lipsync-dir", type=Path, help="serve this lip-sync model folder instead of the champion")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("index", help="build the search index of a CLIP model over a frames Dataset")
+    _add_config_args(p)
+    p.add_argument("model_dir", type=Path, help="the CLIP model folder (adapter + card)")
+    p.add_argument("frames_dir", type=Path, help="a frame_extraction Dataset (index.jsonl + shards)")
+    p.add_argument("-o", "--output", type=Path, help="index folder (default: MODEL_DIR/index)")
+    p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("render-manifests", help="write the Kubernetes manifests (InferenceServices, runtimes, RBAC)")
     _add_config_args(p)

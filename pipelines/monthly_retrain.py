@@ -5,15 +5,82 @@ A recurring run starts it on the 1st of each month; a person can launch it from 
 the same parameters; locally `clipsync run` executes it with kfp.local's SubprocessRunner.
 """
 
-from kfp import dsl
+from kfp import dsl, kubernetes
 
+from components.ab_gate.component import ab_gate
+from components.deploy.component import deploy, keep
+from components.evaluate.component import evaluate_clip, evaluate_lipsync
 from components.face_tracking.component import face_tracking
+from components.finetune_clip.component import finetune_clip
+from components.finetune_lipsync.component import finetune_lipsync
 from components.frame_extraction.component import frame_extraction
 from components.ingest.component import ingest
 from components.start_run.component import start_run
 from components.summary.component import summary
 
 PIPELINE_NAME = "monthly-retrain"
+#: The Kubernetes Secret with MinIO credentials (manifests/base/secret-minio.yaml), read by every task.
+MINIO_SECRET = "clipsync-minio"
+MINIO_ENV = {
+    "AWS_ACCESS_KEY_ID": "MINIO_ACCESS_KEY",
+    "AWS_SECRET_ACCESS_KEY": "MINIO_SECRET_KEY",
+    "MINIO_ENDPOINT": "MINIO_ENDPOINT",
+}
+#: Per-task resources (request CPU, request = limit memory) and whether the task needs a GPU.
+RESOURCES = {
+    "start_run": ("0.5", "1G", False),
+    "ingest": ("1", "4G", False),
+    "frame_extraction": ("4", "8G", False),
+    "face_tracking": ("4", "8G", False),
+    "finetune_clip": ("4", "32G", True),
+    "finetune_lipsync": ("4", "32G", True),
+    "evaluate_clip": ("2", "16G", False),
+    "evaluate_lipsync": ("2", "16G", False),
+    "ab_gate": ("1", "2G", False),
+    "deploy": ("0.5", "2G", False),
+    "keep": ("0.5", "1G", False),
+    "summary": ("0.5", "1G", False),
+}
+#: Stages that talk to MinIO, MLflow or the Kubernetes API retry transient failures with backoff.
+RETRIED = {"start_run", "ingest", "frame_extraction", "deploy", "summary"}
+
+
+def _settings(task: dsl.PipelineTask, stage: str, display_name: str | None = None) -> dsl.PipelineTask:
+    """Display name, resources, retries, caching and secrets of one task (ignored by kfp.local, compiled in).
+
+    Caching is off for every task: each one writes into this DAG run's MLflow parent run, so a cached
+    result would leave the run's record incomplete; the window's as_of and the parent run id are inputs
+    anyway, so two months could never share a cache key.
+    """
+    cpu, memory, gpu = RESOURCES[stage]
+    task.set_display_name(display_name or stage)
+    task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory)
+    if gpu:
+        task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+    if stage in RETRIED:
+        task.set_retry(num_retries=3, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="600s")
+    task.set_caching_options(False)
+    kubernetes.use_secret_as_env(task, secret_name=MINIO_SECRET, secret_key_to_env=MINIO_ENV, optional=True)
+    return task
+
+
+def _gate_and_deploy(model: str, config, parent, evaluation, challenger_version, frames):
+    """ab_gate for one model, then deploy under dsl.If(promote) or keep the champion (dsl.Else).
+
+    Returns:
+        The gate task and the outcome line (whichever branch ran), for the summary.
+    """
+    gate = ab_gate(
+        config=config, parent_run_id=parent, model=model, evaluation=evaluation, challenger_version=challenger_version
+    )
+    _settings(gate, "ab_gate", f"ab_gate_{model}")
+    with dsl.If(gate.outputs["promote"] == True, name=f"promote-{model}"):  # noqa: E712 (kfp needs ==)
+        deployed = deploy(config=config, parent_run_id=parent, model=model, version=challenger_version, frames=frames)
+        _settings(deployed, "deploy", f"deploy_{model}")
+    with dsl.Else(name=f"keep-{model}"):
+        kept = keep(config=config, parent_run_id=parent, model=model, decision=gate.outputs["decision"])
+        _settings(kept, "keep", f"keep_{model}")
+    return gate, dsl.OneOf(deployed.output, kept.output)
 
 
 @dsl.pipeline(
@@ -35,18 +102,48 @@ def monthly_retrain(
         window_days: Window length in days (0: the config's, default 30).
     """
     started = start_run(client_id=client_id, config_yaml=config_yaml, as_of=as_of, window_days=window_days)
-    started.set_display_name("start_run")
+    _settings(started, "start_run")
     config = started.outputs["config"]
     parent = started.outputs["parent_run_id"]
 
     ingested = ingest(config=config, parent_run_id=parent)
-    ingested.set_display_name("ingest")
+    _settings(ingested, "ingest")
 
     extracted = frame_extraction(config=config, parent_run_id=parent, manifest=ingested.outputs["manifest"])
-    extracted.set_display_name("frame_extraction")
+    _settings(extracted, "frame_extraction")
 
     tracked = face_tracking(config=config, parent_run_id=parent, frames=extracted.outputs["frames"])
-    tracked.set_display_name("face_tracking")
+    _settings(tracked, "face_tracking")
+
+    clip_model = finetune_clip(config=config, parent_run_id=parent, frames=extracted.outputs["frames"])
+    _settings(clip_model, "finetune_clip")
+    clip_eval = evaluate_clip(
+        config=config, parent_run_id=parent, frames=extracted.outputs["frames"], challenger=clip_model.outputs["model"]
+    )
+    _settings(clip_eval, "evaluate_clip")
+    clip_gate, clip_outcome = _gate_and_deploy(
+        "clip",
+        config,
+        parent,
+        clip_eval.outputs["per_query"],
+        clip_model.outputs["Output"],
+        extracted.outputs["frames"],
+    )
+
+    lipsync_model = finetune_lipsync(config=config, parent_run_id=parent, faces=tracked.outputs["faces"])
+    _settings(lipsync_model, "finetune_lipsync")
+    lipsync_eval = evaluate_lipsync(
+        config=config, parent_run_id=parent, faces=tracked.outputs["faces"], challenger=lipsync_model.outputs["model"]
+    )
+    _settings(lipsync_eval, "evaluate_lipsync")
+    lipsync_gate, lipsync_outcome = _gate_and_deploy(
+        "lipsync",
+        config,
+        parent,
+        lipsync_eval.outputs["report"],
+        lipsync_model.outputs["Output"],
+        extracted.outputs["frames"],
+    )
 
     closed = summary(
         config=config,
@@ -54,6 +151,10 @@ def monthly_retrain(
         manifest=ingested.outputs["manifest"],
         frames=extracted.outputs["frames"],
         faces=tracked.outputs["faces"],
+        clip_gate=clip_gate.outputs["report"],
+        lipsync_gate=lipsync_gate.outputs["report"],
+        clip_outcome=clip_outcome,
+        lipsync_outcome=lipsync_outcome,
     )
-    closed.set_display_name("summary")
+    _settings(closed, "summary")
     return closed.outputs["report"]

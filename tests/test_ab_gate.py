@@ -326,3 +326,17 @@ def test_lipsync_inputs_and_stage_logging(tmp_path, monkeypatch):
     run = mlflow.MlflowClient(config.tracking.tracking_uri).get_run(run_id)
     assert run.data.metrics["gate_lipsync_promote"] == 1.0
     assert run.data.tags["clipsync.gate.lipsync"] == "promote"
+
+
+def test_a_test_split_that_cannot_measure_the_metric_keeps_the_champion():
+    from components.ab_gate.config import GatePolicy
+    from components.ab_gate.core import Decision
+
+    decision = Decision.not_evaluable(
+        "lipsync", "3", "lipsync: the test videos need both real and fake ones", GatePolicy()
+    )
+    assert not decision.promote and decision.verdict == "keep"
+    assert "not evaluable" in decision.reasons[0]
+    assert "KEEP" in decision.to_markdown()
+    assert Decision.from_json(decision.to_json()).reasons == decision.reasons
+    assert {k for k, v in decision.as_metrics().items() if v == v} >= {"gate_lipsync_promote", "gate_lipsync_n_items"}

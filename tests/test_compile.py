@@ -12,7 +12,24 @@ from components.common.images import IMAGES
 from pipelines.cli import main
 from pipelines.package import compile_pipeline
 
-EXPECTED_TASKS = {"start-run", "ingest", "frame-extraction", "face-tracking", "summary"}
+# One name per concept: the display names are the stage names (per model for the gate and deploy).
+EXPECTED_STAGES = {
+    "start_run",
+    "ingest",
+    "frame_extraction",
+    "face_tracking",
+    "finetune_clip",
+    "finetune_lipsync",
+    "evaluate_clip",
+    "evaluate_lipsync",
+    "ab_gate_clip",
+    "ab_gate_lipsync",
+    "deploy_clip",
+    "deploy_lipsync",
+    "keep_clip",
+    "keep_lipsync",
+    "summary",
+}
 
 
 def test_compile_and_load_back(tmp_path: Path):
@@ -22,11 +39,25 @@ def test_compile_and_load_back(tmp_path: Path):
     loaded = components.load_component_from_file(str(out))
     assert loaded.name == "monthly-retrain"
 
-    tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) >= EXPECTED_TASKS
-    # One name per concept: the display name is the stage name.
-    for key, task in tasks.items():
-        assert task["taskInfo"]["name"] == key.replace("-", "_")
+    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+    names = {t["taskInfo"]["name"] for dag in dags for t in dag["tasks"].values()}
+    stages = {n for n in names if not n.startswith(("condition", "promote-", "keep-"))}
+    assert stages == EXPECTED_STAGES, stages
+
+    executors = spec["deploymentSpec"]["executors"]
+    for name, executor in executors.items():
+        resources = executor["container"].get("resources", {})
+        assert resources.get("resourceCpuRequest") and resources.get("resourceMemoryLimit"), name
+        gpu = resources.get("accelerator", {})
+        # Only the two fine-tune tasks ask for a GPU.
+        assert (gpu.get("resourceType") == "nvidia.com/gpu") == name.startswith("exec-finetune"), name
+    ingest_task = spec["root"]["dag"]["tasks"]["ingest"]
+    assert ingest_task["retryPolicy"]["maxRetryCount"] == 3
+    assert ingest_task.get("cachingOptions", {}).get("enableCache") is not True
+    platform = list(yaml.safe_load_all(out.read_text()))[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name, config in platform.items():
+        env = {e["envVar"]: e["secretKey"] for e in config["secretAsEnv"][0]["keyToEnv"]}
+        assert env["MINIO_SECRET_KEY"] == "AWS_SECRET_ACCESS_KEY", name
 
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert set(params) == {"client_id", "config_yaml", "as_of", "window_days"}

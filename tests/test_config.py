@@ -61,9 +61,7 @@ def test_config_is_frozen(state_dir: Path):
     ],
 )
 def test_invalid_settings_are_refused_clearly(state_dir: Path, data: dict, message: str):
-    with pytest.raises(
-        ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")
-    ):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         from_dict(data)
 
 
@@ -76,3 +74,9 @@ def test_example_cluster_config_is_valid():
     config = load_config(Path(__file__).resolve().parents[1] / "configs" / "example-cluster.yaml")
     assert config.storage.source_uri.startswith("s3://")
     assert config.tracking.tracking_uri.startswith("http://")
+
+
+def test_yaml_exponent_floats_are_read_as_numbers(tmp_path: Path, state_dir: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("finetune_lipsync:\n  lr_encoder: 1e-5\n")
+    assert load_config(path).finetune_lipsync.lr_encoder == 1e-5

@@ -266,8 +266,8 @@ def test_deploy_local_loads_into_a_running_server(registry, tmp_path):
         cfg = DeployConfig(local_server_url=server.url)
         result = deploy_model(tracking, "loc", tmp_path, "lipsync", "2", cfg)
     assert result.serving == "loaded" and result.target == "local"
-    assert [(r["method"], r["path"]) for r in server.requests] == [("POST", "/v2/repository/models/lipsync/load")]
-    record = read_champions(tmp_path)["lipsync"]
+    assert [(r["method"], r["path"]) for r in server.requests] == [("POST", "/v2/repository/models/lipsync-loc/load")]
+    record = read_champions(tmp_path)["lipsync-loc"]
     assert record["version"] == "2" and json.loads((Path(record["path"]) / "config.json").read_text()) == {"version": 2}
     assert aliases(tracking, name) == ("2", None)
     assert "champion -> v2" in result.to_markdown()

@@ -28,9 +28,7 @@ def test_dockerfiles_install_the_package_with_their_extra():
     for profile in IMAGES:
         text = (REPO / "images" / profile / "Dockerfile").read_text()
         assert profile in extras, f"pyproject has no extra {profile!r}"
-        assert re.search(rf'pip install[^\n]*"\.\[{profile}\]"', text), (
-            f"{profile}: does not install .[{profile}]"
-        )
+        assert re.search(rf'pip install[^\n]*"\.\[{profile}\]"', text), f"{profile}: does not install .[{profile}]"
         assert "COPY components" in text and "COPY pipelines" in text
         if "torch" in " ".join(extras[profile]) or profile in ("train", "serve"):
             # torch pinned and installed before the package (an open range pulls another build).

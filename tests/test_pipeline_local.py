@@ -12,28 +12,39 @@ from components.common.config import load_config
 from components.common.manifest import read_manifest
 from components.demo_data.core import DemoConfig, generate_demo_data
 from components.face_tracking.dataset import read_face_index
+from components.finetune_clip.base_model import build_demo_base_clip
 from components.frame_extraction.dataset import read_frame_index
 from pipelines.local import run_local
 
 pytestmark = pytest.mark.slow
 
 AS_OF = "2026-11-01"
+# Small enough for two CPU cores; the defaults train longer.
+FAST = {
+    "finetune_clip": {"epochs": 3, "early_stopping_patience": 0, "frames_per_video": 2},
+    "finetune_lipsync": {"epochs": 3, "freeze_epochs": 1},
+}
+
+
+def _config(state: Path, cache: Path):
+    return load_config(state_dir=str(state), client_id="tiny", cache_dir=str(cache), **FAST)
 
 
 @pytest.fixture(scope="module")
 def tiny_client(tmp_path_factory, model_cache: Path) -> Path:
     state = tmp_path_factory.mktemp("state")
-    config = load_config(state_dir=str(state), client_id="tiny", cache_dir=str(model_cache))
+    config = _config(state, model_cache)
+    build_demo_base_clip(state / "models" / "base-clip", seed=1, time_budget_s=10, max_steps=40)
     generate_demo_data(
         Path(config.storage.source_uri),
         state / "demo" / "tiny",
-        DemoConfig(seed=1, as_of=AS_OF, clips_per_category=2, talking_real=2, talking_fake=2, two_face=1, no_face=1),
+        DemoConfig(seed=1, as_of=AS_OF, clips_per_category=2, talking_real=6, talking_fake=6, two_face=1, no_face=1),
     )
     return state
 
 
 def test_dag_runs_locally_and_summarizes(tiny_client: Path, model_cache: Path):
-    config = load_config(state_dir=str(tiny_client), client_id="tiny", cache_dir=str(model_cache))
+    config = _config(tiny_client, model_cache)
     source_before = {p: p.read_bytes() for p in Path(config.storage.source_uri).rglob("*") if p.is_file()}
 
     report = run_local(config, as_of=AS_OF)
@@ -60,7 +71,24 @@ def test_dag_runs_locally_and_summarizes(tiny_client: Path, model_cache: Path):
     stages = {
         r.data.tags["clipsync.stage"] for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id
     }
-    assert {"ingest", "frame_extraction", "face_tracking"} <= stages
+    assert {
+        "ingest",
+        "frame_extraction",
+        "face_tracking",
+        "finetune_clip",
+        "finetune_lipsync",
+        "evaluate_clip",
+        "evaluate_lipsync",
+        "ab_gate_clip",
+        "ab_gate_lipsync",
+        "deploy_clip",
+        "deploy_lipsync",
+    } <= stages
+    # The summary shows each gate decision with its reasons and what deploy did.
+    for model in ("clip", "lipsync"):
+        assert f"### ab_gate {model}: **" in report
+        assert f"- deploy {model}: " in report
+    assert "Reasons:" in report
     ingest_run = next(r for r in runs if r.data.tags.get("clipsync.stage") == "ingest")
     assert ingest_run.data.metrics["ingest_accepted"] == sum(r.accepted for r in manifest)
     assert json.loads(json.dumps(ingest_run.data.params))["as_of"] == AS_OF
@@ -79,3 +107,20 @@ def test_dag_runs_locally_and_summarizes(tiny_client: Path, model_cache: Path):
     by_id = {r.video_id: truth[r.key] for r in manifest if r.accepted}
     for face in faces:
         assert face.fallback_used == (by_id[face.video_id]["kind"] == "no_face")
+
+
+def test_second_run_on_the_same_data_keeps_the_champion(tiny_client: Path, model_cache: Path):
+    config = _config(tiny_client, model_cache)
+    first = run_local(config, as_of=AS_OF)
+    client = MlflowClient(tracking_uri=config.tracking.tracking_uri)
+    champion = client.get_registered_model("clip-tiny").aliases.get("champion")
+
+    second = run_local(config, as_of=AS_OF)
+
+    # The same window resumes the same finished checkpoint: an identical challenger has no gain to show.
+    clip_section = second.split("### ab_gate clip: ")[1].split("###")[0]
+    assert clip_section.startswith("**KEEP**")
+    assert "gain (min 0.0200) | +0.0000" in clip_section
+    assert "- deploy clip: challenger" in second and "not deployed" in second
+    assert client.get_registered_model("clip-tiny").aliases.get("champion") == champion
+    assert first != second

@@ -35,5 +35,6 @@ def ab_gate(
         decision = run_ab_gate(cfg, model, Path(evaluation.path), challenger_version)
     Path(report.path).write_text(decision.to_markdown())
     for name, value in decision.as_metrics().items():
-        metrics.log_metric(name, value)
+        if value == value:  # NaN (not evaluable) is not a valid kfp metric
+            metrics.log_metric(name, value)
     return namedtuple("Gate", ["promote", "decision"])(decision.promote, decision.to_json())

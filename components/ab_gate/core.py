@@ -159,6 +159,34 @@ class Decision:
     regressions: dict[str, float]
     policy: dict[str, Any]
 
+    @classmethod
+    def not_evaluable(cls, model: str, challenger_version: str, reason: str, policy: GatePolicy) -> Decision:
+        """Keep the champion because this month's test items cannot measure the challenger."""
+        metric = PRIMARY_METRIC[model]
+        nan = float("nan")
+        return cls(
+            model=model,
+            promote=False,
+            reasons=[f"not evaluable, champion kept: {reason}"],
+            baseline="champion",
+            baseline_version="",
+            challenger_version=str(challenger_version),
+            primary_metric=metric,
+            champion_primary=nan,
+            challenger_primary=nan,
+            gain=nan,
+            test=policy.test,
+            ci_low=None,
+            ci_high=None,
+            p_value=None,
+            significant=False,
+            n_items=0,
+            discordant={"challenger_only": 0, "champion_only": 0},
+            group_deltas={},
+            regressions={},
+            policy=dataclasses.asdict(policy),
+        )
+
     @property
     def verdict(self) -> str:
         """``"promote"`` or ``"keep"``."""
@@ -197,6 +225,10 @@ class Decision:
 
     def to_markdown(self) -> str:
         """The decision as a person reads it in the run summary."""
+        if self.n_items == 0:
+            return f"### ab_gate {self.model}: **KEEP** challenger v{self.challenger_version}\n\n" + "".join(
+                f"- {r}\n" for r in self.reasons
+            )
         metric = {"recall_at_1": "R@1", "roc_auc": "ROC AUC"}[self.primary_metric]
         base = f"champion v{self.baseline_version}" if self.baseline == "champion" else "base model"
         lines = [

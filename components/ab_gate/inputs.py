@@ -26,13 +26,17 @@ LIPSYNC_REPORT = "lipsync_eval.json"
 LIPSYNC_PAIRED = "lipsync_paired.jsonl"
 
 
+class NotEvaluable(ValueError):
+    """This month's test items cannot measure the primary metric (e.g. no fake test video for an AUC)."""
+
+
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
     from scipy.stats import rankdata
 
     n_pos = int(labels.sum())
     n_neg = len(labels) - n_pos
     if n_pos == 0 or n_neg == 0:
-        raise ValueError("lipsync: the test videos need both real and fake ones for an AUC")
+        raise NotEvaluable("lipsync: the test videos need both real and fake ones for an AUC")
     ranks = rankdata(scores)
     return float((ranks[labels == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from components.ab_gate.core import Decision, decide
-from components.ab_gate.inputs import clip_evaluations, lipsync_evaluations
+from components.ab_gate.inputs import NotEvaluable, clip_evaluations, lipsync_evaluations
 
 logger = logging.getLogger("clipsync.ab_gate")
 
@@ -32,19 +32,23 @@ def run_ab_gate(
     from components.common import tracking
 
     policy = config.ab_gate
-    if model == "clip":
-        champion, challenger, base = clip_evaluations(Path(report_dir), challenger_version)
-    elif model == "lipsync":
-        current = tracking.get_version_by_alias(config.tracking, f"lipsync-{config.client_id}", "champion")
-        champion, challenger, base = lipsync_evaluations(Path(report_dir), challenger_version, current)
-    else:
+    if model not in ("clip", "lipsync"):
         raise ValueError(f"model must be clip or lipsync, got {model!r}")
-    decision = decide(champion, challenger, policy, base=base)
+    try:
+        if model == "clip":
+            champion, challenger, base = clip_evaluations(Path(report_dir), challenger_version)
+        else:
+            current = tracking.get_version_by_alias(config.tracking, f"lipsync-{config.client_id}", "champion")
+            champion, challenger, base = lipsync_evaluations(Path(report_dir), challenger_version, current)
+        decision = decide(champion, challenger, policy, base=base)
+    except NotEvaluable as exc:
+        # A month whose test split cannot measure the metric is not a failure: nothing changes.
+        decision = Decision.not_evaluable(model, challenger_version, str(exc), policy)
     logger.info("ab_gate %s: %s (%s)", model, decision.verdict, "; ".join(decision.reasons[:2]))
     if log_to_active_run:
         import mlflow
 
-        tracking.log_metrics(decision.as_metrics())
+        tracking.log_metrics({k: v for k, v in decision.as_metrics().items() if v == v})
         tracking.log_dict_artifact(decision.to_dict(), f"ab_gate/{model}.json")
         mlflow.log_text(decision.to_markdown(), f"ab_gate/{model}.md")
         mlflow.set_tag(f"clipsync.gate.{model}", decision.verdict)

@@ -11,6 +11,7 @@ means the same thing in every task.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -23,7 +24,10 @@ from components.ab_gate.config import GatePolicy
 from components.common.errors import ConfigError
 from components.deploy.config import DeployConfig
 from components.face_tracking.config import FaceTrackingConfig
+from components.finetune_clip.config import FinetuneClipConfig
+from components.finetune_lipsync.config import FinetuneLipsyncConfig
 from components.frame_extraction.config import FrameExtractionConfig
+from serving.config import ServingConfig
 
 __all__ = ["ClientConfig", "ConfigError", "from_dict", "load_config"]
 CLIENT_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}[a-z0-9]$")
@@ -169,8 +173,11 @@ class ClientConfig:
         ingest: See :class:`IngestConfig`.
         frame_extraction: See :class:`components.frame_extraction.config.FrameExtractionConfig`.
         face_tracking: See :class:`components.face_tracking.config.FaceTrackingConfig`.
+        finetune_clip: See :class:`components.finetune_clip.config.FinetuneClipConfig`.
+        finetune_lipsync: See :class:`components.finetune_lipsync.config.FinetuneLipsyncConfig`.
         ab_gate: The promotion policy, :class:`components.ab_gate.config.GatePolicy`.
         deploy: See :class:`components.deploy.config.DeployConfig`.
+        serving: See :class:`serving.config.ServingConfig`.
     """
 
     client_id: str
@@ -183,8 +190,11 @@ class ClientConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     frame_extraction: FrameExtractionConfig = field(default_factory=FrameExtractionConfig)
     face_tracking: FaceTrackingConfig = field(default_factory=FaceTrackingConfig)
+    finetune_clip: FinetuneClipConfig = field(default_factory=FinetuneClipConfig)
+    finetune_lipsync: FinetuneLipsyncConfig = field(default_factory=FinetuneLipsyncConfig)
     ab_gate: GatePolicy = field(default_factory=GatePolicy)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
 
     def __post_init__(self) -> None:
         _require(
@@ -210,8 +220,11 @@ _SECTIONS: dict[str, type] = {
     "ingest": IngestConfig,
     "frame_extraction": FrameExtractionConfig,
     "face_tracking": FaceTrackingConfig,
+    "finetune_clip": FinetuneClipConfig,
+    "finetune_lipsync": FinetuneLipsyncConfig,
     "ab_gate": GatePolicy,
     "deploy": DeployConfig,
+    "serving": ServingConfig,
 }
 
 
@@ -225,6 +238,10 @@ def _build_section(name: str, cls: type, values: dict[str, Any]) -> Any:
         # Accept ints where floats are expected (YAML writes 1 for 1.0); refuse other type mismatches.
         if expected == "float" and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if expected == "float" and isinstance(value, str):
+            # YAML 1.1 reads exponents without a dot (1e-5) as strings.
+            with contextlib.suppress(ValueError):
+                value = float(value)
         # YAML and JSON have lists where the dataclasses hold tuples (hashable, frozen).
         if str(expected).startswith("tuple") and isinstance(value, list):
             value = tuple(value)

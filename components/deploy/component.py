@@ -1,14 +1,16 @@
 """Thin kfp wrapper of components.deploy.core.deploy_model (run it only when the gate said promote)."""
 
 from kfp import dsl
+from kfp.dsl import Dataset, Input
 
 from components.common.images import SERVE_IMAGE
 
 
 @dsl.component(base_image=SERVE_IMAGE, install_kfp_package=False)
-def deploy(config: str, parent_run_id: str, model: str, version: str) -> str:
+def deploy(config: str, parent_run_id: str, model: str, version: str, frames: Input[Dataset]) -> str:
     """Serve the promoted version (KServe InferenceService or the local model server), then move the
     registry alias ``champion`` to it. A failed rollout fails the task and leaves the champion as it was.
+    A CLIP adapter is served with the search index of the client's library, built here by that adapter.
 
     Returns:
         One Markdown line for the run summary.
@@ -25,9 +27,54 @@ def deploy(config: str, parent_run_id: str, model: str, version: str) -> str:
     deploy_cfg = cfg.deploy
     params = {"model": model, "version": version, "target": deploy_cfg.target}
     with tracking.stage_run(cfg.tracking, parent_run_id, f"deploy_{model}", params):
-        result = deploy_model(cfg.tracking, cfg.client_id, Path(cfg.state_dir), model, version, deploy_cfg)
+        prepare = None
+        if model == "clip":
+            from serving.index import IndexSettings
+            from serving.index_build import build_index
+
+            def prepare(model_dir: Path) -> None:
+                settings = IndexSettings(approx_threshold=cfg.serving.approx_threshold, nprobe=cfg.serving.nprobe)
+                built = build_index(
+                    model_dir,
+                    Path(frames.path),
+                    settings=settings,
+                    relevance=cfg.finetune_clip.eval_relevance,
+                    cache_dir=cfg.cache_dir,
+                )
+                tracking.log_dict_artifact(built, "deploy/clip_index.json")
+
+        result = deploy_model(
+            cfg.tracking, cfg.client_id, Path(cfg.state_dir), model, version, deploy_cfg, prepare=prepare
+        )
         tracking.log_dict_artifact(result.to_dict(), f"deploy/{model}.json")
         tracking.log_metrics(
             {f"deploy_{model}_version": float(version), f"deploy_{model}_changed": float(result.promotion.changed)}
         )
     return result.to_markdown()
+
+
+@dsl.component(base_image=SERVE_IMAGE, install_kfp_package=False)
+def keep(config: str, parent_run_id: str, model: str, decision: str) -> str:
+    """The gate kept the champion: record that outcome (a normal, successful month) and change nothing.
+
+    Returns:
+        One Markdown line for the run summary.
+    """
+    import logging
+
+    from components.ab_gate.core import Decision
+    from components.common import tracking
+    from components.common.config import ClientConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = ClientConfig.from_json(config)
+    kept = Decision.from_json(decision)
+    params = {"model": model, "champion": kept.baseline_version, "challenger": kept.challenger_version}
+    with tracking.stage_run(cfg.tracking, parent_run_id, f"deploy_{model}", params):
+        tracking.log_metrics({f"deploy_{model}_changed": 0.0})
+    reason = kept.reasons[0] if kept.reasons else "gate said keep"
+    if kept.baseline == "champion":
+        staying = f"champion v{kept.baseline_version}" if kept.baseline_version else "the current champion"
+    else:
+        staying = "no champion yet, nothing"
+    return f"- deploy {model}: challenger v{kept.challenger_version} not deployed, {staying} serves ({reason})\n"

@@ -20,6 +20,7 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -96,7 +97,8 @@ class DeployResult:
     def to_markdown(self) -> str:
         """One line for the run summary."""
         p = self.promotion
-        moved = f"champion -> v{p.champion} (previous: v{p.previous})" if p.changed else f"champion stays v{p.champion}"
+        before = f"previous: v{p.previous}" if p.previous else "first champion"
+        moved = f"champion -> v{p.champion} ({before})" if p.changed else f"champion stays v{p.champion}"
         where = f"{self.serving} on {self.target} ({self.location})"
         return f"- deploy {self.model}: {self.name} v{self.version} {where}; {moved}\n"
 
@@ -373,7 +375,13 @@ def _restore(objects: Any, namespace: str, name: str, former: dict[str, Any]) ->
         logger.error("InferenceService %s/%s: could not restore the former spec: %s", namespace, name, exc)
 
 
-def publish_version(tracking: TrackingConfig, name: str, version: str, storage_uri: str) -> str:
+def publish_version(
+    tracking: TrackingConfig,
+    name: str,
+    version: str,
+    storage_uri: str,
+    prepare: Callable[[Path], None] | None = None,
+) -> str:
     """Copy a registered version's files to ``storage_uri`` where KServe's storage initializer reads them.
 
     Writes through :mod:`components.common.storage`: ``s3://bucket/prefix`` with the ``MINIO_*`` credentials
@@ -384,6 +392,7 @@ def publish_version(tracking: TrackingConfig, name: str, version: str, storage_u
         name: Registered model name.
         version: Version number.
         storage_uri: Target from :func:`storage_uri_for`.
+        prepare: Adds serving files to the downloaded folder before upload (the CLIP search index).
 
     Returns:
         ``storage_uri``.
@@ -398,6 +407,8 @@ def publish_version(tracking: TrackingConfig, name: str, version: str, storage_u
         raise DeployError(f"cannot publish to {storage_uri!r}: only s3:// URIs and absolute paths")
     with tempfile.TemporaryDirectory(prefix="clipsync-publish-") as tmp:
         files = tr.download_version(tracking, name, version, Path(tmp) / "model")
+        if prepare is not None:
+            prepare(files)
         try:
             store = open_store(storage_uri)
             for path in sorted(p for p in files.rglob("*") if p.is_file()):
@@ -417,7 +428,7 @@ def champions_file(state_dir: Path) -> Path:
 
 
 def read_champions(state_dir: Path) -> dict[str, dict[str, str]]:
-    """What the next ``clipsync serve`` loads: predictor name -> ``{"path", "version", "updated_at"}``."""
+    """What the next ``clipsync serve`` loads: model name (``clip-acme``) -> ``{"path", "version", "updated_at"}``."""
     path = champions_file(state_dir)
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -446,7 +457,7 @@ def deploy_local(
 
     Args:
         url: The local server, e.g. ``http://127.0.0.1:8080``.
-        name: Model name on the server (``clip-search`` or ``lipsync``).
+        name: Model name on the server: the client's registered name (``clip-acme``, ``lipsync-acme``).
         version_dir: Folder with the model files.
         state_dir: The client's state folder.
         version: Registry version, recorded for information.
@@ -497,18 +508,22 @@ def _rollout(
     version: str,
     cfg: DeployConfig,
     api: Any,
+    prepare: Callable[[Path], None] | None = None,
 ) -> tuple[str, str]:
     from components.common import tracking as tr
 
     name = registered_name(model, client_id)
     predictor = PREDICTOR_OF[model]
     if cfg.target == "kserve":
-        uri = publish_version(tracking, name, version, storage_uri_for(cfg, client_id, name, version))
+        uri = publish_version(tracking, name, version, storage_uri_for(cfg, client_id, name, version), prepare)
         deploy_kserve(build_inference_service(isvc_name(predictor, client_id), uri, cfg, predictor), cfg, api)
         return "ready", uri
     version_dir = Path(state_dir) / "serving" / "models" / name / f"v{version}"
     tr.download_version(tracking, name, version, version_dir)
-    return deploy_local(cfg.local_server_url, predictor, version_dir, Path(state_dir), version), str(version_dir)
+    if prepare is not None:
+        prepare(version_dir)
+    # The local server hosts every client's models side by side: one model name per client (``clip-acme``).
+    return deploy_local(cfg.local_server_url, name, version_dir, Path(state_dir), version), str(version_dir)
 
 
 def deploy_model(
@@ -519,6 +534,7 @@ def deploy_model(
     version: str,
     cfg: DeployConfig,
     api: Any = None,
+    prepare: Callable[[Path], None] | None = None,
 ) -> DeployResult:
     """Serve ``version`` of a client's model, then make it the champion.
 
@@ -530,6 +546,8 @@ def deploy_model(
         version: The registry version the gate promoted.
         cfg: The deploy settings.
         api: A ``kserve.KServeClient`` for the kserve target (default: in-cluster).
+        prepare: Adds serving files to the version's folder before it is served (the CLIP search index,
+            so a new adapter always comes with its own index).
 
     Returns:
         What was done.
@@ -538,7 +556,7 @@ def deploy_model(
         DeployError: If the rollout failed; the champion alias is then untouched.
     """
     name = registered_name(model, client_id)
-    serving, location = _rollout(tracking, client_id, state_dir, model, str(version), cfg, api)
+    serving, location = _rollout(tracking, client_id, state_dir, model, str(version), cfg, api, prepare)
     promotion = promote(tracking, name, str(version))
     return DeployResult(model, name, str(version), cfg.target, serving, location, promotion)
 

@@ -41,8 +41,9 @@ HEADER = (
 SECRET_NAME = "clipsync-minio"
 DEPLOY_ROLE = "clipsync-deploy"
 MODEL_OF = {"clip-search": "clip", "lipsync": "lipsync"}
-#: What KServe's storage initializer reads from the Secret (values left empty on purpose).
-SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+#: What KServe's storage initializer reads from the Secret (values left empty on purpose); the pipeline's
+#: tasks read the same Secret (pipelines/monthly_retrain.py), plus the endpoint for the minio client.
+SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MINIO_ENDPOINT")
 
 
 def build_serving_runtime(predictor: str, cfg: DeployConfig, image: str) -> dict[str, Any]:

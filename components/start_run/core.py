@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -37,7 +38,10 @@ def resolve_config(client_id: str, config_yaml: str, as_of: str, window_days: in
     """
     import yaml
 
-    data = yaml.safe_load(config_yaml) if config_yaml.strip() else {}
+    try:  # the DAG passes JSON (valid YAML too, but YAML 1.1 reads 1e-05 as a string)
+        data = json.loads(config_yaml) if config_yaml.strip() else {}
+    except json.JSONDecodeError:
+        data = yaml.safe_load(config_yaml)
     if not isinstance(data, dict):
         raise ConfigError("config_yaml must hold a mapping at the top level")
     if client_id:

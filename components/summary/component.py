@@ -13,6 +13,10 @@ def summary(
     manifest: Input[Dataset],
     frames: Input[Dataset],
     faces: Input[Dataset],
+    clip_gate: Input[Markdown],
+    lipsync_gate: Input[Markdown],
+    clip_outcome: str,
+    lipsync_outcome: str,
     report: Output[Markdown],
 ):
     """Write the run summary (Markdown) and close the parent MLflow run."""
@@ -25,5 +29,6 @@ def summary(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = ClientConfig.from_json(config)
     outputs = {"manifest": manifest.path, "frames": frames.path, "faces": faces.path}
-    result = summarize(cfg, parent_run_id, outputs)
+    decisions = [Path(clip_gate.path).read_text(), Path(lipsync_gate.path).read_text()]
+    result = summarize(cfg, parent_run_id, outputs, decisions=decisions, outcomes=[clip_outcome, lipsync_outcome])
     Path(report.path).write_text(result.to_markdown())

@@ -31,6 +31,8 @@ class RunSummary:
     run_link: str
     stages: list[StageResult]
     artifacts: dict[str, str]
+    decisions: list[str] = field(default_factory=list)
+    outcomes: list[str] = field(default_factory=list)
 
     def to_markdown(self) -> str:
         """Render the summary a person reads at the end of a run."""
@@ -45,6 +47,12 @@ class RunSummary:
             shown = {k: v for k, v in stage.metrics.items() if not ("rejected_" in k and v == 0)}
             figures = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(shown.items()))
             lines.append(f"| {stage.stage} | {stage.status} | {stage.seconds:.1f} | {figures} |")
+        if self.decisions:
+            lines += ["", "## A/B gate", ""]
+            for decision in self.decisions:
+                lines += [decision.strip(), ""]
+        if self.outcomes:
+            lines += ["## Deploy", "", *[o.strip() for o in self.outcomes]]
         lines += ["", "Outputs:"]
         lines += [f"- {name}: {uri}" for name, uri in sorted(self.artifacts.items())]
         lines += ["", f"MLflow parent run {self.parent_run_id}: {self.run_link}"]
@@ -81,13 +89,21 @@ def collect_stages(config: ClientConfig, parent_run_id: str) -> list[StageResult
     return stages
 
 
-def summarize(config: ClientConfig, parent_run_id: str, artifacts: dict[str, str]) -> RunSummary:
+def summarize(
+    config: ClientConfig,
+    parent_run_id: str,
+    artifacts: dict[str, str],
+    decisions: list[str] | None = None,
+    outcomes: list[str] | None = None,
+) -> RunSummary:
     """Build the run summary and close the parent MLflow run (FINISHED, or FAILED if a stage failed).
 
     Args:
         config: The run's configuration.
         parent_run_id: The parent MLflow run opened by start_run.
         artifacts: Output name -> location, listed in the summary.
+        decisions: The A/B gate's decisions (Markdown), one per model.
+        outcomes: What deploy did (or that the champion was kept), one line per model.
 
     Returns:
         The summary (also logged to the parent run as ``summary.md``).
@@ -103,6 +119,8 @@ def summarize(config: ClientConfig, parent_run_id: str, artifacts: dict[str, str
         run_link=tracking.run_link(config.tracking, parent_run_id),
         stages=stages,
         artifacts=artifacts,
+        decisions=list(decisions or []),
+        outcomes=list(outcomes or []),
     )
     failed = [s.stage for s in stages if s.status != "FINISHED"]
     totals = {f"{s.stage}.{k}": v for s in stages for k, v in s.metrics.items()}
