@@ -154,7 +154,7 @@ def test_no_credential_values_anywhere():
     assert len(secrets) == 1
     (secret,) = secrets
     assert "data" not in secret
-    assert secret["stringData"] == {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}
+    assert secret["stringData"] == {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "MINIO_ENDPOINT": ""}
     assert secret["metadata"]["annotations"]["serving.kserve.io/s3-endpoint"]
     sa = next(o for o in manifest_objects().values() if isinstance(o, dict) and o.get("kind") == "ServiceAccount")
     assert sa["secrets"] == [{"name": secret["metadata"]["name"]}]
