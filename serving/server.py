@@ -574,7 +574,10 @@ def main(argv: list[str] | None = None) -> int:
         from components.common.config import load_config
 
         config = load_config(args.config)
-    settings = config.serving
+    # Started the KServe way (no --config), the server runs on the section's defaults.
+    from serving.config import ServingConfig
+
+    settings = config.serving if config is not None else ServingConfig()
     overrides = {
         k: getattr(args, k)
         for k in (
@@ -624,8 +627,8 @@ def main(argv: list[str] | None = None) -> int:
         champions,
         cache_dir,
         query_log_uri,
-        config.frame_extraction,
-        config.face_tracking,
+        config.frame_extraction if config is not None else None,
+        config.face_tracking if config is not None else None,
     )
     run_server(server, models)
     return 0

@@ -179,7 +179,9 @@ def test_submit_launches_one_run(kfp_server):
     (run,) = fake.runs
     params = run["runtime_config"]["parameters"]
     assert params == {"client_id": "acme", "as_of": "2026-11-01", "window_days": 14}
-    assert run["pipeline_spec"]["pipelineInfo"]["name"] == "monthly-retrain"
+    # With a Kubernetes platform spec (the MinIO secret) the client wraps both specs in one object.
+    spec = run["pipeline_spec"].get("pipeline_spec", run["pipeline_spec"])
+    assert spec["pipelineInfo"]["name"] == "monthly-retrain"
 
 
 def test_unreachable_server_is_a_schedule_error(tmp_path, monkeypatch):
