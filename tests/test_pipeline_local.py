@@ -63,7 +63,7 @@ def test_dag_runs_locally_and_summarizes(tiny_client: Path, model_cache: Path):
     assert source_after == source_before
 
     # One parent MLflow run, each stage a nested run.
-    client = MlflowClient(tracking_uri=config.tracking.tracking_uri)
+    client = MlflowClient(tracking_uri=config.tracking.tracking_uri, registry_uri=config.tracking.tracking_uri)
     experiment = client.get_experiment_by_name(config.tracking.experiment)
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
@@ -112,7 +112,7 @@ def test_dag_runs_locally_and_summarizes(tiny_client: Path, model_cache: Path):
 def test_second_run_on_the_same_data_keeps_the_champion(tiny_client: Path, model_cache: Path):
     config = _config(tiny_client, model_cache)
     first = run_local(config, as_of=AS_OF)
-    client = MlflowClient(tracking_uri=config.tracking.tracking_uri)
+    client = MlflowClient(tracking_uri=config.tracking.tracking_uri, registry_uri=config.tracking.tracking_uri)
     champion = client.get_registered_model("clip-tiny").aliases.get("champion")
 
     second = run_local(config, as_of=AS_OF)
