@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from components.common.config import load_config
 from components.common.manifest import read_manifest
+from components.deploy.core import promote
 from components.demo_data.core import DemoConfig, generate_demo_data
 from components.face_tracking.dataset import read_face_index
 from components.finetune_clip.base_model import build_demo_base_clip
@@ -113,7 +114,11 @@ def test_second_run_on_the_same_data_keeps_the_champion(tiny_client: Path, model
     config = _config(tiny_client, model_cache)
     first = run_local(config, as_of=AS_OF)
     client = MlflowClient(tracking_uri=config.tracking.tracking_uri, registry_uri=config.tracking.tracking_uri)
-    champion = client.get_registered_model("clip-tiny").aliases.get("champion")
+    # Whether three CPU epochs beat the tiny base significantly varies with machine load (the base's
+    # pretraining is time-bounded), so make the first challenger the champion the way an operator would.
+    aliases = client.get_registered_model("clip-tiny").aliases
+    promote(config.tracking, "clip-tiny", aliases["challenger"])
+    champion = aliases["challenger"]
 
     second = run_local(config, as_of=AS_OF)
 
