@@ -10,8 +10,8 @@ from mlflow.tracking import MlflowClient
 
 from components.common.config import load_config
 from components.common.manifest import read_manifest
-from components.deploy.core import promote
 from components.demo_data.core import DemoConfig, generate_demo_data
+from components.deploy.core import promote
 from components.face_tracking.dataset import read_face_index
 from components.finetune_clip.base_model import build_demo_base_clip
 from components.frame_extraction.dataset import read_frame_index
