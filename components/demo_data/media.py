@@ -1,7 +1,7 @@
 """Writing mp4 files with PyAV: H.264 video, AAC audio, either or both.
 
-x264 runs single-threaded so the bytes depend only on the input (PyAV/FFmpeg write no creation time
-unless asked), which makes the demo library byte-reproducible.
+x264 runs single-threaded and without macroblock-tree, so the bytes depend only on the input (PyAV/FFmpeg
+write no creation time unless asked), which makes the demo library byte-reproducible.
 """
 
 from __future__ import annotations
@@ -61,7 +61,10 @@ def write_mp4(
     with av.open(str(path), "w", format="mp4") as container:
         vstream = astream = None
         if frames is not None:
-            vstream = container.add_stream("libx264", rate=fps, options={"preset": preset, "crf": str(crf)})
+            # mbtree off: this x264 build's macroblock-tree lookahead reads an uninitialised stack value
+            # (valgrind memcheck), so the same frames encoded twice in one process gave different bytes.
+            options = {"preset": preset, "crf": str(crf), "x264-params": "mbtree=0"}
+            vstream = container.add_stream("libx264", rate=fps, options=options)
             vstream.width, vstream.height = int(frames.shape[2]), int(frames.shape[1])
             vstream.pix_fmt = "yuv420p"
             vstream.thread_count = 1
