@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
-from components.common.errors import ConfigError
+from components.common.errors import require
 
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"serving: {message}")
+_require = functools.partial(require, section="serving")
 
 
 @dataclass(frozen=True)

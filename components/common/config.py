@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from components.ab_gate.config import GatePolicy
-from components.common.errors import ConfigError
+from components.common.errors import ConfigError, require
 from components.deploy.config import DeployConfig
 from components.face_tracking.config import FaceTrackingConfig
 from components.finetune_clip.config import FinetuneClipConfig
@@ -36,11 +36,6 @@ CLIENT_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}[a-z0-9]$")
 def default_state_dir() -> Path:
     """Where local state lives: ``$CLIPSYNC_HOME`` or ``./.clipsync``."""
     return Path(os.environ.get("CLIPSYNC_HOME", ".clipsync")).resolve()
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
 
 
 @dataclass(frozen=True)
@@ -63,11 +58,11 @@ class StorageConfig:
     labels_prefix: str = "labels/"
 
     def __post_init__(self) -> None:
-        _require(bool(self.source_uri), "storage.source_uri must be set")
-        _require(bool(self.artifacts_uri), "storage.artifacts_uri must be set")
+        require(bool(self.source_uri), "storage.source_uri must be set")
+        require(bool(self.artifacts_uri), "storage.artifacts_uri must be set")
         for name in ("videos_prefix", "labels_prefix"):
             value = getattr(self, name)
-            _require(
+            require(
                 value.endswith("/") and not value.startswith("/") and ".." not in value,
                 f"storage.{name} must be a relative prefix ending in '/', got {value!r}",
             )
@@ -91,8 +86,8 @@ class TrackingConfig:
     artifact_location: str = ""
 
     def __post_init__(self) -> None:
-        _require(bool(self.tracking_uri), "tracking.tracking_uri must be set")
-        _require(bool(self.experiment), "tracking.experiment must be set")
+        require(bool(self.tracking_uri), "tracking.tracking_uri must be set")
+        require(bool(self.experiment), "tracking.experiment must be set")
 
 
 @dataclass(frozen=True)
@@ -108,7 +103,7 @@ class WindowConfig:
     as_of: str = ""
 
     def __post_init__(self) -> None:
-        _require(1 <= self.days <= 3660, f"window.days must be 1..3660, got {self.days}")
+        require(1 <= self.days <= 3660, f"window.days must be 1..3660, got {self.days}")
         if self.as_of:
             from datetime import date
 
@@ -145,14 +140,14 @@ class IngestConfig:
     test_fraction: float = 0.25
 
     def __post_init__(self) -> None:
-        _require(
+        require(
             0 < self.min_duration_s <= self.max_duration_s,
             "ingest: need 0 < min_duration_s <= max_duration_s",
         )
-        _require(0 < self.min_side <= self.max_side, "ingest: need 0 < min_side <= max_side")
-        _require(0 < self.min_fps <= self.max_fps, "ingest: need 0 < min_fps <= max_fps")
-        _require(self.max_size_mb > 0, "ingest.max_size_mb must be > 0")
-        _require(
+        require(0 < self.min_side <= self.max_side, "ingest: need 0 < min_side <= max_side")
+        require(0 < self.min_fps <= self.max_fps, "ingest: need 0 < min_fps <= max_fps")
+        require(self.max_size_mb > 0, "ingest.max_size_mb must be > 0")
+        require(
             self.val_fraction >= 0 and self.test_fraction >= 0 and self.val_fraction + self.test_fraction < 1,
             "ingest: val_fraction and test_fraction must be >= 0 and sum to less than 1",
         )
@@ -197,11 +192,11 @@ class ClientConfig:
     serving: ServingConfig = field(default_factory=ServingConfig)
 
     def __post_init__(self) -> None:
-        _require(
+        require(
             bool(CLIENT_ID_PATTERN.match(self.client_id)),
             f"client_id must be 2-42 lower-case letters, digits or dashes, got {self.client_id!r}",
         )
-        _require(bool(self.state_dir) and Path(self.state_dir).is_absolute(), "state_dir must be absolute")
+        require(bool(self.state_dir) and Path(self.state_dir).is_absolute(), "state_dir must be absolute")
 
     def to_json(self) -> str:
         """Serialize for a kfp parameter (the inverse of :meth:`from_json`)."""
@@ -231,7 +226,7 @@ _SECTIONS: dict[str, type] = {
 def _build_section(name: str, cls: type, values: dict[str, Any]) -> Any:
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(values) - set(known))
-    _require(not unknown, f"unknown setting(s) in [{name}]: {', '.join(unknown)}")
+    require(not unknown, f"unknown setting(s) in [{name}]: {', '.join(unknown)}")
     coerced = {}
     for key, value in values.items():
         expected = known[key].type
@@ -251,7 +246,7 @@ def _build_section(name: str, cls: type, values: dict[str, Any]) -> Any:
             "float": isinstance(value, float),
             "bool": isinstance(value, bool),
         }.get(str(expected), True)
-        _require(type_ok, f"{name}.{key} must be {expected}, got {value!r}")
+        require(type_ok, f"{name}.{key} must be {expected}, got {value!r}")
         coerced[key] = value
     return cls(**coerced)
 
@@ -273,15 +268,15 @@ def from_dict(data: dict[str, Any] | None) -> ClientConfig:
     data = dict(data or {})
     top_known = {f.name for f in fields(ClientConfig)}
     unknown = sorted(set(data) - top_known)
-    _require(not unknown, f"unknown top-level setting(s): {', '.join(unknown)}")
+    require(not unknown, f"unknown top-level setting(s): {', '.join(unknown)}")
     client_id = data.get("client_id", "acme")
-    _require(isinstance(client_id, str), f"client_id must be a string, got {client_id!r}")
+    require(isinstance(client_id, str), f"client_id must be a string, got {client_id!r}")
     state_dir = Path(data.get("state_dir") or default_state_dir()).expanduser().resolve()
 
     sections: dict[str, Any] = {}
     for name, cls in _SECTIONS.items():
         values = data.get(name) or {}
-        _require(isinstance(values, dict), f"[{name}] must be a mapping, got {values!r}")
+        require(isinstance(values, dict), f"[{name}] must be a mapping, got {values!r}")
         values = dict(values)
         if name == "storage":
             values.setdefault("source_uri", str(state_dir / "buckets" / client_id))
@@ -320,9 +315,9 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ClientConfi
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        _require(path.is_file(), f"config file not found: {path}")
+        require(path.is_file(), f"config file not found: {path}")
         loaded = yaml.safe_load(path.read_text()) or {}
-        _require(isinstance(loaded, dict), f"config file {path} must hold a mapping at the top level")
+        require(isinstance(loaded, dict), f"config file {path} must hold a mapping at the top level")
         data = loaded
     for key, value in overrides.items():
         if value is not None:

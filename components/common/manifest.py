@@ -6,12 +6,12 @@ person can read it and a kfp ``Dataset`` artifact can carry it as is.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from components.common.jsonl import read_jsonl, write_jsonl
 
 Status = Literal["accepted", "rejected", "duplicate"]
 Split = Literal["train", "val", "test"]
@@ -76,25 +76,14 @@ class VideoRecord:
 
 def write_manifest(path: str | Path, records: Iterable[VideoRecord]) -> int:
     """Write records as JSON Lines (sorted by key for stable diffs). Returns the row count."""
-    rows = sorted(records, key=lambda r: r.key)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-        for record in rows:
-            fh.write(json.dumps(dataclasses.asdict(record), sort_keys=True) + "\n")
-    return len(rows)
+    return write_jsonl(path, sorted(records, key=lambda r: r.key))
 
 
 def read_manifest(path: str | Path) -> list[VideoRecord]:
-    """Read a manifest written by :func:`write_manifest`."""
-    records = []
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                row["labels"] = tuple(row.get("labels", ()))
-                records.append(VideoRecord(**row))
-            except (json.JSONDecodeError, TypeError) as exc:
-                raise ValueError(f"{path}:{line_no}: not a manifest row: {exc}") from exc
-    return records
+    """Read a manifest written by :func:`write_manifest`.
+
+    Raises:
+        FileNotFoundError: If there is no file at ``path``.
+        ValueError: On a row that is not a VideoRecord (with its line number).
+    """
+    return read_jsonl(path, lambda row: VideoRecord(**{**row, "labels": tuple(row.get("labels", ()))}), "manifest")

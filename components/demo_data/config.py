@@ -5,12 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 
-from components.common.errors import ConfigError
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
+from components.common.errors import ConfigError, require
 
 
 @dataclass(frozen=True)
@@ -67,7 +62,7 @@ class DemoConfig:
     workers: int = 2
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.seed, int) and self.seed >= 0, f"demo.seed must be an int >= 0, got {self.seed!r}")
+        require(isinstance(self.seed, int) and self.seed >= 0, f"demo.seed must be an int >= 0, got {self.seed!r}")
         if self.as_of:
             try:
                 date.fromisoformat(self.as_of)
@@ -75,42 +70,42 @@ class DemoConfig:
                 raise ConfigError(f"demo.as_of must be an ISO date (YYYY-MM-DD), got {self.as_of!r}") from exc
         for name in ("clips_per_category", "talking_real", "talking_fake", "two_face", "no_face"):
             value = getattr(self, name)
-            _require(
+            require(
                 isinstance(value, int) and 0 <= value <= 10000, f"demo.{name} must be an int in 0..10000, got {value!r}"
             )
-        _require(
+        require(
             isinstance(self.size, int) and 96 <= self.size <= 1024 and self.size % 2 == 0,
             f"demo.size must be an even int in 96..1024, got {self.size!r}",
         )
-        _require(5 <= self.talking_fps <= 60, f"demo.talking_fps must be 5..60, got {self.talking_fps}")
-        _require(
+        require(5 <= self.talking_fps <= 60, f"demo.talking_fps must be 5..60, got {self.talking_fps}")
+        require(
             1.0 <= self.talking_duration_s <= 30.0,
             f"demo.talking_duration_s must be 1..30 s, got {self.talking_duration_s}",
         )
-        _require(
+        require(
             self.sample_rate in (8000, 16000, 22050, 24000, 32000, 44100, 48000),
             f"demo.sample_rate must be a standard AAC rate (8000..48000), got {self.sample_rate}",
         )
         low, high = self.fake_shift_s
-        _require(
+        require(
             0 < low <= high <= self.talking_duration_s / 2,
             f"demo.fake_shift_s must satisfy 0 < low <= high <= talking_duration_s / 2, got {self.fake_shift_s}",
         )
-        _require(
+        require(
             0 <= self.occlusion_frames < self.talking_fps * self.talking_duration_s / 2,
             f"demo.occlusion_frames must be >= 0 and under half the clip, got {self.occlusion_frames}",
         )
-        _require(
+        require(
             1 <= self.window_days < self.span_days <= 3650,
             f"demo: need 1 <= window_days < span_days <= 3650, got {self.window_days}, {self.span_days}",
         )
-        _require(
+        require(
             0.0 <= self.in_window_fraction <= 1.0,
             f"demo.in_window_fraction must be in [0, 1], got {self.in_window_fraction}",
         )
-        _require(0 <= self.crf <= 51, f"demo.crf must be 0..51, got {self.crf}")
-        _require(
+        require(0 <= self.crf <= 51, f"demo.crf must be 0..51, got {self.crf}")
+        require(
             self.preset in ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"),
             f"demo.preset must be an x264 preset (ultrafast..medium), got {self.preset!r}",
         )
-        _require(1 <= self.workers <= 64, f"demo.workers must be 1..64, got {self.workers}")
+        require(1 <= self.workers <= 64, f"demo.workers must be 1..64, got {self.workers}")

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
-from components.common.errors import ConfigError
+from components.common.errors import require
 
 SELECT_STRATEGIES = ("longest", "largest", "first")
 
 
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"face_tracking: {message}")
+_require = functools.partial(require, section="face_tracking")
 
 
 @dataclass(frozen=True)

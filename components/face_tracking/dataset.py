@@ -9,13 +9,13 @@ audio/<video_id>.npy        float32 16 kHz mono covering [start_s, start_s + n_f
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from components.common.jsonl import read_jsonl, write_jsonl
 
 INDEX_FILE = "index.jsonl"
 CROPS_DIR = "crops"
@@ -96,13 +96,7 @@ class FaceRecord:
 
 def write_face_index(directory: str | Path, records: Iterable[FaceRecord]) -> int:
     """Write ``index.jsonl`` (sorted by video_id). Returns the row count."""
-    rows = sorted(records, key=lambda r: r.video_id)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / INDEX_FILE, "w", encoding="utf-8") as fh:
-        for record in rows:
-            fh.write(json.dumps(dataclasses.asdict(record), sort_keys=True) + "\n")
-    return len(rows)
+    return write_jsonl(Path(directory) / INDEX_FILE, sorted(records, key=lambda r: r.video_id))
 
 
 def read_face_index(directory: str | Path) -> list[FaceRecord]:
@@ -112,24 +106,12 @@ def read_face_index(directory: str | Path) -> list[FaceRecord]:
         FileNotFoundError: If the directory holds no index.
         ValueError: On a row that is not a FaceRecord (with its line number).
     """
-    path = Path(directory) / INDEX_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no {INDEX_FILE} in {directory}: not a faces Dataset")
-    records = []
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                samples = []
-                for s in row.pop("samples", []):
-                    s["boxes"] = tuple(s.get("boxes", ()))
-                    samples.append(FaceSample(**s))
-                records.append(FaceRecord(**row, samples=tuple(samples)))
-            except (json.JSONDecodeError, TypeError, AttributeError) as exc:
-                raise ValueError(f"{path}:{line_no}: not a face record: {exc}") from exc
-    return records
+
+    def build(row: dict) -> FaceRecord:
+        samples = tuple(FaceSample(**{**s, "boxes": tuple(s.get("boxes", ()))}) for s in row.pop("samples", []))
+        return FaceRecord(**row, samples=samples)
+
+    return read_jsonl(Path(directory) / INDEX_FILE, build, "faces index")
 
 
 def load_mouth_crops(directory: str | Path, sample: FaceSample) -> np.ndarray:

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
-from components.common.errors import ConfigError
+from components.common.errors import require
 
 STRATEGIES = ("lora", "hybrid", "full")
 POOLINGS = ("mean", "max")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 
 
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"finetune_clip: {message}")
+_require = functools.partial(require, section="finetune_clip")
 
 
 @dataclass(frozen=True)

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
-from components.common.errors import ConfigError
+from components.common.errors import require
 
 FUSIONS = ("cross_attention", "concat")
 AGGREGATIONS = ("mean_logit", "max", "median")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"finetune_lipsync: {message}")
+_require = functools.partial(require, section="finetune_lipsync")
 
 
 @dataclass(frozen=True)

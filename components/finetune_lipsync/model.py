@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from components.finetune_lipsync.config import AGGREGATIONS, FUSIONS
+
 SAMPLE_RATE = 16000
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-FUSIONS = ("cross_attention", "concat")
-AGGREGATIONS = ("mean_logit", "max", "median")
 
 
 class ModelConfigError(ValueError):

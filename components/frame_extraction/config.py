@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
-from components.common.errors import ConfigError
+from components.common.errors import require
 
 RESIZE_MODES = ("center_crop", "pad")
 
 
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"frame_extraction: {message}")
+_require = functools.partial(require, section="frame_extraction")
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,14 @@ one member without reading the others.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from components.common.jsonl import read_jsonl, write_jsonl
 
 INDEX_FILE = "index.jsonl"
 AUDIO_DIR = "audio"
@@ -89,12 +89,7 @@ def shard_name(prefix: str, number: int) -> str:
 
 def write_frame_index(out_dir: str | Path, records: Iterable[FrameRecord]) -> int:
     """Write ``index.jsonl`` (one JSON row per record, in the given order). Returns the row count."""
-    n = 0
-    with open(Path(out_dir) / INDEX_FILE, "w", encoding="utf-8") as fh:
-        for record in records:
-            fh.write(json.dumps(dataclasses.asdict(record), sort_keys=True) + "\n")
-            n += 1
-    return n
+    return write_jsonl(Path(out_dir) / INDEX_FILE, records)
 
 
 def read_frame_index(frames_dir: str | Path) -> list[FrameRecord]:
@@ -104,22 +99,13 @@ def read_frame_index(frames_dir: str | Path) -> list[FrameRecord]:
         FileNotFoundError: If the folder holds no index.
         ValueError: If a row is not a FrameRecord.
     """
-    path = Path(frames_dir) / INDEX_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no frames index at {path}")
-    records = []
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                row["labels"] = tuple(row.get("labels", ()))
-                row["search_times"] = tuple(float(t) for t in row.get("search_times", ()))
-                records.append(FrameRecord(**row))
-            except (json.JSONDecodeError, TypeError) as exc:
-                raise ValueError(f"{path}:{line_no}: not a frames index row: {exc}") from exc
-    return records
+
+    def build(row: dict) -> FrameRecord:
+        row["labels"] = tuple(row.get("labels", ()))
+        row["search_times"] = tuple(float(t) for t in row.get("search_times", ()))
+        return FrameRecord(**row)
+
+    return read_jsonl(Path(frames_dir) / INDEX_FILE, build, "frames index")
 
 
 def _load_member(frames_dir: str | Path, shard: str, video_id: str) -> np.ndarray:
