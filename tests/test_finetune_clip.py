@@ -453,3 +453,32 @@ def test_grad_accumulation_steps_and_bf16_autocast(tiny_base, tmp_path):
     assert result.history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(RuntimeError, match="fp16 needs CUDA"):
         train_clip(load_base_clip(str(tiny_base)), train, [], _cfg(mixed_precision="fp16"), tmp_path / "x")
+
+
+def test_a_window_too_small_to_train_leaves_no_challenger_and_the_gate_keeps(tiny_base, tmp_path):
+    """One training video: nothing is registered, the artifact and the stage run say why, the gate keeps."""
+    import mlflow
+
+    from components.ab_gate.stage import run_ab_gate
+    from components.common import tracking
+    from components.common.config import from_dict
+    from components.common.no_challenger import pass_on_no_challenger
+    from components.finetune_clip.core import run_finetune_clip
+
+    frames = _write_frames_dataset(tmp_path / "frames", 1)
+    config = from_dict(
+        {"state_dir": str(tmp_path / "state"), "client_id": "acme", "window": {"as_of": "2026-11-01", "days": 30}}
+    )
+    report = run_finetune_clip(frames, tmp_path / "model", config, _cfg(base_model=str(tiny_base)), parent_run_id="")
+    assert report.registered_version is None
+    assert report.not_trained_reason == "need at least 2 labelled training videos, got 1"
+    assert [p.name for p in (tmp_path / "model").iterdir()] == ["no_challenger.json"]
+    assert tracking.get_version_by_alias(config.tracking, "clip-acme", "challenger") is None
+    run = mlflow.MlflowClient(config.tracking.tracking_uri).get_run(report.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["clipsync.no_challenger"] == report.not_trained_reason
+
+    assert pass_on_no_challenger(tmp_path / "model", tmp_path / "eval") == report.not_trained_reason
+    decision = run_ab_gate(config, "clip", tmp_path / "eval", "", log_to_active_run=False)
+    assert not decision.promote
+    assert decision.reasons == [f"not evaluable, champion kept: no challenger this month: {report.not_trained_reason}"]
+    assert decision.to_markdown().startswith("### ab_gate clip: **KEEP** no challenger\n")

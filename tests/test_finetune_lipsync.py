@@ -212,3 +212,27 @@ def test_stage_trains_registers_and_fine_tunes_from_champion(tmp_path):
     report2 = run_finetune_lipsync(faces, tmp_path / "model2", config, replace(cfg, freeze_epochs=1))
     assert report2.pretrained.endswith("model.safetensors") and report2.registered_version == "2"
     assert tracking.get_version_by_alias(config.tracking, "lipsync-acme", "challenger") == "2"
+
+
+def test_single_class_training_videos_leave_no_challenger(tmp_path):
+    """A month of only real videos is not a failure: no model is registered and the artifact says why."""
+    import mlflow
+
+    from components.common import tracking
+    from components.common.no_challenger import no_challenger_reason
+    from components.face_tracking.dataset import read_face_index, write_face_index
+
+    faces = tmp_path / "faces"
+    write_synthetic_faces(faces, {"train": 6, "val": 2, "test": 2}, duration_s=1.0, size=32)
+    write_face_index(faces, [replace(r, authenticity="real") for r in read_face_index(faces)])
+    config = from_dict({"client_id": "acme", "state_dir": str(tmp_path / "state")})
+    report = run_finetune_lipsync(faces, tmp_path / "model", config, TINY, parent_run_id="")
+
+    assert report.registered_version == "" and report.n_train_videos + report.n_val_videos == 8
+    assert report.not_trained_reason.endswith("training videos are real; need real and fake examples")
+    assert no_challenger_reason(tmp_path / "model") == report.not_trained_reason
+    assert not (tmp_path / "model" / "model.safetensors").exists()
+    assert tracking.get_version_by_alias(config.tracking, "lipsync-acme", "challenger") is None
+    client = mlflow.MlflowClient(config.tracking.tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name(config.tracking.experiment).experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["clipsync.no_challenger"] == report.not_trained_reason

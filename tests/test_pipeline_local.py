@@ -129,3 +129,18 @@ def test_second_run_on_the_same_data_keeps_the_champion(tiny_client: Path, model
     assert "- deploy clip: challenger" in second and "not deployed" in second
     assert client.get_registered_model("clip-tiny").aliases.get("champion") == champion
     assert first != second
+
+
+def test_a_month_without_uploads_succeeds_and_keeps_both_champions(tiny_client: Path, model_cache: Path):
+    config = _config(tiny_client, model_cache)
+    client = MlflowClient(tracking_uri=config.tracking.tracking_uri, registry_uri=config.tracking.tracking_uri)
+    champions = {m: client.get_registered_model(f"{m}-tiny").aliases.get("champion") for m in ("clip", "lipsync")}
+
+    report = run_local(config, as_of="2026-01-01")  # every demo upload is later than this window
+
+    assert "ingest_accepted=0" in report and "| finetune_clip | FINISHED |" in report
+    for model, reason in (("clip", "need at least 2 labelled"), ("lipsync", "need training and validation videos")):
+        section = report.split(f"### ab_gate {model}: ")[1].split("###")[0]
+        assert section.startswith("**KEEP** no challenger") and reason in section
+        assert f"- deploy {model}: nothing to deploy, " in report
+        assert client.get_registered_model(f"{model}-tiny").aliases.get("champion") == champions[model]

@@ -223,16 +223,21 @@ class Decision:
                 metrics[f"{p}{key}"] = value
         return metrics
 
+    @property
+    def challenger_label(self) -> str:
+        """``challenger vN``, or ``no challenger`` when this month trained none."""
+        return f"challenger v{self.challenger_version}" if self.challenger_version else "no challenger"
+
     def to_markdown(self) -> str:
         """The decision as a person reads it in the run summary."""
         if self.n_items == 0:
-            return f"### ab_gate {self.model}: **KEEP** challenger v{self.challenger_version}\n\n" + "".join(
+            return f"### ab_gate {self.model}: **KEEP** {self.challenger_label}\n\n" + "".join(
                 f"- {r}\n" for r in self.reasons
             )
         metric = {"recall_at_1": "R@1", "roc_auc": "ROC AUC"}[self.primary_metric]
         base = f"champion v{self.baseline_version}" if self.baseline == "champion" else "base model"
         lines = [
-            f"### ab_gate {self.model}: **{self.verdict.upper()}** challenger v{self.challenger_version} vs {base}",
+            f"### ab_gate {self.model}: **{self.verdict.upper()}** {self.challenger_label} vs {base}",
             "",
             "| | value |",
             "|---|---:|",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from components.ab_gate.core import Decision, decide
 from components.ab_gate.inputs import NotEvaluable, clip_evaluations, lipsync_evaluations
+from components.common.no_challenger import no_challenger_reason
 
 logger = logging.getLogger("clipsync.ab_gate")
 
@@ -23,7 +24,8 @@ def run_ab_gate(
         config: The ClientConfig (tracking, client id, the ``ab_gate`` policy).
         model: ``clip`` or ``lipsync``.
         report_dir: The evaluate stage's report folder for that model.
-        challenger_version: The challenger's registry version (the finetune stage's output).
+        challenger_version: The challenger's registry version (the finetune stage's output; ``""`` when
+            this month trained none, and ``report_dir`` then holds the reason).
         log_to_active_run: Log to MLflow's active run.
 
     Returns:
@@ -35,6 +37,8 @@ def run_ab_gate(
     if model not in ("clip", "lipsync"):
         raise ValueError(f"model must be clip or lipsync, got {model!r}")
     try:
+        if (reason := no_challenger_reason(report_dir)) is not None:
+            raise NotEvaluable(f"no challenger this month: {reason}")
         if model == "clip":
             champion, challenger, base = clip_evaluations(Path(report_dir), challenger_version)
         else:

@@ -17,12 +17,14 @@ def evaluate_clip(
     metrics: Output[Metrics],
 ):
     """Text-to-video retrieval of the challenger vs. the champion (or the base model) on the test split."""
+    import html
     import logging
     import shutil
     from pathlib import Path
 
     from components.common import tracking
     from components.common.config import ClientConfig
+    from components.common.no_challenger import pass_on_no_challenger
     from components.evaluate.clip_eval import run_evaluate_clip
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -30,6 +32,9 @@ def evaluate_clip(
     out = Path(per_query.path)
     out.mkdir(parents=True, exist_ok=True)
     with tracking.stage_run(cfg.tracking, parent_run_id, "evaluate_clip", {"challenger": challenger.path}):
+        if reason := pass_on_no_challenger(Path(challenger.path), out):
+            Path(report.path).write_text(f"<p>No challenger this month: {html.escape(reason)}</p>\n")
+            return
         result = run_evaluate_clip(Path(frames.path), Path(challenger.path), out, cfg, cfg.finetune_clip)
     shutil.copyfile(result.files["clip_report.html"], report.path)
     for name, value in result.as_metrics().items():
@@ -52,6 +57,7 @@ def evaluate_lipsync(
 
     from components.common import tracking
     from components.common.config import ClientConfig
+    from components.common.no_challenger import pass_on_no_challenger
     from components.evaluate.lipsync_eval import run_evaluate_lipsync
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -59,6 +65,8 @@ def evaluate_lipsync(
     out = Path(report.path)
     out.mkdir(parents=True, exist_ok=True)
     with tracking.stage_run(cfg.tracking, parent_run_id, "evaluate_lipsync", {"challenger": challenger.path}):
+        if pass_on_no_challenger(Path(challenger.path), out):
+            return
         result = run_evaluate_lipsync(Path(faces.path), Path(challenger.path), out, cfg)
     report.metadata.update(
         {"files": sorted(Path(p).name for p in result.files.values()), "champion_version": result.champion_version}

@@ -13,7 +13,8 @@ def finetune_clip(
     """Fine-tune the client's CLIP search model on the frames Dataset; register it as ``clip-<client>@challenger``.
 
     Returns:
-        The registered model version.
+        The registered model version, or ``""`` when this month's videos cannot train the model (the
+        artifact then holds ``no_challenger.json`` with the reason, and the gate keeps the champion).
     """
     import logging
     from pathlib import Path
@@ -30,6 +31,7 @@ def finetune_clip(
             "registered_version": report.registered_version or "",
             "strategy": report.strategy,
             "base_model": report.base_model,
+            "not_trained_reason": report.not_trained_reason,
         }
     )
     for name, value in report.as_metrics().items():

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from components.common.no_challenger import NotTrainable, write_no_challenger
 from components.finetune_clip.config import FinetuneClipConfig
 from components.finetune_clip.model import (
     CARD_FILE,
@@ -105,6 +106,7 @@ class FinetuneReport:
     resumed_from_epoch: int = 0
     registered_version: str | None = None
     run_id: str | None = None
+    not_trained_reason: str = ""
 
     def as_metrics(self) -> dict[str, float]:
         return {
@@ -376,6 +378,9 @@ def train_clip(
 
     Returns:
         The training result; ``result.model`` holds the best epoch's weights, in eval mode.
+
+    Raises:
+        NotTrainable: With fewer than 2 training videos.
     """
     import contextlib
 
@@ -383,7 +388,7 @@ def train_clip(
     from tqdm.auto import tqdm
 
     if len(train_samples) < 2:
-        raise ValueError(f"need at least 2 labelled training videos, got {len(train_samples)}")
+        raise NotTrainable(f"need at least 2 labelled training videos, got {len(train_samples)}")
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     device = _resolve_device(cfg)
@@ -726,7 +731,9 @@ def run_finetune_clip(
         track: Log to MLflow and register ``clip-<client>`` with alias ``challenger`` (off for offline tests).
 
     Returns:
-        The stage report.
+        The stage report. When the window holds too few training videos, nothing is registered: the report
+        says why (``not_trained_reason``) and ``out_dir`` holds ``no_challenger.json``, so the gate keeps
+        the champion.
     """
     from components.finetune_clip.model import load_base_clip, resolve_base_ref
 
@@ -778,9 +785,21 @@ def run_finetune_clip(
         report.resumed_from_epoch = result.resumed_from_epoch
         return result
 
+    def train_or_record(log_fn: LogFn | None) -> bool:
+        try:
+            body(log_fn)
+        except NotTrainable as exc:
+            logger.warning("finetune_clip: no challenger this month: %s", exc)
+            write_no_challenger(out_dir, str(exc))
+            report.not_trained_reason = str(exc)
+            return False
+        return True
+
     if not track:
-        body(None)
+        train_or_record(None)
         return report
+
+    import mlflow
 
     from components.common import tracking
 
@@ -792,10 +811,13 @@ def run_finetune_clip(
         "mixed_precision": cfg.mixed_precision,
     }
     with tracking.stage_run(config.tracking, parent_run_id, "finetune_clip", params) as run_id:
-        body(tracking.log_metrics)
+        report.run_id = run_id
+        trained = train_or_record(tracking.log_metrics)
         tracking.log_metrics(report.as_metrics())
         tracking.log_dict_artifact({"skipped": skipped}, "finetune_clip/skipped.json")
-        report.run_id = run_id
+        if not trained:
+            mlflow.set_tag("clipsync.no_challenger", report.not_trained_reason)
+            return report
         report.registered_version = tracking.register_model_dir(
             config.tracking,
             f"clip-{config.client_id}",

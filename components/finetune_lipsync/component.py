@@ -13,7 +13,8 @@ def finetune_lipsync(
     """Fine-tune the lip-sync detector on the faces Dataset; register it as ``lipsync-<client>@challenger``.
 
     Returns:
-        The registered model version.
+        The registered model version, or ``""`` when this month's videos cannot train the model (the
+        artifact then holds ``no_challenger.json`` with the reason, and the gate keeps the champion).
     """
     import logging
     from pathlib import Path
@@ -30,6 +31,7 @@ def finetune_lipsync(
             "registered_version": report.registered_version,
             "threshold": report.threshold,
             "pretrained": report.pretrained,
+            "not_trained_reason": report.not_trained_reason,
         }
     )
     for name, value in report.as_metrics().items():

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from components.common.no_challenger import NotTrainable, write_no_challenger
 from components.finetune_lipsync.augment import AugmentParams, augment_video, random_speed, speed_window
 from components.finetune_lipsync.config import FinetuneLipsyncConfig
 from components.finetune_lipsync.model import (
@@ -359,8 +360,8 @@ def train_lipsync(
         The result, with the model folder.
 
     Raises:
-        ValueError: Without training or validation videos, with a video on both sides, or with a
-            single class in the training set.
+        NotTrainable: Without training or validation videos, or with a single class in the training set.
+        ValueError: With a video on both sides.
     """
     from sklearn.metrics import roc_auc_score
     from tqdm import tqdm
@@ -368,12 +369,14 @@ def train_lipsync(
     from components.evaluate.lipsync_eval import binary_metrics, choose_threshold
 
     if not train_videos or not val_videos:
-        raise ValueError(f"need training and validation videos, got {len(train_videos)} and {len(val_videos)}")
+        raise NotTrainable(f"need training and validation videos, got {len(train_videos)} and {len(val_videos)}")
     overlap = {v.video_id for v in train_videos} & {v.video_id for v in val_videos}
     if overlap:
         raise ValueError(f"videos in both training and validation: {sorted(overlap)[:5]}")
-    if len({v.label for v in train_videos}) < 2:
-        raise ValueError("the training videos hold a single class; need real and fake examples")
+    labels = {v.label for v in train_videos}
+    if len(labels) < 2:
+        only = "fake" if labels == {1} else "real"
+        raise NotTrainable(f"all {len(train_videos)} training videos are {only}; need real and fake examples")
 
     started = time.monotonic()
     if cfg.num_threads:
@@ -592,6 +595,7 @@ class FinetuneLipsyncReport:
     threshold: float = 0.5
     val_metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    not_trained_reason: str = ""
 
     def as_metrics(self) -> dict[str, float]:
         """Numbers for MLflow / kfp Metrics."""
@@ -692,11 +696,12 @@ def run_finetune_lipsync(
         parent_run_id: The DAG's parent MLflow run (``""``: standalone run).
 
     Returns:
-        The report (registered version included).
-
-    Raises:
-        ValueError: When the Dataset lacks labelled real and fake training videos.
+        The report: the registered version, or an empty version and ``not_trained_reason`` when this
+        month's videos cannot train the model (then ``out_dir`` holds ``no_challenger.json`` and the
+        gate keeps the champion).
     """
+    import mlflow
+
     from components.common import tracking
 
     cfg = cfg or config.finetune_lipsync
@@ -720,14 +725,27 @@ def run_finetune_lipsync(
         tempfile.TemporaryDirectory(prefix="lipsync-pretrained-") as work,
     ):
         pretrained = resolve_pretrained(config, cfg, Path(work))
-        result = train_lipsync(
-            train,
-            val,
-            cfg,
-            out_dir,
-            log_fn=lambda metrics, step: tracking.log_metrics(metrics, step=step),
-            pretrained=pretrained,
-        )
+        try:
+            result = train_lipsync(
+                train,
+                val,
+                cfg,
+                out_dir,
+                log_fn=lambda metrics, step: tracking.log_metrics(metrics, step=step),
+                pretrained=pretrained,
+            )
+        except NotTrainable as exc:
+            logger.warning("finetune_lipsync: no challenger this month: %s", exc)
+            write_no_challenger(out_dir, str(exc))
+            mlflow.set_tag("clipsync.no_challenger", str(exc))
+            return FinetuneLipsyncReport(
+                model_dir=str(out_dir),
+                n_train_videos=len(train),
+                n_val_videos=len(val),
+                n_test_videos=n_test,
+                skipped=skipped,
+                not_trained_reason=str(exc),
+            )
         report = FinetuneLipsyncReport(
             model_dir=str(result.model_dir),
             pretrained=result.pretrained,
