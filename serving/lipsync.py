@@ -142,7 +142,7 @@ class LipSyncModel(Model):
     def analyze_file(self, path: Path) -> dict[str, Any]:
         """Score one local video file (validated by decoding first)."""
         from components.common.manifest import VideoRecord
-        from components.face_tracking.core import track_video
+        from components.face_tracking.core import clip_audio, track_video
         from components.finetune_lipsync.model import predict_video
         from components.frame_extraction.core import extract_video
 
@@ -155,18 +155,16 @@ class LipSyncModel(Model):
         if video.status != "ok" or video.dense_frames.size == 0:
             raise InvalidInput(f"video could not be analysed: {video.reason or 'no frames around speech'}")
         fps = float(video.dense_fps)
+        has_audio = video.audio is not None
+        audio = clip_audio(
+            video.audio if has_audio else np.zeros(0, np.float32), video.dense_start_s, len(video.dense_frames), fps
+        )
         with self._face_lock:
-            faces = track_video(video.dense_frames, fps, self.face_config, self.face_models)
+            faces = track_video(
+                video.dense_frames, fps, self.face_config, self.face_models, audio if has_audio else None
+            )
         track_id = -1 if faces.selected is None else faces.selected.track_id
-        crops = faces.crops[track_id]
-        rate = self.frame_config.audio_rate
-        n = round(faces.n_frames / fps * rate)
-        audio = np.zeros(n, dtype=np.float32)
-        if video.audio is not None:
-            start = round(video.dense_start_s * rate)
-            piece = video.audio[start : start + n]
-            audio[: len(piece)] = piece
-        score = predict_video(self.model, crops, audio, fps)
+        score = predict_video(self.model, faces.crops[track_id], audio, fps)
         p_fake = float(score.probability)
         return {
             "is_real": not score.is_fake,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -405,3 +406,40 @@ def test_component_logs_face_statistics_to_mlflow(model_cache, state_dir, tmp_pa
     per_video = {v["video_id"]: v for v in json.loads(Path(local).read_text())["videos"]}
     assert per_video["empty"]["fallback_used"] is True and per_video["talk"]["faces_seen"] == 1
     assert per_video["broken"]["status"] == "rejected"
+
+
+def _decode(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import av
+
+    with av.open(str(path)) as container:
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    with av.open(str(path)) as container:
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=core.AUDIO_RATE)
+        audio = [r.to_ndarray().reshape(-1) for f in container.decode(audio=0) for r in resampler.resample(f)]
+    return frames, np.concatenate(audio)
+
+
+def test_speaking_strategy_picks_the_face_that_follows_the_voice(models, tmp_path):
+    """On the demo's two-face interviews (one speaker, one silent or barely moving face) `speaking` finds the
+    speaker every time; `longest` cannot tell them apart (both faces are on screen throughout)."""
+    from components.demo_data.core import DemoConfig, generate_demo_data
+
+    demo = DemoConfig(seed=3, as_of="2026-11-01", clips_per_category=0, talking_real=1, talking_fake=1, two_face=6)
+    summary = generate_demo_data(tmp_path / "bucket", tmp_path / "truth", replace(demo, broken=False, workers=1))
+    interviews = [json.loads(line) for line in summary.truth_path.read_text().splitlines()]
+    interviews = [t for t in interviews if t["kind"] == "two_face"]
+    assert len(interviews) == 6
+    config = FaceTrackingConfig(select_strategy="speaking")
+    for truth in interviews:
+        frames, audio = _decode(summary.bucket_dir / truth["video_path"])
+        result = core.track_video(frames, truth["fps"], config, models, audio)
+        assert len(result.speech_sync) == 2, truth["video_path"]
+        box = next(b for b in result.boxes[result.selected.track_id] if b is not None)
+        speaker_side = 0 if (box[0] + box[2]) / 2 < frames.shape[2] / 2 else 1  # face 0 is on the left
+        assert speaker_side == truth["transform"]["speaker"], (truth["video_path"], result.speech_sync)
+        silent = min(result.speech_sync.values())
+        assert result.speech_sync[result.selected.track_id] > 0.5 > silent
+        assert list(result.crops) == [result.selected.track_id]
+        # Without audio there is nothing to follow: the longest track, as documented.
+        without = core.track_video(frames, truth["fps"], config, models)
+        assert without.speech_sync == {} and without.selected is not None

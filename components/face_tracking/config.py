@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from components.common.errors import require
 
-SELECT_STRATEGIES = ("longest", "largest", "first")
+SELECT_STRATEGIES = ("longest", "largest", "first", "speaking")
 
 
 _require = functools.partial(require, section="face_tracking")
@@ -20,7 +20,8 @@ class FaceTrackingConfig:
     Attributes:
         max_faces: Most faces kept per frame (the highest-scoring ones).
         select_strategy: Which track is the subject: ``longest`` (most frames with a face), ``largest``
-            (largest median box area) or ``first`` (earliest start; ties go to the longer track).
+            (largest median box area), ``first`` (earliest start; ties go to the longer track) or
+            ``speaking`` (the face whose mouth motion best follows the audio; ``longest`` without audio).
         min_detection_confidence: Detector score threshold (0..1).
         iou_threshold: Smallest IoU between a track's last box and a detection for them to match.
         max_misses: Frames a track survives without a matching detection (a short occlusion) and keeps its id.
