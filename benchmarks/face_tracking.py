@@ -5,6 +5,8 @@ Measures, as medians of ``--repeats`` runs over the same clips:
 * the raw MediaPipe short-range FaceDetector on every frame (frames/s), against ``track_video`` with
   ``detect_every=1`` (detection + tracking + aligned crops): the tracking overhead;
 * ``track_video`` with the FaceLandmarker on (its cost);
+* on the demo clips (they have audio): ``select_strategy`` ``speaking`` against ``longest``, how often each
+  picks the speaker of a two-face clip, and the time ratio;
 * ``detect_every`` = 2, 3, 5: speed-up over every-frame detection and agreement (mean IoU of the selected
   track's boxes with the every-frame run), next to two other ways to fill the frames between detections
   (hold the last box; constant-velocity extrapolation) and an OpenCV KCF tracker started on each detection.
@@ -106,8 +108,12 @@ def _agreement(reference: list, other: list) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def demo_clips(seed: int = 0) -> dict[str, tuple[np.ndarray, list]]:
-    """The demo generator's talking-head, two-face and no-face clips (H.264, 256x256), decoded, with truth."""
+def demo_clips(seed: int = 0) -> dict[str, tuple]:
+    """The demo generator's talking-head, two-face and no-face clips (H.264, 256x256), decoded, with truth.
+
+    Returns:
+        name -> (frames, per-face truth boxes, speaker index or None, 16 kHz mono audio).
+    """
     import tempfile
 
     import av
@@ -125,16 +131,22 @@ def demo_clips(seed: int = 0) -> dict[str, tuple[np.ndarray, list]]:
             row = json.loads(line)
             if row["kind"] not in ("talking_head", "two_face", "no_face"):
                 continue
-            with av.open(str(summary.bucket_dir / row["video_path"])) as container:
+            path = str(summary.bucket_dir / row["video_path"])
+            with av.open(path) as container:
                 frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+            with av.open(path) as container:
+                resampler = av.AudioResampler(format="flt", layout="mono", rate=core.AUDIO_RATE)
+                audio = np.concatenate(
+                    [r.to_ndarray().reshape(-1) for f in container.decode(audio=0) for r in resampler.resample(f)]
+                )
             truths = [face["boxes"] for face in row["faces"]]
             speaker = next((i for i, face in enumerate(row["faces"]) if face["speaking"]), None)
-            clips[f"{row['kind']}:{Path(row['video_path']).stem}"] = (frames, truths, speaker)
+            clips[f"{row['kind']}:{Path(row['video_path']).stem}"] = (frames, truths, speaker, audio)
     return clips
 
 
 def measure(clips: dict, cache_dir: Path, repeats: int) -> dict:
-    """Speeds and agreements over ``clips`` (name -> (frames, truths[, speaker index]))."""
+    """Speeds and agreements over ``clips`` (name -> (frames, truths[, speaker index, audio]))."""
     total = sum(len(c[0]) for c in clips.values())
     base = FaceTrackingConfig()
     out: dict = {"frames_total": total, "clips": len(clips), "load_avg": os.getloadavg()}
@@ -156,6 +168,16 @@ def measure(clips: dict, cache_dir: Path, repeats: int) -> dict:
                 lambda config=config: {n: core.track_video(c[0], 25.0, config, models) for n, c in clips.items()},
                 repeats,
             )
+        voiced = {n: c for n, c in clips.items() if len(c) > 3}
+        if voiced:
+            speaking = FaceTrackingConfig(select_strategy="speaking")
+            t_longest, _ = _median_time(
+                lambda: [core.track_video(c[0], 25.0, base, models) for c in voiced.values()], repeats
+            )
+            t_speaking, by_speech = _median_time(
+                lambda: {n: core.track_video(c[0], 25.0, speaking, models, c[3]) for n, c in voiced.items()}, repeats
+            )
+            out["speaking_time_ratio_vs_longest"] = t_speaking / t_longest
     landmark_cfg = FaceTrackingConfig(use_landmarks=True)
     with core.load_face_models(cache_dir, landmark_cfg) as lm_models:
         core.track_video(first[:5], 25.0, landmark_cfg, lm_models)
@@ -167,7 +189,7 @@ def measure(clips: dict, cache_dir: Path, repeats: int) -> dict:
     out["track_video_k1_fps"] = total / timings[1]
     out["tracking_overhead_ratio"] = timings[1] / t_raw
     out["track_video_landmarks_fps"] = total / t_lm
-    recalls, speaker_hits, fallbacks, faceless = [], [], 0, 0
+    recalls, speaker_hits, speech_hits, fallbacks, faceless = [], [], [], 0, 0
     for name, clip in clips.items():
         truths = clip[1]
         res = results[1][name]
@@ -182,10 +204,14 @@ def measure(clips: dict, cache_dir: Path, repeats: int) -> dict:
         recalls.append(max(per_face))
         if len(clip) > 2 and clip[2] is not None and len(truths) > 1:
             speaker_hits.append(int(np.argmax(per_face)) == clip[2])
+            chosen = by_speech[name]
+            speech_faces = [_recall(chosen.boxes[chosen.selected.track_id], t) for t in truths]
+            speech_hits.append(int(np.argmax(speech_faces)) == clip[2])
     out["selected_recall_vs_truth_mean"] = float(np.mean(recalls))
     out["selected_recall_vs_truth_min"] = float(np.min(recalls))
     out["faceless_clips_flagged"] = f"{fallbacks}/{faceless}"
     out["selected_is_speaker"] = f"{sum(speaker_hits)}/{len(speaker_hits)}" if speaker_hits else "n/a"
+    out["speaking_selects_speaker"] = f"{sum(speech_hits)}/{len(speech_hits)}" if speech_hits else "n/a"
     out["detect_every"] = {}
     for k in (2, 3, 5):
         row = {"fps": total / timings[k], "speedup": timings[1] / timings[k]}
@@ -223,6 +249,12 @@ def print_report(title: str, out: dict, repeats: int) -> None:
         f"min {out['selected_recall_vs_truth_min']:.3f}; face-less clips flagged {out['faceless_clips_flagged']}; "
         f"selected = speaker on two-face clips {out['selected_is_speaker']}"
     )
+    if "speaking_time_ratio_vs_longest" in out:
+        print(
+            f"select_strategy speaking vs longest (baseline): speaker chosen on two-face clips "
+            f"{out['speaking_selects_speaker']} vs {out['selected_is_speaker']}; "
+            f"time ratio {out['speaking_time_ratio_vs_longest']:.2f}x"
+        )
     print("k  frames/s speed-up | mean IoU of selected boxes vs k=1: interpolate (min)  hold  velocity  KCF (KCF fps)")
     for k, row in out["detect_every"].items():
         print(
