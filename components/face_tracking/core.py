@@ -656,16 +656,15 @@ def track_video(
         kept.append(selected)
     kept.sort(key=lambda t: t.track_id)
     boxes = {t.track_id: track_boxes(t, n_frames, config.detect_every) for t in kept}
-    emitted = {t.track_id for t in kept} if config.emit_all_tracks else {getattr(selected, "track_id", None)}
-    crops = {k: v for k, v in crops.items() if k in emitted}
     if selected is None:
         geometry = center_geometry(height, width)
-        crops[-1] = np.stack([crop_aligned(frame, geometry, config.crop_size) for frame in frames])
+        crops = {-1: np.stack([crop_aligned(frame, geometry, config.crop_size) for frame in frames])}
         boxes[-1] = [None] * n_frames
     else:
+        cropped, crops = crops, {}  # the speaking strategy has cropped its candidates already
         for track in kept if config.emit_all_tracks else [selected]:
-            if track.track_id not in crops:
-                crops[track.track_id] = track_crops(frames, track, config)
+            known = cropped.get(track.track_id)
+            crops[track.track_id] = known if known is not None else track_crops(frames, track, config)
     logger.debug(
         "face_tracking: %d frames @ %.1f fps, %d detection frames, %d tracks kept of %d, selected %s",
         n_frames,
