@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import http.client
 import io
 import json
 import os
@@ -426,9 +427,17 @@ def test_bad_inputs_are_4xx_and_server_stays_healthy(server, assets):
     assert status == 400
     status, answer = lipsync(os.urandom(250_000))  # 244 KiB > 0.2 MiB
     assert status == 413 and "limit" in answer["error"]
-    status, answer = server.call("POST", "/v1/models/lipsync-acme:predict", data=b"x" * 1_500_000,
-                                 headers={"Content-Type": "application/json"})  # fmt: skip
-    assert status == 413
+    # The size guard answers from Content-Length alone, before any of the body is sent (sending a body it
+    # will not read would race the server's close: the client may see a broken pipe instead of the 413).
+    conn = http.client.HTTPConnection("127.0.0.1", server.http, timeout=60)
+    conn.putrequest("POST", "/v1/models/lipsync-acme:predict")
+    for name, value in (("Authorization", f"Bearer {TOKEN}"), ("Content-Type", "application/json")):
+        conn.putheader(name, value)
+    conn.putheader("Content-Length", "1500000")
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 413 and "upload limit" in json.loads(response.read())["error"]
+    conn.close()
     assert server.healthy() and server.proc.poll() is None
     status, _ = v1_search(server, "clip-acme", "surgery video")
     assert status == 200
