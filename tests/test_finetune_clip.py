@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic_frames import CATEGORIES, make_frames
 
 torch = pytest.importorskip("torch")
 
@@ -16,8 +17,6 @@ from components.common.config import ConfigError  # noqa: E402
 from components.finetune_clip.config import FinetuneClipConfig  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-CATEGORIES = {"surgery": (200, 40, 40), "forklift": (40, 200, 40), "curling": (40, 40, 200)}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -326,40 +325,6 @@ def test_base_model_errors_are_clear(tmp_path):
     assert "ERR cannot load base CLIP 'openai/clip-vit-base-patch32'" in out.stdout
 
 
-def _write_frames_dataset(root: Path, n: int, seed: int = 0) -> Path:
-    """A frames Dataset (FORMATS.md) written with frame_extraction's own writers, plus one rejected video."""
-    from components.frame_extraction.dataset import FrameRecord, ShardWriter, write_frame_index
-
-    rng = np.random.default_rng(seed)
-    names = list(CATEGORIES)
-    rows = []
-    root.mkdir(parents=True)
-    with ShardWriter(root, "search", max_videos=10) as writer:
-        for i in range(n):
-            cat = names[i % len(names)]
-            vid = f"{i:016x}"
-            frames = rng.integers(0, 60, size=(3, 48, 48, 3)).astype(np.uint8)
-            frames[:, 12:36, 12:36] = CATEGORIES[cat]
-            shard = writer.add(vid, frames)
-            split = ("train", "train", "val", "test")[i % 4]
-            rows.append(
-                FrameRecord(
-                    video_id=vid,
-                    split=split,
-                    labels=(f"{cat} video",),
-                    category=cat,
-                    search_shard=shard,
-                    n_search=3,
-                    search_times=(0.5, 1.5, 2.5),
-                )
-            )
-    rows.append(
-        FrameRecord(video_id="f" * 16, split="train", labels=("x",), status="rejected", reason="decode_error: broken")
-    )
-    write_frame_index(root, rows)
-    return root
-
-
 def test_stage_registers_challenger_and_evaluates(tiny_base, tmp_path):
     """run_finetune_clip + run_evaluate_clip on a small frames Dataset with MLflow on sqlite."""
     import mlflow
@@ -369,7 +334,7 @@ def test_stage_registers_challenger_and_evaluates(tiny_base, tmp_path):
     from components.evaluate.clip_eval import run_evaluate_clip
     from components.finetune_clip.core import run_finetune_clip
 
-    frames = _write_frames_dataset(tmp_path / "frames", 24)
+    frames = make_frames(tmp_path / "frames", 24, rejected=True)
     config = from_dict(
         {"state_dir": str(tmp_path / "state"), "client_id": "acme", "window": {"as_of": "2026-11-01", "days": 30}}
     )
@@ -465,7 +430,7 @@ def test_a_window_too_small_to_train_leaves_no_challenger_and_the_gate_keeps(tin
     from components.common.no_challenger import pass_on_no_challenger
     from components.finetune_clip.core import run_finetune_clip
 
-    frames = _write_frames_dataset(tmp_path / "frames", 1)
+    frames = make_frames(tmp_path / "frames", 1, rejected=True)
     config = from_dict(
         {"state_dir": str(tmp_path / "state"), "client_id": "acme", "window": {"as_of": "2026-11-01", "days": 30}}
     )

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic_frames import CATEGORIES, make_frames
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("kserve")
@@ -32,7 +33,6 @@ pytest.importorskip("kserve")
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-CATEGORIES = {"surgery": (200, 40, 40), "forklift": (40, 200, 40), "curling": (40, 40, 200)}
 FACE_CACHE = ROOT / ".clipsync" / "cache"
 TOKEN = "s3cret-token"
 
@@ -65,35 +65,6 @@ def make_adapter(base: Path, out: Path, seed: int) -> Path:
     card = {"base_model": str(base), "strategy": "lora", "pooling": "mean", "frames_per_video": 2}
     (out / "card.json").write_text(json.dumps(card))
     return out
-
-
-def make_frames(root: Path, n: int = 12, seed: int = 0) -> Path:
-    from components.frame_extraction.dataset import FrameRecord, ShardWriter, write_frame_index
-
-    rng = np.random.default_rng(seed)
-    names = list(CATEGORIES)
-    rows = []
-    root.mkdir(parents=True)
-    with ShardWriter(root, "search", max_videos=10) as writer:
-        for i in range(n):
-            cat = names[i % len(names)]
-            vid = f"{i:016x}"
-            frames = rng.integers(0, 60, size=(3, 48, 48, 3)).astype(np.uint8)
-            frames[:, 12:36, 12:36] = CATEGORIES[cat]
-            shard = writer.add(vid, frames)
-            rows.append(
-                FrameRecord(
-                    video_id=vid,
-                    split=("train", "train", "val", "test")[i % 4],
-                    labels=(f"{cat} video",),
-                    category=cat,
-                    search_shard=shard,
-                    n_search=3,
-                    search_times=(0.5, 1.5, 2.5),
-                )
-            )
-    write_frame_index(root, rows)
-    return root
 
 
 def make_lipsync(out: Path) -> Path:

@@ -97,7 +97,8 @@ def test_detect_kind(tmp_path):
 def test_index_build_writes_index_and_calibration(tmp_path):
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
-    from test_serving_server import make_adapter, make_base, make_frames
+    from synthetic_frames import make_frames
+    from test_serving_server import make_adapter, make_base
 
     from serving.calibration import Calibrator
     from serving.index import VideoIndex
