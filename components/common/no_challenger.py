@@ -8,9 +8,12 @@ succeeds: the other model still trains, and the summary says why this one did no
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 NO_CHALLENGER_FILE = "no_challenger.json"
+
+logger = logging.getLogger("clipsync.no_challenger")
 
 
 class NotTrainable(ValueError):
@@ -18,7 +21,8 @@ class NotTrainable(ValueError):
 
 
 def write_no_challenger(folder: str | Path, reason: str) -> Path:
-    """Record in ``folder`` (created) why there is no challenger this month.
+    """Record in ``folder`` (created) why there is no challenger this month, also in the log and, when an
+    MLflow run is active (the stage's), as its tag ``clipsync.no_challenger``.
 
     Args:
         folder: A model artifact or an evaluation report folder.
@@ -27,9 +31,14 @@ def write_no_challenger(folder: str | Path, reason: str) -> Path:
     Returns:
         The file written.
     """
+    import mlflow
+
+    logger.warning("no challenger this month: %s", reason)
     path = Path(folder) / NO_CHALLENGER_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"reason": reason}) + "\n", encoding="utf-8")
+    if mlflow.active_run() is not None:
+        mlflow.set_tag("clipsync.no_challenger", reason)
     return path
 
 

@@ -789,7 +789,6 @@ def run_finetune_clip(
         try:
             body(log_fn)
         except NotTrainable as exc:
-            logger.warning("finetune_clip: no challenger this month: %s", exc)
             write_no_challenger(out_dir, str(exc))
             report.not_trained_reason = str(exc)
             return False
@@ -798,8 +797,6 @@ def run_finetune_clip(
     if not track:
         train_or_record(None)
         return report
-
-    import mlflow
 
     from components.common import tracking
 
@@ -816,7 +813,6 @@ def run_finetune_clip(
         tracking.log_metrics(report.as_metrics())
         tracking.log_dict_artifact({"skipped": skipped}, "finetune_clip/skipped.json")
         if not trained:
-            mlflow.set_tag("clipsync.no_challenger", report.not_trained_reason)
             return report
         report.registered_version = tracking.register_model_dir(
             config.tracking,

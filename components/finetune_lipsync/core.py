@@ -700,8 +700,6 @@ def run_finetune_lipsync(
         month's videos cannot train the model (then ``out_dir`` holds ``no_challenger.json`` and the
         gate keeps the champion).
     """
-    import mlflow
-
     from components.common import tracking
 
     cfg = cfg or config.finetune_lipsync
@@ -735,9 +733,7 @@ def run_finetune_lipsync(
                 pretrained=pretrained,
             )
         except NotTrainable as exc:
-            logger.warning("finetune_lipsync: no challenger this month: %s", exc)
             write_no_challenger(out_dir, str(exc))
-            mlflow.set_tag("clipsync.no_challenger", str(exc))
             return FinetuneLipsyncReport(
                 model_dir=str(out_dir),
                 n_train_videos=len(train),
