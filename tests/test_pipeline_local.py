@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from components.common.config import load_config
 from components.common.manifest import read_manifest
+from components.common.tracking import get_version_by_alias
 from components.demo_data.core import DemoConfig, generate_demo_data
 from components.deploy.core import promote
 from components.face_tracking.dataset import read_face_index
@@ -133,8 +134,7 @@ def test_second_run_on_the_same_data_keeps_the_champion(tiny_client: Path, model
 
 def test_a_month_without_uploads_succeeds_and_keeps_both_champions(tiny_client: Path, model_cache: Path):
     config = _config(tiny_client, model_cache)
-    client = MlflowClient(tracking_uri=config.tracking.tracking_uri, registry_uri=config.tracking.tracking_uri)
-    champions = {m: client.get_registered_model(f"{m}-tiny").aliases.get("champion") for m in ("clip", "lipsync")}
+    champions = {m: get_version_by_alias(config.tracking, f"{m}-tiny", "champion") for m in ("clip", "lipsync")}
 
     report = run_local(config, as_of="2026-01-01")  # every demo upload is later than this window
 
@@ -143,4 +143,4 @@ def test_a_month_without_uploads_succeeds_and_keeps_both_champions(tiny_client: 
         section = report.split(f"### ab_gate {model}: ")[1].split("###")[0]
         assert section.startswith("**KEEP** no challenger") and reason in section
         assert f"- deploy {model}: nothing to deploy, " in report
-        assert client.get_registered_model(f"{model}-tiny").aliases.get("champion") == champions[model]
+        assert get_version_by_alias(config.tracking, f"{model}-tiny", "champion") == champions[model]
