@@ -115,10 +115,18 @@ def _adapter_name(name: str) -> str:
 
 
 class ClipBackbones:
-    """Process-wide registry: one base CLIP per base reference, LoRA adapters of many clients on it."""
+    """Process-wide registry: one base CLIP per base reference, LoRA adapters of many clients on it.
 
-    def __init__(self, cache_dir: str | Path | None = None) -> None:
+    Args:
+        cache_dir: Where base models fetched from s3 are kept.
+        device: Where every model goes (the ``serving.device`` setting; ``auto``: CUDA when available).
+    """
+
+    def __init__(self, cache_dir: str | Path | None = None, device: str = "auto") -> None:
+        from components.common.device import resolve_device
+
         self.cache_dir = cache_dir
+        self.device = resolve_device(device)
         self._shared: dict[str, _Backbone] = {}
         self._counter = 0
         self._lock = threading.Lock()
@@ -149,19 +157,22 @@ class ClipBackbones:
                     from peft import PeftModel
 
                     bundle = load_base_clip(base_ref, self.cache_dir)
-                    bundle.model = PeftModel.from_pretrained(
+                    peft_model = PeftModel.from_pretrained(
                         bundle.model, str(model_dir), adapter_name=adapter, is_trainable=False
-                    ).eval()
+                    )
+                    bundle.model = peft_model.to(self.device).eval()
                     backbone = _Backbone(bundle=bundle, shared=True)
                     self._shared[base_ref] = backbone
                     logger.info("base CLIP %s loaded for %s", base_ref, name)
                 else:
                     with backbone.lock:
                         backbone.bundle.model.load_adapter(str(model_dir), adapter_name=adapter, is_trainable=False)
+                        backbone.bundle.model.to(self.device)  # the new adapter's weights join the base's device
                 backbone.adapters.add(adapter)
                 handle = ClipHandle(name, backbone, adapter, pooling, frames)
             else:
                 bundle = load_clip_model(model_dir, self.cache_dir) if card else load_base_clip(str(model_dir))
+                bundle.model.to(self.device)
                 handle = ClipHandle(name, _Backbone(bundle=bundle, shared=False), None, pooling, frames)
         logger.info("clip model %s attached (%s)", name, card.get("strategy", "base"))
         return handle
@@ -252,7 +263,7 @@ class ClipSearchModel(Model):
         super().__init__(name)
         self.model_dir = Path(model_dir)
         self.settings = settings or ServingConfig()
-        self.backbones = backbones or ClipBackbones()
+        self.backbones = backbones or ClipBackbones(device=self.settings.device)
         self.query_log = query_log
         self.version = version
         self.handle: ClipHandle | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+from components.common.device import is_device_name
 from components.common.errors import require
 
 _require = functools.partial(require, section="serving")
@@ -36,6 +37,8 @@ class ServingConfig:
         query_log_flush_s: Write a query-log file at least this often while entries are buffered.
         auth_token_env: Name of the environment variable holding the bearer token the standalone server
             requires (``Authorization: Bearer <token>``, gRPC metadata ``authorization``); empty: no auth.
+        device: Where the predictors put their models: ``auto`` (CUDA when available, so a GPU node serves on
+            its GPU), ``cpu`` or ``cuda[:N]``. Video decoding and face tracking stay on the CPU.
     """
 
     host: str = "127.0.0.1"
@@ -54,6 +57,7 @@ class ServingConfig:
     query_log_flush_entries: int = 100
     query_log_flush_s: float = 60.0
     auth_token_env: str = ""
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         _require(bool(self.host), "host must be set")
@@ -81,6 +85,7 @@ class ServingConfig:
             self.auth_token_env == "" or self.auth_token_env.replace("_", "").isalnum(),
             f"auth_token_env must be an environment variable name, got {self.auth_token_env!r}",
         )
+        _require(is_device_name(self.device), f"device must be auto, cpu or cuda[:N], got {self.device!r}")
 
     @property
     def max_upload_bytes(self) -> int:

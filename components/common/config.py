@@ -112,6 +112,15 @@ class WindowConfig:
             except ValueError as exc:
                 raise ConfigError(f"window.as_of must be an ISO date (YYYY-MM-DD), got {self.as_of!r}") from exc
 
+    def label(self) -> str:
+        """``start..end`` (ISO dates, end exclusive), or ``last-N-days`` without ``as_of`` (cards, checkpoints)."""
+        from datetime import date, timedelta
+
+        if not self.as_of:
+            return f"last-{self.days}-days"
+        end = date.fromisoformat(self.as_of)
+        return f"{(end - timedelta(days=self.days)).isoformat()}..{end.isoformat()}"
+
 
 @dataclass(frozen=True)
 class IngestConfig:
