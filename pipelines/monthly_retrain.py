@@ -5,6 +5,8 @@ A recurring run starts it on the 1st of each month; a person can launch it from 
 the same parameters; locally `clipsync run` executes it with kfp.local's SubprocessRunner.
 """
 
+from typing import TYPE_CHECKING
+
 from kfp import dsl, kubernetes
 
 from components.ab_gate.component import ab_gate
@@ -18,6 +20,9 @@ from components.ingest.component import ingest
 from components.start_run.component import start_run
 from components.summary.component import summary
 
+if TYPE_CHECKING:
+    from components.common.config import GpuConfig
+
 PIPELINE_NAME = "monthly-retrain"
 #: The Kubernetes Secret with MinIO credentials (manifests/base/secret-minio.yaml), read by every task.
 MINIO_SECRET = "clipsync-minio"
@@ -26,7 +31,8 @@ MINIO_ENV = {
     "AWS_SECRET_ACCESS_KEY": "MINIO_SECRET_KEY",
     "MINIO_ENDPOINT": "MINIO_ENDPOINT",
 }
-#: Per-task resources (request CPU, request = limit memory) and whether the task needs a GPU.
+#: Per-task resources (request CPU, request = limit memory) and whether the task always needs a GPU (the
+#: evaluate tasks get one when the config's ``gpu.evaluate`` is set).
 RESOURCES = {
     "start_run": ("0.5", "1G", False),
     "ingest": ("1", "4G", False),
@@ -41,8 +47,11 @@ RESOURCES = {
     "keep": ("0.5", "1G", False),
     "summary": ("0.5", "1G", False),
 }
-#: Stages that talk to MinIO, MLflow or the Kubernetes API retry transient failures with backoff.
+#: Stages that talk to MinIO, MLflow or the Kubernetes API retry transient failures with backoff. GPU tasks
+#: retry as the config's ``gpu`` section says (a preempted pod resumes from its checkpoint).
 RETRIED = {"start_run", "ingest", "frame_extraction", "deploy", "summary"}
+#: The GPU settings of the pipeline being built (see :func:`build_pipeline`; kfp builds the graph while decorating).
+_gpu: "GpuConfig | None" = None
 
 
 def _settings(task: dsl.PipelineTask, stage: str, display_name: str | None = None) -> dsl.PipelineTask:
@@ -52,12 +61,23 @@ def _settings(task: dsl.PipelineTask, stage: str, display_name: str | None = Non
     result would leave the run's record incomplete; the window's as_of and the parent run id are inputs
     anyway, so two months could never share a cache key.
     """
-    cpu, memory, gpu = RESOURCES[stage]
+    cpu, memory, needs_gpu = RESOURCES[stage]
     task.set_display_name(display_name or stage)
     task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory)
-    if gpu:
-        task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
-    if stage in RETRIED:
+    gpu = _gpu
+    if gpu is not None and (needs_gpu or (gpu.evaluate and stage.startswith("evaluate"))):
+        task.set_accelerator_type(gpu.accelerator_type).set_accelerator_limit(gpu.accelerator_count)
+        for label, value in sorted(gpu.node_selector.items()):
+            kubernetes.add_node_selector(task, label_key=label, label_value=value)
+        for toleration in gpu.tolerations:
+            kubernetes.add_toleration(task, **toleration)
+        task.set_retry(
+            num_retries=gpu.retries,
+            backoff_duration=f"{gpu.retry_backoff_s}s",
+            backoff_factor=2.0,
+            backoff_max_duration="3600s",
+        )
+    elif stage in RETRIED:
         task.set_retry(num_retries=3, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="600s")
     task.set_caching_options(False)
     kubernetes.use_secret_as_env(task, secret_name=MINIO_SECRET, secret_key_to_env=MINIO_ENV, optional=True)
@@ -83,11 +103,7 @@ def _gate_and_deploy(model: str, config, parent, evaluation, challenger_version,
     return gate, dsl.OneOf(deployed.output, kept.output)
 
 
-@dsl.pipeline(
-    name=PIPELINE_NAME,
-    description="clipsync: ingest new client videos, adapt the CLIP search and lip-sync models, gate, deploy.",
-)
-def monthly_retrain(
+def _monthly_retrain(
     client_id: str = "acme",
     config_yaml: str = "",
     as_of: str = "",
@@ -158,3 +174,30 @@ def monthly_retrain(
     )
     _settings(closed, "summary")
     return closed.outputs["report"]
+
+
+def build_pipeline(gpu: "GpuConfig | None" = None) -> dsl.graph_component.GraphComponent:
+    """The monthly_retrain pipeline with its GPU tasks scheduled as ``gpu`` says.
+
+    Args:
+        gpu: The client config's ``gpu`` section (accelerator, node selector, tolerations, retries); ``None``
+            takes its defaults.
+
+    Returns:
+        The pipeline (call it under ``kfp.local``, or compile it).
+    """
+    global _gpu
+    from components.common.config import GpuConfig
+
+    _gpu = gpu or GpuConfig()
+    try:
+        return dsl.pipeline(
+            name=PIPELINE_NAME,
+            description="clipsync: ingest new client videos, adapt the CLIP search and lip-sync models, gate, deploy.",
+        )(_monthly_retrain)
+    finally:
+        _gpu = None
+
+
+#: The pipeline with the default GPU settings (``clipsync run``; ``clipsync compile`` builds its own).
+monthly_retrain = build_pipeline()

@@ -162,6 +162,59 @@ class IngestConfig:
         )
 
 
+TOLERATION_KEYS = ("key", "operator", "value", "effect", "toleration_seconds")
+
+
+@dataclass(frozen=True)
+class GpuConfig:
+    """Where the GPU tasks of the compiled pipeline run (read when compiling; ``kfp.local`` ignores it).
+
+    Attributes:
+        accelerator_type: The resource the tasks request (``nvidia.com/gpu``).
+        accelerator_count: GPUs per task.
+        node_selector: Node labels a GPU task must run on, e.g. ``{"cloud.google.com/gke-accelerator": "nvidia-l4"}``.
+        tolerations: Taints of GPU nodes the tasks tolerate: mappings with ``key``, ``operator`` (``Equal`` or
+            ``Exists``), ``value``, ``effect`` (``NoSchedule``, ``PreferNoSchedule``, ``NoExecute``),
+            ``toleration_seconds``. Default: the usual ``nvidia.com/gpu`` taint.
+        evaluate: Also run the two evaluate tasks on a GPU node (the fine-tune tasks always are).
+        retries: How often a GPU task is retried (a preempted pod resumes from its checkpoint in the artifacts
+            store).
+        retry_backoff_s: Wait before the first retry; it doubles for each further one (capped at one hour).
+    """
+
+    accelerator_type: str = "nvidia.com/gpu"
+    accelerator_count: int = 1
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: tuple[dict[str, Any], ...] = ({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},)
+    evaluate: bool = False
+    retries: int = 3
+    retry_backoff_s: int = 60
+
+    def __post_init__(self) -> None:
+        require(bool(self.accelerator_type), "gpu.accelerator_type must be set")
+        require(1 <= self.accelerator_count <= 16, f"gpu.accelerator_count must be 1..16, got {self.accelerator_count}")
+        require(
+            isinstance(self.node_selector, dict)
+            and all(isinstance(k, str) and k and isinstance(v, str) for k, v in self.node_selector.items()),
+            f"gpu.node_selector must map label names to string values, got {self.node_selector!r}",
+        )
+        for t in self.tolerations:
+            require(isinstance(t, dict), f"gpu.tolerations: each toleration must be a mapping, got {t!r}")
+            unknown = sorted(set(t) - set(TOLERATION_KEYS))
+            require(not unknown, f"gpu.tolerations: unknown key(s) {', '.join(unknown)} (known: {TOLERATION_KEYS})")
+            require(
+                t.get("operator", "Equal") in ("Equal", "Exists"),
+                f"gpu.tolerations: operator must be Equal or Exists, got {t.get('operator')!r}",
+            )
+            require(
+                t.get("effect") in (None, "NoSchedule", "PreferNoSchedule", "NoExecute"),
+                f"gpu.tolerations: effect must be NoSchedule, PreferNoSchedule or NoExecute, got {t.get('effect')!r}",
+            )
+        require(isinstance(self.evaluate, bool), f"gpu.evaluate must be a bool, got {self.evaluate!r}")
+        require(0 <= self.retries <= 10, f"gpu.retries must be 0..10, got {self.retries}")
+        require(1 <= self.retry_backoff_s <= 3600, f"gpu.retry_backoff_s must be 1..3600, got {self.retry_backoff_s}")
+
+
 @dataclass(frozen=True)
 class ClientConfig:
     """Everything one client's monthly run needs. Build it with :func:`load_config` or :func:`from_dict`.
@@ -182,6 +235,7 @@ class ClientConfig:
         ab_gate: The promotion policy, :class:`components.ab_gate.config.GatePolicy`.
         deploy: See :class:`components.deploy.config.DeployConfig`.
         serving: See :class:`serving.config.ServingConfig`.
+        gpu: See :class:`GpuConfig`.
     """
 
     client_id: str
@@ -199,6 +253,7 @@ class ClientConfig:
     ab_gate: GatePolicy = field(default_factory=GatePolicy)
     deploy: DeployConfig = field(default_factory=DeployConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
+    gpu: GpuConfig = field(default_factory=GpuConfig)
 
     def __post_init__(self) -> None:
         require(
@@ -229,6 +284,7 @@ _SECTIONS: dict[str, type] = {
     "ab_gate": GatePolicy,
     "deploy": DeployConfig,
     "serving": ServingConfig,
+    "gpu": GpuConfig,
 }
 
 
