@@ -21,7 +21,7 @@ from components.start_run.component import start_run
 from components.summary.component import summary
 
 if TYPE_CHECKING:
-    from components.common.config import GpuConfig
+    from components.common.config import PipelineGpuConfig
 
 PIPELINE_NAME = "monthly-retrain"
 #: The Kubernetes Secret with MinIO credentials (manifests/base/secret-minio.yaml), read by every task.
@@ -32,7 +32,7 @@ MINIO_ENV = {
     "MINIO_ENDPOINT": "MINIO_ENDPOINT",
 }
 #: Per-task resources (request CPU, request = limit memory) and whether the task always needs a GPU (the
-#: evaluate tasks get one when the config's ``gpu.evaluate`` is set).
+#: evaluate tasks get one when the config's ``pipeline_gpu.evaluate`` is set).
 RESOURCES = {
     "start_run": ("0.5", "1G", False),
     "ingest": ("1", "4G", False),
@@ -48,10 +48,10 @@ RESOURCES = {
     "summary": ("0.5", "1G", False),
 }
 #: Stages that talk to MinIO, MLflow or the Kubernetes API retry transient failures with backoff. GPU tasks
-#: retry as the config's ``gpu`` section says (a preempted pod resumes from its checkpoint).
+#: retry as the config's ``pipeline_gpu`` section says (a preempted pod resumes from its checkpoint).
 RETRIED = {"start_run", "ingest", "frame_extraction", "deploy", "summary"}
 #: The GPU settings of the pipeline being built (see :func:`build_pipeline`; kfp builds the graph while decorating).
-_gpu: "GpuConfig | None" = None
+_gpu: "PipelineGpuConfig | None" = None
 
 
 def _settings(task: dsl.PipelineTask, stage: str, display_name: str | None = None) -> dsl.PipelineTask:
@@ -176,20 +176,20 @@ def _monthly_retrain(
     return closed.outputs["report"]
 
 
-def build_pipeline(gpu: "GpuConfig | None" = None) -> dsl.graph_component.GraphComponent:
+def build_pipeline(gpu: "PipelineGpuConfig | None" = None) -> dsl.graph_component.GraphComponent:
     """The monthly_retrain pipeline with its GPU tasks scheduled as ``gpu`` says.
 
     Args:
-        gpu: The client config's ``gpu`` section (accelerator, node selector, tolerations, retries); ``None``
+        gpu: The client config's ``pipeline_gpu`` section (accelerator, node selector, tolerations, retries); ``None``
             takes its defaults.
 
     Returns:
         The pipeline (call it under ``kfp.local``, or compile it).
     """
     global _gpu
-    from components.common.config import GpuConfig
+    from components.common.config import PipelineGpuConfig
 
-    _gpu = gpu or GpuConfig()
+    _gpu = gpu or PipelineGpuConfig()
     try:
         return dsl.pipeline(
             name=PIPELINE_NAME,

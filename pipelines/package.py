@@ -13,7 +13,7 @@ def compile_pipeline(output: Path, client_id: str = "acme", config_yaml: str = "
         output: Where to write the YAML package.
         client_id: Default value of the ``client_id`` parameter.
         config_yaml: Default value of the ``config_yaml`` parameter (the client's YAML config text; stored
-            as one line of JSON). Its ``gpu`` section decides where the GPU tasks run.
+            as one line of JSON). Its ``pipeline_gpu`` section decides where the GPU tasks run.
 
     Returns:
         The written path.
@@ -27,7 +27,7 @@ def compile_pipeline(output: Path, client_id: str = "acme", config_yaml: str = "
     data = yaml.safe_load(config_yaml) or {} if config_yaml.strip() else {}
     # The GPU tasks' scheduling is part of the package (pod specs), so it comes from the config at compile time;
     # validating the whole config here also refuses a bad file before anything is uploaded.
-    pipeline = build_pipeline(from_dict(data).gpu)
+    pipeline = build_pipeline(from_dict(data).pipeline_gpu)
     # kfp copies parameter defaults into the package's comment header verbatim; a multi-line YAML default
     # would break that header, so the config travels as one line of JSON (which is also YAML).
     config_yaml = json.dumps(data, sort_keys=True) if config_yaml.strip() else ""

@@ -80,9 +80,9 @@ def test_cli_compile(tmp_path: Path, capsys):
 
 
 def test_gpu_scheduling_comes_from_the_config(tmp_path: Path):
-    """Accelerator, node selector, tolerations and retries of the GPU tasks are compiled from the ``gpu`` section."""
+    """The GPU tasks' accelerator, node selector, tolerations and retries come from the ``pipeline_gpu`` section."""
     config = """
-gpu:
+pipeline_gpu:
   accelerator_type: nvidia.com/gpu
   accelerator_count: 2
   node_selector: {cloud.google.com/gke-accelerator: nvidia-l4}
@@ -128,5 +128,5 @@ gpu:
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
     ]
     assert "tolerations" not in platform["exec-evaluate-clip"] and "nodeSelector" not in platform["exec-finetune-clip"]
-    with pytest.raises(ConfigError, match=r"gpu\.tolerations: operator"):
-        compile_pipeline(tmp_path / "bad.yaml", config_yaml="gpu:\n  tolerations: [{key: a, operator: Is}]\n")
+    with pytest.raises(ConfigError, match=r"pipeline_gpu\.tolerations: operator"):
+        compile_pipeline(tmp_path / "bad.yaml", config_yaml="pipeline_gpu:\n  tolerations: [{key: a, operator: Is}]\n")

@@ -166,8 +166,10 @@ TOLERATION_KEYS = ("key", "operator", "value", "effect", "toleration_seconds")
 
 
 @dataclass(frozen=True)
-class GpuConfig:
+class PipelineGpuConfig:
     """Where the GPU tasks of the compiled pipeline run (read when compiling; ``kfp.local`` ignores it).
+
+    Serving pods have their own settings (``deploy.gpu*``).
 
     Attributes:
         accelerator_type: The resource the tasks request (``nvidia.com/gpu``).
@@ -191,28 +193,37 @@ class GpuConfig:
     retry_backoff_s: int = 60
 
     def __post_init__(self) -> None:
-        require(bool(self.accelerator_type), "gpu.accelerator_type must be set")
-        require(1 <= self.accelerator_count <= 16, f"gpu.accelerator_count must be 1..16, got {self.accelerator_count}")
+        require(bool(self.accelerator_type), "pipeline_gpu.accelerator_type must be set")
+        require(
+            1 <= self.accelerator_count <= 16,
+            f"pipeline_gpu.accelerator_count must be 1..16, got {self.accelerator_count}",
+        )
         require(
             isinstance(self.node_selector, dict)
             and all(isinstance(k, str) and k and isinstance(v, str) for k, v in self.node_selector.items()),
-            f"gpu.node_selector must map label names to string values, got {self.node_selector!r}",
+            f"pipeline_gpu.node_selector must map label names to string values, got {self.node_selector!r}",
         )
         for t in self.tolerations:
-            require(isinstance(t, dict), f"gpu.tolerations: each toleration must be a mapping, got {t!r}")
+            require(isinstance(t, dict), f"pipeline_gpu.tolerations: each toleration must be a mapping, got {t!r}")
             unknown = sorted(set(t) - set(TOLERATION_KEYS))
-            require(not unknown, f"gpu.tolerations: unknown key(s) {', '.join(unknown)} (known: {TOLERATION_KEYS})")
+            require(
+                not unknown, f"pipeline_gpu.tolerations: unknown key(s) {', '.join(unknown)} (known: {TOLERATION_KEYS})"
+            )
             require(
                 t.get("operator", "Equal") in ("Equal", "Exists"),
-                f"gpu.tolerations: operator must be Equal or Exists, got {t.get('operator')!r}",
+                f"pipeline_gpu.tolerations: operator must be Equal or Exists, got {t.get('operator')!r}",
             )
             require(
                 t.get("effect") in (None, "NoSchedule", "PreferNoSchedule", "NoExecute"),
-                f"gpu.tolerations: effect must be NoSchedule, PreferNoSchedule or NoExecute, got {t.get('effect')!r}",
+                "pipeline_gpu.tolerations: effect must be NoSchedule, PreferNoSchedule or NoExecute, "
+                f"got {t.get('effect')!r}",
             )
-        require(isinstance(self.evaluate, bool), f"gpu.evaluate must be a bool, got {self.evaluate!r}")
-        require(0 <= self.retries <= 10, f"gpu.retries must be 0..10, got {self.retries}")
-        require(1 <= self.retry_backoff_s <= 3600, f"gpu.retry_backoff_s must be 1..3600, got {self.retry_backoff_s}")
+        require(isinstance(self.evaluate, bool), f"pipeline_gpu.evaluate must be a bool, got {self.evaluate!r}")
+        require(0 <= self.retries <= 10, f"pipeline_gpu.retries must be 0..10, got {self.retries}")
+        require(
+            1 <= self.retry_backoff_s <= 3600,
+            f"pipeline_gpu.retry_backoff_s must be 1..3600, got {self.retry_backoff_s}",
+        )
 
 
 @dataclass(frozen=True)
@@ -235,7 +246,7 @@ class ClientConfig:
         ab_gate: The promotion policy, :class:`components.ab_gate.config.GatePolicy`.
         deploy: See :class:`components.deploy.config.DeployConfig`.
         serving: See :class:`serving.config.ServingConfig`.
-        gpu: See :class:`GpuConfig`.
+        pipeline_gpu: See :class:`PipelineGpuConfig`.
     """
 
     client_id: str
@@ -253,7 +264,7 @@ class ClientConfig:
     ab_gate: GatePolicy = field(default_factory=GatePolicy)
     deploy: DeployConfig = field(default_factory=DeployConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
-    gpu: GpuConfig = field(default_factory=GpuConfig)
+    pipeline_gpu: PipelineGpuConfig = field(default_factory=PipelineGpuConfig)
 
     def __post_init__(self) -> None:
         require(
@@ -284,7 +295,7 @@ _SECTIONS: dict[str, type] = {
     "ab_gate": GatePolicy,
     "deploy": DeployConfig,
     "serving": ServingConfig,
-    "gpu": GpuConfig,
+    "pipeline_gpu": PipelineGpuConfig,
 }
 
 
