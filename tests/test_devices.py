@@ -157,6 +157,7 @@ def _lipsync_model():
 
 @pytest.mark.parametrize("fusion", ["concat", "cross_attention"])
 def test_lipsync_training_step_on_meta(fusion):
+    from components.finetune_lipsync.augment import AugmentParams, augment_video
     from components.finetune_lipsync.core import _window_loss
     from components.finetune_lipsync.model import LipSyncDetector, LipSyncModelConfig
     from components.finetune_lipsync.synthetic import synthetic_video
@@ -164,6 +165,9 @@ def test_lipsync_training_step_on_meta(fusion):
     model = LipSyncDetector(LipSyncModelConfig(**{**LIPSYNC_TINY, "fusion": fusion})).to(META).train()
     crops, audio = synthetic_video(True, 0, duration_s=1.0, size=24)  # 24 px crops: resized inside the model
     video, sound = torch.from_numpy(np.stack([crops, crops])), torch.from_numpy(np.stack([audio, audio]))
+    # As in train_lipsync: the uint8 batch goes to the device, is augmented there (CPU generator), then the loss.
+    video = augment_video(video.to(META), AugmentParams(), torch.Generator().manual_seed(0))
+    assert video.device == META
     loss = _window_loss(model, video, sound, torch.tensor([1.0, 0.0]), torch.tensor(2.0), None)
     assert loss.device == META and loss.dim() == 0
     loss.backward()

@@ -514,7 +514,7 @@ def _train_lipsync(
         bar = tqdm(batches, desc=f"lipsync epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None)
         for step, items in enumerate(bar):
             v_np, a_np, y_np = _train_batch(train_videos, items, mc, augment, rng)
-            video = torch.from_numpy(v_np)
+            video = torch.from_numpy(v_np).to(device)  # uint8 to the device; augmentation runs there
             if augment is not None:
                 video = augment_video(video, augment, gen)
             loss = _window_loss(model, video, torch.from_numpy(a_np), torch.from_numpy(y_np), pos_weight, amp_dtype)
