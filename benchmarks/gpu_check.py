@@ -61,10 +61,9 @@ def _stop_after(first_epoch: int):
 def build_base(folder: Path, tiny: bool) -> Path:
     """Save a randomly initialized CLIP (ViT-B/32, or a 1-layer one with ``tiny``) with a generic tokenizer."""
     import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+    from transformers import CLIPConfig, CLIPModel
 
-    from components.finetune_clip.base_model import _demo_clip_config, generic_corpus, train_tokenizer
-    from components.finetune_clip.model import CLIP_MEAN, CLIP_STD
+    from components.finetune_clip.base_model import _demo_clip_config, generic_corpus, save_base_clip, train_tokenizer
 
     torch.manual_seed(0)
     tokenizer = train_tokenizer(generic_corpus())
@@ -73,16 +72,7 @@ def build_base(folder: Path, tiny: bool) -> Path:
         config = _demo_clip_config(len(tokenizer), 32, 16, 32, 1, ids["eos_token_id"], ids["bos_token_id"])
     else:
         config = CLIPConfig(text_config={**ids, "pad_token_id": ids["eos_token_id"]})
-    size = config.vision_config.image_size
-    CLIPModel(config).save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    CLIPImageProcessor(
-        size={"shortest_edge": size},
-        crop_size={"height": size, "width": size},
-        image_mean=list(CLIP_MEAN),
-        image_std=list(CLIP_STD),
-    ).save_pretrained(folder)
-    return folder
+    return save_base_clip(CLIPModel(config), tokenizer, folder)
 
 
 def clip_samples(n: int, frames: int, side: int, seed: int) -> list:

@@ -25,14 +25,7 @@ from components.finetune_lipsync.config import FinetuneLipsyncConfig  # noqa: E4
 META = torch.device("meta")
 HOST_COPY = "Cannot copy out of meta tensor"
 LIPSYNC_TINY = {"crop_size": 16, "visual_channels": 4, "audio_channels": 8, "embed_dim": 8, "attention_heads": 2}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

@@ -113,12 +113,10 @@ def load_last(last_dir: Path, opt: Any, sched: Any, scaler: Any) -> tuple[dict[s
     return load_file(str(last_dir / WEIGHTS_FILE)), state
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file (hex)."""
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 class CheckpointMirror:
@@ -152,7 +150,7 @@ class CheckpointMirror:
             path = Path(ckpt_dir) / name
             if not path.is_file():
                 continue
-            digest = _sha256(path)
+            digest = file_sha256(path)
             known = files.get(name)
             if known and known["sha256"] == digest:
                 continue
@@ -180,7 +178,7 @@ class CheckpointMirror:
         for name, entry in pointer["files"].items():
             dest = ckpt_dir / name
             self.store.get_file(self._key(f"{name}.{entry['slot']}"), dest)
-            if _sha256(dest) != entry["sha256"]:
+            if file_sha256(dest) != entry["sha256"]:
                 raise RuntimeError(f"checkpoint file {self._key(name)} does not match its checksum")
         logger.info("pulled the checkpoint of epoch %s from %s", pointer.get("epoch"), self.store.uri_for(self.prefix))
         return pointer.get("epoch")

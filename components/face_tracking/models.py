@@ -80,11 +80,8 @@ def _paths(model_dir: Path) -> FaceModelPaths:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _read_record(model_dir: Path) -> tuple[dict | None, str]:

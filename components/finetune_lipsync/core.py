@@ -364,13 +364,6 @@ def _data_fingerprint(videos: Sequence[LipsyncVideo]) -> str:
     return h.hexdigest()[:16]
 
 
-def _file_sha256(path: str) -> str:
-    if not path:
-        return ""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()[:16]
-
-
 def train_lipsync(
     train_videos: Sequence[LipsyncVideo],
     val_videos: Sequence[LipsyncVideo],
@@ -473,7 +466,7 @@ def _train_lipsync(
         "config": {k: v for k, v in asdict(cfg).items() if k not in skip},
         "train": _data_fingerprint(train_videos),
         "val": _data_fingerprint(val_videos),
-        "pretrained": _file_sha256(pretrained_src),
+        "pretrained": ckpt.file_sha256(pretrained_src) if pretrained_src else "",
     }
     state: dict = {"epoch": 0, "best_loss": None, "best_epoch": -1, "history": [], "fingerprint": fingerprint}
     if mirror is not None and ckpt.read_state(last_dir) is None:
