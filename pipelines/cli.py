@@ -82,11 +82,16 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run monthly_retrain locally with kfp.local's SubprocessRunner and print the summary."""
-    from pipelines.local import run_local
+    """Run monthly_retrain locally with kfp.local's SubprocessRunner and print the summary (exit 1 if it failed)."""
+    from pipelines.local import RunFailedError, run_local
 
     config = _load(args)
-    report = run_local(config, as_of=args.as_of or "", window_days=args.window_days or 0)
+    try:
+        report = run_local(config, as_of=args.as_of or "", window_days=args.window_days or 0)
+    except RunFailedError as exc:
+        print(exc)
+        print("clipsync: the run failed; the summary above says what failed and why", file=sys.stderr)
+        return 1
     print(report)
     return 0
 

@@ -16,7 +16,7 @@ from components.finetune_lipsync.component import finetune_lipsync
 from components.frame_extraction.component import frame_extraction
 from components.ingest.component import ingest
 from components.start_run.component import start_run
-from components.summary.component import summary
+from components.summary.component import finish_run, summary
 
 PIPELINE_NAME = "monthly-retrain"
 #: The Kubernetes Secret with MinIO credentials (manifests/base/secret-minio.yaml), read by every task.
@@ -40,9 +40,10 @@ RESOURCES = {
     "deploy": ("0.5", "2G", False),
     "keep": ("0.5", "1G", False),
     "summary": ("0.5", "1G", False),
+    "finish_run": ("0.5", "1G", False),
 }
 #: Stages that talk to MinIO, MLflow or the Kubernetes API retry transient failures with backoff.
-RETRIED = {"start_run", "ingest", "frame_extraction", "deploy", "summary"}
+RETRIED = {"start_run", "ingest", "frame_extraction", "deploy", "summary", "finish_run"}
 
 
 def _settings(task: dsl.PipelineTask, stage: str, display_name: str | None = None) -> dsl.PipelineTask:
@@ -83,25 +84,9 @@ def _gate_and_deploy(model: str, config, parent, evaluation, challenger_version,
     return gate, dsl.OneOf(deployed.output, kept.output)
 
 
-@dsl.pipeline(
-    name=PIPELINE_NAME,
-    description="clipsync: ingest new client videos, adapt the CLIP search and lip-sync models, gate, deploy.",
-)
-def monthly_retrain(
-    client_id: str = "acme",
-    config_yaml: str = "",
-    as_of: str = "",
-    window_days: int = 0,
-) -> dsl.Markdown:
-    """One client's monthly run.
-
-    Args:
-        client_id: The client (overrides the config's client_id when non-empty).
-        config_yaml: The client's YAML configuration (empty: embedded defaults).
-        as_of: End of the retrain window, ISO date, exclusive (empty: the config's, else today UTC).
-        window_days: Window length in days (0: the config's, default 30).
-    """
-    started = start_run(client_id=client_id, config_yaml=config_yaml, as_of=as_of, window_days=window_days)
+def _tasks(run_params: dict) -> None:
+    """The DAG's tasks, from start_run to summary."""
+    started = start_run(**run_params, dag_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
     _settings(started, "start_run")
     config = started.outputs["config"]
     parent = started.outputs["parent_run_id"]
@@ -157,4 +142,32 @@ def monthly_retrain(
         lipsync_outcome=lipsync_outcome,
     )
     _settings(closed, "summary")
-    return closed.outputs["report"]
+
+
+@dsl.pipeline(
+    name=PIPELINE_NAME,
+    description="clipsync: ingest new client videos, adapt the CLIP search and lip-sync models, gate, deploy.",
+)
+def monthly_retrain(
+    client_id: str = "acme",
+    config_yaml: str = "",
+    as_of: str = "",
+    window_days: int = 0,
+) -> dsl.Markdown:
+    """One client's monthly run.
+
+    Every task runs inside a ``dsl.ExitHandler`` whose exit task, finish_run, runs whatever happens to them: it
+    returns the summary (the pipeline's output), closes a failed run and gives back the client's run lease.
+
+    Args:
+        client_id: The client (overrides the config's client_id when non-empty).
+        config_yaml: The client's YAML configuration (empty: embedded defaults).
+        as_of: End of the retrain window, ISO date, exclusive (empty: the config's, else today UTC).
+        window_days: Window length in days (0: the config's, default 30).
+    """
+    run_params = {"client_id": client_id, "config_yaml": config_yaml, "as_of": as_of, "window_days": window_days}
+    finished = finish_run(**run_params, dag_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+    _settings(finished, "finish_run")
+    with dsl.ExitHandler(finished, name="monthly-retrain-tasks"):
+        _tasks(run_params)
+    return finished.outputs["report"]
