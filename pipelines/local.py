@@ -75,7 +75,8 @@ def run_local(config: ClientConfig, as_of: str = "", window_days: int = 0) -> st
     except RuntimeError as exc:  # kfp.local: "Pipeline ... finished with status FAILURE. Inner task failed: ..."
         new = sorted(pipeline_root / name for name in set(os.listdir(pipeline_root)) - before)
         reports = [run / REPORT for run in new if run.name.startswith(PIPELINE_NAME) and (run / REPORT).is_file()]
-        ours = [r for r in reports if f"# monthly_retrain: {config.client_id}" in r.read_text()]
+        title = (f"# monthly_retrain: {config.client_id},", f"# monthly_retrain: {config.client_id}:")
+        ours = [r for r in reports if r.read_text().startswith(title)]  # not another client's run of the moment
         if not ours:
             raise RunFailedError(f"{exc} (the exit handler wrote no summary)") from exc
         raise RunFailedError(ours[-1].read_text() + f"\nPipeline outputs: {ours[-1].parents[1]}\n") from None

@@ -92,7 +92,7 @@ class ObjectInfo:
             empty for a local folder.
         refused: Empty for a readable object. Listed only with ``include_refused``: why the store refuses to
             read it, ``"code: detail"`` with code ``bad_name`` (the name is not a valid key; ``key`` is then the
-            raw name) or ``outside_store`` (a symbolic link out of a local store's root, or to nothing).
+            raw name) or ``bad_link`` (a symbolic link out of a local store's root, or to nothing).
     """
 
     key: str
@@ -230,7 +230,10 @@ class ObjectStore(abc.ABC):
 
 
 class LocalStore(ObjectStore):
-    """A local folder as an object store; writes are atomic (temporary file + rename)."""
+    """A local folder as an object store; writes are atomic (temporary file + rename).
+
+    A key whose path leads outside the root through a symbolic link is refused (:class:`OutsideStoreError`).
+    """
 
     def __init__(self, root: str | Path, *, create: bool = False) -> None:
         """Open the folder ``root``.

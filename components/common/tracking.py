@@ -14,9 +14,11 @@ Every call to a tracking server has a bounded total time: unless the environment
 :func:`_client` sets MLflow's own HTTP settings to 4 attempts (3 retries) with backoff waits of 0, 4 and 8 s
 (plus up to 1 s of jitter each) and a 10 s socket timeout, so one call gives up after about 13 s when the server
 refuses connections and after at most :data:`TRACKING_CALL_BOUND_S` (54 s) when it hangs, then raises with the
-cause (MLflow's own defaults take about 4 minutes, and 20 when the server hangs; benchmarks/tracking_outage.py). A stage that fails records why on its run and its parent (tag ``clipsync.end_reason``) with single,
-short calls, so a failure is never slowed down by the server that caused it. Runs a killed process left RUNNING
-are closed by the next :func:`close_stale_runs` (start_run calls it).
+cause (MLflow's own defaults take about 4 minutes, and 20 when the server hangs; benchmarks/tracking_outage.py).
+
+A stage that fails records why on its run and its parent (tag ``clipsync.end_reason``) with single, short calls,
+so a failure is never slowed down by the server that caused it. Runs a killed process left RUNNING are closed by
+the next :func:`close_stale_runs` (start_run calls it).
 
 ``mlflow`` is imported inside the functions so that importing this module stays cheap.
 """
