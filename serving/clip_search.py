@@ -32,13 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from kserve import InferOutput, InferRequest, InferResponse, Model
-from kserve.errors import InferenceError, InvalidInput
 
 from serving.batching import BatchSettings, DynamicBatcher
 from serving.calibration import Calibrator
 from serving.config import ServingConfig
 from serving.index import IndexSettings, VideoIndex
+from serving.kserve_adapter import InferenceError, InferOutput, InferRequest, InferResponse, InvalidInput, Model
 from serving.querylog import QueryLog
 
 logger = logging.getLogger("clipsync.serving.clip_search")
@@ -115,13 +114,42 @@ def _adapter_name(name: str) -> str:
 
 
 class ClipBackbones:
-    """Process-wide registry: one base CLIP per base reference, LoRA adapters of many clients on it."""
+    """Process-wide registry: one base CLIP per base reference, LoRA adapters of many clients on it.
 
-    def __init__(self, cache_dir: str | Path | None = None) -> None:
+    Args:
+        cache_dir: Where base models fetched from ``s3://`` are cached.
+        base_model: The one base this server shares (a KServe pool): it is loaded at start and kept loaded,
+            and a client model trained on another base, or a hybrid/full fine-tune (a whole CLIP of its own), is
+            refused with :class:`serving.repository.ModelFolderError`. ``None``: any base, loaded on demand.
+    """
+
+    def __init__(self, cache_dir: str | Path | None = None, base_model: str | None = None) -> None:
         self.cache_dir = cache_dir
+        self.base_model = base_model or None
         self._shared: dict[str, _Backbone] = {}
         self._counter = 0
         self._lock = threading.Lock()
+        if self.base_model is not None:
+            from components.finetune_clip.model import load_base_clip
+
+            self._shared[self.base_model] = _Backbone(bundle=load_base_clip(self.base_model, cache_dir), shared=True)
+            logger.info("base CLIP %s loaded (shared by every client of this server)", self.base_model)
+
+    def _check_fits(self, name: str, card: dict[str, Any]) -> None:
+        from serving.repository import ModelFolderError
+
+        if self.base_model is None:
+            return
+        if card.get("strategy") != "lora":
+            raise ModelFolderError(
+                f"{name} is a {card.get('strategy', 'base')!r} model (a whole CLIP); this server shares the base "
+                f"{self.base_model!r} between LoRA adapters only"
+            )
+        if str(card.get("base_model")) != self.base_model:
+            raise ModelFolderError(
+                f"{name}'s adapter was trained on base {card.get('base_model')!r}; this server serves adapters of "
+                f"base {self.base_model!r}"
+            )
 
     def attach(self, name: str, model_dir: str | Path) -> ClipHandle:
         """Load client model ``name`` from ``model_dir`` (a clipsync CLIP model folder or a plain base).
@@ -131,33 +159,35 @@ class ClipBackbones:
 
         Raises:
             components.finetune_clip.model.ModelLoadError: If the folder cannot be loaded.
+            serving.repository.ModelFolderError: If it does not fit this server's shared base.
         """
         from components.finetune_clip.model import CARD_FILE, load_base_clip, load_clip_model
 
         model_dir = Path(model_dir)
         card_path = model_dir / CARD_FILE
         card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+        self._check_fits(name, card)
         pooling = str(card.get("pooling", "mean"))
         frames = int(card.get("frames_per_video", 4))
         with self._lock:
             self._counter += 1
             if card.get("strategy") == "lora":
+                from peft import PeftModel
+
                 base_ref = str(card["base_model"])
                 backbone = self._shared.get(base_ref)
                 adapter = f"{_adapter_name(name)}_{self._counter}"
                 if backbone is None:
-                    from peft import PeftModel
-
-                    bundle = load_base_clip(base_ref, self.cache_dir)
-                    bundle.model = PeftModel.from_pretrained(
-                        bundle.model, str(model_dir), adapter_name=adapter, is_trainable=False
-                    ).eval()
-                    backbone = _Backbone(bundle=bundle, shared=True)
+                    backbone = _Backbone(bundle=load_base_clip(base_ref, self.cache_dir), shared=True)
                     self._shared[base_ref] = backbone
                     logger.info("base CLIP %s loaded for %s", base_ref, name)
-                else:
-                    with backbone.lock:
+                with backbone.lock:
+                    if isinstance(backbone.bundle.model, PeftModel):
                         backbone.bundle.model.load_adapter(str(model_dir), adapter_name=adapter, is_trainable=False)
+                    else:
+                        backbone.bundle.model = PeftModel.from_pretrained(
+                            backbone.bundle.model, str(model_dir), adapter_name=adapter, is_trainable=False
+                        ).eval()
                 backbone.adapters.add(adapter)
                 handle = ClipHandle(name, backbone, adapter, pooling, frames)
             else:
@@ -167,7 +197,7 @@ class ClipBackbones:
         return handle
 
     def detach(self, handle: ClipHandle) -> None:
-        """Remove a client model's adapter; the base is dropped with its last adapter."""
+        """Remove a client model's adapter; a base is dropped with its last adapter (unless it is the server's)."""
         if not handle.backbone.shared:
             return
         with self._lock:
@@ -175,13 +205,15 @@ class ClipBackbones:
             if handle.adapter not in backbone.adapters:
                 return
             backbone.adapters.discard(handle.adapter)
-            if not backbone.adapters:
-                self._shared = {k: v for k, v in self._shared.items() if v is not backbone}
-                return
             with backbone.lock:
                 model = backbone.bundle.model
-                model.set_adapter(sorted(backbone.adapters)[0])
-                model.delete_adapter(handle.adapter)
+                if backbone.adapters:
+                    model.set_adapter(sorted(backbone.adapters)[0])
+                    model.delete_adapter(handle.adapter)
+                elif backbone is self._shared.get(self.base_model or ""):
+                    backbone.bundle.model = model.unload()  # the plain base again, kept for the next client
+                else:
+                    self._shared = {k: v for k, v in self._shared.items() if v is not backbone}
 
     def shared_bases(self) -> dict[str, list[str]]:
         """Base reference -> adapters attached (for logs and tests)."""
@@ -474,7 +506,7 @@ class ClipSearchModel(Model):
 
 
 def _output(name: str, array: np.ndarray) -> InferOutput:
-    from kserve.utils.utils import from_np_dtype
+    from serving.kserve_adapter import from_np_dtype
 
     array = np.asarray(array)
     datatype = "BYTES" if array.dtype == np.object_ else from_np_dtype(array.dtype)
