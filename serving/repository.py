@@ -106,7 +106,7 @@ class ModelFactory:
         face_config: Any = None,
         base_model: str | None = None,
     ) -> None:
-        from serving.clip_search import ClipBackbones
+        from serving.clip_backbones import ClipBackbones
 
         self.settings = settings
         self.cache_dir = cache_dir
@@ -158,6 +158,7 @@ class ClipsyncRepository(ModelRepository):
         self.repository_dir = Path(models_dir) if models_dir else None
         self.kind = kind
         self.require_release = require_release
+        self.load_errors: dict[str, str] = {}  # name -> why its last load failed (until it loads or is unloaded)
         self._load_lock = threading.Lock()
 
     def resolve(self, name: str) -> ModelSpec:
@@ -182,20 +183,44 @@ class ClipsyncRepository(ModelRepository):
 
     def load(self, name: str) -> bool:
         """Check and load ``name``, swapping it in for a version already loaded (which is then stopped)."""
-        spec = self.resolve(name)
-        if self.kind is not None and spec.kind != self.kind:
-            raise ModelFolderError(f"{name} is a {spec.kind} model; this server serves {self.kind} models")
-        spec = check_folder(spec, self.require_release)
-        with self._load_lock:
-            model = self.factory.create(spec)
-            model.load()
-            old = self.models.get(name)
-            self.update(model, name)
-            self.specs[name] = spec
-            if old is not None and old is not model:
-                old.stop()
+        try:
+            spec = self.resolve(name)
+            if self.kind is not None and spec.kind != self.kind:
+                raise ModelFolderError(f"{name} is a {spec.kind} model; this server serves {self.kind} models")
+            spec = check_folder(spec, self.require_release)
+            with self._load_lock:
+                model = self.factory.create(spec)
+                model.load()
+                old = self.models.get(name)
+                self.update(model, name)
+                self.specs[name] = spec
+                if old is not None and old is not model:
+                    old.stop()
+        except ModelNotFound:
+            raise
+        except Exception as exc:
+            if NAME_PATTERN.match(name or ""):
+                self.load_errors[name] = str(exc) or type(exc).__name__
+            raise
+        self.load_errors.pop(name, None)
         logger.info("model %s loaded (%s v%s from %s)", name, spec.kind, spec.version or "-", spec.path)
         return model.ready
+
+    def unload(self, name: str) -> None:
+        self.load_errors.pop(name, None)
+        super().unload(name)
+
+    def index(self) -> list[dict[str, str]]:
+        """The repository index (Triton's model repository extension): every loaded model with its version, and
+        every model whose last load failed, with the reason (what KServe's model agent only logs)."""
+        rows = {
+            name: {"name": name, "version": str(getattr(m, "version", "") or ""), "state": "READY", "reason": ""}
+            for name, m in self.models.items()
+        }
+        for name, reason in self.load_errors.items():
+            row = rows.setdefault(name, {"name": name, "version": "", "state": "UNAVAILABLE", "reason": ""})
+            row["reason"] = f"last load failed: {reason}"
+        return sorted(rows.values(), key=lambda r: r["name"])
 
     def load_present(self) -> list[str]:
         """Load every model folder already in the repository folder (a restarted pod); returns the loaded names.

@@ -8,6 +8,8 @@
 - HTTP 413 / 504 for the lip-sync limits (``PayloadTooLarge``, ``RequestTimeout``).
 - ``POST /api/lip-sync``: the seed's multipart endpoint (``video_file``; ``?model=lipsync-<client>`` when several
   lip-sync models are loaded).
+- ``POST /v2/repository/index``: every model with its version and state, and why a load failed (deploy's probe
+  reports it).
 
 The handlers read their context from ``app.state.clipsync`` (:class:`RouteContext`), so they are plain module
 functions.
@@ -104,10 +106,16 @@ async def lip_sync(request: Request):
     return await chosen.analyze(data)
 
 
+async def repository_index(request: Request) -> JSONResponse:
+    """Triton's repository index: ``[{"name", "version", "state", "reason"}]``."""
+    return JSONResponse(request.app.state.clipsync.repository.index())
+
+
 def install(app: FastAPI, ctx: RouteContext) -> None:
-    """Add the guard, the 413/504 handlers and ``POST /api/lip-sync`` to ``app``."""
+    """Add the guard, the 413/504 handlers, ``POST /api/lip-sync`` and the repository index to ``app``."""
     app.state.clipsync = ctx
     app.middleware("http")(guard)
     app.add_exception_handler(PayloadTooLarge, too_large)
     app.add_exception_handler(RequestTimeout, timed_out)
     app.add_api_route("/api/lip-sync", lip_sync, methods=["POST"])
+    app.add_api_route(f"{REPOSITORY_PREFIX}index", repository_index, methods=["POST"])

@@ -336,6 +336,10 @@ def test_bad_model_folders_are_4xx_and_the_pool_keeps_serving(cluster):
 
     assert srv.proc.poll() is None and srv.ready()
     assert v1_search(srv, "clip-acme")[0] == 200
+    status, index = srv.call("POST", "/v2/repository/index", {})
+    rows = {row["name"]: row for row in index}
+    assert status == 200 and rows["clip-acme"]["state"] == "READY" and rows["clip-acme"]["version"] == "1"
+    assert rows["clip-b1"]["state"] == "UNAVAILABLE" and "adapter_model.safetensors" in rows["clip-b1"]["reason"]
 
 
 def test_lipsync_pool_serves_a_detector_pulled_by_the_agent(cluster):
@@ -416,7 +420,8 @@ def test_multi_model_deploy_promotes_only_what_the_pool_serves(cluster, tmp_path
         release = {"name": name, "version": "2", "files": {"missing.bin": "0" * 64}}
         (published_v2 / "release.json").write_text(json.dumps(release))
         broken_cfg = replace(cfg, ready_timeout_s=3)
-        with pytest.raises(DeployError, match="should answer with version 2 but answers with version 1"):
+        reason = "should answer with version 2 but answers with version 1; the server says: last load failed: "
+        with pytest.raises(DeployError, match=reason + "clip-zeta: file missing.bin listed in release.json is missing"):
             deploy_model(tracking, "zeta", tmp_path, "clip", "2", broken_cfg, **args)
         assert tr.get_version_by_alias(tracking, name, "champion") == "1"
         assert kube.objects[("trainedmodels", name)]["spec"]["model"]["storageUri"].endswith("/v1")

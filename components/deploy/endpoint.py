@@ -71,6 +71,16 @@ class ServingEndpoint:
         versions = response.json().get("versions") or []
         return str(versions[0]) if versions else ""
 
+    async def load_failure(self, name: str) -> str:
+        """``"; the server says: <why its last load failed>"`` from the repository index, or ``""``."""
+        try:
+            response = await self.client.post("/v2/repository/index", headers=self.headers, json={})
+            rows = response.json() if response.status_code == 200 else []
+        except Exception:  # the reason is a bonus: the probe's own answer is the error
+            return ""
+        reasons = [r.get("reason") for r in rows if isinstance(r, dict) and r.get("name") == name and r.get("reason")]
+        return f"; the server says: {reasons[0]}" if reasons else ""
+
     async def expect_version(self, name: str, version: str, timeout_s: float = 0.0) -> None:
         """Probe until ``name`` answers with ``version`` (once when ``timeout_s`` is 0).
 
@@ -90,5 +100,6 @@ class ServingEndpoint:
                 if served == str(version):
                     return
             if time.monotonic() >= deadline:
-                raise DeployError(f"{self.where}: {name} should answer with version {version} but {last}")
+                why = await self.load_failure(name)
+                raise DeployError(f"{self.where}: {name} should answer with version {version} but {last}{why}")
             await asyncio.sleep(min(1.0, max(0.05, timeout_s / 50)))

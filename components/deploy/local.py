@@ -51,7 +51,8 @@ async def _verify_in_process(name: str, version: str, champions: Path, serving: 
     from serving.config import ServingConfig
     from serving.server import build_server
 
-    settings = replace(serving or ServingConfig(), auth_token_env="", query_log_uri="off")
+    # No token in-process, no query log, and this process's BLAS threads left as they are.
+    settings = replace(serving or ServingConfig(), auth_token_env="", query_log_uri="off", blas_threads=0)
     server, _ = build_server(settings, [], champions=champions, cache_dir=cache_dir, query_log_uri="off", token="")
     try:
         transport = httpx.ASGITransport(app=server.app)
