@@ -323,15 +323,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if bool(args.model_dir) != bool(args.model_name):
         parser.error("--model_dir and --model_name go together")
-    config = None
-    if args.client_config:
-        from components.common.config import load_config
-
-        config = load_config(args.client_config)
-    settings = config.serving if config is not None else ServingConfig()
     overrides = {f.name: getattr(args, f.name) for f in fields(ServingConfig) if getattr(args, f.name) is not None}
-    settings = replace(settings, **overrides)
-    try:
+    try:  # a bad config file or an out-of-range option: a usage error naming the setting
+        config = None
+        if args.client_config:
+            from components.common.config import load_config
+
+            config = load_config(args.client_config)
+        settings = replace(config.serving if config is not None else ServingConfig(), **overrides)
         specs = _specs_from(args)
     except ValueError as exc:
         parser.error(str(exc))
