@@ -8,7 +8,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CLIENT ?= acme
 
-.PHONY: setup models demo-data run test lint compile clean
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+REGISTRY ?= ghcr.io/clipsync
+
+.PHONY: setup models demo-data run test lint compile images clean
 
 setup: $(STAMP)
 
@@ -43,6 +46,13 @@ lint: $(STAMP)
 
 compile: $(STAMP)
 	$(BIN)/clipsync compile --client $(CLIENT) -o monthly_retrain.yaml
+
+# One image per dependency profile (components/common/images.py names them); needs a Docker engine or another OCI
+# builder with the same CLI (podman, nerdctl), and access to PyPI and Debian at build time.
+images:
+	for profile in media train serve; do \
+		docker build -f images/$$profile/Dockerfile -t $(REGISTRY)/clipsync-$$profile:$(VERSION) . || exit 1; \
+	done
 
 clean:
 	rm -rf .clipsync/pipeline_root monthly_retrain.yaml

@@ -82,24 +82,38 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run monthly_retrain locally with kfp.local's SubprocessRunner and print the summary."""
-    from pipelines.local import run_local
+    """Run monthly_retrain locally with kfp.local's SubprocessRunner and print the summary (exit 1 if it failed)."""
+    from pipelines.local import RunFailedError, run_local
 
     config = _load(args)
-    report = run_local(config, as_of=args.as_of or "", window_days=args.window_days or 0)
+    try:
+        report = run_local(config, as_of=args.as_of or "", window_days=args.window_days or 0)
+    except RunFailedError as exc:
+        print(exc)
+        print("clipsync: the run failed; the summary above says what failed and why", file=sys.stderr)
+        return 1
     print(report)
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    """Serve the previous version again and point the registry alias ``champion`` back at it."""
+    """Serve an earlier version again (``--to-version``, default the registry alias ``previous``)."""
     from components.deploy.core import DeployError, rollback_model
 
     config = _load(args)
     try:
-        result = rollback_model(config.tracking, config.client_id, Path(config.state_dir), args.model, config.deploy)
+        result = rollback_model(
+            config.tracking,
+            config.client_id,
+            Path(config.state_dir),
+            args.model,
+            config.deploy,
+            to_version=args.to_version,
+            serving=config.serving,
+            cache_dir=config.cache_dir,
+        )
     except DeployError as exc:
-        print(f"clipsync: rollback failed, champion unchanged: {exc}", file=sys.stderr)
+        print(f"clipsync: rollback failed, nothing changed: {exc}", file=sys.stderr)
         return 1
     print(result.to_markdown(), end="")
     return 0
@@ -140,7 +154,7 @@ def cmd_render_manifests(args: argparse.Namespace) -> int:
     from components.deploy.manifests import render_manifests
 
     config = _load(args)
-    for path in render_manifests(args.output, client_id=config.client_id, cfg=config.deploy):
+    for path in render_manifests(args.output, config):
         print(path)
     return 0
 
@@ -149,7 +163,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the client's champion models (or explicit folders) with one KServe model server on localhost."""
     from serving.server import serve_main
 
-    return serve_main(_load(args), args.http_port, args.grpc_port, args.clip_dir, args.lipsync_dir)
+    return serve_main(_load(args), args.http_port, args.grpc_port, args.clip_dir, args.lipsync_dir, args.auth_token_env)
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -212,9 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window-days", type=int, help="window length in days (default: the config's)")
     p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("rollback", help="serve the previous champion again (registry alias previous -> champion)")
+    p = sub.add_parser("rollback", help="serve an earlier version again and make it the champion")
     _add_config_args(p)
     p.add_argument("--model", required=True, choices=["clip", "lipsync"], help="which model to roll back")
+    p.add_argument("--to-version", help="the registry version to serve (default: the alias 'previous')")
     p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("serve", help="serve the champion CLIP adapter and lip-sync model (KServe, HTTP + gRPC)")
@@ -223,6 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-port", type=int, help="gRPC port (default: serving.grpc_port, 8081)")
     p.add_argument("--clip-dir", type=Path, help="serve this CLIP model folder instead of the MLflow champion")
     p.add_argument("--lipsync-dir", type=Path, help="serve this lip-sync model folder instead of the champion")
+    p.add_argument(
+        "--auth-token-env",
+        metavar="NAME",
+        help="require 'Authorization: Bearer <token>', the token read from variable NAME (serving.auth_token_env)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("index", help="build the search index of a CLIP model over a frames Dataset")

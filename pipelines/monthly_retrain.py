@@ -11,6 +11,7 @@ from kfp import dsl, kubernetes
 
 from components.ab_gate.component import ab_gate
 from components.deploy.component import deploy, keep
+from components.deploy.config import SERVING_TOKEN_ENV, SERVING_TOKEN_SECRET
 from components.evaluate.component import evaluate_clip, evaluate_lipsync
 from components.face_tracking.component import face_tracking
 from components.finetune_clip.component import finetune_clip
@@ -18,7 +19,7 @@ from components.finetune_lipsync.component import finetune_lipsync
 from components.frame_extraction.component import frame_extraction
 from components.ingest.component import ingest
 from components.start_run.component import start_run
-from components.summary.component import summary
+from components.summary.component import finish_run, summary
 
 if TYPE_CHECKING:
     from components.common.config import PipelineGpuConfig
@@ -46,10 +47,11 @@ RESOURCES = {
     "deploy": ("0.5", "2G", False),
     "keep": ("0.5", "1G", False),
     "summary": ("0.5", "1G", False),
+    "finish_run": ("0.5", "1G", False),
 }
 #: Stages that talk to MinIO, MLflow or the Kubernetes API retry transient failures with backoff. GPU tasks
 #: retry as the config's ``pipeline_gpu`` section says (a preempted pod resumes from its checkpoint).
-RETRIED = {"start_run", "ingest", "frame_extraction", "deploy", "summary"}
+RETRIED = {"start_run", "ingest", "frame_extraction", "deploy", "summary", "finish_run"}
 #: The GPU settings of the pipeline being built (see :func:`build_pipeline`; kfp builds the graph while decorating).
 _gpu: "PipelineGpuConfig | None" = None
 
@@ -81,6 +83,10 @@ def _settings(task: dsl.PipelineTask, stage: str, display_name: str | None = Non
         task.set_retry(num_retries=3, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="600s")
     task.set_caching_options(False)
     kubernetes.use_secret_as_env(task, secret_name=MINIO_SECRET, secret_key_to_env=MINIO_ENV, optional=True)
+    if stage == "deploy":  # its probes call the model servers, which may require the bearer token
+        kubernetes.use_secret_as_env(
+            task, secret_name=SERVING_TOKEN_SECRET, secret_key_to_env={"token": SERVING_TOKEN_ENV}, optional=True
+        )
     return task
 
 
@@ -103,21 +109,9 @@ def _gate_and_deploy(model: str, config, parent, evaluation, challenger_version,
     return gate, dsl.OneOf(deployed.output, kept.output)
 
 
-def _monthly_retrain(
-    client_id: str = "acme",
-    config_yaml: str = "",
-    as_of: str = "",
-    window_days: int = 0,
-) -> dsl.Markdown:
-    """One client's monthly run.
-
-    Args:
-        client_id: The client (overrides the config's client_id when non-empty).
-        config_yaml: The client's YAML configuration (empty: embedded defaults).
-        as_of: End of the retrain window, ISO date, exclusive (empty: the config's, else today UTC).
-        window_days: Window length in days (0: the config's, default 30).
-    """
-    started = start_run(client_id=client_id, config_yaml=config_yaml, as_of=as_of, window_days=window_days)
+def _tasks(run_params: dict) -> None:
+    """The DAG's tasks, from start_run to summary."""
+    started = start_run(**run_params, dag_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
     _settings(started, "start_run")
     config = started.outputs["config"]
     parent = started.outputs["parent_run_id"]
@@ -173,15 +167,39 @@ def _monthly_retrain(
         lipsync_outcome=lipsync_outcome,
     )
     _settings(closed, "summary")
-    return closed.outputs["report"]
+
+
+def _monthly_retrain(
+    client_id: str = "acme",
+    config_yaml: str = "",
+    as_of: str = "",
+    window_days: int = 0,
+) -> dsl.Markdown:
+    """One client's monthly run.
+
+    Every task runs inside a ``dsl.ExitHandler`` whose exit task, finish_run, runs whatever happens to them: it
+    returns the summary (the pipeline's output), closes a failed run and gives back the client's run lease.
+
+    Args:
+        client_id: The client (overrides the config's client_id when non-empty).
+        config_yaml: The client's YAML configuration (empty: embedded defaults).
+        as_of: End of the retrain window, ISO date, exclusive (empty: the config's, else today UTC).
+        window_days: Window length in days (0: the config's, default 30).
+    """
+    run_params = {"client_id": client_id, "config_yaml": config_yaml, "as_of": as_of, "window_days": window_days}
+    finished = finish_run(**run_params, dag_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+    _settings(finished, "finish_run")
+    with dsl.ExitHandler(finished, name="monthly-retrain-tasks"):
+        _tasks(run_params)
+    return finished.outputs["report"]
 
 
 def build_pipeline(gpu: "PipelineGpuConfig | None" = None) -> dsl.graph_component.GraphComponent:
     """The monthly_retrain pipeline with its GPU tasks scheduled as ``gpu`` says.
 
     Args:
-        gpu: The client config's ``pipeline_gpu`` section (accelerator, node selector, tolerations, retries); ``None``
-            takes its defaults.
+        gpu: The client config's ``pipeline_gpu`` section (accelerator, node selector, tolerations, retries);
+            ``None`` takes its defaults.
 
     Returns:
         The pipeline (call it under ``kfp.local``, or compile it).

@@ -1,8 +1,6 @@
 """clip-search predictor: text-to-video search over one client's library with that client's CLIP adapter.
 
-Many clients share one base CLIP: :class:`ClipBackbones` loads each base model once and attaches every
-client's LoRA adapter to it (peft ``load_adapter``); a request switches to its client's adapter
-(``set_adapter``) under the base's lock. Hybrid / full fine-tunes (whole towers changed) get their own copy.
+Many clients share one base CLIP (:mod:`serving.clip_backbones`): each client's LoRA adapter is attached to it.
 
 Inputs (see ``serving/README.md``):
 
@@ -22,23 +20,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import json
 import logging
-import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from kserve import InferOutput, InferRequest, InferResponse, Model
-from kserve.errors import InferenceError, InvalidInput
 
 from serving.batching import BatchSettings, DynamicBatcher
 from serving.calibration import Calibrator
+from serving.clip_backbones import ClipBackbones, ClipHandle
 from serving.config import ServingConfig
 from serving.index import IndexSettings, VideoIndex
+from serving.kserve_adapter import InferenceError, InferOutput, InferRequest, InferResponse, InvalidInput, Model
 from serving.querylog import QueryLog
 
 logger = logging.getLogger("clipsync.serving.clip_search")
@@ -48,156 +44,6 @@ CALIBRATION_FILE = "calibration.json"
 MAX_TOP_K = 100
 MAX_QUERIES = 256
 MAX_TEXT_CHARS = 1000
-
-
-# ------------------------------------------------------------------------------------------- backbones
-
-
-@dataclass
-class _Backbone:
-    """One loaded CLIP and the client adapters attached to it."""
-
-    bundle: Any
-    shared: bool
-    adapters: set[str] = field(default_factory=set)
-    lock: threading.RLock = field(default_factory=threading.RLock)
-
-
-@dataclass
-class ClipHandle:
-    """A client's view of a loaded CLIP: which backbone, which adapter, how to feed it."""
-
-    name: str
-    backbone: _Backbone
-    adapter: str | None
-    pooling: str
-    frames_per_video: int
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.backbone.bundle.tokenizer
-
-    @property
-    def image_spec(self) -> Any:
-        return self.backbone.bundle.image_spec
-
-    def _activate(self) -> Any:
-        model = self.backbone.bundle.model
-        if self.adapter is not None:
-            model.set_adapter(self.adapter)
-        return model
-
-    def encode_texts(self, texts: list[str]) -> np.ndarray:
-        """``[T, D]`` normalized text embeddings with this client's adapter."""
-        import torch
-
-        from components.finetune_clip.model import encode_texts
-
-        with self.backbone.lock, torch.inference_mode():
-            model = self._activate()
-            return encode_texts(model, self.tokenizer, texts).cpu().numpy()
-
-    def encode_frames(self, videos: list[np.ndarray]) -> np.ndarray:
-        """``[B, D]`` embeddings of videos given as uint8 ``[N, H, W, 3]`` frames (an image is one frame)."""
-        import torch
-
-        from components.finetune_clip.model import encode_videos, prepare_frames
-
-        k = max(1, self.frames_per_video)
-        prepared = torch.stack([prepare_frames(v, k if len(v) > 1 else 1, self.image_spec) for v in videos])
-        with self.backbone.lock, torch.inference_mode():
-            model = self._activate()
-            return encode_videos(model, prepared, self.image_spec, self.pooling).cpu().numpy()
-
-
-def _adapter_name(name: str) -> str:
-    return name.replace(".", "_")
-
-
-class ClipBackbones:
-    """Process-wide registry: one base CLIP per base reference, LoRA adapters of many clients on it.
-
-    Args:
-        cache_dir: Where base models fetched from s3 are kept.
-        device: Where every model goes (the ``serving.device`` setting; ``auto``: CUDA when available).
-    """
-
-    def __init__(self, cache_dir: str | Path | None = None, device: str = "auto") -> None:
-        from components.common.device import resolve_device
-
-        self.cache_dir = cache_dir
-        self.device = resolve_device(device)
-        self._shared: dict[str, _Backbone] = {}
-        self._counter = 0
-        self._lock = threading.Lock()
-
-    def attach(self, name: str, model_dir: str | Path) -> ClipHandle:
-        """Load client model ``name`` from ``model_dir`` (a clipsync CLIP model folder or a plain base).
-
-        Every attach gets its own adapter name, so a new version of a client can be attached beside the one
-        still answering requests and the old one detached after the swap.
-
-        Raises:
-            components.finetune_clip.model.ModelLoadError: If the folder cannot be loaded.
-        """
-        from components.finetune_clip.model import CARD_FILE, load_base_clip, load_clip_model
-
-        model_dir = Path(model_dir)
-        card_path = model_dir / CARD_FILE
-        card = json.loads(card_path.read_text()) if card_path.is_file() else {}
-        pooling = str(card.get("pooling", "mean"))
-        frames = int(card.get("frames_per_video", 4))
-        with self._lock:
-            self._counter += 1
-            if card.get("strategy") == "lora":
-                base_ref = str(card["base_model"])
-                backbone = self._shared.get(base_ref)
-                adapter = f"{_adapter_name(name)}_{self._counter}"
-                if backbone is None:
-                    from peft import PeftModel
-
-                    bundle = load_base_clip(base_ref, self.cache_dir)
-                    peft_model = PeftModel.from_pretrained(
-                        bundle.model, str(model_dir), adapter_name=adapter, is_trainable=False
-                    )
-                    bundle.model = peft_model.to(self.device).eval()
-                    backbone = _Backbone(bundle=bundle, shared=True)
-                    self._shared[base_ref] = backbone
-                    logger.info("base CLIP %s loaded for %s", base_ref, name)
-                else:
-                    with backbone.lock:
-                        backbone.bundle.model.load_adapter(str(model_dir), adapter_name=adapter, is_trainable=False)
-                        backbone.bundle.model.to(self.device)  # the new adapter's weights join the base's device
-                backbone.adapters.add(adapter)
-                handle = ClipHandle(name, backbone, adapter, pooling, frames)
-            else:
-                bundle = load_clip_model(model_dir, self.cache_dir) if card else load_base_clip(str(model_dir))
-                bundle.model.to(self.device)
-                handle = ClipHandle(name, _Backbone(bundle=bundle, shared=False), None, pooling, frames)
-        logger.info("clip model %s attached (%s)", name, card.get("strategy", "base"))
-        return handle
-
-    def detach(self, handle: ClipHandle) -> None:
-        """Remove a client model's adapter; the base is dropped with its last adapter."""
-        if not handle.backbone.shared:
-            return
-        with self._lock:
-            backbone = handle.backbone
-            if handle.adapter not in backbone.adapters:
-                return
-            backbone.adapters.discard(handle.adapter)
-            if not backbone.adapters:
-                self._shared = {k: v for k, v in self._shared.items() if v is not backbone}
-                return
-            with backbone.lock:
-                model = backbone.bundle.model
-                model.set_adapter(sorted(backbone.adapters)[0])
-                model.delete_adapter(handle.adapter)
-
-    def shared_bases(self) -> dict[str, list[str]]:
-        """Base reference -> adapters attached (for logs and tests)."""
-        with self._lock:
-            return {ref: sorted(b.adapters) for ref, b in self._shared.items()}
 
 
 # ------------------------------------------------------------------------------------------- predictor
@@ -485,7 +331,7 @@ class ClipSearchModel(Model):
 
 
 def _output(name: str, array: np.ndarray) -> InferOutput:
-    from kserve.utils.utils import from_np_dtype
+    from serving.kserve_adapter import from_np_dtype
 
     array = np.asarray(array)
     datatype = "BYTES" if array.dtype == np.object_ else from_np_dtype(array.dtype)

@@ -10,6 +10,9 @@ from components.common.errors import require
 
 _require = functools.partial(require, section="serving")
 
+#: The two predictors; a KServe ServingRuntime serves one kind (``--kind``).
+PREDICTOR_KINDS = ("clip-search", "lipsync")
+
 
 @dataclass(frozen=True)
 class ServingConfig:
@@ -32,11 +35,13 @@ class ServingConfig:
         low_confidence_threshold: Queries whose calibrated confidence is below this are flagged
             ``low_confidence`` in the answer and in the query log (they feed monitoring and the next retrain).
         query_log_uri: Object store of the query log (``querylog/<model>/<YYYY-MM>/...jsonl``); empty: the
-            client's ``storage.artifacts_uri``; ``"off"``: no query log.
+            client's ``storage.artifacts_uri``; ``"off"``: no query log. ``{client}`` is replaced by the client
+            of each model (a server shared by many clients: ``s3://clipsync-artifacts/{client}``).
         query_log_flush_entries: Write a query-log file once this many entries are buffered.
         query_log_flush_s: Write a query-log file at least this often while entries are buffered.
-        auth_token_env: Name of the environment variable holding the bearer token the standalone server
-            requires (``Authorization: Bearer <token>``, gRPC metadata ``authorization``); empty: no auth.
+        auth_token_env: Name of the environment variable holding the bearer token the server requires
+            (``Authorization: Bearer <token>``, gRPC metadata ``authorization``); empty: no auth. The variable must
+            be set and non-empty when the server starts (in a cluster it comes from a Kubernetes Secret).
         device: Where the predictors put their models: ``auto`` (CUDA when available, so a GPU node serves on
             its GPU), ``cpu`` or ``cuda[:N]``. Video decoding and face tracking stay on the CPU.
     """
@@ -81,6 +86,11 @@ class ServingConfig:
         )
         _require(self.query_log_flush_entries >= 1, "query_log_flush_entries must be >= 1")
         _require(0 < self.query_log_flush_s <= 86_400, "query_log_flush_s must be in (0, 86400]")
+        leftover = self.query_log_uri.replace("{client}", "")
+        _require(
+            "{" not in leftover and "}" not in leftover,
+            f"query_log_uri may only use the placeholder {{client}}, got {self.query_log_uri!r}",
+        )
         _require(
             self.auth_token_env == "" or self.auth_token_env.replace("_", "").isalnum(),
             f"auth_token_env must be an environment variable name, got {self.auth_token_env!r}",

@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from kserve import InferOutput, InferRequest, InferResponse, Model
-from kserve.errors import InferenceError, InvalidInput
 
 from serving.config import ServingConfig
+from serving.kserve_adapter import InferenceError, InferOutput, InferRequest, InferResponse, InvalidInput, Model
 
 logger = logging.getLogger("clipsync.serving.lipsync")
 
@@ -124,13 +123,14 @@ class LipSyncModel(Model):
 
     def load(self) -> bool:
         from components.common.device import resolve_device
-        from components.face_tracking.core import load_face_models
+        from components.face_tracking.core import FaceModels
+        from components.face_tracking.models import verify_face_models
         from components.finetune_lipsync.model import load_model
 
         self.model = load_model(self.model_dir, resolve_device(self.device))
         if self.cache_dir is None:
             raise FileNotFoundError(f"{self.name}: a cache_dir with the MediaPipe face models is required")
-        self.face_models = load_face_models(self.cache_dir, self.face_config)
+        self.face_models = FaceModels(verify_face_models(self.cache_dir), self.face_config)
         self.ready = True
         logger.info("%s: lip-sync model loaded from %s", self.name, self.model_dir)
         return self.ready
@@ -277,7 +277,7 @@ def _looks_b64(raw: bytes) -> bool:
 
 
 def _out(name: str, array: np.ndarray) -> InferOutput:
-    from kserve.utils.utils import from_np_dtype
+    from serving.kserve_adapter import from_np_dtype
 
     out = InferOutput(name=name, shape=list(array.shape), datatype=from_np_dtype(array.dtype))
     out.set_data_from_numpy(array, binary_data=False)

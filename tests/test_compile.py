@@ -31,6 +31,7 @@ EXPECTED_STAGES = {
     "keep_clip",
     "keep_lipsync",
     "summary",
+    "finish_run",
 }
 
 
@@ -43,8 +44,16 @@ def test_compile_and_load_back(tmp_path: Path):
 
     dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
     names = {t["taskInfo"]["name"] for dag in dags for t in dag["tasks"].values()}
-    stages = {n for n in names if not n.startswith(("condition", "promote-", "keep-"))}
+    stages = {n for n in names if not n.startswith(("condition", "promote-", "keep-", "monthly-retrain-tasks"))}
     assert stages == EXPECTED_STAGES, stages
+    # finish_run is the exit task of an ExitHandler around every other task: it runs whatever they do.
+    root_tasks = spec["root"]["dag"]["tasks"]
+    assert {t["taskInfo"]["name"] for t in root_tasks.values()} == {"finish_run", "monthly-retrain-tasks"}
+    exit_task = root_tasks["finish-run"]
+    assert exit_task["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert exit_task["dependentTasks"] == ["exit-handler-1"]
+    assert "taskFinalStatus" in exit_task["inputs"]["parameters"]["status"]
+    assert spec["root"]["outputDefinitions"]["artifacts"]["Output"]["artifactType"]["schemaTitle"] == "system.Markdown"
 
     executors = spec["deploymentSpec"]["executors"]
     for name, executor in executors.items():
@@ -53,13 +62,18 @@ def test_compile_and_load_back(tmp_path: Path):
         gpu = resources.get("accelerator", {})
         # Only the two fine-tune tasks ask for a GPU.
         assert (gpu.get("resourceType") == "nvidia.com/gpu") == name.startswith("exec-finetune"), name
-    ingest_task = spec["root"]["dag"]["tasks"]["ingest"]
+    ingest_task = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]["ingest"]
     assert ingest_task["retryPolicy"]["maxRetryCount"] == 3
     assert ingest_task.get("cachingOptions", {}).get("enableCache") is not True
     platform = list(yaml.safe_load_all(out.read_text()))[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     for name, config in platform.items():
         env = {e["envVar"]: e["secretKey"] for e in config["secretAsEnv"][0]["keyToEnv"]}
         assert env["MINIO_SECRET_KEY"] == "AWS_SECRET_ACCESS_KEY", name
+        # Only deploy calls the model servers (its probes), with their bearer token.
+        tokens = [s for s in config["secretAsEnv"] if s["secretName"] == "clipsync-serving-token"]
+        assert bool(tokens) == name.startswith("exec-deploy"), name
+        if tokens:
+            assert tokens[0]["keyToEnv"] == [{"secretKey": "token", "envVar": "CLIPSYNC_AUTH_TOKEN"}]
 
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert set(params) == {"client_id", "config_yaml", "as_of", "window_days"}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_storage import make_bucket, moto_endpoint, s3_env  # noqa: F401  (fixtures reused)
+from test_storage import ACCESS, SECRET, make_bucket, moto_endpoint, s3_env  # noqa: F401  (fixtures reused)
 
 from components.common.config import IngestConfig, from_dict
 from components.common.manifest import read_manifest
@@ -307,3 +307,72 @@ def test_missing_source_and_bad_label_file(tmp_path):
         "labels/latin1.jsonl: not UTF-8 text (invalid continuation byte at byte offset 46), file ignored",
         "labels/readme.txt: not a JSON Lines file (.jsonl/.ndjson), ignored",
     ]
+
+
+def test_every_upload_gets_a_row_even_with_a_bad_name_or_a_link_out(tmp_path):
+    """A name the store refuses and a symlink into another client's folder are rejected rows, never silent."""
+    other = tmp_path / "other-client" / "videos"
+    make_video(other / "theirs.mp4", seed=21)
+    root = tmp_path / "mine"
+    v = root / "videos"
+    make_video(v / "ok.mp4", seed=22)
+    make_video(v / "back\\slash.mp4", seed=23)
+    make_video(v / "ctl\x07bell.mp4", seed=24)
+    (v / "stolen.mp4").symlink_to(other / "theirs.mp4")
+    (v / "nowhere.mp4").symlink_to(v / "gone.mp4")
+    (root / "labels").mkdir()
+    (root / "labels" / "odd\\name.jsonl").write_text(json.dumps({"video_path": "videos/ok.mp4", "labels": ["x"]}))
+    for p in (*v.iterdir(), other / "theirs.mp4"):
+        stamp = datetime(2026, 11, 10, tzinfo=UTC).timestamp()
+        os.utime(p, (stamp, stamp), follow_symlinks=False)
+    before, theirs = _snapshot(root), _snapshot(tmp_path / "other-client")
+
+    manifest = tmp_path / "m.jsonl"
+    report = run_ingest(_config(tmp_path, str(root)), AS_OF, manifest)
+    rows = {r.key: r for r in read_manifest(manifest)}
+    assert set(rows) == {
+        f"videos/{n}" for n in ("ok.mp4", "back\\slash.mp4", "ctl\x07bell.mp4", "stolen.mp4", "nowhere.mp4")
+    }
+    assert rows["videos/ok.mp4"].status == "accepted"
+    assert (
+        rows["videos/back\\slash.mp4"].reason.startswith("bad_name: object key")
+        and "backslash" in rows["videos/back\\slash.mp4"].reason
+    )
+    assert "control character" in rows["videos/ctl\x07bell.mp4"].reason
+    assert rows["videos/stolen.mp4"].reason == "bad_link: a symbolic link that leads outside the store"
+    assert rows["videos/nowhere.mp4"].reason == "bad_link: a symbolic link to nothing"
+    bad = [r for r in rows.values() if r.status == "rejected"]
+    assert all(r.uri == "" and r.sha256 == "" for r in bad)  # nothing was read through them
+    theirs_sha = hashlib.sha256((other / "theirs.mp4").read_bytes()).hexdigest()
+    assert all(r.sha256 != theirs_sha for r in rows.values())
+    assert (report.seen, report.accepted, report.rejected) == (5, 1, {"bad_link": 2, "bad_name": 2})
+    metrics = report.as_metrics()
+    assert metrics["ingest_rejected_bad_name"] == 2.0 and metrics["ingest_rejected_bad_link"] == 2.0
+    assert report.label_problems[0].startswith("'labels/odd\\\\name.jsonl': bad_name: ")
+    assert _snapshot(root) == before and _snapshot(tmp_path / "other-client") == theirs
+
+
+def test_bad_names_on_s3_get_rows(s3_env, tmp_path):  # noqa: F811
+    import io
+
+    from minio import Minio
+
+    src = make_video(tmp_path / "a.mp4", seed=31)
+    bucket = make_bucket(s3_env)
+    store = open_store(f"s3://{bucket}")
+    store.put_file("videos/a.mp4", src)
+    raw = Minio(s3_env.split("://")[1], access_key=ACCESS, secret_key=SECRET, secure=False)
+    for name in ("videos/win\\path.mp4", "videos/tab\there.mp4", "videos/x//y.mp4"):
+        raw.put_object(bucket, name, io.BytesIO(src.read_bytes()), src.stat().st_size)
+
+    manifest = tmp_path / "m.jsonl"
+    today = datetime.now(UTC).date()
+    report = run_ingest(_config(tmp_path, f"s3://{bucket}"), date.fromordinal(today.toordinal() + 1), manifest)
+    rows = {r.key: r for r in read_manifest(manifest)}
+    assert rows["videos/a.mp4"].status == "accepted"
+    assert {k for k, r in rows.items() if r.reason.startswith("bad_name: ")} == {
+        "videos/win\\path.mp4",
+        "videos/tab\there.mp4",
+        "videos/x//y.mp4",
+    }
+    assert report.rejected == {"bad_name": 3} and report.seen == 4

@@ -45,11 +45,17 @@ def tiny_client(tmp_path_factory, model_cache: Path) -> Path:
     return state
 
 
-def test_dag_runs_locally_and_summarizes(tiny_client: Path, model_cache: Path):
+@pytest.fixture(scope="module")
+def first_run(tiny_client: Path, model_cache: Path) -> tuple[str, dict[Path, bytes]]:
+    """The first month's run, shared by the tests that read it (each DAG run costs a minute or more in CI)."""
     config = _config(tiny_client, model_cache)
     source_before = {p: p.read_bytes() for p in Path(config.storage.source_uri).rglob("*") if p.is_file()}
+    return run_local(config, as_of=AS_OF), source_before
 
-    report = run_local(config, as_of=AS_OF)
+
+def test_dag_runs_locally_and_summarizes(tiny_client: Path, model_cache: Path, first_run):
+    config = _config(tiny_client, model_cache)
+    report, source_before = first_run
 
     assert "# monthly_retrain: tiny, window of 30 days up to 2026-11-01" in report
     assert "| ingest | FINISHED |" in report
@@ -111,9 +117,9 @@ def test_dag_runs_locally_and_summarizes(tiny_client: Path, model_cache: Path):
         assert face.fallback_used == (by_id[face.video_id]["kind"] == "no_face")
 
 
-def test_second_run_on_the_same_data_keeps_the_champion(tiny_client: Path, model_cache: Path):
+def test_second_run_on_the_same_data_keeps_the_champion(tiny_client: Path, model_cache: Path, first_run):
     config = _config(tiny_client, model_cache)
-    first = run_local(config, as_of=AS_OF)
+    first, _ = first_run
     client = MlflowClient(tracking_uri=config.tracking.tracking_uri, registry_uri=config.tracking.tracking_uri)
     # Whether three CPU epochs beat the tiny base significantly varies with machine load (the base's
     # pretraining is time-bounded), so make the first challenger the champion the way an operator would.

@@ -1,8 +1,10 @@
-"""serving: the real model server in a subprocess on 127.0.0.1, called over REST (V1, V2) and gRPC.
+"""serving: `clipsync serve --config FILE` started as a subprocess on 127.0.0.1, called over REST (V1, V2) and gRPC.
 
-Tiny models built here: a 1-layer CLIP base (build_demo_base_clip) with two LoRA adapters perturbed differently
-(clients acme and beta sharing the base), their indexes built from a small frames Dataset, and a tiny lip-sync
-detector; the videos are encoded with PyAV.
+Tiny models (tests/serving_assets.py): a 1-layer CLIP base with two LoRA adapters perturbed differently (clients
+acme and beta sharing the base), their indexes built from a small frames Dataset, and a tiny lip-sync detector;
+the videos are encoded with PyAV. The server's settings come from the client config file, the bearer token
+variable from `--auth-token-env`: the command line that used to exit at start-up (kserve took `--config` for its
+own `--configure_logging`).
 """
 
 from __future__ import annotations
@@ -14,17 +16,14 @@ import io
 import json
 import os
 import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
+from serving_assets import ServerProcess, free_port, make_adapter, make_base, make_lipsync, make_video, multipart
 from synthetic_frames import CATEGORIES, make_frames
 
 torch = pytest.importorskip("torch")
@@ -32,109 +31,7 @@ pytest.importorskip("kserve")
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
-FACE_CACHE = ROOT / ".clipsync" / "cache"
 TOKEN = "s3cret-token"
-
-
-# ------------------------------------------------------------------------------------------- tiny models
-
-
-def make_base(out: Path) -> Path:
-    from components.finetune_clip.base_model import build_demo_base_clip
-
-    return build_demo_base_clip(
-        out, seed=0, time_budget_s=20, max_steps=3, batch_size=8, image_size=32, patch_size=16, width=32, layers=1
-    )
-
-
-def make_adapter(base: Path, out: Path, seed: int) -> Path:
-    """A LoRA adapter with random (seeded) weights: a different 'client model' per seed."""
-    from peft import LoraConfig, get_peft_model
-
-    from components.finetune_clip.model import load_base_clip
-
-    bundle = load_base_clip(str(base))
-    model = get_peft_model(bundle.model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_" in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
-    model.save_pretrained(str(out))
-    card = {"base_model": str(base), "strategy": "lora", "pooling": "mean", "frames_per_video": 2}
-    (out / "card.json").write_text(json.dumps(card))
-    return out
-
-
-def make_lipsync(out: Path) -> Path:
-    from components.finetune_lipsync.model import LipSyncDetector, LipSyncModelConfig, save_model
-
-    torch.manual_seed(0)
-    cfg = LipSyncModelConfig(crop_size=16, visual_channels=4, audio_channels=8, embed_dim=8, attention_heads=2)
-    return save_model(LipSyncDetector(cfg), out)
-
-
-def make_video(path: Path, seconds: float = 2.0, fps: int = 25, side: int = 64) -> Path:
-    import av
-
-    rng = np.random.default_rng(1)
-    with av.open(str(path), "w") as out:
-        vs = out.add_stream("libx264", rate=fps)
-        vs.width = vs.height = side
-        vs.pix_fmt = "yuv420p"
-        aus = out.add_stream("aac", rate=16000, layout="mono")
-        for i in range(int(seconds * fps)):
-            img = np.full((side, side, 3), 90, np.uint8)
-            img[20 + i % 10 : 40, 20:44] = (200, 120, 100)
-            for packet in vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(packet)
-        for packet in vs.encode():
-            out.mux(packet)
-        samples = np.sin(np.arange(int(seconds * 16000)) / 8) * 0.3 + rng.normal(0, 0.01, int(seconds * 16000))
-        frame = av.AudioFrame.from_ndarray(samples.astype(np.float32)[None], format="fltp", layout="mono")
-        frame.sample_rate = 16000
-        for packet in aus.encode(frame):
-            out.mux(packet)
-        for packet in aus.encode():
-            out.mux(packet)
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# ------------------------------------------------------------------------------------------- the server
-
-
-class Server:
-    def __init__(self, http: int, grpc: int, proc: subprocess.Popen, work: Path) -> None:
-        self.http, self.grpc, self.proc, self.work = http, grpc, proc, work
-        self.url = f"http://127.0.0.1:{http}"
-
-    def call(self, method: str, path: str, body: object = None, data: bytes | None = None, headers=None, auth=True):
-        hdrs = {"Authorization": f"Bearer {TOKEN}"} if auth else {}
-        hdrs.update(headers or {})
-        if body is not None:
-            data = json.dumps(body).encode()
-            hdrs["Content-Type"] = "application/json"
-        req = urllib.request.Request(self.url + path, data=data, method=method, headers=hdrs)
-        try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
-                return resp.status, json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            raw = exc.read()
-            try:
-                return exc.code, json.loads(raw)
-            except ValueError:
-                return exc.code, {"raw": raw.decode("utf-8", "replace")}
-
-    def healthy(self) -> bool:
-        status, body = self.call("GET", "/v2/health/ready", auth=False)
-        return status == 200 and body.get("ready") is True
 
 
 @pytest.fixture(scope="module")
@@ -155,52 +52,39 @@ def assets(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(assets):
-    if not (FACE_CACHE / "mediapipe" / "face_detection_short_range.tflite").is_file():
-        pytest.skip("MediaPipe face models not fetched (clipsync setup)")
+def server(assets, model_cache):
     root = assets["root"]
-    champions = root / "champions.json"
-    champions.write_text(json.dumps({"clip-acme": {"path": str(assets["adapters"]["acme"]), "version": "1"}}, indent=2))
+    state = root / "state"
+    champions = state / "serving" / "champions.json"
+    champions.parent.mkdir(parents=True)
+    champions.write_text(json.dumps({"clip-acme": {"path": str(assets["adapters"]["acme"]), "version": "1"}}))
+    config = {
+        "client_id": "acme",
+        "state_dir": str(state),
+        "cache_dir": str(model_cache),
+        "serving": {
+            "query_log_uri": str(root / "artifacts"),
+            "query_log_flush_entries": 1,
+            "max_upload_mb": 0.2,
+            "batch_wait_ms": 5,
+        },
+    }
+    (root / "acme.yaml").write_text(yaml.safe_dump(config))
     http, grpc = free_port(), free_port()
-    env = {**os.environ, "CLIPSYNC_TEST_TOKEN": TOKEN, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [
-        sys.executable, "-m", "serving.server",
-        "--champions", str(champions),
-        "--model", f"lipsync-acme={assets['lipsync']}",
-        "--host", "127.0.0.1", "--http_port", str(http), "--grpc_port", str(grpc),
-        "--cache_dir", str(FACE_CACHE), "--query_log_uri", str(root / "artifacts"),
-        "--query_log_flush_entries", "1", "--max_upload_mb", "0.2", "--auth_token_env", "CLIPSYNC_TEST_TOKEN",
-        "--batch_wait_ms", "5",
+        sys.executable, "-m", "pipelines.cli", "serve", "--config", str(root / "acme.yaml"),
+        "--http-port", str(http), "--grpc-port", str(grpc), "--lipsync-dir", str(assets["lipsync"]),
+        "--auth-token-env", "CLIPSYNC_TEST_TOKEN",
     ]  # fmt: skip
-    log = open(root / "server.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    srv = Server(http, grpc, proc, root)
+    srv = ServerProcess(cmd, http, grpc, root / "server.log", env={"CLIPSYNC_TEST_TOKEN": TOKEN}, token=TOKEN)
+    srv.champions, srv.work = champions, root
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited {proc.returncode}:\n{(root / 'server.log').read_text()[-3000:]}")
-            try:
-                if srv.healthy():
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            time.sleep(0.3)
-        else:
-            raise RuntimeError(f"server not ready in 90 s:\n{(root / 'server.log').read_text()[-3000:]}")
-        yield srv
+        yield srv.wait_ready()
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        log.close()
+        srv.stop()
 
 
-def v1_search(srv: Server, model: str, text: str, k: int = 3):
+def v1_search(srv: ServerProcess, model: str, text: str, k: int = 3):
     return srv.call("POST", f"/v1/models/{model}:predict", {"instances": [{"text": text, "top_k": k}]})
 
 
@@ -222,12 +106,12 @@ def test_binds_loopback_and_requires_token(server):
     assert server.proc.poll() is None
     status, body = server.call("POST", "/v1/models/clip-acme:predict", {"instances": [{"text": "x"}]}, auth=False)
     assert status == 401 and "bearer token" in body["error"]
-    assert server.healthy()  # health stays open
+    assert server.ready()  # health stays open
 
 
 def test_v1_and_v2_rest_search_and_adapters_differ(server, assets):
     # beta is not loaded yet: load it through the repository endpoint (champions.json re-read).
-    champions = assets["root"] / "champions.json"
+    champions = server.champions
     data = json.loads(champions.read_text())
     data["clip-beta"] = {"path": str(assets["adapters"]["beta"]), "version": "7"}
     champions.write_text(json.dumps(data))
@@ -352,18 +236,8 @@ def test_lipsync_rest_v1_v2_and_multipart(server, assets):
     assert status == 200, body
     assert abs(outputs(body)["manipulation_probability"]["data"][0] - pred["manipulation_probability"]) < 1e-5
 
-    boundary = "----clipsync"
-    form = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="video_file"; filename="talk.mp4"\r\n'
-            "Content-Type: video/mp4\r\n\r\n"
-        ).encode()
-        + data
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    status, body = server.call(
-        "POST", "/api/lip-sync", data=form, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
-    )
+    form, ctype = multipart("video_file", "talk.mp4", data)
+    status, body = server.call("POST", "/api/lip-sync", data=form, headers={"Content-Type": ctype})
     assert status == 200, body
     assert body["manipulation_probability"] == pred["manipulation_probability"]
 
@@ -409,7 +283,7 @@ def test_bad_inputs_are_4xx_and_server_stays_healthy(server, assets):
     response = conn.getresponse()
     assert response.status == 413 and "upload limit" in json.loads(response.read())["error"]
     conn.close()
-    assert server.healthy() and server.proc.poll() is None
+    assert server.ready() and server.proc.poll() is None
     status, _ = v1_search(server, "clip-acme", "surgery video")
     assert status == 200
 
@@ -425,7 +299,7 @@ def test_concurrent_requests_are_batched_without_errors(server):
     with ThreadPoolExecutor(max_workers=8) as pool:
         answers = list(pool.map(one, range(len(texts))))
     assert all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200][:2]
-    assert server.healthy()
+    assert server.ready()
 
 
 def test_unload_then_query_log(server, assets):
@@ -454,4 +328,4 @@ def test_unload_then_query_log(server, assets):
 def test_sigterm_stops_cleanly(server):
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(timeout=30) == 0
-    assert "model server stopped" in (server.work / "server.log").read_text()
+    assert "model server stopped" in server.log()

@@ -63,7 +63,7 @@ def test_constant_calibrator_when_every_query_hits():
 def test_probe_video_checks_content_and_duration(tmp_path):
     pytest.importorskip("av")
     from kserve.errors import InvalidInput
-    from test_serving_server import make_video
+    from serving_assets import make_video
 
     from serving.lipsync import PayloadTooLarge, probe_video
 
@@ -82,7 +82,7 @@ def test_probe_video_checks_content_and_duration(tmp_path):
 
 
 def test_detect_kind(tmp_path):
-    from serving.server import detect_kind
+    from serving.repository import detect_kind
 
     lip = tmp_path / "lip"
     lip.mkdir()
@@ -97,8 +97,8 @@ def test_detect_kind(tmp_path):
 def test_index_build_writes_index_and_calibration(tmp_path):
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
+    from serving_assets import make_adapter, make_base
     from synthetic_frames import make_frames
-    from test_serving_server import make_adapter, make_base
 
     from serving.calibration import Calibrator
     from serving.index import VideoIndex
@@ -142,8 +142,8 @@ def test_lipsync_size_limit_and_timeout(tmp_path):
 
 def test_champion_specs_explicit_then_local_record(tmp_path):
     pytest.importorskip("mlflow")
+    from components.common.champions import champions_file
     from components.common.config import from_dict
-    from components.deploy.core import champions_file
     from serving.server import champion_specs
 
     config = from_dict({"client_id": "acme", "state_dir": str(tmp_path / "state")})

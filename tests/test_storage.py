@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
 import logging
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -14,12 +16,16 @@ from pathlib import Path
 import pytest
 
 from components.common import storage
+from components.common.faults import InfrastructureError, RetryPolicy
 from components.common.storage import (
     InvalidKeyError,
     LocalStore,
     ObjectNotFoundError,
+    OutsideStoreError,
     S3Store,
+    StorageAccessError,
     StorageError,
+    StorageUnavailableError,
     fetch_to_local,
     open_store,
     validate_key,
@@ -250,6 +256,160 @@ def test_local_put_is_atomic_and_listing_skips_temporaries(tmp_path):
     assert list(st.list_keys()) == ["a/b.bin"]
 
 
+def test_local_store_refuses_symlinks_that_leave_its_root(tmp_path):
+    other = tmp_path / "other-client"  # another client's folder beside this one
+    (other / "videos").mkdir(parents=True)
+    (other / "videos" / "theirs.mp4").write_bytes(b"their video")
+    st = LocalStore(tmp_path / "mine")
+    st.put_bytes("videos/own.mp4", b"own")
+    st.put_bytes("videos/real/inside.mp4", b"inside")
+    (st.root / "videos" / "stolen.mp4").symlink_to(other / "videos" / "theirs.mp4")
+    (st.root / "videos" / "alias.mp4").symlink_to(st.root / "videos" / "own.mp4")  # stays inside: allowed
+    (st.root / "videos" / "dangling.mp4").symlink_to(st.root / "videos" / "gone.mp4")
+    (st.root / "linked").symlink_to(other / "videos", target_is_directory=True)
+    before = {p: p.read_bytes() for p in other.rglob("*") if p.is_file()}
+
+    # Reading: every way in refuses the link out of the root, and through a linked folder.
+    calls = (
+        st.stat,
+        st.get_bytes,
+        st.local_path,
+        st.uri_for,
+        lambda key: st.get_file(key, tmp_path / "dest"),
+        lambda key: fetch_to_local(st, key, tmp_path / "cache"),
+    )
+    for key in ("videos/stolen.mp4", "linked/theirs.mp4"):
+        for call in calls:
+            with pytest.raises(OutsideStoreError, match="leads outside the store"):
+                call(key)
+    # Writing: neither through the linked folder nor over the link.
+    with pytest.raises(OutsideStoreError):
+        st.put_bytes("linked/planted.mp4", b"x")
+    with pytest.raises(OutsideStoreError):
+        st.put_file("videos/stolen.mp4", st.root / "videos" / "own.mp4")
+    assert {p: p.read_bytes() for p in other.rglob("*") if p.is_file()} == before
+    assert not (tmp_path / "dest").exists()
+
+    assert st.get_bytes("videos/alias.mp4") == b"own"
+    assert list(st.list_keys("videos/")) == ["videos/alias.mp4", "videos/own.mp4", "videos/real/inside.mp4"]
+    listed = {i.key: i.refused for i in st.list(include_refused=True)}
+    assert listed["videos/stolen.mp4"] == "bad_link: a symbolic link that leads outside the store"
+    assert listed["videos/dangling.mp4"] == "bad_link: a symbolic link to nothing"
+    assert listed["videos/own.mp4"] == listed["videos/alias.mp4"] == ""
+    assert not any(k.startswith("linked/") for k in listed)  # a linked folder is not followed
+    # A store whose prefix folder itself leads outside lists nothing.
+    (st.root / "up").symlink_to(other, target_is_directory=True)
+    assert list(st.list("up/videos/", include_refused=True)) == []
+
+
+BAD_NAMES = ["videos/back\\slash.mp4", "videos/ctl\x01.mp4", "videos/tab\there.mp4", "videos/a//b.mp4"]
+
+
+def test_names_that_are_not_keys_are_listed_only_on_request(store, tmp_path):
+    store.put_bytes("videos/ok.mp4", b"ok")
+    local = isinstance(store, LocalStore)
+    # On disk 'a//b' would be the folder a and the file b (a valid key): only S3 keeps the empty segment.
+    for name in BAD_NAMES[:3] if local else BAD_NAMES:
+        if local:
+            path = store.root.joinpath(*name.split("/"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"x")
+        else:  # the raw client: clipsync itself never writes such a name
+            import io
+
+            store._client.put_object(store.bucket, store._prefix + name, io.BytesIO(b"x"), 1)
+    if local:  # a file name that is not UTF-8 on disk
+        (store.root / "videos").joinpath(os.fsdecode(b"latin1-\xe9.mp4")).write_bytes(b"x")
+
+    assert list(store.list_keys("videos/")) == ["videos/ok.mp4"]
+    listed = {i.key: i.refused for i in store.list("videos/", include_refused=True)}
+    assert listed.pop("videos/ok.mp4") == ""
+    assert all(reason.startswith("bad_name: object key") for reason in listed.values()), listed
+    if local:
+        assert set(listed) == {*BAD_NAMES[:3], os.fsdecode(b"videos/latin1-\xe9.mp4")}
+        assert "not valid UTF-8" in listed[os.fsdecode(b"videos/latin1-\xe9.mp4")]
+    else:
+        assert set(listed) == set(BAD_NAMES)
+    assert "backslash" in listed["videos/back\\slash.mp4"] and "control character" in listed["videos/ctl\x01.mp4"]
+
+
+class _Answering(http.server.BaseHTTPRequestHandler):
+    """Answers every request with the status the server was given (an S3 server failing, or refusing)."""
+
+    def _answer(self) -> None:
+        self.server.requests += 1
+        status, code = self.server.reply
+        body = f"<Error><Code>{code}</Code><Message>{code}</Message></Error>".encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_PUT = do_HEAD = _answer
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "error", "attempts"),
+    [
+        (503, "SlowDown", StorageUnavailableError, 3),
+        (500, "InternalError", StorageUnavailableError, 3),
+        (403, "InvalidAccessKeyId", StorageAccessError, 1),
+        (403, "SignatureDoesNotMatch", StorageAccessError, 1),
+    ],
+)
+def test_s3_server_errors_are_classified_and_only_transient_ones_retried(
+    s3_env, monkeypatch, status, code, error, attempts
+):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answering)
+    server.reply, server.requests = (status, code), 0
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("MINIO_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+        st = S3Store("s3://bucket-c", check_bucket=False, retry=RetryPolicy(attempts=3, first_wait_s=0.01))
+        with pytest.raises(error, match=code) as info:
+            st.get_bytes("videos/a.mp4")
+        assert isinstance(info.value, InfrastructureError) and not isinstance(info.value, ObjectNotFoundError)
+        assert server.requests == attempts
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_s3_call_rides_out_a_short_outage(s3_env, monkeypatch):
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    restarted = []
+    try:
+        monkeypatch.setenv("MINIO_ENDPOINT", f"http://127.0.0.1:{port}")
+        bucket = make_bucket(f"http://127.0.0.1:{port}")
+        st = S3Store(f"s3://{bucket}", retry=RetryPolicy(attempts=8, first_wait_s=0.2, max_wait_s=1.0))
+        st.put_bytes("a.bin", b"payload")
+        server.stop()
+
+        def restart() -> None:
+            again = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+            again.start()
+            restarted.append(again)
+
+        timer = threading.Timer(1.0, restart)
+        timer.start()
+        assert st.get_bytes("a.bin") == b"payload"  # failed while the server was down, then succeeded
+        timer.join()
+        assert restarted
+    finally:
+        for srv in restarted:
+            srv.stop()
+
+
 def test_open_store_dispatch(tmp_path, s3_bucket):
     assert isinstance(open_store(str(tmp_path / "p")), LocalStore)
     by_uri = open_store(f"file://{tmp_path / 'q'}")
@@ -363,9 +523,8 @@ def test_s3_secret_never_exposed(s3_env, s3_bucket, caplog, tmp_path, monkeypatc
         texts += [str(info.value), repr(info.value)]
     # An unreachable server: the error names the endpoint, not the secret.
     monkeypatch.setenv("MINIO_ENDPOINT", f"http://127.0.0.1:{_free_port()}")
-    dead = S3Store("s3://bucket-b", check_bucket=False)
-    dead._client._http.connection_pool_kw["retries"] = False  # fail fast, no backoff retries
-    with pytest.raises(StorageError, match=r"cannot reach http://127\.0\.0\.1") as info:
+    dead = S3Store("s3://bucket-b", check_bucket=False, retry=RetryPolicy(attempts=2, first_wait_s=0.01))
+    with pytest.raises(StorageUnavailableError, match=r"cannot reach http://127\.0\.0\.1.*after 2 attempts") as info:
         dead.stat("a")
     texts += [str(info.value), caplog.text]
     assert all(SECRET not in t for t in texts)

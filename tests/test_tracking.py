@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from mlflow_server import MLFLOW_ENV
+from mlflow_server import mlflow_server as start_mlflow_server
 
 from components.common import tracking
 from components.common.config import TrackingConfig, from_dict
@@ -26,7 +23,6 @@ mlflow = pytest.importorskip("mlflow")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-_MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME")
 
 
 @pytest.fixture
@@ -35,7 +31,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
-    for name in _MLFLOW_ENV:
+    for name in MLFLOW_ENV:
         monkeypatch.delenv(name, raising=False)
     yield cwd
     while mlflow.active_run() is not None:  # never leak an active run into the next test
@@ -105,13 +101,15 @@ def _exercise_runs(config: TrackingConfig, caplog: pytest.LogCaptureFixture) -> 
     face = client.get_run(face_id)
     assert face.info.status == "FAILED"
     assert face.data.tags["mlflow.parentRunId"] == parent
+    assert face.data.tags[tracking.END_REASON_TAG] == "ValueError: no faces in clip_3"  # why, on the run itself
     assert face.data.metrics == {"faces": 2.0}
 
     children = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
     assert sorted(r.info.run_name for r in children) == ["face_tracking", "ingest"]
 
-    # The failed stage failed the DAG run: the parent is closed as FAILED right away.
+    # The failed stage failed the DAG run: the parent is closed as FAILED right away, saying why.
     assert client.get_run(parent).info.status == "FAILED"
+    assert client.get_run(parent).data.tags[tracking.END_REASON_TAG] == "face_tracking: ValueError: no faces in clip_3"
     tracking.finish_parent_run(
         config, parent, summary={"accepted": 3, "gate": "promote", "auc": 0.91}, markdown="# run summary\n"
     )
@@ -261,61 +259,11 @@ def test_sanitize_key() -> None:
     assert len(tracking.sanitize_key("k" * 300)) == 250
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `mlflow server` on 127.0.0.1 (sqlite backend, proxied artifacts), stopped by PID."""
-    root = tmp_path_factory.mktemp("mlflow_server")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if k not in _MLFLOW_ENV}
-    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-    stderr_path = root / "server.err"
-    command = [
-        str(Path(sys.executable).with_name("mlflow")),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{root / 'm.db'}",
-        "--artifacts-destination",
-        str(root / "art"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    with open(root / "server.out", "wb") as out, open(stderr_path, "wb") as err:
-        proc = subprocess.Popen(command, cwd=root, env=env, stdout=out, stderr=err, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = stderr_path.read_text(errors="replace")[-3000:]
-                pytest.fail(f"mlflow server not ready (exit code {proc.poll()}); stderr tail:\n{tail}")
-            time.sleep(0.3)
+    with start_mlflow_server(tmp_path_factory.mktemp("mlflow_server")) as (url, _):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
-        # The server's uvicorn worker is in the group we created; make sure none outlives the test.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture

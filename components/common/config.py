@@ -50,16 +50,21 @@ class StorageConfig:
             ``{state_dir}/artifacts/{client_id}``.
         videos_prefix: Key prefix of the videos inside ``source_uri``.
         labels_prefix: Key prefix of the label files (JSON Lines, one record per video).
+        lease_hours: One run per client at a time: a run's lease (``runs/lease.json`` in ``artifacts_uri``)
+            stops counting this long after the run started if it is never released, so a crashed run blocks
+            the next one at most this long (a local run whose process is gone is taken over at once).
     """
 
     source_uri: str = ""
     artifacts_uri: str = ""
     videos_prefix: str = "videos/"
     labels_prefix: str = "labels/"
+    lease_hours: float = 24.0
 
     def __post_init__(self) -> None:
         require(bool(self.source_uri), "storage.source_uri must be set")
         require(bool(self.artifacts_uri), "storage.artifacts_uri must be set")
+        require(0 < self.lease_hours <= 24 * 31, f"storage.lease_hours must be in (0, 744], got {self.lease_hours}")
         for name in ("videos_prefix", "labels_prefix"):
             value = getattr(self, name)
             require(

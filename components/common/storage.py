@@ -8,11 +8,21 @@ S3 connection settings come only from the environment, read when an :class:`S3St
 ``MINIO_ENDPOINT`` (``host:port`` or ``http(s)://host:port``), ``MINIO_ACCESS_KEY``, ``MINIO_SECRET_KEY``,
 ``MINIO_SECURE`` (``true``/``false``; default true unless the endpoint URL says ``http``) and the optional
 ``MINIO_REGION``. The secret key is never stored on the object, logged or put in an error message.
+
+Faults of the server are told apart from problems of an object: an unreachable server, a timeout, a 5xx or a
+throttling answer is a :class:`StorageUnavailableError` (retried with bounded backoff, see
+:mod:`components.common.faults`, then raised with the cause), refused credentials a :class:`StorageAccessError`
+(raised at once); both fail the stage. A missing object is an :class:`ObjectNotFoundError`, an unsafe key an
+:class:`InvalidKeyError`: problems of that one object.
+
+A local folder never reaches outside its root: a symbolic link (of the object or of a folder on its way) that
+resolves outside the root is refused on read and on write (:class:`OutsideStoreError`).
 """
 
 from __future__ import annotations
 
 import abc
+import dataclasses
 import logging
 import os
 import shutil
@@ -24,11 +34,23 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from components.common.faults import InfrastructureError, RetryPolicy, TransientError, retry_call
+
 logger = logging.getLogger("clipsync.storage")
 
 MAX_KEY_BYTES = 1024
 DEFAULT_PART_SIZE = 64 * 1024 * 1024
 _TMP_PREFIX = ".clipsync-tmp-"
+#: Per-attempt socket timeouts of the S3 client (minio's own default is 5 minutes, and 5 silent retries).
+S3_CONNECT_TIMEOUT_S = 10.0
+S3_READ_TIMEOUT_S = 60.0
+# S3 error codes of a server that is failing or throttling (worth retrying) and of refused credentials.
+_S3_TRANSIENT_CODES = frozenset(
+    {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "XMinioServerNotInitialized"}
+)
+_S3_ACCESS_CODES = frozenset(
+    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "AccountProblem"}
+)
 
 
 class StorageError(Exception):
@@ -46,6 +68,18 @@ class ObjectNotFoundError(StorageError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class OutsideStoreError(StorageError):
+    """A local key resolves (through a symbolic link) to a place outside the store's root."""
+
+
+class StorageUnavailableError(StorageError, TransientError):
+    """The store cannot be reached, timed out, or answered with a server error or throttling."""
+
+
+class StorageAccessError(StorageError, InfrastructureError):
+    """The store refused the credentials (not retried: they will not get better by waiting)."""
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     """What a store knows about one object.
@@ -56,12 +90,16 @@ class ObjectInfo:
         last_modified: Last modification time, timezone-aware UTC.
         etag: The server's entity tag without quotes (``<md5>-<parts>`` for multipart uploads on S3);
             empty for a local folder.
+        refused: Empty for a readable object. Listed only with ``include_refused``: why the store refuses to
+            read it, ``"code: detail"`` with code ``bad_name`` (the name is not a valid key; ``key`` is then the
+            raw name) or ``bad_link`` (a symbolic link out of a local store's root, or to nothing).
     """
 
     key: str
     size: int
     last_modified: datetime
     etag: str = ""
+    refused: str = ""
 
 
 def validate_key(key: str) -> str:
@@ -84,6 +122,10 @@ def validate_key(key: str) -> str:
         raise InvalidKeyError(f"object key must be a string, got {type(key).__name__}")
     if not key:
         raise InvalidKeyError("object key must not be empty")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:  # a file name that was not UTF-8 on disk (surrogate escapes)
+        raise InvalidKeyError(f"object key {key!r} is not valid UTF-8") from None
     if "\x00" in key:
         raise InvalidKeyError(f"object key {key!r} contains a NUL character")
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
@@ -104,6 +146,10 @@ def validate_key(key: str) -> str:
         if segment == "":
             raise InvalidKeyError(f"object key {key!r} has an empty segment (leading, trailing or double '/')")
     return key
+
+
+def _note_refused(uri: str, key: str, refused: str, listed: bool) -> None:
+    logger.warning("%s %r in %s: %s", "listing" if listed else "skipping", key, uri, refused)
 
 
 def _validate_prefix(prefix: str) -> str:
@@ -134,8 +180,13 @@ class ObjectStore(abc.ABC):
         """The full location of ``key`` (a local path or ``s3://bucket/prefix/key``)."""
 
     @abc.abstractmethod
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """All objects whose key starts with ``prefix``, recursively, sorted by key."""
+    def list(self, prefix: str = "", *, include_refused: bool = False) -> Iterator[ObjectInfo]:
+        """All objects whose key starts with ``prefix``, recursively, sorted by key.
+
+        Objects the store refuses to read (a name that is not a valid key, a local symbolic link out of the
+        root) are skipped with a warning, or listed with :attr:`ObjectInfo.refused` set when
+        ``include_refused`` is true (so that a caller can account for every object).
+        """
 
     @abc.abstractmethod
     def stat(self, key: str) -> ObjectInfo:
@@ -179,7 +230,10 @@ class ObjectStore(abc.ABC):
 
 
 class LocalStore(ObjectStore):
-    """A local folder as an object store; writes are atomic (temporary file + rename)."""
+    """A local folder as an object store; writes are atomic (temporary file + rename).
+
+    A key whose path leads outside the root through a symbolic link is refused (:class:`OutsideStoreError`).
+    """
 
     def __init__(self, root: str | Path, *, create: bool = False) -> None:
         """Open the folder ``root``.
@@ -203,7 +257,12 @@ class LocalStore(ObjectStore):
         self.uri = str(path)
 
     def _path(self, key: str) -> Path:
-        return self.root / validate_key(key)
+        path = self.root / validate_key(key)
+        if not path.resolve().is_relative_to(self.root):
+            raise OutsideStoreError(
+                f"object {key!r} in {self.uri} is (or lies below) a symbolic link that leads outside the store"
+            )
+        return path
 
     def uri_for(self, key: str) -> str:
         return str(self._path(key))
@@ -212,13 +271,27 @@ class LocalStore(ObjectStore):
         st = path.stat()
         return ObjectInfo(key=key, size=st.st_size, last_modified=datetime.fromtimestamp(st.st_mtime, tz=UTC))
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def _refusal(self, key: str, path: Path) -> str:
+        """Why the file ``path`` listed as ``key`` cannot be read as an object (``""`` if it can)."""
+        try:
+            validate_key(key)
+        except InvalidKeyError as exc:
+            return f"bad_name: {exc}"
+        if path.is_symlink():
+            if not path.resolve().is_relative_to(self.root):
+                return "bad_link: a symbolic link that leads outside the store"
+            if not path.is_file():
+                return "bad_link: a symbolic link to nothing"
+        return ""
+
+    def list(self, prefix: str = "", *, include_refused: bool = False) -> Iterator[ObjectInfo]:
         _validate_prefix(prefix)
         # Only walk the folder the prefix points into; the prefix itself is matched as a string (S3 semantics).
+        # Symbolic links to folders are not followed (os.walk's default).
         start = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
-        if not start.is_dir():
+        if not start.is_dir() or not start.resolve().is_relative_to(self.root):
             return
-        found: list[tuple[str, Path]] = []
+        found: list[tuple[str, Path, str]] = []
         for dirpath, dirnames, filenames in os.walk(start):
             dirnames[:] = [d for d in dirnames if not d.startswith(_TMP_PREFIX)]
             rel_dir = Path(dirpath).relative_to(self.root).as_posix()
@@ -228,14 +301,19 @@ class LocalStore(ObjectStore):
                 key = name if rel_dir == "." else f"{rel_dir}/{name}"
                 if not key.startswith(prefix):
                     continue
-                try:
-                    validate_key(key)
-                except InvalidKeyError as exc:
-                    logger.warning("skipping a file whose name is not a valid key: %s", exc)
-                    continue
-                found.append((key, Path(dirpath) / name))
-        for key, path in sorted(found):
-            if path.is_file():
+                path = Path(dirpath) / name
+                refused = self._refusal(key, path)
+                if refused:
+                    _note_refused(self.uri, key, refused, include_refused)
+                    if not include_refused:
+                        continue
+                found.append((key, path, refused))
+        for key, path, refused in sorted(found):
+            if refused:
+                st = path.lstat()
+                modified = datetime.fromtimestamp(st.st_mtime, tz=UTC)
+                yield ObjectInfo(key=key, size=0, last_modified=modified, refused=refused)
+            elif path.is_file():
                 yield self._info(key, path)
 
     def stat(self, key: str) -> ObjectInfo:
@@ -360,7 +438,14 @@ def _parse_s3_uri(uri: str) -> tuple[str, str]:
 class S3Store(ObjectStore):
     """MinIO or any S3-compatible server through the ``minio`` client; root ``s3://bucket[/prefix]``."""
 
-    def __init__(self, uri: str, *, part_size: int = DEFAULT_PART_SIZE, check_bucket: bool = True) -> None:
+    def __init__(
+        self,
+        uri: str,
+        *,
+        part_size: int = DEFAULT_PART_SIZE,
+        check_bucket: bool = True,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         """Connect with the ``MINIO_*`` environment variables.
 
         Args:
@@ -368,10 +453,15 @@ class S3Store(ObjectStore):
             part_size: Multipart part size for :meth:`put_file` (at least 5 MiB, the S3 minimum);
                 files larger than it are uploaded in parts.
             check_bucket: Check now that the bucket exists (one request).
+            retry: How transient faults are retried; default :meth:`RetryPolicy.from_env`.
 
         Raises:
-            StorageError: A setting is missing, the server cannot be reached or the bucket does not exist.
+            StorageError: A setting is missing or the bucket does not exist.
+            StorageUnavailableError: The server cannot be reached (after the retries).
+            StorageAccessError: The server refuses the credentials.
         """
+        import certifi
+        import urllib3
         from minio import Minio
         from minio.helpers import check_bucket_name
 
@@ -384,9 +474,18 @@ class S3Store(ObjectStore):
         if part_size < 5 * 1024 * 1024:
             raise StorageError(f"part_size must be at least 5 MiB, got {part_size}")
         self.part_size = part_size
+        self.retry = retry or RetryPolicy.from_env()
         settings = s3_settings_from_env()
         self.endpoint = settings["endpoint"]
         self.secure = settings["secure"]
+        # Bounded socket timeouts and no hidden retries in urllib3: every retry is :func:`retry_call`'s.
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=S3_CONNECT_TIMEOUT_S, read=S3_READ_TIMEOUT_S),
+            maxsize=10,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+            retries=False,
+        )
         try:
             self._client = Minio(
                 self.endpoint,
@@ -394,6 +493,7 @@ class S3Store(ObjectStore):
                 secret_key=os.environ["MINIO_SECRET_KEY"],
                 secure=self.secure,
                 region=settings["region"],
+                http_client=http,
             )
         except ValueError as exc:
             raise StorageError(f"cannot use MINIO_ENDPOINT {self.endpoint!r}: {exc}") from None
@@ -412,23 +512,38 @@ class S3Store(ObjectStore):
         return self._prefix + validate_key(key)
 
     def _call(self, what: str, fn: Any, key: str | None = None) -> Any:
-        import urllib3.exceptions
-        from minio.error import MinioException, S3Error
+        """Run one S3 request; transient faults are retried (bounded), every error is translated."""
+        return retry_call(f"{what} {key or ''} on {self.uri}", lambda: self._call_once(what, fn, key), self.retry)
 
+    def _call_once(self, what: str, fn: Any, key: str | None) -> Any:
+        import urllib3.exceptions
+        from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
+
+        target, where = f"{what} {key or ''} on {self.uri}".replace("  ", " "), self._where()
         try:
             return fn()
         except S3Error as exc:
+            status = exc.response.status if exc.response is not None else 0
             if exc.code in ("NoSuchKey", "NoSuchObject") and key is not None:
                 raise ObjectNotFoundError(f"no object {key!r} in {self.uri}") from None
             if exc.code == "NoSuchBucket":
                 raise StorageError(f"bucket {self.bucket!r} does not exist on {self._where()}") from None
-            raise StorageError(
-                f"{what} {key or ''} on {self.uri} failed: {exc.code}: {exc.message}".replace("  ", " ")
-            ) from None
+            if exc.code in _S3_ACCESS_CODES or status in (401, 403):
+                raise StorageAccessError(f"{target}: {where} refused the credentials ({exc.code})") from None
+            if exc.code in _S3_TRANSIENT_CODES or status >= 500:
+                raise StorageUnavailableError(f"{target} failed on {where}: {exc.code}: {exc.message}") from None
+            raise StorageError(f"{target} failed: {exc.code}: {exc.message}") from None
+        except (ServerError, InvalidResponseError) as exc:
+            status = exc.status_code if isinstance(exc, ServerError) else getattr(exc, "_code", 0)  # kept private
+            if status in (401, 403):
+                raise StorageAccessError(f"{target}: {where} refused the credentials (HTTP {status})") from None
+            if status >= 500 or status == 429:
+                raise StorageUnavailableError(f"{target} failed on {where}: HTTP {status}") from None
+            raise StorageError(f"{target} failed: HTTP {status} ({type(exc).__name__})") from None
         except MinioException as exc:
-            raise StorageError(f"{what} on {self.uri} failed: {type(exc).__name__}: {exc}") from None
-        except (urllib3.exceptions.HTTPError, ConnectionError) as exc:
-            raise StorageError(f"cannot reach {self._where()} ({what}): {type(exc).__name__}") from None
+            raise StorageError(f"{target} failed: {type(exc).__name__}: {exc}") from None
+        except (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as exc:
+            raise StorageUnavailableError(f"cannot reach {where} ({target}): {type(exc).__name__}") from None
 
     def uri_for(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._name(key)}"
@@ -441,7 +556,7 @@ class S3Store(ObjectStore):
             key=key, size=int(size or 0), last_modified=modified.astimezone(UTC), etag=(etag or "").strip('"')
         )
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", *, include_refused: bool = False) -> Iterator[ObjectInfo]:
         _validate_prefix(prefix)
         objects = self._call(
             "list",
@@ -452,12 +567,16 @@ class S3Store(ObjectStore):
             if obj.is_dir:
                 continue
             key = obj.object_name[len(self._prefix) :]
+            refused = ""
             try:
                 validate_key(key)
             except InvalidKeyError as exc:
-                logger.warning("skipping an object whose name is not a valid key: %s", exc)
-                continue
-            infos.append(self._to_info(key, obj.size, obj.last_modified, obj.etag))
+                refused = f"bad_name: {exc}"
+                _note_refused(self.uri, key, refused, include_refused)
+                if not include_refused:
+                    continue
+            info = self._to_info(key, obj.size, obj.last_modified, obj.etag)
+            infos.append(dataclasses.replace(info, refused=refused) if refused else info)
         yield from sorted(infos, key=lambda info: info.key)
 
     def stat(self, key: str) -> ObjectInfo:

@@ -10,14 +10,26 @@ Model files are plain folders (safetensors + JSON), not MLflow flavors: :func:`r
 the folder as the artifacts ``model`` of a run and registers a version whose source is that artifact
 folder; :func:`download_version` fetches the files back by version number or alias.
 
+Every call to a tracking server has a bounded total time: unless the environment says otherwise,
+:func:`_client` sets MLflow's own HTTP settings to 4 attempts (3 retries) with backoff waits of 0, 4 and 8 s
+(plus up to 1 s of jitter each) and a 10 s socket timeout, so one call gives up after about 13 s when the server
+refuses connections and after at most :data:`TRACKING_CALL_BOUND_S` (54 s) when it hangs, then raises with the
+cause (MLflow's own defaults take about 4 minutes, and 20 when the server hangs; benchmarks/tracking_outage.py).
+
+A stage that fails records why on its run and its parent (tag ``clipsync.end_reason``) with single, short calls,
+so a failure is never slowed down by the server that caused it. Runs a killed process left RUNNING are closed by
+the next :func:`close_stale_runs` (start_run calls it).
+
 ``mlflow`` is imported inside the functions so that importing this module stays cheap.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
+import os
 import re
 import shutil
 import tempfile
@@ -34,7 +46,23 @@ logger = logging.getLogger("clipsync.tracking")
 
 STAGE_TAG = "clipsync.stage"
 ROLE_TAG = "clipsync.role"
+CLIENT_TAG = "clipsync.client"
+#: The orchestrator's id of the DAG run (the KFP run's uuid) on its parent MLflow run.
+DAG_RUN_TAG = "clipsync.dag_run"
+#: Why a run did not end FINISHED (the failed stage's error, or what closed a run left RUNNING).
+END_REASON_TAG = "clipsync.end_reason"
 PARENT_RUN_TAG = "mlflow.parentRunId"
+#: MLflow's HTTP settings used unless the environment sets them (see the module docstring).
+HTTP_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+#: Worst case of one call with :data:`HTTP_LIMITS`: 4 attempts of 10 s, waits 0 + 4 + 8 s, up to 1 s jitter each.
+TRACKING_CALL_BOUND_S = 4 * 10 + (0 + 4 + 8) + 2 * 1
+# For the calls that record a failure: one attempt, a short timeout.
+_QUICK_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 MODEL_ARTIFACT_PATH = "model"
 _TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 # What MLflow accepts in metric/param keys (ASCII only: the server may validate differently).
@@ -42,6 +70,7 @@ _BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_.\- :/]")
 _MAX_KEY_LENGTH = 250
 _MAX_PARAM_LENGTH = 6000
 _MAX_TAG_LENGTH = 8000
+_DAG_RUN_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -55,9 +84,14 @@ def _sqlite_path(uri: str) -> Path | None:
 
 
 def _client(tracking: TrackingConfig) -> MlflowClient:
-    """Point MLflow (fluent API included) at the configured stores and return a client for them."""
+    """Point MLflow (fluent API included) at the configured stores and return a client for them.
+
+    Also bounds the time of every HTTP call this process makes to MLflow (:data:`HTTP_LIMITS`, unless set).
+    """
     import mlflow
 
+    for name, value in HTTP_LIMITS.items():
+        os.environ.setdefault(name, value)
     db = _sqlite_path(tracking.tracking_uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
@@ -68,6 +102,34 @@ def _client(tracking: TrackingConfig) -> MlflowClient:
 
 def _error_code(exc: Exception) -> str:
     return str(getattr(exc, "error_code", ""))
+
+
+@contextlib.contextmanager
+def _quick_calls() -> Iterator[None]:
+    """MLflow calls inside the block make one attempt with a short timeout (MLflow reads these per request)."""
+    saved = {name: os.environ.get(name) for name in _QUICK_LIMITS}
+    os.environ.update(_QUICK_LIMITS)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _best_effort(what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
+    """Call ``fn`` once, quickly; log instead of raising (used on paths that already fail)."""
+    try:
+        with _quick_calls():
+            fn(*args, **kwargs)
+    except Exception as exc:
+        logger.warning("could not %s: %s: %s", what, type(exc).__name__, exc)
+
+
+def _reason(text: str) -> str:
+    return text[:_MAX_TAG_LENGTH]
 
 
 def configure(tracking: TrackingConfig) -> str:
@@ -188,7 +250,7 @@ def start_parent_run(
         tracking: Where MLflow lives.
         run_name: Display name (for instance ``acme-2026-11``).
         params: Parameters of the whole DAG run (values become strings; dicts and lists JSON).
-        tags: Extra tags.
+        tags: Extra tags (start_run sets :data:`CLIENT_TAG` and :data:`DAG_RUN_TAG`).
 
     Returns:
         The run id.
@@ -201,6 +263,74 @@ def start_parent_run(
     return run_id
 
 
+def find_parent_run(tracking: TrackingConfig, dag_run_id: str) -> Any | None:
+    """The parent run opened for the DAG run ``dag_run_id`` (:data:`DAG_RUN_TAG`), or ``None``.
+
+    Returns:
+        An ``mlflow.entities.Run`` (the latest one if a retried start_run opened several).
+
+    Raises:
+        ValueError: If ``dag_run_id`` is not made of letters, digits, ``.``, ``_`` and ``-``.
+    """
+    if not _DAG_RUN_ID.fullmatch(dag_run_id):
+        raise ValueError(f"DAG run id must be 1-128 letters, digits, '.', '_' or '-', got {dag_run_id!r}")
+    client = _client(tracking)
+    experiment_id = configure(tracking)
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{ROLE_TAG}` = 'parent' and tags.`{DAG_RUN_TAG}` = '{dag_run_id}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def close_stale_runs(tracking: TrackingConfig, client_id: str, reason: str, keep_dag_run: str = "") -> list[str]:
+    """Mark every RUNNING parent and stage run of ``client_id`` KILLED, with ``reason`` as their end reason.
+
+    Call it only while holding the client's run lease (no other run of the client is alive then): a run still
+    RUNNING was left so by a process that was killed or lost the tracking server.
+
+    Args:
+        tracking: Where MLflow lives.
+        client_id: Whose runs (the parent's :data:`CLIENT_TAG`; a stage run belongs to its parent's client).
+        reason: Recorded as :data:`END_REASON_TAG` on each closed run.
+        keep_dag_run: The DAG run calling this (a retried start_run): its own runs stay open.
+
+    Returns:
+        The ids of the runs closed.
+    """
+    client = _client(tracking)
+    experiment_id = configure(tracking)
+    running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000)
+    owners: dict[str, Any] = {}
+
+    def owner(run: Any) -> Any | None:
+        tags = run.data.tags
+        if tags.get(ROLE_TAG) == "parent":
+            return run
+        parent_id = tags.get(PARENT_RUN_TAG) if tags.get(ROLE_TAG) == "stage" else None
+        if not parent_id:
+            return None
+        if parent_id not in owners:
+            owners[parent_id] = client.get_run(parent_id)
+        return owners[parent_id]
+
+    closed = []
+    for run in running:
+        parent = owner(run)
+        if parent is None or parent.data.tags.get(CLIENT_TAG) != client_id:
+            continue
+        if keep_dag_run and parent.data.tags.get(DAG_RUN_TAG) == keep_dag_run:
+            continue
+        client.set_tag(run.info.run_id, END_REASON_TAG, _reason(reason))
+        client.set_terminated(run.info.run_id, status="KILLED")
+        closed.append(run.info.run_id)
+    if closed:
+        logger.warning("closed %d runs left RUNNING (KILLED): %s", len(closed), reason)
+    return closed
+
+
 @contextlib.contextmanager
 def stage_run(
     tracking: TrackingConfig,
@@ -211,8 +341,10 @@ def stage_run(
     """Open a stage's run, nested under the DAG run's parent, as the active MLflow run.
 
     The run is named ``stage`` and tagged ``mlflow.parentRunId`` and ``clipsync.stage``. It ends FINISHED,
-    or FAILED if the block raised (the exception is re-raised and the parent run is marked FAILED too, since
-    the DAG run stops there; KILLED on KeyboardInterrupt/SystemExit).
+    or FAILED if the block raised: the error becomes the run's :data:`END_REASON_TAG`, and the parent run is
+    marked FAILED with it too, since the DAG run stops there (KILLED on KeyboardInterrupt/SystemExit). The
+    exception is re-raised. Those closing calls make one short attempt each (the tracking server may be what
+    failed); a run they cannot close is closed by the next :func:`close_stale_runs`.
 
     Args:
         tracking: Where MLflow lives.
@@ -241,22 +373,32 @@ def stage_run(
         yield run_id
         status = "FINISHED"
     except Exception as exc:
-        logger.error("stage %s failed (%s: %s); run %s marked FAILED", stage, type(exc).__name__, exc, run_id)
+        cause = f"{type(exc).__name__}: {exc}"
+        logger.error("stage %s failed (%s); run %s marked FAILED", stage, cause, run_id)
+        _best_effort("record the failure", client.set_tag, run_id, END_REASON_TAG, _reason(cause))
         if parent_run_id:
             # A failed stage fails the DAG run, and no later task will close the parent: close it here.
-            client.set_terminated(parent_run_id, status="FAILED")
+            _best_effort(
+                "tag the parent run", client.set_tag, parent_run_id, END_REASON_TAG, _reason(f"{stage}: {cause}")
+            )
+            _best_effort("close the parent run", client.set_terminated, parent_run_id, status="FAILED")
         raise
     except BaseException:
         status = "KILLED"
         raise
     finally:
         active = mlflow.active_run()
+        # end_run pops the active run before it calls the server, so a failed call leaves no active run behind.
         if active is not None and active.info.run_id == run_id:
-            mlflow.end_run(status=status)
+            end = functools.partial(mlflow.end_run, status=status)
         else:
             # The block ended or replaced the active run itself; close ours by id.
             logger.warning("stage %s: run %s was not the active run at exit", stage, run_id)
-            client.set_terminated(run_id, status=status)
+            end = functools.partial(client.set_terminated, run_id, status=status)
+        if status == "FINISHED":
+            end()  # the stage's work is only done once its record is: an error here fails the stage
+        else:
+            _best_effort(f"end run {run_id} {status}", end)
 
 
 def _require_active_run(what: str) -> Any:
@@ -325,6 +467,7 @@ def finish_parent_run(
     status: str = "FINISHED",
     summary: dict[str, object] | None = None,
     markdown: str | None = None,
+    reason: str = "",
 ) -> None:
     """Log the DAG run's summary on the parent run and terminate it.
 
@@ -337,6 +480,7 @@ def finish_parent_run(
         status: ``FINISHED``, ``FAILED`` or ``KILLED``.
         summary: Outcome of the DAG run (counts, scores, the gate's decision...).
         markdown: The human-readable summary, logged as the artifact ``summary.md``.
+        reason: Why the DAG run did not finish (:data:`END_REASON_TAG`), for ``FAILED`` / ``KILLED``.
 
     Raises:
         ValueError: On an unknown status.
@@ -363,6 +507,8 @@ def finish_parent_run(
         client.log_dict(parent_run_id, summary, "summary.json")
     if markdown:
         client.log_text(parent_run_id, markdown, "summary.md")
+    if reason:
+        client.set_tag(parent_run_id, END_REASON_TAG, _reason(reason))
     client.set_terminated(parent_run_id, status=status)
     logger.info("parent run %s ended %s", parent_run_id, status)
 

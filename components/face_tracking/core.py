@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from components.common.faults import is_infrastructure_error
 from components.face_tracking.config import FaceTrackingConfig
 from components.face_tracking.dataset import (
     AUDIO_DIR,
@@ -791,6 +792,8 @@ def process_video(
         audio = clip_audio(audio, rec.dense_start_s, len(frames), float(rec.dense_fps))
         faces = track_video(frames, float(rec.dense_fps), config, models, audio if rec.has_audio else None)
     except Exception as exc:  # a bad item is recorded with its reason; the batch goes on
+        if is_infrastructure_error(exc):  # a failing disk is not the video's problem
+            raise
         logger.warning("face_tracking: %s rejected: %s: %s", rec.video_id, type(exc).__name__, exc)
         return _replace(base, status="rejected", reason=f"{type(exc).__name__}: {exc}")
     n_frames = faces.n_frames

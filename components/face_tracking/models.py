@@ -47,6 +47,13 @@ LANDMARKER_TASK = "face_landmarker.task"
 BUNDLE_VERSION = 2
 MESH_POINTS = 468  # the face mesh; the Tasks graph's points 468-477 (irises) are padding here
 TASKS_POINTS = 478
+#: SHA-256 of the files as they are in the mediapipe==0.10.21 wheel (immutable on PyPI): a file that differs is
+#: not the model this code was written and tested against. The built ``.task`` is checked against ``models.json``.
+WHEEL_SHA256: dict[str, str] = {
+    "face_detection_short_range.tflite": "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8",
+    "face_detection_full_range_sparse.tflite": "2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1",
+    "face_landmark.tflite": "1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814",
+}
 
 
 class FaceModelError(RuntimeError):
@@ -215,6 +222,33 @@ def pad_landmark_model(model: bytes) -> bytes:
     builder = flatbuffers.Builder(len(model) + 4096)
     builder.Finish(root.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
+
+
+def verify_face_models(cache_dir: Path) -> FaceModelPaths:
+    """Locate the face model files and check their SHA-256 (a model server does this before loading them).
+
+    The wheel's files must match :data:`WHEEL_SHA256`, and every file the record ``models.json`` written by
+    :func:`fetch_face_models` (the built ``.task`` included).
+
+    Args:
+        cache_dir: The folder holding ``mediapipe/`` (in the serve image: the one ``clipsync fetch-models``
+            filled at build time).
+
+    Returns:
+        The paths of the files.
+
+    Raises:
+        FaceModelError: Naming the first file that is missing or differs.
+    """
+    paths = face_model_paths(cache_dir)
+    model_dir = Path(cache_dir) / SUBDIR
+    for name, expected in WHEEL_SHA256.items():
+        if _sha256(model_dir / name) != expected:
+            raise FaceModelError(f"{model_dir / name} is not the file of mediapipe=={WHEEL_VERSION} (sha256 differs)")
+    problems = _verify(model_dir)
+    if problems:
+        raise FaceModelError(f"face models in {model_dir} do not verify: {problems[0]}")
+    return paths
 
 
 def build_landmarker_task(detector: Path, landmark: Path, out: Path) -> Path:

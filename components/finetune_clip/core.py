@@ -678,6 +678,7 @@ def load_frame_samples(
     Returns:
         Samples per split (sorted by video id) and the skipped videos (``video_id``, ``reason``).
     """
+    from components.common.faults import is_infrastructure_error
     from components.frame_extraction.dataset import load_search_frames, read_frame_index
 
     out: dict[str, list[ClipSample]] = {s: [] for s in splits}
@@ -700,6 +701,8 @@ def load_frame_samples(
                 ClipSample(rec.video_id, prepare_frames(frames, frames_per_video, spec), labels, rec.category)
             )
         except Exception as exc:  # one unreadable video must not stop the stage
+            if is_infrastructure_error(exc):  # a failing disk is not the video's problem
+                raise
             skipped.append({"video_id": rec.video_id, "reason": f"bad_frames: {type(exc).__name__}: {exc}"})
             logger.warning("video %s skipped: %s", rec.video_id, exc)
     for samples in out.values():

@@ -705,6 +705,7 @@ def load_lipsync_videos(
     Returns:
         ``(videos, skipped)``.
     """
+    from components.common.faults import is_infrastructure_error
     from components.face_tracking.dataset import load_mouth_crops, load_sample_audio, read_face_index
 
     videos, skipped = [], []
@@ -724,6 +725,8 @@ def load_lipsync_videos(
             if rec.fps <= 0 or len(crops) == 0:
                 raise ValueError(f"fps {rec.fps}, {len(crops)} frames")
         except (OSError, ValueError) as exc:
+            if is_infrastructure_error(exc):  # a failing disk is not the video's problem
+                raise
             skipped.append({"video_id": rec.video_id, "reason": f"unreadable: {exc}"})
             logger.warning("finetune_lipsync: skipping %s: %s", rec.video_id, exc)
             continue

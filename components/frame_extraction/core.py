@@ -11,7 +11,9 @@ arrays (reused ``VideoReformatter`` contexts), so a 4K frame never becomes a ful
 Times are ``pts * time_base`` (variable frame rate safe); rotation metadata (the display matrix) is
 applied so frames are upright. The dense clip is ``dense_seconds`` of consecutive frames where the audio
 RMS energy is highest. A video that fails mid-decode keeps what it produced if that is at least
-``min_frames`` search frames (``partial``), else it is rejected with the reason; the stage goes on.
+``min_frames`` search frames (``partial``), else it is rejected with the reason; the stage goes on. An
+infrastructure fault (the store unreachable after its bounded retries, a failing disk) is not the video's: it
+fails the stage, and a rerun starts over.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from components.common.faults import is_infrastructure_error
 from components.common.manifest import VideoRecord, read_manifest
 from components.frame_extraction.config import FrameExtractionConfig
 from components.frame_extraction.dataset import (
@@ -654,17 +657,26 @@ def _local_video(record: VideoRecord, source_uri: str, cache_dir: Path) -> Path:
 
 
 def _process(record: VideoRecord, source_uri: str, cache_dir: str, config: FrameExtractionConfig) -> ExtractedVideo:
-    """Worker entry point (top level so that a spawned process can import it)."""
+    """Worker entry point (top level so that a spawned process can import it).
+
+    Raises:
+        Exception: An infrastructure fault (the store unreachable after its retries, a failing disk): it fails
+            the stage instead of being recorded against the video.
+    """
     started = time.perf_counter()
     try:
         path = _local_video(record, source_uri, Path(cache_dir))
     except FileNotFoundError as exc:
         return _rejected(ExtractedVideo(video_id=record.video_id), f"missing_file: {exc}", started)
     except Exception as exc:  # a bad item is recorded with its reason; the batch goes on
+        if is_infrastructure_error(exc):
+            raise
         return _rejected(ExtractedVideo(video_id=record.video_id), f"fetch_error: {type(exc).__name__}: {exc}", started)
     try:
         return extract_video(path, record, config)
     except Exception as exc:  # an unexpected failure of one video must not stop the stage
+        if is_infrastructure_error(exc):
+            raise
         logger.exception("frame_extraction: %s failed", record.video_id)
         return _rejected(
             ExtractedVideo(video_id=record.video_id), f"internal_error: {type(exc).__name__}: {exc}", started
@@ -708,6 +720,8 @@ def _results(
                     pool.shutdown(wait=False, cancel_futures=True)
                     pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
                 except Exception as exc:  # the result could not come back (e.g. not picklable)
+                    if is_infrastructure_error(exc):
+                        raise
                     result = failed(record, f"{type(exc).__name__}: {exc}")
                 yield record, result
                 continue
@@ -726,6 +740,8 @@ def _results(
                 pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
                 continue
             except Exception as exc:  # the result could not come back (e.g. not picklable)
+                if is_infrastructure_error(exc):  # the store or the disk failed: the stage fails with it
+                    raise
                 result = failed(record, f"{type(exc).__name__}: {exc}")
             yield record, result
     finally:
@@ -777,6 +793,9 @@ def run_frame_extraction(
 
     Returns:
         Counts, timings and one row per video.
+
+    Raises:
+        StorageUnavailableError: The source store failed (after its retries); no video is rejected for it.
     """
     from tqdm import tqdm
 

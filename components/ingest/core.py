@@ -1,8 +1,11 @@
 """Ingest: list the month's uploads, validate and deduplicate them, write the manifest.
 
 The client's store is only read: videos under ``storage.videos_prefix``, label records (JSON Lines) under
-``storage.labels_prefix``. Every video uploaded in the window gets one manifest row: ``accepted``,
-``rejected`` with a ``"code: detail"`` reason, or ``duplicate`` of an earlier upload with the same content.
+``storage.labels_prefix``. Every object uploaded in the window under the videos prefix gets one manifest row:
+``accepted``, ``rejected`` with a ``"code: detail"`` reason (an object the store refuses to read, such as a name
+with a backslash or a control character, is rejected as ``bad_name``), or ``duplicate`` of an earlier upload
+with the same content. An outage of the store is not a property of the videos: it fails the stage (after the
+store's bounded retries) and nothing is recorded for the videos it did not reach.
 """
 
 from __future__ import annotations
@@ -17,11 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from components.common.config import ClientConfig, IngestConfig
+from components.common.faults import is_infrastructure_error
 from components.common.manifest import VideoRecord, write_manifest
 from components.common.storage import (
     InvalidKeyError,
     LocalStore,
     ObjectInfo,
+    ObjectNotFoundError,
+    OutsideStoreError,
     StorageError,
     fetch_to_local,
     open_store,
@@ -32,6 +38,8 @@ logger = logging.getLogger("clipsync.ingest")
 
 #: Every rejection code ingest can give (each becomes an ``ingest_rejected_<code>`` metric, 0 when unused).
 REJECT_CODES = (
+    "bad_name",
+    "bad_link",
     "empty_file",
     "too_large",
     "unreadable",
@@ -169,7 +177,10 @@ def read_labels(store: Any, labels_prefix: str, videos_prefix: str) -> tuple[dic
     """
     records: dict[str, _Label] = {}
     problems: list[str] = []
-    for info in store.list(labels_prefix):
+    for info in store.list(labels_prefix, include_refused=True):
+        if info.refused:
+            problems.append(f"{info.key!r}: {info.refused}; file ignored")
+            continue
         if not info.key.endswith(LABEL_SUFFIXES):
             problems.append(f"{info.key}: not a JSON Lines file ({'/'.join(LABEL_SUFFIXES)}), ignored")
             continue
@@ -319,7 +330,8 @@ def run_ingest(config: ClientConfig, as_of: date, manifest_path: Path) -> Ingest
         The run's counts.
 
     Raises:
-        StorageError: If the source store cannot be opened or listed.
+        StorageError: If the source store cannot be opened, listed or read (an outage after the bounded
+            retries is a :class:`~components.common.storage.StorageUnavailableError`); no manifest is written.
     """
     from tqdm import tqdm
 
@@ -333,7 +345,7 @@ def run_ingest(config: ClientConfig, as_of: date, manifest_path: Path) -> Ingest
     start = _day_start(as_of - timedelta(days=config.window.days))
 
     labels, problems = read_labels(store, storage_cfg.labels_prefix, storage_cfg.videos_prefix)
-    objects: list[ObjectInfo] = list(store.list(storage_cfg.videos_prefix))
+    objects: list[ObjectInfo] = list(store.list(storage_cfg.videos_prefix, include_refused=True))
     keys = {info.key for info in objects}
     for path in sorted(set(labels) - keys):
         problems.append(f"{labels[path].where}: video_path {path!r} not found in {store.uri}")
@@ -359,7 +371,7 @@ def run_ingest(config: ClientConfig, as_of: date, manifest_path: Path) -> Ingest
         return VideoRecord(
             video_id=sha[:16],
             key=info.key,
-            uri=store.uri_for(info.key),
+            uri="" if info.refused else store.uri_for(info.key),
             sha256=sha,
             size_bytes=info.size,
             uploaded_at=uploaded.isoformat(),
@@ -375,6 +387,9 @@ def run_ingest(config: ClientConfig, as_of: date, manifest_path: Path) -> Ingest
     # Order by upload time then key, so the first upload of some content is the one that is kept.
     in_window.sort(key=lambda item: (item[1], item[0].key))
     for info, uploaded in tqdm(in_window, desc="ingest: hash", unit="video"):
+        if info.refused:
+            records.append(base(info, uploaded, "", status="rejected", reason=info.refused))
+            continue
         if info.size == 0:
             records.append(base(info, uploaded, "", status="rejected", reason="empty_file: the file is 0 bytes"))
             continue
@@ -385,13 +400,15 @@ def run_ingest(config: ClientConfig, as_of: date, manifest_path: Path) -> Ingest
         try:
             local = fetch_to_local(store, info.key, cache_dir)
             sha = sha256_file(local)
-        except (StorageError, OSError) as exc:
+        except (ObjectNotFoundError, OutsideStoreError, OSError) as exc:
+            if is_infrastructure_error(exc):  # a failing disk or mount, not the video
+                raise
             records.append(base(info, uploaded, "", status="rejected", reason=f"unreadable: {exc}"))
             continue
         hashed.append((info, uploaded, sha, local))
 
     for record in records:
-        logger.warning("rejected %s: %s", record.key, record.reason)
+        logger.warning("rejected %r: %s", record.key, record.reason)
 
     first_of: dict[str, str] = {}
     for info, uploaded, sha, local in tqdm(hashed, desc="ingest: validate", unit="video"):

@@ -1,4 +1,9 @@
-"""summary: the run's closing report, built from what the stages logged to MLflow; it closes the parent run."""
+"""summary: the run's closing report, built from what the stages logged to MLflow; it closes the parent run.
+
+:func:`finish_run` is the DAG's exit handler: it runs whatever happened to the other tasks. After a successful
+run it hands on the summary; after a failure it writes one saying what failed, why, and what was still promoted,
+closes the parent MLflow run FAILED, and in both cases gives back the client's run lease.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +17,13 @@ logger = logging.getLogger("clipsync.summary")
 
 @dataclass(frozen=True)
 class StageResult:
-    """One nested MLflow run of the DAG run."""
+    """One nested MLflow run of the DAG run (``reason``: why it did not finish, if it did not)."""
 
     stage: str
     status: str
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -33,15 +39,18 @@ class RunSummary:
     artifacts: dict[str, str]
     decisions: list[str] = field(default_factory=list)
     outcomes: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    promoted: list[str] = field(default_factory=list)
 
     def to_markdown(self) -> str:
         """Render the summary a person reads at the end of a run."""
-        lines = [
-            f"# monthly_retrain: {self.client_id}, window of {self.window_days} days up to {self.as_of}",
-            "",
-            "| stage | status | seconds | figures |",
-            "|---|---|---:|---|",
-        ]
+        title = f"# monthly_retrain: {self.client_id}, window of {self.window_days} days up to {self.as_of}"
+        lines = [title + (": **FAILED**" if self.failures else "")]
+        if self.failures:
+            lines += ["", "## What failed", "", *[f"- {f}" for f in self.failures]]
+            lines += ["", "## Promoted by this run", "", *([f"- {p}" for p in self.promoted] or ["- nothing"])]
+        if self.stages:
+            lines += ["", "| stage | status | seconds | figures |", "|---|---|---:|---|"]
         for stage in self.stages:
             # Zero counts of rejection reasons are logged every month for stable names; here they are noise.
             shown = {k: v for k, v in stage.metrics.items() if not ("rejected_" in k and v == 0)}
@@ -53,9 +62,11 @@ class RunSummary:
                 lines += [decision.strip(), ""]
         if self.outcomes:
             lines += ["## Deploy", "", *[o.strip() for o in self.outcomes]]
-        lines += ["", "Outputs:"]
-        lines += [f"- {name}: {uri}" for name, uri in sorted(self.artifacts.items())]
-        lines += ["", f"MLflow parent run {self.parent_run_id}: {self.run_link}"]
+        if self.artifacts:
+            lines += ["", "Outputs:"]
+            lines += [f"- {name}: {uri}" for name, uri in sorted(self.artifacts.items())]
+        if self.parent_run_id:
+            lines += ["", f"MLflow parent run {self.parent_run_id}: {self.run_link}"]
         return "\n".join(lines) + "\n"
 
 
@@ -84,6 +95,7 @@ def collect_stages(config: ClientConfig, parent_run_id: str) -> list[StageResult
                 status=run.info.status,
                 seconds=(end - run.info.start_time) / 1000.0,
                 metrics=dict(run.data.metrics),
+                reason=run.data.tags.get(tracking.END_REASON_TAG, ""),
             )
         )
     return stages
@@ -133,3 +145,148 @@ def summarize(
     )
     logger.info("summary: %d stages, %d failed", len(stages), len(failed))
     return summary
+
+
+def promoted_by(config: ClientConfig, parent_run_id: str) -> list[str]:
+    """What this DAG run promoted: each model whose registry ``champion`` is a version trained under it."""
+    from mlflow import MlflowClient
+
+    from components.common import tracking
+    from components.deploy.core import PREDICTOR_OF, registered_name
+
+    client = MlflowClient()
+    promoted = []
+    for model in PREDICTOR_OF:
+        name = registered_name(model, config.client_id)
+        version = tracking.get_version_by_alias(config.tracking, name, "champion")
+        if version is None:
+            continue
+        source_run = client.get_model_version(name, version).run_id
+        if source_run and client.get_run(source_run).data.tags.get(tracking.PARENT_RUN_TAG) == parent_run_id:
+            promoted.append(f"{model}: {name} v{version} is the champion now")
+    return promoted
+
+
+def _cause(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def finish_run(
+    client_id: str,
+    config_yaml: str,
+    as_of: str,
+    window_days: int,
+    dag_run_id: str,
+    state: str,
+    error: str = "",
+) -> str:
+    """Close one DAG run whatever happened to its tasks: the exit handler's work.
+
+    After a run whose tasks all succeeded it returns the summary the summary task logged. Otherwise it builds
+    one from what MLflow holds: which stages failed and why (their end reasons), which ran, and which model
+    this run still promoted; it closes the parent run FAILED with that summary. Either way it gives back the
+    client's run lease if this DAG run holds it. Faults met on the way (MLflow or the store unreachable) are
+    written into the summary instead of failing the exit handler.
+
+    Args:
+        client_id: The DAG's parameter (as start_run got it).
+        config_yaml: The DAG's parameter.
+        as_of: The DAG's parameter.
+        window_days: The DAG's parameter.
+        dag_run_id: The DAG run's id (start_run's lease holder and :data:`tracking.DAG_RUN_TAG`).
+        state: The final state of the DAG's tasks from the orchestrator (``SUCCEEDED``, ``FAILED``, ...).
+        error: The orchestrator's error message, if any.
+
+    Returns:
+        The summary (Markdown).
+    """
+    from components.common import lease, tracking
+    from components.common.storage import open_store
+    from components.start_run.core import resolve_config
+
+    try:
+        config = resolve_config(client_id, config_yaml, as_of, window_days)
+    except Exception as exc:  # start_run failed on the same configuration
+        return f"# monthly_retrain: {client_id or 'acme'}: **FAILED**\n\n## What failed\n\n- configuration: {exc}\n"
+    notes: list[str] = []
+    parent = None
+    try:
+        parent = tracking.find_parent_run(config.tracking, dag_run_id)
+    except Exception as exc:
+        notes.append(f"the run's record could not be read from MLflow ({config.tracking.tracking_uri}): {_cause(exc)}")
+
+    markdown = ""
+    if state == "SUCCEEDED" and parent is not None and parent.info.status == "FINISHED":
+        import mlflow
+
+        try:
+            markdown = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/summary.md")
+        except Exception as exc:
+            notes.append(f"the summary could not be read from MLflow: {_cause(exc)}")
+    if not markdown:
+        markdown = _failure_summary(config, parent, state, error, notes)
+
+    try:
+        released = lease.release(open_store(config.storage.artifacts_uri), dag_run_id, f"DAG run ended {state}")
+        if not released and parent is not None:
+            notes.append("the run lease was not held by this run any more")
+    except Exception as exc:
+        notes.append(f"the run lease could not be released (it expires by itself): {_cause(exc)}")
+    if notes:
+        markdown += "\n" + "\n".join(f"Note: {n}" for n in notes) + "\n"
+    logger.info("finish_run: DAG run %s ended %s", dag_run_id, state)
+    return markdown
+
+
+def _failure_summary(config: ClientConfig, parent, state: str, error: str, notes: list[str]) -> str:
+    """The summary of a DAG run that did not succeed; closes its parent run FAILED."""
+    from components.common import lease, tracking
+    from components.common.storage import open_store
+
+    stages: list[StageResult] = []
+    promoted: list[str] = []
+    failures: list[str] = []
+    parent_id = parent.info.run_id if parent is not None else ""
+    if parent is not None:
+        try:
+            stages = collect_stages(config, parent_id)
+            promoted = promoted_by(config, parent_id)
+        except Exception as exc:
+            notes.append(f"the stages' records could not be read from MLflow: {_cause(exc)}")
+        failures = [
+            f"{s.stage}: {s.status}: {s.reason or 'no reason recorded'}" for s in stages if s.status != "FINISHED"
+        ]
+    elif notes:
+        failures.append("which stage failed is unknown: MLflow could not be read (see the notes below)")
+    else:
+        failures.append("start_run: no MLflow run was opened for this DAG run")
+        try:
+            current = lease.read_lease(open_store(config.storage.artifacts_uri))
+            if current is not None and not lease.staleness(current):
+                failures[-1] += f"; the client's run lease is held by {current.describe()}"
+        except Exception as exc:
+            notes.append(f"the run lease could not be read: {_cause(exc)}")
+    if error and not any(s.status != "FINISHED" for s in stages):  # the stages' own reasons say more
+        failures.append(f"orchestrator: {error}")
+    if not failures:
+        failures.append(f"the DAG's tasks ended {state} (every stage that ran finished; a later task did not run)")
+    summary = RunSummary(
+        client_id=config.client_id,
+        as_of=config.window.as_of,
+        window_days=config.window.days,
+        parent_run_id=parent_id,
+        run_link=tracking.run_link(config.tracking, parent_id) if parent_id else "",
+        stages=stages,
+        artifacts={},
+        failures=failures,
+        promoted=promoted,
+    )
+    markdown = summary.to_markdown()
+    if parent is not None:
+        try:
+            tracking.finish_parent_run(
+                config.tracking, parent_id, status="FAILED", markdown=markdown, reason="; ".join(failures)
+            )
+        except Exception as exc:
+            notes.append(f"the parent run could not be closed (the next start_run closes it): {_cause(exc)}")
+    return markdown
