@@ -11,7 +11,6 @@ Only the standard library and kfp are imported at module level.
 from __future__ import annotations
 
 import logging
-import re
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,7 +20,6 @@ from typing import Any
 logger = logging.getLogger("clipsync.schedule")
 
 DEFAULT_CRON = "0 0 2 1 * *"
-_CLIENT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}[a-z0-9]$")
 _DESCRIPTORS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 _MONTHS = ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]
 _DAYS = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"]
@@ -106,8 +104,10 @@ def validate_cron(expr: str) -> str:
 
 
 def _check_client(client_id: str) -> None:
-    if not _CLIENT_ID.match(client_id or ""):
-        raise ScheduleError(f"client id must be 2-42 lower-case letters, digits or dashes, got {client_id!r}")
+    from components.common.names import CLIENT_ID_RULE, is_client_id
+
+    if not is_client_id(client_id):
+        raise ScheduleError(f"client id must be {CLIENT_ID_RULE}, got {client_id!r}")
 
 
 def pipeline_name(client_id: str) -> str:

@@ -188,13 +188,14 @@ def champion_specs(config: Any, clip_dir: str | Path | None = None, lipsync_dir:
     """
     from components.common import tracking as tr
     from components.common.champions import read_champions
+    from components.common.names import registered_name
     from serving.repository import ModelSpec
 
     state_dir = Path(config.state_dir)
     recorded = read_champions(state_dir)
     specs: list[ModelSpec] = []
     for model, kind, explicit in (("clip", "clip-search", clip_dir), ("lipsync", "lipsync", lipsync_dir)):
-        name = f"{model}-{config.client_id}"
+        name = registered_name(model, config.client_id)
         if explicit:
             specs.append(ModelSpec(name, kind, str(Path(explicit).resolve())))
         elif name in recorded:

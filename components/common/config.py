@@ -15,13 +15,13 @@ import contextlib
 import dataclasses
 import json
 import os
-import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from components.ab_gate.config import GatePolicy
 from components.common.errors import ConfigError, require
+from components.common.names import CLIENT_ID_RULE, is_client_id
 from components.deploy.config import DeployConfig
 from components.face_tracking.config import FaceTrackingConfig
 from components.finetune_clip.config import FinetuneClipConfig
@@ -30,7 +30,6 @@ from components.frame_extraction.config import FrameExtractionConfig
 from serving.config import ServingConfig
 
 __all__ = ["ClientConfig", "ConfigError", "from_dict", "load_config"]
-CLIENT_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}[a-z0-9]$")
 
 
 def default_state_dir() -> Path:
@@ -272,10 +271,7 @@ class ClientConfig:
     pipeline_gpu: PipelineGpuConfig = field(default_factory=PipelineGpuConfig)
 
     def __post_init__(self) -> None:
-        require(
-            bool(CLIENT_ID_PATTERN.match(self.client_id)),
-            f"client_id must be 2-42 lower-case letters, digits or dashes, got {self.client_id!r}",
-        )
+        require(is_client_id(self.client_id), f"client_id must be {CLIENT_ID_RULE}, got {self.client_id!r}")
         require(bool(self.state_dir) and Path(self.state_dir).is_absolute(), "state_dir must be absolute")
 
     def to_json(self) -> str:

@@ -74,7 +74,7 @@ def keep(config: str, parent_run_id: str, model: str, decision: str) -> str:
     from components.ab_gate.core import Decision
     from components.common import tracking
     from components.common.config import ClientConfig
-    from components.deploy.core import registered_name
+    from components.common.names import registered_name
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = ClientConfig.from_json(config)

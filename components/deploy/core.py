@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from components.common.config import TrackingConfig
+from components.common.names import registered_name
 from components.deploy.config import DeployConfig
 from components.deploy.errors import DeployError
 
@@ -110,13 +111,6 @@ class DeployResult:
         before = f"previous: v{p.previous}" if p.previous else "first champion"
         moved = f"champion -> v{p.champion} ({before})" if p.changed else f"champion stays v{p.champion}"
         return f"- deploy {self.model}: {self.name} v{self.version} {where}; {moved}\n"
-
-
-def registered_name(model: str, client_id: str) -> str:
-    """The registry name of a client's model (``clip-acme``)."""
-    if model not in PREDICTOR_OF:
-        raise ValueError(f"model must be one of {', '.join(PREDICTOR_OF)}, got {model!r}")
-    return f"{model}-{client_id}"
 
 
 def storage_uri_for(cfg: DeployConfig, client_id: str, name: str, version: str) -> str:

@@ -29,8 +29,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from components.common.names import registered_name
 from components.deploy.config import PREDICTORS, SERVING_TOKEN_SECRET, DeployConfig
-from components.deploy.core import GRPC_PORT, HTTP_PORT, MODEL_DIR, SERVER_MODULE, registered_name, storage_uri_for
+from components.deploy.core import GRPC_PORT, HTTP_PORT, MODEL_DIR, SERVER_MODULE, storage_uri_for
 from components.deploy.kserve import PART_OF, build_inference_service, build_trained_model
 
 HEADER = (

@@ -484,9 +484,10 @@ def run_evaluate_clip(
     import tempfile
 
     from components.common import tracking
+    from components.common.names import registered_name
     from components.finetune_clip.model import resolve_base_ref
 
-    name = f"clip-{config.client_id}"
+    name = registered_name("clip", config.client_id)
     Path(config.state_dir).mkdir(parents=True, exist_ok=True)
     version = tracking.get_version_by_alias(config.tracking, name, "champion")
     with tempfile.TemporaryDirectory(dir=config.state_dir, prefix=".champion-") as tmp:

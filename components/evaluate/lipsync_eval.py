@@ -258,8 +258,9 @@ def fetch_champion(config, dest: str | Path) -> tuple[Path, str] | None:
         ``(model folder, registry version)``, or ``None`` when there is no champion yet (first month).
     """
     from components.common import tracking
+    from components.common.names import registered_name
 
-    name = f"lipsync-{config.client_id}"
+    name = registered_name("lipsync", config.client_id)
     version = tracking.get_version_by_alias(config.tracking, name, "champion")
     if version is None:
         return None

@@ -20,6 +20,7 @@ def finetune_clip(
     from pathlib import Path
 
     from components.common.config import ClientConfig
+    from components.common.names import registered_name
     from components.finetune_clip.core import run_finetune_clip
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -27,7 +28,7 @@ def finetune_clip(
     report = run_finetune_clip(Path(frames.path), Path(model.path), cfg, parent_run_id=parent_run_id)
     model.metadata.update(
         {
-            "registered_name": f"clip-{cfg.client_id}",
+            "registered_name": registered_name("clip", cfg.client_id),
             "registered_version": report.registered_version or "",
             "strategy": report.strategy,
             "base_model": report.base_model,

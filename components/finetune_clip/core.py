@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from components.common import checkpoints as ckpt
+from components.common.names import registered_name
 from components.common.no_challenger import NotTrainable, write_no_challenger
 from components.finetune_clip.config import FinetuneClipConfig
 from components.finetune_clip.model import (
@@ -822,7 +823,7 @@ def run_finetune_clip(
             return report
         report.registered_version = tracking.register_model_dir(
             config.tracking,
-            f"clip-{config.client_id}",
+            registered_name("clip", config.client_id),
             Path(out_dir),
             run_id,
             alias="challenger",

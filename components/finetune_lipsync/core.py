@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from components.common import checkpoints as ckpt
 from components.common.device import resolve_device
+from components.common.names import registered_name
 from components.common.no_challenger import NotTrainable, write_no_challenger
 from components.finetune_lipsync.augment import AugmentParams, augment_video, random_speed, speed_window
 from components.finetune_lipsync.config import FinetuneLipsyncConfig
@@ -805,7 +806,7 @@ def run_finetune_lipsync(
         len(skipped),
     )
     params = {**asdict(cfg), "n_train_videos": len(train), "n_val_videos": len(val), "n_skipped": len(skipped)}
-    name = f"lipsync-{config.client_id}"
+    name = registered_name("lipsync", config.client_id)
     with (
         tracking.stage_run(config.tracking, parent_run_id, "finetune_lipsync", params) as run_id,
         tempfile.TemporaryDirectory(prefix="lipsync-pretrained-") as work,

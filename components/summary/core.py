@@ -152,11 +152,11 @@ def promoted_by(config: ClientConfig, parent_run_id: str) -> list[str]:
     from mlflow import MlflowClient
 
     from components.common import tracking
-    from components.deploy.core import PREDICTOR_OF, registered_name
+    from components.common.names import MODELS, registered_name
 
     client = MlflowClient()
     promoted = []
-    for model in PREDICTOR_OF:
+    for model in MODELS:
         name = registered_name(model, config.client_id)
         version = tracking.get_version_by_alias(config.tracking, name, "champion")
         if version is None:
