@@ -187,7 +187,7 @@ def champion_specs(config: Any, clip_dir: str | Path | None = None, lipsync_dir:
     A model with none of them is skipped with a warning.
     """
     from components.common import tracking as tr
-    from components.common.champions import read_champions
+    from components.common.champions import champion_version, read_champions
     from components.common.names import registered_name
     from serving.repository import ModelSpec
 
@@ -201,7 +201,7 @@ def champion_specs(config: Any, clip_dir: str | Path | None = None, lipsync_dir:
         elif name in recorded:
             specs.append(ModelSpec(name, kind, recorded[name]["path"], str(recorded[name].get("version", ""))))
         else:
-            version = tr.get_version_by_alias(config.tracking, name, "champion")
+            version = champion_version(config.tracking, model, config.client_id)
             if version is None:
                 logger.warning("%s has no champion; not served", name)
                 continue

@@ -32,7 +32,7 @@ def run_ab_gate(
         The decision (keeping the champion is a normal outcome).
     """
     from components.common import tracking
-    from components.common.names import registered_name
+    from components.common.champions import champion_version
 
     policy = config.ab_gate
     if model not in ("clip", "lipsync"):
@@ -43,9 +43,7 @@ def run_ab_gate(
         if model == "clip":
             champion, challenger, base = clip_evaluations(Path(report_dir), challenger_version)
         else:
-            current = tracking.get_version_by_alias(
-                config.tracking, registered_name("lipsync", config.client_id), "champion"
-            )
+            current = champion_version(config.tracking, "lipsync", config.client_id)
             champion, challenger, base = lipsync_evaluations(Path(report_dir), challenger_version, current)
         decision = decide(champion, challenger, policy, base=base)
     except NotEvaluable as exc:

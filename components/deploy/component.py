@@ -73,8 +73,8 @@ def keep(config: str, parent_run_id: str, model: str, decision: str) -> str:
 
     from components.ab_gate.core import Decision
     from components.common import tracking
+    from components.common.champions import champion_version
     from components.common.config import ClientConfig
-    from components.common.names import registered_name
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = ClientConfig.from_json(config)
@@ -83,9 +83,8 @@ def keep(config: str, parent_run_id: str, model: str, decision: str) -> str:
     with tracking.stage_run(cfg.tracking, parent_run_id, f"deploy_{model}", params):
         tracking.log_metrics({f"deploy_{model}_changed": 0.0})
     reason = kept.reasons[0] if kept.reasons else "gate said keep"
-    name = registered_name(model, cfg.client_id)
     champion = kept.baseline_version if kept.baseline == "champion" else ""
-    champion = champion or tracking.get_version_by_alias(cfg.tracking, name, "champion")
+    champion = champion or champion_version(cfg.tracking, model, cfg.client_id)
     staying = f"champion v{champion} serves" if champion else "no champion yet, nothing serves"
     what = f"{kept.challenger_label} not deployed" if kept.challenger_version else "nothing to deploy"
     return f"- deploy {model}: {what}, {staying} ({reason})\n"

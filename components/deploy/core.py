@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from components.common.champions import CHAMPION, PREVIOUS
 from components.common.config import TrackingConfig
 from components.common.names import registered_name
 from components.deploy.config import DeployConfig
@@ -38,8 +39,6 @@ __all__ = ["DeployError", "DeployResult", "Promotion", "deploy_model", "register
 
 #: model (registry / gate name) -> predictor (serving name)
 PREDICTOR_OF = {"clip": "clip-search", "lipsync": "lipsync"}
-CHAMPION = "champion"
-PREVIOUS = "previous"
 #: Where the predictor container finds the files KServe's storage initializer / model agent downloaded.
 MODEL_DIR = "/mnt/models"
 #: The predictor entry point of the serve image (serving/ provides it) and its ports.

@@ -484,16 +484,15 @@ def run_evaluate_clip(
     import tempfile
 
     from components.common import tracking
-    from components.common.names import registered_name
+    from components.common.champions import fetch_champion
     from components.finetune_clip.model import resolve_base_ref
 
-    name = registered_name("clip", config.client_id)
     Path(config.state_dir).mkdir(parents=True, exist_ok=True)
-    version = tracking.get_version_by_alias(config.tracking, name, "champion")
     with tempfile.TemporaryDirectory(dir=config.state_dir, prefix=".champion-") as tmp:
-        if version is not None:
-            baseline: str | Path = tracking.download_version(config.tracking, name, version, Path(tmp) / "champion")
-            kind = f"champion v{version}"
+        champion = fetch_champion(config.tracking, "clip", config.client_id, Path(tmp) / "champion")
+        if champion is not None:
+            baseline: str | Path = champion[0]
+            kind = f"champion v{champion[1]}"
         else:
             baseline, kind = resolve_base_ref(cfg.base_model, config.state_dir), "base"
         report = evaluate_clip(

@@ -247,26 +247,6 @@ class LipsyncEvalReport:
         return out
 
 
-def fetch_champion(config, dest: str | Path) -> tuple[Path, str] | None:
-    """Download the champion of ``lipsync-<client>`` into ``dest``.
-
-    Args:
-        config: The ClientConfig (tracking settings and client id).
-        dest: Target folder.
-
-    Returns:
-        ``(model folder, registry version)``, or ``None`` when there is no champion yet (first month).
-    """
-    from components.common import tracking
-    from components.common.names import registered_name
-
-    name = registered_name("lipsync", config.client_id)
-    version = tracking.get_version_by_alias(config.tracking, name, "champion")
-    if version is None:
-        return None
-    return tracking.download_version(config.tracking, name, version, Path(dest)), version
-
-
 def _score(model, videos, perturbation: tuple[str, float] | None = None) -> np.ndarray:
     from components.finetune_lipsync.model import predict_video
 
@@ -538,10 +518,12 @@ def run_evaluate_lipsync(
     """
     import tempfile
 
+    from components.common.champions import fetch_champion
+
     cfg = cfg or config.finetune_lipsync
     Path(config.state_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=config.state_dir, prefix=".lipsync-champion-") as tmp:
-        champion = fetch_champion(config, Path(tmp) / "champion")
+        champion = fetch_champion(config.tracking, "lipsync", config.client_id, Path(tmp) / "champion")
         report = evaluate_lipsync(challenger_dir, champion[0] if champion else None, faces_dir, out_dir, cfg)
     if champion is not None:
         report.champion_version = champion[1]

@@ -754,9 +754,9 @@ def resolve_pretrained(config, cfg: FinetuneLipsyncConfig, work_dir: Path) -> Pa
         if not path.is_file():
             raise FileNotFoundError(f"finetune_lipsync.pretrained: {path} does not exist")
         return path
-    from components.evaluate.lipsync_eval import fetch_champion
+    from components.common.champions import fetch_champion
 
-    champion = fetch_champion(config, work_dir / "champion")
+    champion = fetch_champion(config.tracking, "lipsync", config.client_id, work_dir / "champion")
     if champion is None:
         logger.warning("finetune_lipsync: lipsync-%s has no champion yet; training from scratch", config.client_id)
         return None

@@ -152,13 +152,14 @@ def promoted_by(config: ClientConfig, parent_run_id: str) -> list[str]:
     from mlflow import MlflowClient
 
     from components.common import tracking
+    from components.common.champions import champion_version
     from components.common.names import MODELS, registered_name
 
     client = MlflowClient()
     promoted = []
     for model in MODELS:
         name = registered_name(model, config.client_id)
-        version = tracking.get_version_by_alias(config.tracking, name, "champion")
+        version = champion_version(config.tracking, model, config.client_id)
         if version is None:
             continue
         source_run = client.get_model_version(name, version).run_id
