@@ -106,7 +106,7 @@ def render_video(category: str, kind: int, rng: np.random.Generator, n_frames: i
 
 def synthetic_samples(n: int, spec, frames_per_video: int, seed: int = 0) -> dict[str, list]:
     """Render ``n`` videos and split them 60/15/25 by a hash of the id."""
-    from components.finetune_clip.core import ClipSample
+    from components.finetune_clip.data import ClipSample
     from components.finetune_clip.model import prepare_frames
 
     rng = np.random.default_rng(seed)
@@ -131,7 +131,7 @@ def demo_scene_samples(per_category: int, spec, frames_per_video: int, seed: int
     60/15/25 by a hash of the video id (ingest's rule is also a content hash; the shares are the defaults).
     """
     from components.demo_data.scenes import CATEGORIES as SCENES
-    from components.finetune_clip.core import ClipSample
+    from components.finetune_clip.data import ClipSample
     from components.finetune_clip.model import prepare_frames
 
     out: dict[str, list] = {"train": [], "val": [], "test": []}

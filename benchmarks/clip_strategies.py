@@ -105,7 +105,8 @@ def child_epochs(strategy: str, epochs: int, videos: int, frames: int, batch: in
     sys.path.insert(0, str(REPO))
     from components.finetune_clip.base_model import generic_corpus, train_tokenizer
     from components.finetune_clip.config import FinetuneClipConfig
-    from components.finetune_clip.core import ClipSample, train_clip
+    from components.finetune_clip.core import train_clip
+    from components.finetune_clip.data import ClipSample
     from components.finetune_clip.model import ClipBundle, ImageSpec, prepare_frames
 
     torch.set_num_threads(threads)

@@ -77,7 +77,7 @@ def build_base(folder: Path, tiny: bool) -> Path:
 
 def clip_samples(n: int, frames: int, side: int, seed: int) -> list:
     """``n`` synthetic labelled videos of ``frames`` frames at ``side`` px (a coloured square per label)."""
-    from components.finetune_clip.core import ClipSample
+    from components.finetune_clip.data import ClipSample
     from components.finetune_clip.model import ImageSpec, prepare_frames
 
     rng = np.random.default_rng(seed)

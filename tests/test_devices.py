@@ -36,7 +36,7 @@ def tiny_base(tmp_path_factory) -> Path:
 
 
 def _samples(n: int, spec, seed: int = 0):
-    from components.finetune_clip.core import ClipSample
+    from components.finetune_clip.data import ClipSample
     from components.finetune_clip.model import prepare_frames
 
     rng = np.random.default_rng(seed)
@@ -60,7 +60,8 @@ def _all_on(module, device: torch.device) -> bool:
 @pytest.mark.parametrize("strategy", ["lora", "hybrid"])
 def test_clip_training_step_on_meta(tiny_base, strategy):
     """The step train_clip runs (encode, loss, backward, clipping, AdamW) with the model on meta: nothing on the CPU."""
-    from components.finetune_clip.core import _batch_loss, embed_samples
+    from components.finetune_clip.core import _batch_loss
+    from components.finetune_clip.metrics import embed_samples
     from components.finetune_clip.model import apply_strategy, load_base_clip
 
     bundle = load_base_clip(str(tiny_base))
@@ -95,8 +96,8 @@ def test_text_embeddings_do_not_depend_on_padding(tiny_base):
 
 
 def test_clip_evaluation_pass_on_meta(tiny_base):
-    from components.evaluate.clip_eval import retrieval_problem, score_model
-    from components.finetune_clip.core import query_video_similarity
+    from components.evaluate.clip_eval import score_model
+    from components.finetune_clip.metrics import query_video_similarity, retrieval_problem
     from components.finetune_clip.model import load_base_clip
 
     bundle = load_base_clip(str(tiny_base))

@@ -8,12 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from components.evaluate.clip_eval import (
-    ClipEvalReport,
-    retrieval_metrics,
-    retrieval_problem,
-    write_clip_report,
-)
+from components.evaluate.clip_eval import ClipEvalReport, write_clip_report
+from components.finetune_clip.metrics import retrieval_metrics, retrieval_problem
 
 
 def _constructed():
@@ -72,7 +68,7 @@ def test_retrieval_metrics_rejects_bad_input():
 
 
 def test_retrieval_problem_from_samples():
-    from components.finetune_clip.core import ClipSample
+    from components.finetune_clip.data import ClipSample
 
     samples = [
         ClipSample("a", None, ("forklift loading", "warehouse"), "industrial"),

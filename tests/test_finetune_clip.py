@@ -55,7 +55,7 @@ def _cfg(**kw) -> FinetuneClipConfig:
 
 
 def _samples(n: int, spec, seed: int, k: int = 2):
-    from components.finetune_clip.core import ClipSample
+    from components.finetune_clip.data import ClipSample
     from components.finetune_clip.model import prepare_frames
 
     rng = np.random.default_rng(seed)
@@ -202,7 +202,7 @@ def test_strategies_trainable_parameter_sets(tiny_base):
 
 
 def _embeddings(bundle, samples, texts):
-    from components.finetune_clip.core import embed_samples
+    from components.finetune_clip.metrics import embed_samples
     from components.finetune_clip.model import encode_texts
 
     with torch.no_grad():

@@ -1,17 +1,8 @@
 """evaluate (CLIP part): text-to-video retrieval of the challenger vs. the champion (or the base model).
 
-Definitions (the same code and the same test split for both models):
-
-- Queries: the unique label texts of the test videos (sorted). Relevant videos of a query: the test videos
-  carrying that label. A query's category: the most frequent category of its relevant videos.
-- Rank: the 1-based position of the first relevant video when all test videos are sorted by decreasing
-  cosine similarity to the query (ties keep the lower video index first). Recall@K: share of queries with
-  rank <= K. Median rank: median of the ranks. AP: mean over the relevant videos of the precision at their
-  positions; mAP: mean AP over queries.
-- Top-1 accuracy per category, two views: ``query_top1_by_category`` (text to video: share of the
-  category's queries whose first video is relevant) and ``video_top1_by_category`` (video to text: share of
-  the category's test videos whose most similar query is one of their labels).
-- Per-query arrays (rank, hit@1/5/10, AP) are kept by query text, so the A/B gate can run a paired test.
+Both models are scored with the same code on the same test split; the metrics and their definitions are
+:mod:`components.finetune_clip.metrics` (what training validates with). The per-query arrays are written beside
+the summary so that the A/B gate can run a paired test.
 """
 
 from __future__ import annotations
@@ -21,192 +12,27 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from components.finetune_clip.metrics import (
+    RetrievalResult,
+    query_video_similarity,
+    retrieval_metrics,
+    retrieval_problem,
+)
+
 if TYPE_CHECKING:
     from components.common.config import ClientConfig
     from components.finetune_clip.config import FinetuneClipConfig
-    from components.finetune_clip.core import ClipSample
+    from components.finetune_clip.data import ClipSample
 
 logger = logging.getLogger("clipsync.evaluate")
 
-RELEVANCE = ("label", "category")
 REPORT_FILES = ("clip_eval.json", "clip_per_query.json", "clip_report.md", "clip_report.html", "clip_per_category.png")
-
-
-@dataclass
-class RetrievalResult:
-    """Retrieval metrics of one model on one query set.
-
-    Attributes:
-        queries: Query ids (label texts), aligned with every per-query array.
-        query_categories: Category of each query.
-        rank: 1-based rank of the first relevant video per query.
-        average_precision: AP per query.
-        recall_at_1: Share of queries with rank 1.
-        recall_at_5: Share with rank <= 5.
-        recall_at_10: Share with rank <= 10.
-        median_rank: Median of ``rank``.
-        mean_ap: Mean of ``average_precision``.
-        query_top1_by_category: Text-to-video top-1 accuracy per query category.
-        video_top1_by_category: Video-to-text top-1 accuracy per video category.
-        n_videos: Videos searched.
-    """
-
-    queries: list[str]
-    query_categories: list[str]
-    rank: np.ndarray
-    average_precision: np.ndarray
-    recall_at_1: float
-    recall_at_5: float
-    recall_at_10: float
-    median_rank: float
-    mean_ap: float
-    query_top1_by_category: dict[str, float] = field(default_factory=dict)
-    video_top1_by_category: dict[str, float] = field(default_factory=dict)
-    n_videos: int = 0
-
-    def hits(self, k: int) -> np.ndarray:
-        """Per-query hit@k (0/1)."""
-        return (self.rank <= k).astype(np.int64)
-
-    def summary(self) -> dict[str, Any]:
-        """The aggregate figures (JSON-ready)."""
-        return {
-            "n_queries": len(self.queries),
-            "n_videos": self.n_videos,
-            "recall_at_1": self.recall_at_1,
-            "recall_at_5": self.recall_at_5,
-            "recall_at_10": self.recall_at_10,
-            "median_rank": self.median_rank,
-            "mean_ap": self.mean_ap,
-            "query_top1_by_category": dict(self.query_top1_by_category),
-            "video_top1_by_category": dict(self.video_top1_by_category),
-        }
-
-    def per_query(self) -> dict[str, list]:
-        """Per-query arrays keyed by name, aligned with ``queries``."""
-        return {
-            "rank": self.rank.tolist(),
-            "hit_at_1": self.hits(1).tolist(),
-            "hit_at_5": self.hits(5).tolist(),
-            "hit_at_10": self.hits(10).tolist(),
-            "average_precision": [float(x) for x in self.average_precision],
-        }
-
-
-def retrieval_metrics(
-    similarity: np.ndarray,
-    relevant: Sequence[set[int]],
-    query_categories: Sequence[str],
-    video_categories: Sequence[str],
-    query_ids: Sequence[str] | None = None,
-) -> RetrievalResult:
-    """Text-to-video retrieval metrics from a query-by-video similarity matrix.
-
-    Args:
-        similarity: ``[Q, V]`` scores, higher is more similar.
-        relevant: For each query, the indices of its relevant videos (each non-empty).
-        query_categories: Category per query.
-        video_categories: Category per video.
-        query_ids: Names of the queries (default ``q0``, ``q1``, ...).
-
-    Returns:
-        The metrics (see the module docstring for the definitions).
-
-    Raises:
-        ValueError: On mismatched shapes or a query without relevant video.
-    """
-    sim = np.asarray(similarity, dtype=np.float64)
-    if sim.ndim != 2:
-        raise ValueError(f"similarity must be [Q, V], got shape {sim.shape}")
-    n_q, n_v = sim.shape
-    if len(relevant) != n_q or len(query_categories) != n_q:
-        raise ValueError(f"{n_q} queries but {len(relevant)} relevant sets and {len(query_categories)} categories")
-    if len(video_categories) != n_v:
-        raise ValueError(f"{n_v} videos but {len(video_categories)} video categories")
-    if n_q == 0:
-        raise ValueError("no query to evaluate")
-    queries = list(query_ids) if query_ids is not None else [f"q{i}" for i in range(n_q)]
-    ranks = np.zeros(n_q, dtype=np.int64)
-    aps = np.zeros(n_q, dtype=np.float64)
-    for q in range(n_q):
-        rel = relevant[q]
-        if not rel or any(not 0 <= v < n_v for v in rel):
-            raise ValueError(f"query {queries[q]!r}: relevant videos must be a non-empty subset of 0..{n_v - 1}")
-        order = np.argsort(-sim[q], kind="stable")
-        is_rel = np.isin(order, list(rel))
-        positions = np.flatnonzero(is_rel) + 1  # 1-based ranks of every relevant video
-        ranks[q] = positions[0]
-        aps[q] = float(np.mean(np.arange(1, len(positions) + 1) / positions))
-
-    by_cat: dict[str, list[int]] = {}
-    for q in range(n_q):
-        by_cat.setdefault(query_categories[q], []).append(int(ranks[q] == 1))
-    query_top1 = {c: float(np.mean(v)) for c, v in sorted(by_cat.items())}
-
-    video_rel: list[set[int]] = [set() for _ in range(n_v)]
-    for q, rel in enumerate(relevant):
-        for v in rel:
-            video_rel[v].add(q)
-    best_query = np.argmax(sim, axis=0)  # first max on ties
-    by_vcat: dict[str, list[int]] = {}
-    for v in range(n_v):
-        if video_rel[v]:
-            by_vcat.setdefault(video_categories[v], []).append(int(best_query[v] in video_rel[v]))
-    video_top1 = {c: float(np.mean(x)) for c, x in sorted(by_vcat.items())}
-
-    return RetrievalResult(
-        queries=queries,
-        query_categories=list(query_categories),
-        rank=ranks,
-        average_precision=aps,
-        recall_at_1=float(np.mean(ranks <= 1)),
-        recall_at_5=float(np.mean(ranks <= 5)),
-        recall_at_10=float(np.mean(ranks <= 10)),
-        median_rank=float(np.median(ranks)),
-        mean_ap=float(np.mean(aps)),
-        query_top1_by_category=query_top1,
-        video_top1_by_category=video_top1,
-        n_videos=n_v,
-    )
-
-
-def retrieval_problem(
-    samples: Sequence[ClipSample], relevance: str = "label"
-) -> tuple[list[str], list[set[int]], list[str]]:
-    """Queries (unique labels, sorted), their relevant sample indices and their categories.
-
-    Args:
-        samples: The test videos.
-        relevance: ``label``: a query's relevant videos are those carrying that label. ``category``: every
-            video of the query's category (use it when labels are paraphrases spread at random over a
-            category's videos, as in the demo data, where ``label`` counts a right-category video as a miss).
-
-    Returns:
-        Queries, relevant video indices per query, category per query.
-    """
-    if relevance not in RELEVANCE:
-        raise ValueError(f"relevance must be one of {RELEVANCE}, got {relevance!r}")
-    relevant: dict[str, set[int]] = {}
-    for i, s in enumerate(samples):
-        for label in s.labels:
-            relevant.setdefault(label, set()).add(i)
-    queries = sorted(relevant)
-    cats = []
-    for q in queries:
-        counts = Counter(samples[i].category for i in relevant[q])
-        cats.append(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0])
-    if relevance == "category":
-        by_cat: dict[str, set[int]] = {}
-        for i, s in enumerate(samples):
-            by_cat.setdefault(s.category, set()).add(i)
-        return queries, [relevant[q] | by_cat[c] for q, c in zip(queries, cats, strict=True)], cats
-    return queries, [relevant[q] for q in queries], cats
 
 
 def score_model(
@@ -214,7 +40,6 @@ def score_model(
 ) -> RetrievalResult:
     """Embed ``samples`` and their label queries with one model on ``device`` and compute the retrieval metrics."""
     from components.common.device import resolve_device
-    from components.finetune_clip.core import query_video_similarity
 
     model = bundle.model.to(resolve_device(device)).eval()
     queries, relevant, q_cats = retrieval_problem(samples, relevance)
@@ -277,7 +102,7 @@ def evaluate_clip(
     Returns:
         The report (also written to ``out_dir``).
     """
-    from components.finetune_clip.core import load_frame_samples
+    from components.finetune_clip.data import load_frame_samples
     from components.finetune_clip.model import load_clip_model
 
     results: dict[str, RetrievalResult] = {}

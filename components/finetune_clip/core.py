@@ -32,6 +32,8 @@ from components.common import checkpoints as ckpt
 from components.common.names import registered_name
 from components.common.no_challenger import NotTrainable, write_no_challenger
 from components.finetune_clip.config import FinetuneClipConfig
+from components.finetune_clip.data import ClipSample, load_frame_samples
+from components.finetune_clip.metrics import embed_samples, query_video_similarity, retrieval_metrics, retrieval_problem
 from components.finetune_clip.model import (
     CARD_FILE,
     HYBRID_PREFIXES,
@@ -41,7 +43,6 @@ from components.finetune_clip.model import (
     apply_strategy,
     encode_texts,
     encode_videos,
-    prepare_frames,
 )
 
 if TYPE_CHECKING:
@@ -53,23 +54,6 @@ logger = logging.getLogger("clipsync.finetune_clip")
 
 LogFn = Callable[[dict[str, float], int], None]
 CHECKPOINT_FORMAT = 2  # the checkpoint layout; a checkpoint of another format is not resumed
-
-
-@dataclass
-class ClipSample:
-    """One labelled video ready for the model.
-
-    Attributes:
-        video_id: The manifest's video id.
-        frames: uint8 ``[F, 3, S, S]`` (see :func:`~components.finetune_clip.model.prepare_frames`).
-        labels: Its label texts (at least one for training).
-        category: The client's category (for per-category metrics).
-    """
-
-    video_id: str
-    frames: Any
-    labels: tuple[str, ...]
-    category: str = ""
 
 
 @dataclass
@@ -239,54 +223,6 @@ def _batch_loss(
     return contrastive_loss(video_emb, text_emb, positive_mask(labels, texts), _logit_scale(model))
 
 
-def embed_samples(
-    bundle: ClipBundle, model: Any, samples: Sequence[ClipSample], pooling: str, batch_size: int = 32
-) -> torch.Tensor:
-    """``[N, D]`` video embeddings of ``samples`` on the model's device (no gradient; the caller sets eval mode)."""
-    import torch
-
-    outs = []
-    with torch.no_grad():
-        for i in range(0, len(samples), batch_size):
-            frames = torch.stack([s.frames for s in samples[i : i + batch_size]])
-            outs.append(encode_videos(model, frames, bundle.image_spec, pooling))
-    return torch.cat(outs) if outs else torch.empty(0)
-
-
-def query_video_similarity(
-    bundle: ClipBundle,
-    model: Any,
-    samples: Sequence[ClipSample],
-    queries: Sequence[str],
-    pooling: str,
-    batch_size: int = 32,
-    video_emb: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``[Q, V]`` cosine similarities (float32, on the model's device) of ``queries`` to the videos of ``samples``.
-
-    Args:
-        bundle: Tokenizer and image spec of ``model``.
-        model: The CLIP to score with (the caller sets eval mode).
-        samples: The videos.
-        queries: Query texts.
-        pooling: Temporal pooling of the frame embeddings.
-        batch_size: Videos per forward pass (texts go 64 at a time).
-        video_emb: Precomputed ``[V, D]`` video embeddings (a frozen vision tower), else computed here.
-    """
-    import torch
-
-    from components.common.device import no_autocast
-
-    with torch.no_grad():
-        if video_emb is None:
-            video_emb = embed_samples(bundle, model, samples, pooling, batch_size)
-        text_emb = torch.cat(
-            [encode_texts(model, bundle.tokenizer, list(queries[i : i + 64])) for i in range(0, len(queries), 64)]
-        )
-        with no_autocast(text_emb.device):
-            return text_emb.float() @ video_emb.float().T
-
-
 def _validate(
     model: Any,
     bundle: ClipBundle,
@@ -296,8 +232,6 @@ def _validate(
     val_emb: torch.Tensor | None = None,
 ) -> dict[str, float]:
     import torch
-
-    from components.evaluate.clip_eval import retrieval_metrics, retrieval_problem
 
     model.eval()
     losses, weights = [], []
@@ -662,53 +596,6 @@ def _model_card_md(card: dict[str, Any]) -> str:
 
 
 # -------------------------------------------------------------------------------------------- the stage
-
-
-def load_frame_samples(
-    frames_dir: Path, splits: Sequence[str], spec: ImageSpec, frames_per_video: int, require_labels: bool = True
-) -> tuple[dict[str, list[ClipSample]], list[dict[str, str]]]:
-    """Read the frames Dataset into model-ready samples per split.
-
-    Args:
-        frames_dir: The frame_extraction Dataset folder.
-        splits: Splits to load (``train``, ``val``, ``test``).
-        spec: Image spec of the model that will see the frames.
-        frames_per_video: Frames sampled per video.
-        require_labels: Skip videos without labels (recorded with a reason).
-
-    Returns:
-        Samples per split (sorted by video id) and the skipped videos (``video_id``, ``reason``).
-    """
-    from components.common.faults import is_infrastructure_error
-    from components.frame_extraction.dataset import load_search_frames, read_frame_index
-
-    out: dict[str, list[ClipSample]] = {s: [] for s in splits}
-    skipped: list[dict[str, str]] = []
-    for rec in read_frame_index(frames_dir):
-        if rec.split not in out:
-            continue
-        if rec.status != "ok":
-            skipped.append({"video_id": rec.video_id, "reason": f"frames not extracted: {rec.reason}"})
-            continue
-        labels = tuple(dict.fromkeys(str(x).strip() for x in rec.labels if str(x).strip()))
-        if require_labels and not labels:
-            skipped.append({"video_id": rec.video_id, "reason": "no_labels: video has no text label"})
-            continue
-        try:
-            frames = load_search_frames(frames_dir, rec)
-            if len(frames) == 0:
-                raise ValueError("no search frames")
-            out[rec.split].append(
-                ClipSample(rec.video_id, prepare_frames(frames, frames_per_video, spec), labels, rec.category)
-            )
-        except Exception as exc:  # one unreadable video must not stop the stage
-            if is_infrastructure_error(exc):  # a failing disk is not the video's problem
-                raise
-            skipped.append({"video_id": rec.video_id, "reason": f"bad_frames: {type(exc).__name__}: {exc}"})
-            logger.warning("video %s skipped: %s", rec.video_id, exc)
-    for samples in out.values():
-        samples.sort(key=lambda s: s.video_id)
-    return out, skipped
 
 
 def run_finetune_clip(
