@@ -193,7 +193,7 @@ def check_clip_predictor(model_dir: Path, args) -> dict:
 
 
 def lipsync_videos(n: int, size: int, duration_s: float) -> list:
-    from components.finetune_lipsync.core import LipsyncVideo
+    from components.finetune_lipsync.data import LipsyncVideo
     from components.finetune_lipsync.synthetic import synthetic_video
 
     return [
@@ -205,7 +205,8 @@ def lipsync_videos(n: int, size: int, duration_s: float) -> list:
 def check_lipsync(precision: str, args, work: Path) -> dict:
     from components.common.device import resolve_device
     from components.finetune_lipsync.config import FinetuneLipsyncConfig
-    from components.finetune_lipsync.core import split_by_video, train_lipsync
+    from components.finetune_lipsync.core import train_lipsync
+    from components.finetune_lipsync.data import split_by_video
 
     device = resolve_device(args.device)
     size = 16 if args.tiny else 96

@@ -221,7 +221,7 @@ LIPSYNC_CFG = {
 
 def lipsync_videos():
     """Six training and two validation clips (also built by the child process)."""
-    from components.finetune_lipsync.core import LipsyncVideo
+    from components.finetune_lipsync.data import LipsyncVideo
     from components.finetune_lipsync.synthetic import synthetic_video
 
     videos = [

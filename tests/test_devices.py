@@ -170,7 +170,7 @@ def test_lipsync_training_step_on_meta(fusion):
 
 def test_lipsync_evaluation_pass_on_meta(tmp_path):
     from components.evaluate.lipsync_eval import _evaluate_model
-    from components.finetune_lipsync.core import LipsyncVideo
+    from components.finetune_lipsync.data import LipsyncVideo
     from components.finetune_lipsync.model import save_model
     from components.finetune_lipsync.synthetic import synthetic_video
 
@@ -298,7 +298,7 @@ def test_stages_take_the_configured_device(tiny_base, tmp_path):
     clip_cfg = FinetuneClipConfig(base_model=str(tiny_base), device="cuda", epochs=1, batch_size=2)
     with pytest.raises(RuntimeError, match="'cuda' requested but CUDA is not available"):
         run_finetune_clip(frames, tmp_path / "model", config, clip_cfg, track=False)
-    from components.finetune_lipsync.core import LipsyncVideo
+    from components.finetune_lipsync.data import LipsyncVideo
 
     videos = [
         LipsyncVideo(f"v{i}", *synthetic_video(i % 2 == 1, i, duration_s=1.0, size=16), 25.0, i % 2) for i in range(4)

@@ -14,15 +14,8 @@ from safetensors.torch import load_file
 from components.common.config import ConfigError, from_dict
 from components.finetune_lipsync.augment import AugmentParams, augment_video, speed_window
 from components.finetune_lipsync.config import FinetuneLipsyncConfig
-from components.finetune_lipsync.core import (
-    LipsyncVideo,
-    load_lipsync_videos,
-    run_finetune_lipsync,
-    set_trainable,
-    split_by_video,
-    train_lipsync,
-    unfrozen_groups,
-)
+from components.finetune_lipsync.core import run_finetune_lipsync, set_trainable, train_lipsync, unfrozen_groups
+from components.finetune_lipsync.data import LipsyncVideo, load_lipsync_videos, split_by_video
 from components.finetune_lipsync.model import LipSyncDetector, LipSyncModelConfig, load_model, save_model
 from components.finetune_lipsync.synthetic import synthetic_video, write_synthetic_faces
 

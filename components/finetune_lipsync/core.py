@@ -32,6 +32,8 @@ from components.common.names import registered_name
 from components.common.no_challenger import NotTrainable, write_no_challenger
 from components.finetune_lipsync.augment import AugmentParams, augment_video, random_speed, speed_window
 from components.finetune_lipsync.config import FinetuneLipsyncConfig
+from components.finetune_lipsync.data import LipsyncVideo, load_lipsync_videos, split_by_video, training_pool
+from components.finetune_lipsync.metrics import binary_metrics, choose_threshold
 from components.finetune_lipsync.model import (
     LipSyncDetector,
     LipSyncModelConfig,
@@ -45,37 +47,9 @@ from components.finetune_lipsync.model import (
 
 logger = logging.getLogger("clipsync.finetune_lipsync")
 
-LABELS = {"real": 0, "fake": 1}
 MODEL_CARD_FILE = "README.md"
 SUMMARY_FILE = "training_summary.json"
 LogFn = Callable[[dict[str, float], int], None]
-
-
-@dataclass
-class LipsyncVideo:
-    """One labelled talking-head clip ready for training or evaluation.
-
-    Attributes:
-        video_id: The manifest's id.
-        crops: uint8 ``[T, S, S, 3]`` mouth crops.
-        audio: float32 16 kHz mono aligned with ``crops``.
-        fps: Frame rate of ``crops``.
-        label: 1 for fake (manipulated), 0 for real.
-        split: The manifest split.
-        fallback_used: The crops are the frame centre (no face found).
-    """
-
-    video_id: str
-    crops: np.ndarray
-    audio: np.ndarray
-    fps: float
-    label: int
-    split: str = "train"
-    fallback_used: bool = False
-
-    @property
-    def duration_s(self) -> float:
-        return len(self.crops) / self.fps
 
 
 @dataclass
@@ -107,49 +81,6 @@ class TrainResult:
     n_val_videos: int
     seconds: float
     resumed_from_epoch: int = 0
-
-
-# ------------------------------------------------------------------------------------------- split
-
-
-def _hash_key(seed: int, video_id: str) -> str:
-    return hashlib.sha256(f"{seed}:{video_id}".encode()).hexdigest()
-
-
-def split_by_video(
-    videos: Sequence[LipsyncVideo], val_fraction: float = 0.2, seed: int = 0
-) -> tuple[list[LipsyncVideo], list[LipsyncVideo]]:
-    """Hold out ``val_fraction`` of the videos (never single windows), stratified by label.
-
-    The order inside each label is a seeded hash of the video id, so the split is reproducible and
-    does not depend on the input order. Each label with at least two videos gets at least one
-    validation video and keeps at least one training video.
-
-    Args:
-        videos: The training pool.
-        val_fraction: Share of videos held out.
-        seed: Seed of the order.
-
-    Returns:
-        ``(train, val)``.
-
-    Raises:
-        ValueError: If a video id appears twice (its windows could land on both sides).
-    """
-    ids = [v.video_id for v in videos]
-    if len(set(ids)) != len(ids):
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        raise ValueError(f"duplicate video ids in the training pool: {dupes[:5]}")
-    train: list[LipsyncVideo] = []
-    val: list[LipsyncVideo] = []
-    for label in sorted({v.label for v in videos}):
-        group = sorted((v for v in videos if v.label == label), key=lambda v: _hash_key(seed, v.video_id))
-        n_val = round(len(group) * val_fraction)
-        if len(group) >= 2:
-            n_val = min(max(n_val, 1), len(group) - 1)
-        val.extend(group[:n_val])
-        train.extend(group[n_val:])
-    return train, val
 
 
 # -------------------------------------------------------------------------------------- freezing
@@ -430,8 +361,6 @@ def _train_lipsync(
     from sklearn.metrics import roc_auc_score
     from tqdm import tqdm
 
-    from components.evaluate.lipsync_eval import binary_metrics, choose_threshold
-
     started = time.monotonic()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -693,53 +622,6 @@ class FinetuneLipsyncReport:
         }
         out.update({f"val_{k}": float(v) for k, v in self.val_metrics.items()})
         return out
-
-
-def load_lipsync_videos(
-    faces_dir: str | Path, splits: Sequence[str] = ("train", "val", "test")
-) -> tuple[list[LipsyncVideo], list[dict[str, str]]]:
-    """Read the labelled videos of a faces Dataset (the selected sample of each).
-
-    Videos without an authenticity label are ignored; rejected or unreadable ones are returned as
-    ``skipped`` with their reason, and the rest goes on.
-
-    Returns:
-        ``(videos, skipped)``.
-    """
-    from components.common.faults import is_infrastructure_error
-    from components.face_tracking.dataset import load_mouth_crops, load_sample_audio, read_face_index
-
-    videos, skipped = [], []
-    for rec in read_face_index(faces_dir):
-        if rec.authenticity not in LABELS or rec.split not in splits:
-            continue
-        if rec.status != "ok":
-            skipped.append({"video_id": rec.video_id, "reason": rec.reason or f"status {rec.status}"})
-            continue
-        sample = rec.selected_sample
-        if sample is None:
-            skipped.append({"video_id": rec.video_id, "reason": "no_sample: no selected mouth-crop sequence"})
-            continue
-        try:
-            crops = load_mouth_crops(faces_dir, sample)
-            audio = load_sample_audio(faces_dir, rec)
-            if rec.fps <= 0 or len(crops) == 0:
-                raise ValueError(f"fps {rec.fps}, {len(crops)} frames")
-        except (OSError, ValueError) as exc:
-            if is_infrastructure_error(exc):  # a failing disk is not the video's problem
-                raise
-            skipped.append({"video_id": rec.video_id, "reason": f"unreadable: {exc}"})
-            logger.warning("finetune_lipsync: skipping %s: %s", rec.video_id, exc)
-            continue
-        videos.append(
-            LipsyncVideo(rec.video_id, crops, audio, rec.fps, LABELS[rec.authenticity], rec.split, rec.fallback_used)
-        )
-    return videos, skipped
-
-
-def training_pool(videos: Sequence[LipsyncVideo]) -> list[LipsyncVideo]:
-    """The videos training may see: the manifest's train and val splits (test stays for evaluate)."""
-    return [v for v in videos if v.split in ("train", "val")]
 
 
 def resolve_pretrained(config, cfg: FinetuneLipsyncConfig, work_dir: Path) -> Path | None:
