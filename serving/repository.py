@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from serving.config import PREDICTOR_KINDS
-from serving.kserve_adapter import InvalidInput, ModelNotFound, ModelRepository
+from serving.errors import ModelFolderError
+from serving.kserve_adapter import ModelNotFound, ModelRepository
 from serving.release import ReleaseError, verify_release
 
 logger = logging.getLogger("clipsync.serving")
@@ -33,10 +34,6 @@ logger = logging.getLogger("clipsync.serving")
 NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 #: Files a published model folder of each kind cannot be served without.
 REQUIRED_FILES = {"clip-search": ("card.json",), "lipsync": ("config.json", "model.safetensors")}
-
-
-class ModelFolderError(InvalidInput):
-    """A model name or folder the server cannot serve (HTTP 400): missing file, bad checksum, other base."""
 
 
 @dataclass(frozen=True)

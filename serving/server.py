@@ -131,7 +131,7 @@ def build_server(
 
     Raises:
         RuntimeError: If the bearer token variable is configured but empty.
-        serving.repository.ModelFolderError: If a start model's folder cannot be served (file named).
+        serving.errors.ModelFolderError: If a start model's folder cannot be served (file named).
         components.face_tracking.models.FaceModelError: If a lip-sync server's face models are missing or altered.
     """
     from serving import kserve_adapter  # first: kserve must be imported with a clean command line
