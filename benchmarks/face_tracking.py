@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components.face_tracking import core
+from components.face_tracking import core, crops, detect, tracks
 from components.face_tracking.config import FaceTrackingConfig
 from components.face_tracking.synthetic import FaceSpec, render_clip
 
@@ -66,7 +66,7 @@ def _median_time(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), result
 
 
-def _fill(track: core.Track, n_frames: int, mode: str) -> list:
+def _fill(track: tracks.Track, n_frames: int, mode: str) -> list:
     """Boxes between detection frames by holding the last box or extrapolating its velocity."""
     frames = track.frames
     boxes: list = [None] * n_frames
@@ -82,7 +82,7 @@ def _fill(track: core.Track, n_frames: int, mode: str) -> list:
     return boxes
 
 
-def _kcf_boxes(frames: np.ndarray, track: core.Track, k: int) -> tuple[list, float]:
+def _kcf_boxes(frames: np.ndarray, track: tracks.Track, k: int) -> tuple[list, float]:
     """KCF started on the track's box at each detection frame, updated on the frames in between."""
     import cv2
 
@@ -106,11 +106,11 @@ def _kcf_boxes(frames: np.ndarray, track: core.Track, k: int) -> tuple[list, flo
 def _recall(boxes: list, truth: list) -> float:
     """Share of the frames where the face is visible whose box has IoU > 0.5 with the truth."""
     pairs = [(b, t) for b, t in zip(boxes, truth, strict=True) if t is not None]
-    return float(np.mean([b is not None and core.iou(b, t) > 0.5 for b, t in pairs]))
+    return float(np.mean([b is not None and detect.iou(b, t) > 0.5 for b, t in pairs]))
 
 
 def _agreement(reference: list, other: list) -> float:
-    values = [core.iou(a, b) for a, b in zip(reference, other, strict=True) if a is not None and b is not None]
+    values = [detect.iou(a, b) for a, b in zip(reference, other, strict=True) if a is not None and b is not None]
     return float(np.mean(values)) if values else float("nan")
 
 
@@ -166,13 +166,13 @@ def measure(clips: dict, cache_dir: Path, repeats: int) -> dict:
     no_mesh = replace(base, use_landmarks=False)
     out: dict = {"frames_total": total, "clips": len(clips), "load_avg": os.getloadavg()}
     first = next(iter(clips.values()))[0]
-    with core.load_face_models(cache_dir, base) as models:
+    with detect.load_face_models(cache_dir, base) as models:
         core.track_video(first[:5], 25.0, base, models)  # warm-up (first inference allocates)
 
         def raw() -> None:
             for clip in clips.values():
                 for frame in clip[0]:
-                    core.detect_faces(frame, models.short)
+                    detect.detect_faces(frame, models.short)
 
         t_raw, _ = _median_time(raw, repeats)
         t_no_mesh, _ = _median_time(
@@ -271,7 +271,7 @@ def crop_centre_errors(clips: dict, results: dict[str, core.VideoFaces], mouth_s
             detections += 1
             meshed += det.lips is not None
             for use_landmarks, errors in ((True, mesh_err), (False, kp_err)):
-                g = core.mouth_geometry(det, mouth_scale, use_landmarks)
+                g = crops.mouth_geometry(det, mouth_scale, use_landmarks)
                 errors.append(np.hypot(g.cx - mouth[0], g.cy - mouth[1]) / width)
     if not detections:
         return {}
@@ -308,7 +308,7 @@ def lipsync_auc(cache_dir: Path, seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
     for use_landmarks in (False, True):
         config = FaceTrackingConfig(use_landmarks=use_landmarks)
         videos = []
-        with core.load_face_models(cache_dir, config) as models:
+        with detect.load_face_models(cache_dir, config) as models:
             for i, name in enumerate(names):
                 frames, _, _, audio, _, authenticity = clips[name]
                 result = core.track_video(frames, 25.0, config, models, audio)

@@ -123,7 +123,7 @@ class LipSyncModel(Model):
 
     def load(self) -> bool:
         from components.common.device import resolve_device
-        from components.face_tracking.core import FaceModels
+        from components.face_tracking.detect import FaceModels
         from components.face_tracking.models import verify_face_models
         from components.finetune_lipsync.model import load_model
 

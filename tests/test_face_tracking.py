@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from components.common.config import ConfigError
-from components.face_tracking import core
+from components.face_tracking import core, crops, detect, tracks
 from components.face_tracking.config import FaceTrackingConfig
 from components.face_tracking.dataset import load_mouth_crops, load_sample_audio, read_face_index
 from components.face_tracking.models import (
@@ -28,13 +28,13 @@ CFG = FaceTrackingConfig()
 
 @pytest.fixture(scope="module")
 def models(model_cache: Path):
-    with core.load_face_models(model_cache, CFG) as opened:
+    with detect.load_face_models(model_cache, CFG) as opened:
         yield opened
 
 
 def _recall(result_boxes, truth, threshold=0.5) -> float:
     pairs = [(b, t) for b, t in zip(result_boxes, truth, strict=True) if t is not None]
-    hits = sum(b is not None and core.iou(b, t) > threshold for b, t in pairs)
+    hits = sum(b is not None and detect.iou(b, t) > threshold for b, t in pairs)
     return hits / len(pairs)
 
 
@@ -42,15 +42,15 @@ def _truth_index(track_boxes, truths) -> int:
     """Which true face a track follows (highest mean IoU over the frames both have)."""
     scores = []
     for truth in truths:
-        ious = [core.iou(b, t) for b, t in zip(track_boxes, truth, strict=True) if b is not None and t is not None]
+        ious = [detect.iou(b, t) for b, t in zip(track_boxes, truth, strict=True) if b is not None and t is not None]
         scores.append(np.mean(ious) if ious else 0.0)
     return int(np.argmax(scores))
 
 
 def test_iou_and_config_validation():
-    assert core.iou((0, 0, 10, 10), (0, 0, 10, 10)) == pytest.approx(1.0)
-    assert core.iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
-    assert core.iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
+    assert detect.iou((0, 0, 10, 10), (0, 0, 10, 10)) == pytest.approx(1.0)
+    assert detect.iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
+    assert detect.iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
     for bad in ({"select_strategy": "biggest"}, {"iou_threshold": 0.0}, {"detect_every": 0}, {"crop_size": 8}):
         with pytest.raises(ConfigError, match="face_tracking"):
             FaceTrackingConfig(**bad)
@@ -69,20 +69,20 @@ def test_iou_and_config_validation():
 )
 def test_detection_recall_multi_angle(models, spec):
     frames, truth = render_clip([spec], 1)
-    faces, _ = core.detect_frame(frames[0], models, CFG)
+    faces, _ = detect.detect_frame(frames[0], models, CFG)
     assert len(faces) == 1
-    assert core.iou(faces[0].box, truth[0][0]) > 0.5
+    assert detect.iou(faces[0].box, truth[0][0]) > 0.5
     assert len(faces[0].keypoints) == 6
 
 
 def test_small_face_needs_full_range_fallback(model_cache, models):
     frames, truth = render_clip([FaceSpec(0, 1, 60, 20, size=70)], 1)
-    faces, tried_full = core.detect_frame(frames[0], models, CFG)
+    faces, tried_full = detect.detect_frame(frames[0], models, CFG)
     assert tried_full and len(faces) == 1 and faces[0].source == "full"
-    assert core.iou(faces[0].box, truth[0][0]) > 0.5
+    assert detect.iou(faces[0].box, truth[0][0]) > 0.5
     no_fallback = FaceTrackingConfig(full_range_fallback=False)
-    with core.load_face_models(model_cache, no_fallback) as short_only:
-        assert core.detect_frame(frames[0], short_only, no_fallback)[0] == []
+    with detect.load_face_models(model_cache, no_fallback) as short_only:
+        assert detect.detect_frame(frames[0], short_only, no_fallback)[0] == []
 
 
 def test_track_survives_occlusion_with_same_id(models):
@@ -171,7 +171,7 @@ def test_crop_aligned_levels_the_eye_line(angle):
     p0 = (round(100 - 80 * np.cos(rad)), round(100 - 80 * np.sin(rad)))
     p1 = (round(100 + 80 * np.cos(rad)), round(100 + 80 * np.sin(rad)))
     cv2.line(image, p0, p1, (255, 255, 255), 5)
-    crop = core.crop_aligned(image, core.CropGeometry(100.0, 100.0, angle, 100.0), 64)[..., 0].astype(float)
+    crop = crops.crop_aligned(image, crops.CropGeometry(100.0, 100.0, angle, 100.0), 64)[..., 0].astype(float)
     assert crop[30:34].mean() > 200  # the middle rows are the bar
     assert crop[:20].mean() < 10 and crop[44:].mean() < 10
 
@@ -179,8 +179,8 @@ def test_crop_aligned_levels_the_eye_line(angle):
 def test_eye_line_angle_follows_face_rotation(models):
     def angle_of(rotation: float) -> float:
         frames, _ = render_clip([FaceSpec(0, 1, 90, 40, size=150, angle=rotation)], 1)
-        face = core.detect_frame(frames[0], models, CFG)[0][0]
-        return core.mouth_geometry(face, CFG.mouth_scale, use_landmarks=False).angle
+        face = detect.detect_frame(frames[0], models, CFG)[0][0]
+        return crops.mouth_geometry(face, CFG.mouth_scale, use_landmarks=False).angle
 
     # cv2 rotates counter-clockwise on screen, which lowers the eye-line angle (y down) by the same amount.
     up, ccw, cw = angle_of(0), angle_of(30), angle_of(-30)
@@ -189,53 +189,53 @@ def test_eye_line_angle_follows_face_rotation(models):
 
 
 def test_track_faces_on_plain_detections():
-    def det(x: float) -> core.FaceDetection:
-        return core.FaceDetection(box=(x, 10.0, x + 40.0, 50.0), score=0.9)
+    def det(x: float) -> detect.FaceDetection:
+        return detect.FaceDetection(box=(x, 10.0, x + 40.0, 50.0), score=0.9)
 
     # Two faces; the right one disappears for 3 frames; a third appears at the end.
     frames = [[det(0 + f), det(100 + f)] if f not in (4, 5, 6) else [det(0 + f)] for f in range(10)]
     frames[9].append(det(200))
-    tracks = core.track_faces(frames, FaceTrackingConfig(max_misses=3))
-    assert [t.track_id for t in tracks] == [0, 1, 2]
-    assert tracks[1].frames == [0, 1, 2, 3, 7, 8, 9]
-    assert core.select_track(tracks, "longest", 10).track_id == 0
-    assert core.select_track(tracks, "first", 10).track_id == 0
-    tracks[2].detections[9] = core.FaceDetection(box=(200.0, 0.0, 300.0, 100.0), score=0.9)
-    assert core.select_track(tracks, "largest", 10).track_id == 2
-    assert core.select_track([], "longest") is None
+    found = tracks.track_faces(frames, FaceTrackingConfig(max_misses=3))
+    assert [t.track_id for t in found] == [0, 1, 2]
+    assert found[1].frames == [0, 1, 2, 3, 7, 8, 9]
+    assert tracks.select_track(found, "longest", 10).track_id == 0
+    assert tracks.select_track(found, "first", 10).track_id == 0
+    found[2].detections[9] = detect.FaceDetection(box=(200.0, 0.0, 300.0, 100.0), score=0.9)
+    assert tracks.select_track(found, "largest", 10).track_id == 2
+    assert tracks.select_track([], "longest") is None
 
 
 def test_mouth_geometry_prefers_plausible_lip_landmarks():
     kps = ((40.0, 40.0), (60.0, 40.0), (50.0, 50.0), (50.0, 65.0), (30.0, 45.0), (70.0, 45.0))
-    face = core.FaceDetection(box=(25.0, 25.0, 75.0, 75.0), score=0.9, keypoints=kps)
-    plain = core.mouth_geometry(face, 1.6, use_landmarks=True)
+    face = detect.FaceDetection(box=(25.0, 25.0, 75.0, 75.0), score=0.9, keypoints=kps)
+    plain = crops.mouth_geometry(face, 1.6, use_landmarks=True)
     assert (plain.cx, plain.cy, plain.angle) == (50.0, 65.0, 0.0)
     assert plain.side == pytest.approx(max(1.6 * 20, 0.45 * 50))
     lips = ((46.0, 66.0), (54.0, 66.0), (50.0, 70.0))
     eyes = ((40.0, 41.0), (60.0, 43.0))
-    assert core._landmarks_plausible(face, lips, eyes)
-    assert not core._landmarks_plausible(face, ((10.0, 10.0), (12.0, 10.0)), eyes)  # mouth far off
-    with_mesh = core.FaceDetection(face.box, face.score, kps, "short", lips, eyes)
-    meshed = core.mouth_geometry(with_mesh, 1.6, use_landmarks=True)
+    assert detect._landmarks_plausible(face, lips, eyes)
+    assert not detect._landmarks_plausible(face, ((10.0, 10.0), (12.0, 10.0)), eyes)  # mouth far off
+    with_mesh = detect.FaceDetection(face.box, face.score, kps, "short", lips, eyes)
+    meshed = crops.mouth_geometry(with_mesh, 1.6, use_landmarks=True)
     assert (meshed.cx, meshed.cy) == pytest.approx((50.0, 202 / 3))
     assert meshed.angle == pytest.approx(np.degrees(np.arctan2(2, 20)))
-    assert core.mouth_geometry(with_mesh, 1.6, use_landmarks=False) == plain
+    assert crops.mouth_geometry(with_mesh, 1.6, use_landmarks=False) == plain
 
 
 # ------------------------------------------------------------------------------------------- the face mesh
 
 
-def _astronaut_mouth_error(models: core.FaceModels, landmarker) -> float:
+def _astronaut_mouth_error(models: detect.FaceModels, landmarker) -> float:
     """Distance (in face-box widths) from a landmarker's lip centre to the detector's mouth keypoint."""
     from skimage import data
 
     image = data.astronaut()
-    (face,), _ = core.detect_frame(image, models, FaceTrackingConfig(use_landmarks=False))
-    mesh = landmarker.detect(core._mp_image(image)).face_landmarks[0]
+    (face,), _ = detect.detect_frame(image, models, FaceTrackingConfig(use_landmarks=False))
+    mesh = landmarker.detect(detect._mp_image(image)).face_landmarks[0]
     pts = np.array([(p.x * image.shape[1], p.y * image.shape[0]) for p in mesh])
     assert len(pts) == 478
     lips = pts[[13, 14, 61, 291]].mean(axis=0)  # inner lip top and bottom, mouth corners
-    return float(np.hypot(*(lips - np.asarray(face.keypoints[core.KP_MOUTH]))) / (face.box[2] - face.box[0]))
+    return float(np.hypot(*(lips - np.asarray(face.keypoints[detect.KP_MOUTH]))) / (face.box[2] - face.box[0]))
 
 
 def test_face_mesh_lands_on_the_astronauts_lips(models, model_cache, tmp_path):
@@ -265,18 +265,18 @@ def test_detect_frame_crops_the_astronaut_from_her_lips(models):
 
     image = data.astronaut()
     assert CFG.use_landmarks  # on by default
-    (face,), _ = core.detect_frame(image, models, CFG)
+    (face,), _ = detect.detect_frame(image, models, CFG)
     assert face.lips is not None and face.eyes is not None  # a plausible mesh was attached
     width = face.box[2] - face.box[0]
     lips = np.mean(face.lips, axis=0)
-    assert np.hypot(*(lips - np.asarray(face.keypoints[core.KP_MOUTH]))) < 0.1 * width
+    assert np.hypot(*(lips - np.asarray(face.keypoints[detect.KP_MOUTH]))) < 0.1 * width
     for eye, kp in zip(face.eyes, face.keypoints[:2], strict=True):
         assert np.hypot(eye[0] - kp[0], eye[1] - kp[1]) < 0.1 * width
-    geometry = core.mouth_geometry(face, CFG.mouth_scale)
+    geometry = crops.mouth_geometry(face, CFG.mouth_scale)
     assert (geometry.cx, geometry.cy) == pytest.approx(tuple(lips))
     # The mesh's box (points 0-467 only) is the face's, not stretched to the padding points.
-    ((mesh_box, _, _),) = core._landmark_faces(image, models.landmarker)
-    assert core.iou(mesh_box, face.box) > 0.5
+    ((mesh_box, _, _),) = detect._landmark_faces(image, models.landmarker)
+    assert detect.iou(mesh_box, face.box) > 0.5
 
 
 def test_padded_landmark_model_outputs_478_points(model_cache):
@@ -457,16 +457,16 @@ def test_mouth_geometry_matches_demo_truth(models, pose_args):
     track = result.selected
     for f in range(n):
         truth = pose.truth(f / fps)
-        assert core.iou(result.boxes[track.track_id][f], truth["box"]) > 0.5
-        geometry = core.mouth_geometry(track.detections[f], CFG.mouth_scale, use_landmarks=False)
+        assert detect.iou(result.boxes[track.track_id][f], truth["box"]) > 0.5
+        geometry = crops.mouth_geometry(track.detections[f], CFG.mouth_scale, use_landmarks=False)
         assert np.hypot(geometry.cx - truth["mouth"][0], geometry.cy - truth["mouth"][1]) < 0.15 * 80
         # The face mesh (on by default) fits every frame and puts the crop centre on the lips, within 5 %
         # of the face width (keypoints: within 15 %; measured 0.9-2.7 % with the mesh, 3.3-4.8 % without).
         assert track.detections[f].lips is not None
-        meshed = core.mouth_geometry(track.detections[f], CFG.mouth_scale)
+        meshed = crops.mouth_geometry(track.detections[f], CFG.mouth_scale)
         assert np.hypot(meshed.cx - truth["mouth"][0], meshed.cy - truth["mouth"][1]) < 0.05 * 80
         (rx, ry), (lx, ly) = truth["eyes"]
-        true_angle = core._normalize_angle(np.degrees(np.arctan2(ly - ry, lx - rx)))
+        true_angle = crops._normalize_angle(np.degrees(np.arctan2(ly - ry, lx - rx)))
         assert abs(geometry.angle - true_angle) < 12, (f, geometry.angle, true_angle)
 
 
