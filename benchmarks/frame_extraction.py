@@ -185,7 +185,7 @@ def _full_decode(path: Path, scale: int = 0) -> int:
     import av
 
     n = 0
-    scaler = core._Scaler()
+    scaler = core.Scaler()
     with av.open(str(path)) as container:
         for frame in container.decode(video=0):
             if scale:

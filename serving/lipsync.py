@@ -24,12 +24,15 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from serving.config import ServingConfig
 from serving.kserve_adapter import InferenceError, InferOutput, InferRequest, InferResponse, InvalidInput, Model
+
+if TYPE_CHECKING:
+    from components.common.media import MediaInfo
 
 logger = logging.getLogger("clipsync.serving.lipsync")
 
@@ -45,38 +48,30 @@ class RequestTimeout(InferenceError):
         super().__init__(reason, status="504")
 
 
-def probe_video(path: Path, max_duration_s: float) -> float:
-    """Check by decoding that ``path`` is a video no longer than ``max_duration_s``; returns its duration.
+#: What the client is told for each way an upload fails to be a video (the media probe's codes).
+_NOT_A_VIDEO = {
+    "not_media": "not a decodable video file",
+    "no_video_stream": "the file has no video stream",
+    "undecodable": "corrupt video: no frame could be decoded",
+}
+
+
+def probe_video(path: Path, max_duration_s: float) -> MediaInfo:
+    """Check by decoding that ``path`` is a video no longer than ``max_duration_s`` (the probe ingest uses).
 
     Raises:
         InvalidInput: Not a media file, no video stream, or no frame decodes (with FFmpeg's reason).
         PayloadTooLarge: Longer than ``max_duration_s``.
     """
-    import av
+    from components.common.media import MediaError, probe_media
 
     try:
-        container = av.open(str(path))
-    except (av.FFmpegError, OSError, ValueError) as exc:
-        raise InvalidInput(f"not a decodable video file: {type(exc).__name__}: {exc}") from None
-    with container:
-        if not container.streams.video:
-            raise InvalidInput("the file has no video stream")
-        stream = container.streams.video[0]
-        if stream.duration is not None and stream.time_base is not None:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            duration = container.duration / 1_000_000
-        else:
-            duration = 0.0
-        if duration > max_duration_s:
-            raise PayloadTooLarge(f"video is {duration:.1f} s long; the limit is {max_duration_s:g} s")
-        try:
-            frame = next(container.decode(stream), None)
-        except (av.FFmpegError, OSError, ValueError) as exc:
-            raise InvalidInput(f"corrupt video: no frame could be decoded: {type(exc).__name__}: {exc}") from None
-        if frame is None:
-            raise InvalidInput("corrupt video: the video stream holds no decodable frame")
-    return duration
+        info = probe_media(path)
+    except MediaError as exc:
+        raise InvalidInput(f"{_NOT_A_VIDEO[exc.code]}: {exc.detail}") from None
+    if info.duration_s > max_duration_s:
+        raise PayloadTooLarge(f"video is {info.duration_s:.1f} s long; the limit is {max_duration_s:g} s")
+    return info
 
 
 def _decode_b64(data: Any, where: str) -> bytes:
@@ -150,7 +145,7 @@ class LipSyncModel(Model):
         from components.frame_extraction.core import extract_video
 
         started = time.perf_counter()
-        duration = probe_video(path, self.settings.max_duration_s)
+        duration = probe_video(path, self.settings.max_duration_s).duration_s
         record = VideoRecord(
             video_id="upload", key="upload", uri=str(path), sha256="", size_bytes=0, uploaded_at="", status="accepted"
         )

@@ -68,7 +68,7 @@ def test_probe_video_checks_content_and_duration(tmp_path):
     from serving.lipsync import PayloadTooLarge, probe_video
 
     video = make_video(tmp_path / "v.mp4", seconds=1.0)
-    assert 0.9 <= probe_video(video, 10.0) <= 1.2
+    assert 0.9 <= probe_video(video, 10.0).duration_s <= 1.2
     with pytest.raises(PayloadTooLarge, match=r"limit is 0\.5 s"):
         probe_video(video, 0.5)
     text = tmp_path / "notes.mp4"

@@ -229,12 +229,8 @@ def split_for(sha256: str, config: IngestConfig) -> str:
     return "train"
 
 
-def _ffmpeg_error(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}"
-
-
 def probe_video(path: Path, config: IngestConfig, needs_audio: bool) -> dict:
-    """Open a video with PyAV, decode its first frame and check it against the ingest bounds.
+    """Probe a video (:func:`components.common.media.probe_media`) and check it against the ingest bounds.
 
     Args:
         path: The local file.
@@ -248,7 +244,7 @@ def probe_video(path: Path, config: IngestConfig, needs_audio: bool) -> dict:
     Raises:
         VideoRejected: With the first rule the video broke.
     """
-    import av
+    from components.common.media import MediaError, probe_media
 
     size = path.stat().st_size
     if size == 0:
@@ -256,36 +252,10 @@ def probe_video(path: Path, config: IngestConfig, needs_audio: bool) -> dict:
     if size > config.max_size_mb * 1024 * 1024:
         raise VideoRejected("too_large", f"{size / 2**20:.1f} MiB > max_size_mb {config.max_size_mb:g}")
     try:
-        container = av.open(str(path))
-    except av.FFmpegError as exc:
-        raise VideoRejected("not_media", f"not a readable media container ({_ffmpeg_error(exc)})") from None
-    with container:
-        streams = ", ".join(f"{s.type}({s.codec_context.name})" for s in container.streams) or "none"
-        if not container.streams.video:
-            raise VideoRejected("no_video_stream", f"streams present: {streams}")
-        stream = container.streams.video[0]
-        codec = stream.codec_context.name
-        try:
-            frame = next(container.decode(stream), None)
-        except av.FFmpegError as exc:
-            raise VideoRejected("undecodable", f"{codec} stream, first frame failed: {_ffmpeg_error(exc)}") from None
-        if frame is None:
-            raise VideoRejected("undecodable", f"{codec} stream holds no decodable frame")
-        rotation = int(getattr(frame, "rotation", 0) or 0) % 360
-        width, height = frame.width, frame.height
-        if rotation in (90, 270):
-            width, height = height, width
-        rate = stream.average_rate or stream.guessed_rate
-        fps = float(rate) if rate else 0.0
-        if container.duration:
-            duration = container.duration / av.time_base
-        elif stream.duration and stream.time_base:
-            duration = float(stream.duration * stream.time_base)
-        else:
-            duration = 0.0
-        audio = container.streams.audio
-        has_audio = bool(audio)
-        sample_rate = int(audio[0].codec_context.sample_rate or 0) if has_audio else 0
+        info = probe_media(path)
+    except MediaError as exc:
+        raise VideoRejected(exc.code, exc.detail) from None
+    duration, width, height, fps = info.duration_s, info.width, info.height, info.fps
 
     if duration < config.min_duration_s:
         raise VideoRejected("too_short", f"{duration:.2f} s < min_duration_s {config.min_duration_s:g}")
@@ -297,17 +267,17 @@ def probe_video(path: Path, config: IngestConfig, needs_audio: bool) -> dict:
         )
     if not config.min_fps <= fps <= config.max_fps:
         raise VideoRejected("fps", f"{fps:.2f} fps outside {config.min_fps:g}..{config.max_fps:g}")
-    if needs_audio and not has_audio:
-        raise VideoRejected("no_audio_for_lipsync", f"labelled for lip-sync but has no audio stream ({streams})")
+    if needs_audio and not info.has_audio:
+        raise VideoRejected("no_audio_for_lipsync", f"labelled for lip-sync but has no audio stream ({info.streams})")
     return {
         "duration_s": round(duration, 3),
-        "width": int(width),
-        "height": int(height),
+        "width": width,
+        "height": height,
         "fps": round(fps, 3),
-        "video_codec": codec,
-        "rotation": rotation,
-        "has_audio": has_audio,
-        "audio_sample_rate": sample_rate,
+        "video_codec": info.video_codec,
+        "rotation": info.rotation,
+        "has_audio": info.has_audio,
+        "audio_sample_rate": info.audio_sample_rate,
     }
 
 
