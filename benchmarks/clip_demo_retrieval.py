@@ -169,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     from components.evaluate.clip_eval import ClipEvalReport, evaluate_clip, score_model, write_clip_report
     from components.finetune_clip.base_model import build_demo_base_clip
     from components.finetune_clip.config import FinetuneClipConfig
-    from components.finetune_clip.core import export_model, train_clip
+    from components.finetune_clip.export import export_model
     from components.finetune_clip.model import load_base_clip, load_clip_model
+    from components.finetune_clip.train import train_clip
 
     torch.set_num_threads(args.threads)
     base = Path(args.base)

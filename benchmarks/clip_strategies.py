@@ -49,7 +49,7 @@ def child(strategy: str, steps: int, videos: int, frames: int, threads: int) -> 
 
     sys.path.insert(0, str(REPO))
     from components.finetune_clip.config import FinetuneClipConfig
-    from components.finetune_clip.core import contrastive_loss
+    from components.finetune_clip.loss import contrastive_loss
     from components.finetune_clip.model import ImageSpec, apply_strategy, pool_frames
 
     torch.set_num_threads(threads)
@@ -105,9 +105,9 @@ def child_epochs(strategy: str, epochs: int, videos: int, frames: int, batch: in
     sys.path.insert(0, str(REPO))
     from components.finetune_clip.base_model import generic_corpus, train_tokenizer
     from components.finetune_clip.config import FinetuneClipConfig
-    from components.finetune_clip.core import train_clip
     from components.finetune_clip.data import ClipSample
     from components.finetune_clip.model import ClipBundle, ImageSpec, prepare_frames
+    from components.finetune_clip.train import train_clip
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -134,7 +134,7 @@ def child_epochs(strategy: str, epochs: int, videos: int, frames: int, batch: in
         lr=1e-5,
         early_stopping_patience=0,
         device="cpu",
-        mixed_precision="no",
+        precision="fp32",
     )
     bundle = ClipBundle(model=model, tokenizer=tokenizer, image_spec=spec, base_ref="vit-b32-random")
     with tempfile.TemporaryDirectory(prefix="clip-strategies-") as tmp:

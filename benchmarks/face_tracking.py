@@ -297,9 +297,9 @@ def lipsync_auc(cache_dir: Path, seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
 
     from components.demo_data.config import DemoConfig
     from components.finetune_lipsync.config import FinetuneLipsyncConfig
-    from components.finetune_lipsync.core import train_lipsync
     from components.finetune_lipsync.data import LipsyncVideo, split_by_video
     from components.finetune_lipsync.model import load_model, predict_video
+    from components.finetune_lipsync.train import train_lipsync
 
     demo = DemoConfig(seed=0, as_of="2026-11-01", clips_per_category=0, two_face=0, no_face=0, broken=False)
     clips = _decoded_demo(demo, ("talking_head",))

@@ -42,7 +42,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components.common.manifest import VideoRecord, write_manifest
-from components.frame_extraction import core
+from components.frame_extraction import core, decode
 from components.frame_extraction.config import FrameExtractionConfig
 
 RATE = 16000
@@ -185,7 +185,7 @@ def _full_decode(path: Path, scale: int = 0) -> int:
     import av
 
     n = 0
-    scaler = core.Scaler()
+    scaler = decode.Scaler()
     with av.open(str(path)) as container:
         for frame in container.decode(video=0):
             if scale:

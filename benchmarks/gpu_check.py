@@ -48,14 +48,10 @@ class Interrupted(Exception):
     """Raised after the first epoch to stop a run the way a preempted pod stops."""
 
 
-def _stop_after(first_epoch: int):
-    """A ``log_fn`` that stops training after its first epoch (train_clip counts epochs from 1, lipsync from 0)."""
-
-    def log_fn(metrics: dict, epoch: int) -> None:
-        if epoch == first_epoch:
-            raise Interrupted
-
-    return log_fn
+def _stop_after_first_epoch(metrics: dict, epoch: int) -> None:
+    """A ``log_fn`` that stops training after its first epoch (both trainers count epochs from 1)."""
+    if epoch == 1:
+        raise Interrupted
 
 
 def build_base(folder: Path, tiny: bool) -> Path:
@@ -111,8 +107,8 @@ def check_clip(base: Path, strategy: str, precision: str, args, work: Path) -> d
 
     from components.common.device import resolve_device
     from components.finetune_clip.config import FinetuneClipConfig
-    from components.finetune_clip.core import train_clip
     from components.finetune_clip.model import load_base_clip
+    from components.finetune_clip.train import train_clip
 
     device = resolve_device(args.device)
     side = CLIPConfig.from_pretrained(base).vision_config.image_size
@@ -126,13 +122,13 @@ def check_clip(base: Path, strategy: str, precision: str, args, work: Path) -> d
         frames_per_video=args.frames,
         lr=1e-4,
         early_stopping_patience=0,
-        mixed_precision=precision,
+        precision=precision,
         device=args.device,
     )
     _reset_peak(device)
     started = time.monotonic()
     with contextlib.suppress(Interrupted):
-        train_clip(load_base_clip(str(base)), train, val, cfg, work, _stop_after(1))
+        train_clip(load_base_clip(str(base)), train, val, cfg, work, _stop_after_first_epoch)
     bundle = load_base_clip(str(base))
     resumed = train_clip(bundle, train, val, cfg, work)
     seconds = time.monotonic() - started
@@ -205,8 +201,8 @@ def lipsync_videos(n: int, size: int, duration_s: float) -> list:
 def check_lipsync(precision: str, args, work: Path) -> dict:
     from components.common.device import resolve_device
     from components.finetune_lipsync.config import FinetuneLipsyncConfig
-    from components.finetune_lipsync.core import train_lipsync
     from components.finetune_lipsync.data import split_by_video
+    from components.finetune_lipsync.train import train_lipsync
 
     device = resolve_device(args.device)
     size = 16 if args.tiny else 96
@@ -223,7 +219,7 @@ def check_lipsync(precision: str, args, work: Path) -> dict:
     _reset_peak(device)
     started = time.monotonic()
     with contextlib.suppress(Interrupted):
-        train_lipsync(train, val, cfg, work / "model", _stop_after(0), work_dir=work)
+        train_lipsync(train, val, cfg, work / "model", _stop_after_first_epoch, work_dir=work)
     result = train_lipsync(train, val, cfg, work / "model", work_dir=work)
     if result.resumed_from_epoch != 1 or len(result.history) != cfg.epochs:
         raise AssertionError(f"resumed from {result.resumed_from_epoch}, {len(result.history)} epochs")
@@ -273,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from components.finetune_clip.core import export_model
+    from components.finetune_clip.export import export_model
 
     precisions = [p for p in args.precisions.split(",") if p]
     if not args.device.startswith("cuda") and "fp16" in precisions:

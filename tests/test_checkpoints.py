@@ -54,9 +54,9 @@ CLIP_CHILD = (
     CHILD_PRELUDE
     + """
 from components.common.config import from_dict
-from components.finetune_clip import core
+from components.finetune_clip import core, train
 from components.finetune_clip.config import FinetuneClipConfig
-core._batch_loss = hang_mid_epoch(core._batch_loss)
+train._batch_loss = hang_mid_epoch(train._batch_loss)
 config = from_dict(args["config"])
 core.run_finetune_clip(Path(args["frames"]), Path(args["out"]), config, FinetuneClipConfig(**args["cfg"]), track=False)
 """
@@ -66,15 +66,16 @@ LIPSYNC_CHILD = (
     CHILD_PRELUDE
     + """
 import torch
-from components.finetune_lipsync import core
+from components.finetune_lipsync import train as training
 from components.finetune_lipsync.config import FinetuneLipsyncConfig
 torch.set_num_threads(1)
 sys.path.insert(0, args["tests"])
 from test_checkpoints import lipsync_videos
-core._window_loss = hang_mid_epoch(core._window_loss)
+training._window_loss = hang_mid_epoch(training._window_loss)
 train, val = lipsync_videos()
 mirror = checkpoints.open_mirror(args["store"], "checkpoints/finetune_lipsync/acme-w")
-core.train_lipsync(train, val, FinetuneLipsyncConfig(**args["cfg"]), args["out"], work_dir=args["work"], mirror=mirror)
+cfg = FinetuneLipsyncConfig(**args["cfg"])
+training.train_lipsync(train, val, cfg, args["out"], work_dir=args["work"], mirror=mirror)
 """
 )
 
@@ -233,7 +234,7 @@ def lipsync_videos():
 @pytest.mark.slow
 def test_finetune_lipsync_killed_mid_epoch_resumes_from_the_artifacts_store(tmp_path):
     from components.finetune_lipsync.config import FinetuneLipsyncConfig
-    from components.finetune_lipsync.core import train_lipsync
+    from components.finetune_lipsync.train import train_lipsync
 
     store = tmp_path / "store"
     args = {"store": str(store), "out": str(tmp_path / "m1"), "work": str(tmp_path / "pod1"), "cfg": LIPSYNC_CFG}

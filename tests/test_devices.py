@@ -60,9 +60,9 @@ def _all_on(module, device: torch.device) -> bool:
 @pytest.mark.parametrize("strategy", ["lora", "hybrid"])
 def test_clip_training_step_on_meta(tiny_base, strategy):
     """The step train_clip runs (encode, loss, backward, clipping, AdamW) with the model on meta: nothing on the CPU."""
-    from components.finetune_clip.core import _batch_loss
     from components.finetune_clip.metrics import embed_samples
     from components.finetune_clip.model import apply_strategy, load_base_clip
+    from components.finetune_clip.train import _batch_loss
 
     bundle = load_base_clip(str(tiny_base))
     cfg = FinetuneClipConfig(strategy=strategy, lora_r=4, lora_alpha=8, batch_size=4, frames_per_video=2)
@@ -152,9 +152,9 @@ def _lipsync_model():
 @pytest.mark.parametrize("fusion", ["concat", "cross_attention"])
 def test_lipsync_training_step_on_meta(fusion):
     from components.finetune_lipsync.augment import AugmentParams, augment_video
-    from components.finetune_lipsync.core import _window_loss
     from components.finetune_lipsync.model import LipSyncDetector, LipSyncModelConfig
     from components.finetune_lipsync.synthetic import synthetic_video
+    from components.finetune_lipsync.train import _window_loss
 
     model = LipSyncDetector(LipSyncModelConfig(**{**LIPSYNC_TINY, "fusion": fusion})).to(META).train()
     crops, audio = synthetic_video(True, 0, duration_s=1.0, size=24)  # 24 px crops: resized inside the model
@@ -205,7 +205,7 @@ def test_lipsync_predictor_call_on_meta(model_cache, tmp_path):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_contrastive_loss_in_half_precision(dtype):
-    from components.finetune_clip.core import _directional_nll, contrastive_loss
+    from components.finetune_clip.loss import _directional_nll, contrastive_loss
 
     g = torch.Generator().manual_seed(0)
     v = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1)
@@ -220,7 +220,7 @@ def test_contrastive_loss_in_half_precision(dtype):
     nll = _directional_nll(logits, mask)
     nll.backward()
     assert torch.isfinite(nll) and torch.isfinite(logits.grad).all()
-    # Under autocast (what mixed_precision bf16/fp16 runs), embeddings from a Linear come out in half precision.
+    # Under autocast (what precision bf16/fp16 runs), embeddings from a Linear come out in half precision.
     layer = torch.nn.Linear(8, 8)
     with torch.autocast("cpu", dtype=dtype):
         ve = torch.nn.functional.normalize(layer(v), dim=-1)
@@ -234,8 +234,8 @@ def test_contrastive_loss_in_half_precision(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_clip_batch_loss_under_cpu_autocast(tiny_base, dtype):
-    from components.finetune_clip.core import _batch_loss
     from components.finetune_clip.model import apply_strategy, load_base_clip
+    from components.finetune_clip.train import _batch_loss
 
     bundle = load_base_clip(str(tiny_base))
     cfg = FinetuneClipConfig(lora_r=4, lora_alpha=8, batch_size=4, frames_per_video=2)
@@ -249,8 +249,8 @@ def test_clip_batch_loss_under_cpu_autocast(tiny_base, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_lipsync_window_loss_under_cpu_autocast(dtype):
-    from components.finetune_lipsync.core import _window_loss
     from components.finetune_lipsync.synthetic import synthetic_video
+    from components.finetune_lipsync.train import _window_loss
 
     model = _lipsync_model().train()
     crops, audio = synthetic_video(True, 0, duration_s=1.0, size=16)
@@ -282,14 +282,36 @@ def test_device_settings_are_validated_everywhere():
             resolve_device("cuda")
 
 
+def test_one_precision_vocabulary_for_both_fine_tunes():
+    from components.common.config import from_dict
+    from components.common.device import Runtime, cpu_has_native_bf16, resolve_precision, resolve_runtime
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) is None and resolve_precision("bf16", cpu) == torch.bfloat16
+    assert resolve_precision("auto", cpu) == (torch.bfloat16 if cpu_has_native_bf16() else None)
+    with pytest.raises(RuntimeError, match="fp16 needs CUDA"):
+        resolve_precision("fp16", cpu)
+    runtime = resolve_runtime("cpu", "bf16")
+    assert runtime == Runtime(cpu, torch.bfloat16) and runtime.precision == "bf16"
+    assert not runtime.grad_scaler().is_enabled()  # the scaler is for fp16 on CUDA only
+    with runtime.autocast():
+        assert torch.nn.Linear(2, 2)(torch.ones(1, 2)).dtype == torch.bfloat16
+    for cls, section in ((FinetuneClipConfig, "finetune_clip"), (FinetuneLipsyncConfig, "finetune_lipsync")):
+        assert cls(precision="fp32").precision == "fp32"
+        with pytest.raises(ConfigError, match=f"{section}: precision must be one of"):
+            cls(precision="no")
+    with pytest.raises(ConfigError, match=r"finetune_clip\.mixed_precision has moved: use finetune_clip\.precision"):
+        from_dict({"finetune_clip": {"mixed_precision": "no"}})
+
+
 def test_stages_take_the_configured_device(tiny_base, tmp_path):
     """Both fine-tune stages pass ``device`` through: on a machine without CUDA, ``cuda`` fails loudly."""
     from synthetic_frames import make_frames
 
     from components.common.config import from_dict
     from components.finetune_clip.core import run_finetune_clip
-    from components.finetune_lipsync.core import train_lipsync
     from components.finetune_lipsync.synthetic import synthetic_video
+    from components.finetune_lipsync.train import train_lipsync
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

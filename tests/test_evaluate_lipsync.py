@@ -11,11 +11,11 @@ import torch
 
 from components.evaluate.lipsync_eval import PERTURBATIONS, evaluate_lipsync, perturb_crops, robustness_table
 from components.finetune_lipsync.config import FinetuneLipsyncConfig
-from components.finetune_lipsync.core import train_lipsync
 from components.finetune_lipsync.data import load_lipsync_videos, split_by_video, training_pool
 from components.finetune_lipsync.metrics import binary_metrics, choose_threshold
 from components.finetune_lipsync.model import LipSyncDetector, LipSyncModelConfig, save_model
 from components.finetune_lipsync.synthetic import synthetic_video, write_synthetic_faces
+from components.finetune_lipsync.train import train_lipsync
 
 torch.set_num_threads(1)
 

@@ -74,7 +74,7 @@ def _samples(n: int, spec, seed: int, k: int = 2):
 
 
 def test_loss_two_by_two_hand_computed():
-    from components.finetune_clip.core import contrastive_loss
+    from components.finetune_clip.loss import contrastive_loss
 
     v = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     t = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
@@ -110,7 +110,7 @@ def _reference_loss(logits: np.ndarray, pos: np.ndarray) -> float:
 
 
 def test_multilabel_masking_three_by_three():
-    from components.finetune_clip.core import batch_texts, contrastive_loss, positive_mask
+    from components.finetune_clip.loss import batch_texts, contrastive_loss, positive_mask
 
     labels = [("laparoscopic surgery", "shared"), ("shared",), ("forklift",)]
     texts = batch_texts(labels)
@@ -127,7 +127,7 @@ def test_multilabel_masking_three_by_three():
     # leaves the loss term of its first positive untouched, so the loss can only go down.
     logits = (5.0 * v @ t.T).detach().requires_grad_(True)
     pos = mask
-    from components.finetune_clip.core import _directional_nll
+    from components.finetune_clip.loss import _directional_nll
 
     _directional_nll(logits, pos).backward()
     assert logits.grad[0, 1] < 0 and logits.grad[0, 0] < 0  # both positives are pulled up
@@ -138,7 +138,7 @@ def test_multilabel_masking_three_by_three():
 
 
 def test_loss_row_without_negative_is_finite():
-    from components.finetune_clip.core import contrastive_loss
+    from components.finetune_clip.loss import contrastive_loss
 
     v = torch.nn.functional.normalize(torch.randn(2, 4), dim=-1).requires_grad_(True)
     t = torch.nn.functional.normalize(torch.randn(2, 4), dim=-1)
@@ -214,8 +214,9 @@ def _embeddings(bundle, samples, texts):
 
 @pytest.mark.parametrize("strategy", ["lora", "hybrid"])
 def test_export_and_load_round_trip(tiny_base, tmp_path, strategy):
-    from components.finetune_clip.core import export_model, train_clip
+    from components.finetune_clip.export import export_model
     from components.finetune_clip.model import load_base_clip, load_clip_model
+    from components.finetune_clip.train import train_clip
 
     bundle = load_base_clip(str(tiny_base))
     train = _samples(8, bundle.image_spec, seed=1)
@@ -248,8 +249,8 @@ def test_export_and_load_round_trip(tiny_base, tmp_path, strategy):
 def test_resume_after_interruption_matches_uninterrupted_run(tiny_base, tmp_path):
     from safetensors.torch import load_file
 
-    from components.finetune_clip.core import train_clip
     from components.finetune_clip.model import load_base_clip
+    from components.finetune_clip.train import train_clip
 
     cfg = _cfg(epochs=3, lora_dropout=0.1)
     spec = load_base_clip(str(tiny_base)).image_spec
@@ -404,12 +405,12 @@ def test_base_model_from_s3_folder(tiny_base, tmp_path, monkeypatch):
 
 
 def test_grad_accumulation_steps_and_bf16_autocast(tiny_base, tmp_path):
-    from components.finetune_clip.core import train_clip
     from components.finetune_clip.model import load_base_clip
+    from components.finetune_clip.train import train_clip
 
     bundle = load_base_clip(str(tiny_base))
     train = _samples(10, bundle.image_spec, seed=4)  # batches of 4, 4, 2 -> one optimizer step per epoch
-    cfg = _cfg(epochs=2, grad_accum=3, mixed_precision="bf16", warmup_ratio=0.5)
+    cfg = _cfg(epochs=2, grad_accum=3, precision="bf16", warmup_ratio=0.5)
     result = train_clip(bundle, train, [], cfg, tmp_path / "w")
     state = json.loads((tmp_path / "w" / "checkpoints" / "last" / "state.json").read_text())
     assert state["step"] == 2 and result.precision == "bf16" and result.epochs_run == 2
@@ -417,7 +418,7 @@ def test_grad_accumulation_steps_and_bf16_autocast(tiny_base, tmp_path):
     # warm-up of 1 step (0.5 x 2), then cosine: the lr after the last step has decayed to 0
     assert result.history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(RuntimeError, match="fp16 needs CUDA"):
-        train_clip(load_base_clip(str(tiny_base)), train, [], _cfg(mixed_precision="fp16"), tmp_path / "x")
+        train_clip(load_base_clip(str(tiny_base)), train, [], _cfg(precision="fp16"), tmp_path / "x")
 
 
 def test_a_window_too_small_to_train_leaves_no_challenger_and_the_gate_keeps(tiny_base, tmp_path):

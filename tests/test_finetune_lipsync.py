@@ -14,10 +14,11 @@ from safetensors.torch import load_file
 from components.common.config import ConfigError, from_dict
 from components.finetune_lipsync.augment import AugmentParams, augment_video, speed_window
 from components.finetune_lipsync.config import FinetuneLipsyncConfig
-from components.finetune_lipsync.core import run_finetune_lipsync, set_trainable, train_lipsync, unfrozen_groups
+from components.finetune_lipsync.core import run_finetune_lipsync
 from components.finetune_lipsync.data import LipsyncVideo, load_lipsync_videos, split_by_video
 from components.finetune_lipsync.model import LipSyncDetector, LipSyncModelConfig, load_model, save_model
 from components.finetune_lipsync.synthetic import synthetic_video, write_synthetic_faces
+from components.finetune_lipsync.train import set_trainable, train_lipsync, unfrozen_groups
 
 torch.set_num_threads(1)
 
@@ -125,7 +126,7 @@ def test_phase_switch_inside_training_freezes_then_unfreezes(tmp_path):
         pretrained=tmp_path / "start" / "model.safetensors",
     )
     assert [row["phase"] for row in result.history] == [1.0, 2.0]
-    assert [s for s, _ in seen] == [0, 1]
+    assert [s for s, _ in seen] == [1, 2]  # MLflow's step is the 1-based epoch
     assert result.history[0]["trainable_params"] < result.history[1]["trainable_params"]
     assert result.history[0]["lr_head"] == cfg.lr and result.history[1]["lr_encoder"] == cfg.lr_encoder
     # Phase 1 only: encoders keep the pretrained weights exactly, the head moved.
@@ -137,7 +138,7 @@ def test_phase_switch_inside_training_freezes_then_unfreezes(tmp_path):
     assert enc and all(torch.equal(before[k], after[k]) for k in enc)
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("classifier."))
     # One phase-2 epoch: the top visual group moved, the bottom block did not (progressive).
-    assert result.best_epoch == 1  # val loss fell in epoch 2 (seeded), so the phase-2 weights were kept
+    assert result.best_epoch == 2  # val loss fell in epoch 2 (seeded), so the phase-2 weights were kept
     after2 = load_file(str(result.model_dir / "model.safetensors"))
     assert not torch.equal(before["visual.temporal.0.weight"], after2["visual.temporal.0.weight"])
     assert torch.equal(before["visual.blocks.0.0.weight"], after2["visual.blocks.0.0.weight"])
@@ -202,7 +203,7 @@ def test_stage_trains_registers_and_fine_tunes_from_champion(tmp_path):
 
     client = mlflow.MlflowClient(config.tracking.tracking_uri)
     run_id = client.get_model_version("lipsync-acme", "1").run_id
-    assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == [0]
+    assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == [1]  # epochs count from 1
 
     # Promote it; the next month fine-tunes from the champion (phase 1 at epoch 0).
     client.set_registered_model_alias("lipsync-acme", "champion", "1")

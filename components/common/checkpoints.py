@@ -113,6 +113,41 @@ def load_last(last_dir: Path, opt: Any, sched: Any, scaler: Any) -> tuple[dict[s
     return load_file(str(last_dir / WEIGHTS_FILE)), state
 
 
+def resume(
+    ckpt_dir: Path, fingerprint: dict, opt: Any, sched: Any, scaler: Any, mirror: CheckpointMirror | None = None
+) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """Restore the last checkpoint of ``ckpt_dir`` if it was written for ``fingerprint`` (then creates the folder).
+
+    When ``ckpt_dir`` holds no checkpoint, the one in ``mirror`` (the artifacts store) is pulled first: a retried
+    pod resumes. A checkpoint written for other settings, data or starting weights is deleted (logged) and the
+    run starts over.
+
+    Args:
+        ckpt_dir: The checkpoint folder (``last/`` and ``best.safetensors`` inside).
+        fingerprint: What the trainer's state must hold under ``"fingerprint"`` to be resumed.
+        opt: The optimizer, restored in place.
+        sched: The learning-rate scheduler, restored in place.
+        scaler: The gradient scaler (or ``None``), restored in place.
+        mirror: The checkpoint's copy in the artifacts store, if any.
+
+    Returns:
+        ``(weights, state)`` as :func:`load_last` gives them, or ``None`` when training starts from epoch 0.
+    """
+    last_dir = ckpt_dir / LAST_DIR
+    if mirror is not None and read_state(last_dir) is None:
+        mirror.pull(ckpt_dir)
+    saved = read_state(last_dir)
+    restored = None
+    if saved is not None and saved.get("fingerprint") == fingerprint:
+        restored = load_last(last_dir, opt, sched, scaler)
+        logger.info("resuming from the checkpoint in %s after epoch %d", ckpt_dir, restored[1]["epoch"])
+    elif saved is not None:
+        logger.warning("checkpoint in %s was written for other settings or data; starting over", ckpt_dir)
+        shutil.rmtree(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    return restored
+
+
 def file_sha256(path: str | Path) -> str:
     """The SHA-256 of a file (hex)."""
     with open(path, "rb") as fh:

@@ -302,6 +302,9 @@ _SECTIONS: dict[str, type] = {
 
 def _build_section(name: str, cls: type, values: dict[str, Any]) -> Any:
     known = {f.name: f for f in fields(cls)}
+    moved = getattr(cls, "MOVED", {})
+    for key in sorted(set(values) & set(moved)):
+        raise ConfigError(f"setting {name}.{key} has moved: use {moved[key]}")
     unknown = sorted(set(values) - set(known))
     require(not unknown, f"unknown setting(s) in [{name}]: {', '.join(unknown)}")
     coerced = {}

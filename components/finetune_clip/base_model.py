@@ -345,7 +345,7 @@ def build_demo_base_clip(
     import torch.nn.functional as F
     from transformers import CLIPModel
 
-    from components.finetune_clip.core import contrastive_loss
+    from components.finetune_clip.loss import contrastive_loss
     from components.finetune_clip.model import normalize_pixels
 
     out_dir = Path(out_dir)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import ClassVar
 
-from components.common.device import is_device_name
+from components.common.device import PRECISIONS, is_device_name
 from components.common.errors import require
 
 STRATEGIES = ("lora", "hybrid", "full")
 POOLINGS = ("mean", "max")
-PRECISIONS = ("auto", "no", "bf16", "fp16")
 
 
 _require = functools.partial(require, section="finetune_clip")
@@ -51,13 +51,19 @@ class FinetuneClipConfig:
             (every video of the query's category: a search for "laparoscopic cholecystectomy" should find
             the client's cholecystectomy videos, whichever paraphrase they were labelled with) or ``label``
             (only videos carrying that exact label text; stricter, and noisy when labels are paraphrases).
-        mixed_precision: ``auto`` (bf16 on CUDA when supported, else fp16 on CUDA; none on CPU), ``no``,
-            ``bf16`` or ``fp16`` (CUDA only, with a gradient scaler).
+        precision: The training autocast: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (CUDA only, with a gradient
+            scaler); see :mod:`components.common.device` (``auto``: bf16 on GPUs that have it, else fp16; fp32 on
+            CPUs without native bf16).
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``.
         num_threads: Torch CPU threads (0 keeps torch's default).
         seed: Seed of initialization, shuffling and dropout (each epoch reseeds from it, so a resumed run
             follows the same path as an uninterrupted one).
     """
+
+    #: Settings that moved: old key -> where it lives now (a file with the old key is refused with that message).
+    MOVED: ClassVar[dict[str, str]] = {
+        "mixed_precision": "finetune_clip.precision (auto, fp32, bf16, fp16; 'no' is fp32)",
+    }
 
     base_model: str = ""
     strategy: str = "lora"
@@ -76,7 +82,7 @@ class FinetuneClipConfig:
     frames_per_video: int = 4
     early_stopping_patience: int = 20
     eval_relevance: str = "category"
-    mixed_precision: str = "auto"
+    precision: str = "auto"
     device: str = "auto"
     num_threads: int = 0
     seed: int = 0
@@ -112,16 +118,13 @@ class FinetuneClipConfig:
             self.early_stopping_patience >= 0,
             f"early_stopping_patience must be >= 0, got {self.early_stopping_patience}",
         )
-        _require(
-            self.mixed_precision in PRECISIONS,
-            f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}",
-        )
+        _require(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         _require(is_device_name(self.device), f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         _require(self.num_threads >= 0, f"num_threads must be >= 0, got {self.num_threads}")
 
     def training_fingerprint(self) -> dict:
         """The fields a checkpoint must share with the current run to be resumed (everything but device knobs)."""
-        skip = {"device", "num_threads", "mixed_precision", "early_stopping_patience"}
+        skip = {"device", "num_threads", "precision", "early_stopping_patience"}
         out = {}
         for name in self.__dataclass_fields__:
             if name not in skip:

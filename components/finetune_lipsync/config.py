@@ -5,12 +5,11 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from components.common.device import is_device_name
+from components.common.device import PRECISIONS, is_device_name
 from components.common.errors import require
 
 FUSIONS = ("cross_attention", "concat")
 AGGREGATIONS = ("mean_logit", "max", "median")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 _require = functools.partial(require, section="finetune_lipsync")
@@ -57,7 +56,9 @@ class FinetuneLipsyncConfig:
         color_jitter: Largest relative change of brightness, contrast and saturation.
         noise_std: Largest standard deviation of Gaussian pixel noise (pixel values in [0, 1]).
         video_aggregation: Video score from window scores: ``mean_logit``, ``max`` or ``median``.
-        precision: ``auto`` (bf16 where the CPU has native bf16 or on CUDA, else fp32), ``fp32``, ``bf16``, ``fp16``.
+        precision: The training autocast: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (CUDA only, with a gradient
+            scaler); see :mod:`components.common.device` (``auto``: bf16 on GPUs and CPUs that have it, else fp16 on
+            CUDA, fp32 on CPUs).
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``.
         num_threads: Torch CPU threads (0 keeps torch's default).
         seed: Seed of the split, initialization, shuffling and augmentation.

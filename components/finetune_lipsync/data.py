@@ -1,4 +1,4 @@
-"""The lip-sync detector's data: labelled talking heads of a faces Dataset and their split by video."""
+"""The lip-sync detector's data: labelled talking heads of a faces Dataset, their split by video, training windows."""
 
 from __future__ import annotations
 
@@ -7,8 +7,14 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from components.finetune_lipsync.augment import AugmentParams
+    from components.finetune_lipsync.config import FinetuneLipsyncConfig
+    from components.finetune_lipsync.model import LipSyncModelConfig
 
 logger = logging.getLogger("clipsync.finetune_lipsync")
 
@@ -128,3 +134,94 @@ def load_lipsync_videos(
 def training_pool(videos: Sequence[LipsyncVideo]) -> list[LipsyncVideo]:
     """The videos training may see: the manifest's train and val splits (test stays for evaluate)."""
     return [v for v in videos if v.split in ("train", "val")]
+
+
+# ------------------------------------------------------------------------------------------- training windows
+
+
+@dataclass
+class WindowSet:
+    """Fixed windows of a list of videos (validation): every window of every video, never augmented."""
+
+    video: np.ndarray  # uint8 [N, T, S, S, 3]
+    audio: np.ndarray  # float32 [N, samples]
+    labels: np.ndarray  # float32 [N]
+    video_index: np.ndarray  # int [N] index into the video list
+
+
+def _resize_crops(crops: np.ndarray, size: int) -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+
+    if crops.shape[1] == size and crops.shape[2] == size:
+        return crops
+    x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def resize_videos(videos: Sequence[LipsyncVideo], size: int) -> list[LipsyncVideo]:
+    """Resize crops once to the model's input size (cheaper than in every forward pass)."""
+    return [
+        LipsyncVideo(v.video_id, _resize_crops(v.crops, size), v.audio, v.fps, v.label, v.split, v.fallback_used)
+        for v in videos
+    ]
+
+
+def fixed_windows(videos: Sequence[LipsyncVideo], mc: LipSyncModelConfig) -> WindowSet:
+    """Every window of every video at the model's geometry (validation and the threshold choice)."""
+    from components.finetune_lipsync.model import windows
+
+    vids, auds, labels, index = [], [], [], []
+    for i, v in enumerate(videos):
+        av = windows(v.crops, v.audio, v.fps, mc.window_s, mc.hop_s, target_fps=mc.fps, sr=mc.sample_rate)
+        vids.append(av.video)
+        auds.append(av.audio)
+        labels.extend([v.label] * len(av))
+        index.extend([i] * len(av))
+    return WindowSet(
+        np.concatenate(vids), np.concatenate(auds), np.asarray(labels, np.float32), np.asarray(index, np.int64)
+    )
+
+
+def epoch_plan(videos: Sequence[LipsyncVideo], cfg: FinetuneLipsyncConfig, rng: np.random.Generator) -> list:
+    """The epoch's training windows as ``(video index, start)``, at most ``max_windows_per_video`` each, shuffled."""
+    from components.finetune_lipsync.model import window_starts
+
+    plan = []
+    for i, v in enumerate(videos):
+        starts = window_starts(v.duration_s, cfg.window_s, cfg.hop_s)
+        if cfg.max_windows_per_video and len(starts) > cfg.max_windows_per_video:
+            starts = rng.choice(starts, cfg.max_windows_per_video, replace=False)
+        plan.extend((i, float(s)) for s in starts)
+    rng.shuffle(plan)
+    return plan
+
+
+def train_batch(
+    videos: Sequence[LipsyncVideo],
+    items: list[tuple[int, float]],
+    mc: LipSyncModelConfig,
+    augment: AugmentParams | None,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cut the windows of ``items``, each at a random speed when augmenting (video uint8, audio, labels)."""
+    from components.finetune_lipsync.augment import random_speed, speed_window
+    from components.finetune_lipsync.model import extract_window
+
+    vids, auds, labels = [], [], []
+    for i, start in items:
+        v = videos[i]
+        if augment is not None:
+            speed = random_speed(rng, augment)
+            clip, sound = speed_window(
+                v.crops, v.audio, v.fps, start, mc.n_frames, mc.fps, mc.n_samples, speed, mc.sample_rate
+            )
+        else:
+            clip, sound = extract_window(
+                v.crops, v.audio, v.fps, start, mc.n_frames, mc.fps, mc.n_samples, mc.sample_rate
+            )
+        vids.append(clip)
+        auds.append(sound)
+        labels.append(v.label)
+    return np.stack(vids), np.stack(auds), np.asarray(labels, np.float32)

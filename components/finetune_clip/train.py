@@ -1,0 +1,374 @@
+"""finetune_clip's training loop: LoRA, hybrid or full fine-tuning of a base CLIP with checkpoints that resume.
+
+AdamW over the trainable parameters (:func:`make_optimizer`: linear warm-up, then cosine decay per optimizer
+step), gradient accumulation, autocast in the configured precision, early stopping on the validation loss, one
+checkpoint per epoch (:func:`components.common.checkpoints.resume` restores it). ``<work_dir>/checkpoints/last/``
+holds the trainable weights, the AdamW state, the scheduler position, the epoch, the early-stopping state and
+the history; ``best.safetensors`` the best epoch's trainable weights. Every epoch reseeds torch and the shuffle
+from ``seed`` and the epoch, so a run resumed from its last checkpoint follows the same path as an uninterrupted
+one (exactly on CPU). Epochs are counted from 1 (``best_epoch``, the history, MLflow's step).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from components.common import checkpoints as ckpt
+from components.common.no_challenger import NotTrainable
+from components.finetune_clip.config import FinetuneClipConfig
+from components.finetune_clip.data import ClipSample
+from components.finetune_clip.loss import batch_texts, contrastive_loss, positive_mask
+from components.finetune_clip.metrics import embed_samples, query_video_similarity, retrieval_metrics, retrieval_problem
+from components.finetune_clip.model import ClipBundle, TrainableStats, apply_strategy, encode_texts, encode_videos
+
+if TYPE_CHECKING:
+    import torch
+
+    from components.common.device import Runtime
+
+logger = logging.getLogger("clipsync.finetune_clip")
+
+
+LogFn = Callable[[dict[str, float], int], None]
+CHECKPOINT_FORMAT = 2  # the checkpoint layout; a checkpoint of another format is not resumed
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_clip` produced (the model holds the best epoch's weights)."""
+
+    model: Any
+    stats: TrainableStats
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_val_loss: float
+    epochs_run: int
+    stopped_early: bool
+    resumed_from_epoch: int
+    device: str
+    precision: str
+
+
+def _batches(n: int, batch_size: int, order: np.ndarray) -> list[np.ndarray]:
+    out = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    if len(out) > 1 and len(out[-1]) < 2:
+        # A one-video batch has no negative; fold it into the previous batch.
+        out[-2] = np.concatenate([out[-2], out[-1]])
+        out.pop()
+    return out
+
+
+def _logit_scale(model: Any) -> torch.Tensor:
+    return model.logit_scale.exp().clamp(max=100.0)
+
+
+def _batch_loss(
+    model: Any,
+    bundle: ClipBundle,
+    samples: Sequence[ClipSample],
+    cfg: FinetuneClipConfig,
+    video_emb: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The contrastive loss of one batch; ``video_emb`` (``[B, D]``) stands in for a frozen vision tower."""
+    import torch
+
+    labels = [s.labels for s in samples]
+    texts = batch_texts(labels)
+    if video_emb is None:
+        video_emb = encode_videos(model, torch.stack([s.frames for s in samples]), bundle.image_spec, cfg.pooling)
+    text_emb = encode_texts(model, bundle.tokenizer, texts)
+    return contrastive_loss(video_emb, text_emb, positive_mask(labels, texts), _logit_scale(model))
+
+
+def _validate(
+    model: Any,
+    bundle: ClipBundle,
+    val: Sequence[ClipSample],
+    cfg: FinetuneClipConfig,
+    autocast: Callable[[], Any],
+    val_emb: torch.Tensor | None = None,
+) -> dict[str, float]:
+    import torch
+
+    model.eval()
+    losses, weights = [], []
+    queries, relevant, q_cats = retrieval_problem(val)
+    with torch.no_grad(), autocast():
+        for idx in _batches(len(val), cfg.batch_size, np.arange(len(val))):
+            emb = None if val_emb is None else val_emb[torch.from_numpy(idx).to(val_emb.device)]
+            losses.append(float(_batch_loss(model, bundle, [val[i] for i in idx], cfg, emb)))
+            weights.append(len(idx))
+        sim = query_video_similarity(bundle, model, val, queries, cfg.pooling, cfg.batch_size, val_emb)
+    metrics = retrieval_metrics(sim.cpu().numpy(), relevant, q_cats, [s.category for s in val], queries)
+    return {
+        "val_loss": float(np.average(losses, weights=weights)),
+        "val_recall_at_1": metrics.recall_at_1,
+        "val_recall_at_5": metrics.recall_at_5,
+        "val_map": metrics.mean_ap,
+    }
+
+
+def _data_fingerprint(samples: Sequence[ClipSample]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for s in samples:
+        h.update(f"{s.video_id}|{'|'.join(s.labels)}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _trainable_state(model: Any) -> dict[str, torch.Tensor]:
+    return {n: p.detach().to("cpu").contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _load_trainable(model: Any, state: dict[str, torch.Tensor]) -> None:
+    import torch
+
+    params = dict(model.named_parameters())
+    expected = {n for n, p in params.items() if p.requires_grad}
+    if set(state) != expected:
+        diff = sorted(set(state) ^ expected)[:5]
+        raise RuntimeError(f"checkpoint does not match the trainable parameters (e.g. {diff})")
+    with torch.no_grad():
+        for name, tensor in state.items():
+            params[name].copy_(tensor.to(params[name].device))
+
+
+@dataclass
+class Optim:
+    """What one optimizer step needs: the trainable parameters, AdamW, its schedule and the gradient scaler."""
+
+    params: list[Any]
+    optimizer: Any
+    scheduler: Any
+    scaler: Any
+
+
+def make_optimizer(model: Any, cfg: FinetuneClipConfig, n_train: int, runtime: Runtime) -> Optim:
+    """AdamW over the trainable parameters; linear warm-up over ``warmup_ratio`` of all steps, then cosine to 0."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    micro_per_epoch = len(_batches(n_train, cfg.batch_size, np.arange(n_train)))
+    steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
+    total_steps = cfg.epochs * steps_per_epoch
+    warmup = round(cfg.warmup_ratio * total_steps)
+
+    def lr_factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return Optim(params, opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_factor), runtime.grad_scaler())
+
+
+def train_one_epoch(
+    model: Any,
+    bundle: ClipBundle,
+    samples: Sequence[ClipSample],
+    cfg: FinetuneClipConfig,
+    epoch: int,
+    optim: Optim,
+    runtime: Runtime,
+    video_emb: torch.Tensor | None = None,
+) -> tuple[list[float], int]:
+    """One pass over ``samples`` in the order epoch ``epoch`` (0-based here) draws from ``seed``.
+
+    Gradients are accumulated over ``grad_accum`` micro-batches (the last group of the epoch may be shorter and
+    is scaled by its real size), clipped to ``max_grad_norm``, and the schedule steps with the optimizer.
+
+    Returns:
+        The micro-batch losses and the number of optimizer steps taken.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    # Reseed per epoch: dropout and shuffling of epoch e do not depend on whether the run was resumed.
+    torch.manual_seed(cfg.seed * 100_003 + epoch)
+    order = np.random.default_rng(cfg.seed * 100_003 + epoch).permutation(len(samples))
+    batches = _batches(len(samples), cfg.batch_size, order)
+    model.train()
+    optim.optimizer.zero_grad(set_to_none=True)
+    losses, steps = [], 0
+    bar = tqdm(batches, desc=f"finetune_clip epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
+    for i, idx in enumerate(bar):
+        emb = None if video_emb is None else video_emb[torch.from_numpy(idx).to(video_emb.device)]
+        with runtime.autocast():
+            loss = _batch_loss(model, bundle, [samples[j] for j in idx], cfg, emb)
+        losses.append(float(loss.detach()))
+        group_start = (i // cfg.grad_accum) * cfg.grad_accum
+        group_size = min(cfg.grad_accum, len(batches) - group_start)
+        optim.scaler.scale(loss / group_size).backward()
+        if i - group_start + 1 == group_size:
+            optim.scaler.unscale_(optim.optimizer)
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(optim.params, cfg.max_grad_norm)
+            optim.scaler.step(optim.optimizer)
+            optim.scaler.update()
+            optim.scheduler.step()
+            optim.optimizer.zero_grad(set_to_none=True)
+            steps += 1
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    bar.close()
+    return losses, steps
+
+
+def _frozen_tower_embeddings(
+    bundle: ClipBundle, model: Any, train: Sequence[ClipSample], val: Sequence[ClipSample], cfg, runtime: Runtime
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``hybrid``: the vision tower is frozen, so a video's embedding is the same in every epoch: compute it once."""
+    t0 = time.monotonic()
+    model.eval()
+    with runtime.autocast():
+        emb = embed_samples(bundle, model, [*train, *val], cfg.pooling, cfg.batch_size)
+    logger.info("hybrid: %d video embeddings of the frozen vision tower in %.1f s", len(emb), time.monotonic() - t0)
+    return emb[: len(train)], emb[len(train) :]
+
+
+def train_clip(
+    bundle: ClipBundle,
+    train_samples: Sequence[ClipSample],
+    val_samples: Sequence[ClipSample],
+    cfg: FinetuneClipConfig,
+    work_dir: Path,
+    log_fn: LogFn | None = None,
+    mirror: ckpt.CheckpointMirror | None = None,
+) -> TrainResult:
+    """Fine-tune ``bundle.model`` with the configured strategy; resume from a checkpoint when one fits.
+
+    See the module docstring for the optimizer, the checkpoints and the seeding. A checkpoint written with
+    another config fingerprint or other training data is discarded (logged) and training starts over. With
+    ``hybrid`` the frozen vision tower embeds every video once per run (training and validation videos); an
+    epoch then runs only the text tower.
+
+    Args:
+        bundle: The base model (modified in place: ``bundle.model`` becomes the trained model).
+        train_samples: Labelled training videos (at least 2).
+        val_samples: Labelled validation videos (may be empty: then no early stopping, the last epoch wins).
+        cfg: Stage settings.
+        work_dir: Checkpoint folder (``work_dir/checkpoints``); not the exported model.
+        log_fn: Called after every epoch with that epoch's metrics and the epoch number (1-based).
+        mirror: Where every epoch's checkpoint is copied (the artifacts store) and, when ``work_dir`` holds
+            none, pulled from: a retried pod resumes instead of starting over.
+
+    Returns:
+        The training result; ``result.model`` holds the best epoch's weights, in eval mode.
+
+    Raises:
+        NotTrainable: With fewer than 2 training videos.
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from components.common.device import resolve_runtime
+
+    if len(train_samples) < 2:
+        raise NotTrainable(f"need at least 2 labelled training videos, got {len(train_samples)}")
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    runtime = resolve_runtime(cfg.device, cfg.precision)
+    torch.manual_seed(cfg.seed)
+    model, stats = apply_strategy(bundle.model, cfg)
+    model.to(runtime.device)
+    bundle.model = model
+    logger.info(
+        "strategy %s: %d of %d parameters trainable (%.3f%%), device %s, precision %s",
+        stats.strategy,
+        stats.trainable,
+        stats.total,
+        100 * stats.fraction,
+        runtime.device,
+        runtime.precision,
+    )
+    optim = make_optimizer(model, cfg, len(train_samples), runtime)
+    ckpt_dir = Path(work_dir) / "checkpoints"
+    fingerprint = {
+        "format": CHECKPOINT_FORMAT,
+        "config": cfg.training_fingerprint(),
+        "train": _data_fingerprint(train_samples),
+        "val": _data_fingerprint(val_samples),
+    }
+    state: dict[str, Any] = {
+        "epoch": 0,
+        "step": 0,
+        "best_val": None,
+        "best_epoch": 0,
+        "bad_epochs": 0,
+        "history": [],
+        "finished": False,
+        "stopped_early": False,
+        "fingerprint": fingerprint,
+    }
+    restored = ckpt.resume(ckpt_dir, fingerprint, optim.optimizer, optim.scheduler, optim.scaler, mirror)
+    if restored is not None:
+        weights, state = restored
+        _load_trainable(model, weights)
+    resumed_from = int(state["epoch"])
+    train_emb = val_emb = None
+    if cfg.strategy == "hybrid" and not state["finished"]:
+        train_emb, val_emb = _frozen_tower_embeddings(bundle, model, train_samples, val_samples, cfg, runtime)
+
+    epoch = int(state["epoch"])
+    while not state["finished"] and epoch < cfg.epochs:
+        started = time.monotonic()
+        losses, steps = train_one_epoch(model, bundle, train_samples, cfg, epoch, optim, runtime, train_emb)
+        state["step"] += steps
+        epoch += 1
+        metrics: dict[str, float] = {
+            "train_loss": float(np.mean(losses)),
+            "lr": float(optim.scheduler.get_last_lr()[0]),
+        }
+        if val_samples:
+            metrics.update(_validate(model, bundle, val_samples, cfg, runtime.autocast, val_emb))
+            val_loss = metrics["val_loss"]
+            improved = state["best_val"] is None or val_loss < state["best_val"] - 1e-6
+        else:
+            val_loss, improved = float("nan"), True
+        if improved:
+            state.update(best_val=None if math.isnan(val_loss) else val_loss, best_epoch=epoch, bad_epochs=0)
+            save_file(_trainable_state(model), str(ckpt_dir / ckpt.BEST_FILE))
+        else:
+            state["bad_epochs"] += 1
+        metrics["epoch_seconds"] = time.monotonic() - started
+        state["history"].append({"epoch": epoch, **metrics})
+        state["epoch"] = epoch
+        if cfg.early_stopping_patience and state["bad_epochs"] >= cfg.early_stopping_patience:
+            state["stopped_early"] = True
+            logger.info("early stop after epoch %d (best epoch %d)", epoch, state["best_epoch"])
+        state["finished"] = state["stopped_early"] or epoch >= cfg.epochs
+        ckpt.save_last(
+            ckpt_dir / ckpt.LAST_DIR, _trainable_state(model), optim.optimizer, optim.scheduler, optim.scaler, state
+        )
+        if mirror is not None:
+            mirror.push(ckpt_dir)
+        logger.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        if log_fn is not None:
+            log_fn(metrics, epoch)
+        if state["stopped_early"]:
+            break
+
+    _load_trainable(model, load_file(str(ckpt_dir / ckpt.BEST_FILE)))
+    model.eval()
+    best_val = state["best_val"]
+    return TrainResult(
+        model=model,
+        stats=stats,
+        history=list(state["history"]),
+        best_epoch=int(state["best_epoch"]),
+        best_val_loss=float("nan") if best_val is None else float(best_val),
+        epochs_run=int(state["epoch"]),
+        stopped_early=bool(state["stopped_early"]),
+        resumed_from_epoch=resumed_from,
+        device=str(runtime.device),
+        precision=runtime.precision,
+    )

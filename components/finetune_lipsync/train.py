@@ -1,0 +1,442 @@
+"""finetune_lipsync's training loop: two phases, progressive unfreezing, checkpoints that resume.
+
+Two phases (when starting from pretrained weights): phase 1 trains fusion + classifier with frozen encoders at
+``lr``; phase 2 unfreezes encoder layer groups progressively, top first, at ``lr_encoder``. From scratch every
+layer trains from the start at ``lr_scratch`` (unless ``freeze_from_scratch``). AdamW with ReduceLROnPlateau on
+the validation loss (:func:`make_optimizer`), autocast in the configured precision, a checkpoint after every epoch
+(:func:`components.common.checkpoints.resume` restores it). Every epoch reseeds the shuffling, augmentation and
+dropout from ``seed`` and the epoch, so a resumed run follows the same path as an uninterrupted one (exactly on
+CPU). The checkpoint with the lowest validation loss is kept and the decision threshold is chosen on the
+validation videos. Epochs are counted from 1 (``best_epoch``, MLflow's step).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from components.common import checkpoints as ckpt
+from components.common.device import Runtime
+from components.common.no_challenger import NotTrainable
+from components.finetune_lipsync.augment import AugmentParams, augment_video
+from components.finetune_lipsync.config import FinetuneLipsyncConfig
+from components.finetune_lipsync.data import (
+    LipsyncVideo,
+    WindowSet,
+    epoch_plan,
+    fixed_windows,
+    resize_videos,
+    train_batch,
+)
+from components.finetune_lipsync.export import export_model
+from components.finetune_lipsync.metrics import binary_metrics, choose_threshold
+from components.finetune_lipsync.model import LipSyncDetector, LipSyncModelConfig, aggregate, load_weights
+
+logger = logging.getLogger("clipsync.finetune_lipsync")
+
+LogFn = Callable[[dict[str, float], int], None]
+#: The checkpoint layout; a checkpoint of another format is not resumed (2: ``best_epoch`` counts from 1).
+CHECKPOINT_FORMAT = 2
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train_lipsync`.
+
+    Attributes:
+        model_dir: Folder with model.safetensors, config.json, README.md, training_summary.json.
+        best_epoch: Epoch (1-based) of the kept checkpoint.
+        best_val_loss: Its validation loss (window level).
+        threshold: Decision threshold chosen on the validation videos.
+        val_metrics: Video-level validation metrics of the kept checkpoint.
+        history: Per-epoch metrics.
+        pretrained: What the weights started from (``""`` for scratch).
+        n_train_videos: Training videos.
+        n_val_videos: Validation videos.
+        seconds: Wall time of the training.
+        resumed_from_epoch: Epochs a checkpoint had already done (0: trained from the start).
+    """
+
+    model_dir: Path
+    best_epoch: int
+    best_val_loss: float
+    threshold: float
+    val_metrics: dict[str, float]
+    history: list[dict[str, float]]
+    pretrained: str
+    n_train_videos: int
+    n_val_videos: int
+    seconds: float
+    resumed_from_epoch: int = 0
+
+
+def unfrozen_groups(epoch: int, cfg: FinetuneLipsyncConfig, from_pretrained: bool, n_groups: int) -> int:
+    """How many encoder layer groups (per encoder, top first) train in ``epoch`` (0-based)."""
+    if not from_pretrained and not cfg.freeze_from_scratch:
+        return n_groups
+    if epoch < cfg.freeze_epochs:
+        return 0
+    steps = (epoch - cfg.freeze_epochs) // cfg.unfreeze_every + 1
+    return min(n_groups, steps * cfg.unfreeze_groups)
+
+
+def set_trainable(model: LipSyncDetector, n_unfrozen: int) -> int:
+    """Fusion + classifier always train; of each encoder, only the top ``n_unfrozen`` layer groups.
+
+    Returns:
+        The number of trainable parameters.
+    """
+    for module in model.head_modules():
+        module.requires_grad_(True)
+    for groups in model.encoder_layer_groups().values():
+        for i, group in enumerate(groups):
+            group.requires_grad_(i < n_unfrozen)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _param_groups(model: LipSyncDetector, head_lr: float, encoder_lr: float) -> list[dict]:
+    head = [p for m in model.head_modules() for p in m.parameters()]
+    head_ids = {id(p) for p in head}
+    encoder = [p for p in model.parameters() if id(p) not in head_ids]
+    return [
+        {"params": head, "lr": head_lr, "name": "head"},
+        {"params": encoder, "lr": encoder_lr, "name": "encoder"},
+    ]
+
+
+@dataclass
+class Optim:
+    """AdamW over head and encoder groups, ReduceLROnPlateau on the validation loss, the gradient scaler."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    scaler: torch.amp.GradScaler
+
+
+def make_optimizer(
+    model: LipSyncDetector, cfg: FinetuneLipsyncConfig, from_pretrained: bool, runtime: Runtime
+) -> Optim:
+    """Head at ``lr`` and encoders at ``lr_encoder`` when fine-tuning; every layer at ``lr_scratch`` from scratch."""
+    head_lr = cfg.lr if from_pretrained else cfg.lr_scratch
+    enc_lr = cfg.lr_encoder if from_pretrained else cfg.lr_scratch
+    optimizer = torch.optim.AdamW(_param_groups(model, head_lr, enc_lr), weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience
+    )
+    return Optim(optimizer, scheduler, runtime.grad_scaler())
+
+
+def _build_model(cfg: FinetuneLipsyncConfig, pretrained: Path | None) -> tuple[LipSyncDetector, str]:
+    """A model from scratch, or from a safetensors file (its ``config.json`` beside it wins over ``cfg``)."""
+    if pretrained is None:
+        return LipSyncDetector(LipSyncModelConfig(**cfg.model_config_dict())), ""
+    pretrained = Path(pretrained)
+    weights = pretrained / "model.safetensors" if pretrained.is_dir() else pretrained
+    if not weights.is_file():
+        raise FileNotFoundError(f"pretrained weights not found: {weights}")
+    config_file = weights.parent / "config.json"
+    if config_file.is_file():
+        mc = LipSyncModelConfig.from_dict(json.loads(config_file.read_text()))
+        mc.extra = {}
+        # Input geometry and decision policy follow this run's settings; the architecture follows the weights.
+        mc.hop_s = cfg.hop_s
+        mc.video_aggregation = cfg.video_aggregation
+        mc.dropout = cfg.dropout
+    else:
+        mc = LipSyncModelConfig(**cfg.model_config_dict())
+    model = LipSyncDetector(mc)
+    load_weights(model, weights)
+    logger.info("finetune_lipsync: starting from %s", weights)
+    return model, str(weights)
+
+
+@torch.no_grad()
+def _evaluate(
+    model: LipSyncDetector, ws: WindowSet, n_videos: int, cfg: FinetuneLipsyncConfig, runtime: Runtime
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """Window-level loss, window logits, video probabilities."""
+    model.eval()
+    logits = []
+    bs = max(cfg.batch_size, 32)
+    for i in range(0, len(ws.labels), bs):
+        v = torch.from_numpy(ws.video[i : i + bs]).to(runtime.device)
+        a = torch.from_numpy(ws.audio[i : i + bs]).to(runtime.device)
+        with runtime.autocast():
+            logits.append(model(v, a).float().cpu())
+    logits_t = torch.cat(logits)
+    loss = float(F.binary_cross_entropy_with_logits(logits_t, torch.from_numpy(ws.labels)))
+    win = logits_t.numpy()
+    probs = np.array([aggregate(win[ws.video_index == k], cfg.video_aggregation) for k in range(n_videos)])
+    return loss, win, probs
+
+
+def _window_loss(
+    model: LipSyncDetector,
+    video: torch.Tensor,
+    audio: torch.Tensor,
+    labels: torch.Tensor,
+    pos_weight: torch.Tensor,
+    amp_dtype: torch.dtype | None,
+) -> torch.Tensor:
+    """The training loss of one batch of windows (the batch is moved to the model's device; float32 loss)."""
+    from components.common.device import module_device
+
+    device = module_device(model)
+    video, audio, labels = video.to(device), audio.to(device), labels.to(device)
+    with Runtime(device, amp_dtype).autocast():
+        logits = model(video, audio)
+    return F.binary_cross_entropy_with_logits(logits.float(), labels, pos_weight=pos_weight.to(device))
+
+
+def _data_fingerprint(videos: Sequence[LipsyncVideo]) -> str:
+    h = hashlib.sha256()
+    for v in videos:
+        h.update(f"{v.video_id}|{v.label}|{len(v.crops)}|{v.fps:g}|{len(v.audio)}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def train_lipsync(
+    train_videos: Sequence[LipsyncVideo],
+    val_videos: Sequence[LipsyncVideo],
+    cfg: FinetuneLipsyncConfig,
+    out_dir: str | Path,
+    log_fn: LogFn | None = None,
+    pretrained: str | Path | None = None,
+    work_dir: str | Path | None = None,
+    mirror: ckpt.CheckpointMirror | None = None,
+) -> TrainResult:
+    """Fine-tune (or train from scratch) the detector and save the best checkpoint.
+
+    A checkpoint is written at the end of every epoch (:mod:`components.common.checkpoints`); a run finds it
+    in ``work_dir`` (or, when that holds none, pulls it from ``mirror``) and resumes after the last finished
+    epoch, provided it was written for the same settings, data and starting weights. Every epoch reseeds the
+    shuffling, augmentation and dropout from ``seed`` and the epoch, so a resumed run follows the same path
+    as an uninterrupted one (exactly on CPU).
+
+    Args:
+        train_videos: Training clips (windows are cut each epoch, augmented when enabled).
+        val_videos: Validation clips (never augmented); must not share a video with ``train_videos``.
+        cfg: Stage settings.
+        out_dir: Where the model folder is written.
+        log_fn: Called as ``log_fn(metrics, epoch)`` after each epoch (MLflow in the pipeline).
+        pretrained: A ``.safetensors`` file or a model folder to start from; ``None`` for scratch.
+        work_dir: The checkpoint folder's parent (``work_dir/checkpoints``); ``None``: a temporary folder,
+            no resume.
+        mirror: Where every epoch's checkpoint is copied (the artifacts store), for a retried pod.
+
+    Returns:
+        The result, with the model folder.
+
+    Raises:
+        NotTrainable: Without training or validation videos, or with a single class in the training set.
+        ValueError: With a video on both sides.
+    """
+    if not train_videos or not val_videos:
+        raise NotTrainable(f"need training and validation videos, got {len(train_videos)} and {len(val_videos)}")
+    overlap = {v.video_id for v in train_videos} & {v.video_id for v in val_videos}
+    if overlap:
+        raise ValueError(f"videos in both training and validation: {sorted(overlap)[:5]}")
+    labels = {v.label for v in train_videos}
+    if len(labels) < 2:
+        only = "fake" if labels == {1} else "real"
+        raise NotTrainable(f"all {len(train_videos)} training videos are {only}; need real and fake examples")
+    if work_dir is not None:
+        return _train_lipsync(train_videos, val_videos, cfg, out_dir, log_fn, pretrained, Path(work_dir), mirror)
+    with tempfile.TemporaryDirectory(prefix="lipsync-checkpoints-") as tmp:
+        return _train_lipsync(train_videos, val_videos, cfg, out_dir, log_fn, pretrained, Path(tmp), mirror)
+
+
+def train_one_epoch(
+    model: LipSyncDetector,
+    videos: Sequence[LipsyncVideo],
+    cfg: FinetuneLipsyncConfig,
+    epoch: int,
+    optim: Optim,
+    pos_weight: torch.Tensor,
+    augment: AugmentParams | None,
+    runtime: Runtime,
+) -> float:
+    """One pass over the epoch's windows (``epoch`` 0-based here), reseeded from ``seed`` and the epoch.
+
+    Returns:
+        The mean training loss per window.
+    """
+    from tqdm import tqdm
+
+    # Reseed per epoch: what epoch e draws does not depend on whether the run was resumed.
+    torch.manual_seed(cfg.seed * 100_003 + epoch)
+    rng = np.random.default_rng([cfg.seed, epoch])
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    model.train()
+    plan = epoch_plan(videos, cfg, rng)
+    batches = [plan[i : i + cfg.batch_size] for i in range(0, len(plan), cfg.batch_size)]
+    total, count = 0.0, 0
+    optim.optimizer.zero_grad(set_to_none=True)
+    bar = tqdm(batches, desc=f"lipsync epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None)
+    for step, items in enumerate(bar):
+        v_np, a_np, y_np = train_batch(videos, items, model.config, augment, rng)
+        video = torch.from_numpy(v_np).to(runtime.device)  # uint8 to the device; augmentation runs there
+        if augment is not None:
+            video = augment_video(video, augment, gen)
+        loss = _window_loss(model, video, torch.from_numpy(a_np), torch.from_numpy(y_np), pos_weight, runtime.amp_dtype)
+        optim.scaler.scale(loss / cfg.grad_accum).backward()
+        if (step + 1) % cfg.grad_accum == 0 or step + 1 == len(batches):
+            optim.scaler.step(optim.optimizer)
+            optim.scaler.update()
+            optim.optimizer.zero_grad(set_to_none=True)
+        total += loss.item() * len(items)
+        count += len(items)
+    return total / max(count, 1)
+
+
+def _validate(
+    model: LipSyncDetector, val: WindowSet, val_labels: np.ndarray, cfg: FinetuneLipsyncConfig, runtime: Runtime
+) -> dict[str, float]:
+    """Validation loss (window level), and AUC and accuracy at 0.5 (video level)."""
+    from sklearn.metrics import roc_auc_score
+
+    val_loss, _, val_probs = _evaluate(model, val, len(val_labels), cfg, runtime)
+    val_auc = float(roc_auc_score(val_labels, val_probs)) if len(set(val_labels.tolist())) == 2 else float("nan")
+    return {
+        "val_loss": val_loss,
+        "val_video_auc": val_auc,
+        "val_video_accuracy": float(np.mean((val_probs >= 0.5) == val_labels)),
+    }
+
+
+def _train_lipsync(
+    train_videos: Sequence[LipsyncVideo],
+    val_videos: Sequence[LipsyncVideo],
+    cfg: FinetuneLipsyncConfig,
+    out_dir: str | Path,
+    log_fn: LogFn | None,
+    pretrained: str | Path | None,
+    work_dir: Path,
+    mirror: ckpt.CheckpointMirror | None,
+) -> TrainResult:
+    from safetensors.torch import load_file, save_file
+
+    from components.common.device import resolve_runtime
+
+    started = time.monotonic()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+    runtime = resolve_runtime(cfg.device, cfg.precision)
+    model, pretrained_src = _build_model(cfg, Path(pretrained) if pretrained else None)
+    model.to(runtime.device)
+    mc = model.config
+    from_pretrained = bool(pretrained_src)
+
+    train_videos = resize_videos(train_videos, mc.crop_size)
+    val_videos = resize_videos(val_videos, mc.crop_size)
+    val_ws = fixed_windows(val_videos, mc)
+    val_labels = np.array([v.label for v in val_videos])
+    n_fake = sum(v.label for v in train_videos)
+    pos_weight = torch.tensor(min(5.0, max(0.2, (len(train_videos) - n_fake) / max(n_fake, 1))), device=runtime.device)
+    optim = make_optimizer(model, cfg, from_pretrained, runtime)
+    augment = AugmentParams.from_config(cfg) if cfg.use_augmentation else None
+    n_groups = max(len(g) for g in model.encoder_layer_groups().values())
+
+    ckpt_dir = work_dir / "checkpoints"
+    best_file = ckpt_dir / ckpt.BEST_FILE
+    skip = {"device", "num_threads", "precision"}
+    fingerprint = {
+        "format": CHECKPOINT_FORMAT,
+        "config": {k: v for k, v in asdict(cfg).items() if k not in skip},
+        "train": _data_fingerprint(train_videos),
+        "val": _data_fingerprint(val_videos),
+        "pretrained": ckpt.file_sha256(pretrained_src) if pretrained_src else "",
+    }
+    state: dict = {"epoch": 0, "best_loss": None, "best_epoch": 0, "history": [], "fingerprint": fingerprint}
+    restored = ckpt.resume(ckpt_dir, fingerprint, optim.optimizer, optim.scheduler, optim.scaler, mirror)
+    if restored is not None:
+        weights, state = restored
+        model.load_state_dict(weights)
+    resumed_from = int(state["epoch"])
+    logger.info(
+        "finetune_lipsync: %d train / %d val videos (%d val windows), %s, device %s, precision %s",
+        len(train_videos),
+        len(val_videos),
+        len(val_ws.labels),
+        pretrained_src or "from scratch",
+        runtime.device,
+        runtime.precision,
+    )
+
+    history: list[dict[str, float]] = state["history"]
+    for epoch in range(resumed_from, cfg.epochs):
+        n_unfrozen = unfrozen_groups(epoch, cfg, from_pretrained, n_groups)
+        n_trainable = set_trainable(model, n_unfrozen)
+        train_loss = train_one_epoch(model, train_videos, cfg, epoch, optim, pos_weight, augment, runtime)
+        val = _validate(model, val_ws, val_labels, cfg, runtime)
+        lrs = [group["lr"] for group in optim.optimizer.param_groups]  # the rates this epoch trained with
+        optim.scheduler.step(val["val_loss"])
+        row = {
+            "train_loss": train_loss,
+            **val,
+            "lr_head": lrs[0],
+            "lr_encoder": lrs[1],
+            "unfrozen_encoder_groups": float(n_unfrozen),
+            "trainable_params": float(n_trainable),
+            "phase": 1.0 if (from_pretrained or cfg.freeze_from_scratch) and epoch < cfg.freeze_epochs else 2.0,
+        }
+        history.append(row)
+        logger.info(
+            "finetune_lipsync: epoch %d/%d train_loss %.4f val_loss %.4f val_auc %.3f (groups unfrozen %d)",
+            epoch + 1,
+            cfg.epochs,
+            train_loss,
+            row["val_loss"],
+            row["val_video_auc"],
+            n_unfrozen,
+        )
+        if state["best_loss"] is None or row["val_loss"] < state["best_loss"]:
+            state.update(best_loss=row["val_loss"], best_epoch=epoch + 1)
+            save_file({k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}, str(best_file))
+        state["epoch"] = epoch + 1
+        ckpt.save_last(
+            ckpt_dir / ckpt.LAST_DIR, model.state_dict(), optim.optimizer, optim.scheduler, optim.scaler, state
+        )
+        if mirror is not None:
+            mirror.push(ckpt_dir)
+        if log_fn is not None:
+            log_fn(row, epoch + 1)
+
+    model.load_state_dict(load_file(str(best_file)))
+    _, _, val_probs = _evaluate(model, val_ws, len(val_videos), cfg, runtime)
+    threshold = choose_threshold(val_labels, val_probs)
+    val_metrics = binary_metrics(val_labels, val_probs, threshold)
+    result = TrainResult(
+        model_dir=Path(out_dir),
+        best_epoch=int(state["best_epoch"]),
+        best_val_loss=float(state["best_loss"]),
+        threshold=float(threshold),
+        val_metrics={k: v for k, v in val_metrics.items() if isinstance(v, int | float)},
+        history=history,
+        pretrained=pretrained_src,
+        n_train_videos=len(train_videos),
+        n_val_videos=len(val_videos),
+        seconds=time.monotonic() - started,
+        resumed_from_epoch=resumed_from,
+    )
+    export_model(model, result, cfg, train_videos, val_videos)
+    logger.info(
+        "finetune_lipsync: best epoch %d val_loss %.4f, threshold %.3f, val AUC %s (%.0f s)",
+        result.best_epoch,
+        result.best_val_loss,
+        threshold,
+        val_metrics.get("roc_auc"),
+        result.seconds,
+    )
+    return result
