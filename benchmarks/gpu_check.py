@@ -208,7 +208,7 @@ def check_lipsync(precision: str, args, work: Path) -> dict:
     size = 16 if args.tiny else 96
     tiny = {"crop_size": 16, "visual_channels": 4, "audio_channels": 8, "embed_dim": 8, "attention_heads": 2}
     cfg = FinetuneLipsyncConfig(
-        **(tiny if args.tiny else {}),
+        model=tiny if args.tiny else {},
         epochs=args.lipsync_epochs,
         freeze_epochs=0,
         pretrained="",

@@ -205,11 +205,7 @@ def test_finetune_clip_killed_mid_epoch_resumes_from_the_artifacts_store(tiny_ba
 
 
 LIPSYNC_CFG = {
-    "crop_size": 16,
-    "visual_channels": 4,
-    "audio_channels": 8,
-    "embed_dim": 8,
-    "attention_heads": 2,
+    "model": {"crop_size": 16, "visual_channels": 4, "audio_channels": 8, "embed_dim": 8, "attention_heads": 2},
     "batch_size": 4,
     "epochs": 3,
     "freeze_epochs": 0,

@@ -80,3 +80,46 @@ def test_yaml_exponent_floats_are_read_as_numbers(tmp_path: Path, state_dir: Pat
     path = tmp_path / "c.yaml"
     path.write_text("finetune_lipsync:\n  lr_encoder: 1e-5\n")
     assert load_config(path).finetune_lipsync.lr_encoder == 1e-5
+
+
+def test_nested_sections_load_and_round_trip(tmp_path: Path, state_dir: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "finetune_lipsync:\n"
+        "  model: {fps: 30, crop_size: 64, fusion: cross_attention}\n"
+        "  augment: {enabled: false, speed_max: 1.2}\n"
+        "  epochs: 4\n"
+    )
+    config = load_config(path)
+    lip = config.finetune_lipsync
+    model = lip.model
+    assert (model.fps, model.crop_size, model.fusion, model.window_s) == (30.0, 64, "cross_attention", 1.0)
+    assert (lip.augment.enabled, lip.augment.speed_max, lip.augment.rotation_deg, lip.epochs) == (False, 1.2, 15.0, 4)
+    assert ClientConfig.from_json(config.to_json()) == config
+    with pytest.raises(ConfigError, match=r"finetune_lipsync\.model: crop_size must be a multiple of 8"):
+        from_dict({"finetune_lipsync": {"model": {"crop_size": 50}}})
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\) in \[finetune_lipsync\.augment\]: rotation"):
+        from_dict({"finetune_lipsync": {"augment": {"rotation": 5}}})
+    with pytest.raises(ConfigError, match=r"finetune_lipsync\.model\.n_mels must be int"):
+        from_dict({"finetune_lipsync": {"model": {"n_mels": "40"}}})
+    with pytest.raises(ConfigError, match=r"\[finetune_lipsync\.model\] must be a mapping"):
+        from_dict({"finetune_lipsync": {"model": "big"}})
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ({"finetune_lipsync": {"window_s": 1.5}}, "finetune_lipsync.model.window_s"),
+        ({"finetune_lipsync": {"model_fps": 30}}, "finetune_lipsync.model.fps"),
+        ({"finetune_lipsync": {"fusion": "concat"}}, "finetune_lipsync.model.fusion"),
+        ({"finetune_lipsync": {"use_augmentation": False}}, "finetune_lipsync.augment.enabled"),
+        ({"finetune_lipsync": {"noise_std": 0.1}}, "finetune_lipsync.augment.noise_std"),
+        ({"finetune_clip": {"mixed_precision": "no"}}, "finetune_clip.precision"),
+    ],
+)
+def test_moved_settings_are_refused_with_their_new_place(state_dir: Path, old: dict, new: str):
+    import re
+
+    section, key = next((s, k) for s, v in old.items() for k in v)
+    with pytest.raises(ConfigError, match=re.escape(f"setting {section}.{key} has moved: use {new}")):
+        from_dict(old)

@@ -151,7 +151,8 @@ def _lipsync_model():
 
 @pytest.mark.parametrize("fusion", ["concat", "cross_attention"])
 def test_lipsync_training_step_on_meta(fusion):
-    from components.finetune_lipsync.augment import AugmentParams, augment_video
+    from components.finetune_lipsync.augment import augment_video
+    from components.finetune_lipsync.config import AugmentConfig
     from components.finetune_lipsync.model import LipSyncDetector, LipSyncModelConfig
     from components.finetune_lipsync.synthetic import synthetic_video
     from components.finetune_lipsync.train import _window_loss
@@ -160,7 +161,7 @@ def test_lipsync_training_step_on_meta(fusion):
     crops, audio = synthetic_video(True, 0, duration_s=1.0, size=24)  # 24 px crops: resized inside the model
     video, sound = torch.from_numpy(np.stack([crops, crops])), torch.from_numpy(np.stack([audio, audio]))
     # As in train_lipsync: the uint8 batch goes to the device, is augmented there (CPU generator), then the loss.
-    video = augment_video(video.to(META), AugmentParams(), torch.Generator().manual_seed(0))
+    video = augment_video(video.to(META), AugmentConfig(), torch.Generator().manual_seed(0))
     assert video.device == META
     loss = _window_loss(model, video, sound, torch.tensor([1.0, 0.0]), torch.tensor(2.0), None)
     assert loss.device == META and loss.dim() == 0
@@ -325,7 +326,7 @@ def test_stages_take_the_configured_device(tiny_base, tmp_path):
     videos = [
         LipsyncVideo(f"v{i}", *synthetic_video(i % 2 == 1, i, duration_s=1.0, size=16), 25.0, i % 2) for i in range(4)
     ]
-    lip_cfg = FinetuneLipsyncConfig(**LIPSYNC_TINY, device="cuda", epochs=1, freeze_epochs=0, pretrained="")
+    lip_cfg = FinetuneLipsyncConfig(model=LIPSYNC_TINY, device="cuda", epochs=1, freeze_epochs=0, pretrained="")
     with pytest.raises(RuntimeError, match="'cuda' requested but CUDA is not available"):
         train_lipsync(videos[:2], videos[2:], lip_cfg, tmp_path / "lip")
     card = json.dumps(clip_cfg.training_fingerprint())

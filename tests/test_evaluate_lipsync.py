@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -81,23 +81,19 @@ def test_evaluate_challenger_and_champion_on_same_test_videos(tmp_path):
         faces, {"train": 8, "val": 4, "test": 8}, duration_s=1.5, size=32, fallback_ids=("test006", "test007")
     )
     cfg = FinetuneLipsyncConfig(
-        crop_size=32,
-        visual_channels=4,
-        audio_channels=8,
-        embed_dim=16,
-        attention_heads=2,
+        model={"crop_size": 32, "visual_channels": 4, "audio_channels": 8, "embed_dim": 16, "attention_heads": 2},
+        augment={"enabled": False},
         epochs=3,
         pretrained="",
         num_threads=1,
         device="cpu",
         precision="fp32",
-        use_augmentation=False,
     )
     videos, _ = load_lipsync_videos(faces)
     train, val = split_by_video(training_pool(videos), cfg.val_fraction, cfg.seed)
     challenger = train_lipsync(train, val, cfg, tmp_path / "challenger").model_dir
     torch.manual_seed(0)
-    save_model(LipSyncDetector(LipSyncModelConfig(**cfg.model_config_dict())), tmp_path / "champion")
+    save_model(LipSyncDetector(LipSyncModelConfig(**asdict(cfg.model))), tmp_path / "champion")
 
     perturbations = {"blur": (2.0,), "compression": (20,)}
     report = evaluate_lipsync(
@@ -168,7 +164,7 @@ def test_stage_fetches_champion_from_registry_and_logs_to_mlflow(tmp_path):
     mc = LipSyncModelConfig(crop_size=32, visual_channels=4, audio_channels=8, embed_dim=16, attention_heads=2)
     for name in ("champion", "challenger"):
         save_model(LipSyncDetector(mc), tmp_path / name)
-    cfg = FinetuneLipsyncConfig(crop_size=32, pretrained="")
+    cfg = FinetuneLipsyncConfig(model={"crop_size": 32}, pretrained="")
     with tracking.stage_run(config.tracking, "", "evaluate_lipsync") as run_id:
         first = run_evaluate_lipsync(faces, tmp_path / "challenger", tmp_path / "out1", config, cfg)
         assert first.champion is None  # nothing registered yet

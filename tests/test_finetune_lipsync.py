@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from components.common.config import ConfigError, from_dict
-from components.finetune_lipsync.augment import AugmentParams, augment_video, speed_window
-from components.finetune_lipsync.config import FinetuneLipsyncConfig
+from components.finetune_lipsync.augment import augment_video, speed_window
+from components.finetune_lipsync.config import AugmentConfig, FinetuneLipsyncConfig, LipSyncArchitecture
 from components.finetune_lipsync.core import run_finetune_lipsync
 from components.finetune_lipsync.data import LipsyncVideo, load_lipsync_videos, split_by_video
 from components.finetune_lipsync.model import LipSyncDetector, LipSyncModelConfig, load_model, save_model
@@ -23,11 +23,7 @@ from components.finetune_lipsync.train import set_trainable, train_lipsync, unfr
 torch.set_num_threads(1)
 
 TINY = FinetuneLipsyncConfig(
-    crop_size=32,
-    visual_channels=4,
-    audio_channels=8,
-    embed_dim=16,
-    attention_heads=2,
+    model=LipSyncArchitecture(crop_size=32, visual_channels=4, audio_channels=8, embed_dim=16, attention_heads=2),
     batch_size=8,
     epochs=2,
     freeze_epochs=1,
@@ -49,22 +45,23 @@ def _videos(n: int, duration_s: float = 1.5, seed: int = 0) -> list[LipsyncVideo
 def test_config_defaults_and_validation():
     cfg = FinetuneLipsyncConfig()
     assert (cfg.lr, cfg.lr_encoder, cfg.val_fraction, cfg.batch_size) == (1e-4, 1e-5, 0.2, 8)
-    assert cfg.use_augmentation and (cfg.speed_min, cfg.speed_max, cfg.rotation_deg) == (0.9, 1.1, 15.0)
+    augment = cfg.augment
+    assert augment.enabled and (augment.speed_min, augment.speed_max, augment.rotation_deg) == (0.9, 1.1, 15.0)
     for bad in (
-        {"fusion": "sum"},
+        {"model": {"fusion": "sum"}},
         {"freeze_epochs": 20, "epochs": 5},
         {"val_fraction": 0.0},
         {"precision": "int8"},
-        {"video_aggregation": "mode"},
+        {"model": {"video_aggregation": "mode"}},
         {"pretrained": "weights.pth"},
-        {"hop_s": 2.0},
-        {"embed_dim": 30},
-        {"speed_min": 1.2},
-        {"crop_size": 50},
+        {"model": {"hop_s": 2.0}},
+        {"model": {"embed_dim": 30}},
+        {"augment": {"speed_min": 1.2}},
+        {"model": {"crop_size": 50}},
     ):
         with pytest.raises(ConfigError):
             FinetuneLipsyncConfig(**bad)
-    assert LipSyncModelConfig(**cfg.model_config_dict()).n_frames == 25
+    assert LipSyncModelConfig(**asdict(cfg.model)).n_frames == 25
 
 
 def test_split_by_video_never_leaks_and_is_stratified_and_stable():
@@ -90,7 +87,7 @@ def test_freeze_schedule_and_which_parameters_get_gradients():
     assert unfrozen_groups(0, replace(cfg, freeze_from_scratch=True), False, 4) == 0
 
     torch.manual_seed(0)
-    model = LipSyncDetector(LipSyncModelConfig(**TINY.model_config_dict()))
+    model = LipSyncDetector(LipSyncModelConfig(**asdict(TINY.model)))
     crops, audio = synthetic_video(True, 0, duration_s=1.0)
     video, sound = torch.from_numpy(crops[None]), torch.from_numpy(audio[None])
 
@@ -111,11 +108,11 @@ def test_freeze_schedule_and_which_parameters_get_gradients():
 
 def test_phase_switch_inside_training_freezes_then_unfreezes(tmp_path):
     torch.manual_seed(0)
-    start = LipSyncDetector(LipSyncModelConfig(**TINY.model_config_dict()))
+    start = LipSyncDetector(LipSyncModelConfig(**asdict(TINY.model)))
     save_model(start, tmp_path / "start")
     before = load_file(str(tmp_path / "start" / "model.safetensors"))
     train, val = split_by_video(_videos(10), 0.2, seed=0)
-    cfg = replace(TINY, epochs=2, freeze_epochs=1, use_augmentation=False, plateau_patience=5)
+    cfg = replace(TINY, epochs=2, freeze_epochs=1, augment=AugmentConfig(enabled=False), plateau_patience=5)
     seen = []
     result = train_lipsync(
         train,
@@ -166,11 +163,11 @@ def test_spatial_augmentation_changes_pixels_but_not_shape():
     crops, _ = synthetic_video(False, 0, duration_s=0.4, size=32)
     batch = torch.from_numpy(np.stack([crops, crops]))
     gen = torch.Generator().manual_seed(0)
-    out = augment_video(batch, AugmentParams(), gen)
+    out = augment_video(batch, AugmentConfig(), gen)
     assert out.shape == batch.shape and out.dtype == torch.float32
     assert float(out.min()) >= 0 and float(out.max()) <= 1
     assert not torch.allclose(out, batch.float() / 255, atol=0.02)
-    off = AugmentParams(rotation_deg=0, flip_prob=0, color_jitter=0, noise_std=0)
+    off = AugmentConfig(rotation_deg=0, flip_prob=0, color_jitter=0, noise_std=0)
     torch.testing.assert_close(augment_video(batch, off, gen), batch.float() / 255)
 
 

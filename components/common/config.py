@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -301,14 +302,20 @@ _SECTIONS: dict[str, type] = {
 
 
 def _build_section(name: str, cls: type, values: dict[str, Any]) -> Any:
+    """Build the frozen dataclass ``cls`` of section ``name`` (``a.b`` for a sub-config) from a parsed mapping."""
     known = {f.name: f for f in fields(cls)}
     moved = getattr(cls, "MOVED", {})
     for key in sorted(set(values) & set(moved)):
         raise ConfigError(f"setting {name}.{key} has moved: use {moved[key]}")
     unknown = sorted(set(values) - set(known))
     require(not unknown, f"unknown setting(s) in [{name}]: {', '.join(unknown)}")
+    hints = typing.get_type_hints(cls)
     coerced = {}
     for key, value in values.items():
+        if dataclasses.is_dataclass(hints[key]):  # a sub-config, e.g. finetune_lipsync.model
+            require(isinstance(value, dict), f"[{name}.{key}] must be a mapping, got {value!r}")
+            coerced[key] = _build_section(f"{name}.{key}", hints[key], value)
+            continue
         expected = known[key].type
         # Accept ints where floats are expected (YAML writes 1 for 1.0); refuse other type mismatches.
         if expected == "float" and isinstance(value, int) and not isinstance(value, bool):

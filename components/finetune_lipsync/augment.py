@@ -8,30 +8,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from components.finetune_lipsync.config import AugmentConfig
 from components.finetune_lipsync.model import extract_window
-
-
-@dataclass(frozen=True)
-class AugmentParams:
-    """Ranges of the augmentations (see FinetuneLipsyncConfig for their meaning)."""
-
-    speed_min: float = 0.9
-    speed_max: float = 1.1
-    rotation_deg: float = 15.0
-    flip_prob: float = 0.5
-    color_jitter: float = 0.2
-    noise_std: float = 0.03
-
-    @classmethod
-    def from_config(cls, cfg) -> AugmentParams:
-        """Take the ranges from a FinetuneLipsyncConfig."""
-        return cls(cfg.speed_min, cfg.speed_max, cfg.rotation_deg, cfg.flip_prob, cfg.color_jitter, cfg.noise_std)
 
 
 def speed_window(
@@ -55,12 +38,12 @@ def speed_window(
     return extract_window(crops, audio, fps, start, n_frames, out_fps, n_samples, sr, speed=speed)
 
 
-def random_speed(rng: np.random.Generator, params: AugmentParams) -> float:
+def random_speed(rng: np.random.Generator, params: AugmentConfig) -> float:
     """A speed factor drawn uniformly from the configured range."""
     return float(rng.uniform(params.speed_min, params.speed_max))
 
 
-def augment_video(video: torch.Tensor, params: AugmentParams, generator: torch.Generator | None = None) -> torch.Tensor:
+def augment_video(video: torch.Tensor, params: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
     """Spatial and photometric augmentation of a batch of windows.
 
     Args:

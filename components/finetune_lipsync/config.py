@@ -1,9 +1,16 @@
-"""Settings of the finetune_lipsync stage (standard library only: the kfp wrapper imports this)."""
+"""Settings of the finetune_lipsync stage (standard library only: the kfp wrapper imports this).
+
+The detector's architecture (``finetune_lipsync.model``) and the training augmentation (``finetune_lipsync.augment``)
+are sub-configs: :class:`LipSyncArchitecture` is also what a saved model's ``config.json`` holds
+(:class:`components.finetune_lipsync.model.LipSyncModelConfig` adds the audio front end's constants and the trained
+threshold to it), and :class:`AugmentConfig` is what the augmentations take, so each setting is defined once.
+"""
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from components.common.device import PRECISIONS, is_device_name
 from components.common.errors import require
@@ -13,16 +20,18 @@ AGGREGATIONS = ("mean_logit", "max", "median")
 
 
 _require = functools.partial(require, section="finetune_lipsync")
+_require_model = functools.partial(require, section="finetune_lipsync.model")
+_require_augment = functools.partial(require, section="finetune_lipsync.augment")
 
 
 @dataclass(frozen=True)
-class FinetuneLipsyncConfig:
-    """How the lip-sync detector is built and fine-tuned (defaults: the demo, ~37 videos, in ~2.5 min on 1 CPU core).
+class LipSyncArchitecture:
+    """The detector's architecture and input geometry (``finetune_lipsync.model``; saved in ``config.json``).
 
     Attributes:
         window_s: Length of one audio-visual window in seconds.
         hop_s: Step between consecutive windows in seconds.
-        model_fps: Frame rate the model sees; videos at another rate are resampled to it (nearest frame).
+        fps: Frame rate the model sees; videos at another rate are resampled to it (nearest frame).
         crop_size: Side the mouth crops are resized to before the visual encoder (48 for CPU, 96 on GPU).
         n_mels: Mel bands of the log-mel spectrogram (16 kHz audio, 25 ms windows, 10 ms hop).
         visual_channels: Channels of the first 3D-conv block; later blocks use 2x and 4x.
@@ -31,6 +40,99 @@ class FinetuneLipsyncConfig:
         attention_heads: Heads of the cross-attention fusion.
         fusion: ``cross_attention`` (video queries attend to audio) or ``concat`` (aligned concatenation).
         dropout: Dropout before the classifier.
+        video_aggregation: Video score from window scores: ``mean_logit``, ``max`` or ``median``.
+    """
+
+    window_s: float = 1.0
+    hop_s: float = 0.5
+    fps: float = 25.0
+    crop_size: int = 48
+    n_mels: int = 40
+    visual_channels: int = 16
+    audio_channels: int = 32
+    embed_dim: int = 64
+    attention_heads: int = 4
+    fusion: str = "concat"
+    dropout: float = 0.2
+    video_aggregation: str = "mean_logit"
+
+    def __post_init__(self) -> None:
+        _require_model(0.2 <= self.window_s <= 10.0, f"window_s must be 0.2..10, got {self.window_s}")
+        _require_model(0 < self.hop_s <= self.window_s, f"hop_s must be in (0, window_s], got {self.hop_s}")
+        _require_model(1.0 <= self.fps <= 120.0, f"fps must be 1..120, got {self.fps}")
+        _require_model(
+            16 <= self.crop_size <= 256 and self.crop_size % 8 == 0,
+            f"crop_size must be a multiple of 8 in 16..256, got {self.crop_size}",
+        )
+        _require_model(8 <= self.n_mels <= 128, f"n_mels must be 8..128, got {self.n_mels}")
+        for name in ("visual_channels", "audio_channels", "embed_dim", "attention_heads"):
+            _require_model(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        _require_model(
+            self.embed_dim % self.attention_heads == 0,
+            f"embed_dim ({self.embed_dim}) must be divisible by attention_heads ({self.attention_heads})",
+        )
+        _require_model(self.fusion in FUSIONS, f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        _require_model(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
+        _require_model(
+            self.video_aggregation in AGGREGATIONS,
+            f"video_aggregation must be one of {AGGREGATIONS}, got {self.video_aggregation!r}",
+        )
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation of the windows (``finetune_lipsync.augment``; validation never augments).
+
+    Attributes:
+        enabled: Augment the training windows.
+        speed_min: Lowest temporal speed factor (applied to video and audio together).
+        speed_max: Highest temporal speed factor.
+        rotation_deg: Largest absolute rotation of the crops in degrees.
+        flip_prob: Probability of a horizontal flip.
+        color_jitter: Largest relative change of brightness, contrast and saturation.
+        noise_std: Largest standard deviation of Gaussian pixel noise (pixel values in [0, 1]).
+    """
+
+    enabled: bool = True
+    speed_min: float = 0.9
+    speed_max: float = 1.1
+    rotation_deg: float = 15.0
+    flip_prob: float = 0.5
+    color_jitter: float = 0.2
+    noise_std: float = 0.03
+
+    def __post_init__(self) -> None:
+        _require_augment(
+            0.5 <= self.speed_min <= 1.0 <= self.speed_max <= 2.0,
+            f"need 0.5 <= speed_min <= 1 <= speed_max <= 2, got {self.speed_min}, {self.speed_max}",
+        )
+        _require_augment(0 <= self.rotation_deg <= 45, f"rotation_deg must be 0..45, got {self.rotation_deg}")
+        _require_augment(0 <= self.flip_prob <= 1, f"flip_prob must be 0..1, got {self.flip_prob}")
+        _require_augment(0 <= self.color_jitter < 1, f"color_jitter must be in [0, 1), got {self.color_jitter}")
+        _require_augment(0 <= self.noise_std <= 0.5, f"noise_std must be 0..0.5, got {self.noise_std}")
+
+
+# The flat finetune_lipsync keys of earlier configs that kept their name in a sub-config.
+_FLAT_ARCHITECTURE = (
+    "window_s", "hop_s", "crop_size", "n_mels", "visual_channels", "audio_channels", "embed_dim", "attention_heads",
+    "fusion", "dropout", "video_aggregation",
+)  # fmt: skip
+_FLAT_AUGMENT = ("speed_min", "speed_max", "rotation_deg", "flip_prob", "color_jitter", "noise_std")
+
+
+def _sub_config(cls: type, value: Any) -> Any:
+    """A sub-config given as a mapping (Python callers, a JSON round trip) built into its dataclass."""
+    return cls(**value) if isinstance(value, dict) else value
+
+
+@dataclass(frozen=True)
+class FinetuneLipsyncConfig:
+    """How the lip-sync detector is built and fine-tuned (defaults: the demo, ~37 videos, in ~2.5 min on 1 CPU core).
+
+    Attributes:
+        model: The architecture, :class:`LipSyncArchitecture` (the champion's own when fine-tuning from it, except
+            ``hop_s``, ``video_aggregation`` and ``dropout``, which follow this run's settings).
+        augment: The training augmentation, :class:`AugmentConfig`.
         epochs: Total epochs (phase 1 + phase 2).
         freeze_epochs: Phase 1 length: encoders frozen, fusion + classifier trained at ``lr``. Applies when
             training starts from pretrained weights, or always when ``freeze_from_scratch`` is set.
@@ -48,14 +150,6 @@ class FinetuneLipsyncConfig:
         plateau_patience: ReduceLROnPlateau patience (epochs without val-loss improvement).
         plateau_factor: ReduceLROnPlateau factor.
         val_fraction: Share of the training pool held out for validation, by video (stratified by label).
-        use_augmentation: Augment training windows (validation never augments).
-        speed_min: Lowest temporal speed factor (applied to video and audio together).
-        speed_max: Highest temporal speed factor.
-        rotation_deg: Largest absolute rotation of the crops in degrees.
-        flip_prob: Probability of a horizontal flip.
-        color_jitter: Largest relative change of brightness, contrast and saturation.
-        noise_std: Largest standard deviation of Gaussian pixel noise (pixel values in [0, 1]).
-        video_aggregation: Video score from window scores: ``mean_logit``, ``max`` or ``median``.
         precision: The training autocast: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (CUDA only, with a gradient
             scaler); see :mod:`components.common.device` (``auto``: bf16 on GPUs and CPUs that have it, else fp16 on
             CUDA, fp32 on CPUs).
@@ -67,17 +161,16 @@ class FinetuneLipsyncConfig:
         max_windows_per_video: Cap on training windows per video per epoch (0: no cap).
     """
 
-    window_s: float = 1.0
-    hop_s: float = 0.5
-    model_fps: float = 25.0
-    crop_size: int = 48
-    n_mels: int = 40
-    visual_channels: int = 16
-    audio_channels: int = 32
-    embed_dim: int = 64
-    attention_heads: int = 4
-    fusion: str = "concat"
-    dropout: float = 0.2
+    #: Settings that moved: old key -> where it lives now (a file with the old key is refused with that message).
+    MOVED: ClassVar[dict[str, str]] = {
+        **{name: f"finetune_lipsync.model.{name}" for name in _FLAT_ARCHITECTURE},
+        "model_fps": "finetune_lipsync.model.fps",
+        "use_augmentation": "finetune_lipsync.augment.enabled",
+        **{name: f"finetune_lipsync.augment.{name}" for name in _FLAT_AUGMENT},
+    }
+
+    model: LipSyncArchitecture = field(default_factory=LipSyncArchitecture)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     epochs: int = 20
     freeze_epochs: int = 3
     freeze_from_scratch: bool = False
@@ -92,14 +185,6 @@ class FinetuneLipsyncConfig:
     plateau_patience: int = 2
     plateau_factor: float = 0.5
     val_fraction: float = 0.2
-    use_augmentation: bool = True
-    speed_min: float = 0.9
-    speed_max: float = 1.1
-    rotation_deg: float = 15.0
-    flip_prob: float = 0.5
-    color_jitter: float = 0.2
-    noise_std: float = 0.03
-    video_aggregation: str = "mean_logit"
     precision: str = "auto"
     device: str = "auto"
     num_threads: int = 0
@@ -108,22 +193,10 @@ class FinetuneLipsyncConfig:
     max_windows_per_video: int = 0
 
     def __post_init__(self) -> None:
-        _require(0.2 <= self.window_s <= 10.0, f"window_s must be 0.2..10, got {self.window_s}")
-        _require(0 < self.hop_s <= self.window_s, f"hop_s must be in (0, window_s], got {self.hop_s}")
-        _require(1.0 <= self.model_fps <= 120.0, f"model_fps must be 1..120, got {self.model_fps}")
-        _require(
-            16 <= self.crop_size <= 256 and self.crop_size % 8 == 0,
-            f"crop_size must be a multiple of 8 in 16..256, got {self.crop_size}",
-        )
-        _require(8 <= self.n_mels <= 128, f"n_mels must be 8..128, got {self.n_mels}")
-        for name in ("visual_channels", "audio_channels", "embed_dim", "attention_heads"):
-            _require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        _require(
-            self.embed_dim % self.attention_heads == 0,
-            f"embed_dim ({self.embed_dim}) must be divisible by attention_heads ({self.attention_heads})",
-        )
-        _require(self.fusion in FUSIONS, f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
-        _require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
+        object.__setattr__(self, "model", _sub_config(LipSyncArchitecture, self.model))
+        object.__setattr__(self, "augment", _sub_config(AugmentConfig, self.augment))
+        _require(isinstance(self.model, LipSyncArchitecture), f"model must be a mapping, got {self.model!r}")
+        _require(isinstance(self.augment, AugmentConfig), f"augment must be a mapping, got {self.augment!r}")
         _require(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         _require(
             0 <= self.freeze_epochs <= self.epochs,
@@ -139,18 +212,6 @@ class FinetuneLipsyncConfig:
         _require(self.plateau_patience >= 0, f"plateau_patience must be >= 0, got {self.plateau_patience}")
         _require(0 < self.plateau_factor < 1, f"plateau_factor must be in (0, 1), got {self.plateau_factor}")
         _require(0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        _require(
-            0.5 <= self.speed_min <= 1.0 <= self.speed_max <= 2.0,
-            f"need 0.5 <= speed_min <= 1 <= speed_max <= 2, got {self.speed_min}, {self.speed_max}",
-        )
-        _require(0 <= self.rotation_deg <= 45, f"rotation_deg must be 0..45, got {self.rotation_deg}")
-        _require(0 <= self.flip_prob <= 1, f"flip_prob must be 0..1, got {self.flip_prob}")
-        _require(0 <= self.color_jitter < 1, f"color_jitter must be in [0, 1), got {self.color_jitter}")
-        _require(0 <= self.noise_std <= 0.5, f"noise_std must be 0..0.5, got {self.noise_std}")
-        _require(
-            self.video_aggregation in AGGREGATIONS,
-            f"video_aggregation must be one of {AGGREGATIONS}, got {self.video_aggregation!r}",
-        )
         _require(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         _require(is_device_name(self.device), f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         _require(self.num_threads >= 0, f"num_threads must be >= 0, got {self.num_threads}")
@@ -161,20 +222,3 @@ class FinetuneLipsyncConfig:
         _require(
             self.max_windows_per_video >= 0, f"max_windows_per_video must be >= 0, got {self.max_windows_per_video}"
         )
-
-    def model_config_dict(self) -> dict:
-        """The architecture fields, as accepted by ``LipSyncModelConfig(**...)``."""
-        return {
-            "window_s": self.window_s,
-            "fps": self.model_fps,
-            "crop_size": self.crop_size,
-            "n_mels": self.n_mels,
-            "visual_channels": self.visual_channels,
-            "audio_channels": self.audio_channels,
-            "embed_dim": self.embed_dim,
-            "attention_heads": self.attention_heads,
-            "fusion": self.fusion,
-            "dropout": self.dropout,
-            "video_aggregation": self.video_aggregation,
-            "hop_s": self.hop_s,
-        }

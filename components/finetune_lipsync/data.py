@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from components.finetune_lipsync.augment import AugmentParams
-    from components.finetune_lipsync.config import FinetuneLipsyncConfig
+    from components.finetune_lipsync.config import AugmentConfig, FinetuneLipsyncConfig
     from components.finetune_lipsync.model import LipSyncModelConfig
 
 logger = logging.getLogger("clipsync.finetune_lipsync")
@@ -190,7 +189,7 @@ def epoch_plan(videos: Sequence[LipsyncVideo], cfg: FinetuneLipsyncConfig, rng: 
 
     plan = []
     for i, v in enumerate(videos):
-        starts = window_starts(v.duration_s, cfg.window_s, cfg.hop_s)
+        starts = window_starts(v.duration_s, cfg.model.window_s, cfg.model.hop_s)
         if cfg.max_windows_per_video and len(starts) > cfg.max_windows_per_video:
             starts = rng.choice(starts, cfg.max_windows_per_video, replace=False)
         plan.extend((i, float(s)) for s in starts)
@@ -202,7 +201,7 @@ def train_batch(
     videos: Sequence[LipsyncVideo],
     items: list[tuple[int, float]],
     mc: LipSyncModelConfig,
-    augment: AugmentParams | None,
+    augment: AugmentConfig | None,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cut the windows of ``items``, each at a random speed when augmenting (video uint8, audio, labels)."""

@@ -7,7 +7,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,14 +35,13 @@ def export_model(
     Returns:
         The model folder.
     """
-    mc = model.config
-    mc.threshold = float(result.threshold)
-    mc.extra = {
+    extra = {
         "trained_at_unix": int(time.time()),
         "pretrained": result.pretrained,
         "best_epoch": result.best_epoch,
         "best_val_loss": result.best_val_loss,
     }
+    model.config = mc = replace(model.config, threshold=float(result.threshold), extra=extra)
     model_dir = save_model(model.to("cpu"), result.model_dir)
     summary = {
         **{k: v for k, v in asdict(result).items() if k != "model_dir"},
@@ -68,7 +67,7 @@ def json_safe(obj):
 
 def write_model_card(model_dir: Path, result: TrainResult, cfg: FinetuneLipsyncConfig, mc: LipSyncModelConfig) -> Path:
     """Write ``README.md``: what the model is, how it was trained, how well it did on validation."""
-    vm = result.val_metrics
+    vm, aug = result.val_metrics, cfg.augment
 
     def fmt(key):
         value = vm.get(key)
@@ -94,8 +93,8 @@ def write_model_card(model_dir: Path, result: TrainResult, cfg: FinetuneLipsyncC
         f"- epochs: {cfg.epochs} (freeze {cfg.freeze_epochs} when fine-tuning), lr {cfg.lr:g}, "
         f"lr_encoder {cfg.lr_encoder:g}, lr_scratch {cfg.lr_scratch:g}, "
         f"batch {cfg.batch_size} x accum {cfg.grad_accum}",
-        f"- augmentation: {'on' if cfg.use_augmentation else 'off'} (speed {cfg.speed_min}-{cfg.speed_max}x, "
-        f"rotation ±{cfg.rotation_deg:g}°, flip {cfg.flip_prob}, jitter {cfg.color_jitter}, noise {cfg.noise_std})",
+        f"- augmentation: {'on' if aug.enabled else 'off'} (speed {aug.speed_min}-{aug.speed_max}x, "
+        f"rotation ±{aug.rotation_deg:g}°, flip {aug.flip_prob}, jitter {aug.color_jitter}, noise {aug.noise_std})",
         f"- best epoch: {result.best_epoch}, validation loss {result.best_val_loss:.4f}",
         "",
         "## Validation (video level, fake = positive)",

@@ -29,70 +29,47 @@ import torch.nn.functional as F
 from torch import nn
 
 from components.common.device import no_autocast
-from components.finetune_lipsync.config import AGGREGATIONS, FUSIONS
+from components.common.errors import ConfigError
+from components.finetune_lipsync.config import AGGREGATIONS, LipSyncArchitecture
 
 SAMPLE_RATE = 16000
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(ConfigError):
     """A model configuration is invalid or does not match the weights."""
 
 
-@dataclass
-class LipSyncModelConfig:
-    """Architecture and input geometry of :class:`LipSyncDetector` (JSON-serializable).
+@dataclass(frozen=True)
+class LipSyncModelConfig(LipSyncArchitecture):
+    """Everything :class:`LipSyncDetector` is built from (``config.json`` of a model folder, JSON-serializable).
+
+    The architecture and input geometry are the ``finetune_lipsync.model`` settings
+    (:class:`~components.finetune_lipsync.config.LipSyncArchitecture`, validated there); this adds the audio front
+    end's constants and what training decided.
 
     Attributes:
-        window_s: Window length in seconds.
-        hop_s: Step between windows of one video in seconds (used by :func:`predict_video`).
-        fps: Frame rate the model sees (other rates are resampled to it).
         sample_rate: Audio sample rate.
-        crop_size: Side of the mouth crops inside the model (inputs of another size are resized).
-        n_mels: Mel bands.
         n_fft: FFT size of the spectrogram.
         win_length: Analysis window in samples (25 ms).
         hop_length: Spectrogram hop in samples (10 ms).
-        visual_channels: Channels of the first 3D-conv block (then 2x, 4x).
-        audio_channels: Channels of the audio conv blocks.
-        embed_dim: Width of the encoders' outputs and of the fusion.
-        attention_heads: Heads of the cross-attention fusion.
-        fusion: ``cross_attention`` or ``concat``.
-        dropout: Dropout in the classifier.
-        video_aggregation: ``mean_logit``, ``max`` or ``median`` of window scores.
         threshold: Decision threshold on the video probability (chosen on validation by training).
         extra: Free-form metadata (training facts); not used by the model.
     """
 
-    window_s: float = 1.0
-    hop_s: float = 0.5
-    fps: float = 25.0
     sample_rate: int = SAMPLE_RATE
-    crop_size: int = 48
-    n_mels: int = 40
     n_fft: int = 512
     win_length: int = 400
     hop_length: int = 160
-    visual_channels: int = 16
-    audio_channels: int = 32
-    embed_dim: int = 64
-    attention_heads: int = 4
-    fusion: str = "concat"
-    dropout: float = 0.2
-    video_aggregation: str = "mean_logit"
     threshold: float = 0.5
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.fusion not in FUSIONS:
-            raise ModelConfigError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
-        if self.video_aggregation not in AGGREGATIONS:
-            raise ModelConfigError(f"video_aggregation must be one of {AGGREGATIONS}, got {self.video_aggregation!r}")
-        if self.embed_dim % self.attention_heads:
-            raise ModelConfigError("embed_dim must be divisible by attention_heads")
-        if self.window_s <= 0 or self.hop_s <= 0 or self.fps <= 0 or self.crop_size < 8:
-            raise ModelConfigError("window_s, hop_s, fps must be > 0 and crop_size >= 8")
+        try:
+            super().__post_init__()
+        except ConfigError as exc:
+            raise ModelConfigError(str(exc)) from None
 
     @property
     def n_frames(self) -> int:

@@ -18,7 +18,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from components.common import checkpoints as ckpt
 from components.common.device import Runtime
 from components.common.no_challenger import NotTrainable
-from components.finetune_lipsync.augment import AugmentParams, augment_video
-from components.finetune_lipsync.config import FinetuneLipsyncConfig
+from components.finetune_lipsync.augment import augment_video
+from components.finetune_lipsync.config import AugmentConfig, FinetuneLipsyncConfig
 from components.finetune_lipsync.data import (
     LipsyncVideo,
     WindowSet,
@@ -137,23 +137,21 @@ def make_optimizer(
 
 
 def _build_model(cfg: FinetuneLipsyncConfig, pretrained: Path | None) -> tuple[LipSyncDetector, str]:
-    """A model from scratch, or from a safetensors file (its ``config.json`` beside it wins over ``cfg``)."""
+    """A model from scratch, or from a safetensors file (its ``config.json`` beside it wins over ``cfg.model``)."""
     if pretrained is None:
-        return LipSyncDetector(LipSyncModelConfig(**cfg.model_config_dict())), ""
+        return LipSyncDetector(LipSyncModelConfig(**asdict(cfg.model))), ""
     pretrained = Path(pretrained)
     weights = pretrained / "model.safetensors" if pretrained.is_dir() else pretrained
     if not weights.is_file():
         raise FileNotFoundError(f"pretrained weights not found: {weights}")
     config_file = weights.parent / "config.json"
     if config_file.is_file():
-        mc = LipSyncModelConfig.from_dict(json.loads(config_file.read_text()))
-        mc.extra = {}
+        saved = LipSyncModelConfig.from_dict(json.loads(config_file.read_text()))
         # Input geometry and decision policy follow this run's settings; the architecture follows the weights.
-        mc.hop_s = cfg.hop_s
-        mc.video_aggregation = cfg.video_aggregation
-        mc.dropout = cfg.dropout
+        arch = cfg.model
+        mc = replace(saved, extra={}, hop_s=arch.hop_s, video_aggregation=arch.video_aggregation, dropout=arch.dropout)
     else:
-        mc = LipSyncModelConfig(**cfg.model_config_dict())
+        mc = LipSyncModelConfig(**asdict(cfg.model))
     model = LipSyncDetector(mc)
     load_weights(model, weights)
     logger.info("finetune_lipsync: starting from %s", weights)
@@ -176,7 +174,7 @@ def _evaluate(
     logits_t = torch.cat(logits)
     loss = float(F.binary_cross_entropy_with_logits(logits_t, torch.from_numpy(ws.labels)))
     win = logits_t.numpy()
-    probs = np.array([aggregate(win[ws.video_index == k], cfg.video_aggregation) for k in range(n_videos)])
+    probs = np.array([aggregate(win[ws.video_index == k], cfg.model.video_aggregation) for k in range(n_videos)])
     return loss, win, probs
 
 
@@ -263,7 +261,7 @@ def train_one_epoch(
     epoch: int,
     optim: Optim,
     pos_weight: torch.Tensor,
-    augment: AugmentParams | None,
+    augment: AugmentConfig | None,
     runtime: Runtime,
 ) -> float:
     """One pass over the epoch's windows (``epoch`` 0-based here), reseeded from ``seed`` and the epoch.
@@ -345,7 +343,7 @@ def _train_lipsync(
     n_fake = sum(v.label for v in train_videos)
     pos_weight = torch.tensor(min(5.0, max(0.2, (len(train_videos) - n_fake) / max(n_fake, 1))), device=runtime.device)
     optim = make_optimizer(model, cfg, from_pretrained, runtime)
-    augment = AugmentParams.from_config(cfg) if cfg.use_augmentation else None
+    augment = cfg.augment if cfg.augment.enabled else None
     n_groups = max(len(g) for g in model.encoder_layer_groups().values())
 
     ckpt_dir = work_dir / "checkpoints"
