@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     started = time.monotonic()
     if args.frames:
-        from components.common.config import from_dict
+        from components.config import from_dict
         from components.finetune_clip.core import run_finetune_clip
 
         config = from_dict({"state_dir": str(out / "state")})

@@ -16,7 +16,7 @@ logger = logging.getLogger("clipsync.cli")
 
 
 def _load(args: argparse.Namespace):
-    from components.common.config import load_config
+    from components.config import load_config
 
     return load_config(args.config, client_id=args.client)
 

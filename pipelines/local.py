@@ -7,7 +7,7 @@ import os
 import socket
 from pathlib import Path
 
-from components.common.config import ClientConfig
+from components.config import ClientConfig
 
 logger = logging.getLogger("clipsync.local")
 

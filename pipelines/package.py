@@ -21,7 +21,7 @@ def compile_pipeline(output: Path, client_id: str = "acme", config_yaml: str = "
     import yaml
     from kfp import compiler
 
-    from components.common.config import from_dict
+    from components.config import from_dict
     from pipelines.monthly_retrain import build_pipeline
 
     data = yaml.safe_load(config_yaml) or {} if config_yaml.strip() else {}

@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # a bad config file or an out-of-range option: a usage error naming the setting
         config = None
         if args.client_config:
-            from components.common.config import load_config
+            from components.config import load_config
 
             config = load_config(args.client_config)
         settings = replace(config.serving if config is not None else ServingConfig(), **overrides)

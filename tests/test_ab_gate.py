@@ -289,7 +289,7 @@ def test_lipsync_inputs_and_stage_logging(tmp_path, monkeypatch):
     from components.ab_gate.inputs import lipsync_evaluations
     from components.ab_gate.stage import run_ab_gate
     from components.common import tracking
-    from components.common.config import from_dict
+    from components.config import from_dict
 
     rng = np.random.default_rng(3)
     labels = np.arange(120) % 2

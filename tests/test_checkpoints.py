@@ -53,7 +53,7 @@ def hang_mid_epoch(fn):
 CLIP_CHILD = (
     CHILD_PRELUDE
     + """
-from components.common.config import from_dict
+from components.config import from_dict
 from components.finetune_clip import core, train
 from components.finetune_clip.config import FinetuneClipConfig
 train._batch_loss = hang_mid_epoch(train._batch_loss)
@@ -157,7 +157,7 @@ def tiny_base(tmp_path_factory) -> Path:
 def test_finetune_clip_killed_mid_epoch_resumes_from_the_artifacts_store(tiny_base, tmp_path):
     from safetensors.torch import load_file
 
-    from components.common.config import from_dict
+    from components.config import from_dict
     from components.finetune_clip.config import FinetuneClipConfig
     from components.finetune_clip.core import run_finetune_clip
 

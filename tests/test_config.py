@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from components.common.config import ClientConfig, ConfigError, from_dict, load_config
+from components.common.config import ConfigError
+from components.config import ClientConfig, from_dict, load_config
 
 
 def test_embedded_defaults_need_no_server(state_dir: Path):

@@ -284,8 +284,8 @@ def test_device_settings_are_validated_everywhere():
 
 
 def test_one_precision_vocabulary_for_both_fine_tunes():
-    from components.common.config import from_dict
     from components.common.device import Runtime, cpu_has_native_bf16, resolve_precision, resolve_runtime
+    from components.config import from_dict
 
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu) is None and resolve_precision("bf16", cpu) == torch.bfloat16
@@ -309,7 +309,7 @@ def test_stages_take_the_configured_device(tiny_base, tmp_path):
     """Both fine-tune stages pass ``device`` through: on a machine without CUDA, ``cuda`` fails loudly."""
     from synthetic_frames import make_frames
 
-    from components.common.config import from_dict
+    from components.config import from_dict
     from components.finetune_clip.core import run_finetune_clip
     from components.finetune_lipsync.synthetic import synthetic_video
     from components.finetune_lipsync.train import train_lipsync

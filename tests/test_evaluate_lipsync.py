@@ -155,7 +155,7 @@ def test_stage_fetches_champion_from_registry_and_logs_to_mlflow(tmp_path):
     import mlflow
 
     from components.common import tracking
-    from components.common.config import from_dict
+    from components.config import from_dict
     from components.evaluate.lipsync_eval import run_evaluate_lipsync
 
     faces = tmp_path / "faces"

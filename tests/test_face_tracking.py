@@ -482,7 +482,7 @@ def test_component_logs_face_statistics_to_mlflow(model_cache, state_dir, tmp_pa
     import mlflow
     from kfp.dsl import Dataset
 
-    from components.common.config import from_dict
+    from components.config import from_dict
     from components.face_tracking.component import face_tracking
 
     frames_dir = tmp_path / "frames"

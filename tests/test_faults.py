@@ -24,10 +24,10 @@ from test_ingest import make_video
 from test_storage import ACCESS, SECRET, make_bucket
 
 from components.common import lease, tracking
-from components.common.config import from_dict
 from components.common.faults import RetryPolicy, TransientError, is_infrastructure_error, retry_call
 from components.common.manifest import read_manifest
 from components.common.storage import LocalStore, StorageError, StorageUnavailableError, open_store
+from components.config import from_dict
 from components.frame_extraction.config import FrameExtractionConfig
 from components.frame_extraction.dataset import read_frame_index
 from components.ingest import core as ingest_core
@@ -270,7 +270,7 @@ def test_a_run_killed_with_sigkill_is_closed_by_the_next_start_which_refuses_a_c
 import os, signal, socket
 os.environ["{lease.DRIVER_ENV}"] = f"{{socket.gethostname()}}:{{os.getpid()}}"
 from components.common import tracking
-from components.common.config import ClientConfig
+from components.config import ClientConfig
 from components.start_run.core import start_run
 started = start_run("acme", {config.to_json()!r}, "2026-11-01", 0, dag_run_id="killed-1")
 cfg = ClientConfig.from_json(started.config_json)

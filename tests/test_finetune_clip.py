@@ -331,7 +331,7 @@ def test_stage_registers_challenger_and_evaluates(tiny_base, tmp_path):
     import mlflow
 
     from components.common import tracking
-    from components.common.config import from_dict
+    from components.config import from_dict
     from components.evaluate.clip_eval import run_evaluate_clip
     from components.finetune_clip.core import run_finetune_clip
 
@@ -427,8 +427,8 @@ def test_a_window_too_small_to_train_leaves_no_challenger_and_the_gate_keeps(tin
 
     from components.ab_gate.stage import run_ab_gate
     from components.common import tracking
-    from components.common.config import from_dict
     from components.common.no_challenger import pass_on_no_challenger
+    from components.config import from_dict
     from components.finetune_clip.core import run_finetune_clip
 
     frames = make_frames(tmp_path / "frames", 1, rejected=True)

@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from components.common.config import ConfigError, from_dict
+from components.common.config import ConfigError
+from components.config import from_dict
 from components.finetune_lipsync.augment import augment_video, speed_window
 from components.finetune_lipsync.config import AugmentConfig, FinetuneLipsyncConfig, LipSyncArchitecture
 from components.finetune_lipsync.core import run_finetune_lipsync

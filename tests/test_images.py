@@ -153,7 +153,7 @@ def test_entry_commands_are_real_modules():
 
 
 def test_serve_image_holds_the_face_models_where_the_runtimes_look():
-    from components.common.config import load_config
+    from components.config import load_config
 
     cluster = load_config(REPO / "configs" / "example-cluster.yaml")
     text = dockerfile("serve")

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from test_storage import ACCESS, SECRET, make_bucket, moto_endpoint, s3_env  # noqa: F401  (fixtures reused)
 
-from components.common.config import IngestConfig, from_dict
 from components.common.manifest import read_manifest
 from components.common.storage import StorageError, open_store
+from components.config import from_dict
+from components.ingest.config import IngestConfig
 from components.ingest.core import REJECT_CODES, IngestReport, VideoRejected, probe_video, run_ingest, split_for
 
 AS_OF = date(2026, 12, 1)  # window [2026-11-01, 2026-12-01) with the default 30 days

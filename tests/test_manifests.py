@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
-from components.common.config import load_config
+from components.config import load_config
 from components.deploy.config import DeployConfig
 from components.deploy.kserve import build_inference_service, build_trained_model
 from components.deploy.manifests import (

@@ -9,11 +9,11 @@ import pytest
 
 av = pytest.importorskip("av")
 
-from components.common.config import IngestConfig  # noqa: E402
 from components.common.manifest import VideoRecord  # noqa: E402
 from components.common.media import MediaError, probe_media  # noqa: E402
 from components.frame_extraction.config import FrameExtractionConfig  # noqa: E402
 from components.frame_extraction.core import extract_video  # noqa: E402
+from components.ingest.config import IngestConfig  # noqa: E402
 from components.ingest.core import VideoRejected, probe_video  # noqa: E402
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from components.common.config import load_config
 from components.common.manifest import read_manifest
 from components.common.tracking import get_version_by_alias
+from components.config import load_config
 from components.demo_data.core import DemoConfig, generate_demo_data
 from components.deploy.core import promote
 from components.face_tracking.dataset import read_face_index

@@ -38,7 +38,7 @@ from serving_assets import (
 )
 from synthetic_frames import make_frames
 
-from components.common.config import load_config
+from components.config import load_config
 from components.deploy.core import GRPC_PORT, HTTP_PORT, MODEL_DIR
 from components.deploy.manifests import SECRET_NAME, TOKEN_KEY, TOKEN_SECRET, manifest_objects
 

@@ -143,7 +143,7 @@ def test_lipsync_size_limit_and_timeout(tmp_path):
 def test_champion_specs_explicit_then_local_record(tmp_path):
     pytest.importorskip("mlflow")
     from components.common.champions import champions_file
-    from components.common.config import from_dict
+    from components.config import from_dict
     from serving.server import champion_specs
 
     config = from_dict({"client_id": "acme", "state_dir": str(tmp_path / "state")})

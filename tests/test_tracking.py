@@ -17,7 +17,8 @@ from mlflow_server import MLFLOW_ENV
 from mlflow_server import mlflow_server as start_mlflow_server
 
 from components.common import tracking
-from components.common.config import TrackingConfig, from_dict
+from components.common.config import TrackingConfig
+from components.config import from_dict
 
 mlflow = pytest.importorskip("mlflow")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")

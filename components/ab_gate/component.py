@@ -26,7 +26,7 @@ def ab_gate(
 
     from components.ab_gate.stage import run_ab_gate
     from components.common import tracking
-    from components.common.config import ClientConfig
+    from components.config import ClientConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = ClientConfig.from_json(config)

@@ -1,36 +1,20 @@
-"""Per-client configuration: one YAML file validated into frozen dataclasses.
+"""The client-level sections of the configuration: storage, tracking, the window, pipeline_gpu.
 
-Every field has a default, so an empty file (or no file) is a valid configuration for the embedded
-defaults: a local folder as the client's bucket, MLflow on a local sqlite file, no server at all.
-Later stages add their own section here (one dataclass each) and a field on :class:`ClientConfig`.
-
-Paths in the defaults are relative to ``state_dir`` (``$CLIPSYNC_HOME``, else ``.clipsync`` in the
-current directory) and are resolved when the config is created, so a config serialized into a kfp task
-means the same thing in every task.
+Each is a frozen dataclass validated in ``__post_init__`` (a wrong value is refused with a message naming the
+setting). The stages' own sections live beside their code, and :mod:`components.config` composes all of them into
+the client's :class:`~components.config.ClientConfig`; this module imports no stage.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import json
 import os
-import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.ab_gate.config import GatePolicy
 from components.common.errors import ConfigError, require
-from components.common.names import CLIENT_ID_RULE, is_client_id
-from components.deploy.config import DeployConfig
-from components.face_tracking.config import FaceTrackingConfig
-from components.finetune_clip.config import FinetuneClipConfig
-from components.finetune_lipsync.config import FinetuneLipsyncConfig
-from components.frame_extraction.config import FrameExtractionConfig
-from serving.config import ServingConfig
 
-__all__ = ["ClientConfig", "ConfigError", "from_dict", "load_config"]
+__all__ = ["ConfigError", "PipelineGpuConfig", "StorageConfig", "TrackingConfig", "WindowConfig", "default_state_dir"]
 
 
 def default_state_dir() -> Path:
@@ -127,46 +111,6 @@ class WindowConfig:
         return f"{(end - timedelta(days=self.days)).isoformat()}..{end.isoformat()}"
 
 
-@dataclass(frozen=True)
-class IngestConfig:
-    """What ingest accepts. A video outside these bounds is rejected with the bound it broke.
-
-    Attributes:
-        min_duration_s: Shortest accepted video.
-        max_duration_s: Longest accepted video.
-        min_side: Smallest accepted width or height in pixels.
-        max_side: Largest accepted width or height in pixels.
-        min_fps: Lowest accepted average frame rate.
-        max_fps: Highest accepted average frame rate.
-        max_size_mb: Largest accepted file.
-        val_fraction: Share of videos in the validation split (by content hash).
-        test_fraction: Share of videos in the test split (by content hash).
-    """
-
-    min_duration_s: float = 0.5
-    max_duration_s: float = 3600.0
-    min_side: int = 32
-    max_side: int = 4096
-    min_fps: float = 5.0
-    max_fps: float = 120.0
-    max_size_mb: float = 4096.0
-    val_fraction: float = 0.15
-    test_fraction: float = 0.25
-
-    def __post_init__(self) -> None:
-        require(
-            0 < self.min_duration_s <= self.max_duration_s,
-            "ingest: need 0 < min_duration_s <= max_duration_s",
-        )
-        require(0 < self.min_side <= self.max_side, "ingest: need 0 < min_side <= max_side")
-        require(0 < self.min_fps <= self.max_fps, "ingest: need 0 < min_fps <= max_fps")
-        require(self.max_size_mb > 0, "ingest.max_size_mb must be > 0")
-        require(
-            self.val_fraction >= 0 and self.test_fraction >= 0 and self.val_fraction + self.test_fraction < 1,
-            "ingest: val_fraction and test_fraction must be >= 0 and sum to less than 1",
-        )
-
-
 TOLERATION_KEYS = ("key", "operator", "value", "effect", "toleration_seconds")
 
 
@@ -229,184 +173,3 @@ class PipelineGpuConfig:
             1 <= self.retry_backoff_s <= 3600,
             f"pipeline_gpu.retry_backoff_s must be 1..3600, got {self.retry_backoff_s}",
         )
-
-
-@dataclass(frozen=True)
-class ClientConfig:
-    """Everything one client's monthly run needs. Build it with :func:`load_config` or :func:`from_dict`.
-
-    Attributes:
-        client_id: Lower-case letters, digits and dashes (it names buckets, registry models and routes).
-        state_dir: Local state (sqlite MLflow, pipeline root, model cache). Absolute after creation.
-        pipeline_root: Where kfp writes artifacts; default ``{state_dir}/pipeline_root``.
-        cache_dir: Model files fetched at setup (MediaPipe); default ``{state_dir}/cache``.
-        storage: See :class:`StorageConfig`.
-        tracking: See :class:`TrackingConfig`.
-        window: See :class:`WindowConfig`.
-        ingest: See :class:`IngestConfig`.
-        frame_extraction: See :class:`components.frame_extraction.config.FrameExtractionConfig`.
-        face_tracking: See :class:`components.face_tracking.config.FaceTrackingConfig`.
-        finetune_clip: See :class:`components.finetune_clip.config.FinetuneClipConfig`.
-        finetune_lipsync: See :class:`components.finetune_lipsync.config.FinetuneLipsyncConfig`.
-        ab_gate: The promotion policy, :class:`components.ab_gate.config.GatePolicy`.
-        deploy: See :class:`components.deploy.config.DeployConfig`.
-        serving: See :class:`serving.config.ServingConfig`.
-        pipeline_gpu: See :class:`PipelineGpuConfig`.
-    """
-
-    client_id: str
-    state_dir: str
-    pipeline_root: str
-    cache_dir: str
-    storage: StorageConfig
-    tracking: TrackingConfig
-    window: WindowConfig = field(default_factory=WindowConfig)
-    ingest: IngestConfig = field(default_factory=IngestConfig)
-    frame_extraction: FrameExtractionConfig = field(default_factory=FrameExtractionConfig)
-    face_tracking: FaceTrackingConfig = field(default_factory=FaceTrackingConfig)
-    finetune_clip: FinetuneClipConfig = field(default_factory=FinetuneClipConfig)
-    finetune_lipsync: FinetuneLipsyncConfig = field(default_factory=FinetuneLipsyncConfig)
-    ab_gate: GatePolicy = field(default_factory=GatePolicy)
-    deploy: DeployConfig = field(default_factory=DeployConfig)
-    serving: ServingConfig = field(default_factory=ServingConfig)
-    pipeline_gpu: PipelineGpuConfig = field(default_factory=PipelineGpuConfig)
-
-    def __post_init__(self) -> None:
-        require(is_client_id(self.client_id), f"client_id must be {CLIENT_ID_RULE}, got {self.client_id!r}")
-        require(bool(self.state_dir) and Path(self.state_dir).is_absolute(), "state_dir must be absolute")
-
-    def to_json(self) -> str:
-        """Serialize for a kfp parameter (the inverse of :meth:`from_json`)."""
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> ClientConfig:
-        """Rebuild a config serialized by :meth:`to_json`."""
-        return from_dict(json.loads(text))
-
-
-_SECTIONS: dict[str, type] = {
-    "storage": StorageConfig,
-    "tracking": TrackingConfig,
-    "window": WindowConfig,
-    "ingest": IngestConfig,
-    "frame_extraction": FrameExtractionConfig,
-    "face_tracking": FaceTrackingConfig,
-    "finetune_clip": FinetuneClipConfig,
-    "finetune_lipsync": FinetuneLipsyncConfig,
-    "ab_gate": GatePolicy,
-    "deploy": DeployConfig,
-    "serving": ServingConfig,
-    "pipeline_gpu": PipelineGpuConfig,
-}
-
-
-def _build_section(name: str, cls: type, values: dict[str, Any]) -> Any:
-    """Build the frozen dataclass ``cls`` of section ``name`` (``a.b`` for a sub-config) from a parsed mapping."""
-    known = {f.name: f for f in fields(cls)}
-    moved = getattr(cls, "MOVED", {})
-    for key in sorted(set(values) & set(moved)):
-        raise ConfigError(f"setting {name}.{key} has moved: use {moved[key]}")
-    unknown = sorted(set(values) - set(known))
-    require(not unknown, f"unknown setting(s) in [{name}]: {', '.join(unknown)}")
-    hints = typing.get_type_hints(cls)
-    coerced = {}
-    for key, value in values.items():
-        if dataclasses.is_dataclass(hints[key]):  # a sub-config, e.g. finetune_lipsync.model
-            require(isinstance(value, dict), f"[{name}.{key}] must be a mapping, got {value!r}")
-            coerced[key] = _build_section(f"{name}.{key}", hints[key], value)
-            continue
-        expected = known[key].type
-        # Accept ints where floats are expected (YAML writes 1 for 1.0); refuse other type mismatches.
-        if expected == "float" and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if expected == "float" and isinstance(value, str):
-            # YAML 1.1 reads exponents without a dot (1e-5) as strings.
-            with contextlib.suppress(ValueError):
-                value = float(value)
-        # YAML and JSON have lists where the dataclasses hold tuples (hashable, frozen).
-        if str(expected).startswith("tuple") and isinstance(value, list):
-            value = tuple(value)
-        type_ok = {
-            "str": isinstance(value, str),
-            "int": isinstance(value, int) and not isinstance(value, bool),
-            "float": isinstance(value, float),
-            "bool": isinstance(value, bool),
-        }.get(str(expected), True)
-        require(type_ok, f"{name}.{key} must be {expected}, got {value!r}")
-        coerced[key] = value
-    return cls(**coerced)
-
-
-def from_dict(data: dict[str, Any] | None) -> ClientConfig:
-    """Validate a plain mapping (a parsed YAML file) into a :class:`ClientConfig`.
-
-    Missing values take their documented defaults; derived paths are resolved against ``state_dir``.
-
-    Args:
-        data: The parsed file. ``None`` or ``{}`` gives the embedded defaults.
-
-    Returns:
-        The validated, frozen configuration.
-
-    Raises:
-        ConfigError: On an unknown key, a wrong type or a value out of range.
-    """
-    data = dict(data or {})
-    top_known = {f.name for f in fields(ClientConfig)}
-    unknown = sorted(set(data) - top_known)
-    require(not unknown, f"unknown top-level setting(s): {', '.join(unknown)}")
-    client_id = data.get("client_id", "acme")
-    require(isinstance(client_id, str), f"client_id must be a string, got {client_id!r}")
-    state_dir = Path(data.get("state_dir") or default_state_dir()).expanduser().resolve()
-
-    sections: dict[str, Any] = {}
-    for name, cls in _SECTIONS.items():
-        values = data.get(name) or {}
-        require(isinstance(values, dict), f"[{name}] must be a mapping, got {values!r}")
-        values = dict(values)
-        if name == "storage":
-            values.setdefault("source_uri", str(state_dir / "buckets" / client_id))
-            values.setdefault("artifacts_uri", str(state_dir / "artifacts" / client_id))
-        if name == "tracking":
-            values.setdefault("tracking_uri", f"sqlite:///{state_dir / 'mlflow.db'}")
-            values.setdefault("experiment", f"clipsync-{client_id}")
-            if values["tracking_uri"].startswith(("sqlite:", "file:")):
-                values.setdefault("artifact_location", str(state_dir / "mlartifacts"))
-        sections[name] = _build_section(name, cls, values)
-
-    return ClientConfig(
-        client_id=client_id,
-        state_dir=str(state_dir),
-        pipeline_root=str(Path(data.get("pipeline_root") or state_dir / "pipeline_root").resolve()),
-        cache_dir=str(Path(data.get("cache_dir") or state_dir / "cache").resolve()),
-        **sections,
-    )
-
-
-def load_config(path: str | Path | None = None, **overrides: Any) -> ClientConfig:
-    """Read a YAML config file (or none) and apply top-level overrides such as ``client_id``.
-
-    Args:
-        path: A YAML file; ``None`` for the embedded defaults.
-        **overrides: Top-level keys that replace the file's values (``None`` values are ignored).
-
-    Returns:
-        The validated configuration.
-
-    Raises:
-        ConfigError: If the file is missing, is not a mapping, or holds an invalid value.
-    """
-    import yaml
-
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        require(path.is_file(), f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        require(isinstance(loaded, dict), f"config file {path} must hold a mapping at the top level")
-        data = loaded
-    for key, value in overrides.items():
-        if value is not None:
-            data[key] = value
-    return from_dict(data)

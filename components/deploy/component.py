@@ -20,7 +20,7 @@ def deploy(config: str, parent_run_id: str, model: str, version: str, frames: In
     from pathlib import Path
 
     from components.common import tracking
-    from components.common.config import ClientConfig
+    from components.config import ClientConfig
     from components.deploy.core import deploy_model
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -74,7 +74,7 @@ def keep(config: str, parent_run_id: str, model: str, decision: str) -> str:
     from components.ab_gate.core import Decision
     from components.common import tracking
     from components.common.champions import champion_version
-    from components.common.config import ClientConfig
+    from components.config import ClientConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = ClientConfig.from_json(config)

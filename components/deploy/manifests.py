@@ -300,7 +300,7 @@ def manifest_objects(
 
 
 def _example_config() -> Any:
-    from components.common.config import load_config
+    from components.config import load_config
 
     example = Path(__file__).resolve().parents[2] / "configs" / "example-cluster.yaml"
     return load_config(example if example.is_file() else None)

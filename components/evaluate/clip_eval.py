@@ -26,7 +26,7 @@ from components.finetune_clip.metrics import (
 )
 
 if TYPE_CHECKING:
-    from components.common.config import ClientConfig
+    from components.config import ClientConfig
     from components.finetune_clip.config import FinetuneClipConfig
     from components.finetune_clip.data import ClipSample
 

@@ -23,8 +23,8 @@ def evaluate_clip(
     from pathlib import Path
 
     from components.common import tracking
-    from components.common.config import ClientConfig
     from components.common.no_challenger import pass_on_no_challenger
+    from components.config import ClientConfig
     from components.evaluate.clip_eval import run_evaluate_clip
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -56,8 +56,8 @@ def evaluate_lipsync(
     from pathlib import Path
 
     from components.common import tracking
-    from components.common.config import ClientConfig
     from components.common.no_challenger import pass_on_no_challenger
+    from components.config import ClientConfig
     from components.evaluate.lipsync_eval import run_evaluate_lipsync
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -14,7 +14,7 @@ def face_tracking(config: str, parent_run_id: str, frames: Input[Dataset], faces
     from pathlib import Path
 
     from components.common import tracking
-    from components.common.config import ClientConfig
+    from components.config import ClientConfig
     from components.face_tracking.core import run_face_tracking
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

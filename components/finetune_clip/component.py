@@ -19,8 +19,8 @@ def finetune_clip(
     import logging
     from pathlib import Path
 
-    from components.common.config import ClientConfig
     from components.common.names import registered_name
+    from components.config import ClientConfig
     from components.finetune_clip.core import run_finetune_clip
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

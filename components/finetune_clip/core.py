@@ -22,7 +22,7 @@ from components.finetune_clip.export import export_model
 from components.finetune_clip.train import LogFn, TrainResult, train_clip
 
 if TYPE_CHECKING:
-    from components.common.config import ClientConfig
+    from components.config import ClientConfig
 
 logger = logging.getLogger("clipsync.finetune_clip")
 

@@ -19,7 +19,7 @@ def finetune_lipsync(
     import logging
     from pathlib import Path
 
-    from components.common.config import ClientConfig
+    from components.config import ClientConfig
     from components.finetune_lipsync.core import run_finetune_lipsync
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

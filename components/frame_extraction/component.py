@@ -19,7 +19,7 @@ def frame_extraction(config: str, parent_run_id: str, manifest: Input[Dataset], 
     from pathlib import Path
 
     from components.common import tracking
-    from components.common.config import ClientConfig
+    from components.config import ClientConfig
     from components.frame_extraction.core import run_frame_extraction
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -14,7 +14,7 @@ def ingest(config: str, parent_run_id: str, manifest: Output[Dataset], metrics: 
     from pathlib import Path
 
     from components.common import tracking
-    from components.common.config import ClientConfig
+    from components.config import ClientConfig
     from components.ingest.core import run_ingest
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -19,7 +19,6 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
-from components.common.config import ClientConfig, IngestConfig
 from components.common.faults import is_infrastructure_error
 from components.common.manifest import VideoRecord, write_manifest
 from components.common.storage import (
@@ -33,6 +32,8 @@ from components.common.storage import (
     open_store,
     validate_key,
 )
+from components.config import ClientConfig
+from components.ingest.config import IngestConfig
 
 logger = logging.getLogger("clipsync.ingest")
 

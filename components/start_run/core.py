@@ -9,7 +9,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from components.common.config import ClientConfig, ConfigError, from_dict
+from components.common.config import ConfigError
+from components.config import ClientConfig, from_dict
 
 logger = logging.getLogger("clipsync.start_run")
 

@@ -23,7 +23,7 @@ def summary(
     import logging
     from pathlib import Path
 
-    from components.common.config import ClientConfig
+    from components.config import ClientConfig
     from components.summary.core import summarize
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

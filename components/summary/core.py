@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from components.common.config import ClientConfig
+from components.config import ClientConfig
 
 logger = logging.getLogger("clipsync.summary")
 
