@@ -42,6 +42,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components.common.manifest import VideoRecord, write_manifest
+from components.config import from_dict
 from components.frame_extraction import core, decode
 from components.frame_extraction.config import FrameExtractionConfig
 
@@ -160,10 +161,11 @@ def part_a(files: list[Path], seconds: float, repeats: int, workdir: Path, stage
     manifest = workdir / "manifest.jsonl"
     write_manifest(manifest, [_record(f, c) for c in range(stage_copies) for f in files])
     stage_cfg = dataclasses.replace(search_cfg, workers=2)
+    ctx = from_dict({"state_dir": str(workdir), "storage": {"source_uri": str(workdir)}}).context(track=False)
 
     def stage() -> int:
         with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-            report = core.run_frame_extraction(manifest, Path(tmp) / "frames", str(workdir), str(workdir), stage_cfg)
+            report = core.run_frame_extraction(manifest, Path(tmp) / "frames", stage_cfg, ctx)
         return report.frames_written
 
     def ffmpeg_2() -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from offline import offline_context
 
 from components.common.config import ConfigError
 from components.face_tracking import core, crops, detect, tracks
@@ -400,7 +401,8 @@ def _write_frames_dataset(frames_dir: Path) -> np.ndarray:
 def test_run_face_tracking_end_to_end(model_cache, tmp_path, workers):
     frames_dir, out_dir = tmp_path / "frames", tmp_path / "faces"
     audio = _write_frames_dataset(frames_dir)
-    report = core.run_face_tracking(frames_dir, out_dir, FaceTrackingConfig(crop_size=48, workers=workers), model_cache)
+    ctx = offline_context(tmp_path / "state", cache_dir=str(model_cache))
+    report = core.run_face_tracking(frames_dir, out_dir, FaceTrackingConfig(crop_size=48, workers=workers), ctx)
     assert (report.videos, report.processed, report.skipped, report.rejected, report.fallback) == (4, 2, 1, 1, 1)
     metrics = report.as_metrics()
     assert metrics["videos_fallback"] == 1.0 and metrics["samples"] == 2.0

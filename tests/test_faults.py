@@ -152,7 +152,12 @@ def _month(s3: _S3, tmp_path: Path) -> str:
 
 
 def _config(tmp_path: Path, source_uri: str):
-    return from_dict({"state_dir": str(tmp_path / "state"), "storage": {"source_uri": source_uri}})
+    window = {"as_of": AS_OF.isoformat()}
+    return from_dict({"state_dir": str(tmp_path / "state"), "storage": {"source_uri": source_uri}, "window": window})
+
+
+def _ingest(config, manifest: Path):
+    return ingest_core.run_ingest(manifest, config.ingest, config.context(track=False))
 
 
 def _stop_after(s3: _S3, fetch, n: int):
@@ -177,12 +182,12 @@ def test_store_outage_mid_ingest_fails_the_stage_and_the_rerun_gets_the_whole_mo
     monkeypatch.setattr(ingest_core, "fetch_to_local", _stop_after(s3, fetch, 3))
 
     with pytest.raises(StorageUnavailableError, match=rf"cannot reach {s3.endpoint} .*gave up after \d attempts"):
-        ingest_core.run_ingest(config, AS_OF, manifest)
+        _ingest(config, manifest)
     assert not manifest.exists()  # no manifest: no video was recorded as rejected or unreadable
 
     monkeypatch.setattr(ingest_core, "fetch_to_local", fetch)
     s3.start()
-    report = ingest_core.run_ingest(config, AS_OF, manifest)
+    report = _ingest(config, manifest)
     rows = read_manifest(manifest)
     assert (report.accepted, report.rejected, report.duplicates) == (N_VIDEOS, {}, 0)
     assert sorted(r.key for r in rows) == [f"videos/v{i}.mp4" for i in range(N_VIDEOS)]
@@ -198,7 +203,7 @@ def test_store_outage_mid_extraction_fails_the_stage_and_the_rerun_gets_every_vi
     source = _month(s3, tmp_path)
     config = _config(tmp_path, source)
     manifest = tmp_path / "manifest.jsonl"
-    assert ingest_core.run_ingest(config, AS_OF, manifest).accepted == N_VIDEOS
+    assert _ingest(config, manifest).accepted == N_VIDEOS
     fx = FrameExtractionConfig(workers=workers)
     fetch = storage.fetch_to_local
     if workers == 1:  # stopped after two videos were fetched (the fetch runs in this process)
@@ -208,13 +213,13 @@ def test_store_outage_mid_extraction_fails_the_stage_and_the_rerun_gets_every_vi
 
     failed = tmp_path / "frames-failed"
     with pytest.raises(StorageUnavailableError, match=rf"cannot reach {s3.endpoint}"):
-        run_frame_extraction(manifest, failed, source, config.state_dir, fx)
+        run_frame_extraction(manifest, failed, fx, config.context(track=False))
     assert not (failed / "index.jsonl").exists()  # no video recorded as fetch_error
 
     monkeypatch.setattr(storage, "fetch_to_local", fetch)
     s3.start()
     frames = tmp_path / "frames"
-    report = run_frame_extraction(manifest, frames, source, config.state_dir, fx)
+    report = run_frame_extraction(manifest, frames, fx, config.context(track=False))
     index = read_frame_index(frames)
     assert (report.ok, report.rejected) == (N_VIDEOS, 0)
     assert sorted(r.video_id for r in index) == sorted(r.video_id for r in read_manifest(manifest))

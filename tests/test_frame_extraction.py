@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from offline import offline_context
 
 av = pytest.importorskip("av")
 
@@ -385,7 +386,8 @@ def test_run_frame_extraction_over_a_manifest(tmp_path):
     before = {p: p.read_bytes() for p in source.rglob("*") if p.is_file()}
     out = tmp_path / "frames"
     fx = dataclasses.replace(FX, workers=2, shard_max_videos=2)
-    report = core.run_frame_extraction(manifest, out, str(source), str(tmp_path / "state"), fx)
+    ctx = offline_context(tmp_path / "state", storage={"source_uri": str(source)})
+    report = core.run_frame_extraction(manifest, out, fx, ctx)
 
     assert {p: p.read_bytes() for p in source.rglob("*") if p.is_file()} == before  # source untouched
     assert (report.videos, report.ok, report.rejected, report.partial) == (5, 3, 2, 0)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -118,6 +119,12 @@ def bucket(tmp_path: Path) -> Path:
     return root
 
 
+def _ingest(config, as_of: date, manifest: Path) -> IngestReport:
+    """The ingest stage for ``config``'s client, its window ending at ``as_of`` (no MLflow)."""
+    window = replace(config.window, as_of=as_of.isoformat())
+    return run_ingest(manifest, config.ingest, replace(config, window=window).context(track=False))
+
+
 def _config(tmp_path: Path, source_uri: str, **ingest):
     return from_dict(
         {"state_dir": str(tmp_path / "state"), "storage": {"source_uri": source_uri}, "ingest": ingest or {}}
@@ -128,7 +135,7 @@ def test_run_ingest_local(bucket, tmp_path):
     before = _snapshot(bucket)
     config = _config(tmp_path, str(bucket))
     manifest = tmp_path / "out" / "manifest.jsonl"
-    report = run_ingest(config, AS_OF, manifest)
+    report = _ingest(config, AS_OF, manifest)
     rows = {r.key.removeprefix("videos/"): r for r in read_manifest(manifest)}
 
     reasons = {name: r.reason.split(":", 1)[0] for name, r in rows.items() if r.status == "rejected"}
@@ -216,7 +223,7 @@ def test_run_ingest_local(bucket, tmp_path):
 
     # A second run (next month's view of the same files) gives the same rows and splits.
     again = tmp_path / "out" / "again.jsonl"
-    run_ingest(config, AS_OF, again)
+    _ingest(config, AS_OF, again)
     assert again.read_text() == manifest.read_text()
 
 
@@ -253,7 +260,7 @@ def test_probe_video_bounds(tmp_path):
 
 def test_too_large_is_rejected_without_download(bucket, tmp_path):
     config = _config(tmp_path, str(bucket), max_size_mb=0.001)
-    report = run_ingest(config, AS_OF, tmp_path / "m.jsonl")
+    report = _ingest(config, AS_OF, tmp_path / "m.jsonl")
     assert report.accepted == 0 and report.rejected["too_large"] == 12
     assert report.rejected["empty_file"] == 1 and report.rejected["not_media"] == 1  # notes.mp4: 20 bytes
 
@@ -276,7 +283,7 @@ def test_run_ingest_against_s3(s3_env, tmp_path):  # noqa: F811
     config = _config(tmp_path, f"s3://{bucket}/client")
     manifest = tmp_path / "m.jsonl"
     today = datetime.now(UTC).date()
-    report = run_ingest(config, date.fromordinal(today.toordinal() + 1), manifest)
+    report = _ingest(config, date.fromordinal(today.toordinal() + 1), manifest)
     rows = {r.key: r for r in read_manifest(manifest)}
     assert rows["videos/a.mp4"].status == "accepted"
     assert rows["videos/a.mp4"].uri == f"s3://{bucket}/client/videos/a.mp4"
@@ -294,7 +301,7 @@ def test_run_ingest_against_s3(s3_env, tmp_path):  # noqa: F811
 
 def test_missing_source_and_bad_label_file(tmp_path):
     with pytest.raises(StorageError, match="does not exist"):
-        run_ingest(_config(tmp_path, str(tmp_path / "nope")), AS_OF, tmp_path / "m.jsonl")
+        _ingest(_config(tmp_path, str(tmp_path / "nope")), AS_OF, tmp_path / "m.jsonl")
     assert not (tmp_path / "nope").exists()
     root = tmp_path / "b"
     make_video(root / "videos" / "v.mp4")
@@ -302,7 +309,7 @@ def test_missing_source_and_bad_label_file(tmp_path):
     (root / "labels").mkdir()
     (root / "labels" / "latin1.jsonl").write_bytes(b'{"video_path": "videos/v.mp4", "labels": ["caf\xe9"]}\n')
     (root / "labels" / "readme.txt").write_text("hi")
-    report = run_ingest(_config(tmp_path, str(root)), AS_OF, tmp_path / "m.jsonl")
+    report = _ingest(_config(tmp_path, str(root)), AS_OF, tmp_path / "m.jsonl")
     assert report.accepted == 1 and report.unlabeled == 1
     assert report.label_problems == [
         "labels/latin1.jsonl: not UTF-8 text (invalid continuation byte at byte offset 46), file ignored",
@@ -329,7 +336,7 @@ def test_every_upload_gets_a_row_even_with_a_bad_name_or_a_link_out(tmp_path):
     before, theirs = _snapshot(root), _snapshot(tmp_path / "other-client")
 
     manifest = tmp_path / "m.jsonl"
-    report = run_ingest(_config(tmp_path, str(root)), AS_OF, manifest)
+    report = _ingest(_config(tmp_path, str(root)), AS_OF, manifest)
     rows = {r.key: r for r in read_manifest(manifest)}
     assert set(rows) == {
         f"videos/{n}" for n in ("ok.mp4", "back\\slash.mp4", "ctl\x07bell.mp4", "stolen.mp4", "nowhere.mp4")
@@ -368,7 +375,7 @@ def test_bad_names_on_s3_get_rows(s3_env, tmp_path):  # noqa: F811
 
     manifest = tmp_path / "m.jsonl"
     today = datetime.now(UTC).date()
-    report = run_ingest(_config(tmp_path, f"s3://{bucket}"), date.fromordinal(today.toordinal() + 1), manifest)
+    report = _ingest(_config(tmp_path, f"s3://{bucket}"), date.fromordinal(today.toordinal() + 1), manifest)
     rows = {r.key: r for r in read_manifest(manifest)}
     assert rows["videos/a.mp4"].status == "accepted"
     assert {k for k, r in rows.items() if r.reason.startswith("bad_name: ")} == {

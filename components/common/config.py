@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from components.common.errors import ConfigError, require
+
+if TYPE_CHECKING:
+    from datetime import date
 
 __all__ = ["ConfigError", "PipelineGpuConfig", "StorageConfig", "TrackingConfig", "WindowConfig", "default_state_dir"]
 
@@ -109,6 +112,12 @@ class WindowConfig:
             return f"last-{self.days}-days"
         end = date.fromisoformat(self.as_of)
         return f"{(end - timedelta(days=self.days)).isoformat()}..{end.isoformat()}"
+
+    def end(self) -> date:
+        """The window's end (exclusive): ``as_of``, or today (UTC) when it is empty."""
+        from datetime import UTC, date, datetime
+
+        return date.fromisoformat(self.as_of) if self.as_of else datetime.now(UTC).date()
 
 
 TOLERATION_KEYS = ("key", "operator", "value", "effect", "toleration_seconds")

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from components.common.faults import is_infrastructure_error
+from components.common.stage import StageContext
 from components.face_tracking.config import FaceTrackingConfig
 from components.face_tracking.crops import center_geometry, crop_aligned, track_crops
 from components.face_tracking.dataset import (
@@ -318,15 +319,17 @@ def _worker_process(frames_dir: Path, out_dir: Path, rec: Any, *, config: FaceTr
 
 
 def run_face_tracking(
-    frames_dir: Path, out_dir: Path, config: FaceTrackingConfig, cache_dir: Path
+    frames_dir: Path, out_dir: Path, config: FaceTrackingConfig, ctx: StageContext
 ) -> FaceTrackingReport:
-    """Turn the frames Dataset's dense frames into the faces Dataset.
+    """The face_tracking stage: the frames Dataset's dense frames into the faces Dataset.
+
+    Opens the stage run ``face_tracking`` and logs the counts and the per-video rows there.
 
     Args:
         frames_dir: The frame_extraction Dataset directory.
         out_dir: The faces Dataset directory to write (created).
         config: The stage settings.
-        cache_dir: Where ``clipsync fetch-models`` put the MediaPipe files.
+        ctx: Its ``cache_dir`` holds the MediaPipe files ``clipsync fetch-models`` put there; the MLflow run.
 
     Returns:
         Counts and per-video face statistics.
@@ -335,6 +338,14 @@ def run_face_tracking(
         FaceModelError: If the model files are missing (nothing is downloaded at run time).
         FileNotFoundError: If ``frames_dir`` holds no frames index.
     """
+    with ctx.stage_run("face_tracking", dataclasses.asdict(config)) as run:
+        report = _track_all(Path(frames_dir), Path(out_dir), config, Path(ctx.cache_dir))
+        run.log_metrics(report.as_metrics())
+        run.log_dict({"videos": report.per_video}, "face_tracking/per_video.json")
+    return report
+
+
+def _track_all(frames_dir: Path, out_dir: Path, config: FaceTrackingConfig, cache_dir: Path) -> FaceTrackingReport:
     from tqdm import tqdm
 
     from components.frame_extraction import dataset as frames_ds

@@ -29,6 +29,7 @@ import numpy as np
 from components.common.faults import is_infrastructure_error
 from components.common.manifest import VideoRecord, read_manifest
 from components.common.media import stream_timing
+from components.common.stage import StageContext
 from components.frame_extraction.config import FrameExtractionConfig
 from components.frame_extraction.dataset import (
     AUDIO_DIR,
@@ -399,23 +400,20 @@ def _frame_record(record: VideoRecord, video: ExtractedVideo) -> FrameRecord:
 
 
 def run_frame_extraction(
-    manifest_path: Path,
-    out_dir: Path,
-    source_uri: str,
-    state_dir: str | Path,
-    fx: FrameExtractionConfig | None = None,
+    manifest_path: Path, out_dir: Path, fx: FrameExtractionConfig, ctx: StageContext
 ) -> FrameExtractionReport:
     """The frame_extraction stage: every accepted manifest video into the frames Dataset (FORMATS.md).
 
     Videos are processed in parallel processes (``fx.workers``); this process writes the shards, the
-    audio files and the index in manifest order. The source store is only read.
+    audio files and the index in manifest order. The source store (``ctx.storage.source_uri``: a local folder or
+    ``s3://``) is only read; remote videos are cached under ``{state_dir}/cache/videos``. Opens the stage run
+    ``frame_extraction`` and logs the counts and the per-video rows there.
 
     Args:
         manifest_path: The ingest manifest (JSON Lines of VideoRecord).
         out_dir: The frames Dataset folder to write (created).
-        source_uri: The client's source store (``config.storage.source_uri``): a local folder or ``s3://``.
-        state_dir: ``config.state_dir``; remote videos are cached under ``{state_dir}/cache/videos``.
-        fx: Stage settings; the defaults when ``None``.
+        fx: Stage settings.
+        ctx: The client's stores and state folder, the MLflow run.
 
     Returns:
         Counts, timings and one row per video.
@@ -423,9 +421,18 @@ def run_frame_extraction(
     Raises:
         StorageUnavailableError: The source store failed (after its retries); no video is rejected for it.
     """
+    with ctx.stage_run("frame_extraction", dataclasses.asdict(fx)) as run:
+        report = _extract_all(manifest_path, Path(out_dir), ctx.storage.source_uri, ctx.state_dir, fx)
+        run.log_metrics(report.as_metrics())
+        run.log_dict({"videos": report.per_video}, "frame_extraction/per_video.json")
+    return report
+
+
+def _extract_all(
+    manifest_path: Path, out_dir: Path, source_uri: str, state_dir: str, fx: FrameExtractionConfig
+) -> FrameExtractionReport:
     from tqdm import tqdm
 
-    fx = fx or FrameExtractionConfig()
     started = time.perf_counter()
     out_dir = Path(out_dir)
     (out_dir / AUDIO_DIR).mkdir(parents=True, exist_ok=True)

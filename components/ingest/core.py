@@ -21,6 +21,7 @@ from typing import Any
 
 from components.common.faults import is_infrastructure_error
 from components.common.manifest import VideoRecord, write_manifest
+from components.common.stage import StageContext
 from components.common.storage import (
     InvalidKeyError,
     LocalStore,
@@ -32,7 +33,6 @@ from components.common.storage import (
     open_store,
     validate_key,
 )
-from components.config import ClientConfig
 from components.ingest.config import IngestConfig
 
 logger = logging.getLogger("clipsync.ingest")
@@ -286,16 +286,17 @@ def _day_start(day: date) -> datetime:
     return datetime.combine(day, time(0), tzinfo=UTC)
 
 
-def run_ingest(config: ClientConfig, as_of: date, manifest_path: Path) -> IngestReport:
-    """Ingest the videos uploaded in ``[as_of - window.days, as_of)`` and write the manifest.
+def run_ingest(manifest_path: Path, cfg: IngestConfig, ctx: StageContext) -> IngestReport:
+    """The ingest stage: the videos uploaded in the window ``[as_of - days, as_of)`` into the manifest.
 
-    Nothing in the source store is modified. S3 objects are downloaded to
-    ``{state_dir}/cache/ingest``; a local folder is read in place.
+    Nothing in the source store (``ctx.storage``) is modified. S3 objects are downloaded to
+    ``{state_dir}/cache/ingest``; a local folder is read in place. Opens the stage run ``ingest`` and logs the
+    counts and the label problems there.
 
     Args:
-        config: The client's configuration (storage, window, ingest bounds).
-        as_of: End of the window (exclusive, midnight UTC).
         manifest_path: Where to write the JSON Lines manifest (one row per in-window video).
+        cfg: The ingest bounds and split fractions.
+        ctx: The client's stores and window (``window.as_of``: the end, exclusive, midnight UTC; empty: today).
 
     Returns:
         The run's counts.
@@ -304,16 +305,24 @@ def run_ingest(config: ClientConfig, as_of: date, manifest_path: Path) -> Ingest
         StorageError: If the source store cannot be opened, listed or read (an outage after the bounded
             retries is a :class:`~components.common.storage.StorageUnavailableError`); no manifest is written.
     """
+    params = {"as_of": ctx.window.as_of, "window_days": ctx.window.days, "source_uri": ctx.storage.source_uri}
+    with ctx.stage_run("ingest", params) as run:
+        report = _ingest_window(manifest_path, cfg, ctx, ctx.window.end())
+        run.log_metrics(report.as_metrics())
+        run.log_dict({"label_problems": report.label_problems}, "ingest/label_problems.json")
+    return report
+
+
+def _ingest_window(manifest_path: Path, rules: IngestConfig, ctx: StageContext, as_of: date) -> IngestReport:
     from tqdm import tqdm
 
-    rules = config.ingest
-    storage_cfg = config.storage
+    storage_cfg = ctx.storage
     store = open_store(storage_cfg.source_uri)
     if isinstance(store, LocalStore) and not store.root.is_dir():
         raise StorageError(f"source folder {store.uri} does not exist (storage.source_uri)")
-    cache_dir = Path(config.state_dir) / "cache" / "ingest"
+    cache_dir = Path(ctx.state_dir) / "cache" / "ingest"
     end = _day_start(as_of)
-    start = _day_start(as_of - timedelta(days=config.window.days))
+    start = _day_start(as_of - timedelta(days=ctx.window.days))
 
     labels, problems = read_labels(store, storage_cfg.labels_prefix, storage_cfg.videos_prefix)
     objects: list[ObjectInfo] = list(store.list(storage_cfg.videos_prefix, include_refused=True))
