@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         from components.finetune_clip.core import run_finetune_clip
 
         config = from_dict({"state_dir": str(out / "state")})
-        report = run_finetune_clip(Path(args.frames), out / "model", config, cfg, "demo", "", track=False)
+        report = run_finetune_clip(Path(args.frames), out / "model", cfg, config.context(track=False))
         train_s = time.monotonic() - started
         ev, ev_cat = (
             evaluate_clip(

@@ -58,7 +58,8 @@ from components.finetune_clip import core, train
 from components.finetune_clip.config import FinetuneClipConfig
 train._batch_loss = hang_mid_epoch(train._batch_loss)
 config = from_dict(args["config"])
-core.run_finetune_clip(Path(args["frames"]), Path(args["out"]), config, FinetuneClipConfig(**args["cfg"]), track=False)
+cfg = FinetuneClipConfig(**args["cfg"])
+core.run_finetune_clip(Path(args["frames"]), Path(args["out"]), cfg, config.context(track=False))
 """
 )
 
@@ -190,11 +191,11 @@ def test_finetune_clip_killed_mid_epoch_resumes_from_the_artifacts_store(tiny_ba
     assert pointer["epoch"] == 1 and not (tmp_path / "m1" / "card.json").exists()
 
     resumed = run_finetune_clip(
-        frames, tmp_path / "m2", from_dict(config("pod2")), FinetuneClipConfig(**cfg), track=False
+        frames, tmp_path / "m2", FinetuneClipConfig(**cfg), from_dict(config("pod2")).context(track=False)
     )
     assert (resumed.resumed_from_epoch, resumed.epochs_run) == (1, 3)
     reference = run_finetune_clip(
-        frames, tmp_path / "m3", from_dict(config("pod3", "store3")), FinetuneClipConfig(**cfg), track=False
+        frames, tmp_path / "m3", FinetuneClipConfig(**cfg), from_dict(config("pod3", "store3")).context(track=False)
     )
     assert reference.resumed_from_epoch == 0
     # Exactly the uninterrupted run: same best epoch and validation loss, same exported adapter.

@@ -320,7 +320,7 @@ def test_stages_take_the_configured_device(tiny_base, tmp_path):
     frames = make_frames(tmp_path / "frames", 8)
     clip_cfg = FinetuneClipConfig(base_model=str(tiny_base), device="cuda", epochs=1, batch_size=2)
     with pytest.raises(RuntimeError, match="'cuda' requested but CUDA is not available"):
-        run_finetune_clip(frames, tmp_path / "model", config, clip_cfg, track=False)
+        run_finetune_clip(frames, tmp_path / "model", clip_cfg, config.context(track=False))
     from components.finetune_lipsync.data import LipsyncVideo
 
     videos = [

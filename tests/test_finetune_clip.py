@@ -340,7 +340,7 @@ def test_stage_registers_challenger_and_evaluates(tiny_base, tmp_path):
         {"state_dir": str(tmp_path / "state"), "client_id": "acme", "window": {"as_of": "2026-11-01", "days": 30}}
     )
     cfg = _cfg(base_model=str(tiny_base), epochs=2)
-    report = run_finetune_clip(frames, tmp_path / "model", config, cfg, parent_run_id="")
+    report = run_finetune_clip(frames, tmp_path / "model", cfg, config.context())
     assert report.registered_version == "1" and report.n_train == 12 and report.n_val == 6
     assert [s["video_id"] for s in report.skipped] == ["f" * 16]
     assert report.skipped[0]["reason"].startswith("frames not extracted: decode_error")
@@ -435,7 +435,7 @@ def test_a_window_too_small_to_train_leaves_no_challenger_and_the_gate_keeps(tin
     config = from_dict(
         {"state_dir": str(tmp_path / "state"), "client_id": "acme", "window": {"as_of": "2026-11-01", "days": 30}}
     )
-    report = run_finetune_clip(frames, tmp_path / "model", config, _cfg(base_model=str(tiny_base)), parent_run_id="")
+    report = run_finetune_clip(frames, tmp_path / "model", _cfg(base_model=str(tiny_base)), config.context())
     assert report.registered_version is None
     assert report.not_trained_reason == "need at least 2 labelled training videos, got 1"
     assert [p.name for p in (tmp_path / "model").iterdir()] == ["no_challenger.json"]

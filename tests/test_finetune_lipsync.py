@@ -181,7 +181,7 @@ def test_stage_trains_registers_and_fine_tunes_from_champion(tmp_path):
     assert len(videos) == 12 and not skipped
     config = from_dict({"client_id": "acme", "state_dir": str(tmp_path / "state")})
     cfg = replace(TINY, epochs=1, freeze_epochs=0, pretrained="champion")
-    report = run_finetune_lipsync(faces, tmp_path / "model", config, cfg, parent_run_id="")
+    report = run_finetune_lipsync(faces, tmp_path / "model", cfg, config.context())
     # No champion yet: scratch. The 10-video pool splits 8/2 by video; test videos are left alone.
     assert report.pretrained == "" and (report.n_train_videos, report.n_val_videos, report.n_test_videos) == (8, 2, 2)
     assert report.registered_name == "lipsync-acme" and report.registered_version == "1"
@@ -205,7 +205,7 @@ def test_stage_trains_registers_and_fine_tunes_from_champion(tmp_path):
 
     # Promote it; the next month fine-tunes from the champion (phase 1 at epoch 0).
     client.set_registered_model_alias("lipsync-acme", "champion", "1")
-    report2 = run_finetune_lipsync(faces, tmp_path / "model2", config, replace(cfg, freeze_epochs=1))
+    report2 = run_finetune_lipsync(faces, tmp_path / "model2", replace(cfg, freeze_epochs=1), config.context())
     assert report2.pretrained.endswith("model.safetensors") and report2.registered_version == "2"
     assert tracking.get_version_by_alias(config.tracking, "lipsync-acme", "challenger") == "2"
 
@@ -222,7 +222,7 @@ def test_single_class_training_videos_leave_no_challenger(tmp_path):
     write_synthetic_faces(faces, {"train": 6, "val": 2, "test": 2}, duration_s=1.0, size=32)
     write_face_index(faces, [replace(r, authenticity="real") for r in read_face_index(faces)])
     config = from_dict({"client_id": "acme", "state_dir": str(tmp_path / "state")})
-    report = run_finetune_lipsync(faces, tmp_path / "model", config, TINY, parent_run_id="")
+    report = run_finetune_lipsync(faces, tmp_path / "model", TINY, config.context())
 
     assert report.registered_version == "" and report.n_train_videos + report.n_val_videos == 8
     assert report.not_trained_reason.endswith("training videos are real; need real and fake examples")

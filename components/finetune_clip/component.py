@@ -16,16 +16,15 @@ def finetune_clip(
         The registered model version, or ``""`` when this month's videos cannot train the model (the
         artifact then holds ``no_challenger.json`` with the reason, and the gate keeps the champion).
     """
-    import logging
     from pathlib import Path
 
     from components.common.names import registered_name
-    from components.config import ClientConfig
+    from components.common.stage import log_kfp_metrics
+    from components.config import task_inputs
     from components.finetune_clip.core import run_finetune_clip
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg = ClientConfig.from_json(config)
-    report = run_finetune_clip(Path(frames.path), Path(model.path), cfg, parent_run_id=parent_run_id)
+    cfg, ctx = task_inputs(config, parent_run_id)
+    report = run_finetune_clip(Path(frames.path), Path(model.path), cfg.finetune_clip, ctx)
     model.metadata.update(
         {
             "registered_name": registered_name("clip", cfg.client_id),
@@ -35,7 +34,5 @@ def finetune_clip(
             "not_trained_reason": report.not_trained_reason,
         }
     )
-    for name, value in report.as_metrics().items():
-        if value == value:  # NaN is not a valid kfp metric
-            metrics.log_metric(name, value)
+    log_kfp_metrics(metrics, report.as_metrics())
     return report.registered_version or ""

@@ -11,18 +11,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from components.common import checkpoints as ckpt
 from components.common.names import registered_name
 from components.common.no_challenger import NotTrainable, write_no_challenger
+from components.common.stage import StageContext
 from components.finetune_clip.config import FinetuneClipConfig
 from components.finetune_clip.data import load_frame_samples
 from components.finetune_clip.export import export_model
 from components.finetune_clip.train import LogFn, TrainResult, train_clip
-
-if TYPE_CHECKING:
-    from components.config import ClientConfig
 
 logger = logging.getLogger("clipsync.finetune_clip")
 
@@ -63,30 +60,21 @@ class FinetuneReport:
         }
 
 
-def run_finetune_clip(
-    frames_dir: Path,
-    out_dir: Path,
-    config: ClientConfig,
-    cfg: FinetuneClipConfig | None = None,
-    window: str = "",
-    parent_run_id: str = "",
-    track: bool = True,
-) -> FinetuneReport:
+def run_finetune_clip(frames_dir: Path, out_dir: Path, cfg: FinetuneClipConfig, ctx: StageContext) -> FinetuneReport:
     """The finetune_clip stage: train on the window's train/val videos, export, register as challenger.
 
     Checkpoints live in ``{state_dir}/checkpoints/finetune_clip/{client_id}-{window}``, mirrored to the same
     keys of ``storage.artifacts_uri`` after every epoch, so that a restarted task (a preempted pod on a new
-    node included) resumes; the Model artifact ``out_dir`` only receives the exported model.
+    node included) resumes; the Model artifact ``out_dir`` only receives the exported model. Opens the stage run
+    ``finetune_clip``, logs every epoch's metrics there and registers ``clip-<client>`` with alias
+    ``challenger`` (nothing is logged or registered when ``ctx.track`` is off).
 
     Args:
         frames_dir: The frame_extraction Dataset.
         out_dir: The Model artifact folder to write.
-        config: The client's configuration (state_dir, cache_dir, tracking, client_id, window).
-        cfg: Stage settings; ``None`` takes ``config.finetune_clip`` (defaults when the section is absent).
-        window: The data window, e.g. ``2026-10-02..2026-11-01`` (model card, checkpoint path); ``""`` derives
-            it from ``config.window``.
-        parent_run_id: The DAG run's MLflow parent run ("" for a standalone top-level run).
-        track: Log to MLflow and register ``clip-<client>`` with alias ``challenger`` (off for offline tests).
+        cfg: Stage settings.
+        ctx: The client, its state folder, model cache and artifacts store, the data window (model card,
+            checkpoint path), the MLflow run.
 
     Returns:
         The stage report. When the window holds too few training videos, nothing is registered: the report
@@ -95,17 +83,15 @@ def run_finetune_clip(
     """
     from components.finetune_clip.model import load_base_clip, resolve_base_ref
 
-    if cfg is None:
-        cfg = config.finetune_clip
-    window = window or config.window.label()
-    base_ref = resolve_base_ref(cfg.base_model, config.state_dir)
-    bundle = load_base_clip(base_ref, config.cache_dir)
+    window = ctx.window.label()
+    base_ref = resolve_base_ref(cfg.base_model, ctx.state_dir)
+    bundle = load_base_clip(base_ref, ctx.cache_dir)
     data, skipped = load_frame_samples(Path(frames_dir), ("train", "val"), bundle.image_spec, cfg.frames_per_video)
     train, val = data["train"], data["val"]
     logger.info("finetune_clip: %d train, %d val videos, %d skipped", len(train), len(val), len(skipped))
-    prefix = ckpt.checkpoint_prefix("finetune_clip", config.client_id, window)
-    work_dir = Path(config.state_dir) / prefix
-    mirror = ckpt.open_mirror(config.storage.artifacts_uri, prefix)
+    prefix = ckpt.checkpoint_prefix("finetune_clip", ctx.client_id, window)
+    work_dir = Path(ctx.state_dir) / prefix
+    mirror = ckpt.open_mirror(ctx.storage.artifacts_uri, prefix)
     report = FinetuneReport(
         model_dir=str(out_dir),
         strategy=cfg.strategy,
@@ -115,7 +101,7 @@ def run_finetune_clip(
         skipped=skipped,
     )
 
-    def body(log_fn: LogFn | None) -> TrainResult:
+    def body(log_fn: LogFn) -> TrainResult:
         result = train_clip(bundle, train, val, cfg, work_dir, log_fn, mirror)
         last = result.history[-1] if result.history else {}
         best = next((h for h in result.history if h["epoch"] == result.best_epoch), last)
@@ -127,7 +113,7 @@ def run_finetune_clip(
             result.stats,
             Path(out_dir),
             {
-                "client_id": config.client_id,
+                "client_id": ctx.client_id,
                 "window": window,
                 "n_train": len(train),
                 "n_val": len(val),
@@ -144,21 +130,6 @@ def run_finetune_clip(
         report.resumed_from_epoch = result.resumed_from_epoch
         return result
 
-    def train_or_record(log_fn: LogFn | None) -> bool:
-        try:
-            body(log_fn)
-        except NotTrainable as exc:
-            write_no_challenger(out_dir, str(exc))
-            report.not_trained_reason = str(exc)
-            return False
-        return True
-
-    if not track:
-        train_or_record(None)
-        return report
-
-    from components.common import tracking
-
     params = {
         **cfg.training_fingerprint(),
         "base_model": base_ref,
@@ -166,19 +137,24 @@ def run_finetune_clip(
         "device": cfg.device,
         "precision": cfg.precision,
     }
-    with tracking.stage_run(config.tracking, parent_run_id, "finetune_clip", params) as run_id:
-        report.run_id = run_id
-        trained = train_or_record(tracking.log_metrics)
-        tracking.log_metrics(report.as_metrics())
-        tracking.log_dict_artifact({"skipped": skipped}, "finetune_clip/skipped.json")
-        if not trained:
-            return report
-        report.registered_version = tracking.register_model_dir(
-            config.tracking,
-            registered_name("clip", config.client_id),
-            Path(out_dir),
-            run_id,
-            alias="challenger",
-            tags={"strategy": cfg.strategy, "window": window, "base_model": base_ref},
-        )
+    with ctx.stage_run("finetune_clip", params) as run:
+        report.run_id = run.run_id or None
+        try:
+            body(run.log_metrics)
+        except NotTrainable as exc:
+            write_no_challenger(out_dir, str(exc))
+            report.not_trained_reason = str(exc)
+        run.log_metrics(report.as_metrics())
+        run.log_dict({"skipped": skipped}, "finetune_clip/skipped.json")
+        if ctx.track and not report.not_trained_reason:
+            from components.common import tracking
+
+            report.registered_version = tracking.register_model_dir(
+                ctx.tracking,
+                registered_name("clip", ctx.client_id),
+                Path(out_dir),
+                run.run_id,
+                alias="challenger",
+                tags={"strategy": cfg.strategy, "window": window, "base_model": base_ref},
+            )
     return report

@@ -16,15 +16,14 @@ def finetune_lipsync(
         The registered model version, or ``""`` when this month's videos cannot train the model (the
         artifact then holds ``no_challenger.json`` with the reason, and the gate keeps the champion).
     """
-    import logging
     from pathlib import Path
 
-    from components.config import ClientConfig
+    from components.common.stage import log_kfp_metrics
+    from components.config import task_inputs
     from components.finetune_lipsync.core import run_finetune_lipsync
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg = ClientConfig.from_json(config)
-    report = run_finetune_lipsync(Path(faces.path), Path(model.path), cfg, parent_run_id=parent_run_id)
+    cfg, ctx = task_inputs(config, parent_run_id)
+    report = run_finetune_lipsync(Path(faces.path), Path(model.path), cfg.finetune_lipsync, ctx)
     model.metadata.update(
         {
             "registered_name": report.registered_name,
@@ -34,7 +33,5 @@ def finetune_lipsync(
             "not_trained_reason": report.not_trained_reason,
         }
     )
-    for name, value in report.as_metrics().items():
-        if value == value:  # NaN is not a valid kfp metric
-            metrics.log_metric(name, value)
+    log_kfp_metrics(metrics, report.as_metrics())
     return report.registered_version

@@ -16,6 +16,7 @@ from pathlib import Path
 from components.common import checkpoints as ckpt
 from components.common.names import registered_name
 from components.common.no_challenger import NotTrainable, write_no_challenger
+from components.common.stage import StageContext
 from components.finetune_lipsync.config import FinetuneLipsyncConfig
 from components.finetune_lipsync.data import load_lipsync_videos, split_by_video, training_pool
 from components.finetune_lipsync.export import json_safe
@@ -59,7 +60,7 @@ class FinetuneLipsyncReport:
         return out
 
 
-def resolve_pretrained(config, cfg: FinetuneLipsyncConfig, work_dir: Path) -> Path | None:
+def resolve_pretrained(ctx: StageContext, cfg: FinetuneLipsyncConfig, work_dir: Path) -> Path | None:
     """Where the starting weights are: ``None`` (scratch), a file, or the downloaded champion folder.
 
     ``champion`` falls back to scratch (with a warning) when the registry has no champion yet.
@@ -73,42 +74,36 @@ def resolve_pretrained(config, cfg: FinetuneLipsyncConfig, work_dir: Path) -> Pa
         return path
     from components.common.champions import fetch_champion
 
-    champion = fetch_champion(config.tracking, "lipsync", config.client_id, work_dir / "champion")
+    champion = fetch_champion(ctx.tracking, "lipsync", ctx.client_id, work_dir / "champion")
     if champion is None:
-        logger.warning("finetune_lipsync: lipsync-%s has no champion yet; training from scratch", config.client_id)
+        logger.warning("finetune_lipsync: lipsync-%s has no champion yet; training from scratch", ctx.client_id)
         return None
-    logger.info("finetune_lipsync: fine-tuning lipsync-%s version %s (champion)", config.client_id, champion[1])
+    logger.info("finetune_lipsync: fine-tuning lipsync-%s version %s (champion)", ctx.client_id, champion[1])
     return champion[0] / "model.safetensors"
 
 
 def run_finetune_lipsync(
-    faces_dir: Path,
-    out_dir: Path,
-    config,
-    cfg: FinetuneLipsyncConfig | None = None,
-    parent_run_id: str = "",
+    faces_dir: Path, out_dir: Path, cfg: FinetuneLipsyncConfig, ctx: StageContext
 ) -> FinetuneLipsyncReport:
-    """The stage: read the faces Dataset, train, write the model artifact, register it as ``challenger``.
+    """The finetune_lipsync stage: read the faces Dataset, train, write the model artifact, register it.
 
     Checkpoints live in ``{state_dir}/checkpoints/finetune_lipsync/{client_id}-{window}``, mirrored to the same
     keys of ``storage.artifacts_uri`` after every epoch, so that a restarted task (a preempted pod on a new
-    node included) resumes after its last finished epoch.
+    node included) resumes after its last finished epoch. Opens the stage run ``finetune_lipsync``, logs every
+    epoch's metrics there and registers ``lipsync-<client>`` with alias ``challenger`` (nothing is logged or
+    registered when ``ctx.track`` is off).
 
     Args:
         faces_dir: The face_tracking Dataset.
         out_dir: The model artifact folder (model.safetensors, config.json, README.md, training_summary.json).
-        config: The ClientConfig (tracking, client id); its ``finetune_lipsync`` section is the default ``cfg``.
-        cfg: Stage settings (overrides the ClientConfig's section).
-        parent_run_id: The DAG's parent MLflow run (``""``: standalone run).
+        cfg: Stage settings.
+        ctx: The client (the champion to start from), its state folder and artifacts store, the window, MLflow.
 
     Returns:
         The report: the registered version, or an empty version and ``not_trained_reason`` when this
         month's videos cannot train the model (then ``out_dir`` holds ``no_challenger.json`` and the
         gate keeps the champion).
     """
-    from components.common import tracking
-
-    cfg = cfg or config.finetune_lipsync
     out_dir = Path(out_dir)
     videos, skipped = load_lipsync_videos(faces_dir)
     pool = training_pool(videos)
@@ -123,23 +118,23 @@ def run_finetune_lipsync(
         len(skipped),
     )
     params = {**asdict(cfg), "n_train_videos": len(train), "n_val_videos": len(val), "n_skipped": len(skipped)}
-    name = registered_name("lipsync", config.client_id)
+    name = registered_name("lipsync", ctx.client_id)
     with (
-        tracking.stage_run(config.tracking, parent_run_id, "finetune_lipsync", params) as run_id,
+        ctx.stage_run("finetune_lipsync", params) as run,
         tempfile.TemporaryDirectory(prefix="lipsync-pretrained-") as work,
     ):
-        pretrained = resolve_pretrained(config, cfg, Path(work))
-        prefix = ckpt.checkpoint_prefix("finetune_lipsync", config.client_id, config.window.label())
+        pretrained = resolve_pretrained(ctx, cfg, Path(work))
+        prefix = ckpt.checkpoint_prefix("finetune_lipsync", ctx.client_id, ctx.window.label())
         try:
             result = train_lipsync(
                 train,
                 val,
                 cfg,
                 out_dir,
-                log_fn=lambda metrics, step: tracking.log_metrics(metrics, step=step),
+                log_fn=run.log_metrics,
                 pretrained=pretrained,
-                work_dir=Path(config.state_dir) / prefix,
-                mirror=ckpt.open_mirror(config.storage.artifacts_uri, prefix),
+                work_dir=Path(ctx.state_dir) / prefix,
+                mirror=ckpt.open_mirror(ctx.storage.artifacts_uri, prefix),
             )
         except NotTrainable as exc:
             write_no_challenger(out_dir, str(exc))
@@ -164,16 +159,18 @@ def run_finetune_lipsync(
             val_metrics=result.val_metrics,
             seconds=result.seconds,
         )
-        tracking.log_metrics(report.as_metrics())
-        tracking.log_dict_artifact(json_safe(asdict(report)), "finetune_lipsync/report.json")
-        version = tracking.register_model_dir(
-            config.tracking,
-            name=name,
-            local_dir=out_dir,
-            run_id=run_id,
-            alias="challenger",
-            tags={"clipsync.stage": "finetune_lipsync", "clipsync.client": config.client_id},
-        )
-        report.registered_name = name
-        report.registered_version = version
+        run.log_metrics(report.as_metrics())
+        run.log_dict(json_safe(asdict(report)), "finetune_lipsync/report.json")
+        if ctx.track:
+            from components.common import tracking
+
+            report.registered_name = name
+            report.registered_version = tracking.register_model_dir(
+                ctx.tracking,
+                name=name,
+                local_dir=out_dir,
+                run_id=run.run_id,
+                alias="challenger",
+                tags={"clipsync.stage": "finetune_lipsync", "clipsync.client": ctx.client_id},
+            )
     return report
