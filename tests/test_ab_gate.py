@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from components.ab_gate.config import GatePolicy
-from components.ab_gate.core import Decision, ModelEvaluation, decide, mcnemar_p_value
+from components.ab_gate.decision import Decision, ModelEvaluation, decide, mcnemar_p_value
 from components.common.config import ConfigError
 
 CATEGORIES = ("surgery", "safety", "sports")
@@ -286,8 +286,8 @@ def test_lipsync_inputs_and_stage_logging(tmp_path, monkeypatch):
 
     import mlflow
 
+    from components.ab_gate.core import run_ab_gate
     from components.ab_gate.inputs import lipsync_evaluations
-    from components.ab_gate.stage import run_ab_gate
     from components.common import tracking
     from components.config import from_dict
 
@@ -320,17 +320,19 @@ def test_lipsync_inputs_and_stage_logging(tmp_path, monkeypatch):
     # The stage: first month (no champion in the registry), chance-level baseline, logged to MLflow.
     config = from_dict({"client_id": "acme", "state_dir": str(tmp_path / "state")})
     parent = tracking.start_parent_run(config.tracking, "gate-test", {})
-    with tracking.stage_run(config.tracking, parent, "ab_gate_lipsync") as run_id:
-        decision = run_ab_gate(config, "lipsync", report, "1")
+    decision = run_ab_gate("lipsync", report, "1", tmp_path / "gate.md", config.ab_gate, config.context(parent))
     assert decision.promote and decision.baseline == "base"
-    run = mlflow.MlflowClient(config.tracking.tracking_uri).get_run(run_id)
+    assert (tmp_path / "gate.md").read_text() == decision.to_markdown()
+    client = mlflow.MlflowClient(config.tracking.tracking_uri)
+    [run] = client.search_runs([client.get_run(parent).info.experiment_id], "tags.`clipsync.stage` = 'ab_gate_lipsync'")
+    assert run.data.tags["mlflow.parentRunId"] == parent and run.data.params["challenger_version"] == "1"
     assert run.data.metrics["gate_lipsync_promote"] == 1.0
     assert run.data.tags["clipsync.gate.lipsync"] == "promote"
 
 
 def test_a_test_split_that_cannot_measure_the_metric_keeps_the_champion():
     from components.ab_gate.config import GatePolicy
-    from components.ab_gate.core import Decision
+    from components.ab_gate.decision import Decision
 
     decision = Decision.not_evaluable(
         "lipsync", "3", "lipsync: the test videos need both real and fake ones", GatePolicy()

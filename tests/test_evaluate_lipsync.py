@@ -156,7 +156,7 @@ def test_stage_fetches_champion_from_registry_and_logs_to_mlflow(tmp_path):
 
     from components.common import tracking
     from components.config import from_dict
-    from components.evaluate.lipsync_eval import run_evaluate_lipsync
+    from components.evaluate.core import run_evaluate_lipsync
 
     faces = tmp_path / "faces"
     write_synthetic_faces(faces, {"train": 4, "val": 2, "test": 4}, duration_s=1.0, size=32)
@@ -165,16 +165,20 @@ def test_stage_fetches_champion_from_registry_and_logs_to_mlflow(tmp_path):
     for name in ("champion", "challenger"):
         save_model(LipSyncDetector(mc), tmp_path / name)
     cfg = FinetuneLipsyncConfig(model={"crop_size": 32}, pretrained="")
-    with tracking.stage_run(config.tracking, "", "evaluate_lipsync") as run_id:
-        first = run_evaluate_lipsync(faces, tmp_path / "challenger", tmp_path / "out1", config, cfg)
-        assert first.champion is None  # nothing registered yet
-        tracking.register_model_dir(config.tracking, "lipsync-acme", tmp_path / "champion", run_id, alias="champion")
-        report = run_evaluate_lipsync(faces, tmp_path / "challenger", tmp_path / "out2", config, cfg)
+    first = run_evaluate_lipsync(faces, tmp_path / "challenger", tmp_path / "out1", cfg, config.context())
+    assert first.champion is None  # nothing registered yet
+    with tracking.stage_run(config.tracking, "", "finetune_lipsync") as trained:
+        tracking.register_model_dir(config.tracking, "lipsync-acme", tmp_path / "champion", trained, alias="champion")
+    report = run_evaluate_lipsync(faces, tmp_path / "challenger", tmp_path / "out2", cfg, config.context())
     assert report.champion is not None and report.champion.test_all["n"] == 4
     assert report.champion_version == "1"
     assert json.loads((tmp_path / "out2" / "lipsync_eval.json").read_text())["champion_version"] == "1"
     assert all("champion_correct" in row for row in report.paired)
     client = mlflow.MlflowClient(config.tracking.tracking_uri)
+    runs = client.search_runs(
+        [client.get_run(trained).info.experiment_id], "tags.`clipsync.stage` = 'evaluate_lipsync'"
+    )
+    run_id = runs[0].info.run_id  # the latest: the one that found the champion
     logged = {f.path for f in client.list_artifacts(run_id, "evaluate_lipsync")}
     assert "evaluate_lipsync/lipsync_robustness.png" in logged and "evaluate_lipsync/lipsync_paired.jsonl" in logged
     assert "lipsync_champion_test_all_accuracy" in client.get_run(run_id).data.metrics

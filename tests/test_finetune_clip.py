@@ -332,7 +332,7 @@ def test_stage_registers_challenger_and_evaluates(tiny_base, tmp_path):
 
     from components.common import tracking
     from components.config import from_dict
-    from components.evaluate.clip_eval import run_evaluate_clip
+    from components.evaluate.core import run_evaluate_clip
     from components.finetune_clip.core import run_finetune_clip
 
     frames = make_frames(tmp_path / "frames", 24, rejected=True)
@@ -351,15 +351,13 @@ def test_stage_registers_challenger_and_evaluates(tiny_base, tmp_path):
     run = client.get_run(report.run_id)
     assert 0 < run.data.metrics["trainable_fraction"] < 0.1
     assert len(client.get_metric_history(report.run_id, "val_loss")) == 2
-    with tracking.stage_run(config.tracking, "", "evaluate"):
-        ev = run_evaluate_clip(frames, tmp_path / "model", tmp_path / "eval", config, cfg)
+    ev = run_evaluate_clip(frames, tmp_path / "model", tmp_path / "eval", cfg, config.context())
     assert ev.baseline_kind == "base" and ev.n_test_videos == 6
     assert ev.challenger.queries == ev.baseline.queries == sorted(f"{c} video" for c in CATEGORIES)
     assert (tmp_path / "eval" / "clip_report.html").is_file()
     # next month: version 1 is champion; the challenger is compared against it (same weights: same figures)
     client.set_registered_model_alias("clip-acme", "champion", "1")
-    with tracking.stage_run(config.tracking, "", "evaluate"):
-        ev2 = run_evaluate_clip(frames, tmp_path / "model", tmp_path / "eval2", config, cfg)
+    ev2 = run_evaluate_clip(frames, tmp_path / "model", tmp_path / "eval2", cfg, config.context())
     assert ev2.baseline_kind == "champion v1"
     assert ev2.baseline.rank.tolist() == ev2.challenger.rank.tolist() == ev.challenger.rank.tolist()
 
@@ -425,7 +423,7 @@ def test_a_window_too_small_to_train_leaves_no_challenger_and_the_gate_keeps(tin
     """One training video: nothing is registered, the artifact and the stage run say why, the gate keeps."""
     import mlflow
 
-    from components.ab_gate.stage import run_ab_gate
+    from components.ab_gate.core import run_ab_gate
     from components.common import tracking
     from components.common.no_challenger import pass_on_no_challenger
     from components.config import from_dict
@@ -444,7 +442,8 @@ def test_a_window_too_small_to_train_leaves_no_challenger_and_the_gate_keeps(tin
     assert run.info.status == "FINISHED" and run.data.tags["clipsync.no_challenger"] == report.not_trained_reason
 
     assert pass_on_no_challenger(tmp_path / "model", tmp_path / "eval") == report.not_trained_reason
-    decision = run_ab_gate(config, "clip", tmp_path / "eval", "", log_to_active_run=False)
+    gate_md = tmp_path / "gate.md"
+    decision = run_ab_gate("clip", tmp_path / "eval", "", gate_md, config.ab_gate, config.context(track=False))
     assert not decision.promote
     assert decision.reasons == [f"not evaluable, champion kept: no challenger this month: {report.not_trained_reason}"]
     assert decision.to_markdown().startswith("### ab_gate clip: **KEEP** no challenger\n")

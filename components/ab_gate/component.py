@@ -1,4 +1,4 @@
-"""Thin kfp wrapper of the A/B gate (components.ab_gate.stage -> core.decide), one task per model."""
+"""Thin kfp wrapper of the A/B gate (components.ab_gate.core -> decision.decide), one task per model."""
 
 from typing import NamedTuple
 
@@ -20,21 +20,14 @@ def ab_gate(
 ) -> NamedTuple("Gate", [("promote", bool), ("decision", str)]):
     """Promote or keep: the challenger must beat the champion (or the base model) by min_gain, significantly,
     with no category/perturbation regressing beyond max_regression."""
-    import logging
     from collections import namedtuple
     from pathlib import Path
 
-    from components.ab_gate.stage import run_ab_gate
-    from components.common import tracking
-    from components.config import ClientConfig
+    from components.ab_gate.core import run_ab_gate
+    from components.common.stage import log_kfp_metrics
+    from components.config import task_inputs
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg = ClientConfig.from_json(config)
-    params = {"model": model, "challenger_version": challenger_version}
-    with tracking.stage_run(cfg.tracking, parent_run_id, f"ab_gate_{model}", params):
-        decision = run_ab_gate(cfg, model, Path(evaluation.path), challenger_version)
-    Path(report.path).write_text(decision.to_markdown())
-    for name, value in decision.as_metrics().items():
-        if value == value:  # NaN (not evaluable) is not a valid kfp metric
-            metrics.log_metric(name, value)
+    cfg, ctx = task_inputs(config, parent_run_id)
+    decision = run_ab_gate(model, Path(evaluation.path), challenger_version, Path(report.path), cfg.ab_gate, ctx)
+    log_kfp_metrics(metrics, decision.as_metrics())  # NaN (not evaluable) is not a valid kfp metric
     return namedtuple("Gate", ["promote", "decision"])(decision.promote, decision.to_json())

@@ -1,4 +1,4 @@
-"""Turn the evaluate stage's report folders into :class:`~components.ab_gate.core.ModelEvaluation` pairs.
+"""Turn the evaluate stage's report folders into :class:`~components.ab_gate.decision.ModelEvaluation` pairs.
 
 - CLIP (``evaluate_clip``'s ``per_query`` Dataset): ``clip_eval.json`` (``baseline_kind`` is ``champion vN``
   or ``base``; R@1 and per-category top-1 of both models) and ``clip_per_query.json`` (query ids and
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.ab_gate.core import ModelEvaluation
+from components.ab_gate.decision import ModelEvaluation
 
 CLIP_SUMMARY = "clip_eval.json"
 CLIP_PER_QUERY = "clip_per_query.json"

@@ -60,3 +60,23 @@ def read_jsonl(path: str | Path, build: Callable[[dict], T], what: str) -> list[
             except (json.JSONDecodeError, TypeError, AttributeError, KeyError) as exc:
                 raise ValueError(f"{path}:{line_no}: not a {what} row: {exc}") from exc
     return records
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` ready for ``json.dumps``: non-finite floats become ``None`` (JSON has no NaN), numpy scalars Python ones.
+
+    Dicts, lists and tuples are converted recursively; anything else is returned as it is.
+    """
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return json_safe(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

@@ -98,6 +98,13 @@ class StageRun:
 
             mlflow.log_text(text, artifact_file)
 
+    def log_artifact(self, local_file: str, artifact_path: str) -> None:
+        """Copy a file into the run's artifacts under ``artifact_path``."""
+        if self.run_id:
+            import mlflow
+
+            mlflow.log_artifact(local_file, artifact_path)
+
     def log_artifacts(self, local_dir: str, artifact_path: str) -> None:
         """Copy a folder's files into the run's artifacts under ``artifact_path``."""
         if self.run_id:

@@ -1,4 +1,4 @@
-"""Thin kfp wrapper of components.deploy.core.deploy_model (run it only when the gate said promote)."""
+"""Thin kfp wrappers of components.deploy.core: deploy when the gate said promote, keep when it did not."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input
@@ -16,49 +16,14 @@ def deploy(config: str, parent_run_id: str, model: str, version: str, frames: In
     Returns:
         One Markdown line for the run summary.
     """
-    import logging
     from pathlib import Path
 
-    from components.common import tracking
-    from components.config import ClientConfig
-    from components.deploy.core import deploy_model
+    from components.config import task_inputs
+    from components.deploy.core import run_deploy
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg = ClientConfig.from_json(config)
-    deploy_cfg = cfg.deploy
-    params = {"model": model, "version": version, "target": deploy_cfg.target}
-    with tracking.stage_run(cfg.tracking, parent_run_id, f"deploy_{model}", params):
-        prepare = None
-        if model == "clip":
-            from serving.index import IndexSettings
-            from serving.index_build import build_index
-
-            def prepare(model_dir: Path) -> None:
-                settings = IndexSettings(approx_threshold=cfg.serving.approx_threshold, nprobe=cfg.serving.nprobe)
-                built = build_index(
-                    model_dir,
-                    Path(frames.path),
-                    settings=settings,
-                    relevance=cfg.finetune_clip.eval_relevance,
-                    cache_dir=cfg.cache_dir,
-                )
-                tracking.log_dict_artifact(built, "deploy/clip_index.json")
-
-        result = deploy_model(
-            cfg.tracking,
-            cfg.client_id,
-            Path(cfg.state_dir),
-            model,
-            version,
-            deploy_cfg,
-            prepare=prepare,
-            serving=cfg.serving,
-            cache_dir=cfg.cache_dir,
-        )
-        tracking.log_dict_artifact(result.to_dict(), f"deploy/{model}.json")
-        tracking.log_metrics(
-            {f"deploy_{model}_version": float(version), f"deploy_{model}_changed": float(result.promotion.changed)}
-        )
+    cfg, ctx = task_inputs(config, parent_run_id)
+    relevance = cfg.finetune_clip.eval_relevance
+    result = run_deploy(model, version, Path(frames.path), cfg.deploy, ctx, serving=cfg.serving, relevance=relevance)
     return result.to_markdown()
 
 
@@ -69,22 +34,9 @@ def keep(config: str, parent_run_id: str, model: str, decision: str) -> str:
     Returns:
         One Markdown line for the run summary.
     """
-    import logging
+    from components.ab_gate.decision import Decision
+    from components.config import task_inputs
+    from components.deploy.core import run_keep
 
-    from components.ab_gate.core import Decision
-    from components.common import tracking
-    from components.common.champions import champion_version
-    from components.config import ClientConfig
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg = ClientConfig.from_json(config)
-    kept = Decision.from_json(decision)
-    params = {"model": model, "champion": kept.baseline_version, "challenger": kept.challenger_version}
-    with tracking.stage_run(cfg.tracking, parent_run_id, f"deploy_{model}", params):
-        tracking.log_metrics({f"deploy_{model}_changed": 0.0})
-    reason = kept.reasons[0] if kept.reasons else "gate said keep"
-    champion = kept.baseline_version if kept.baseline == "champion" else ""
-    champion = champion or champion_version(cfg.tracking, model, cfg.client_id)
-    staying = f"champion v{champion} serves" if champion else "no champion yet, nothing serves"
-    what = f"{kept.challenger_label} not deployed" if kept.challenger_version else "nothing to deploy"
-    return f"- deploy {model}: {what}, {staying} ({reason})\n"
+    _, ctx = task_inputs(config, parent_run_id)
+    return run_keep(model, Decision.from_json(decision), ctx)

@@ -16,6 +16,9 @@ what is served, ``champions.json`` and the ``champion`` alias agree after any fa
 
 Registry model names are ``{model}-{client}`` (``clip-acme``, ``lipsync-acme``): also the model's name on the
 server, the TrainedModel's name and a per-client InferenceService's name.
+
+Why this file is long: one deploy transaction and its rollback, with the stage's two
+entry points; the targets (local, KServe), the endpoint and the manifests are in their own modules.
 """
 
 from __future__ import annotations
@@ -25,17 +28,31 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from components.common.champions import CHAMPION, PREVIOUS
 from components.common.config import TrackingConfig
 from components.common.names import registered_name
+from components.common.stage import StageContext
 from components.deploy.config import DeployConfig
 from components.deploy.errors import DeployError
 
+if TYPE_CHECKING:
+    from components.ab_gate.decision import Decision
+    from serving.config import ServingConfig
+
 logger = logging.getLogger("clipsync.deploy")
 
-__all__ = ["DeployError", "DeployResult", "Promotion", "deploy_model", "registered_name", "rollback_model"]
+__all__ = [
+    "DeployError",
+    "DeployResult",
+    "Promotion",
+    "deploy_model",
+    "registered_name",
+    "rollback_model",
+    "run_deploy",
+    "run_keep",
+]
 
 #: model (registry / gate name) -> predictor (serving name)
 PREDICTOR_OF = {"clip": "clip-search", "lipsync": "lipsync"}
@@ -411,3 +428,82 @@ def rollback_model(
         serving=serving,
         cache_dir=cache_dir,
     )
+
+
+# ----------------------------------------------------------------------------------------------- the stage
+
+
+def run_deploy(
+    model: str,
+    version: str,
+    frames_dir: Path,
+    cfg: DeployConfig,
+    ctx: StageContext,
+    *,
+    serving: ServingConfig,
+    relevance: str = "category",
+) -> DeployResult:
+    """The deploy task of one model (the gate said promote): :func:`deploy_model` in the stage run ``deploy_<model>``.
+
+    A CLIP adapter is served with the search index of the client's library, built here by that adapter.
+
+    Args:
+        model: ``clip`` or ``lipsync``.
+        version: The registry version the gate promoted.
+        frames_dir: The frame_extraction Dataset (the library the CLIP search index covers).
+        cfg: The deploy settings.
+        ctx: The client, its state folder and model cache, the registry, the MLflow run.
+        serving: The client's ``serving`` settings (index settings, the probes' bearer token).
+        relevance: What counts as a right answer when the index's confidence is calibrated
+            (``finetune_clip.eval_relevance``).
+
+    Raises:
+        DeployError: If any step failed; what is served and the aliases are as before.
+    """
+    with ctx.stage_run(f"deploy_{model}", {"model": model, "version": version, "target": cfg.target}) as run:
+        prepare = None
+        if model == "clip":
+            from serving.index import IndexSettings
+            from serving.index_build import build_index
+
+            def prepare(model_dir: Path) -> None:
+                settings = IndexSettings(approx_threshold=serving.approx_threshold, nprobe=serving.nprobe)
+                built = build_index(
+                    model_dir, Path(frames_dir), settings=settings, relevance=relevance, cache_dir=ctx.cache_dir
+                )
+                run.log_dict(built, "deploy/clip_index.json")
+
+        result = deploy_model(
+            ctx.tracking,
+            ctx.client_id,
+            Path(ctx.state_dir),
+            model,
+            version,
+            cfg,
+            prepare=prepare,
+            serving=serving,
+            cache_dir=ctx.cache_dir,
+        )
+        run.log_dict(result.to_dict(), f"deploy/{model}.json")
+        changed = float(result.promotion.changed)
+        run.log_metrics({f"deploy_{model}_version": float(version), f"deploy_{model}_changed": changed})
+    return result
+
+
+def run_keep(model: str, decision: Decision, ctx: StageContext) -> str:
+    """The keep task of one model (the gate kept the champion): record that outcome, a normal month; change nothing.
+
+    Returns:
+        One Markdown line for the run summary.
+    """
+    from components.common.champions import champion_version
+
+    params = {"model": model, "champion": decision.baseline_version, "challenger": decision.challenger_version}
+    with ctx.stage_run(f"deploy_{model}", params) as run:
+        run.log_metrics({f"deploy_{model}_changed": 0.0})
+    reason = decision.reasons[0] if decision.reasons else "gate said keep"
+    champion = decision.baseline_version if decision.baseline == "champion" else ""
+    champion = champion or champion_version(ctx.tracking, model, ctx.client_id)
+    staying = f"champion v{champion} serves" if champion else "no champion yet, nothing serves"
+    what = f"{decision.challenger_label} not deployed" if decision.challenger_version else "nothing to deploy"
+    return f"- deploy {model}: {what}, {staying} ({reason})\n"

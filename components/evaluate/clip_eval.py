@@ -26,8 +26,6 @@ from components.finetune_clip.metrics import (
 )
 
 if TYPE_CHECKING:
-    from components.config import ClientConfig
-    from components.finetune_clip.config import FinetuneClipConfig
     from components.finetune_clip.data import ClipSample
 
 logger = logging.getLogger("clipsync.evaluate")
@@ -280,61 +278,3 @@ def _plot_categories(ch: RetrievalResult, bl: RetrievalResult, baseline_kind: st
         ax.legend()
     fig.savefig(path, dpi=90)
     plt.close(fig)
-
-
-def run_evaluate_clip(
-    frames_dir: Path,
-    challenger_dir: Path,
-    out_dir: Path,
-    config: ClientConfig,
-    cfg: FinetuneClipConfig,
-    log_to_active_run: bool = True,
-) -> ClipEvalReport:
-    """The CLIP half of the evaluate stage: challenger vs. champion (or the base model on the first month).
-
-    Call it inside the evaluate stage's ``tracking.stage_run`` block when ``log_to_active_run`` is set: the
-    metrics go to the active run and the report files to its ``evaluate_clip/`` artifacts.
-
-    Args:
-        frames_dir: The frame_extraction Dataset.
-        challenger_dir: The finetune_clip Model artifact.
-        out_dir: Folder for the report files.
-        config: The client's configuration (tracking, state_dir, cache_dir).
-        cfg: The finetune_clip settings (base model, pooling and frames for the base model).
-        log_to_active_run: Log metrics and artifacts to MLflow's active run.
-
-    Returns:
-        The report.
-    """
-    import tempfile
-
-    from components.common import tracking
-    from components.common.champions import fetch_champion
-    from components.finetune_clip.model import resolve_base_ref
-
-    Path(config.state_dir).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=config.state_dir, prefix=".champion-") as tmp:
-        champion = fetch_champion(config.tracking, "clip", config.client_id, Path(tmp) / "champion")
-        if champion is not None:
-            baseline: str | Path = champion[0]
-            kind = f"champion v{champion[1]}"
-        else:
-            baseline, kind = resolve_base_ref(cfg.base_model, config.state_dir), "base"
-        report = evaluate_clip(
-            challenger_dir,
-            baseline,
-            frames_dir,
-            out_dir,
-            kind,
-            cfg.frames_per_video,
-            cfg.pooling,
-            config.cache_dir,
-            cfg.device,
-            cfg.eval_relevance,
-        )
-    if log_to_active_run:
-        import mlflow
-
-        tracking.log_metrics(report.as_metrics())
-        mlflow.log_artifacts(str(out_dir), "evaluate_clip")
-    return report

@@ -17,29 +17,18 @@ def evaluate_clip(
     metrics: Output[Metrics],
 ):
     """Text-to-video retrieval of the challenger vs. the champion (or the base model) on the test split."""
-    import html
-    import logging
     import shutil
     from pathlib import Path
 
-    from components.common import tracking
-    from components.common.no_challenger import pass_on_no_challenger
-    from components.config import ClientConfig
-    from components.evaluate.clip_eval import run_evaluate_clip
+    from components.common.stage import log_kfp_metrics
+    from components.config import task_inputs
+    from components.evaluate.core import CLIP_HTML, run_evaluate_clip
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg = ClientConfig.from_json(config)
-    out = Path(per_query.path)
-    out.mkdir(parents=True, exist_ok=True)
-    with tracking.stage_run(cfg.tracking, parent_run_id, "evaluate_clip", {"challenger": challenger.path}):
-        if reason := pass_on_no_challenger(Path(challenger.path), out):
-            Path(report.path).write_text(f"<p>No challenger this month: {html.escape(reason)}</p>\n")
-            return
-        result = run_evaluate_clip(Path(frames.path), Path(challenger.path), out, cfg, cfg.finetune_clip)
-    shutil.copyfile(result.files["clip_report.html"], report.path)
-    for name, value in result.as_metrics().items():
-        if value == value:  # NaN is not a valid kfp metric
-            metrics.log_metric(name, value)
+    cfg, ctx = task_inputs(config, parent_run_id)
+    result = run_evaluate_clip(Path(frames.path), Path(challenger.path), Path(per_query.path), cfg.finetune_clip, ctx)
+    shutil.copyfile(Path(per_query.path) / CLIP_HTML, report.path)
+    if result is not None:
+        log_kfp_metrics(metrics, result.as_metrics())
 
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
@@ -52,25 +41,15 @@ def evaluate_lipsync(
     metrics: Output[Metrics],
 ):
     """Challenger vs. champion on the test videos: metrics, paired outcomes (for the gate), robustness."""
-    import logging
     from pathlib import Path
 
-    from components.common import tracking
-    from components.common.no_challenger import pass_on_no_challenger
-    from components.config import ClientConfig
-    from components.evaluate.lipsync_eval import run_evaluate_lipsync
+    from components.common.stage import log_kfp_metrics
+    from components.config import task_inputs
+    from components.evaluate.core import run_evaluate_lipsync
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg = ClientConfig.from_json(config)
-    out = Path(report.path)
-    out.mkdir(parents=True, exist_ok=True)
-    with tracking.stage_run(cfg.tracking, parent_run_id, "evaluate_lipsync", {"challenger": challenger.path}):
-        if pass_on_no_challenger(Path(challenger.path), out):
-            return
-        result = run_evaluate_lipsync(Path(faces.path), Path(challenger.path), out, cfg)
-    report.metadata.update(
-        {"files": sorted(Path(p).name for p in result.files.values()), "champion_version": result.champion_version}
-    )
-    for name, value in result.as_metrics().items():
-        if value == value:
-            metrics.log_metric(name, value)
+    cfg, ctx = task_inputs(config, parent_run_id)
+    result = run_evaluate_lipsync(Path(faces.path), Path(challenger.path), Path(report.path), cfg.finetune_lipsync, ctx)
+    if result is not None:
+        files = sorted(Path(p).name for p in result.files.values())
+        report.metadata.update({"files": files, "champion_version": result.champion_version})
+        log_kfp_metrics(metrics, result.as_metrics())

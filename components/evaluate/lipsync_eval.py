@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from components.common.jsonl import json_safe
 from components.finetune_lipsync.metrics import binary_metrics, choose_threshold
 
 logger = logging.getLogger("clipsync.evaluate")
@@ -38,10 +39,6 @@ REPORT_FILE = "lipsync_eval.json"
 PAIRED_FILE = "lipsync_paired.jsonl"
 TABLE_FILE = "lipsync_robustness.md"
 PLOT_FILE = "lipsync_robustness.png"
-
-
-def _nan_to_none(value: float) -> float | None:
-    return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else value
 
 
 # ---------------------------------------------------------------------------------- perturbations
@@ -129,7 +126,8 @@ class LipsyncEvalReport:
     """Challenger (and champion) on the same test videos; paired outcomes for the gate; robustness.
 
     ``paired`` rows: video_id, label (``real``/``fake``), fallback_used, and per model ``<role>_score``,
-    ``<role>_pred_fake``, ``<role>_correct``. ``champion_version`` is set by :func:`run_evaluate_lipsync`.
+    ``<role>_pred_fake``, ``<role>_correct``. ``champion_version`` is set by
+    :func:`components.evaluate.core.run_evaluate_lipsync`.
     """
 
     challenger: ModelEval
@@ -365,18 +363,6 @@ def robustness_plot(rows: Sequence[dict], path: str | Path) -> Path:
     return path
 
 
-def _json_safe(obj):
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float):
-        return _nan_to_none(obj)
-    if isinstance(obj, np.generic):
-        return _json_safe(obj.item())
-    return obj
-
-
 def write_lipsync_report(report: LipsyncEvalReport, out_dir: str | Path) -> dict[str, str]:
     """Write the JSON report, the paired outcomes (JSON Lines), the robustness table and plot.
 
@@ -388,65 +374,11 @@ def write_lipsync_report(report: LipsyncEvalReport, out_dir: str | Path) -> dict
     files = {"report": str(out / REPORT_FILE), "paired": str(out / PAIRED_FILE)}
     with open(out / PAIRED_FILE, "w", encoding="utf-8") as fh:
         for row in report.paired:
-            fh.write(json.dumps(_json_safe(row), sort_keys=True) + "\n")
+            fh.write(json.dumps(json_safe(row), sort_keys=True) + "\n")
     if report.robustness:
         (out / TABLE_FILE).write_text(robustness_table(report.robustness), encoding="utf-8")
         robustness_plot(report.robustness, out / PLOT_FILE)
         files.update(table=str(out / TABLE_FILE), plot=str(out / PLOT_FILE))
     report.files = files
-    (out / REPORT_FILE).write_text(json.dumps(_json_safe(asdict(report)), indent=2, sort_keys=True), encoding="utf-8")
+    (out / REPORT_FILE).write_text(json.dumps(json_safe(asdict(report)), indent=2, sort_keys=True), encoding="utf-8")
     return files
-
-
-def log_lipsync_eval(report: LipsyncEvalReport, artifact_dir: str = "evaluate/lipsync") -> None:
-    """Log the report's metrics, JSON, table and plot into the active MLflow run (inside ``stage_run``)."""
-    import mlflow
-
-    from components.common import tracking
-
-    tracking.log_metrics(report.as_metrics())
-    tracking.log_dict_artifact(_json_safe(asdict(report)), f"{artifact_dir}/{REPORT_FILE}")
-    for role in ("table", "plot", "paired"):
-        if role in report.files:
-            mlflow.log_artifact(report.files[role], artifact_dir)
-
-
-def run_evaluate_lipsync(
-    faces_dir: Path,
-    challenger_dir: Path,
-    out_dir: Path,
-    config,
-    cfg=None,
-    log_to_active_run: bool = True,
-) -> LipsyncEvalReport:
-    """The lip-sync half of the evaluate stage: challenger vs. the registry's champion (if any).
-
-    Call it inside the evaluate stage's ``tracking.stage_run`` block when ``log_to_active_run`` is set:
-    metrics go to the active run, the report files to its ``evaluate_lipsync/`` artifacts.
-
-    Args:
-        faces_dir: The face_tracking Dataset.
-        challenger_dir: The finetune_lipsync Model artifact.
-        out_dir: Folder for the report files.
-        config: The ClientConfig (tracking, client id, state_dir).
-        cfg: The finetune_lipsync settings (validation split); the ClientConfig's section by default.
-        log_to_active_run: Log metrics and artifacts to MLflow's active run.
-
-    Returns:
-        The report.
-    """
-    import tempfile
-
-    from components.common.champions import fetch_champion
-
-    cfg = cfg or config.finetune_lipsync
-    Path(config.state_dir).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=config.state_dir, prefix=".lipsync-champion-") as tmp:
-        champion = fetch_champion(config.tracking, "lipsync", config.client_id, Path(tmp) / "champion")
-        report = evaluate_lipsync(challenger_dir, champion[0] if champion else None, faces_dir, out_dir, cfg)
-    if champion is not None:
-        report.champion_version = champion[1]
-        write_lipsync_report(report, out_dir)
-    if log_to_active_run:
-        log_lipsync_eval(report, "evaluate_lipsync")
-    return report

@@ -14,12 +14,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from components.common import checkpoints as ckpt
+from components.common.jsonl import json_safe
 from components.common.names import registered_name
 from components.common.no_challenger import NotTrainable, write_no_challenger
 from components.common.stage import StageContext
 from components.finetune_lipsync.config import FinetuneLipsyncConfig
 from components.finetune_lipsync.data import load_lipsync_videos, split_by_video, training_pool
-from components.finetune_lipsync.export import json_safe
 from components.finetune_lipsync.train import train_lipsync
 
 logger = logging.getLogger("clipsync.finetune_lipsync")

@@ -11,6 +11,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from components.common.jsonl import json_safe
 from components.finetune_lipsync.config import FinetuneLipsyncConfig
 from components.finetune_lipsync.data import LipsyncVideo
 from components.finetune_lipsync.model import LipSyncDetector, LipSyncModelConfig, save_model
@@ -52,17 +53,6 @@ def export_model(
     (model_dir / SUMMARY_FILE).write_text(json.dumps(json_safe(summary), indent=2, sort_keys=True))
     write_model_card(model_dir, result, cfg, mc)
     return model_dir
-
-
-def json_safe(obj):
-    """``obj`` with every non-finite float replaced by ``None`` (JSON has no NaN)."""
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def write_model_card(model_dir: Path, result: TrainResult, cfg: FinetuneLipsyncConfig, mc: LipSyncModelConfig) -> Path:
