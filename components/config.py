@@ -32,7 +32,7 @@ from components.common.config import (
     default_state_dir,
 )
 from components.common.errors import ConfigError, require
-from components.common.names import CLIENT_ID_RULE, is_client_id
+from components.common.names import CLIENT_ID_RULE, experiment_name, is_client_id
 from components.common.stage import StageContext
 from components.deploy.config import DeployConfig
 from components.face_tracking.config import FaceTrackingConfig
@@ -216,7 +216,7 @@ def from_dict(data: dict[str, Any] | None) -> ClientConfig:
             values.setdefault("artifacts_uri", str(state_dir / "artifacts" / client_id))
         if name == "tracking":
             values.setdefault("tracking_uri", f"sqlite:///{state_dir / 'mlflow.db'}")
-            values.setdefault("experiment", f"clipsync-{client_id}")
+            values.setdefault("experiment", experiment_name(client_id))
             if values["tracking_uri"].startswith(("sqlite:", "file:")):
                 values.setdefault("artifact_location", str(state_dir / "mlartifacts"))
         sections[name] = _build_section(name, cls, values)

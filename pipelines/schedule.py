@@ -179,9 +179,10 @@ def schedule(
     """
     cron = validate_cron(cron)
     _check_client(client_id)
+    from components.common.names import experiment_name
     from pipelines.package import compile_pipeline
 
-    experiment = experiment or f"clipsync-{client_id}"
+    experiment = experiment or experiment_name(client_id)
     job_name = job_name or f"clipsync-{client_id}-monthly"
     kfp_client = _connect(host, kfp_client)
     exp = kfp_client.create_experiment(experiment)  # returns the existing one of that name
@@ -247,6 +248,7 @@ def submit(
             raise ScheduleError(f"as_of must be an ISO date (YYYY-MM-DD), got {as_of!r}") from exc
     if window_days < 0:
         raise ScheduleError(f"window_days must be >= 0, got {window_days}")
+    from components.common.names import experiment_name
     from pipelines.package import compile_pipeline
 
     kfp_client = _connect(host, kfp_client)
@@ -256,7 +258,7 @@ def submit(
             str(package),
             arguments={"client_id": client_id, "as_of": as_of, "window_days": window_days},
             run_name=f"clipsync-{client_id}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}",
-            experiment_name=experiment or f"clipsync-{client_id}",
+            experiment_name=experiment or experiment_name(client_id),
         )
     logger.info("run %s submitted", result.run_id)
     return result.run_id

@@ -1,7 +1,8 @@
 """The names every stage shares: the client id's form and a client's registered model names (standard library only).
 
 A registered model is ``{model}-{client}`` (``clip-acme``, ``lipsync-acme``): the MLflow registry's name, the
-model's name on the model server, a TrainedModel's name and a per-client InferenceService's name.
+model's name on the model server, a TrainedModel's name and a per-client InferenceService's name. A client's
+experiment (MLflow's and the Kubeflow Pipelines server's) is ``clipsync-{client}``.
 """
 
 from __future__ import annotations
@@ -30,3 +31,8 @@ def registered_name(model: str, client_id: str) -> str:
     if model not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}, got {model!r}")
     return f"{model}-{client_id}"
+
+
+def experiment_name(client_id: str) -> str:
+    """A client's default experiment, in MLflow and on the Kubeflow Pipelines server (``clipsync-acme``)."""
+    return f"clipsync-{client_id}"
