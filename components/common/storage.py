@@ -17,6 +17,9 @@ throttling answer is a :class:`StorageUnavailableError` (retried with bounded ba
 
 A local folder never reaches outside its root: a symbolic link (of the object or of a folder on its way) that
 resolves outside the root is refused on read and on write (:class:`OutsideStoreError`).
+
+Why this file is long: the two stores (a local folder, S3) implement one interface
+and share its key checks and fault classification; apart they would repeat both.
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ so a failure is never slowed down by the server that caused it. Runs a killed pr
 the next :func:`close_stale_runs` (start_run calls it).
 
 ``mlflow`` is imported inside the functions so that importing this module stays cheap.
+
+Why this file is long: every MLflow call of clipsync is here (runs, artifacts,
+registry, the bounded HTTP settings, closing stale runs), so that the rest of the code never imports mlflow.
 """
 
 from __future__ import annotations

@@ -19,6 +19,10 @@ Upload times spread over ``span_days`` before ``as_of``; about ``in_window_fract
 (per category and kind) and all broken uploads fall in the last ``window_days`` days. Each file's mtime is
 set to its upload time. Everything random comes from ``seed`` (and the counts), so two runs with the same
 ``(seed, as_of)`` write byte-identical files (x264 runs single-threaded; PyAV writes no creation time).
+
+Why this file is long: the plan of the library and the renderers of its kinds of clips
+share the seeded random streams that make two runs byte-identical; the drawing primitives, faces, scenes, speech
+and media writing are in their own modules.
 """
 
 from __future__ import annotations

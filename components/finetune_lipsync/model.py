@@ -13,6 +13,9 @@ looks at one aligned audio-visual window at a time:
 
 The forward pass takes raw inputs (uint8 or [0, 1] video ``[B, T, H, W, 3]`` and 16 kHz audio ``[B, S]``)
 so that training and serving cannot preprocess differently. This module holds no training code.
+
+Why this file is long: the detector's layers, its config, its safetensors file format and
+the per-video prediction that training, evaluate and serving share must change together.
 """
 
 from __future__ import annotations
