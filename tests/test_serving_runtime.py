@@ -386,7 +386,8 @@ def test_multi_model_deploy_promotes_only_what_the_pool_serves(cluster, tmp_path
 
     from components.common import tracking as tr
     from components.common.config import TrackingConfig
-    from components.deploy.core import DeployError, deploy_model, registered_name
+    from components.common.names import registered_name
+    from components.deploy.core import DeployError, deploy_model
     from serving.index_build import build_index
 
     monkeypatch.setenv("CLIPSYNC_AUTH_TOKEN", TOKEN)

@@ -43,16 +43,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("clipsync.deploy")
 
-__all__ = [
-    "DeployError",
-    "DeployResult",
-    "Promotion",
-    "deploy_model",
-    "registered_name",
-    "rollback_model",
-    "run_deploy",
-    "run_keep",
-]
+__all__ = ["DeployError", "DeployResult", "Promotion", "deploy_model", "rollback_model", "run_deploy", "run_keep"]
 
 #: model (registry / gate name) -> predictor (serving name)
 PREDICTOR_OF = {"clip": "clip-search", "lipsync": "lipsync"}
