@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from components.common.no_challenger import NotTrainable, write_no_challenger
+from components.face_tracking.evidence import EvidenceRules
 from components.finetune_lipsync.augment import AugmentParams, augment_video, random_speed, speed_window
 from components.finetune_lipsync.config import FinetuneLipsyncConfig
 from components.finetune_lipsync.model import (
@@ -614,12 +615,18 @@ class FinetuneLipsyncReport:
 
 
 def load_lipsync_videos(
-    faces_dir: str | Path, splits: Sequence[str] = ("train", "val", "test")
+    faces_dir: str | Path, rules: EvidenceRules, splits: Sequence[str] = ("train", "val", "test")
 ) -> tuple[list[LipsyncVideo], list[dict[str, str]]]:
     """Read the labelled videos of a faces Dataset (the selected sample of each).
 
-    Videos without an authenticity label are ignored; rejected or unreadable ones are returned as
-    ``skipped`` with their reason, and the rest goes on.
+    Videos without an authenticity label are ignored; rejected or unreadable ones, and those without the
+    evidence serving would require for a verdict (no audio, no usable face, shorter than one window), are
+    returned as ``skipped`` with their reason and split, and the rest goes on.
+
+    Args:
+        faces_dir: The face_tracking Dataset.
+        rules: The evidence a clip needs (:class:`components.face_tracking.evidence.EvidenceRules`).
+        splits: The splits to read.
 
     Returns:
         ``(videos, skipped)``.
@@ -632,11 +639,19 @@ def load_lipsync_videos(
         if rec.authenticity not in LABELS or rec.split not in splits:
             continue
         if rec.status != "ok":
-            skipped.append({"video_id": rec.video_id, "reason": rec.reason or f"status {rec.status}"})
+            skipped.append(
+                {"video_id": rec.video_id, "split": rec.split, "reason": rec.reason or f"status {rec.status}"}
+            )
+            continue
+        problems = rules.problems(rec.evidence)
+        if problems:
+            why = "; ".join(f"{p.code} ({p.detail})" for p in problems)
+            skipped.append({"video_id": rec.video_id, "split": rec.split, "reason": f"no_evidence: {why}"})
             continue
         sample = rec.selected_sample
         if sample is None:
-            skipped.append({"video_id": rec.video_id, "reason": "no_sample: no selected mouth-crop sequence"})
+            reason = "no_sample: no selected mouth-crop sequence"
+            skipped.append({"video_id": rec.video_id, "split": rec.split, "reason": reason})
             continue
         try:
             crops = load_mouth_crops(faces_dir, sample)
@@ -646,7 +661,7 @@ def load_lipsync_videos(
         except (OSError, ValueError) as exc:
             if is_infrastructure_error(exc):  # a failing disk is not the video's problem
                 raise
-            skipped.append({"video_id": rec.video_id, "reason": f"unreadable: {exc}"})
+            skipped.append({"video_id": rec.video_id, "split": rec.split, "reason": f"unreadable: {exc}"})
             logger.warning("finetune_lipsync: skipping %s: %s", rec.video_id, exc)
             continue
         videos.append(
@@ -707,7 +722,7 @@ def run_finetune_lipsync(
 
     cfg = cfg or config.finetune_lipsync
     out_dir = Path(out_dir)
-    videos, skipped = load_lipsync_videos(faces_dir)
+    videos, skipped = load_lipsync_videos(faces_dir, EvidenceRules.of(cfg.window_s, config.face_tracking))
     pool = training_pool(videos)
     n_test = len(videos) - len(pool)
     train, val = split_by_video(pool, cfg.val_fraction, cfg.seed)
