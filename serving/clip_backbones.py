@@ -48,6 +48,11 @@ class ClipHandle:
     def image_spec(self) -> Any:
         return self.backbone.bundle.image_spec
 
+    @property
+    def embed_dim(self) -> int:
+        """Length of the embeddings (CLIP's projection dimension)."""
+        return int(self.backbone.bundle.model.config.projection_dim)
+
     def _activate(self) -> Any:
         model = self.backbone.bundle.model
         if self.adapter is not None:
