@@ -52,6 +52,7 @@ import logging
 import math
 import signal
 import struct
+import uuid
 from collections.abc import Callable
 from concurrent import futures
 from typing import Any
@@ -65,7 +66,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, ORJSONResponse, Response
 from grpc import aio
 from kserve import InferInput, InferOutput, InferRequest, InferResponse, Model, ModelServer
-from kserve.errors import InferenceError, InvalidInput, ModelNotFound, ModelNotReady
+from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
 from kserve.model_repository import ModelRepository
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
@@ -86,7 +87,6 @@ __all__ = [
     "InferOutput",
     "InferRequest",
     "InferResponse",
-    "InferenceError",
     "InvalidInput",
     "Model",
     "ModelNotFound",
@@ -287,8 +287,6 @@ def v2_response(
 ) -> InferResponse:
     """The answer to a V2 request: its id, the requested outputs, binary when REST asked for it (gRPC always
     sends numpy outputs raw; passing kserve the request's flag there makes it test an array's truth value)."""
-    import uuid
-
     return InferResponse(
         response_id=request.id or str(uuid.uuid4()),
         model_name=model,

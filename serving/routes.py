@@ -36,7 +36,7 @@ from serving.admission import Admission
 from serving.auth import AccessPolicy, Caller
 from serving.config import ServingConfig
 from serving.errors import Forbidden, NotFound, NotReady, PayloadTooLarge, ServingError, Unauthenticated
-from serving.kserve_adapter import InvalidInput, ModelNotFound
+from serving.kserve_adapter import InvalidInput, ModelNotFound, short
 from serving.model_config import model_config
 
 OPEN_PATHS = frozenset({"/", "/v2/health/live", "/v2/health/ready", "/v2"})
@@ -85,7 +85,7 @@ def lip_sync_target(ctx: RouteContext, query: str, caller: Caller) -> str:
     named = parse_qs(query).get("model", [None])[0]
     if named is not None:
         if not caller.may_call(named):
-            raise Forbidden(f"this token may not call {named}")
+            raise Forbidden(f"this token may not call {short(named)[:80]}")
         if not isinstance(ctx.repository.get_model(named), LipSyncModel):
             raise ModelNotFound(named)
         mine = [named]
@@ -166,7 +166,7 @@ class Gate:
             return caller
         match = MODEL_ROUTE.match(path)
         if match and not caller.may_call(match.group(1)):
-            raise Forbidden(f"this token may not call {match.group(1)}")
+            raise Forbidden(f"this token may not call {short(match.group(1))[:80]}")
         return caller
 
     @staticmethod

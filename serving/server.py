@@ -209,7 +209,9 @@ def serve_main(
     grpc_port: int | None = None,
     clip_dir: str | Path | None = None,
     lipsync_dir: str | Path | None = None,
-    **token_settings: str | None,
+    tokens_env: str | None = None,
+    tokens_file: str | None = None,
+    admin_token_env: str | None = None,
 ) -> int:
     """``clipsync serve``: serve a client's champions (or explicit folders) on ``serving.host``; blocks.
 
@@ -219,7 +221,9 @@ def serve_main(
         grpc_port: Overrides ``serving.grpc_port``.
         clip_dir: Serve this CLIP model folder instead of the champion.
         lipsync_dir: Serve this lip-sync model folder instead of the champion.
-        **token_settings: Override ``serving.tokens_env``, ``tokens_file``, ``admin_token_env`` (``None``: keep).
+        tokens_env: Overrides ``serving.tokens_env`` (the variable holding the client tokens' JSON map).
+        tokens_file: Overrides ``serving.tokens_file`` (a file holding that map).
+        admin_token_env: Overrides ``serving.admin_token_env`` (the variable holding the admin token).
 
     Returns:
         The exit code (2 when there is nothing to serve, 1 when the server could not start).
@@ -228,10 +232,16 @@ def serve_main(
     from components.common.errors import ConfigError
 
     configure_logging()
-    overrides = {"http_port": http_port, "grpc_port": grpc_port, **token_settings}
+    overrides = {
+        "http_port": http_port,
+        "grpc_port": grpc_port,
+        "tokens_env": tokens_env,
+        "tokens_file": tokens_file,
+        "admin_token_env": admin_token_env,
+    }
     try:
         settings = replace(config.serving, **{k: v for k, v in overrides.items() if v is not None})
-    except (ConfigError, TypeError) as exc:
+    except ConfigError as exc:
         logger.error("model server not started: %s", exc)
         sys.stderr.write(f"model server not started: {exc}\n")
         return EXIT_STARTUP_FAILED
