@@ -612,6 +612,33 @@ def test_load_past_capacity_is_refused_not_queued(server):
     assert result["p99_ms_ok"] < 10_000
 
 
+def test_grpc_past_the_queue_is_resource_exhausted(server):
+    """64 gRPC searches at once against a queue of 8: the ones beyond it are refused at once, nothing else fails."""
+    import grpc
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as stubs
+
+    tensor = pb.ModelInferRequest.InferInputTensor(name="text", datatype="BYTES", shape=[1])
+    request = pb.ModelInferRequest(model_name="clip-acme", inputs=[tensor], raw_input_contents=[b"\x07\0\0\0surgery"])
+
+    async def run():
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc}") as channel:
+            stub = stubs.GRPCInferenceServiceStub(channel)
+
+            async def one():
+                try:
+                    await stub.ModelInfer(request, metadata=(("authorization", f"Bearer {ACME}"),), timeout=60)
+                    return "OK"
+                except grpc.aio.AioRpcError as err:
+                    return err.code().name
+
+            return await asyncio.gather(*(one() for _ in range(64)))
+
+    codes = asyncio.run(run())
+    assert set(codes) == {"OK", "RESOURCE_EXHAUSTED"}, codes
+    assert server.ready()
+
+
 def test_unload_then_query_log(server, serving_models):
     status, _ = server.call("POST", "/v2/repository/models/clip-beta/unload", data=b"", headers=bearer(ADMIN))
     assert status == 200
