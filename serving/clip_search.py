@@ -115,7 +115,7 @@ def decode_image(data: Any, where: str, max_pixels: int) -> np.ndarray:
 
     Raises:
         InvalidInput: Not base64, not an image, or a truncated one.
-        PayloadTooLarge: Larger than ``max_pixels`` (width x height).
+        PayloadTooLarge: More than ``max_pixels`` (width x height; what is left of the request's limit).
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -293,9 +293,9 @@ class ClipSearchModel(Model):
             where = f"instance {i}"
             if not isinstance(inst, dict):
                 raise InvalidInput(f"{where}: expected an object with 'text' (or 'image_b64')")
-            if "image_b64" in inst:
-                image = await asyncio.to_thread(decode_image, inst["image_b64"], where, self.settings.max_image_pixels)
-                req.images.append((i, image))
+            if "image_b64" in inst:  # the pixel limit holds for all the images of the request together
+                left = self.settings.max_image_pixels - sum(img.shape[0] * img.shape[1] for _, img in req.images)
+                req.images.append((i, await asyncio.to_thread(decode_image, inst["image_b64"], where, left)))
                 continue
             if "text" not in inst:
                 raise InvalidInput(f"{where}: missing 'text'")

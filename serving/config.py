@@ -26,7 +26,8 @@ class ServingConfig:
         max_duration_s: Longest video accepted by the lip-sync predictor (HTTP 413 beyond).
         max_video_pixels: Largest video frame (width x height, read from the stream header before any frame is
             decoded; HTTP 413 beyond).
-        max_image_pixels: Largest image (width x height from its header, before decoding; HTTP 413 beyond).
+        max_image_pixels: Most pixels of the images of one request (width x height from each header, before
+            decoding; HTTP 413 beyond).
         request_timeout_s: Longest an inference request may take, waiting included (HTTP 504 / gRPC
             DEADLINE_EXCEEDED beyond).
         max_queue: Requests one model holds at once, running or waiting; one more is refused at once with HTTP 429

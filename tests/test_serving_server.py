@@ -378,6 +378,13 @@ def _bad_requests(serving_models) -> list[tuple[str, str, dict, object, set[int]
         ("v1 99-byte png claiming 20000x20000", v1, {}, image(png_header_only()), {413}),
         ("v1 truncated png", v1, {}, image(png_header_only(side=16)), {400}),
         ("v1 image not base64", v1, {}, {"instances": [{"image_b64": "%%%"}]}, {400}),
+        (
+            "v1 two 4096x4096 images: the request's pixels",
+            v1,
+            {},
+            {"instances": image(png_bomb(4096))["instances"] * 2},
+            {413},
+        ),
         ("v2 shape [2] with one element", v2, {}, tensor("text", [2], "BYTES", ["a"]), {400}),
         ("v2 image value 300", v2, {}, tensor("image", [1, 1, 1, 3], "UINT8", [300, 0, 0]), {400}),
         ("v2 image value -1", v2, {}, tensor("image", [1, 1, 1, 3], "UINT8", [-1, 0, 0]), {400}),
@@ -456,7 +463,7 @@ def test_bad_inputs_are_4xx_with_short_messages_and_the_server_stays_healthy(ser
             label,
             message,
         )
-    assert len(cases) == 41 and set(outcomes.values()) <= {400, 403, 404, 413, 422}
+    assert len(cases) == 42 and set(outcomes.values()) <= {400, 403, 404, 413, 422}
     sys.stderr.write(f"bad-input cases: {len(cases)}; outcomes: {sorted(outcomes.items())}\n")
     assert server.ready() and server.proc.poll() is None
     assert v1_search(server, "clip-acme", "surgery video")[0] == 200
