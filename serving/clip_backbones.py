@@ -94,18 +94,26 @@ class ClipBackbones:
         base_model: The one base this server shares (a KServe pool): it is loaded at start and kept loaded,
             and a client model trained on another base, or a hybrid/full fine-tune (a whole CLIP of its own), is
             refused with :class:`serving.repository.ModelFolderError`. ``None``: any base, loaded on demand.
+        device: Where every model goes (the ``serving.device`` setting; ``auto``: CUDA when available).
     """
 
-    def __init__(self, cache_dir: str | Path | None = None, base_model: str | None = None) -> None:
+    def __init__(
+        self, cache_dir: str | Path | None = None, base_model: str | None = None, device: str = "auto"
+    ) -> None:
+        from components.common.device import resolve_device
+
         self.cache_dir = cache_dir
         self.base_model = base_model or None
+        self.device = resolve_device(device)
         self._shared: dict[str, _Backbone] = {}
         self._counter = 0
         self._lock = threading.Lock()
         if self.base_model is not None:
             from components.finetune_clip.model import load_base_clip
 
-            self._shared[self.base_model] = _Backbone(bundle=load_base_clip(self.base_model, cache_dir), shared=True)
+            bundle = load_base_clip(self.base_model, cache_dir)
+            bundle.model.to(self.device)
+            self._shared[self.base_model] = _Backbone(bundle=bundle, shared=True)
             logger.info("base CLIP %s loaded (shared by every client of this server)", self.base_model)
 
     def _check_fits(self, name: str, card: dict[str, Any]) -> None:
@@ -151,7 +159,9 @@ class ClipBackbones:
                 backbone = self._shared.get(base_ref)
                 adapter = f"{_adapter_name(name)}_{self._counter}"
                 if backbone is None:
-                    backbone = _Backbone(bundle=load_base_clip(base_ref, self.cache_dir), shared=True)
+                    bundle = load_base_clip(base_ref, self.cache_dir)
+                    bundle.model.to(self.device)
+                    backbone = _Backbone(bundle=bundle, shared=True)
                     self._shared[base_ref] = backbone
                     logger.info("base CLIP %s loaded for %s", base_ref, name)
                 with backbone.lock:
@@ -161,10 +171,12 @@ class ClipBackbones:
                         backbone.bundle.model = PeftModel.from_pretrained(
                             backbone.bundle.model, str(model_dir), adapter_name=adapter, is_trainable=False
                         ).eval()
+                    backbone.bundle.model.to(self.device)  # the new adapter's weights join the base's device
                 backbone.adapters.add(adapter)
                 handle = ClipHandle(name, backbone, adapter, pooling, frames)
             else:
                 bundle = load_clip_model(model_dir, self.cache_dir) if card else load_base_clip(str(model_dir))
+                bundle.model.to(self.device)
                 handle = ClipHandle(name, _Backbone(bundle=bundle, shared=False), None, pooling, frames)
         logger.info("clip model %s attached (%s)", name, card.get("strategy", "base"))
         return handle

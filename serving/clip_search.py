@@ -173,7 +173,7 @@ class ClipSearchModel(Model):
         super().__init__(name)
         self.model_dir = Path(model_dir)
         self.settings = settings or ServingConfig()
-        self.backbones = backbones or ClipBackbones()
+        self.backbones = backbones or ClipBackbones(device=self.settings.device)
         self.query_log = query_log
         self.version = version
         self.handle: ClipHandle | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+from components.common.device import is_device_name
 from components.common.errors import require
 
 _require = functools.partial(require, section="serving")
@@ -59,6 +60,8 @@ class ServingConfig:
         inconclusive_verdicts: A lip-sync video without the evidence a verdict needs (no audio, no usable face
             track, shorter than one window) gets HTTP 200 with ``verdict: inconclusive`` and the reason instead
             of HTTP 422.
+        device: Where the predictors put their models: ``auto`` (CUDA when available, so a GPU node serves on
+            its GPU), ``cpu`` or ``cuda[:N]``. Video decoding and face tracking stay on the CPU.
     """
 
     host: str = "127.0.0.1"
@@ -84,6 +87,7 @@ class ServingConfig:
     admin_token_env: str = ""
     agent_port: int = 0
     inconclusive_verdicts: bool = False
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         _require(bool(self.host), "host must be set")
@@ -131,6 +135,7 @@ class ServingConfig:
             self.agent_port == 0 or self.agent_port not in (self.http_port, self.grpc_port),
             f"agent_port {self.agent_port} is already the http_port or grpc_port",
         )
+        _require(is_device_name(self.device), f"device must be auto, cpu or cuda[:N], got {self.device!r}")
 
     @property
     def max_upload_bytes(self) -> int:

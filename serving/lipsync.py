@@ -155,6 +155,7 @@ class LipSyncModel(Model):
         face_config: Any = None,
         cache_dir: str | Path | None = None,
         version: str = "",
+        device: str | None = None,
     ) -> None:
         super().__init__(name)
         from components.face_tracking.config import FaceTrackingConfig
@@ -168,18 +169,20 @@ class LipSyncModel(Model):
         self.face_config = face_config or FaceTrackingConfig()
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.version = version
+        self.device = device or self.settings.device  # the detector's device; face tracking runs on the CPU
         self.model = None
         self.face_models = None
         self.rules = None
         self._face_lock = threading.Lock()  # MediaPipe task objects are not re-entrant
 
     def load(self) -> bool:
+        from components.common.device import resolve_device
         from components.face_tracking.core import FaceModels
         from components.face_tracking.evidence import EvidenceRules
         from components.face_tracking.models import verify_face_models
         from components.finetune_lipsync.model import load_model
 
-        self.model = load_model(self.model_dir)
+        self.model = load_model(self.model_dir, resolve_device(self.device))
         self.rules = EvidenceRules.of(self.model.config.window_s, self.face_config)
         if self.cache_dir is None:
             raise FileNotFoundError(f"{self.name}: a cache_dir with the MediaPipe face models is required")

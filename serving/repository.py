@@ -113,7 +113,7 @@ class ModelFactory:
         self.query_log = query_log
         self.frame_config = frame_config
         self.face_config = face_config
-        self.backbones = ClipBackbones(cache_dir, base_model)
+        self.backbones = ClipBackbones(cache_dir, base_model, settings.device)
 
     def create(self, spec: ModelSpec) -> Any:
         if spec.kind == "clip-search":

@@ -28,9 +28,13 @@ def state_dir(tmp_path: Path, monkeypatch) -> Path:
 @pytest.fixture(scope="session")
 def model_cache() -> Path:
     """The cache filled by `clipsync fetch-models` (make test runs it first)."""
+    from components.face_tracking.models import FaceModelError, face_model_paths
+
     cache = Path(os.environ.get("CLIPSYNC_MODEL_CACHE", REPO / ".clipsync" / "cache"))
-    if not (cache / "mediapipe").is_dir():
-        pytest.fail(f"MediaPipe models missing in {cache}: run `make models` (clipsync fetch-models)")
+    try:
+        face_model_paths(cache)  # present, and the landmarker bundle is the current version
+    except FaceModelError as exc:
+        pytest.fail(f"{exc} (`make models` runs it)")
     return cache
 
 

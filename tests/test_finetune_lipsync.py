@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -229,6 +230,9 @@ def test_stage_trains_registers_and_fine_tunes_from_champion(tmp_path):
     assert not any(v.startswith("test") for v in summary["train_video_ids"] + summary["val_video_ids"])
     assert "Lip-sync manipulation detector" in (tmp_path / "model" / "README.md").read_text()
     assert load_model(tmp_path / "model").config.threshold == pytest.approx(report.threshold)
+    # Every epoch's checkpoint is mirrored to the artifacts store (a retried pod resumes from it).
+    pointer = Path(config.storage.artifacts_uri) / "checkpoints/finetune_lipsync/acme-last-30-days/latest.json"
+    assert json.loads(pointer.read_text())["epoch"] == 1
 
     import mlflow
 

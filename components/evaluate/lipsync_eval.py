@@ -273,10 +273,11 @@ def _score(model, videos, perturbation: tuple[str, float] | None = None) -> np.n
     return np.asarray(scores, dtype=np.float64)
 
 
-def _evaluate_model(model_dir: Path, val, test) -> tuple[ModelEval, np.ndarray, object]:
+def _evaluate_model(model_dir: Path, val, test, device: str) -> tuple[ModelEval, np.ndarray, object]:
+    from components.common.device import resolve_device
     from components.finetune_lipsync.model import load_model
 
-    model = load_model(model_dir)
+    model = load_model(model_dir, resolve_device(device))
     y_val = np.array([v.label for v in val], dtype=int)
     y_test = np.array([v.label for v in test], dtype=int)
     val_scores = _score(model, val) if val else np.zeros(0)
@@ -313,7 +314,7 @@ def evaluate_lipsync(
         faces_dir: The face_tracking Dataset.
         out_dir: Where the report files go (JSON, paired JSONL, Markdown table, PNG plot).
         cfg: The FinetuneLipsyncConfig training used (its ``val_fraction`` and ``seed`` rebuild the
-            validation split); default settings when ``None``.
+            validation split, its ``device`` runs the models); default settings when ``None``.
         robustness: Also run the perturbation sweep.
         perturbations: Overrides :data:`PERTURBATIONS`.
         face_config: The client's ``FaceTrackingConfig`` (the evidence a clip needs); default settings when ``None``.
@@ -346,7 +347,7 @@ def evaluate_lipsync(
     loaded = {}
     for role, path in models.items():
         if test:
-            evals[role], scores[role], loaded[role] = _evaluate_model(path, val, test)
+            evals[role], scores[role], loaded[role] = _evaluate_model(path, val, test, cfg.device)
         else:
             evals[role] = ModelEval(model_dir=str(path), threshold=float("nan"), threshold_source="none")
         logger.info(

@@ -29,11 +29,10 @@ class FaceTrackingConfig:
             interpolated linearly between the detections of the same track (1: every frame, the reference).
         crop_size: Side of the square mouth crops in pixels.
         mouth_scale: Crop side as a multiple of the distance between the eyes.
-        use_landmarks: Also run FaceLandmarker and place the mouth crop from its lip and eye landmarks where
-            they agree with the detector's keypoints; off (default), from the detector's six keypoints (eyes,
-            mouth centre). Off by default because the mesh model obtainable here (mediapipe 0.10.21's
-            face_landmark.tflite in a .task bundle) gives positions unrelated to the face under mediapipe
-            1.2.2 (measured), so every mesh is rejected and the landmarker only costs time.
+        use_landmarks: Also run FaceLandmarker (the face mesh) on detection frames and place the mouth crop
+            from its lip and eye landmarks where the mesh agrees with the detector's keypoints (the seed's
+            method); elsewhere, and when off, from the detector's six keypoints (eyes, mouth centre). On by
+            default: see ``benchmarks/face_tracking.py`` for its cost and effect.
         full_range_fallback: Where the short-range detector finds nothing in a frame, try the full-range
             model (small or distant faces).
         emit_all_tracks: Emit every kept track as its own sample (each speaker), not only the selected one.
@@ -54,7 +53,7 @@ class FaceTrackingConfig:
     detect_every: int = 1
     crop_size: int = 96
     mouth_scale: float = 1.6
-    use_landmarks: bool = False
+    use_landmarks: bool = True
     full_range_fallback: bool = True
     emit_all_tracks: bool = False
     min_track_frames: int = 3
