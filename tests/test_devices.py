@@ -30,7 +30,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory) -> Path:
-    from test_serving_server import make_base
+    from serving_assets import make_base
 
     return make_base(tmp_path_factory.mktemp("base") / "base-clip")
 
@@ -112,7 +112,7 @@ def test_clip_evaluation_pass_on_meta(tiny_base):
 
 def test_clip_predictor_call_on_meta(tiny_base, tmp_path):
     """ClipBackbones puts base and adapters on its device; a search then runs there up to the host copy."""
-    from test_serving_server import make_adapter
+    from serving_assets import make_adapter
 
     from serving.clip_search import ClipBackbones, ClipSearchModel
 
@@ -180,12 +180,12 @@ def test_lipsync_evaluation_pass_on_meta(tmp_path):
         videos.append(LipsyncVideo(f"v{i}", crops, audio, 25.0, i))
     # evaluate loads the model on the configured device and scores there until the first host copy.
     with pytest.raises(NotImplementedError, match=HOST_COPY):
-        _evaluate_model(model_dir, videos, videos, np.ones(2, bool), "meta")
+        _evaluate_model(model_dir, videos, videos, "meta")
 
 
 def test_lipsync_predictor_call_on_meta(model_cache, tmp_path):
     pytest.importorskip("av")
-    from test_serving_server import make_lipsync, make_video
+    from serving_assets import make_lipsync, make_video
 
     from serving.config import ServingConfig
     from serving.lipsync import LipSyncModel
