@@ -111,6 +111,7 @@ class ServerProcess:
         self._log = open(log_path, "w")  # noqa: SIM115 (closed in stop)
         full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})}
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
+        self._terminated = False
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -152,12 +153,18 @@ class ServerProcess:
 
     def terminate(self) -> None:
         """Send SIGTERM (the server flushes its query log and exits); :meth:`stop` waits for it."""
-        if self.proc.poll() is None:
+        if self.proc.poll() is None and not self._terminated:
             self.proc.send_signal(signal.SIGTERM)
+            self._terminated = True
 
     def stop(self) -> int | None:
+        """SIGTERM once (as the kubelet does), wait up to 30 s, then SIGKILL; returns the exit status.
+
+        A second SIGTERM could land while the interpreter finalizes, when Python has put back the default
+        handler, and kill a server that was already exiting cleanly.
+        """
+        self.terminate()
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
