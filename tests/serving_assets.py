@@ -167,10 +167,10 @@ class ServerProcess:
         self.cmd, self.http, self.grpc, self.log_path, self.token = cmd, http, grpc, log_path, token
         self.url = f"http://127.0.0.1:{http}"
         self.agent_url = ""  # the loopback-only listener of KServe's model agent, when the server has one
-        self.terminated = False
         self._log = open(log_path, "w")  # noqa: SIM115 (closed in stop)
         full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})}
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
+        self._terminated = False
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -215,15 +215,18 @@ class ServerProcess:
 
     def terminate(self) -> None:
         """Send SIGTERM (the server flushes its query log and exits); :meth:`stop` waits for it."""
-        if self.proc.poll() is None:
+        if self.proc.poll() is None and not self._terminated:
             self.proc.send_signal(signal.SIGTERM)
-            self.terminated = True
+            self._terminated = True
 
     def stop(self) -> int | None:
-        """SIGTERM (once: a second one could land while the interpreter exits) and wait; SIGKILL after 30 s."""
+        """SIGTERM once (as the kubelet does), wait up to 30 s, then SIGKILL; returns the exit status.
+
+        A second SIGTERM could land while the interpreter finalizes, when Python has put back the default
+        handler, and kill a server that was already exiting cleanly.
+        """
+        self.terminate()
         if self.proc.poll() is None:
-            if not self.terminated:
-                self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
