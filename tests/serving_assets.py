@@ -8,14 +8,16 @@ model server started as a subprocess on loopback ports, stopped by PID.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -160,6 +162,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _send_until_answered(sock: socket.socket, data: bytes) -> None:
+    """Send ``data`` in pieces until the server answers early (a 413 on the declared length, sent before the
+    body is read) or closes, as an HTTP client honouring an early response does; the answer is then read."""
+    piece = 1 << 16
+    for start in range(0, len(data), piece):
+        if select.select([sock], [], [], 0)[0]:
+            return
+        try:
+            sock.sendall(data[start : start + piece])
+        except (BrokenPipeError, ConnectionResetError):
+            return
+
+
 class ServerProcess:
     """A model server subprocess (any command line) on 127.0.0.1, its log in ``log_path``; stop() by PID."""
 
@@ -185,12 +200,18 @@ class ServerProcess:
         if body is not None:
             data = json.dumps(body).encode()
             hdrs["Content-Type"] = "application/json"
-        req = urllib.request.Request((base or self.url) + path, data=data, method=method, headers=hdrs)
+        url = urllib.parse.urlsplit((base or self.url) + path)
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
         try:
-            with urllib.request.urlopen(req, timeout=120) as resp:
-                raw, status = resp.read(), resp.status
-        except urllib.error.HTTPError as exc:
-            raw, status = exc.read(), exc.code
+            conn.putrequest(method, url.path + (f"?{url.query}" if url.query else ""))
+            for name, value in {**hdrs, "Content-Length": str(len(data or b""))}.items():
+                conn.putheader(name, value)
+            conn.endheaders()
+            _send_until_answered(conn.sock, data or b"")
+            response = conn.getresponse()
+            raw, status = response.read(), response.status
+        finally:
+            conn.close()
         try:
             return status, json.loads(raw or b"null")
         except ValueError:
@@ -199,7 +220,7 @@ class ServerProcess:
     def ready(self) -> bool:
         try:
             status, body = self.call("GET", "/v2/health/ready", auth=False)
-        except (urllib.error.URLError, ConnectionError):
+        except OSError:
             return False
         return status == 200 and body.get("ready") is True
 

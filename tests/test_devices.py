@@ -185,7 +185,7 @@ def test_lipsync_evaluation_pass_on_meta(tmp_path):
 
 def test_lipsync_predictor_call_on_meta(model_cache, tmp_path):
     pytest.importorskip("av")
-    from serving_assets import make_lipsync, make_video
+    from serving_assets import make_face_video, make_lipsync
 
     from serving.config import ServingConfig
     from serving.lipsync import LipSyncModel
@@ -194,7 +194,7 @@ def test_lipsync_predictor_call_on_meta(model_cache, tmp_path):
     predictor = LipSyncModel("lipsync-acme", model_dir, cache_dir=model_cache, device="meta")
     assert predictor.load() and _all_on(predictor.model, META)
     with pytest.raises(NotImplementedError, match=HOST_COPY):
-        predictor.analyze_file(make_video(tmp_path / "v.mp4", seconds=1.0))
+        predictor.analyze_file(make_face_video(tmp_path / "v.mp4", seconds=1.0))
     predictor.stop()
     assert LipSyncModel("x", model_dir, ServingConfig(device="cpu")).device == "cpu"
 
