@@ -108,7 +108,7 @@ async def in_process(model_dir: Path, batch_max: int, levels: list[int], total: 
     model.load()
 
     async def call(text: str) -> None:
-        await model.predict({"instances": [{"text": text, "top_k": 5}]})
+        await model.predict(await model.preprocess({"instances": [{"text": text, "top_k": 5}]}))
 
     out = {str(c): await drive(call, c, total) for c in levels}
     model.stop()

@@ -163,7 +163,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the client's champion models (or explicit folders) with one KServe model server on localhost."""
     from serving.server import serve_main
 
-    return serve_main(_load(args), args.http_port, args.grpc_port, args.clip_dir, args.lipsync_dir, args.auth_token_env)
+    return serve_main(
+        _load(args),
+        args.http_port,
+        args.grpc_port,
+        args.clip_dir,
+        args.lipsync_dir,
+        tokens_env=args.tokens_env,
+        tokens_file=args.tokens_file,
+        admin_token_env=args.admin_token_env,
+    )
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -239,9 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-dir", type=Path, help="serve this CLIP model folder instead of the MLflow champion")
     p.add_argument("--lipsync-dir", type=Path, help="serve this lip-sync model folder instead of the champion")
     p.add_argument(
-        "--auth-token-env",
+        "--tokens-env",
         metavar="NAME",
-        help="require 'Authorization: Bearer <token>', the token read from variable NAME (serving.auth_token_env)",
+        help="client tokens: variable NAME holds a JSON map token -> [client ids] (serving.tokens_env)",
+    )
+    p.add_argument("--tokens-file", metavar="FILE", help="client tokens in a JSON file (serving.tokens_file)")
+    p.add_argument(
+        "--admin-token-env",
+        metavar="NAME",
+        help="variable NAME holds the admin token: repository load/unload, /metrics (serving.admin_token_env)",
     )
     p.set_defaults(func=cmd_serve)
 

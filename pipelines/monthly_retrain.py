@@ -11,7 +11,7 @@ from kfp import dsl, kubernetes
 
 from components.ab_gate.component import ab_gate
 from components.deploy.component import deploy, keep
-from components.deploy.config import SERVING_TOKEN_ENV, SERVING_TOKEN_SECRET
+from components.deploy.config import ADMIN_TOKEN_ENV, ADMIN_TOKEN_KEY, SERVING_TOKEN_SECRET
 from components.evaluate.component import evaluate_clip, evaluate_lipsync
 from components.face_tracking.component import face_tracking
 from components.finetune_clip.component import finetune_clip
@@ -83,9 +83,9 @@ def _settings(task: dsl.PipelineTask, stage: str, display_name: str | None = Non
         task.set_retry(num_retries=3, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="600s")
     task.set_caching_options(False)
     kubernetes.use_secret_as_env(task, secret_name=MINIO_SECRET, secret_key_to_env=MINIO_ENV, optional=True)
-    if stage == "deploy":  # its probes call the model servers, which may require the bearer token
+    if stage == "deploy":  # it loads models and probes their metadata: the model servers' admin token
         kubernetes.use_secret_as_env(
-            task, secret_name=SERVING_TOKEN_SECRET, secret_key_to_env={"token": SERVING_TOKEN_ENV}, optional=True
+            task, secret_name=SERVING_TOKEN_SECRET, secret_key_to_env={ADMIN_TOKEN_KEY: ADMIN_TOKEN_ENV}, optional=True
         )
     return task
 

@@ -48,6 +48,11 @@ class ClipHandle:
     def image_spec(self) -> Any:
         return self.backbone.bundle.image_spec
 
+    @property
+    def embed_dim(self) -> int:
+        """Length of the embeddings (CLIP's projection dimension)."""
+        return int(self.backbone.bundle.model.config.projection_dim)
+
     def _activate(self) -> Any:
         model = self.backbone.bundle.model
         if self.adapter is not None:
@@ -88,7 +93,7 @@ class ClipBackbones:
         cache_dir: Where base models fetched from ``s3://`` are cached.
         base_model: The one base this server shares (a KServe pool): it is loaded at start and kept loaded,
             and a client model trained on another base, or a hybrid/full fine-tune (a whole CLIP of its own), is
-            refused with :class:`serving.errors.ModelFolderError`. ``None``: any base, loaded on demand.
+            refused with :class:`serving.folder_error.ModelFolderError`. ``None``: any base, loaded on demand.
         device: Where every model goes (the ``serving.device`` setting; ``auto``: CUDA when available).
     """
 
@@ -112,7 +117,7 @@ class ClipBackbones:
             logger.info("base CLIP %s loaded (shared by every client of this server)", self.base_model)
 
     def _check_fits(self, name: str, card: dict[str, Any]) -> None:
-        from serving.errors import ModelFolderError
+        from serving.folder_error import ModelFolderError
 
         if self.base_model is None:
             return
@@ -135,7 +140,7 @@ class ClipBackbones:
 
         Raises:
             components.finetune_clip.model.ModelLoadError: If the folder cannot be loaded.
-            serving.errors.ModelFolderError: If it does not fit this server's shared base.
+            serving.folder_error.ModelFolderError: If it does not fit this server's shared base.
         """
         from components.finetune_clip.model import CARD_FILE, load_base_clip, load_clip_model
 

@@ -63,7 +63,7 @@ class QueryLog:
         """Args:
         store: Where the files go (a store, or model name -> store); ``None`` keeps nothing (logging disabled).
         flush_entries: Entries buffered before a file is written.
-        flush_s: Longest an entry stays buffered (checked on every append and by a background timer).
+        flush_s: Longest an entry stays buffered (checked by the writer thread at least every second).
         """
         self.store = store
         self._store_of: Callable[[str], ObjectStore] = store if callable(store) else (lambda _model: store)
@@ -74,6 +74,7 @@ class QueryLog:
         self._oldest: float | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._due = threading.Event()
         self._timer: threading.Thread | None = None
         self.files_written = 0
         if store is not None:
@@ -81,8 +82,13 @@ class QueryLog:
             self._timer.start()
 
     def _tick(self) -> None:
-        while not self._stop.wait(min(1.0, self.flush_s)):
-            if self._oldest is not None and time.monotonic() - self._oldest >= self.flush_s:
+        """The writer thread: files are written here, never on the server's event loop (a store's PUT can take
+        hundreds of milliseconds, and health checks wait behind anything the loop does)."""
+        while not self._stop.is_set():
+            self._due.wait(min(1.0, self.flush_s))
+            aged = self._oldest is not None and time.monotonic() - self._oldest >= self.flush_s
+            if self._due.is_set() or aged:
+                self._due.clear()
                 self.flush()
 
     def append(self, model: str, entry: dict[str, Any]) -> None:
@@ -98,7 +104,7 @@ class QueryLog:
                 self._oldest = time.monotonic()
             due = self._count >= self.flush_entries
         if due:
-            self.flush()
+            self._due.set()  # the writer thread flushes
 
     def flush(self) -> int:
         """Write everything buffered (one object per model and month); returns the entries written."""
@@ -122,8 +128,9 @@ class QueryLog:
         return written
 
     def close(self) -> None:
-        """Stop the timer and write what is left."""
+        """Stop the writer thread and write what is left."""
         self._stop.set()
+        self._due.set()
         if self._timer is not None:
             self._timer.join(timeout=5)
         self.flush()

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.config import PREDICTOR_KINDS
-from serving.errors import ModelFolderError
+from serving.folder_error import ModelFolderError
 from serving.kserve_adapter import ModelNotFound, ModelRepository
 from serving.release import ReleaseError, verify_release
 

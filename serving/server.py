@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from dataclasses import fields, replace
 from pathlib import Path
@@ -80,20 +79,6 @@ def _limit_blas_threads(threads: int) -> None:
         threadpool_limits(limits=threads, user_api="blas")
 
 
-def bearer_token(settings: Any) -> str:
-    """The token named by ``serving.auth_token_env`` ("" when none is configured).
-
-    Raises:
-        RuntimeError: If the variable is configured but unset or empty (the server would be open).
-    """
-    if not settings.auth_token_env:
-        return ""
-    token = os.environ.get(settings.auth_token_env, "")
-    if not token:
-        raise RuntimeError(f"serving.auth_token_env names {settings.auth_token_env}, which is not set or empty")
-    return token
-
-
 def build_server(
     settings: Any,
     specs: list[Any],
@@ -107,7 +92,7 @@ def build_server(
     kind: str | None = None,
     base_model: str | None = None,
     require_release: bool = False,
-    token: str | None = None,
+    policy: Any = None,
 ) -> tuple[Any, list[Any]]:
     """Load the models and build the server (not started).
 
@@ -124,22 +109,27 @@ def build_server(
         kind: The one predictor kind of this server (a KServe runtime); ``None``: detected per folder.
         base_model: The base CLIP shared by every adapter (loaded now); ``None``: any base, on demand.
         require_release: Refuse model folders without ``release.json`` (cluster runtimes).
-        token: Bearer token; ``None``: from ``settings.auth_token_env``.
+        policy: Who may call what (:class:`serving.auth.AccessPolicy`); ``None``: from the settings'
+            ``tokens_env`` / ``tokens_file`` / ``admin_token_env``.
 
     Returns:
         The server and the models loaded at start.
 
     Raises:
-        RuntimeError: If the bearer token variable is configured but empty.
-        serving.errors.ModelFolderError: If a start model's folder cannot be served (file named).
+        components.common.errors.ConfigError: A token setting names an unset variable, a file that is not a
+            valid token map, or no token is configured on a server listening beyond loopback.
+        serving.folder_error.ModelFolderError: If a start model's folder cannot be served (file named).
         components.face_tracking.models.FaceModelError: If a lip-sync server's face models are missing or altered.
     """
     from serving import kserve_adapter  # first: kserve must be imported with a clean command line
+    from serving.admission import Admission
+    from serving.auth import load_policy
     from serving.querylog import QueryLog, open_query_log_store
     from serving.repository import ClipsyncRepository, ModelFactory
     from serving.routes import RouteContext, install
 
-    token = bearer_token(settings) if token is None else token
+    policy = load_policy(settings) if policy is None else policy
+    admission = Admission(settings.max_queue, settings.request_timeout_s)
     _limit_blas_threads(settings.blas_threads)
     if kind == "lipsync" or any(s.kind == "lipsync" for s in specs):
         from components.face_tracking.models import verify_face_models
@@ -167,9 +157,11 @@ def build_server(
         registered_models=repository,
         http_port=settings.http_port,
         grpc_port=settings.grpc_port,
-        token=token,
+        policy=policy,
+        admission=admission,
         max_message=settings.max_upload_bytes + 1024 * 1024,
-        install_routes=lambda app: install(app, RouteContext(repository, settings, token)),
+        install_routes=lambda app: install(app, RouteContext(repository, settings, policy, admission)),
+        agent_port=settings.agent_port,
         on_shutdown=query_log.close,
     )
     return server, list(repository.get_models().values())
@@ -218,7 +210,9 @@ def serve_main(
     grpc_port: int | None = None,
     clip_dir: str | Path | None = None,
     lipsync_dir: str | Path | None = None,
-    auth_token_env: str | None = None,
+    tokens_env: str | None = None,
+    tokens_file: str | None = None,
+    admin_token_env: str | None = None,
 ) -> int:
     """``clipsync serve``: serve a client's champions (or explicit folders) on ``serving.host``; blocks.
 
@@ -228,16 +222,30 @@ def serve_main(
         grpc_port: Overrides ``serving.grpc_port``.
         clip_dir: Serve this CLIP model folder instead of the champion.
         lipsync_dir: Serve this lip-sync model folder instead of the champion.
-        auth_token_env: Overrides ``serving.auth_token_env`` (the name of the variable holding the token).
+        tokens_env: Overrides ``serving.tokens_env`` (the variable holding the client tokens' JSON map).
+        tokens_file: Overrides ``serving.tokens_file`` (a file holding that map).
+        admin_token_env: Overrides ``serving.admin_token_env`` (the variable holding the admin token).
 
     Returns:
         The exit code (2 when there is nothing to serve, 1 when the server could not start).
     """
     from components.common.champions import champions_file
+    from components.common.errors import ConfigError
 
     configure_logging()
-    overrides = {"http_port": http_port, "grpc_port": grpc_port, "auth_token_env": auth_token_env}
-    settings = replace(config.serving, **{k: v for k, v in overrides.items() if v is not None})
+    overrides = {
+        "http_port": http_port,
+        "grpc_port": grpc_port,
+        "tokens_env": tokens_env,
+        "tokens_file": tokens_file,
+        "admin_token_env": admin_token_env,
+    }
+    try:
+        settings = replace(config.serving, **{k: v for k, v in overrides.items() if v is not None})
+    except ConfigError as exc:
+        logger.error("model server not started: %s", exc)
+        sys.stderr.write(f"model server not started: {exc}\n")
+        return EXIT_STARTUP_FAILED
     specs = champion_specs(config, clip_dir, lipsync_dir)
     if not specs:
         logger.error("nothing to serve for %s: no champion and no explicit model folder", config.client_id)
@@ -287,10 +295,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--champions", help="champions.json re-read by the repository load endpoint")
     p.add_argument("--client_config", help="client config YAML (serving, frame_extraction, face_tracking sections)")
     p.add_argument("--cache_dir", help="MediaPipe face models (default: the client config's cache_dir)")
-    types = {"int": int, "float": float, "str": str}
+    types = {"int": int, "float": float, "str": str, "bool": _bool}
     for f in fields(ServingConfig):
         p.add_argument(f"--{f.name}", type=types[str(f.type)], help=f"serving.{f.name} (default {f.default!r})")
     return p
+
+
+def _bool(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() == "true"
 
 
 def _specs_from(args: argparse.Namespace) -> list[Any]:

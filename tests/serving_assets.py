@@ -8,14 +8,16 @@ model server started as a subprocess on loopback ports, stopped by PID.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -62,7 +64,9 @@ def make_lipsync(out: Path, seed: int = 0) -> Path:
     return save_model(LipSyncDetector(cfg), out)
 
 
-def make_video(path: Path, seconds: float = 2.0, fps: int = 25, side: int = 64) -> Path:
+def make_video(path: Path, seconds: float = 2.0, fps: int = 25, side: int = 64, noise: bool = False) -> Path:
+    """A clip with speech-like audio and no face: a moving block, or random noise (``noise``: at 16 px, MediaPipe
+    finds a "face" in it)."""
     import av
 
     rng = np.random.default_rng(1)
@@ -74,6 +78,8 @@ def make_video(path: Path, seconds: float = 2.0, fps: int = 25, side: int = 64) 
         for i in range(int(seconds * fps)):
             img = np.full((side, side, 3), 90, np.uint8)
             img[20 + i % 10 : 40, 20:44] = (200, 120, 100)
+            if noise:
+                img = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
             for packet in vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                 out.mux(packet)
         for packet in vs.encode():
@@ -86,6 +92,60 @@ def make_video(path: Path, seconds: float = 2.0, fps: int = 25, side: int = 64) 
         for packet in aus.encode():
             out.mux(packet)
     return path
+
+
+def make_face_video(
+    path: Path, seconds: float = 2.0, fps: int = 25, side: int = 128, audio: bool = True, face_px: float = 52.0
+) -> Path:
+    """A talking head (the demo's face sprite, real astronaut face) whose mouth follows speech-like audio."""
+    from components.demo_data.faces import FacePose, FaceSprite, studio_background
+    from components.demo_data.media import write_mp4
+    from components.demo_data.speech import frame_envelope, speech_audio, syllables
+
+    rng = np.random.default_rng(3)
+    n = round(seconds * fps)
+    syl = syllables(rng, -0.5, seconds + 0.5)
+    opening = frame_envelope(syl, n, fps)
+    sprite = FaceSprite(FacePose(cx=side / 2, cy=side / 2, face_px=face_px, wobble_px=1.0))
+    background = studio_background(rng, side, side)
+    frames = np.empty((n, side, side, 3), np.uint8)
+    for f in range(n):
+        img = background.copy()
+        sprite.paint(img, float(opening[f]), f / fps)
+        frames[f] = np.clip(img, 0, 255).astype(np.uint8)
+    sound = speech_audio(syl, seconds, 16000, rng) if audio else None
+    write_mp4(path, frames, fps, sound, 16000)
+    return path
+
+
+def png_bomb(side: int = 12000) -> bytes:
+    """A real, decodable grey PNG of ``side`` x ``side`` px whose zeros compress about 1000:1 (140 KB at 12000)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    packer = zlib.compressobj(9)
+    row = bytes(side + 1)  # filter byte 0, then the pixels
+    data = b"".join(packer.compress(row * 64) for _ in range(side // 64))
+    data += packer.compress(row * (side % 64)) + packer.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+def png_header_only(side: int = 20000) -> bytes:
+    """99 bytes: a PNG signature and header claiming ``side`` x ``side`` px, a few bytes of pixel data, the end."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    head = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+    data = zlib.compress(bytes(30))
+    return head + chunk(b"IDAT", data + bytes(99 - len(head) - 24 - len(data))) + chunk(b"IEND", b"")
 
 
 def multipart(field: str, filename: str, data: bytes) -> tuple[bytes, str]:
@@ -102,32 +162,56 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _send_until_answered(sock: socket.socket, data: bytes) -> None:
+    """Send ``data`` in pieces until the server answers early (a 413 on the declared length, sent before the
+    body is read) or closes, as an HTTP client honouring an early response does; the answer is then read."""
+    piece = 1 << 16
+    for start in range(0, len(data), piece):
+        if select.select([sock], [], [], 0)[0]:
+            return
+        try:
+            sock.sendall(data[start : start + piece])
+        except (BrokenPipeError, ConnectionResetError):
+            return
+
+
 class ServerProcess:
     """A model server subprocess (any command line) on 127.0.0.1, its log in ``log_path``; stop() by PID."""
 
     def __init__(self, cmd: list[str], http: int, grpc: int, log_path: Path, env: dict | None = None, token=""):
         self.cmd, self.http, self.grpc, self.log_path, self.token = cmd, http, grpc, log_path, token
         self.url = f"http://127.0.0.1:{http}"
+        self.agent_url = ""  # the loopback-only listener of KServe's model agent, when the server has one
         self._log = open(log_path, "w")  # noqa: SIM115 (closed in stop)
         full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})}
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
+        self._terminated = False
 
     def log(self) -> str:
         return self.log_path.read_text()
 
-    def call(self, method: str, path: str, body: object = None, data: bytes | None = None, headers=None, auth=True):
-        """One HTTP call; returns (status, parsed JSON body or {"raw": text})."""
+    def call(
+        self, method: str, path: str, body: object = None, data: bytes | None = None, headers=None, auth=True, base=""
+    ):
+        """One HTTP call (to ``base``, default this server's REST port); returns (status, parsed JSON body or
+        {"raw": text})."""
         hdrs = {"Authorization": f"Bearer {self.token}"} if auth and self.token else {}
         hdrs.update(headers or {})
         if body is not None:
             data = json.dumps(body).encode()
             hdrs["Content-Type"] = "application/json"
-        req = urllib.request.Request(self.url + path, data=data, method=method, headers=hdrs)
+        url = urllib.parse.urlsplit((base or self.url) + path)
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
         try:
-            with urllib.request.urlopen(req, timeout=120) as resp:
-                raw, status = resp.read(), resp.status
-        except urllib.error.HTTPError as exc:
-            raw, status = exc.read(), exc.code
+            conn.putrequest(method, url.path + (f"?{url.query}" if url.query else ""))
+            for name, value in {**hdrs, "Content-Length": str(len(data or b""))}.items():
+                conn.putheader(name, value)
+            conn.endheaders()
+            _send_until_answered(conn.sock, data or b"")
+            response = conn.getresponse()
+            raw, status = response.read(), response.status
+        finally:
+            conn.close()
         try:
             return status, json.loads(raw or b"null")
         except ValueError:
@@ -136,7 +220,7 @@ class ServerProcess:
     def ready(self) -> bool:
         try:
             status, body = self.call("GET", "/v2/health/ready", auth=False)
-        except (urllib.error.URLError, ConnectionError):
+        except OSError:
             return False
         return status == 200 and body.get("ready") is True
 
@@ -152,12 +236,18 @@ class ServerProcess:
 
     def terminate(self) -> None:
         """Send SIGTERM (the server flushes its query log and exits); :meth:`stop` waits for it."""
-        if self.proc.poll() is None:
+        if self.proc.poll() is None and not self._terminated:
             self.proc.send_signal(signal.SIGTERM)
+            self._terminated = True
 
     def stop(self) -> int | None:
+        """SIGTERM once (as the kubelet does), wait up to 30 s, then SIGKILL; returns the exit status.
+
+        A second SIGTERM could land while the interpreter finalizes, when Python has put back the default
+        handler, and kill a server that was already exiting cleanly.
+        """
+        self.terminate()
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -165,6 +255,16 @@ class ServerProcess:
                 self.proc.wait(timeout=10)
         self._log.close()
         return self.proc.returncode
+
+
+def load_benchmark():
+    """``benchmarks/serving_load.py`` as a module: the suite's short load test drives the same code."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("serving_load", ROOT / "benchmarks" / "serving_load.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def python_server(args: list[str]) -> list[str]:

@@ -167,7 +167,12 @@ ALLOWED = {
     "components.face_tracking": {"components.common", "components.frame_extraction"},
     "components.finetune_clip": {"components.common", "components.frame_extraction"},
     "components.finetune_lipsync": {"components.common", "components.face_tracking"},
-    "components.evaluate": {"components.common", "components.finetune_clip", "components.finetune_lipsync"},
+    "components.evaluate": {
+        "components.common",
+        "components.face_tracking",
+        "components.finetune_clip",
+        "components.finetune_lipsync",
+    },
     "components.ab_gate": {"components.common"},
     "components.deploy": {"components.common", "components.ab_gate", "components.finetune_clip", "serving"},
     "components.demo_data": {"components.common"},

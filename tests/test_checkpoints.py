@@ -149,7 +149,7 @@ def test_mirror_alternates_slots_and_survives_a_torn_upload(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory) -> Path:
-    from test_serving_server import make_base
+    from serving_assets import make_base
 
     return make_base(tmp_path_factory.mktemp("base") / "base-clip")
 

@@ -69,11 +69,11 @@ def test_compile_and_load_back(tmp_path: Path):
     for name, config in platform.items():
         env = {e["envVar"]: e["secretKey"] for e in config["secretAsEnv"][0]["keyToEnv"]}
         assert env["MINIO_SECRET_KEY"] == "AWS_SECRET_ACCESS_KEY", name
-        # Only deploy calls the model servers (its probes), with their bearer token.
-        tokens = [s for s in config["secretAsEnv"] if s["secretName"] == "clipsync-serving-token"]
+        # Only deploy calls the model servers (loads, probes), with their admin token; never the client tokens.
+        tokens = [s for s in config["secretAsEnv"] if s["secretName"] == "clipsync-serving-tokens"]
         assert bool(tokens) == name.startswith("exec-deploy"), name
         if tokens:
-            assert tokens[0]["keyToEnv"] == [{"secretKey": "token", "envVar": "CLIPSYNC_AUTH_TOKEN"}]
+            assert tokens[0]["keyToEnv"] == [{"secretKey": "admin", "envVar": "CLIPSYNC_ADMIN_TOKEN"}]
 
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert set(params) == {"client_id", "config_yaml", "as_of", "window_days"}

@@ -30,7 +30,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory) -> Path:
-    from test_serving_server import make_base
+    from serving_assets import make_base
 
     return make_base(tmp_path_factory.mktemp("base") / "base-clip")
 
@@ -113,7 +113,7 @@ def test_clip_evaluation_pass_on_meta(tiny_base):
 
 def test_clip_predictor_call_on_meta(tiny_base, tmp_path):
     """ClipBackbones puts base and adapters on its device; a search then runs there up to the host copy."""
-    from test_serving_server import make_adapter
+    from serving_assets import make_adapter
 
     from serving.clip_search import ClipBackbones, ClipSearchModel
 
@@ -182,12 +182,12 @@ def test_lipsync_evaluation_pass_on_meta(tmp_path):
         videos.append(LipsyncVideo(f"v{i}", crops, audio, 25.0, i))
     # evaluate loads the model on the configured device and scores there until the first host copy.
     with pytest.raises(NotImplementedError, match=HOST_COPY):
-        _evaluate_model(model_dir, videos, videos, np.ones(2, bool), "meta")
+        _evaluate_model(model_dir, videos, videos, "meta")
 
 
 def test_lipsync_predictor_call_on_meta(model_cache, tmp_path):
     pytest.importorskip("av")
-    from test_serving_server import make_lipsync, make_video
+    from serving_assets import make_face_video, make_lipsync
 
     from serving.config import ServingConfig
     from serving.lipsync import LipSyncModel
@@ -196,7 +196,7 @@ def test_lipsync_predictor_call_on_meta(model_cache, tmp_path):
     predictor = LipSyncModel("lipsync-acme", model_dir, cache_dir=model_cache, device="meta")
     assert predictor.load() and _all_on(predictor.model, META)
     with pytest.raises(NotImplementedError, match=HOST_COPY):
-        predictor.analyze_file(make_video(tmp_path / "v.mp4", seconds=1.0))
+        predictor.analyze_file(make_face_video(tmp_path / "v.mp4", seconds=1.0))
     predictor.stop()
     assert LipSyncModel("x", model_dir, ServingConfig(device="cpu")).device == "cpu"
 

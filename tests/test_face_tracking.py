@@ -16,6 +16,7 @@ from components.common.config import ConfigError
 from components.face_tracking import core, crops, detect, tracks
 from components.face_tracking.config import FaceTrackingConfig
 from components.face_tracking.dataset import load_mouth_crops, load_sample_audio, read_face_index
+from components.face_tracking.evidence import EvidenceRules
 from components.face_tracking.models import (
     WHEEL_MEMBERS,
     FaceModelError,
@@ -417,6 +418,12 @@ def test_run_face_tracking_end_to_end(model_cache, tmp_path, workers):
     assert sample.track_id == talk.selected_track and sample.crops_file == f"crops/{sample.sample_id}.npy"
     assert load_mouth_crops(out_dir, sample).shape == (12, 48, 48, 3)
     assert len(sample.boxes) == 12 and all(b is not None for b in sample.boxes)
+    # The evidence a lip-sync verdict needs: the face's size in source pixels (the frames Dataset says the video is
+    # 320 px wide, as the dense frames are) and its detector score.
+    assert 60 <= talk.face_px <= 100 and 0.8 <= talk.face_score <= 1
+    rules = EvidenceRules.of(0.3, FaceTrackingConfig())  # the clips are 12 and 8 frames at 25 fps
+    assert rules.problems(talk.evidence) == []
+    assert [p.code for p in rules.problems(records["empty"].evidence)] == ["no_face"]
     talk_audio = load_sample_audio(out_dir, talk)
     assert talk_audio.shape == (12 * 16000 // 25,)
     np.testing.assert_array_equal(talk_audio, audio[16000 : 16000 + 7680])

@@ -178,7 +178,8 @@ def test_merge_patch_round_trip():
 def test_no_credential_values_anywhere():
     objects = manifest_objects()
     secrets = {o["metadata"]["name"]: o for o in objects.values() if isinstance(o, dict) and o.get("kind") == "Secret"}
-    assert sorted(secrets) == ["clipsync-minio", "clipsync-serving-token"]
+    assert sorted(secrets) == ["clipsync-minio", "clipsync-serving-tokens"]
+    assert set(secrets["clipsync-serving-tokens"]["stringData"]) == {"admin", "clients"}
     assert all("data" not in s and set(s["stringData"].values()) == {""} for s in secrets.values())
     minio = secrets["clipsync-minio"]
     assert set(minio["stringData"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MINIO_ENDPOINT"}
@@ -193,4 +194,8 @@ def test_no_credential_values_anywhere():
 
 def test_example_cluster_config_deploys_to_kserve_pools():
     assert CLUSTER.deploy.target == "kserve" and CLUSTER.deploy.kserve_mode == "multi-model"
-    assert CLUSTER.serving.auth_token_env == "CLIPSYNC_AUTH_TOKEN" and "{client}" in CLUSTER.serving.query_log_uri
+    assert (CLUSTER.serving.tokens_env, CLUSTER.serving.admin_token_env) == (
+        "CLIPSYNC_CLIENT_TOKENS",
+        "CLIPSYNC_ADMIN_TOKEN",
+    )
+    assert "{client}" in CLUSTER.serving.query_log_uri

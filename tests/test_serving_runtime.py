@@ -32,19 +32,23 @@ from serving_assets import (
     free_port,
     make_adapter,
     make_base,
+    make_face_video,
     make_lipsync,
-    make_video,
     multipart,
 )
 from synthetic_frames import make_frames
 
 from components.config import load_config
-from components.deploy.core import GRPC_PORT, HTTP_PORT, MODEL_DIR
-from components.deploy.manifests import SECRET_NAME, TOKEN_KEY, TOKEN_SECRET, manifest_objects
+from components.deploy.config import ADMIN_TOKEN_KEY, CLIENT_TOKENS_KEY
+from components.deploy.core import AGENT_PORT, GRPC_PORT, HTTP_PORT, MODEL_DIR, POOL_HTTP_PORT
+from components.deploy.manifests import SECRET_NAME, TOKEN_SECRET, manifest_objects
 
 pytestmark = pytest.mark.slow
 
-TOKEN = "runtime-s3cret"
+TOKEN = "runtime-client-s3cret"  # a client token of every client these tests serve
+ADMIN = "runtime-admin-s3cret"
+CLIENTS = ["acme", "beta", "gamma", "delta", "zeta", "b1", "b2", "b3", "b4", "nobody"]
+ADMIN_HEADER = {"Authorization": f"Bearer {ADMIN}"}
 CLUSTER_CONFIG = ROOT / "configs" / "example-cluster.yaml"
 BUCKET = "clipsync-artifacts"
 
@@ -103,7 +107,8 @@ def cluster(tmp_path_factory, model_cache):
         (SECRET_NAME, "AWS_ACCESS_KEY_ID"): "testing",
         (SECRET_NAME, "AWS_SECRET_ACCESS_KEY"): "testing",
         (SECRET_NAME, "MINIO_ENDPOINT"): f"http://127.0.0.1:{s3_port}",
-        (TOKEN_SECRET, TOKEN_KEY): TOKEN,
+        (TOKEN_SECRET, CLIENT_TOKENS_KEY): json.dumps({TOKEN: CLIENTS}),
+        (TOKEN_SECRET, ADMIN_TOKEN_KEY): ADMIN,
     }
     servers: dict[str, ServerProcess] = {}
     dirs: dict[str, Path] = {}
@@ -121,25 +126,28 @@ def cluster(tmp_path_factory, model_cache):
                 dirs[key].mkdir(parents=True)
             else:
                 publish(src, dirs[key], f"{model}-acme", "1")  # the storage initializer's download
-            http, grpc = free_port(), free_port()
+            http, grpc, agent = free_port(), free_port(), free_port()
             mapping = {
                 MODEL_DIR: str(dirs[key]),
-                f"--http_port={HTTP_PORT}": f"--http_port={http}",
+                f"--http_port={POOL_HTTP_PORT if multi else HTTP_PORT}": f"--http_port={http}",
                 f"--grpc_port={GRPC_PORT}": f"--grpc_port={grpc}",
                 "--host=0.0.0.0": "--host=127.0.0.1",
                 config.cache_dir: str(model_cache),
             }
+            if multi:  # the agent listener: localhost:8080 in the pod, a free loopback port here
+                mapping[f"--agent_port={AGENT_PORT}"] = f"--agent_port={agent}"
             if multi and predictor == "clip-search":
                 mapping[config.finetune_clip.base_model] = str(base)
             cmd, env = pod_command(runtime, isvc, mapping, secrets)
             servers[key] = ServerProcess(cmd, http, grpc, root / f"{key}.log", env=env, token=TOKEN)
+            servers[key].agent_url = f"http://127.0.0.1:{agent}"
     try:
         for srv in servers.values():
             srv.wait_ready()
         yield {
             "config": config, "files": files, "root": root, "servers": servers, "dirs": dirs, "s3": s3,
             "adapters": adapters, "other_base": other_base, "lipsync": lipsync, "base": base,
-            "video": make_video(root / "talk.mp4"), "frames": frames,
+            "video": make_face_video(root / "talk.mp4"), "frames": frames,
         }  # fmt: skip
     finally:
         for srv in servers.values():
@@ -196,9 +204,11 @@ def test_runtimes_carry_query_log_token_and_face_models(cluster):
         assert "--query_log_uri=s3://clipsync-artifacts/{client}" in args
         assert f"--query_log_flush_entries={config.serving.query_log_flush_entries}" in args
         assert f"--query_log_flush_s={config.serving.query_log_flush_s:g}" in args
-        assert "--auth_token_env=CLIPSYNC_AUTH_TOKEN" in args and f"--cache_dir={config.cache_dir}" in args
+        assert f"--cache_dir={config.cache_dir}" in args
+        assert {"--tokens_env=CLIPSYNC_CLIENT_TOKENS", "--admin_token_env=CLIPSYNC_ADMIN_TOKEN"} <= set(args)
         refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
-        assert refs["CLIPSYNC_AUTH_TOKEN"] == {"name": TOKEN_SECRET, "key": TOKEN_KEY}
+        assert refs["CLIPSYNC_CLIENT_TOKENS"] == {"name": TOKEN_SECRET, "key": CLIENT_TOKENS_KEY}
+        assert refs["CLIPSYNC_ADMIN_TOKEN"] == {"name": TOKEN_SECRET, "key": ADMIN_TOKEN_KEY}
         assert {"MINIO_ENDPOINT", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"} <= set(refs)
     assert files["base/servingruntime-clip-search-mms.yaml"]["spec"]["multiModel"] is True
 
@@ -267,7 +277,8 @@ def pull(cluster, key: str, src: Path, name: str, version: str) -> Path:
 
 
 def agent_call(srv: ServerProcess, name: str, action: str):
-    return srv.call("POST", f"/v2/repository/models/{name}/{action}", data=b"{}", auth=False)  # no token, as the agent
+    """What KServe's model agent sends: no token, to localhost:8080 (the loopback-only agent listener)."""
+    return srv.call("POST", f"/v2/repository/models/{name}/{action}", data=b"{}", auth=False, base=srv.agent_url)
 
 
 def test_three_clients_on_one_pool_share_the_base(cluster):
@@ -291,6 +302,24 @@ def test_three_clients_on_one_pool_share_the_base(cluster):
     assert agent_call(srv, "clip-gamma", "unload")[0] == 200
     assert v1_search(srv, "clip-gamma")[0] == 404
     assert v1_search(srv, "clip-acme")[0] == 200 and v1_search(srv, "clip-beta")[0] == 200
+
+
+def test_repository_needs_the_admin_token_except_on_the_agent_listener(cluster):
+    """The pool's clients' port refuses repository calls without the admin token; the agent's loopback listener
+    takes load/unload without one (and nothing else)."""
+    srv = cluster["servers"]["clip-search-mms"]
+    pull(cluster, "clip-search-mms", cluster["adapters"]["acme"], "clip-acme", "1")
+    path = "/v2/repository/models/clip-acme/load"
+    assert srv.call("POST", path, data=b"{}", auth=False)[0] == 401
+    status, body = srv.call("POST", path, data=b"{}")  # a client token, even of this client
+    assert status == 403 and "admin token" in body["error"]
+    assert srv.call("POST", path, data=b"{}", headers=ADMIN_HEADER)[0] == 200
+    assert agent_call(srv, "clip-acme", "load")[0] == 200
+    assert srv.call("GET", "/v2/models", auth=False, base=srv.agent_url)[0] == 404  # only load and unload there
+    assert (
+        srv.call("POST", "/v1/models/clip-acme:predict", {"instances": [{"text": "x"}]}, base=srv.agent_url)[0] == 404
+    )
+    assert "model agent listener on 127.0.0.1:" in srv.log()
 
 
 def test_bad_model_folders_are_4xx_and_the_pool_keeps_serving(cluster):
@@ -336,7 +365,7 @@ def test_bad_model_folders_are_4xx_and_the_pool_keeps_serving(cluster):
 
     assert srv.proc.poll() is None and srv.ready()
     assert v1_search(srv, "clip-acme")[0] == 200
-    status, index = srv.call("POST", "/v2/repository/index", {})
+    status, index = srv.call("POST", "/v2/repository/index", {}, headers=ADMIN_HEADER)
     rows = {row["name"]: row for row in index}
     assert status == 200 and rows["clip-acme"]["state"] == "READY" and rows["clip-acme"]["version"] == "1"
     assert rows["clip-b1"]["state"] == "UNAVAILABLE" and "adapter_model.safetensors" in rows["clip-b1"]["reason"]
@@ -366,6 +395,10 @@ def test_startup_errors_name_the_file(cluster, model_cache, tmp_path, capsys, mo
     cmd, env = pod_command(runtime, isvc, {MODEL_DIR: str(folder), config.cache_dir: str(model_cache)}, secrets)
     for variable, value in env.items():
         monkeypatch.setenv(variable, value)
+    # A token Secret that is not a JSON map: refused at start, naming the setting (never the value).
+    assert main(cmd[3:]) == EXIT_STARTUP_FAILED
+    assert "serving.tokens_env (CLIPSYNC_CLIENT_TOKENS): not valid JSON" in capsys.readouterr().err
+    monkeypatch.setenv("CLIPSYNC_CLIENT_TOKENS", json.dumps({TOKEN: CLIENTS}))
     assert main(cmd[3:]) == EXIT_STARTUP_FAILED
     assert "card.json listed in release.json is missing" in capsys.readouterr().err
 
@@ -390,7 +423,7 @@ def test_multi_model_deploy_promotes_only_what_the_pool_serves(cluster, tmp_path
     from components.deploy.core import DeployError, deploy_model
     from serving.index_build import build_index
 
-    monkeypatch.setenv("CLIPSYNC_AUTH_TOKEN", TOKEN)
+    monkeypatch.setenv("CLIPSYNC_ADMIN_TOKEN", ADMIN)
     tracking = TrackingConfig(f"sqlite:///{tmp_path / 'mlflow.db'}", "rt", str(tmp_path / "art"))
     name = registered_name("clip", "zeta")
     for seed in (7, 8):
@@ -400,7 +433,7 @@ def test_multi_model_deploy_promotes_only_what_the_pool_serves(cluster, tmp_path
         cluster["config"].deploy, storage_uri_prefix=str(tmp_path / "published" / "{client}"), ready_timeout_s=20
     )
     srv = cluster["servers"]["clip-search-mms"]
-    agent = Agent(cluster["dirs"]["clip-search-mms"], srv.url)
+    agent = Agent(cluster["dirs"]["clip-search-mms"], srv.agent_url)
     kube = StandInKube(agents={cfg.pool_service("clip-search"): agent})
     kube.add_pool(cfg.pool_service("clip-search"), srv.url)
 

@@ -13,6 +13,7 @@ A video's facts are read one way everywhere, so the three cannot disagree about 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,8 +120,13 @@ def stream_timing(container: Any, stream: Any) -> StreamTiming:
     return StreamTiming(start, duration, float(rate) if rate else None)
 
 
-def probe_media(path: str | Path) -> MediaInfo:
+def probe_media(path: str | Path, check: Callable[[int, int, float], None] | None = None) -> MediaInfo:
     """Open a video, decode its first frame and describe it (the file is only read).
+
+    Args:
+        path: The file.
+        check: Called with the coded frame width and height and the duration (0 when unknown), all read from
+            the headers, before any frame is decoded; it raises to refuse the file (the server's upload limits).
 
     Raises:
         MediaError: ``not_media``, ``no_video_stream`` or ``undecodable``, with FFmpeg's reason.
@@ -137,6 +143,9 @@ def probe_media(path: str | Path) -> MediaInfo:
             raise MediaError("no_video_stream", f"streams present: {streams}")
         stream = container.streams.video[0]
         codec = stream.codec_context.name
+        timing = stream_timing(container, stream)
+        if check is not None:
+            check(stream.codec_context.width, stream.codec_context.height, max(0.0, timing.duration_s or 0.0))
         try:
             frame = next(container.decode(stream), None)
         except (av.FFmpegError, OSError, ValueError) as exc:
@@ -145,7 +154,6 @@ def probe_media(path: str | Path) -> MediaInfo:
             raise MediaError("undecodable", f"{codec} stream holds no decodable frame")
         rotation = rotation_of(stream, frame)
         width, height = display_size(frame.width, frame.height, rotation)
-        timing = stream_timing(container, stream)
         audio = container.streams.audio
         sample_rate = int(audio[0].codec_context.sample_rate or 0) if audio else 0
     return MediaInfo(

@@ -33,6 +33,19 @@ def registered_name(model: str, client_id: str) -> str:
     return f"{model}-{client_id}"
 
 
+def client_of(name: str) -> str | None:
+    """The client of a registered model name, the inverse of :func:`registered_name` (``clip-acme`` -> ``acme``).
+
+    Returns:
+        The client id, or ``None`` for a name that is no client's model.
+    """
+    for model in MODELS:
+        client_id = name.removeprefix(f"{model}-")
+        if client_id != name and is_client_id(client_id):
+            return client_id
+    return None
+
+
 def experiment_name(client_id: str) -> str:
     """A client's default experiment, in MLflow and on the Kubeflow Pipelines server (``clipsync-acme``)."""
     return f"clipsync-{client_id}"

@@ -9,10 +9,15 @@ from components.common.errors import ConfigError
 from serving.config import PREDICTOR_KINDS as PREDICTORS
 
 TARGETS = ("local", "kserve")
-#: The Secret holding the model servers' bearer token (key ``token``), and the variable the deploy task reads it
-#: into: set ``serving.auth_token_env`` to this name in a cluster.
-SERVING_TOKEN_SECRET = "clipsync-serving-token"
-SERVING_TOKEN_ENV = "CLIPSYNC_AUTH_TOKEN"
+#: The Secret holding the model servers' tokens (serving/auth.py): key ``admin``, the admin token (repository
+#: load/unload, /metrics; deploy's probes), and key ``clients``, the client tokens (a JSON map token -> client ids).
+SERVING_TOKEN_SECRET = "clipsync-serving-tokens"
+ADMIN_TOKEN_KEY = "admin"
+CLIENT_TOKENS_KEY = "clients"
+#: The variables the servers (and the deploy task: the admin token) read them into: in a cluster,
+#: ``serving.admin_token_env`` and ``serving.tokens_env`` name these.
+ADMIN_TOKEN_ENV = "CLIPSYNC_ADMIN_TOKEN"
+CLIENT_TOKENS_ENV = "CLIPSYNC_CLIENT_TOKENS"
 #: multi-model: each client's model is a TrainedModel on the pool's shared InferenceService of its predictor;
 #: per-client: each client's model is an InferenceService of its own (one pod, one GPU per client and model).
 KSERVE_MODES = ("multi-model", "per-client")

@@ -53,6 +53,11 @@ MODEL_DIR = "/mnt/models"
 SERVER_MODULE = "serving.server"
 HTTP_PORT = 8080
 GRPC_PORT = 8081
+#: KServe's model agent loads and unloads TrainedModels at http://localhost:8080 (hard-coded in kserve's
+#: pkg/agent/puller.go, no token): on a multi-model runtime that port is the loopback-only agent listener and
+#: the clients' REST port, declared as the container's port, is POOL_HTTP_PORT.
+AGENT_PORT = 8080
+POOL_HTTP_PORT = 8082
 
 
 @dataclass(frozen=True)

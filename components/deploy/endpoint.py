@@ -17,17 +17,18 @@ from components.deploy.errors import DeployError
 
 
 def probe_token(serving: Any) -> str:
-    """The bearer token the model servers require (``serving.auth_token_env``), "" when none is configured.
+    """The model servers' admin token (``serving.admin_token_env``), "" when none is configured: deploy loads
+    and unloads models and reads any client's metadata and the repository index, which only the admin may.
 
     Raises:
         DeployError: If the variable is configured but not set here (the probe could not authenticate).
     """
-    env = getattr(serving, "auth_token_env", "") if serving is not None else ""
+    env = getattr(serving, "admin_token_env", "") if serving is not None else ""
     if not env:
         return ""
     token = os.environ.get(env, "")
     if not token:
-        raise DeployError(f"serving.auth_token_env names {env}, which is not set: cannot call the model server")
+        raise DeployError(f"serving.admin_token_env names {env}, which is not set: cannot call the model server")
     return token
 
 

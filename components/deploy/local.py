@@ -48,12 +48,15 @@ async def _verify_in_process(name: str, version: str, champions: Path, serving: 
     """Load ``name`` from the record into an in-process instance of the model server and probe it."""
     import httpx
 
+    from serving.auth import AccessPolicy
     from serving.config import ServingConfig
     from serving.server import build_server
 
-    # No token in-process, no query log, and this process's BLAS threads left as they are.
-    settings = replace(serving or ServingConfig(), auth_token_env="", query_log_uri="off", blas_threads=0)
-    server, _ = build_server(settings, [], champions=champions, cache_dir=cache_dir, query_log_uri="off", token="")
+    # In-process: no listener, no token, no query log, and this process's BLAS threads left as they are.
+    settings = replace(serving or ServingConfig(), host="127.0.0.1", query_log_uri="off", blas_threads=0)
+    server, _ = build_server(
+        settings, [], champions=champions, cache_dir=cache_dir, query_log_uri="off", policy=AccessPolicy()
+    )
     try:
         transport = httpx.ASGITransport(app=server.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://in-process", timeout=timeout) as client:

@@ -29,9 +29,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from components.common.errors import ConfigError
 from components.common.names import registered_name
-from components.deploy.config import PREDICTORS, SERVING_TOKEN_SECRET, DeployConfig
-from components.deploy.core import GRPC_PORT, HTTP_PORT, MODEL_DIR, SERVER_MODULE, storage_uri_for
+from components.deploy.config import ADMIN_TOKEN_KEY, CLIENT_TOKENS_KEY, PREDICTORS, SERVING_TOKEN_SECRET, DeployConfig
+from components.deploy.core import (
+    AGENT_PORT,
+    GRPC_PORT,
+    HTTP_PORT,
+    MODEL_DIR,
+    POOL_HTTP_PORT,
+    SERVER_MODULE,
+    storage_uri_for,
+)
 from components.deploy.kserve import PART_OF, build_inference_service, build_trained_model
 
 HEADER = (
@@ -40,7 +49,6 @@ HEADER = (
 )
 SECRET_NAME = "clipsync-minio"
 TOKEN_SECRET = SERVING_TOKEN_SECRET
-TOKEN_KEY = "token"
 DEPLOY_ROLE = "clipsync-deploy"
 MODEL_OF = {"clip-search": "clip", "lipsync": "lipsync"}
 #: What KServe's storage initializer reads from the Secret (values left empty on purpose); the pipeline's
@@ -65,16 +73,35 @@ def runtime_args(predictor: str, config: Any, multi_model: bool) -> list[str]:
         args += ["--model_name={{.Name}}", f"--model_dir={MODEL_DIR}"]
     args += [
         "--host=0.0.0.0",  # in a pod the queue proxy / service reaches the server from outside its loopback
-        f"--http_port={HTTP_PORT}",
+        f"--http_port={POOL_HTTP_PORT if multi_model else HTTP_PORT}",
         f"--grpc_port={GRPC_PORT}",
         f"--cache_dir={config.cache_dir}",  # the MediaPipe face models the serve image fetched at build time
         f"--query_log_uri={serving.query_log_uri or 'off'}",
         f"--query_log_flush_entries={serving.query_log_flush_entries}",
         f"--query_log_flush_s={serving.query_log_flush_s:g}",
     ]
-    if serving.auth_token_env:
-        args.append(f"--auth_token_env={serving.auth_token_env}")
+    if multi_model:  # KServe's model agent calls localhost:8080 without a token: the loopback-only listener
+        args.append(f"--agent_port={AGENT_PORT}")
+    for name, variable in _token_variables(config).items():
+        args.append(f"--{name}={variable}")
     return args
+
+
+def _token_variables(config: Any) -> dict[str, str]:
+    """``serving`` option -> variable of the tokens a runtime reads from the Secret (serving/auth.py).
+
+    Raises:
+        ConfigError: Neither ``serving.tokens_env`` nor ``serving.admin_token_env`` is set: a runtime listens on
+            every address of its pod and refuses to start without tokens.
+    """
+    serving = config.serving
+    variables = {k: getattr(serving, k) for k in ("tokens_env", "admin_token_env") if getattr(serving, k)}
+    if not variables:
+        raise ConfigError(
+            "serving: the runtimes listen beyond loopback and need tokens: set serving.tokens_env and "
+            "serving.admin_token_env (the Secret's keys are read into these variables)"
+        )
+    return variables
 
 
 def build_serving_runtime(predictor: str, config: Any, image: str, multi_model: bool) -> dict[str, Any]:
@@ -93,8 +120,8 @@ def build_serving_runtime(predictor: str, config: Any, image: str, multi_model: 
 
     cfg = config.deploy
     env = [_secret_env(SECRET_NAME, key, var) for key, var in MINIO_ENV.items()]
-    if config.serving.auth_token_env:
-        env.append(_secret_env(TOKEN_SECRET, TOKEN_KEY, config.serving.auth_token_env))
+    keys = {"tokens_env": CLIENT_TOKENS_KEY, "admin_token_env": ADMIN_TOKEN_KEY}
+    env += [_secret_env(TOKEN_SECRET, keys[name], var) for name, var in _token_variables(config).items()]
     runtime = kserve.V1alpha1ServingRuntime(
         api_version="serving.kserve.io/v1alpha1",
         kind="ServingRuntime",
@@ -124,7 +151,11 @@ def build_serving_runtime(predictor: str, config: Any, image: str, multi_model: 
             ],
         ),
     )
-    return ApiClient().sanitize_for_serialization(runtime)
+    rendered = ApiClient().sanitize_for_serialization(runtime)
+    if multi_model:  # the clients' port (kserve's V1alpha1Container has no ports field; the CRD has)
+        (container,) = rendered["spec"]["containers"]
+        container["ports"] = [{"name": "http1", "containerPort": POOL_HTTP_PORT, "protocol": "TCP"}]
+    return rendered
 
 
 def pool_args(predictor: str, config: Any) -> list[str]:
@@ -280,8 +311,7 @@ def manifest_objects(
         ("role-deploy.yaml", role),
         ("rolebinding-deploy.yaml", binding),
     ]
-    if config.serving.auth_token_env:
-        extras.append(("secret-serving-token.yaml", build_secret(TOKEN_SECRET, (TOKEN_KEY,), cfg)))
+    extras.append(("secret-serving-tokens.yaml", build_secret(TOKEN_SECRET, (ADMIN_TOKEN_KEY, CLIENT_TOKENS_KEY), cfg)))
     for file, obj in extras:
         files[f"base/{file}"] = obj
         base_resources.append(file)
@@ -312,7 +342,10 @@ _EMPTY_SECRET_NOTE = (
 )
 _NOTES = {
     "base/secret-minio.yaml": _EMPTY_SECRET_NOTE,
-    "base/secret-serving-token.yaml": _EMPTY_SECRET_NOTE + "# The model servers refuse to start while it is empty.\n",
+    "base/secret-serving-tokens.yaml": _EMPTY_SECRET_NOTE
+    + "# admin: the admin token (repository load/unload, /metrics, the deploy task's probes).\n"
+    + '# clients: the client tokens, a JSON map {"<token>": ["<client id>", ...]} (serving/auth.py).\n'
+    + "# The model servers refuse to start while a configured one is empty.\n",
 }
 _EXAMPLE_NOTE = "# An example of what deploy creates (not applied by the kustomizations).\n"
 

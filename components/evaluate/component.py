@@ -48,7 +48,8 @@ def evaluate_lipsync(
     from components.evaluate.core import run_evaluate_lipsync
 
     cfg, ctx = task_inputs(config, parent_run_id)
-    result = run_evaluate_lipsync(Path(faces.path), Path(challenger.path), Path(report.path), cfg.finetune_lipsync, ctx)
+    inputs = Path(faces.path), Path(challenger.path), Path(report.path)
+    result = run_evaluate_lipsync(*inputs, cfg.finetune_lipsync, ctx, face_config=cfg.face_tracking)
     if result is not None:
         files = sorted(Path(p).name for p in result.files.values())
         report.metadata.update({"files": files, "champion_version": result.champion_version})

@@ -20,6 +20,7 @@ from components.common.no_challenger import pass_on_no_challenger
 from components.common.stage import StageContext
 from components.evaluate.clip_eval import ClipEvalReport, evaluate_clip
 from components.evaluate.lipsync_eval import REPORT_FILE, LipsyncEvalReport, evaluate_lipsync, write_lipsync_report
+from components.face_tracking.config import FaceTrackingConfig
 from components.finetune_clip.config import FinetuneClipConfig
 from components.finetune_lipsync.config import FinetuneLipsyncConfig
 
@@ -77,7 +78,13 @@ def run_evaluate_clip(
 
 
 def run_evaluate_lipsync(
-    faces_dir: Path, challenger_dir: Path, out_dir: Path, cfg: FinetuneLipsyncConfig, ctx: StageContext
+    faces_dir: Path,
+    challenger_dir: Path,
+    out_dir: Path,
+    cfg: FinetuneLipsyncConfig,
+    ctx: StageContext,
+    *,
+    face_config: FaceTrackingConfig | None = None,
 ) -> LipsyncEvalReport | None:
     """The evaluate_lipsync task: the challenger vs. the registry's champion (if any), with robustness.
 
@@ -87,6 +94,8 @@ def run_evaluate_lipsync(
         out_dir: Folder for the report files (the gate reads ``lipsync_paired.jsonl`` and ``lipsync_eval.json``).
         cfg: The finetune_lipsync settings (the validation split training used, the device).
         ctx: The client, the registry (its champion), the state folder, the MLflow run.
+        face_config: The client's ``face_tracking`` settings: the evidence a test video needs to be scored
+            (:mod:`components.face_tracking.evidence`); default settings when ``None``.
 
     Returns:
         The report, or ``None`` when this month has no challenger (``out_dir`` then holds the reason).
@@ -99,7 +108,8 @@ def run_evaluate_lipsync(
         Path(ctx.state_dir).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=ctx.state_dir, prefix=".lipsync-champion-") as tmp:
             champion = fetch_champion(ctx.tracking, "lipsync", ctx.client_id, Path(tmp) / "champion")
-            report = evaluate_lipsync(challenger_dir, champion[0] if champion else None, faces_dir, out_dir, cfg)
+            champion_dir = champion[0] if champion else None
+            report = evaluate_lipsync(challenger_dir, champion_dir, faces_dir, out_dir, cfg, face_config=face_config)
         if champion is not None:
             report.champion_version = champion[1]
             write_lipsync_report(report, out_dir)

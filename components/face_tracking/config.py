@@ -39,6 +39,10 @@ class FaceTrackingConfig:
         min_track_frames: Tracks with fewer detected frames are dropped as spurious (the selected track is
             kept whatever its length).
         workers: Videos processed in parallel (processes); 1 processes them in this process.
+        min_face_px: Smallest subject face (median box side, in the source video's pixels) that counts as
+            evidence for a lip-sync verdict; a smaller one is refused at serving and left out of training and
+            evaluation (:mod:`components.face_tracking.evidence`).
+        min_face_score: Lowest mean detector score of the subject's detections that counts as evidence.
     """
 
     max_faces: int = 5
@@ -54,6 +58,8 @@ class FaceTrackingConfig:
     emit_all_tracks: bool = False
     min_track_frames: int = 3
     workers: int = 1
+    min_face_px: float = 32.0
+    min_face_score: float = 0.7
 
     def __post_init__(self) -> None:
         _require(1 <= self.max_faces <= 20, f"max_faces must be 1..20, got {self.max_faces}")
@@ -72,5 +78,7 @@ class FaceTrackingConfig:
         _require(0.5 <= self.mouth_scale <= 5.0, f"mouth_scale must be 0.5..5, got {self.mouth_scale}")
         _require(self.min_track_frames >= 1, f"min_track_frames must be >= 1, got {self.min_track_frames}")
         _require(1 <= self.workers <= 64, f"workers must be 1..64, got {self.workers}")
+        _require(0 <= self.min_face_px <= 4096, f"min_face_px must be 0..4096, got {self.min_face_px}")
+        _require(0 <= self.min_face_score < 1, f"min_face_score must be in [0, 1), got {self.min_face_score}")
         for name in ("use_landmarks", "full_range_fallback", "emit_all_tracks"):
             _require(isinstance(getattr(self, name), bool), f"{name} must be a bool, got {getattr(self, name)!r}")

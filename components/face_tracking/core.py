@@ -158,6 +158,20 @@ def track_video(
     )
 
 
+def subject_face(faces: VideoFaces, scale: float) -> tuple[float, float]:
+    """The subject's median face side and mean detector score; ``(0, 0)`` without a face track.
+
+    Args:
+        faces: What :func:`track_video` found.
+        scale: Source-video pixels per dense-frame pixel (the dense frames are rescaled).
+    """
+    if faces.selected is None:
+        return 0.0, 0.0
+    found = faces.selected.detections.values()
+    side = float(np.median([min(d.box[2] - d.box[0], d.box[3] - d.box[1]) for d in found])) * scale
+    return round(side, 2), round(float(np.mean([d.score for d in found])), 4)
+
+
 def selected_box_agreement(reference: VideoFaces, other: VideoFaces) -> float:
     """Mean IoU of the selected track's boxes of two runs over frames where both have a box (NaN if none)."""
     if reference.selected is None or other.selected is None:
@@ -282,6 +296,8 @@ def process_video(
             )
         )
     np.save(out_dir / AUDIO_DIR / f"{rec.video_id}.npy", audio)
+    dense_side = max(frames.shape[1:3])
+    face_px, face_score = subject_face(faces, (max(rec.width, rec.height) or dense_side) / dense_side)
     if faces.fallback_used:
         logger.warning("face_tracking: %s: no face found in %d frames, centre crop used", rec.video_id, n_frames)
     return _replace(
@@ -291,6 +307,8 @@ def process_video(
         n_tracks=len(faces.tracks),
         selected_track=selected_id,
         fallback_used=faces.fallback_used,
+        face_px=face_px,
+        face_score=face_score,
         samples=tuple(samples),
     )
 

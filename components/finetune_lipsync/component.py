@@ -23,7 +23,8 @@ def finetune_lipsync(
     from components.finetune_lipsync.core import run_finetune_lipsync
 
     cfg, ctx = task_inputs(config, parent_run_id)
-    report = run_finetune_lipsync(Path(faces.path), Path(model.path), cfg.finetune_lipsync, ctx)
+    inputs = Path(faces.path), Path(model.path)  # face_tracking says which clips carry evidence to train on
+    report = run_finetune_lipsync(*inputs, cfg.finetune_lipsync, ctx, face_config=cfg.face_tracking)
     model.metadata.update(
         {
             "registered_name": report.registered_name,

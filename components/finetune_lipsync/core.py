@@ -18,6 +18,8 @@ from components.common.jsonl import json_safe
 from components.common.names import registered_name
 from components.common.no_challenger import NotTrainable, write_no_challenger
 from components.common.stage import StageContext
+from components.face_tracking.config import FaceTrackingConfig
+from components.face_tracking.evidence import EvidenceRules
 from components.finetune_lipsync.config import FinetuneLipsyncConfig
 from components.finetune_lipsync.data import load_lipsync_videos, split_by_video, training_pool
 from components.finetune_lipsync.train import train_lipsync
@@ -83,7 +85,12 @@ def resolve_pretrained(ctx: StageContext, cfg: FinetuneLipsyncConfig, work_dir: 
 
 
 def run_finetune_lipsync(
-    faces_dir: Path, out_dir: Path, cfg: FinetuneLipsyncConfig, ctx: StageContext
+    faces_dir: Path,
+    out_dir: Path,
+    cfg: FinetuneLipsyncConfig,
+    ctx: StageContext,
+    *,
+    face_config: FaceTrackingConfig | None = None,
 ) -> FinetuneLipsyncReport:
     """The finetune_lipsync stage: read the faces Dataset, train, write the model artifact, register it.
 
@@ -98,6 +105,8 @@ def run_finetune_lipsync(
         out_dir: The model artifact folder (model.safetensors, config.json, README.md, training_summary.json).
         cfg: Stage settings.
         ctx: The client (the champion to start from), its state folder and artifacts store, the window, MLflow.
+        face_config: The client's ``face_tracking`` settings: the evidence a clip needs to be trained on
+            (:mod:`components.face_tracking.evidence`); default settings when ``None``.
 
     Returns:
         The report: the registered version, or an empty version and ``not_trained_reason`` when this
@@ -105,7 +114,8 @@ def run_finetune_lipsync(
         gate keeps the champion).
     """
     out_dir = Path(out_dir)
-    videos, skipped = load_lipsync_videos(faces_dir)
+    rules = EvidenceRules.of(cfg.model.window_s, face_config or FaceTrackingConfig())
+    videos, skipped = load_lipsync_videos(faces_dir, rules)
     pool = training_pool(videos)
     n_test = len(videos) - len(pool)
     train, val = split_by_video(pool, cfg.val_fraction, cfg.seed)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from components.face_tracking.evidence import EvidenceRules
     from components.finetune_lipsync.config import AugmentConfig, FinetuneLipsyncConfig
     from components.finetune_lipsync.model import LipSyncModelConfig
 
@@ -89,12 +90,18 @@ def split_by_video(
 
 
 def load_lipsync_videos(
-    faces_dir: str | Path, splits: Sequence[str] = ("train", "val", "test")
+    faces_dir: str | Path, rules: EvidenceRules, splits: Sequence[str] = ("train", "val", "test")
 ) -> tuple[list[LipsyncVideo], list[dict[str, str]]]:
     """Read the labelled videos of a faces Dataset (the selected sample of each).
 
-    Videos without an authenticity label are ignored; rejected or unreadable ones are returned as
-    ``skipped`` with their reason, and the rest goes on.
+    Videos without an authenticity label are ignored; rejected or unreadable ones, and those without the
+    evidence serving would require for a verdict (no audio, no usable face, shorter than one window), are
+    returned as ``skipped`` with their reason and split, and the rest goes on.
+
+    Args:
+        faces_dir: The face_tracking Dataset.
+        rules: The evidence a clip needs (:class:`components.face_tracking.evidence.EvidenceRules`).
+        splits: The splits to read.
 
     Returns:
         ``(videos, skipped)``.
@@ -107,11 +114,19 @@ def load_lipsync_videos(
         if rec.authenticity not in LABELS or rec.split not in splits:
             continue
         if rec.status != "ok":
-            skipped.append({"video_id": rec.video_id, "reason": rec.reason or f"status {rec.status}"})
+            skipped.append(
+                {"video_id": rec.video_id, "split": rec.split, "reason": rec.reason or f"status {rec.status}"}
+            )
+            continue
+        problems = rules.problems(rec.evidence)
+        if problems:
+            why = "; ".join(f"{p.code} ({p.detail})" for p in problems)
+            skipped.append({"video_id": rec.video_id, "split": rec.split, "reason": f"no_evidence: {why}"})
             continue
         sample = rec.selected_sample
         if sample is None:
-            skipped.append({"video_id": rec.video_id, "reason": "no_sample: no selected mouth-crop sequence"})
+            reason = "no_sample: no selected mouth-crop sequence"
+            skipped.append({"video_id": rec.video_id, "split": rec.split, "reason": reason})
             continue
         try:
             crops = load_mouth_crops(faces_dir, sample)
@@ -121,7 +136,7 @@ def load_lipsync_videos(
         except (OSError, ValueError) as exc:
             if is_infrastructure_error(exc):  # a failing disk is not the video's problem
                 raise
-            skipped.append({"video_id": rec.video_id, "reason": f"unreadable: {exc}"})
+            skipped.append({"video_id": rec.video_id, "split": rec.split, "reason": f"unreadable: {exc}"})
             logger.warning("finetune_lipsync: skipping %s: %s", rec.video_id, exc)
             continue
         videos.append(
