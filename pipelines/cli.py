@@ -27,7 +27,7 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
-    """Generate the demo client library, and the small base CLIP the embedded default starts from."""
+    """Generate the demo (or benchmark) client library, and the small base CLIP the embedded default starts from."""
     from components.demo_data.core import DemoConfig, generate_demo_data
     from components.finetune_clip.base_model import build_demo_base_clip
     from components.finetune_clip.model import resolve_base_ref
@@ -37,14 +37,21 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
         logger.error("demo-data writes a local folder; storage.source_uri is %s", config.storage.source_uri)
         return 2
     bucket = Path(config.storage.source_uri)
+    truth_dir = Path(config.state_dir) / "demo" / config.client_id
     if (bucket / "labels" / "records.jsonl").exists() and not args.force:
         print(f"demo data already present in {bucket} (use --force to regenerate)")
-    else:
-        summary = generate_demo_data(
-            bucket,
-            Path(config.state_dir) / "demo" / config.client_id,
-            DemoConfig(seed=args.seed, as_of=args.as_of or ""),
+    elif args.profile == "benchmark":
+        from components.demo_data.benchmark import BENCHMARK_FILE, BenchmarkConfig, generate_benchmark
+
+        summary = generate_benchmark(bucket, truth_dir, BenchmarkConfig(seed=args.seed, as_of=args.as_of or ""))
+        print(
+            f"benchmark data for {config.client_id}: {summary.videos} videos {summary.kinds}, "
+            f"{len(summary.categories)} categories, timestamps up to {summary.as_of}, {summary.seconds:.0f} s\n"
+            f"  bucket: {summary.bucket_dir}\n  ground truth: {summary.truth_path}\n"
+            f"  fake types, conditions and test queries: {summary.truth_path.parent / BENCHMARK_FILE}"
         )
+    else:
+        summary = generate_demo_data(bucket, truth_dir, DemoConfig(seed=args.seed, as_of=args.as_of or ""))
         print(
             f"demo data for {config.client_id}: {summary.videos} videos ({summary.broken} broken on purpose), "
             f"{len(summary.categories)} categories, timestamps up to {summary.as_of}\n"
@@ -186,6 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed and as-of: same library)")
     p.add_argument("--as-of", help="timestamps are spread over the ~3 months before this ISO date (default today)")
     p.add_argument("--force", action="store_true", help="regenerate even if the client's folder has data")
+    p.add_argument(
+        "--profile",
+        choices=["demo", "benchmark"],
+        default="demo",
+        help="demo: the small library `make run` uses (126 files); benchmark: the hard benchmark (925 files, "
+        "about 6 min on 2 cores; see README 'Model quality')",
+    )
     p.set_defaults(func=cmd_demo_data)
 
     p = sub.add_parser("fetch-models", help="fetch the MediaPipe face model files into the cache folder")
