@@ -67,6 +67,27 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    """Import a folder of labelled videos in a public layout into the client's uploads and label records."""
+    from datetime import UTC, datetime
+
+    from components.importer.config import ImportOptions
+    from components.importer.core import ImportLayoutError, import_folder
+
+    config = _load(args)
+    options = ImportOptions(args.layout, args.labels or "", args.name or "", args.timestamp or "")
+    try:
+        report = import_folder(args.source, config.storage, options, Path(config.state_dir) / "cache" / "import")
+    except ImportLayoutError as exc:
+        print(f"clipsync: nothing imported: {exc}", file=sys.stderr)
+        return 2
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = args.report or Path(config.state_dir) / "imports" / config.client_id / f"{report.name}-{stamp}.jsonl"
+    print(report.summary())
+    print(f"  every row and file with its status: {report.write(path)}")
+    return 0
+
+
 def cmd_fetch_models(args: argparse.Namespace) -> int:
     """Fetch the MediaPipe face model files into the cache (package registry, setup time only)."""
     from components.face_tracking.models import fetch_face_models
@@ -201,6 +222,24 @@ def build_parser() -> argparse.ArgumentParser:
         "about 6 min on 2 cores; see README 'Model quality')",
     )
     p.set_defaults(func=cmd_demo_data)
+
+    p = sub.add_parser(
+        "import", help="import labelled videos from a folder in a public layout (AVLips, CSV/JSONL) into the client"
+    )
+    _add_config_args(p)
+    p.add_argument("source", type=Path, help="the folder to import (only read)")
+    p.add_argument(
+        "--layout",
+        required=True,
+        choices=["avlips", "lipsync-csv", "search"],
+        help="avlips: real/ and fake/ folders; lipsync-csv: a CSV of path,label; search: a CSV/TSV/JSONL of "
+        "video with caption and/or category (README 'Importing labelled data')",
+    )
+    p.add_argument("--labels", help="the CSV/TSV/JSONL file (relative to SOURCE or absolute)")
+    p.add_argument("--name", help="videos go under videos/NAME/ (default: the folder's name)")
+    p.add_argument("--timestamp", help="upload time recorded for the new videos, ISO (default: now, UTC)")
+    p.add_argument("--report", type=Path, help="where the per-row report goes (default: under the state folder)")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("fetch-models", help="fetch the MediaPipe face model files into the cache folder")
     _add_config_args(p)
