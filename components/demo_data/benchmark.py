@@ -59,9 +59,9 @@ from components.demo_data.core import (
     write_library,
 )
 from components.demo_data.scenes import (
+    CATEGORIES,
     Renderer,
     render_bowling,
-    render_curling,
     render_ice_hockey,
     render_industrial,
     render_medical,
@@ -144,25 +144,22 @@ GROUPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
 }
 
+
+def _client_category(name: str, group: str, held_out: tuple[str, ...]) -> BenchCategory:
+    """One of the demo's client categories (its phrases and scene), placed in a group with held-out queries."""
+    demo = next(c for c in CATEGORIES if c.name == name)
+    return BenchCategory(name, group, True, demo.query, demo.paraphrases, held_out, demo.render)
+
+
 BENCH_CATEGORIES: tuple[BenchCategory, ...] = (
-    BenchCategory(
+    _client_category(
         "medical",
         "surgery",
-        True,
-        "laparoscopic cholecystectomy",
-        (
-            "gallbladder removal surgery",
-            "minimally invasive abdominal surgery with endoscopic instruments",
-            "keyhole surgery on the gallbladder",
-            "laparoscope view of grasper and dissector on tissue",
-            "surgical procedure inside the abdomen",
-        ),
         (
             "laparoscopic gallbladder removal",
             "keyhole cholecystectomy with a grasper",
             "abdominal surgery removing the gallbladder",
         ),
-        render_medical,
     ),
     BenchCategory(
         "arthroscopy",
@@ -202,24 +199,14 @@ BENCH_CATEGORIES: tuple[BenchCategory, ...] = (
         ),
         partial(render_medical, variant="colonoscopy"),
     ),
-    BenchCategory(
+    _client_category(
         "industrial_safety",
         "warehouse",
-        True,
-        "forklift near pedestrian walkway",
-        (
-            "warehouse forklift crossing a marked walkway",
-            "lift truck driving close to workers",
-            "industrial safety hazard in a warehouse aisle",
-            "near miss between a forklift and a pedestrian",
-            "hazard stripes beside a pedestrian lane",
-        ),
         (
             "pedestrian close to a forklift in the warehouse",
             "lift truck passing a marked walkway",
             "near miss on a pedestrian lane",
         ),
-        render_industrial,
     ),
     BenchCategory(
         "forklift_pallets",
@@ -259,24 +246,14 @@ BENCH_CATEGORIES: tuple[BenchCategory, ...] = (
         ),
         partial(render_industrial, variant="conveyor"),
     ),
-    BenchCategory(
+    _client_category(
         "niche_sport",
         "sport",
-        True,
-        "curling stone delivery",
-        (
-            "curling stone sliding toward the house",
-            "curler delivering a granite stone on the ice sheet",
-            "sweepers brushing ahead of a curling stone",
-            "curling match throw to the button",
-            "overhead view of a curling sheet",
-        ),
         (
             "granite stone sliding to the button",
             "curling throw with sweepers",
             "stone delivered toward the house on the ice sheet",
         ),
-        render_curling,
     ),
     BenchCategory(
         "ice_hockey",
@@ -316,24 +293,14 @@ BENCH_CATEGORIES: tuple[BenchCategory, ...] = (
         ),
         render_bowling,
     ),
-    BenchCategory(
+    _client_category(
         "security",
         "surveillance",
-        True,
-        "person entering restricted area",
-        (
-            "intruder walking through the fence gate at night",
-            "CCTV footage of unauthorized access",
-            "surveillance camera sees a trespasser",
-            "night security footage of a perimeter breach",
-            "someone crossing into a no entry zone",
-        ),
         (
             "trespasser walking through the gate at night",
             "unauthorized person crossing the perimeter fence",
             "CCTV of an intruder in a no entry zone",
         ),
-        render_security,
     ),
     BenchCategory(
         "vehicle_gate",
@@ -373,24 +340,14 @@ BENCH_CATEGORIES: tuple[BenchCategory, ...] = (
         ),
         render_traffic,
     ),
-    BenchCategory(
+    _client_category(
         "custom_product",
         "unboxing",
-        True,
-        "smart thermostat unboxing",
-        (
-            "unboxing a round smart home thermostat",
-            "product reveal of a wifi thermostat",
-            "taking the thermostat out of its package",
-            "hands lifting a smart thermostat from the box",
-            "new home climate controller unboxed on a desk",
-        ),
         (
             "round thermostat taken out of the box",
             "unboxing a wifi smart thermostat",
             "hands lifting the thermostat out of its package",
         ),
-        render_product,
     ),
     BenchCategory(
         "phone_unboxing",
@@ -430,24 +387,14 @@ BENCH_CATEGORIES: tuple[BenchCategory, ...] = (
         ),
         partial(render_product, variant="headphones"),
     ),
-    BenchCategory(
+    _client_category(
         "welding",
         "metalwork",
-        True,
-        "welding sparks",
-        (
-            "arc welding a steel seam",
-            "MIG welder throwing sparks in a workshop",
-            "close-up of metal welding with a bright arc",
-            "weld bead glowing on a steel plate",
-            "fabrication shop welding footage",
-        ),
         (
             "sparks from arc welding a seam",
             "MIG welding a steel plate",
             "bright arc and glowing weld bead",
         ),
-        render_welding,
     ),
     BenchCategory(
         "grinding",
@@ -487,24 +434,14 @@ BENCH_CATEGORIES: tuple[BenchCategory, ...] = (
         ),
         partial(render_welding, variant="plasma"),
     ),
-    BenchCategory(
+    _client_category(
         "underwater_inspection",
         "subsea",
-        True,
-        "underwater pipeline inspection",
-        (
-            "ROV survey of a subsea pipeline",
-            "subsea pipe inspection footage near the seabed",
-            "remotely operated vehicle inspecting an offshore pipeline",
-            "marine growth on a pipeline field joint",
-            "diver camera view of an underwater pipe",
-        ),
         (
             "ROV inspecting a subsea pipeline",
             "pipeline field joint on the seabed",
             "offshore pipe survey footage",
         ),
-        render_underwater,
     ),
     BenchCategory(
         "hull_inspection",
