@@ -626,7 +626,7 @@ def write_library(
     names = {job.name for job in jobs}
     for stale in sorted((bucket_dir / "videos").glob("clip_*.mp4")):
         if f"videos/{stale.name}" not in names:
-            logger.info("removing %s (not part of the regenerated demo library)", stale)
+            logger.info("removing %s (not part of the regenerated library)", stale)
             stale.unlink()
 
     for job in jobs:
@@ -710,7 +710,7 @@ def write_library(
         seconds=round(time.perf_counter() - started, 2),
     )
     logger.info(
-        "demo library: %d files (%d broken), %d in the %d-day window, %.1f s",
+        "library: %d files (%d broken), %d in the %d-day window, %.1f s",
         summary.videos,
         summary.broken,
         summary.in_window,
