@@ -1,14 +1,22 @@
-"""CLIP fine-tuning strategies on the real ViT-B/32 architecture: trainable fraction, step time, peak memory.
+"""CLIP fine-tuning strategies on the real ViT-B/32 architecture: trainable fraction, step and epoch time, memory.
 
 The model is ``CLIPModel(CLIPConfig())`` (the ``openai/clip-vit-base-patch32`` architecture, random
 weights: no download). Each strategy runs in its own subprocess so that peak RSS (``ru_maxrss``) is its
-own; the same batch (``--videos`` videos x ``--frames`` frames at 224 px, one 12-token label per video) and
-the same training step as :func:`components.finetune_clip.core.train_clip` (encode, multi-positive
-InfoNCE, backward, AdamW step) are timed for ``--steps`` steps after one warm-up step, as wall time and as
-process CPU time. On a machine shared with other jobs use ``--threads 1``: CPU time is then the work done
-(with several threads, OpenMP workers spin while they wait and inflate it).
+own. Two measurements:
 
-Run: ``.venv/bin/python benchmarks/clip_strategies.py --steps 3 --threads 1``
+* step: the same batch (``--videos`` videos x ``--frames`` frames at 224 px, one 12-token label per video)
+  through the training step of :func:`components.finetune_clip.core.train_clip` (encode, multi-positive
+  InfoNCE, backward, AdamW step), timed for ``--steps`` steps after one warm-up step, as wall time and as
+  process CPU time. This step always runs both towers.
+* epoch (``--epochs N``): ``train_clip`` itself for N epochs on ``--epoch-videos`` synthetic videos (a quarter
+  as many for validation): the median epoch time from its history, and the whole run's time. ``hybrid``
+  embeds every video with its frozen vision tower once per run, so its epochs run only the text tower; the
+  run time includes that one pass. The baseline is ``full``.
+
+On a machine shared with other jobs use ``--threads 1``: CPU time is then the work done (with several
+threads, OpenMP workers spin while they wait and inflate it).
+
+Run: ``.venv/bin/python benchmarks/clip_strategies.py --steps 3 --threads 1 [--epochs 3]``
 """
 
 from __future__ import annotations
@@ -86,6 +94,69 @@ def child(strategy: str, steps: int, videos: int, frames: int, threads: int) -> 
     }
 
 
+def child_epochs(strategy: str, epochs: int, videos: int, frames: int, batch: int, threads: int) -> dict:
+    """``train_clip`` for ``epochs`` epochs on ViT-B/32 with synthetic videos; epoch and run times."""
+    import tempfile
+
+    import numpy as np
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    sys.path.insert(0, str(REPO))
+    from components.finetune_clip.base_model import generic_corpus, train_tokenizer
+    from components.finetune_clip.config import FinetuneClipConfig
+    from components.finetune_clip.core import ClipSample, train_clip
+    from components.finetune_clip.model import ClipBundle, ImageSpec, prepare_frames
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    tokenizer = train_tokenizer(generic_corpus())
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    model = CLIPModel(CLIPConfig(text_config={**ids, "pad_token_id": ids["eos_token_id"]}))
+    spec = ImageSpec(size=224)
+    rng = np.random.default_rng(0)
+    labels = ("a red circle", "a blue square", "a green triangle", "a yellow star")
+
+    def samples(n: int, prefix: str) -> list:
+        out = []
+        for i in range(n):
+            video = rng.integers(0, 255, size=(frames, 224, 224, 3)).astype(np.uint8)
+            out.append(ClipSample(f"{prefix}{i}", prepare_frames(video, frames, spec), (labels[i % 4],), labels[i % 4]))
+        return out
+
+    train, val = samples(videos, "t"), samples(max(2, videos // 4), "v")
+    cfg = FinetuneClipConfig(
+        strategy=strategy,
+        epochs=epochs,
+        batch_size=batch,
+        frames_per_video=frames,
+        lr=1e-5,
+        early_stopping_patience=0,
+        device="cpu",
+        mixed_precision="no",
+    )
+    bundle = ClipBundle(model=model, tokenizer=tokenizer, image_spec=spec, base_ref="vit-b32-random")
+    with tempfile.TemporaryDirectory(prefix="clip-strategies-") as tmp:
+        started = time.perf_counter()
+        result = train_clip(bundle, train, val, cfg, Path(tmp))
+        run_s = time.perf_counter() - started
+    epoch_s = [h["epoch_seconds"] for h in result.history]
+    return {
+        "strategy": strategy,
+        "epoch_s_median": statistics.median(epoch_s),
+        "epoch_s_all": [round(t, 2) for t in epoch_s],
+        "run_s": run_s,
+    }
+
+
+def _run_child(args_list: list[str]) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run(
+        [sys.executable, __file__, *args_list], check=True, capture_output=True, text=True, env=env, timeout=3600
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4)
@@ -93,31 +164,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--strategies", default="lora,hybrid,full")
+    parser.add_argument("--epochs", type=int, default=0, help="also time train_clip epochs (0: skip)")
+    parser.add_argument("--epoch-videos", type=int, default=8, help="training videos of the epoch measurement")
     parser.add_argument("--child", default="")
+    parser.add_argument("--child-epochs", default="")
     parser.add_argument("--json", default="", help="also write the results to this file")
     args = parser.parse_args(argv)
+    common = ["--videos", str(args.videos), "--frames", str(args.frames), "--threads", str(args.threads)]
     if args.child:
         print(json.dumps(child(args.child, args.steps, args.videos, args.frames, args.threads)))
         return 0
-    results = {}
-    for strategy in args.strategies.split(","):
-        cmd = [
-            sys.executable,
-            __file__,
-            "--child",
-            strategy,
-            "--steps",
-            str(args.steps),
-            "--videos",
-            str(args.videos),
-            "--frames",
-            str(args.frames),
-            "--threads",
-            str(args.threads),
-        ]
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, timeout=900)
-        results[strategy] = json.loads(out.stdout.strip().splitlines()[-1])
+    if args.child_epochs:
+        figures = child_epochs(
+            args.child_epochs, args.epochs, args.epoch_videos, args.frames, args.videos, args.threads
+        )
+        print(json.dumps(figures))
+        return 0
+    strategies = args.strategies.split(",")
+    results = {s: _run_child(["--child", s, "--steps", str(args.steps), *common]) for s in strategies}
     print(
         f"ViT-B/32 (CLIPConfig(), random init), CPU, {args.threads} threads, batch {args.videos} videos x "
         f"{args.frames} frames @224 px + {args.videos} labels, median of {args.steps} steps after 1 warm-up"
@@ -140,6 +204,27 @@ def main(argv: list[str] | None = None) -> int:
             f"peak RSS {lo['peak_rss_mb'] / fu['peak_rss_mb']:.2f}x, "
             f"training memory increment {lo['train_increment_mb'] / max(fu['train_increment_mb'], 1e-9):.2f}x"
         )
+    if args.epochs:
+        epoch_args = ["--epochs", str(args.epochs), "--epoch-videos", str(args.epoch_videos), *common]
+        epochs = {s: _run_child(["--child-epochs", s, *epoch_args]) for s in strategies}
+        print(
+            f"\ntrain_clip, {args.epochs} epochs, {args.epoch_videos} training videos + "
+            f"{max(2, args.epoch_videos // 4)} validation, batch {args.videos}, {args.frames} frames @224 px "
+            "(median epoch; run = all epochs + setup)"
+        )
+        print(f"{'strategy':8} {'epoch s':>8} {'run s':>8}  epochs")
+        for r in epochs.values():
+            print(f"{r['strategy']:8} {r['epoch_s_median']:>8.2f} {r['run_s']:>8.2f}  {r['epoch_s_all']}")
+        if "full" in epochs:
+            fu = epochs["full"]
+            for strategy in ("lora", "hybrid"):
+                if strategy in epochs:
+                    r = epochs[strategy]
+                    print(
+                        f"{strategy}/full: epoch time {r['epoch_s_median'] / fu['epoch_s_median']:.3f}x, "
+                        f"run time {r['run_s'] / fu['run_s']:.3f}x"
+                    )
+        results = {"step": results, "epoch": epochs}
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

@@ -3,8 +3,12 @@
 Measures, as medians of ``--repeats`` runs over the same clips:
 
 * the raw MediaPipe short-range FaceDetector on every frame (frames/s), against ``track_video`` with
-  ``detect_every=1`` (detection + tracking + aligned crops): the tracking overhead;
-* ``track_video`` with the FaceLandmarker on (its cost);
+  ``detect_every=1`` (detection + face mesh + tracking + aligned crops): the tracking overhead;
+* the face mesh (``use_landmarks``, on by default) against the keypoints alone: frames/s with and without
+  it, and on the demo clips (whose true mouth centres are known) the crop-centre error of both, in face widths;
+* with ``--lipsync``, a demo-sized lip-sync run: the demo's 40 talking heads tracked with and without the
+  mesh, the detector trained on 30 of them (``finetune_lipsync`` defaults, from scratch, three seeds) and
+  scored on the other 10: test ROC AUC with and without the mesh;
 * on the demo clips (they have audio): ``select_strategy`` ``speaking`` against ``longest``, how often each
   picks the speaker of a two-face clip, and the time ratio;
 * ``detect_every`` = 2, 3, 5: speed-up over every-frame detection and agreement (mean IoU of the selected
@@ -14,7 +18,8 @@ Measures, as medians of ``--repeats`` runs over the same clips:
 Clips: four synthetic 320x240 clips (``components.face_tracking.synthetic``) and the demo generator's
 talking-head, two-face and no-face clips (encoded with H.264 and decoded again), each with known face boxes.
 
-Run: ``.venv/bin/python benchmarks/face_tracking.py [--source both|synthetic|demo] [--frames 120] [--repeats 3]``
+Run: ``.venv/bin/python benchmarks/face_tracking.py [--source both|synthetic|demo] [--frames 120] [--repeats 3]
+[--lipsync]``
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -112,24 +118,30 @@ def demo_clips(seed: int = 0) -> dict[str, tuple]:
     """The demo generator's talking-head, two-face and no-face clips (H.264, 256x256), decoded, with truth.
 
     Returns:
-        name -> (frames, per-face truth boxes, speaker index or None, 16 kHz mono audio).
+        name -> (frames, per-face truth boxes, speaker index or None, 16 kHz mono audio, per-face true mouth
+        centres, authenticity).
     """
-    import tempfile
-
-    import av
-
     from components.demo_data.config import DemoConfig
-    from components.demo_data.core import generate_demo_data
 
     demo = DemoConfig(
         seed=seed, as_of="2026-11-01", clips_per_category=1, talking_real=6, talking_fake=4, two_face=4, no_face=2
     )
+    return _decoded_demo(demo, ("talking_head", "two_face", "no_face"))
+
+
+def _decoded_demo(demo, kinds: tuple[str, ...]) -> dict[str, tuple]:
+    import tempfile
+
+    import av
+
+    from components.demo_data.core import generate_demo_data
+
     clips = {}
     with tempfile.TemporaryDirectory(prefix="clipsync-ft-bench-") as tmp:
         summary = generate_demo_data(Path(tmp) / "bucket", Path(tmp) / "truth", demo)
         for line in summary.truth_path.read_text().splitlines():
             row = json.loads(line)
-            if row["kind"] not in ("talking_head", "two_face", "no_face"):
+            if row["kind"] not in kinds:
                 continue
             path = str(summary.bucket_dir / row["video_path"])
             with av.open(path) as container:
@@ -140,15 +152,18 @@ def demo_clips(seed: int = 0) -> dict[str, tuple]:
                     [r.to_ndarray().reshape(-1) for f in container.decode(audio=0) for r in resampler.resample(f)]
                 )
             truths = [face["boxes"] for face in row["faces"]]
+            mouths = [face["mouth_centers"] for face in row["faces"]]
             speaker = next((i for i, face in enumerate(row["faces"]) if face["speaking"]), None)
-            clips[f"{row['kind']}:{Path(row['video_path']).stem}"] = (frames, truths, speaker, audio)
+            name = f"{row['kind']}:{Path(row['video_path']).stem}"
+            clips[name] = (frames, truths, speaker, audio, mouths, row.get("authenticity", ""))
     return clips
 
 
 def measure(clips: dict, cache_dir: Path, repeats: int) -> dict:
     """Speeds and agreements over ``clips`` (name -> (frames, truths[, speaker index, audio]))."""
     total = sum(len(c[0]) for c in clips.values())
-    base = FaceTrackingConfig()
+    base = FaceTrackingConfig()  # the defaults: face mesh on
+    no_mesh = replace(base, use_landmarks=False)
     out: dict = {"frames_total": total, "clips": len(clips), "load_avg": os.getloadavg()}
     first = next(iter(clips.values()))[0]
     with core.load_face_models(cache_dir, base) as models:
@@ -160,6 +175,9 @@ def measure(clips: dict, cache_dir: Path, repeats: int) -> dict:
                     core.detect_faces(frame, models.short)
 
         t_raw, _ = _median_time(raw, repeats)
+        t_no_mesh, _ = _median_time(
+            lambda: [core.track_video(c[0], 25.0, no_mesh, models) for c in clips.values()], repeats
+        )
         results: dict[int, dict[str, core.VideoFaces]] = {}
         timings: dict[int, float] = {}
         for k in (1, 2, 3, 5):
@@ -178,17 +196,13 @@ def measure(clips: dict, cache_dir: Path, repeats: int) -> dict:
                 lambda: {n: core.track_video(c[0], 25.0, speaking, models, c[3]) for n, c in voiced.items()}, repeats
             )
             out["speaking_time_ratio_vs_longest"] = t_speaking / t_longest
-    landmark_cfg = FaceTrackingConfig(use_landmarks=True)
-    with core.load_face_models(cache_dir, landmark_cfg) as lm_models:
-        core.track_video(first[:5], 25.0, landmark_cfg, lm_models)
-        t_lm, _ = _median_time(
-            lambda: [core.track_video(c[0], 25.0, landmark_cfg, lm_models) for c in clips.values()], repeats
-        )
 
     out["raw_detector_fps"] = total / t_raw
     out["track_video_k1_fps"] = total / timings[1]
     out["tracking_overhead_ratio"] = timings[1] / t_raw
-    out["track_video_landmarks_fps"] = total / t_lm
+    out["track_video_no_mesh_fps"] = total / t_no_mesh
+    out["mesh_time_ratio"] = timings[1] / t_no_mesh
+    out.update(crop_centre_errors(clips, results[1], base.mouth_scale))
     recalls, speaker_hits, speech_hits, fallbacks, faceless = [], [], [], 0, 0
     for name, clip in clips.items():
         truths = clip[1]
@@ -236,6 +250,87 @@ def measure(clips: dict, cache_dir: Path, repeats: int) -> dict:
     return out
 
 
+def crop_centre_errors(clips: dict, results: dict[str, core.VideoFaces], mouth_scale: float) -> dict:
+    """Crop centre vs the true mouth centre, in true face widths, on every detection of the selected tracks.
+
+    The same detections are placed twice: from the lip landmarks where a plausible mesh was attached (what
+    ``use_landmarks`` does), and from the detector's mouth keypoint alone (what it does when off).
+    """
+    mesh_err, kp_err, meshed, detections = [], [], 0, 0
+    for name, clip in clips.items():
+        if len(clip) < 5 or not clip[1] or results[name].selected is None:
+            continue
+        track = results[name].selected
+        boxes = results[name].boxes[track.track_id]
+        face = int(np.argmax([_agreement(boxes, t) if any(b is not None for b in t) else 0.0 for t in clip[1]]))
+        for f, det in track.detections.items():
+            mouth, box = clip[4][face][f], clip[1][face][f]
+            if mouth is None or box is None:
+                continue
+            width = box[2] - box[0]
+            detections += 1
+            meshed += det.lips is not None
+            for use_landmarks, errors in ((True, mesh_err), (False, kp_err)):
+                g = core.mouth_geometry(det, mouth_scale, use_landmarks)
+                errors.append(np.hypot(g.cx - mouth[0], g.cy - mouth[1]) / width)
+    if not detections:
+        return {}
+    return {
+        "mesh_attached": f"{meshed}/{detections}",
+        "crop_error_mesh_median": float(np.median(mesh_err)),
+        "crop_error_mesh_p90": float(np.percentile(mesh_err, 90)),
+        "crop_error_keypoints_median": float(np.median(kp_err)),
+        "crop_error_keypoints_p90": float(np.percentile(kp_err, 90)),
+    }
+
+
+def lipsync_auc(cache_dir: Path, seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
+    """Test ROC AUC of the lip-sync detector trained on crops placed with and without the face mesh.
+
+    The demo's default 20 real and 20 fake talking heads (3 s each), decoded; every 4th one (by name) is a
+    test video, the others the training pool (``finetune_lipsync`` splits off 20 % for validation). Each
+    setting trains from scratch with the stage's defaults, once per seed.
+    """
+    import tempfile
+
+    from sklearn.metrics import roc_auc_score
+
+    from components.demo_data.config import DemoConfig
+    from components.finetune_lipsync.config import FinetuneLipsyncConfig
+    from components.finetune_lipsync.core import LipsyncVideo, split_by_video, train_lipsync
+    from components.finetune_lipsync.model import load_model, predict_video
+
+    demo = DemoConfig(seed=0, as_of="2026-11-01", clips_per_category=0, two_face=0, no_face=0, broken=False)
+    clips = _decoded_demo(demo, ("talking_head",))
+    names = sorted(clips)
+    out: dict = {"videos": len(names), "seeds": list(seeds)}
+    for use_landmarks in (False, True):
+        config = FaceTrackingConfig(use_landmarks=use_landmarks)
+        videos = []
+        with core.load_face_models(cache_dir, config) as models:
+            for i, name in enumerate(names):
+                frames, _, _, audio, _, authenticity = clips[name]
+                result = core.track_video(frames, 25.0, config, models, audio)
+                track = -1 if result.selected is None else result.selected.track_id
+                split = "test" if i % 4 == 3 else "train"
+                label = int(authenticity == "fake")
+                videos.append(LipsyncVideo(name, result.crops[track], audio, 25.0, label, split))
+        test = [v for v in videos if v.split == "test"]
+        aucs = []
+        for seed in seeds:
+            cfg = FinetuneLipsyncConfig(pretrained="", seed=seed, num_threads=1)
+            train, val = split_by_video([v for v in videos if v.split == "train"], cfg.val_fraction, seed)
+            with tempfile.TemporaryDirectory(prefix="clipsync-lipsync-bench-") as tmp:
+                train_lipsync(train, val, cfg, tmp)
+                model = load_model(tmp)
+            scores = [predict_video(model, v.crops, v.audio, v.fps).probability for v in test]
+            aucs.append(float(roc_auc_score([v.label for v in test], scores)))
+        key = "mesh" if use_landmarks else "keypoints"
+        out[f"test_auc_{key}"] = aucs
+        out[f"test_auc_{key}_median"] = float(np.median(aucs))
+    return out
+
+
 def print_report(title: str, out: dict, repeats: int) -> None:
     print(f"== {title}: {out['frames_total']} frames in {out['clips']} clips, medians of {repeats}")
     print(f"raw FaceDetector every frame:  {out['raw_detector_fps']:8.1f} frames/s")
@@ -243,7 +338,17 @@ def print_report(title: str, out: dict, repeats: int) -> None:
         f"track_video detect_every=1:    {out['track_video_k1_fps']:8.1f} frames/s "
         f"(time ratio to raw {out['tracking_overhead_ratio']:.2f}x)"
     )
-    print(f"  with FaceLandmarker on:      {out['track_video_landmarks_fps']:8.1f} frames/s")
+    print(
+        f"  without the face mesh:       {out['track_video_no_mesh_fps']:8.1f} frames/s "
+        f"(time ratio mesh on / off {out['mesh_time_ratio']:.2f}x)"
+    )
+    if "mesh_attached" in out:
+        print(
+            f"  crop centre error vs true mouth (face widths), median / p90: mesh "
+            f"{out['crop_error_mesh_median']:.3f} / {out['crop_error_mesh_p90']:.3f}, keypoints (baseline) "
+            f"{out['crop_error_keypoints_median']:.3f} / {out['crop_error_keypoints_p90']:.3f}; "
+            f"plausible mesh on {out['mesh_attached']} detections"
+        )
     print(
         f"  selected track recall vs truth (IoU>0.5): mean {out['selected_recall_vs_truth_mean']:.3f}, "
         f"min {out['selected_recall_vs_truth_min']:.3f}; face-less clips flagged {out['faceless_clips_flagged']}; "
@@ -270,6 +375,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--source", choices=("synthetic", "demo", "both"), default="both")
     parser.add_argument("--cache-dir", type=Path, default=Path(__file__).resolve().parents[1] / ".clipsync" / "cache")
+    parser.add_argument("--lipsync", action="store_true", help="also train and score the lip-sync detector")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     if args.repeats < 3:
@@ -283,6 +389,13 @@ def main() -> int:
         figures["demo"] = measure(demo_clips(), args.cache_dir, args.repeats)
         print_report(
             "demo generator clips (talking heads, two faces, no face; H.264 256x256)", figures["demo"], args.repeats
+        )
+    if args.lipsync:
+        figures["lipsync"] = auc = lipsync_auc(args.cache_dir)
+        print(
+            f"== lip-sync on the demo's {auc['videos']} talking heads (30 train pool / 10 test), seeds {auc['seeds']}: "
+            f"test ROC AUC with the mesh {auc['test_auc_mesh']} (median {auc['test_auc_mesh_median']:.3f}), "
+            f"keypoints only (baseline) {auc['test_auc_keypoints']} (median {auc['test_auc_keypoints_median']:.3f})"
         )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=float))

@@ -1,4 +1,4 @@
-"""Text search through the real model server (REST V1 and gRPC V2) against the same model in-process.
+"""Serving benchmarks: search through the real model server vs in-process, and many clients on one server.
 
 Setup: the demo-size base CLIP (4 + 4 layers, width 128; 2 pretraining steps: timing, not quality, is measured
 here) with one LoRA adapter (r=16 on q_proj/v_proj), an exact index of ``--videos`` random vectors, started
@@ -7,13 +7,19 @@ and without (``--batch_max 1``). At 1, 8 and 32 concurrent clients (asyncio task
 it records p50/p99 latency and throughput. The in-process baseline runs the predictor's own ``predict`` with the
 same concurrency and batching in this process: the server's overhead is the ratio of the two.
 
-Run: ``.venv/bin/python benchmarks/serving.py [--requests 160] [--videos 10000] [--threads 1]``
+Multi-model (``--part multi-model``): three clients' adapters (each with its own index of ``--videos`` vectors)
+loaded one after the other into one server started as the multi-model ServingRuntime starts it (``--repository_dir``,
+``--base_model``): its RSS after each, against the RSS of a server holding one client; then the p50 of sequential
+searches cycling over the three clients against the p50 on the one-client server.
+
+Run: ``.venv/bin/python benchmarks/serving.py [--part all|batching|multi-model] [--requests 160] [--videos 10000]``
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -38,26 +44,31 @@ QUERIES = [
 ]
 
 
-def build_assets(work: Path, videos: int) -> Path:
+def build_base(work: Path) -> Path:
+    from components.finetune_clip.base_model import build_demo_base_clip
+
+    return build_demo_base_clip(work / "base", seed=0, time_budget_s=30, max_steps=2, batch_size=16)
+
+
+def build_adapter(base: Path, out: Path, videos: int, seed: int = 0) -> Path:
+    """A LoRA adapter (r=16 on q_proj/v_proj, random B) with an exact index of ``videos`` random vectors."""
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from components.finetune_clip.base_model import build_demo_base_clip
     from components.finetune_clip.model import load_base_clip
     from serving.index import VideoIndex
 
-    base = build_demo_base_clip(work / "base", seed=0, time_budget_s=30, max_steps=2, batch_size=16)
     bundle = load_base_clip(str(base))
     model = get_peft_model(bundle.model, LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"]))
+    gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
-                p.normal_(0, 0.02)
-    out = work / "clip-bench"
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
     model.save_pretrained(str(out))
     (out / "card.json").write_text(json.dumps({"base_model": str(base), "strategy": "lora", "pooling": "mean"}))
     dim = bundle.model.config.projection_dim
-    vecs = np.random.default_rng(0).standard_normal((videos, dim)).astype(np.float32)
+    vecs = np.random.default_rng(seed).standard_normal((videos, dim)).astype(np.float32)
     VideoIndex([f"v{i:07d}" for i in range(videos)], vecs).save(out / "index")
     return out
 
@@ -97,7 +108,7 @@ async def in_process(model_dir: Path, batch_max: int, levels: list[int], total: 
     model.load()
 
     async def call(text: str) -> None:
-        await model.predict({"instances": [{"text": text, "top_k": 5}]})
+        await model.predict(await model.preprocess({"instances": [{"text": text, "top_k": 5}]}))
 
     out = {str(c): await drive(call, c, total) for c in levels}
     model.stop()
@@ -117,7 +128,7 @@ async def through_server(model_dir: Path, batch_max: int, levels: list[int], tot
     http, grpc_port = free_port(), free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
     cmd = [
-        sys.executable, "-m", "serving.server", "--model", f"clip-bench={model_dir}", "--host", "127.0.0.1",
+        sys.executable, "-m", "serving.server", "--load", f"clip-bench={model_dir}", "--host", "127.0.0.1",
         "--http_port", str(http), "--grpc_port", str(grpc_port), "--batch_max", str(batch_max),
         "--batch_wait_ms", "5", "--query_log_uri", "off",
     ]  # fmt: skip
@@ -165,8 +176,130 @@ async def through_server(model_dir: Path, batch_max: int, levels: list[int], tot
     return results
 
 
+# ------------------------------------------------------------------------------------------- multi-model
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process (VmRSS), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def folder_mib(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
+
+
+class Server:
+    """``python -m serving.server ARGS`` on free loopback ports (query log off), stopped by PID."""
+
+    def __init__(self, args: list[str], log: Path, threads: int) -> None:
+        import urllib.request
+
+        self.http, grpc = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.http}"
+        cmd = [sys.executable, "-m", "serving.server", *args, "--host", "127.0.0.1", "--http_port", str(self.http),
+               "--grpc_port", str(grpc), "--query_log_uri", "off"]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+        self._log = open(log, "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/v2/health/ready", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"server did not start; see {log}")
+            time.sleep(0.3)
+
+    def post(self, path: str, body: dict) -> dict:
+        import urllib.request
+
+        req = urllib.request.Request(
+            self.url + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=300) as r:
+            return json.loads(r.read())
+
+    def search(self, model: str, text: str) -> None:
+        self.post(f"/v1/models/{model}:predict", {"instances": [{"text": text, "top_k": 5}]})
+
+    def p50_ms(self, models: list[str], total: int) -> float:
+        """Median latency of ``total`` sequential searches, cycling over ``models`` and the queries."""
+        for i in range(4):  # warm up
+            self.search(models[i % len(models)], QUERIES[i % len(QUERIES)])
+        lat = []
+        for i in range(total):
+            t = time.perf_counter()
+            self.search(models[i % len(models)], QUERIES[i % len(QUERIES)])
+            lat.append(time.perf_counter() - t)
+        return round(statistics.median(lat) * 1000, 2)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._log.close()
+
+
+def multi_model(work: Path, base: Path, adapters: dict[str, Path], total: int, threads: int) -> dict:
+    """RSS per client added to a multi-model server vs one server per client; p50 of a search, 3 vs 1 client.
+
+    The multi-model server runs as the generated ``clipsync-clip-search-mms`` runtime does: ``--repository_dir``
+    (each client's folder put there as KServe's model agent does, then ``.../load``) and ``--base_model``.
+    """
+    import shutil
+
+    from serving.release import write_release
+
+    repo = work / "mnt-models"
+    repo.mkdir()
+    pool = Server(["--kind", "clip-search", "--repository_dir", str(repo), "--base_model", str(base)],
+                  work / "pool.log", threads)  # fmt: skip
+    rss = [rss_mib(pool.proc.pid)]
+    try:
+        for name, src in adapters.items():
+            shutil.copytree(src, repo / name)
+            write_release(repo / name, name, "1")
+            pool.post(f"/v2/repository/models/{name}/load", {})
+            pool.search(name, QUERIES[0])
+            rss.append(rss_mib(pool.proc.pid))
+        p50_pool = pool.p50_ms(list(adapters), total)
+    finally:
+        pool.stop()
+    first = next(iter(adapters))
+    alone = Server(["--kind", "clip-search", "--load", f"{first}={adapters[first]}"], work / "alone.log", threads)
+    try:
+        alone.search(first, QUERIES[0])
+        rss_alone = rss_mib(alone.proc.pid)
+        p50_alone = alone.p50_ms([first], total)
+    finally:
+        alone.stop()
+    added = [b - a for a, b in itertools.pairwise(rss)]
+    src = adapters[first]
+    return {
+        "rss_base_only_mib": round(rss[0], 1),
+        "rss_after_each_client_mib": [round(r, 1) for r in rss[1:]],
+        "rss_added_per_client_mib": [round(a, 1) for a in added],
+        "rss_added_per_client_median_mib": round(statistics.median(added), 1),
+        "rss_one_client_server_mib": round(rss_alone, 1),
+        "adapter_file_mib": round((src / "adapter_model.safetensors").stat().st_size / 2**20, 2),
+        "index_mib": round(folder_mib(src / "index"), 2),
+        "base_file_mib": round(folder_mib(base), 1),
+        "p50_ms_3_clients_one_server": p50_pool,
+        "p50_ms_1_client_server": p50_alone,
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--part", choices=["batching", "multi-model", "all"], default="all")
     p.add_argument("--requests", type=int, default=160, help="requests per (protocol, concurrency) cell")
     p.add_argument("--videos", type=int, default=10_000)
     p.add_argument("--levels", default="1,8,32")
@@ -179,31 +312,55 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     threadpool_limits(limits=1, user_api="blas")  # what the server does (ServingConfig.blas_threads)
     levels = [int(x) for x in args.levels.split(",")]
+    report: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="clipsync-bench-") as tmp:
-        model_dir = build_assets(Path(tmp), args.videos)
-        report: dict[str, dict] = {}
-        for label, batch_max in (("batched", 32), ("unbatched", 1)):
-            report[label] = {
-                "in_process": asyncio.run(in_process(model_dir, batch_max, levels, args.requests)),
-                **asyncio.run(through_server(model_dir, batch_max, levels, args.requests, args.threads)),
-            }
-            print(json.dumps({label: report[label]}), flush=True)
+        work = Path(tmp)
+        base = build_base(work)
+        model_dir = build_adapter(base, work / "clip-bench", args.videos)
+        if args.part in ("batching", "all"):
+            for label, batch_max in (("batched", 32), ("unbatched", 1)):
+                report[label] = {
+                    "in_process": asyncio.run(in_process(model_dir, batch_max, levels, args.requests)),
+                    **asyncio.run(through_server(model_dir, batch_max, levels, args.requests, args.threads)),
+                }
+                print(json.dumps({label: report[label]}), flush=True)
+        if args.part in ("multi-model", "all"):
+            adapters = {f"clip-{c}": build_adapter(base, work / c, args.videos, seed=i + 1)
+                        for i, c in enumerate(("acme", "beta", "gamma"))}  # fmt: skip
+            report["multi_model"] = multi_model(work, base, adapters, args.requests, args.threads)
+            print(json.dumps({"multi_model": report["multi_model"]}), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))
-    print(
-        "\n| batching | clients | in-process p50/p99 ms, qps | REST V1 p50/p99 ms, qps | gRPC V2 p50/p99 ms, qps "
-        "| overhead REST/gRPC (p50) |"
-    )
-    print("|---|---|---|---|---|---|")
-    for label, r in report.items():
-        for c in levels:
-            ip, rs, gr = r["in_process"][str(c)], r["rest_v1"][str(c)], r["grpc_v2"][str(c)]
+    if "batched" in report:
+        print(
+            "\n| batching | clients | in-process p50/p99 ms, qps | REST V1 p50/p99 ms, qps | gRPC V2 p50/p99 ms, qps "
+            "| overhead REST/gRPC (p50) |"
+        )
+        print("|---|---|---|---|---|---|")
+        for label in ("batched", "unbatched"):
+            r = report[label]
+            for c in levels:
+                ip, rs, gr = r["in_process"][str(c)], r["rest_v1"][str(c)], r["grpc_v2"][str(c)]
 
-            def cell(x):
-                return f"{x['p50_ms']}/{x['p99_ms']}, {x['qps']}"
+                def cell(x):
+                    return f"{x['p50_ms']}/{x['p99_ms']}, {x['qps']}"
 
-            ratio = f"{rs['p50_ms'] / ip['p50_ms']:.2f}x / {gr['p50_ms'] / ip['p50_ms']:.2f}x"
-            print(f"| {label} | {c} | {cell(ip)} | {cell(rs)} | {cell(gr)} | {ratio} |")
+                ratio = f"{rs['p50_ms'] / ip['p50_ms']:.2f}x / {gr['p50_ms'] / ip['p50_ms']:.2f}x"
+                print(f"| {label} | {c} | {cell(ip)} | {cell(rs)} | {cell(gr)} | {ratio} |")
+    if "multi_model" in report:
+        m = report["multi_model"]
+        added, alone = m["rss_added_per_client_median_mib"], m["rss_one_client_server_mib"]
+        print(
+            f"\nmulti-model: RSS added per client {added} MiB (median of {m['rss_added_per_client_mib']}; adapter "
+            f"{m['adapter_file_mib']} MiB + index {m['index_mib']} MiB on disk) vs {alone} MiB for a server of its "
+            f"own ({alone / max(added, 0.1):.0f}x); the base alone: {m['rss_base_only_mib']} MiB RSS "
+            f"({m['base_file_mib']} MiB on disk)"
+        )
+        print(
+            f"search p50: {m['p50_ms_3_clients_one_server']} ms on a 3-client server vs "
+            f"{m['p50_ms_1_client_server']} ms on a 1-client server "
+            f"({m['p50_ms_3_clients_one_server'] / m['p50_ms_1_client_server']:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

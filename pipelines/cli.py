@@ -125,14 +125,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    """Serve the previous version again and point the registry alias ``champion`` back at it."""
+    """Serve an earlier version again (``--to-version``, default the registry alias ``previous``)."""
     from components.deploy.core import DeployError, rollback_model
 
     config = _load(args)
     try:
-        result = rollback_model(config.tracking, config.client_id, Path(config.state_dir), args.model, config.deploy)
+        result = rollback_model(
+            config.tracking,
+            config.client_id,
+            Path(config.state_dir),
+            args.model,
+            config.deploy,
+            to_version=args.to_version,
+            serving=config.serving,
+            cache_dir=config.cache_dir,
+        )
     except DeployError as exc:
-        print(f"clipsync: rollback failed, champion unchanged: {exc}", file=sys.stderr)
+        print(f"clipsync: rollback failed, nothing changed: {exc}", file=sys.stderr)
         return 1
     print(result.to_markdown(), end="")
     return 0
@@ -173,7 +182,7 @@ def cmd_render_manifests(args: argparse.Namespace) -> int:
     from components.deploy.manifests import render_manifests
 
     config = _load(args)
-    for path in render_manifests(args.output, client_id=config.client_id, cfg=config.deploy):
+    for path in render_manifests(args.output, config):
         print(path)
     return 0
 
@@ -182,7 +191,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the client's champion models (or explicit folders) with one KServe model server on localhost."""
     from serving.server import serve_main
 
-    return serve_main(_load(args), args.http_port, args.grpc_port, args.clip_dir, args.lipsync_dir)
+    return serve_main(
+        _load(args),
+        args.http_port,
+        args.grpc_port,
+        args.clip_dir,
+        args.lipsync_dir,
+        tokens_env=args.tokens_env,
+        tokens_file=args.tokens_file,
+        admin_token_env=args.admin_token_env,
+    )
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -270,9 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window-days", type=int, help="window length in days (default: the config's)")
     p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("rollback", help="serve the previous champion again (registry alias previous -> champion)")
+    p = sub.add_parser("rollback", help="serve an earlier version again and make it the champion")
     _add_config_args(p)
     p.add_argument("--model", required=True, choices=["clip", "lipsync"], help="which model to roll back")
+    p.add_argument("--to-version", help="the registry version to serve (default: the alias 'previous')")
     p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("serve", help="serve the champion CLIP adapter and lip-sync model (KServe, HTTP + gRPC)")
@@ -281,6 +300,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-port", type=int, help="gRPC port (default: serving.grpc_port, 8081)")
     p.add_argument("--clip-dir", type=Path, help="serve this CLIP model folder instead of the MLflow champion")
     p.add_argument("--lipsync-dir", type=Path, help="serve this lip-sync model folder instead of the champion")
+    p.add_argument(
+        "--tokens-env",
+        metavar="NAME",
+        help="client tokens: variable NAME holds a JSON map token -> [client ids] (serving.tokens_env)",
+    )
+    p.add_argument("--tokens-file", metavar="FILE", help="client tokens in a JSON file (serving.tokens_file)")
+    p.add_argument(
+        "--admin-token-env",
+        metavar="NAME",
+        help="variable NAME holds the admin token: repository load/unload, /metrics (serving.admin_token_env)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("index", help="build the search index of a CLIP model over a frames Dataset")

@@ -5,10 +5,13 @@ A recurring run starts it on the 1st of each month; a person can launch it from 
 the same parameters; locally `clipsync run` executes it with kfp.local's SubprocessRunner.
 """
 
+from typing import TYPE_CHECKING
+
 from kfp import dsl, kubernetes
 
 from components.ab_gate.component import ab_gate
 from components.deploy.component import deploy, keep
+from components.deploy.config import ADMIN_TOKEN_ENV, ADMIN_TOKEN_KEY, SERVING_TOKEN_SECRET
 from components.evaluate.component import evaluate_clip, evaluate_lipsync
 from components.face_tracking.component import face_tracking
 from components.finetune_clip.component import finetune_clip
@@ -18,6 +21,9 @@ from components.ingest.component import ingest
 from components.start_run.component import start_run
 from components.summary.component import finish_run, summary
 
+if TYPE_CHECKING:
+    from components.common.config import PipelineGpuConfig
+
 PIPELINE_NAME = "monthly-retrain"
 #: The Kubernetes Secret with MinIO credentials (manifests/base/secret-minio.yaml), read by every task.
 MINIO_SECRET = "clipsync-minio"
@@ -26,7 +32,8 @@ MINIO_ENV = {
     "AWS_SECRET_ACCESS_KEY": "MINIO_SECRET_KEY",
     "MINIO_ENDPOINT": "MINIO_ENDPOINT",
 }
-#: Per-task resources (request CPU, request = limit memory) and whether the task needs a GPU.
+#: Per-task resources (request CPU, request = limit memory) and whether the task always needs a GPU (the
+#: evaluate tasks get one when the config's ``pipeline_gpu.evaluate`` is set).
 RESOURCES = {
     "start_run": ("0.5", "1G", False),
     "ingest": ("1", "4G", False),
@@ -42,8 +49,11 @@ RESOURCES = {
     "summary": ("0.5", "1G", False),
     "finish_run": ("0.5", "1G", False),
 }
-#: Stages that talk to MinIO, MLflow or the Kubernetes API retry transient failures with backoff.
+#: Stages that talk to MinIO, MLflow or the Kubernetes API retry transient failures with backoff. GPU tasks
+#: retry as the config's ``pipeline_gpu`` section says (a preempted pod resumes from its checkpoint).
 RETRIED = {"start_run", "ingest", "frame_extraction", "deploy", "summary", "finish_run"}
+#: The GPU settings of the pipeline being built (see :func:`build_pipeline`; kfp builds the graph while decorating).
+_gpu: "PipelineGpuConfig | None" = None
 
 
 def _settings(task: dsl.PipelineTask, stage: str, display_name: str | None = None) -> dsl.PipelineTask:
@@ -53,15 +63,30 @@ def _settings(task: dsl.PipelineTask, stage: str, display_name: str | None = Non
     result would leave the run's record incomplete; the window's as_of and the parent run id are inputs
     anyway, so two months could never share a cache key.
     """
-    cpu, memory, gpu = RESOURCES[stage]
+    cpu, memory, needs_gpu = RESOURCES[stage]
     task.set_display_name(display_name or stage)
     task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory)
-    if gpu:
-        task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
-    if stage in RETRIED:
+    gpu = _gpu
+    if gpu is not None and (needs_gpu or (gpu.evaluate and stage.startswith("evaluate"))):
+        task.set_accelerator_type(gpu.accelerator_type).set_accelerator_limit(gpu.accelerator_count)
+        for label, value in sorted(gpu.node_selector.items()):
+            kubernetes.add_node_selector(task, label_key=label, label_value=value)
+        for toleration in gpu.tolerations:
+            kubernetes.add_toleration(task, **toleration)
+        task.set_retry(
+            num_retries=gpu.retries,
+            backoff_duration=f"{gpu.retry_backoff_s}s",
+            backoff_factor=2.0,
+            backoff_max_duration="3600s",
+        )
+    elif stage in RETRIED:
         task.set_retry(num_retries=3, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="600s")
     task.set_caching_options(False)
     kubernetes.use_secret_as_env(task, secret_name=MINIO_SECRET, secret_key_to_env=MINIO_ENV, optional=True)
+    if stage == "deploy":  # it loads models and probes their metadata: the model servers' admin token
+        kubernetes.use_secret_as_env(
+            task, secret_name=SERVING_TOKEN_SECRET, secret_key_to_env={ADMIN_TOKEN_KEY: ADMIN_TOKEN_ENV}, optional=True
+        )
     return task
 
 
@@ -144,11 +169,7 @@ def _tasks(run_params: dict) -> None:
     _settings(closed, "summary")
 
 
-@dsl.pipeline(
-    name=PIPELINE_NAME,
-    description="clipsync: ingest new client videos, adapt the CLIP search and lip-sync models, gate, deploy.",
-)
-def monthly_retrain(
+def _monthly_retrain(
     client_id: str = "acme",
     config_yaml: str = "",
     as_of: str = "",
@@ -171,3 +192,30 @@ def monthly_retrain(
     with dsl.ExitHandler(finished, name="monthly-retrain-tasks"):
         _tasks(run_params)
     return finished.outputs["report"]
+
+
+def build_pipeline(gpu: "PipelineGpuConfig | None" = None) -> dsl.graph_component.GraphComponent:
+    """The monthly_retrain pipeline with its GPU tasks scheduled as ``gpu`` says.
+
+    Args:
+        gpu: The client config's ``pipeline_gpu`` section (accelerator, node selector, tolerations, retries);
+            ``None`` takes its defaults.
+
+    Returns:
+        The pipeline (call it under ``kfp.local``, or compile it).
+    """
+    global _gpu
+    from components.common.config import PipelineGpuConfig
+
+    _gpu = gpu or PipelineGpuConfig()
+    try:
+        return dsl.pipeline(
+            name=PIPELINE_NAME,
+            description="clipsync: ingest new client videos, adapt the CLIP search and lip-sync models, gate, deploy.",
+        )(_monthly_retrain)
+    finally:
+        _gpu = None
+
+
+#: The pipeline with the default GPU settings (``clipsync run``; ``clipsync compile`` builds its own).
+monthly_retrain = build_pipeline()

@@ -13,7 +13,7 @@ def compile_pipeline(output: Path, client_id: str = "acme", config_yaml: str = "
         output: Where to write the YAML package.
         client_id: Default value of the ``client_id`` parameter.
         config_yaml: Default value of the ``config_yaml`` parameter (the client's YAML config text; stored
-            as one line of JSON).
+            as one line of JSON). Its ``pipeline_gpu`` section decides where the GPU tasks run.
 
     Returns:
         The written path.
@@ -21,15 +21,20 @@ def compile_pipeline(output: Path, client_id: str = "acme", config_yaml: str = "
     import yaml
     from kfp import compiler
 
-    from pipelines.monthly_retrain import monthly_retrain
+    from components.common.config import from_dict
+    from pipelines.monthly_retrain import build_pipeline
 
+    data = yaml.safe_load(config_yaml) or {} if config_yaml.strip() else {}
+    # The GPU tasks' scheduling is part of the package (pod specs), so it comes from the config at compile time;
+    # validating the whole config here also refuses a bad file before anything is uploaded.
+    pipeline = build_pipeline(from_dict(data).pipeline_gpu)
     # kfp copies parameter defaults into the package's comment header verbatim; a multi-line YAML default
     # would break that header, so the config travels as one line of JSON (which is also YAML).
-    config_yaml = json.dumps(yaml.safe_load(config_yaml) or {}, sort_keys=True) if config_yaml.strip() else ""
+    config_yaml = json.dumps(data, sort_keys=True) if config_yaml.strip() else ""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(
-        monthly_retrain,
+        pipeline,
         package_path=str(output),
         pipeline_parameters={"client_id": client_id, "config_yaml": config_yaml},
     )

@@ -1,8 +1,6 @@
 """clip-search predictor: text-to-video search over one client's library with that client's CLIP adapter.
 
-Many clients share one base CLIP: :class:`ClipBackbones` loads each base model once and attaches every
-client's LoRA adapter to it (peft ``load_adapter``); a request switches to its client's adapter
-(``set_adapter``) under the base's lock. Hybrid / full fine-tunes (whole towers changed) get their own copy.
+Many clients share one base CLIP (:mod:`serving.clip_backbones`): each client's LoRA adapter is attached to it.
 
 Inputs (see ``serving/README.md``):
 
@@ -22,23 +20,31 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import json
 import logging
-import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from kserve import InferOutput, InferRequest, InferResponse, Model
-from kserve.errors import InferenceError, InvalidInput
 
 from serving.batching import BatchSettings, DynamicBatcher
 from serving.calibration import Calibrator
+from serving.clip_backbones import ClipBackbones, ClipHandle
 from serving.config import ServingConfig
+from serving.errors import NotReady, PayloadTooLarge
 from serving.index import IndexSettings, VideoIndex
+from serving.kserve_adapter import (
+    InferRequest,
+    InferResponse,
+    InvalidInput,
+    Model,
+    input_tensor,
+    output,
+    requested_outputs,
+    short,
+    v2_response,
+)
 from serving.querylog import QueryLog
 
 logger = logging.getLogger("clipsync.serving.clip_search")
@@ -48,145 +54,20 @@ CALIBRATION_FILE = "calibration.json"
 MAX_TOP_K = 100
 MAX_QUERIES = 256
 MAX_TEXT_CHARS = 1000
-
-
-# ------------------------------------------------------------------------------------------- backbones
-
-
-@dataclass
-class _Backbone:
-    """One loaded CLIP and the client adapters attached to it."""
-
-    bundle: Any
-    shared: bool
-    adapters: set[str] = field(default_factory=set)
-    lock: threading.RLock = field(default_factory=threading.RLock)
-
-
-@dataclass
-class ClipHandle:
-    """A client's view of a loaded CLIP: which backbone, which adapter, how to feed it."""
-
-    name: str
-    backbone: _Backbone
-    adapter: str | None
-    pooling: str
-    frames_per_video: int
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.backbone.bundle.tokenizer
-
-    @property
-    def image_spec(self) -> Any:
-        return self.backbone.bundle.image_spec
-
-    def _activate(self) -> Any:
-        model = self.backbone.bundle.model
-        if self.adapter is not None:
-            model.set_adapter(self.adapter)
-        return model
-
-    def encode_texts(self, texts: list[str]) -> np.ndarray:
-        """``[T, D]`` normalized text embeddings with this client's adapter."""
-        import torch
-
-        from components.finetune_clip.model import encode_texts
-
-        with self.backbone.lock, torch.inference_mode():
-            model = self._activate()
-            return encode_texts(model, self.tokenizer, texts).cpu().numpy()
-
-    def encode_frames(self, videos: list[np.ndarray]) -> np.ndarray:
-        """``[B, D]`` embeddings of videos given as uint8 ``[N, H, W, 3]`` frames (an image is one frame)."""
-        import torch
-
-        from components.finetune_clip.model import encode_videos, prepare_frames
-
-        k = max(1, self.frames_per_video)
-        prepared = torch.stack([prepare_frames(v, k if len(v) > 1 else 1, self.image_spec) for v in videos])
-        with self.backbone.lock, torch.inference_mode():
-            model = self._activate()
-            return encode_videos(model, prepared, self.image_spec, self.pooling).cpu().numpy()
-
-
-def _adapter_name(name: str) -> str:
-    return name.replace(".", "_")
-
-
-class ClipBackbones:
-    """Process-wide registry: one base CLIP per base reference, LoRA adapters of many clients on it."""
-
-    def __init__(self, cache_dir: str | Path | None = None) -> None:
-        self.cache_dir = cache_dir
-        self._shared: dict[str, _Backbone] = {}
-        self._counter = 0
-        self._lock = threading.Lock()
-
-    def attach(self, name: str, model_dir: str | Path) -> ClipHandle:
-        """Load client model ``name`` from ``model_dir`` (a clipsync CLIP model folder or a plain base).
-
-        Every attach gets its own adapter name, so a new version of a client can be attached beside the one
-        still answering requests and the old one detached after the swap.
-
-        Raises:
-            components.finetune_clip.model.ModelLoadError: If the folder cannot be loaded.
-        """
-        from components.finetune_clip.model import CARD_FILE, load_base_clip, load_clip_model
-
-        model_dir = Path(model_dir)
-        card_path = model_dir / CARD_FILE
-        card = json.loads(card_path.read_text()) if card_path.is_file() else {}
-        pooling = str(card.get("pooling", "mean"))
-        frames = int(card.get("frames_per_video", 4))
-        with self._lock:
-            self._counter += 1
-            if card.get("strategy") == "lora":
-                base_ref = str(card["base_model"])
-                backbone = self._shared.get(base_ref)
-                adapter = f"{_adapter_name(name)}_{self._counter}"
-                if backbone is None:
-                    from peft import PeftModel
-
-                    bundle = load_base_clip(base_ref, self.cache_dir)
-                    bundle.model = PeftModel.from_pretrained(
-                        bundle.model, str(model_dir), adapter_name=adapter, is_trainable=False
-                    ).eval()
-                    backbone = _Backbone(bundle=bundle, shared=True)
-                    self._shared[base_ref] = backbone
-                    logger.info("base CLIP %s loaded for %s", base_ref, name)
-                else:
-                    with backbone.lock:
-                        backbone.bundle.model.load_adapter(str(model_dir), adapter_name=adapter, is_trainable=False)
-                backbone.adapters.add(adapter)
-                handle = ClipHandle(name, backbone, adapter, pooling, frames)
-            else:
-                bundle = load_clip_model(model_dir, self.cache_dir) if card else load_base_clip(str(model_dir))
-                handle = ClipHandle(name, _Backbone(bundle=bundle, shared=False), None, pooling, frames)
-        logger.info("clip model %s attached (%s)", name, card.get("strategy", "base"))
-        return handle
-
-    def detach(self, handle: ClipHandle) -> None:
-        """Remove a client model's adapter; the base is dropped with its last adapter."""
-        if not handle.backbone.shared:
-            return
-        with self._lock:
-            backbone = handle.backbone
-            if handle.adapter not in backbone.adapters:
-                return
-            backbone.adapters.discard(handle.adapter)
-            if not backbone.adapters:
-                self._shared = {k: v for k, v in self._shared.items() if v is not backbone}
-                return
-            with backbone.lock:
-                model = backbone.bundle.model
-                model.set_adapter(sorted(backbone.adapters)[0])
-                model.delete_adapter(handle.adapter)
-
-    def shared_bases(self) -> dict[str, list[str]]:
-        """Base reference -> adapters attached (for logs and tests)."""
-        with self._lock:
-            return {ref: sorted(b.adapters) for ref, b in self._shared.items()}
+#: The V2 tensors of a clip-search model (``GET /v2/models/<name>``; ``-1``: any size).
+INPUTS = [
+    {"name": "text", "datatype": "BYTES", "shape": [-1]},
+    {"name": "top_k", "datatype": "INT32", "shape": [1]},
+    {"name": "image", "datatype": "UINT8", "shape": [-1, -1, -1, 3]},
+]
+OUTPUTS = [
+    {"name": "video_ids", "datatype": "BYTES", "shape": [-1, -1]},
+    {"name": "scores", "datatype": "FP32", "shape": [-1, -1]},
+    {"name": "confidence", "datatype": "FP32", "shape": [-1]},
+    {"name": "low_confidence", "datatype": "BOOL", "shape": [-1]},
+    {"name": "text_embedding", "datatype": "FP32", "shape": [-1, -1]},
+    {"name": "image_embedding", "datatype": "FP32", "shape": [-1, -1]},
+]
 
 
 # ------------------------------------------------------------------------------------------- predictor
@@ -206,6 +87,11 @@ class SearchResult:
 
 
 def _check_text(text: Any, where: str) -> str:
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput(f"{where}: 'text' is not UTF-8") from None
     if not isinstance(text, str):
         raise InvalidInput(f"{where}: 'text' must be a string, got {type(text).__name__}")
     text = text.strip()
@@ -218,23 +104,58 @@ def _check_text(text: Any, where: str) -> str:
 
 def _check_top_k(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise InvalidInput(f"{where}: 'top_k' must be an integer, got {value!r}")
+        raise InvalidInput(f"{where}: 'top_k' must be an integer")
     if not 1 <= int(value) <= MAX_TOP_K:
-        raise InvalidInput(f"{where}: 'top_k' must be 1..{MAX_TOP_K}, got {int(value)}")
+        raise InvalidInput(f"{where}: 'top_k' must be 1..{MAX_TOP_K}, got {short(int(value))[:24]}")
     return int(value)
 
 
-def _decode_image(data: Any, where: str) -> np.ndarray:
+def decode_image(data: Any, where: str, max_pixels: int) -> np.ndarray:
+    """A base64 PNG/JPEG as RGB uint8, its size checked from the header before any pixel is decoded.
+
+    Raises:
+        InvalidInput: Not base64, not an image, or a truncated one.
+        PayloadTooLarge: More than ``max_pixels`` (width x height; what is left of the request's limit).
+    """
     from PIL import Image, UnidentifiedImageError
 
     if not isinstance(data, str):
         raise InvalidInput(f"{where}: 'image_b64' must be a base64 string")
     try:
         raw = base64.b64decode(data, validate=True)
-        with Image.open(io.BytesIO(raw)) as img:
+    except ValueError:
+        raise InvalidInput(f"{where}: 'image_b64' is not valid base64") from None
+    try:
+        with Image.open(io.BytesIO(raw)) as img:  # reads the header only
+            width, height = img.size
+            if width * height > max_pixels:
+                raise PayloadTooLarge(f"{where}: the image is {width}x{height} px; the limit is {max_pixels} pixels")
             return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except Image.DecompressionBombError:
+        raise PayloadTooLarge(f"{where}: the image is larger than {max_pixels} pixels") from None
     except (ValueError, UnidentifiedImageError, OSError) as exc:
-        raise InvalidInput(f"{where}: 'image_b64' is not a decodable PNG/JPEG image: {exc}") from None
+        raise InvalidInput(f"{where}: 'image_b64' is not a decodable PNG/JPEG image ({type(exc).__name__})") from None
+
+
+@dataclass
+class SearchRequest:
+    """A checked clip-search request: what to search and embed, and how to answer.
+
+    Attributes:
+        searches: (position, text, k) of each text query.
+        text_embeddings: (position, text) of each text asking for its raw vector (V1).
+        images: (position, RGB uint8 [H, W, 3]) of each image.
+        v2: The V2 request (REST or gRPC) it came from; ``None`` for V1.
+        size: Number of V1 instances.
+        wanted: Output names a V2 request asked for (empty: the default outputs).
+    """
+
+    searches: list[tuple[int, str, int]] = field(default_factory=list)
+    text_embeddings: list[tuple[int, str]] = field(default_factory=list)
+    images: list[tuple[int, np.ndarray]] = field(default_factory=list)
+    v2: InferRequest | None = None
+    size: int = 0
+    wanted: set[str] = field(default_factory=set)
 
 
 class ClipSearchModel(Model):
@@ -252,7 +173,7 @@ class ClipSearchModel(Model):
         super().__init__(name)
         self.model_dir = Path(model_dir)
         self.settings = settings or ServingConfig()
-        self.backbones = backbones or ClipBackbones()
+        self.backbones = backbones or ClipBackbones(device=self.settings.device)
         self.query_log = query_log
         self.version = version
         self.handle: ClipHandle | None = None
@@ -313,7 +234,7 @@ class ClipSearchModel(Model):
 
     async def _search(self, texts: list[str], ks: list[int], protocol: str) -> list[SearchResult]:
         if self.index is None:
-            raise InferenceError(f"{self.name} has no video index: build it with `clipsync index` and reload")
+            raise NotReady(f"{self.name} has no video index: build it with `clipsync index` and reload")
         started = time.perf_counter()
         assert self.batcher is not None
         results = await asyncio.gather(*(self.batcher.submit((t, k)) for t, k in zip(texts, ks, strict=True)))
@@ -346,138 +267,132 @@ class ClipSearchModel(Model):
         }
 
     # ------------------------------------------------------------------ protocols
-    async def predict(self, payload: Any, headers: dict | None = None, response_headers: dict | None = None) -> Any:
-        if isinstance(payload, InferRequest):
-            return await self._predict_v2(payload)
-        if isinstance(payload, dict):
-            return await self._predict_v1(payload)
-        raise InvalidInput(f"unsupported request type {type(payload).__name__}")
+    def get_input_types(self) -> list[dict]:
+        return INPUTS
 
-    async def _predict_v1(self, payload: dict) -> dict:
+    def get_output_types(self) -> list[dict]:
+        dim = self.handle.embed_dim if self.handle is not None else -1
+        return [{**o, "shape": [-1, dim]} if o["name"].endswith("_embedding") else o for o in OUTPUTS]
+
+    async def preprocess(self, payload: Any, headers: dict | None = None) -> SearchRequest:
+        """The request checked: texts (1..1000 characters), ``top_k`` 1..100, images within the pixel limit."""
+        if isinstance(payload, InferRequest):
+            return await self._parse_v2(payload)
+        if isinstance(payload, dict):
+            return await self._parse_v1(payload)
+        raise InvalidInput("expected a JSON object with 'instances'")
+
+    async def _parse_v1(self, payload: dict) -> SearchRequest:
         instances = payload.get("instances")
         if not isinstance(instances, list) or not instances:
             raise InvalidInput("expected a non-empty list 'instances'")
         if len(instances) > MAX_QUERIES:
             raise InvalidInput(f"at most {MAX_QUERIES} instances per request, got {len(instances)}")
-        out: list[dict[str, Any] | None] = [None] * len(instances)
-        search_rows: list[tuple[int, str, int]] = []
-        texts_only: list[tuple[int, str]] = []
-        images: list[tuple[int, np.ndarray]] = []
+        req = SearchRequest(size=len(instances))
         for i, inst in enumerate(instances):
             where = f"instance {i}"
             if not isinstance(inst, dict):
                 raise InvalidInput(f"{where}: expected an object with 'text' (or 'image_b64')")
-            if "image_b64" in inst:
-                images.append((i, _decode_image(inst["image_b64"], where)))
+            if "image_b64" in inst:  # the pixel limit holds for all the images of the request together
+                left = self.settings.max_image_pixels - sum(img.shape[0] * img.shape[1] for _, img in req.images)
+                req.images.append((i, await asyncio.to_thread(decode_image, inst["image_b64"], where, left)))
                 continue
             if "text" not in inst:
                 raise InvalidInput(f"{where}: missing 'text'")
             text = _check_text(inst["text"], where)
-            output = inst.get("output", "results")
-            if output == "text_embedding":
-                texts_only.append((i, text))
-            elif output == "results":
-                search_rows.append((i, text, _check_top_k(inst.get("top_k", 5), where)))
+            wanted = inst.get("output", "results")
+            if wanted == "text_embedding":
+                req.text_embeddings.append((i, text))
+            elif wanted == "results":
+                req.searches.append((i, text, _check_top_k(inst.get("top_k", 5), where)))
             else:
-                raise InvalidInput(f"{where}: 'output' must be 'results' or 'text_embedding', got {output!r}")
-        assert self.handle is not None
-        if texts_only:
-            emb = await asyncio.to_thread(self.handle.encode_texts, [t for _, t in texts_only])
-            for (i, _), e in zip(texts_only, emb, strict=True):
-                out[i] = {"text_embedding": [float(x) for x in e]}
-        if images:
-            emb = await asyncio.to_thread(self.handle.encode_frames, [img[None] for _, img in images])
-            for (i, _), e in zip(images, emb, strict=True):
-                out[i] = {"image_embedding": [float(x) for x in e]}
-        if search_rows:
-            results = await self._search([t for _, t, _ in search_rows], [k for _, _, k in search_rows], "v1")
-            for (i, _, _), res in zip(search_rows, results, strict=True):
-                out[i] = {
-                    "results": [
-                        {"video_id": v, "score": round(s, 5)} for v, s in zip(res.ids, res.scores, strict=True)
-                    ],
-                    "confidence": round(res.confidence, 4),
-                    "low_confidence": bool(res.confidence < self.settings.low_confidence_threshold),
-                }
-        return {"predictions": out, "calibration": self._calibration_info()}
+                raise InvalidInput(f"{where}: 'output' must be 'results' or 'text_embedding'")
+        return req
 
-    async def _predict_v2(self, request: InferRequest) -> InferResponse:
+    async def _parse_v2(self, request: InferRequest) -> SearchRequest:
         inputs = {inp.name: inp for inp in request.inputs}
         unknown = sorted(set(inputs) - {"text", "top_k", "image"})
-        if unknown:
+        if unknown or not inputs:
             raise InvalidInput(
-                f"unknown input(s) {unknown}; expected 'text' (BYTES), 'top_k' (INT32) or 'image' (UINT8)"
+                f"unknown input(s) {[short(u)[:40] for u in unknown[:5]]}; expected 'text' (BYTES), "
+                "'top_k' (INT32) or 'image' (UINT8)"
             )
-        wanted = {o.name for o in (request.request_outputs or [])}
-        outputs: list[InferOutput] = []
-        assert self.handle is not None
+        wanted = requested_outputs(request)
+        known = {o["name"] for o in OUTPUTS}
+        if wanted - known:
+            raise InvalidInput(f"unknown output(s) {[short(w)[:40] for w in sorted(wanted - known)[:5]]}")
+        req = SearchRequest(v2=request, wanted=wanted)
         if "image" in inputs:
-            img = inputs["image"]
-            if img.datatype != "UINT8":
-                raise InvalidInput(f"input 'image' must be UINT8 [N, H, W, 3], got {img.datatype}")
-            arr = img.as_numpy()
+            arr = input_tensor(inputs["image"], ("UINT8",), self.settings.max_image_pixels * 3)
             if arr.ndim != 4 or arr.shape[-1] != 3 or min(arr.shape[:3]) < 1:
                 raise InvalidInput(f"input 'image' must be [N, H, W, 3], got {list(arr.shape)}")
-            emb = await asyncio.to_thread(self.handle.encode_frames, [a[None] for a in arr])
-            outputs.append(_output("image_embedding", emb.astype(np.float32)))
+            req.images = list(enumerate(arr))
         if "text" in inputs:
-            inp = inputs["text"]
-            if inp.datatype != "BYTES":
-                raise InvalidInput(f"input 'text' must be BYTES, got {inp.datatype}")
-            raw = inp.as_numpy().reshape(-1)
-            if len(raw) == 0 or len(raw) > MAX_QUERIES:
-                raise InvalidInput(f"input 'text' must hold 1..{MAX_QUERIES} queries, got {len(raw)}")
-            texts = []
-            for i, t in enumerate(raw):
-                if isinstance(t, bytes):
-                    try:
-                        t = t.decode("utf-8")
-                    except UnicodeDecodeError:
-                        raise InvalidInput(f"text[{i}] is not UTF-8") from None
-                texts.append(_check_text(t, f"text[{i}]"))
+            raw = input_tensor(inputs["text"], ("BYTES",), MAX_QUERIES).reshape(-1)
+            if len(raw) == 0:
+                raise InvalidInput(f"input 'text' must hold 1..{MAX_QUERIES} queries")
+            texts = [_check_text(t, f"text[{i}]") for i, t in enumerate(raw)]
             k = 5
             if "top_k" in inputs:
-                tk = inputs["top_k"]
-                if tk.datatype not in ("INT32", "INT64"):
-                    raise InvalidInput(f"input 'top_k' must be INT32, got {tk.datatype}")
-                values = {int(v) for v in tk.as_numpy().reshape(-1)}
+                values = input_tensor(inputs["top_k"], ("INT32", "INT64"), 1).reshape(-1)
                 if len(values) != 1:
                     raise InvalidInput("input 'top_k' must hold one value (the same k for every query)")
-                k = _check_top_k(values.pop(), "top_k")
+                k = _check_top_k(values[0], "top_k")
             if wanted == {"text_embedding"}:
-                emb = await asyncio.to_thread(self.handle.encode_texts, texts)
-                outputs.append(_output("text_embedding", emb.astype(np.float32)))
+                req.text_embeddings = list(enumerate(texts))
             else:
-                results = await self._search(texts, [k] * len(texts), "grpc" if request.from_grpc else "v2")
-                kk = min(len(r.ids) for r in results)
-                conf = np.array([r.confidence for r in results], dtype=np.float32)
-                outputs += [
-                    _output(
-                        "video_ids", np.array([[v.encode() for v in r.ids[:kk]] for r in results], dtype=np.object_)
-                    ),
-                    _output("scores", np.array([r.scores[:kk] for r in results], dtype=np.float32)),
-                    _output("confidence", conf),
-                    _output("low_confidence", conf < self.settings.low_confidence_threshold),
-                ]
-                if "text_embedding" in wanted:
-                    outputs.append(
-                        _output("text_embedding", np.stack([r.embedding for r in results]).astype(np.float32))
-                    )
-        if not outputs:
-            raise InvalidInput("no input: send 'text' (BYTES) or 'image' (UINT8)")
-        return InferResponse(
-            response_id=request.id or str(uuid.uuid4()),
-            model_name=self.name,
-            infer_outputs=outputs,
-            parameters={"calibrated": self.calibrator.n_queries > 0},
-        )
+                req.searches = [(i, t, k) for i, t in enumerate(texts)]
+        elif "top_k" in inputs:
+            raise InvalidInput("input 'top_k' needs the input 'text'")
+        return req
 
+    async def predict(self, payload: SearchRequest, headers: dict | None = None, response_headers: dict | None = None):
+        assert self.handle is not None
+        req = payload
+        text_emb = image_emb = None
+        if req.text_embeddings:
+            text_emb = await asyncio.to_thread(self.handle.encode_texts, [t for _, t in req.text_embeddings])
+        if req.images:
+            image_emb = await asyncio.to_thread(self.handle.encode_frames, [img[None] for _, img in req.images])
+        protocol = "v1" if req.v2 is None else ("grpc" if req.v2.from_grpc else "v2")
+        results = []
+        if req.searches:
+            results = await self._search([t for _, t, _ in req.searches], [k for _, _, k in req.searches], protocol)
+        if req.v2 is None:
+            return self._v1_response(req, text_emb, image_emb, results)
+        return self._v2_response(req, text_emb, image_emb, results)
 
-def _output(name: str, array: np.ndarray) -> InferOutput:
-    from kserve.utils.utils import from_np_dtype
+    def _v1_response(self, req: SearchRequest, text_emb, image_emb, results: list[SearchResult]) -> dict:
+        out: list[dict[str, Any] | None] = [None] * req.size
+        for (i, _), e in zip(req.text_embeddings, text_emb if text_emb is not None else [], strict=True):
+            out[i] = {"text_embedding": [float(x) for x in e]}
+        for (i, _), e in zip(req.images, image_emb if image_emb is not None else [], strict=True):
+            out[i] = {"image_embedding": [float(x) for x in e]}
+        for (i, _, _), res in zip(req.searches, results, strict=True):
+            out[i] = {
+                "results": [{"video_id": v, "score": round(s, 5)} for v, s in zip(res.ids, res.scores, strict=True)],
+                "confidence": round(res.confidence, 4),
+                "low_confidence": bool(res.confidence < self.settings.low_confidence_threshold),
+            }
+        return {"predictions": out, "calibration": self._calibration_info()}
 
-    array = np.asarray(array)
-    datatype = "BYTES" if array.dtype == np.object_ else from_np_dtype(array.dtype)
-    out = InferOutput(name=name, shape=list(array.shape), datatype=datatype)
-    out.set_data_from_numpy(array, binary_data=False)
-    return out
+    def _v2_response(self, req: SearchRequest, text_emb, image_emb, results: list[SearchResult]) -> InferResponse:
+        outputs = []
+        if image_emb is not None:
+            outputs.append(output("image_embedding", image_emb.astype(np.float32)))
+        if text_emb is not None:
+            outputs.append(output("text_embedding", text_emb.astype(np.float32)))
+        if results:
+            kk = min(len(r.ids) for r in results)
+            conf = np.array([r.confidence for r in results], dtype=np.float32)
+            outputs += [
+                output("video_ids", np.array([[v.encode() for v in r.ids[:kk]] for r in results], dtype=np.object_)),
+                output(
+                    "scores", np.array([r.scores[:kk] for r in results], dtype=np.float32).reshape(len(results), kk)
+                ),
+                output("confidence", conf),
+                output("low_confidence", conf < self.settings.low_confidence_threshold),
+            ]
+            if "text_embedding" in req.wanted:
+                outputs.append(output("text_embedding", np.stack([r.embedding for r in results]).astype(np.float32)))
+        return v2_response(req.v2, self.name, self.version, outputs, {"calibrated": self.calibrator.n_queries > 0})

@@ -65,7 +65,8 @@ def build_index(
         ValueError: If no video of the Dataset could be embedded, or ``relevance`` is unknown.
     """
     from components.frame_extraction.dataset import load_search_frames, read_frame_index
-    from serving.clip_search import CALIBRATION_FILE, INDEX_DIR, ClipBackbones
+    from serving.clip_backbones import ClipBackbones
+    from serving.clip_search import CALIBRATION_FILE, INDEX_DIR
 
     if relevance not in ("category", "label"):
         raise ValueError(f"relevance must be 'category' or 'label', got {relevance!r}")

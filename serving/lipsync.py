@@ -2,15 +2,22 @@
 
 The request's video goes through the training code path: frame_extraction's ``extract_video`` (dense clip where
 the audio is most energetic, 16 kHz audio), face_tracking's ``track_video`` (MediaPipe detection, IoU tracks,
-subject selection, aligned mouth crops, centre-crop fallback) and finetune_lipsync's ``predict_video`` (windows,
-per-window scores, aggregation, threshold). The answer carries the seed's fields ``is_real``, ``is_fake``,
-``confidence`` (probability of real) and ``manipulation_probability``, plus which face track was judged, whether the
-centre-crop fallback was used, and the per-window scores.
+subject selection, aligned mouth crops) and finetune_lipsync's ``predict_video`` (windows, per-window scores,
+aggregation, threshold). The answer carries the seed's fields ``is_real``, ``is_fake``, ``confidence``
+(probability of real) and ``manipulation_probability``, plus ``verdict`` (``real``/``fake``), which face track was
+judged, the evidence (``has_audio``, ``faces_seen``, ``fallback_used``, the subject's face size and detector
+score, the analysed duration) and the per-window scores.
 
-Inputs: V1 ``{"instances": [{"video_b64": "..."}]}``, V2 BYTES ``video`` ``[1]`` (REST: base64 string or the
-binary extension; gRPC: raw bytes), and the seed's ``POST /api/lip-sync`` multipart ``video_file`` (serving/server.py).
-Limits: ``max_upload_mb`` and ``max_duration_s`` (HTTP 413), content checked by decoding (HTTP 400 with the reason),
-``request_timeout_s`` (HTTP 504; the worker thread finishes in the background, its result is dropped).
+A video without that evidence (no audio track, no usable face track, shorter than one analysis window: the rules
+of :mod:`components.face_tracking.evidence`, the same training and evaluate apply) gets no verdict: HTTP 422 /
+gRPC FAILED_PRECONDITION with the reason codes and the evidence, or, with ``serving.inconclusive_verdicts``,
+HTTP 200 with ``verdict: inconclusive`` and the reason.
+
+Inputs (checked in ``preprocess``): V1 ``{"instances": [{"video_b64": "..."}]}``, V2 BYTES ``video`` ``[1]``
+(REST: base64 text, or the raw file with the binary data extension; gRPC: raw bytes), and the seed's
+``POST /api/lip-sync`` multipart ``video_file`` (serving/routes.py). Limits: ``max_upload_mb``,
+``max_duration_s`` and ``max_video_pixels`` (HTTP 413; the frame size is read from the stream header before any
+frame is decoded); content checked by decoding (HTTP 400 with FFmpeg's reason, never a server path).
 """
 
 from __future__ import annotations
@@ -22,47 +29,64 @@ import logging
 import tempfile
 import threading
 import time
-import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from kserve import InferOutput, InferRequest, InferResponse, Model
-from kserve.errors import InferenceError, InvalidInput
 
 from serving.config import ServingConfig
+from serving.errors import NoEvidence, PayloadTooLarge
+from serving.kserve_adapter import InferRequest, InferResponse, InvalidInput, Model, input_tensor, output, v2_response
 
 logger = logging.getLogger("clipsync.serving.lipsync")
 
+#: The V2 tensors of a lip-sync model (``GET /v2/models/<name>``).
+INPUTS = [{"name": "video", "datatype": "BYTES", "shape": [1]}]
+OUTPUTS = [
+    {"name": "verdict", "datatype": "BYTES", "shape": [1]},
+    {"name": "reason", "datatype": "BYTES", "shape": [1]},
+    {"name": "is_real", "datatype": "BOOL", "shape": [1]},
+    {"name": "is_fake", "datatype": "BOOL", "shape": [1]},
+    {"name": "confidence", "datatype": "FP32", "shape": [1]},
+    {"name": "manipulation_probability", "datatype": "FP32", "shape": [1]},
+    {"name": "face_track", "datatype": "INT32", "shape": [1]},
+    {"name": "faces_seen", "datatype": "INT32", "shape": [1]},
+    {"name": "fallback_used", "datatype": "BOOL", "shape": [1]},
+    {"name": "has_audio", "datatype": "BOOL", "shape": [1]},
+    {"name": "analyzed_duration_s", "datatype": "FP32", "shape": [1]},
+    {"name": "window_probabilities", "datatype": "FP32", "shape": [-1]},
+    {"name": "window_starts_s", "datatype": "FP32", "shape": [-1]},
+]
 
-class PayloadTooLarge(InvalidInput):
-    """The upload is larger or longer than the configured limits (HTTP 413)."""
+
+def _av_reason(exc: Exception) -> str:
+    """FFmpeg's reason without the file name (the server's temporary path)."""
+    return f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or 'unreadable'}"
 
 
-class RequestTimeout(InferenceError):
-    """The analysis took longer than ``request_timeout_s`` (HTTP 504)."""
+def probe_video(path: Path, max_duration_s: float, max_pixels: int = 2**31) -> float:
+    """Check by decoding that ``path`` is a video within the limits; returns its duration.
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason, status="504")
-
-
-def probe_video(path: Path, max_duration_s: float) -> float:
-    """Check by decoding that ``path`` is a video no longer than ``max_duration_s``; returns its duration.
+    The frame size and duration come from the headers, before any frame is decoded.
 
     Raises:
         InvalidInput: Not a media file, no video stream, or no frame decodes (with FFmpeg's reason).
-        PayloadTooLarge: Longer than ``max_duration_s``.
+        PayloadTooLarge: Longer than ``max_duration_s``, or frames larger than ``max_pixels``.
     """
     import av
 
     try:
         container = av.open(str(path))
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise InvalidInput(f"not a decodable video file: {type(exc).__name__}: {exc}") from None
+        raise InvalidInput(f"not a decodable video file: {_av_reason(exc)}") from None
     with container:
         if not container.streams.video:
             raise InvalidInput("the file has no video stream")
         stream = container.streams.video[0]
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if width * height > max_pixels:
+            raise PayloadTooLarge(f"video frames are {width}x{height} px; the limit is {max_pixels} pixels")
         if stream.duration is not None and stream.time_base is not None:
             duration = float(stream.duration * stream.time_base)
         elif container.duration is not None:
@@ -74,21 +98,49 @@ def probe_video(path: Path, max_duration_s: float) -> float:
         try:
             frame = next(container.decode(stream), None)
         except (av.FFmpegError, OSError, ValueError) as exc:
-            raise InvalidInput(f"corrupt video: no frame could be decoded: {type(exc).__name__}: {exc}") from None
+            raise InvalidInput(f"corrupt video: no frame could be decoded: {_av_reason(exc)}") from None
         if frame is None:
             raise InvalidInput("corrupt video: the video stream holds no decodable frame")
     return duration
 
 
+def check_video(data: bytes, settings: ServingConfig) -> bytes:
+    """The upload's size checks (before any decoding).
+
+    Raises:
+        InvalidInput: Empty.
+        PayloadTooLarge: Over ``max_upload_mb``.
+    """
+    if not data:
+        raise InvalidInput("the video is empty")
+    if len(data) > settings.max_upload_bytes:
+        raise PayloadTooLarge(f"video is {len(data) / 1048576:.1f} MiB; the limit is {settings.max_upload_mb:g} MiB")
+    return data
+
+
 def _decode_b64(data: Any, where: str) -> bytes:
-    if isinstance(data, bytes):
-        return data
     if not isinstance(data, str) or not data:
         raise InvalidInput(f"{where}: expected the video as a base64 string")
     try:
         return base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidInput(f"{where}: invalid base64: {exc}") from None
+    except (binascii.Error, ValueError):
+        raise InvalidInput(f"{where}: invalid base64") from None
+
+
+def _looks_b64(raw: bytes) -> bool:
+    try:
+        base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
+
+
+@dataclass
+class VideoRequest:
+    """A checked lip-sync request: the video and how to answer."""
+
+    video: bytes
+    v2: InferRequest | None = None
 
 
 class LipSyncModel(Model):
@@ -103,6 +155,7 @@ class LipSyncModel(Model):
         face_config: Any = None,
         cache_dir: str | Path | None = None,
         version: str = "",
+        device: str | None = None,
     ) -> None:
         super().__init__(name)
         from components.face_tracking.config import FaceTrackingConfig
@@ -116,18 +169,24 @@ class LipSyncModel(Model):
         self.face_config = face_config or FaceTrackingConfig()
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.version = version
+        self.device = device or self.settings.device  # the detector's device; face tracking runs on the CPU
         self.model = None
         self.face_models = None
+        self.rules = None
         self._face_lock = threading.Lock()  # MediaPipe task objects are not re-entrant
 
     def load(self) -> bool:
-        from components.face_tracking.core import load_face_models
+        from components.common.device import resolve_device
+        from components.face_tracking.core import FaceModels
+        from components.face_tracking.evidence import EvidenceRules
+        from components.face_tracking.models import verify_face_models
         from components.finetune_lipsync.model import load_model
 
-        self.model = load_model(self.model_dir)
+        self.model = load_model(self.model_dir, resolve_device(self.device))
+        self.rules = EvidenceRules.of(self.model.config.window_s, self.face_config)
         if self.cache_dir is None:
             raise FileNotFoundError(f"{self.name}: a cache_dir with the MediaPipe face models is required")
-        self.face_models = load_face_models(self.cache_dir, self.face_config)
+        self.face_models = FaceModels(verify_face_models(self.cache_dir), self.face_config)
         self.ready = True
         logger.info("%s: lip-sync model loaded from %s", self.name, self.model_dir)
         return self.ready
@@ -138,22 +197,30 @@ class LipSyncModel(Model):
             self.face_models.close()
             self.face_models = None
 
+    def get_input_types(self) -> list[dict]:
+        return INPUTS
+
+    def get_output_types(self) -> list[dict]:
+        return OUTPUTS
+
     # ------------------------------------------------------------------ analysis (worker thread)
     def analyze_file(self, path: Path) -> dict[str, Any]:
-        """Score one local video file (validated by decoding first)."""
+        """Judge one local video file (validated by decoding first); :class:`NoEvidence` when it cannot be."""
         from components.common.manifest import VideoRecord
-        from components.face_tracking.core import clip_audio, track_video
+        from components.face_tracking.core import clip_audio, subject_face, track_video
+        from components.face_tracking.evidence import Evidence
         from components.finetune_lipsync.model import predict_video
         from components.frame_extraction.core import extract_video
 
         started = time.perf_counter()
-        duration = probe_video(path, self.settings.max_duration_s)
+        duration = probe_video(path, self.settings.max_duration_s, self.settings.max_video_pixels)
         record = VideoRecord(
             video_id="upload", key="upload", uri=str(path), sha256="", size_bytes=0, uploaded_at="", status="accepted"
         )
         video = extract_video(path, record, self.frame_config)
         if video.status != "ok" or video.dense_frames.size == 0:
-            raise InvalidInput(f"video could not be analysed: {video.reason or 'no frames around speech'}")
+            why = (video.reason or "no frames around speech").replace(str(path), "the upload")
+            raise InvalidInput(f"video could not be analysed: {why}")
         fps = float(video.dense_fps)
         has_audio = video.audio is not None
         audio = clip_audio(
@@ -163,119 +230,133 @@ class LipSyncModel(Model):
             faces = track_video(
                 video.dense_frames, fps, self.face_config, self.face_models, audio if has_audio else None
             )
+        dense_side = max(video.dense_frames.shape[1:3])
+        face_px, face_score = subject_face(faces, (max(video.width, video.height) or dense_side) / dense_side)
+        analysed_s = faces.n_frames / fps if fps > 0 else 0.0
+        evidence = Evidence(has_audio, faces.faces_seen, bool(faces.fallback_used), face_px, face_score, analysed_s)
         track_id = -1 if faces.selected is None else faces.selected.track_id
+        facts = {
+            "face_track": track_id,
+            "faces_seen": faces.faces_seen,
+            "n_tracks": len(faces.tracks),
+            "fallback_used": evidence.fallback_used,
+            "has_audio": has_audio,
+            "face_px": face_px,
+            "face_score": face_score,
+            "analyzed": {
+                "start_s": round(video.dense_start_s, 3),
+                "frames": faces.n_frames,
+                "fps": round(fps, 3),
+                "duration_s": round(evidence.duration_s, 3),
+                "video_duration_s": round(duration, 3),
+            },
+        }
+        problems = self.rules.problems(evidence)
+        if problems:
+            codes = [p.code for p in problems]
+            summary = "; ".join(f"{p.code} ({p.detail})" for p in problems)
+            if not self.settings.inconclusive_verdicts:
+                raise NoEvidence(f"no verdict: {summary}", extra={"reason": codes[0], "reasons": codes, **facts})
+            verdict = {"verdict": "inconclusive", "reason": codes[0], "reasons": codes, "detail": summary}
+            return {**verdict, "is_real": False, "is_fake": False, **facts, "windows": [], "seconds": _since(started)}
         score = predict_video(self.model, faces.crops[track_id], audio, fps)
         p_fake = float(score.probability)
         return {
+            "verdict": "fake" if score.is_fake else "real",
+            "reason": "",
             "is_real": not score.is_fake,
             "is_fake": bool(score.is_fake),
             "confidence": round(1.0 - p_fake, 6),
             "manipulation_probability": round(p_fake, 6),
             "threshold": score.threshold,
-            "face_track": track_id,
-            "faces_seen": faces.faces_seen,
-            "n_tracks": len(faces.tracks),
-            "fallback_used": bool(faces.fallback_used),
-            "has_audio": video.has_audio,
+            **facts,
             "windows": [
                 {"start_s": round(s, 3), "manipulation_probability": round(p, 6)}
                 for s, p in zip(score.window_starts_s, score.window_probabilities, strict=True)
             ],
-            "analyzed": {
-                "start_s": round(video.dense_start_s, 3),
-                "frames": faces.n_frames,
-                "fps": round(fps, 3),
-                "video_duration_s": round(duration, 3),
-            },
-            "seconds": round(time.perf_counter() - started, 3),
+            "seconds": _since(started),
         }
 
     def analyze_bytes(self, data: bytes) -> dict[str, Any]:
-        """Score a video given as bytes (written to a private temporary file, removed afterwards)."""
+        """Judge a video given as bytes (written to a private temporary file, removed afterwards)."""
         with tempfile.TemporaryDirectory(prefix="clipsync-lipsync-") as tmp:
             path = Path(tmp) / "upload"
             path.write_bytes(data)
             return self.analyze_file(path)
 
     async def analyze(self, data: bytes) -> dict[str, Any]:
-        """Check the size, then score in a worker thread under the request timeout."""
-        if not data:
-            raise InvalidInput("the video is empty")
-        if len(data) > self.settings.max_upload_bytes:
-            raise PayloadTooLarge(
-                f"video is {len(data) / 1048576:.1f} MiB; the limit is {self.settings.max_upload_mb:g} MiB"
-            )
-        timeout = self.settings.request_timeout_s
-        try:
-            result = await asyncio.wait_for(asyncio.to_thread(self.analyze_bytes, data), timeout)
-        except TimeoutError:
-            raise RequestTimeout(f"analysis took longer than {timeout:g} s") from None
+        """Judge checked video bytes (:func:`check_video`) in a worker thread (the caller sets the deadline)."""
+        result = await asyncio.to_thread(self.analyze_bytes, data)
         logger.info(
-            "%s: p_fake %.3f, track %s, fallback %s, %.2f s",
+            "%s: %s, p_fake %s, track %s, %.2f s",
             self.name,
-            result["manipulation_probability"],
+            result["verdict"],
+            result.get("manipulation_probability"),
             result["face_track"],
-            result["fallback_used"],
             result["seconds"],
         )
         return result
 
     # ------------------------------------------------------------------ protocols
-    async def predict(self, payload: Any, headers: dict | None = None, response_headers: dict | None = None) -> Any:
+    async def preprocess(self, payload: Any, headers: dict | None = None) -> VideoRequest:
+        """The request's video, checked: one video, base64 or raw bytes, within the size limit."""
         if isinstance(payload, InferRequest):
-            return await self._predict_v2(payload)
+            inputs = {inp.name: inp for inp in payload.inputs}
+            if set(inputs) != {"video"}:
+                raise InvalidInput(f"expected one input 'video' (BYTES [1]), got {sorted(inputs)[:5]}")
+            unknown = sorted({o.name for o in payload.request_outputs or []} - {o["name"] for o in OUTPUTS})
+            if unknown:
+                raise InvalidInput(f"unknown output(s) {unknown[:5]}")
+            values = input_tensor(inputs["video"], ("BYTES",), 1).reshape(-1)
+            if len(values) != 1:
+                raise InvalidInput(f"input 'video' must hold exactly one video, got {len(values)}")
+            raw = values[0]
+            if isinstance(raw, str):  # REST JSON carries strings: base64
+                raw = await asyncio.to_thread(_decode_b64, raw, "video")
+            elif not payload.from_grpc and _looks_b64(raw):
+                raw = base64.b64decode(raw)  # base64 text sent as BYTES; a real video is never valid base64
+            return VideoRequest(check_video(bytes(raw), self.settings), payload)
         if not isinstance(payload, dict):
-            raise InvalidInput(f"unsupported request type {type(payload).__name__}")
+            raise InvalidInput("expected a JSON object with 'instances'")
         instances = payload.get("instances")
         if not isinstance(instances, list) or len(instances) != 1:
             raise InvalidInput("expected 'instances' with exactly one {\"video_b64\": ...}")
         inst = instances[0]
         if not isinstance(inst, dict) or "video_b64" not in inst:
             raise InvalidInput("instance 0: missing 'video_b64'")
-        return {"predictions": [await self.analyze(_decode_b64(inst["video_b64"], "instance 0"))]}
+        video = await asyncio.to_thread(_decode_b64, inst["video_b64"], "instance 0")
+        return VideoRequest(check_video(video, self.settings))
 
-    async def _predict_v2(self, request: InferRequest) -> InferResponse:
-        inputs = {inp.name: inp for inp in request.inputs}
-        if set(inputs) != {"video"}:
-            raise InvalidInput(f"expected one input 'video' (BYTES [1]), got {sorted(inputs)}")
-        inp = inputs["video"]
-        if inp.datatype != "BYTES":
-            raise InvalidInput(f"input 'video' must be BYTES, got {inp.datatype}")
-        values = inp.as_numpy().reshape(-1)
-        if len(values) != 1:
-            raise InvalidInput(f"input 'video' must hold exactly one video, got {len(values)}")
-        raw = values[0]
-        if isinstance(raw, str):  # REST JSON carries strings: base64
-            raw = _decode_b64(raw, "video")
-        elif not request.from_grpc and isinstance(raw, bytes) and _looks_b64(raw):
-            raw = base64.b64decode(raw)  # a base64 text sent as BYTES over REST; a real video is never valid base64
-        r = await self.analyze(bytes(raw))
-        probs = np.array([w["manipulation_probability"] for w in r["windows"]], dtype=np.float32)
-        starts = np.array([w["start_s"] for w in r["windows"]], dtype=np.float32)
+    async def predict(self, payload: VideoRequest, headers: dict | None = None, response_headers: dict | None = None):
+        result = await self.analyze(payload.video)
+        if payload.v2 is None:
+            return {"predictions": [result]}
+        return self._v2_response(payload.v2, result)
+
+    def _v2_response(self, request: InferRequest, r: dict[str, Any]) -> InferResponse:
         outputs = [
-            _out("is_real", np.array([r["is_real"]])),
-            _out("is_fake", np.array([r["is_fake"]])),
-            _out("confidence", np.array([r["confidence"]], dtype=np.float32)),
-            _out("manipulation_probability", np.array([r["manipulation_probability"]], dtype=np.float32)),
-            _out("face_track", np.array([r["face_track"]], dtype=np.int32)),
-            _out("fallback_used", np.array([r["fallback_used"]])),
-            _out("window_probabilities", probs),
-            _out("window_starts_s", starts),
+            output("verdict", np.array([r["verdict"].encode()], dtype=np.object_)),
+            output("reason", np.array([r["reason"].encode()], dtype=np.object_)),
+            output("is_real", np.array([r["is_real"]])),
+            output("is_fake", np.array([r["is_fake"]])),
+            output("face_track", np.array([r["face_track"]], dtype=np.int32)),
+            output("faces_seen", np.array([r["faces_seen"]], dtype=np.int32)),
+            output("fallback_used", np.array([r["fallback_used"]])),
+            output("has_audio", np.array([r["has_audio"]])),
+            output("analyzed_duration_s", np.array([r["analyzed"]["duration_s"]], dtype=np.float32)),
         ]
-        return InferResponse(response_id=request.id or str(uuid.uuid4()), model_name=self.name, infer_outputs=outputs)
+        if r["verdict"] != "inconclusive":
+            outputs += [
+                output("confidence", np.array([r["confidence"]], dtype=np.float32)),
+                output("manipulation_probability", np.array([r["manipulation_probability"]], dtype=np.float32)),
+                output(
+                    "window_probabilities",
+                    np.array([w["manipulation_probability"] for w in r["windows"]], dtype=np.float32),
+                ),
+                output("window_starts_s", np.array([w["start_s"] for w in r["windows"]], dtype=np.float32)),
+            ]
+        return v2_response(request, self.name, self.version, outputs)
 
 
-def _looks_b64(raw: bytes) -> bool:
-    try:
-        base64.b64decode(raw, validate=True)
-    except (binascii.Error, ValueError):
-        return False
-    return True
-
-
-def _out(name: str, array: np.ndarray) -> InferOutput:
-    from kserve.utils.utils import from_np_dtype
-
-    out = InferOutput(name=name, shape=list(array.shape), datatype=from_np_dtype(array.dtype))
-    out.set_data_from_numpy(array, binary_data=False)
-    return out
+def _since(started: float) -> float:
+    return round(time.perf_counter() - started, 3)

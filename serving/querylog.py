@@ -13,26 +13,60 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from components.common.storage import ObjectStore, validate_key
+from components.common.storage import ObjectStore, open_store, validate_key
 
 logger = logging.getLogger("clipsync.serving.querylog")
 
 PREFIX = "querylog"
+CLIENT_PLACEHOLDER = "{client}"
+
+
+class ClientStores:
+    """One store per client for a server shared by many: ``{client}`` in the URI is the model's client.
+
+    Model names are ``<model>-<client>`` (``clip-acme`` -> ``acme``); each client's store is opened on first use.
+    """
+
+    def __init__(self, uri_template: str) -> None:
+        self.uri_template = uri_template
+        self._stores: dict[str, ObjectStore] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, model: str) -> ObjectStore:
+        client = model.split("-", 1)[1] if "-" in model else model
+        with self._lock:
+            if client not in self._stores:
+                self._stores[client] = open_store(self.uri_template.replace(CLIENT_PLACEHOLDER, client))
+            return self._stores[client]
+
+
+def open_query_log_store(uri: str) -> ObjectStore | ClientStores | None:
+    """The store(s) of ``serving.query_log_uri``: ``None`` for ``""``/``"off"``, per client with ``{client}``."""
+    if not uri or uri == "off":
+        return None
+    return ClientStores(uri) if CLIENT_PLACEHOLDER in uri else open_store(uri)
 
 
 class QueryLog:
     """Thread-safe buffered writer of query-log entries into an object store."""
 
-    def __init__(self, store: ObjectStore | None, flush_entries: int = 100, flush_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        store: ObjectStore | Callable[[str], ObjectStore] | None,
+        flush_entries: int = 100,
+        flush_s: float = 60.0,
+    ) -> None:
         """Args:
-        store: Where the files go; ``None`` keeps nothing (logging disabled).
+        store: Where the files go (a store, or model name -> store); ``None`` keeps nothing (logging disabled).
         flush_entries: Entries buffered before a file is written.
-        flush_s: Longest an entry stays buffered (checked on every append and by a background timer).
+        flush_s: Longest an entry stays buffered (checked by the writer thread at least every second).
         """
         self.store = store
+        self._store_of: Callable[[str], ObjectStore] = store if callable(store) else (lambda _model: store)
         self.flush_entries = flush_entries
         self.flush_s = flush_s
         self._buffer: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -40,6 +74,7 @@ class QueryLog:
         self._oldest: float | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._due = threading.Event()
         self._timer: threading.Thread | None = None
         self.files_written = 0
         if store is not None:
@@ -47,8 +82,13 @@ class QueryLog:
             self._timer.start()
 
     def _tick(self) -> None:
-        while not self._stop.wait(min(1.0, self.flush_s)):
-            if self._oldest is not None and time.monotonic() - self._oldest >= self.flush_s:
+        """The writer thread: files are written here, never on the server's event loop (a store's PUT can take
+        hundreds of milliseconds, and health checks wait behind anything the loop does)."""
+        while not self._stop.is_set():
+            self._due.wait(min(1.0, self.flush_s))
+            aged = self._oldest is not None and time.monotonic() - self._oldest >= self.flush_s
+            if self._due.is_set() or aged:
+                self._due.clear()
                 self.flush()
 
     def append(self, model: str, entry: dict[str, Any]) -> None:
@@ -64,7 +104,7 @@ class QueryLog:
                 self._oldest = time.monotonic()
             due = self._count >= self.flush_entries
         if due:
-            self.flush()
+            self._due.set()  # the writer thread flushes
 
     def flush(self) -> int:
         """Write everything buffered (one object per model and month); returns the entries written."""
@@ -79,7 +119,7 @@ class QueryLog:
             key = validate_key(f"{PREFIX}/{model}/{month}/{stamp}-{uuid.uuid4().hex[:12]}.jsonl")
             body = "".join(json.dumps(e, ensure_ascii=False, sort_keys=True) + "\n" for e in entries)
             try:
-                self.store.put_bytes(key, body.encode("utf-8"), content_type="application/x-ndjson")
+                self._store_of(model).put_bytes(key, body.encode("utf-8"), content_type="application/x-ndjson")
             except Exception as exc:  # a full disk must not take the search down; the entries are lost
                 logger.error("query log: could not write %d entries to %s: %s", len(entries), key, exc)
                 continue
@@ -88,8 +128,9 @@ class QueryLog:
         return written
 
     def close(self) -> None:
-        """Stop the timer and write what is left."""
+        """Stop the writer thread and write what is left."""
         self._stop.set()
+        self._due.set()
         if self._timer is not None:
             self._timer.join(timeout=5)
         self.flush()

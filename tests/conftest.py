@@ -28,7 +28,47 @@ def state_dir(tmp_path: Path, monkeypatch) -> Path:
 @pytest.fixture(scope="session")
 def model_cache() -> Path:
     """The cache filled by `clipsync fetch-models` (make test runs it first)."""
+    from components.face_tracking.models import FaceModelError, face_model_paths
+
     cache = Path(os.environ.get("CLIPSYNC_MODEL_CACHE", REPO / ".clipsync" / "cache"))
-    if not (cache / "mediapipe").is_dir():
-        pytest.fail(f"MediaPipe models missing in {cache}: run `make models` (clipsync fetch-models)")
+    try:
+        face_model_paths(cache)  # present, and the landmarker bundle is the current version
+    except FaceModelError as exc:
+        pytest.fail(f"{exc} (`make models` runs it)")
     return cache
+
+
+@pytest.fixture(scope="session")
+def serving_models(tmp_path_factory) -> dict:
+    """Tiny real models for the model-server tests, built once per session (tests/serving_assets.py): a 1-layer
+    base CLIP with the LoRA adapters of clients acme and beta (perturbed differently) and their indexes over a
+    small frames Dataset, a tiny lip-sync detector, and videos: a talking head (a real face, speech-like audio)
+    and the cases that carry no evidence for a verdict."""
+    import torch
+    from serving_assets import make_adapter, make_base, make_face_video, make_lipsync, make_video
+    from synthetic_frames import make_frames
+
+    from serving.index_build import build_index
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("serving-models")
+    base = make_base(root / "base")
+    frames = make_frames(root / "frames")
+    adapters = {}
+    for client, seed in (("acme", 1), ("beta", 2)):
+        adapters[client] = make_adapter(base, root / f"clip-{client}", seed)
+        build_index(adapters[client], frames)
+    videos = root / "videos"
+    videos.mkdir()
+    return {
+        "root": root,
+        "base": base,
+        "frames": frames,
+        "adapters": adapters,
+        "lipsync": make_lipsync(root / "lipsync-acme"),
+        "face": make_face_video(videos / "face.mp4"),
+        "no_audio": make_face_video(videos / "mute.mp4", audio=False),
+        "no_face": make_video(videos / "noface.mp4"),
+        "one_frame": make_face_video(videos / "oneframe.mp4", seconds=0.04),
+        "tiny": make_video(videos / "tiny.mp4", side=16, noise=True),
+    }

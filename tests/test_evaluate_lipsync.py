@@ -17,6 +17,8 @@ from components.evaluate.lipsync_eval import (
     perturb_crops,
     robustness_table,
 )
+from components.face_tracking.config import FaceTrackingConfig
+from components.face_tracking.evidence import EvidenceRules
 from components.finetune_lipsync.config import FinetuneLipsyncConfig
 from components.finetune_lipsync.core import load_lipsync_videos, split_by_video, train_lipsync, training_pool
 from components.finetune_lipsync.model import LipSyncDetector, LipSyncModelConfig, save_model
@@ -98,7 +100,13 @@ def test_evaluate_challenger_and_champion_on_same_test_videos(tmp_path):
         precision="fp32",
         use_augmentation=False,
     )
-    videos, _ = load_lipsync_videos(faces)
+    videos, skipped = load_lipsync_videos(faces, EvidenceRules.of(cfg.window_s, FaceTrackingConfig()))
+    # The two centre-crop fallbacks carry no face: not trained on, not scored (serving would refuse them).
+    assert [(s["video_id"], s["reason"].split(":")[0]) for s in skipped] == [
+        ("test006", "no_evidence"),
+        ("test007", "no_evidence"),
+    ]
+    assert "no_face" in skipped[0]["reason"]
     train, val = split_by_video(training_pool(videos), cfg.val_fraction, cfg.seed)
     challenger = train_lipsync(train, val, cfg, tmp_path / "challenger").model_dir
     torch.manual_seed(0)
@@ -108,19 +116,18 @@ def test_evaluate_challenger_and_champion_on_same_test_videos(tmp_path):
     report = evaluate_lipsync(
         challenger, tmp_path / "champion", faces, tmp_path / "out", cfg, perturbations=perturbations
     )
-    assert (report.n_test_videos, report.n_test_fallback, report.n_val_videos) == (8, 2, len(val))
+    assert (report.n_test_videos, report.n_test_inconclusive, report.n_val_videos) == (6, 2, len(val))
     for ev in (report.challenger, report.champion):
         assert ev.threshold_source == "validation"
-        assert ev.test["n"] == 6 and ev.test_fallback["n"] == 2 and ev.test_all["n"] == 8
+        assert ev.test["n"] == 6
         assert ev.val["n"] == len(val)
-    # Paired outcomes: the same 8 videos, both models scored on each.
-    assert [r["video_id"] for r in report.paired] == [f"test{i:03d}" for i in range(8)]
+    # Paired outcomes: the same 6 videos with evidence, both models scored on each.
+    assert [r["video_id"] for r in report.paired] == [f"test{i:03d}" for i in range(6)]
     for row in report.paired:
         for role in ("challenger", "champion"):
             pred = row[f"{role}_score"] >= getattr(report, role).threshold
             assert row[f"{role}_pred_fake"] == pred
             assert row[f"{role}_correct"] == (pred == (row["label"] == "fake"))
-    assert sum(r["fallback_used"] for r in report.paired) == 2
     # Robustness: clean + 2 perturbations, per model.
     assert len(report.robustness) == 2 * 3
     assert {(r["model"], r["perturbation"]) for r in report.robustness} >= {
@@ -133,9 +140,9 @@ def test_evaluate_challenger_and_champion_on_same_test_videos(tmp_path):
     assert "| blur | 2 |" in table and "challenger AUC" in table and "champion FNR" in table
     saved = json.loads((out / "lipsync_eval.json").read_text())
     assert saved["challenger"]["test"]["n"] == 6
-    assert len((out / "lipsync_paired.jsonl").read_text().splitlines()) == 8
+    assert len((out / "lipsync_paired.jsonl").read_text().splitlines()) == 6
     metrics = report.as_metrics()
-    assert "lipsync_challenger_test_roc_auc" in metrics and "lipsync_champion_test_fallback_accuracy" in metrics
+    assert "lipsync_challenger_test_roc_auc" in metrics and metrics["lipsync_n_test_inconclusive"] == 2
     assert metrics["lipsync_challenger_robust_blur_2_accuracy"] >= 0
 
     # First month: no champion; the report still holds the challenger alone.
@@ -179,11 +186,11 @@ def test_stage_fetches_champion_from_registry_and_logs_to_mlflow(tmp_path):
         assert first.champion is None  # nothing registered yet
         tracking.register_model_dir(config.tracking, "lipsync-acme", tmp_path / "champion", run_id, alias="champion")
         report = run_evaluate_lipsync(faces, tmp_path / "challenger", tmp_path / "out2", config, cfg)
-    assert report.champion is not None and report.champion.test_all["n"] == 4
+    assert report.champion is not None and report.champion.test["n"] == 4
     assert report.champion_version == "1"
     assert json.loads((tmp_path / "out2" / "lipsync_eval.json").read_text())["champion_version"] == "1"
     assert all("champion_correct" in row for row in report.paired)
     client = mlflow.MlflowClient(config.tracking.tracking_uri)
     logged = {f.path for f in client.list_artifacts(run_id, "evaluate_lipsync")}
     assert "evaluate_lipsync/lipsync_robustness.png" in logged and "evaluate_lipsync/lipsync_paired.jsonl" in logged
-    assert "lipsync_champion_test_all_accuracy" in client.get_run(run_id).data.metrics
+    assert "lipsync_champion_test_accuracy" in client.get_run(run_id).data.metrics

@@ -271,8 +271,8 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_base, tmp_path
     resumed = train_clip(load_base_clip(str(tiny_base)), train, val, cfg, tmp_path / "b")
     assert resumed.resumed_from_epoch == 1 and resumed.epochs_run == 3 and full.resumed_from_epoch == 0
     assert [h["val_loss"] for h in resumed.history] == pytest.approx([h["val_loss"] for h in full.history], rel=1e-5)
-    a = load_file(str(tmp_path / "a" / "checkpoints" / "last" / "trainable.safetensors"))
-    b = load_file(str(tmp_path / "b" / "checkpoints" / "last" / "trainable.safetensors"))
+    a = load_file(str(tmp_path / "a" / "checkpoints" / "last" / "weights.safetensors"))
+    b = load_file(str(tmp_path / "b" / "checkpoints" / "last" / "weights.safetensors"))
     assert set(a) == set(b) and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     opt_a = load_file(str(tmp_path / "a" / "checkpoints" / "last" / "optimizer.safetensors"))
     opt_b = load_file(str(tmp_path / "b" / "checkpoints" / "last" / "optimizer.safetensors"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from components.common.config import ConfigError, from_dict
+from components.face_tracking.config import FaceTrackingConfig
+from components.face_tracking.evidence import EvidenceRules
 from components.finetune_lipsync.augment import AugmentParams, augment_video, speed_window
 from components.finetune_lipsync.config import FinetuneLipsyncConfig
 from components.finetune_lipsync.core import (
@@ -179,12 +182,39 @@ def test_spatial_augmentation_changes_pixels_but_not_shape():
     torch.testing.assert_close(augment_video(batch, off, gen), batch.float() / 255)
 
 
+def test_clips_without_evidence_are_not_trained_on(tmp_path):
+    """The clips serving would refuse to judge (no audio, no usable face, shorter than a window) are skipped."""
+    from components.face_tracking.dataset import read_face_index, write_face_index
+
+    faces = tmp_path / "faces"
+    write_synthetic_faces(faces, {"train": 6}, duration_s=1.5, size=32, fallback_ids=("train001",))
+    records = {r.video_id: r for r in read_face_index(faces)}
+    changes = {
+        "train002": {"has_audio": False},
+        "train003": {"face_px": 20.0},  # smaller than min_face_px (32)
+        "train004": {"face_score": 0.55},  # a noise-like detection
+        "train005": {"n_frames": 10},  # 0.4 s at 25 fps: shorter than the 1 s window
+    }
+    write_face_index(faces, [replace(r, **changes.get(r.video_id, {})) for r in records.values()])
+    videos, skipped = load_lipsync_videos(faces, EvidenceRules.of(1.0, FaceTrackingConfig()))
+    assert [v.video_id for v in videos] == ["train000"]
+    codes = {s["video_id"]: s["reason"] for s in skipped}
+    for video_id, code in (
+        ("train001", "no_face"),
+        ("train002", "no_audio"),
+        ("train003", "face_too_small"),
+        ("train004", "face_low_confidence"),
+        ("train005", "too_short"),
+    ):
+        assert codes[video_id].startswith("no_evidence: ") and code in codes[video_id], codes[video_id]
+
+
 def test_stage_trains_registers_and_fine_tunes_from_champion(tmp_path):
     from components.common import tracking
 
     faces = tmp_path / "faces"
     write_synthetic_faces(faces, {"train": 8, "val": 2, "test": 2}, duration_s=1.5, size=32)
-    videos, skipped = load_lipsync_videos(faces)
+    videos, skipped = load_lipsync_videos(faces, EvidenceRules.of(TINY.window_s, FaceTrackingConfig()))
     assert len(videos) == 12 and not skipped
     config = from_dict({"client_id": "acme", "state_dir": str(tmp_path / "state")})
     cfg = replace(TINY, epochs=1, freeze_epochs=0, pretrained="champion")
@@ -200,6 +230,9 @@ def test_stage_trains_registers_and_fine_tunes_from_champion(tmp_path):
     assert not any(v.startswith("test") for v in summary["train_video_ids"] + summary["val_video_ids"])
     assert "Lip-sync manipulation detector" in (tmp_path / "model" / "README.md").read_text()
     assert load_model(tmp_path / "model").config.threshold == pytest.approx(report.threshold)
+    # Every epoch's checkpoint is mirrored to the artifacts store (a retried pod resumes from it).
+    pointer = Path(config.storage.artifacts_uri) / "checkpoints/finetune_lipsync/acme-last-30-days/latest.json"
+    assert json.loads(pointer.read_text())["epoch"] == 1
 
     import mlflow
 

@@ -17,13 +17,20 @@ def test_config_defaults_and_validation():
     cfg = ServingConfig()
     assert (cfg.host, cfg.http_port, cfg.grpc_port) == ("127.0.0.1", 8080, 8081)
     assert cfg.max_upload_bytes == 100 * 1024 * 1024
+    assert cfg.max_body_bytes == -(-cfg.max_upload_bytes * 4 // 3) + 65536 and not cfg.access_controlled
     for bad in (
         {"http_port": 70000},
         {"http_port": 9000, "grpc_port": 9000},
         {"batch_max": 0},
         {"low_confidence_threshold": 1.5},
         {"max_upload_mb": 0},
-        {"auth_token_env": "not a name"},
+        {"tokens_env": "not a name"},
+        {"admin_token_env": "1ABC"},
+        {"tokens_env": "A", "tokens_file": "/run/tokens.json"},
+        {"max_queue": 0},
+        {"max_image_pixels": 0},
+        {"inconclusive_verdicts": "yes"},
+        {"agent_port": 8080, "http_port": 8080},
     ):
         with pytest.raises(ConfigError, match="serving"):
             ServingConfig(**bad)
@@ -38,7 +45,11 @@ def test_query_log_flushes_by_count_time_and_close(tmp_path):
     month = time.strftime("%Y-%m", time.gmtime())
     for i in range(3):
         log.append("clip-acme", {"query": f"q{i}", "top_score": 0.5})
-    assert [e["query"] for e in read_month(store, "clip-acme", month)] == ["q0", "q1", "q2"]  # by count
+    deadline = time.monotonic() + 5  # by count: the writer thread writes them at once (not the caller's thread)
+    while time.monotonic() < deadline and not read_month(store, "clip-acme", month):
+        time.sleep(0.02)
+    assert [e["query"] for e in read_month(store, "clip-acme", month)] == ["q0", "q1", "q2"]
+    assert log.files_written == 1
     log.append("clip-acme", {"query": "late"})
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and len(read_month(store, "clip-acme", month)) < 4:
@@ -63,7 +74,7 @@ def test_constant_calibrator_when_every_query_hits():
 def test_probe_video_checks_content_and_duration(tmp_path):
     pytest.importorskip("av")
     from kserve.errors import InvalidInput
-    from test_serving_server import make_video
+    from serving_assets import make_video
 
     from serving.lipsync import PayloadTooLarge, probe_video
 
@@ -82,7 +93,7 @@ def test_probe_video_checks_content_and_duration(tmp_path):
 
 
 def test_detect_kind(tmp_path):
-    from serving.server import detect_kind
+    from serving.repository import detect_kind
 
     lip = tmp_path / "lip"
     lip.mkdir()
@@ -97,8 +108,8 @@ def test_detect_kind(tmp_path):
 def test_index_build_writes_index_and_calibration(tmp_path):
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
+    from serving_assets import make_adapter, make_base
     from synthetic_frames import make_frames
-    from test_serving_server import make_adapter, make_base
 
     from serving.calibration import Calibrator
     from serving.index import VideoIndex
@@ -117,33 +128,29 @@ def test_index_build_writes_index_and_calibration(tmp_path):
         build_index(model, frames, relevance="nope")
 
 
-def test_lipsync_size_limit_and_timeout(tmp_path):
-    import asyncio
+def test_video_size_and_frame_size_are_checked_before_decoding(tmp_path):
+    pytest.importorskip("av")
+    from serving_assets import make_video
 
-    from kserve.errors import InvalidInput
+    from serving.errors import PayloadTooLarge
+    from serving.kserve_adapter import InvalidInput
+    from serving.lipsync import check_video, probe_video
 
-    from serving.lipsync import LipSyncModel, PayloadTooLarge, RequestTimeout
-
-    class Slow(LipSyncModel):
-        def analyze_bytes(self, data: bytes) -> dict:
-            time.sleep(1.0)
-            return {}
-
-    model = Slow("lipsync-acme", tmp_path, ServingConfig(max_upload_mb=0.001, request_timeout_s=0.1))
-    with pytest.raises(PayloadTooLarge, match="limit"):
-        asyncio.run(model.analyze(b"x" * 2000))
+    settings = ServingConfig(max_upload_mb=0.001)
+    with pytest.raises(PayloadTooLarge, match=r"limit is 0\.001 MiB"):
+        check_video(b"x" * 2000, settings)
     with pytest.raises(InvalidInput, match="empty"):
-        asyncio.run(model.analyze(b""))
-    started = time.perf_counter()
-    with pytest.raises(RequestTimeout, match=r"longer than 0\.1 s"):
-        asyncio.run(model.analyze(b"x" * 100))
-    assert time.perf_counter() - started < 1.5
+        check_video(b"", settings)
+    video = make_video(tmp_path / "v.mp4", seconds=0.4, side=64)
+    with pytest.raises(PayloadTooLarge, match="64x64 px; the limit is 4000 pixels"):
+        probe_video(video, 10.0, max_pixels=4000)
+    assert probe_video(video, 10.0, max_pixels=4096) > 0
 
 
 def test_champion_specs_explicit_then_local_record(tmp_path):
     pytest.importorskip("mlflow")
+    from components.common.champions import champions_file
     from components.common.config import from_dict
-    from components.deploy.core import champions_file
     from serving.server import champion_specs
 
     config = from_dict({"client_id": "acme", "state_dir": str(tmp_path / "state")})
@@ -156,3 +163,169 @@ def test_champion_specs_explicit_then_local_record(tmp_path):
         ("lipsync-acme", "lipsync", "3"),
     ]
     assert specs[0].path == str((tmp_path / "clip").resolve())
+
+
+# ------------------------------------------------------------------------------------------- access, queues, limits
+
+
+ACME, BETA, ADMIN = "acme-token-0123456789", "beta-token-0123456789", "admin-token-0123456789"
+
+
+def test_token_map_scopes_clients_and_admin(tmp_path):
+    from serving.auth import Caller, client_of, load_policy
+
+    env = {"TOKENS": json.dumps({ACME: ["acme"], BETA: ["beta", "gamma"]}), "ADMIN": ADMIN}
+    policy = load_policy(ServingConfig(tokens_env="TOKENS", admin_token_env="ADMIN"), env)
+    acme, beta, admin = (policy.caller(f"Bearer {t}") for t in (ACME, BETA, ADMIN))
+    assert acme.may_call("clip-acme") and acme.may_call("lipsync-acme") and not acme.may_call("clip-beta")
+    assert beta.may_call("clip-gamma") and not beta.may_call("clip-acme") and not beta.admin
+    assert admin.admin and admin.may_call("clip-zeta")
+    assert policy.caller(None) is None and policy.caller("Bearer nope") is None and policy.caller(ACME) is None
+    assert [client_of(n) for n in ("clip-acme", "lipsync-a-b", "other", "clip-")] == ["acme", "a-b", None, None]
+    assert ACME not in repr(acme) and repr(Caller(admin=True)) == "Caller(admin)"
+    # A file from a Kubernetes secret works the same way.
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(json.dumps({ACME: ["acme"]}))
+    policy = load_policy(ServingConfig(tokens_file=str(tokens), host="0.0.0.0"), {})
+    assert policy.caller(f"Bearer {ACME}").clients == {"acme"}
+
+
+@pytest.mark.parametrize(
+    ("settings", "env", "message"),
+    [
+        ({"tokens_file": "tokens.json"}, {}, r"serving.tokens_file \(.*tokens.json\): not valid JSON"),
+        ({"tokens_env": "T"}, {"T": "{not json"}, r"serving.tokens_env \(T\): not valid JSON"),
+        ({"tokens_env": "T"}, {}, "serving.tokens_env names T, which is not set"),
+        ({"tokens_env": "T"}, {"T": json.dumps({ACME: "acme"})}, "must map to a non-empty list of client ids"),
+        ({"tokens_env": "T"}, {"T": json.dumps({"short": ["acme"]})}, "at least 16 characters"),
+        ({"tokens_env": "T"}, {"T": json.dumps({ACME: ["Acme!"]})}, "invalid client ids"),
+        ({"tokens_env": "T", "admin_token_env": "A"}, {"T": json.dumps({ACME: ["acme"]}), "A": ACME}, "must differ"),
+        ({"admin_token_env": "A"}, {}, "serving.admin_token_env names A, which is not set"),
+        ({"host": "0.0.0.0"}, {}, "beyond loopback, and no token is configured"),
+    ],
+)
+def test_bad_token_settings_are_refused_naming_the_setting(tmp_path, settings, env, message):
+    from serving.auth import load_policy
+
+    if "tokens_file" in settings:
+        (tmp_path / "tokens.json").write_text("{'acme': not json")
+        settings = {"tokens_file": str(tmp_path / "tokens.json")}
+    with pytest.raises(ConfigError, match=message) as err:
+        load_policy(ServingConfig(**settings), env)
+    assert ACME not in str(err.value)  # a token never appears in a message
+
+
+def test_admission_bounds_each_models_queue_and_sets_a_deadline():
+    import asyncio
+
+    from serving.admission import REFUSED, Admission
+    from serving.errors import Overloaded, RequestTimeout
+
+    admission = Admission(max_queue=2, timeout_s=0.05)
+    before = REFUSED.labels(reason="queue_full")._value.get()
+    admission.acquire("clip-acme")
+    with admission.admit("clip-acme"):
+        with pytest.raises(Overloaded, match="busy") as err:
+            admission.acquire("clip-acme")
+        assert err.value.http_status == 429 and err.value.headers == {"Retry-After": "1"}
+        admission.acquire("clip-beta")  # another model's queue is its own
+    admission.acquire("clip-acme")  # the block gave its place back
+    assert admission.refused == 1 and REFUSED.labels(reason="queue_full")._value.get() == before + 1
+    with pytest.raises(RequestTimeout, match=r"longer than 0.05 s"):
+        asyncio.run(admission.within_deadline(asyncio.sleep(5)))
+    assert asyncio.run(admission.within_deadline(asyncio.sleep(0, result=7))) == 7
+
+
+def test_every_refusal_has_a_grpc_code_and_an_http_status():
+    import grpc
+
+    from serving import errors
+
+    classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.ServingError)]
+    assert len(classes) == 9
+    for cls in classes:
+        assert grpc.StatusCode[cls.grpc_code] and 400 <= cls.http_status <= 599
+    assert errors.NoEvidence("x", extra={"reason": "no_audio"}).body() == {"error": "x", "reason": "no_audio"}
+
+
+def test_image_size_is_checked_from_the_header_before_decoding():
+    import base64
+
+    from serving_assets import png_bomb, png_header_only
+
+    from serving.clip_search import decode_image
+    from serving.errors import PayloadTooLarge
+    from serving.kserve_adapter import InvalidInput
+
+    limit = ServingConfig().max_image_pixels
+    bomb = png_bomb()  # 140 KB that decode to 144 million pixels (3.4 GB and 35 s before)
+    assert len(bomb) < 150_000
+    with pytest.raises(PayloadTooLarge, match="12000x12000 px; the limit is 16777216 pixels"):
+        decode_image(base64.b64encode(bomb).decode(), "instance 0", limit)
+    header = png_header_only()  # 99 bytes claiming 20000 x 20000 (a 500 before)
+    assert len(header) == 99
+    with pytest.raises(PayloadTooLarge, match="larger than 16777216 pixels"):
+        decode_image(base64.b64encode(header).decode(), "instance 0", limit)
+    small = png_header_only(side=16)  # within the limit, but its pixel data is cut short
+    with pytest.raises(InvalidInput, match="not a decodable PNG/JPEG image"):
+        decode_image(base64.b64encode(small).decode(), "instance 0", limit)
+    with pytest.raises(InvalidInput, match="not valid base64"):
+        decode_image("%%%", "instance 0", limit)
+    assert decode_image(base64.b64encode(png_bomb(side=8)).decode(), "i", limit).shape == (8, 8, 3)
+
+
+@pytest.mark.parametrize(
+    ("tensor", "message"),
+    [
+        ({"shape": [2], "datatype": "BYTES", "data": ["a"]}, r"1 elements for shape \[2\]"),
+        ({"shape": [1, 1, 1, 3], "datatype": "UINT8", "data": [300, 1, 2]}, "integers in 0..255"),
+        ({"shape": [1, 1, 1, 3], "datatype": "UINT8", "data": [-1, 1, 2]}, "integers in 0..255"),
+        ({"shape": [1], "datatype": "INT32", "data": [2**70]}, "integers in -2147483648..2147483647"),
+        ({"shape": [1], "datatype": "INT64", "data": [2**70]}, "integers in"),
+        ({"shape": [1], "datatype": "INT32", "data": [1.5]}, "integers in"),
+        ({"shape": [1], "datatype": "FP32", "data": ["x"]}, "finite numbers"),
+        ({"shape": [1], "datatype": "BOOL", "data": [1]}, "true or false"),
+        ({"shape": [-1], "datatype": "BYTES", "data": ["a"]}, "negative dimension"),
+        ({"shape": [2**40, 2**40], "datatype": "BYTES", "data": ["a"]}, "holds more than"),
+        ({"shape": [1], "datatype": "BYTES", "data": [1]}, "must be strings"),
+        ({"shape": [1], "datatype": "BYTES", "data": "a"}, "must be a list"),
+        ({"shape": [1], "datatype": "FP16", "data": [1.0]}, "must be UINT8"),
+        ({"shape": [2, 2], "datatype": "UINT8", "data": [[1, 2], [3]]}, r"3 elements for shape \[2, 2\]"),
+    ],
+)
+def test_malformed_v2_tensors_are_invalid_input_with_short_messages(tensor, message):
+    from serving.kserve_adapter import InferInput, InvalidInput, input_tensor
+
+    inp = InferInput("x", tensor["shape"], tensor["datatype"], tensor["data"])
+    with pytest.raises(InvalidInput, match=message) as err:
+        input_tensor(inp, ("UINT8", "BYTES", "INT32", "INT64", "FP32", "BOOL"), 1000)
+    assert len(str(err.value)) < 120
+
+
+def test_binary_extension_carries_any_bytes_and_refuses_bad_framing():
+    import struct
+
+    from serving.kserve_adapter import InvalidInput, _decode_binary_request, input_tensor
+
+    video = bytes(range(256)) * 40  # not UTF-8: kserve answered 500 with the bytes in its message
+    size = len(video) + 4
+    header = json.dumps(
+        {"inputs": [{"name": "video", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": size}}]}
+    ).encode()
+    body = header + struct.pack("<I", len(video)) + video
+    request = _decode_binary_request(body, str(len(header)), "lipsync-acme")
+    assert input_tensor(request.inputs[0], ("BYTES",), 1)[0] == video
+    for length, payload, message in (
+        ("abc", body, "Inference-Header-Content-Length must be an integer"),
+        ("-5", body, "must be an integer"),
+        (str(len(body) + 1), body, "must be an integer"),
+        (str(len(header)), body + b"x", "1 bytes after the inputs"),
+        (str(len(header) - 1), body, "not valid JSON"),
+        ("2", b"[]x", "JSON object with a list 'inputs'"),
+    ):
+        with pytest.raises(InvalidInput, match=message) as err:
+            _decode_binary_request(payload, length, "lipsync-acme")
+        assert len(str(err.value)) < 120
+    longer = header.replace(str(size).encode(), str(size + 99).encode())
+    with pytest.raises(InvalidInput, match="binary_data_size does not fit"):
+        _decode_binary_request(longer + body[len(header) :], str(len(longer)), "lipsync-acme")

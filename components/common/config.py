@@ -117,6 +117,15 @@ class WindowConfig:
             except ValueError as exc:
                 raise ConfigError(f"window.as_of must be an ISO date (YYYY-MM-DD), got {self.as_of!r}") from exc
 
+    def label(self) -> str:
+        """``start..end`` (ISO dates, end exclusive), or ``last-N-days`` without ``as_of`` (cards, checkpoints)."""
+        from datetime import date, timedelta
+
+        if not self.as_of:
+            return f"last-{self.days}-days"
+        end = date.fromisoformat(self.as_of)
+        return f"{(end - timedelta(days=self.days)).isoformat()}..{end.isoformat()}"
+
 
 @dataclass(frozen=True)
 class IngestConfig:
@@ -158,6 +167,70 @@ class IngestConfig:
         )
 
 
+TOLERATION_KEYS = ("key", "operator", "value", "effect", "toleration_seconds")
+
+
+@dataclass(frozen=True)
+class PipelineGpuConfig:
+    """Where the GPU tasks of the compiled pipeline run (read when compiling; ``kfp.local`` ignores it).
+
+    Serving pods have their own settings (``deploy.gpu*``).
+
+    Attributes:
+        accelerator_type: The resource the tasks request (``nvidia.com/gpu``).
+        accelerator_count: GPUs per task.
+        node_selector: Node labels a GPU task must run on, e.g. ``{"cloud.google.com/gke-accelerator": "nvidia-l4"}``.
+        tolerations: Taints of GPU nodes the tasks tolerate: mappings with ``key``, ``operator`` (``Equal`` or
+            ``Exists``), ``value``, ``effect`` (``NoSchedule``, ``PreferNoSchedule``, ``NoExecute``),
+            ``toleration_seconds``. Default: the usual ``nvidia.com/gpu`` taint.
+        evaluate: Also run the two evaluate tasks on a GPU node (the fine-tune tasks always are).
+        retries: How often a GPU task is retried (a preempted pod resumes from its checkpoint in the artifacts
+            store).
+        retry_backoff_s: Wait before the first retry; it doubles for each further one (capped at one hour).
+    """
+
+    accelerator_type: str = "nvidia.com/gpu"
+    accelerator_count: int = 1
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: tuple[dict[str, Any], ...] = ({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},)
+    evaluate: bool = False
+    retries: int = 3
+    retry_backoff_s: int = 60
+
+    def __post_init__(self) -> None:
+        require(bool(self.accelerator_type), "pipeline_gpu.accelerator_type must be set")
+        require(
+            1 <= self.accelerator_count <= 16,
+            f"pipeline_gpu.accelerator_count must be 1..16, got {self.accelerator_count}",
+        )
+        require(
+            isinstance(self.node_selector, dict)
+            and all(isinstance(k, str) and k and isinstance(v, str) for k, v in self.node_selector.items()),
+            f"pipeline_gpu.node_selector must map label names to string values, got {self.node_selector!r}",
+        )
+        for t in self.tolerations:
+            require(isinstance(t, dict), f"pipeline_gpu.tolerations: each toleration must be a mapping, got {t!r}")
+            unknown = sorted(set(t) - set(TOLERATION_KEYS))
+            require(
+                not unknown, f"pipeline_gpu.tolerations: unknown key(s) {', '.join(unknown)} (known: {TOLERATION_KEYS})"
+            )
+            require(
+                t.get("operator", "Equal") in ("Equal", "Exists"),
+                f"pipeline_gpu.tolerations: operator must be Equal or Exists, got {t.get('operator')!r}",
+            )
+            require(
+                t.get("effect") in (None, "NoSchedule", "PreferNoSchedule", "NoExecute"),
+                "pipeline_gpu.tolerations: effect must be NoSchedule, PreferNoSchedule or NoExecute, "
+                f"got {t.get('effect')!r}",
+            )
+        require(isinstance(self.evaluate, bool), f"pipeline_gpu.evaluate must be a bool, got {self.evaluate!r}")
+        require(0 <= self.retries <= 10, f"pipeline_gpu.retries must be 0..10, got {self.retries}")
+        require(
+            1 <= self.retry_backoff_s <= 3600,
+            f"pipeline_gpu.retry_backoff_s must be 1..3600, got {self.retry_backoff_s}",
+        )
+
+
 @dataclass(frozen=True)
 class ClientConfig:
     """Everything one client's monthly run needs. Build it with :func:`load_config` or :func:`from_dict`.
@@ -178,6 +251,7 @@ class ClientConfig:
         ab_gate: The promotion policy, :class:`components.ab_gate.config.GatePolicy`.
         deploy: See :class:`components.deploy.config.DeployConfig`.
         serving: See :class:`serving.config.ServingConfig`.
+        pipeline_gpu: See :class:`PipelineGpuConfig`.
     """
 
     client_id: str
@@ -195,6 +269,7 @@ class ClientConfig:
     ab_gate: GatePolicy = field(default_factory=GatePolicy)
     deploy: DeployConfig = field(default_factory=DeployConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
+    pipeline_gpu: PipelineGpuConfig = field(default_factory=PipelineGpuConfig)
 
     def __post_init__(self) -> None:
         require(
@@ -225,6 +300,7 @@ _SECTIONS: dict[str, type] = {
     "ab_gate": GatePolicy,
     "deploy": DeployConfig,
     "serving": ServingConfig,
+    "pipeline_gpu": PipelineGpuConfig,
 }
 
 

@@ -8,8 +8,9 @@ from components.common.images import SERVE_IMAGE
 
 @dsl.component(base_image=SERVE_IMAGE, install_kfp_package=False)
 def deploy(config: str, parent_run_id: str, model: str, version: str, frames: Input[Dataset]) -> str:
-    """Serve the promoted version (KServe InferenceService or the local model server), then move the
-    registry alias ``champion`` to it. A failed rollout fails the task and leaves the champion as it was.
+    """Serve the promoted version (KServe, or the local model server), check that it answers with that version,
+    then move the registry alias ``champion`` to it. A failure at any step fails the task with the reason and
+    leaves what is served and the aliases as they were.
     A CLIP adapter is served with the search index of the client's library, built here by that adapter.
 
     Returns:
@@ -44,7 +45,15 @@ def deploy(config: str, parent_run_id: str, model: str, version: str, frames: In
                 tracking.log_dict_artifact(built, "deploy/clip_index.json")
 
         result = deploy_model(
-            cfg.tracking, cfg.client_id, Path(cfg.state_dir), model, version, deploy_cfg, prepare=prepare
+            cfg.tracking,
+            cfg.client_id,
+            Path(cfg.state_dir),
+            model,
+            version,
+            deploy_cfg,
+            prepare=prepare,
+            serving=cfg.serving,
+            cache_dir=cfg.cache_dir,
         )
         tracking.log_dict_artifact(result.to_dict(), f"deploy/{model}.json")
         tracking.log_metrics(

@@ -1,70 +1,74 @@
-"""deploy: roll a promoted model version out to serving, then move the registry alias ``champion``.
+"""deploy: serve a version, check that the server answers with it, then move the registry aliases.
 
-The order is the safety rule of this stage: :func:`deploy_model` first makes the new version serve (a KServe
-InferenceService that became Ready, or the local model server that loaded it) and only then calls
-:func:`promote`. A failed rollout raises :class:`DeployError` before any alias moves, so the registry's
-``champion`` keeps naming what is actually serving.
+One transaction per model (:func:`deploy_model`, :func:`rollback_model`):
 
-Registry model names are ``{model}-{client}`` (``clip-acme``, ``lipsync-acme``); InferenceServices are named
-``{predictor}-{client}`` (``clip-search-acme``, ``lipsync-acme``).
+1. prepare the version's folder (the registry's files, the CLIP search index, ``release.json`` with every file's
+   SHA-256) and put it where the target reads it;
+2. make the target serve it and probe it until it answers with that version (``versions`` in the V2 model
+   metadata): the local model server (or an in-process instance of it when none runs, see
+   :mod:`components.deploy.local`), or KServe (a TrainedModel on the pool's InferenceService, or a per-client
+   InferenceService with an optional canary step, see :mod:`components.deploy.kserve`);
+3. move ``champion`` (and ``previous``) in the registry.
+
+A failure at step 1 or 2 leaves everything as it was; a failure at step 3 (the registry unreachable, say) puts
+the former version back into serving (and the local ``champions.json`` back) before the error is raised. So
+what is served, ``champions.json`` and the ``champion`` alias agree after any failure.
+
+Registry model names are ``{model}-{client}`` (``clip-acme``, ``lipsync-acme``): also the model's name on the
+server, the TrainedModel's name and a per-client InferenceService's name.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import json
 import logging
-import os
 import tempfile
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from components.common.config import TrackingConfig
-from components.deploy.config import PREDICTORS, DeployConfig
+from components.deploy.config import DeployConfig
+from components.deploy.errors import DeployError
 
 logger = logging.getLogger("clipsync.deploy")
+
+__all__ = ["DeployError", "DeployResult", "Promotion", "deploy_model", "registered_name", "rollback_model"]
 
 #: model (registry / gate name) -> predictor (serving name)
 PREDICTOR_OF = {"clip": "clip-search", "lipsync": "lipsync"}
 CHAMPION = "champion"
 PREVIOUS = "previous"
-KSERVE_GROUP = "serving.kserve.io"
-KSERVE_VERSION = "v1beta1"
-KSERVE_PLURAL = "inferenceservices"
-#: Where the predictor container finds the files KServe's storage initializer downloaded.
+#: Where the predictor container finds the files KServe's storage initializer / model agent downloaded.
 MODEL_DIR = "/mnt/models"
-#: The predictor entry point of the serve image (serving/ provides it) and its HTTP port.
+#: The predictor entry point of the serve image (serving/ provides it) and its ports.
 SERVER_MODULE = "serving.server"
 HTTP_PORT = 8080
-PART_OF = {"app.kubernetes.io/part-of": "clipsync"}
-
-
-class DeployError(RuntimeError):
-    """The new version could not be served; the champion alias was not moved."""
+GRPC_PORT = 8081
+#: KServe's model agent loads and unloads TrainedModels at http://localhost:8080 (hard-coded in kserve's
+#: pkg/agent/puller.go, no token): on a multi-model runtime that port is the loopback-only agent listener and
+#: the clients' REST port, declared as the container's port, is POOL_HTTP_PORT.
+AGENT_PORT = 8080
+POOL_HTTP_PORT = 8082
 
 
 @dataclass(frozen=True)
 class Promotion:
-    """The registry aliases after :func:`promote` or :func:`rollback`.
+    """The registry aliases after :func:`set_champion`.
 
     Attributes:
         name: Registered model name.
         champion: Version the ``champion`` alias now names.
-        previous: Version the ``previous`` alias now names (``None`` on the first promotion).
+        previous: Version the ``previous`` alias now names (``None``: no such alias).
         changed: False when the version already was the champion (nothing moved).
+        replaced: The version that was champion before (``None`` on the first promotion).
     """
 
     name: str
     champion: str
     previous: str | None
     changed: bool
+    replaced: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,10 +80,12 @@ class DeployResult:
         name: Registered model name.
         version: Version now serving and champion.
         target: ``local`` or ``kserve``.
-        serving: ``ready`` (InferenceService Ready), ``loaded`` (local server loaded it) or ``recorded``
-            (no local server ran; the next ``clipsync serve`` loads it).
-        location: The storage URI the InferenceService reads, or the local model folder.
+        serving: ``loaded`` (the local server serves it), ``verified`` (no local server ran: an in-process
+            instance of it loaded the version and answered with it; the next ``clipsync serve`` serves it),
+            ``ready`` (KServe answers with it).
+        location: The storage URI KServe reads, or the local model folder.
         promotion: The aliases afterwards.
+        action: ``deploy`` or ``rollback``.
     """
 
     model: str
@@ -89,17 +95,25 @@ class DeployResult:
     serving: str
     location: str
     promotion: Promotion
+    action: str = "deploy"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able mapping."""
         return asdict(self)
 
     def to_markdown(self) -> str:
-        """One line for the run summary."""
+        """One line for the run summary (or the ``rollback`` command)."""
         p = self.promotion
+        where = f"{self.serving} on {self.target} ({self.location})"
+        if self.action == "rollback":
+            was = f"was v{p.replaced}" if p.replaced else "no champion before"
+            again = f"; roll forward with --to-version {p.replaced}" if p.replaced else ""
+            return (
+                f"- rollback {self.model}: {self.name} now serves v{self.version} ({was}), {where}; "
+                f"champion -> v{p.champion}, alias previous removed{again}\n"
+            )
         before = f"previous: v{p.previous}" if p.previous else "first champion"
         moved = f"champion -> v{p.champion} ({before})" if p.changed else f"champion stays v{p.champion}"
-        where = f"{self.serving} on {self.target} ({self.location})"
         return f"- deploy {self.model}: {self.name} v{self.version} {where}; {moved}\n"
 
 
@@ -108,13 +122,6 @@ def registered_name(model: str, client_id: str) -> str:
     if model not in PREDICTOR_OF:
         raise ValueError(f"model must be one of {', '.join(PREDICTOR_OF)}, got {model!r}")
     return f"{model}-{client_id}"
-
-
-def isvc_name(predictor: str, client_id: str) -> str:
-    """The InferenceService name of a client's predictor (``clip-search-acme``)."""
-    if predictor not in PREDICTORS:
-        raise ValueError(f"predictor must be one of {', '.join(PREDICTORS)}, got {predictor!r}")
-    return f"{predictor}-{client_id}"
 
 
 def storage_uri_for(cfg: DeployConfig, client_id: str, name: str, version: str) -> str:
@@ -131,25 +138,23 @@ def _registry(tracking: TrackingConfig):
     return mlflow.MlflowClient(tracking_uri=tracking.tracking_uri, registry_uri=tracking.tracking_uri)
 
 
-def promote(tracking: TrackingConfig, name: str, version: str) -> Promotion:
-    """Make ``version`` the champion and remember the one it replaces as ``previous``.
+def _set_alias(client: Any, name: str, alias: str, version: str | None) -> None:
+    if version is None:
+        client.delete_registered_model_alias(name, alias)
+    else:
+        client.set_registered_model_alias(name, alias, version)
 
-    MLflow has no transaction over two aliases, so the calls are ordered: (1) check the version exists,
-    (2) point ``previous`` at the current champion, (3) point ``champion`` at ``version``. Each alias update
-    is a single atomic write in the registry, and ``champion`` is written last: a failure at any point leaves
-    ``champion`` unchanged (at worst ``previous`` already names the current champion, which is what it will
-    name after a retry anyway). Promoting the current champion again moves nothing.
 
-    Args:
-        tracking: Where the registry lives.
-        name: Registered model name.
-        version: The version to promote.
+def set_champion(tracking: TrackingConfig, name: str, version: str, previous: str | None) -> Promotion:
+    """Point ``champion`` at ``version`` and ``previous`` at ``previous`` (``None`` removes that alias).
 
-    Returns:
-        The aliases afterwards.
+    MLflow has no transaction over two aliases, so ``previous`` is written first and ``champion`` last; when the
+    ``champion`` write fails, ``previous`` is put back (best effort) and the error is raised: ``champion`` never
+    names a version that is not served. Making the current champion champion again moves nothing.
 
     Raises:
-        mlflow.exceptions.MlflowException: If the version does not exist.
+        mlflow.exceptions.MlflowException: If the version does not exist or the registry refused.
+        Exception: Whatever the MLflow client raises when the registry cannot be reached.
     """
     from components.common import tracking as tr
 
@@ -157,222 +162,48 @@ def promote(tracking: TrackingConfig, name: str, version: str) -> Promotion:
     version = str(version)
     client.get_model_version(name, version)  # raises if missing, before anything moves
     current = tr.get_version_by_alias(tracking, name, CHAMPION)
+    old_previous = tr.get_version_by_alias(tracking, name, PREVIOUS)
     if current == version:
         logger.info("%s v%s already is the champion", name, version)
-        return Promotion(name, version, tr.get_version_by_alias(tracking, name, PREVIOUS), changed=False)
-    if current is not None:
-        client.set_registered_model_alias(name, PREVIOUS, current)
-    client.set_registered_model_alias(name, CHAMPION, version)
-    logger.info("%s: champion v%s -> v%s", name, current, version)
-    return Promotion(name, version, current, changed=True)
+        return Promotion(name, version, old_previous, changed=False, replaced=current)
+    if previous != old_previous:
+        _set_alias(client, name, PREVIOUS, previous)
+    try:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    except Exception:
+        if previous != old_previous:
+            try:
+                _set_alias(client, name, PREVIOUS, old_previous)
+            except Exception as undo_exc:  # the registry is gone: previous is wrong until the next promotion
+                logger.error("%s: could not put alias previous back to v%s: %s", name, old_previous, undo_exc)
+        raise
+    logger.info("%s: champion v%s -> v%s (previous: v%s)", name, current, version, previous)
+    return Promotion(name, version, previous, changed=True, replaced=current)
 
 
-def rollback(tracking: TrackingConfig, name: str) -> Promotion:
-    """Point ``champion`` back at ``previous``; ``previous`` then names the version rolled back from.
-
-    ``champion`` is written first (the alias that matters); a failure before the second write leaves both
-    aliases on the restored version, which is safe (a second rollback is then a no-op).
-
-    Args:
-        tracking: Where the registry lives.
-        name: Registered model name.
-
-    Returns:
-        The aliases afterwards.
-
-    Raises:
-        DeployError: If there is no ``previous`` version to roll back to.
-    """
+def promote(tracking: TrackingConfig, name: str, version: str) -> Promotion:
+    """Make ``version`` the champion and remember the one it replaces as ``previous``."""
     from components.common import tracking as tr
 
-    client = _registry(tracking)
-    previous = tr.get_version_by_alias(tracking, name, PREVIOUS)
-    if previous is None:
-        raise DeployError(f"{name} has no alias {PREVIOUS!r}: nothing to roll back to")
     current = tr.get_version_by_alias(tracking, name, CHAMPION)
-    if current == previous:
-        return Promotion(name, previous, previous, changed=False)
-    client.set_registered_model_alias(name, CHAMPION, previous)
-    if current is not None:
-        client.set_registered_model_alias(name, PREVIOUS, current)
-    logger.info("%s: rolled back champion v%s -> v%s", name, current, previous)
-    return Promotion(name, previous, current, changed=True)
+    return set_champion(tracking, name, version, current if current != str(version) else None)
 
 
-# ----------------------------------------------------------------------------------------------- KServe
+# ----------------------------------------------------------------------------------------------- publish
 
 
-def build_inference_service(name: str, storage_uri: str, cfg: DeployConfig, predictor: str) -> dict[str, Any]:
-    """The InferenceService of one predictor, as the plain dict the Kubernetes API takes.
+def _prepare_folder(
+    tracking: TrackingConfig, name: str, version: str, folder: Path, prepare: Callable[[Path], None] | None
+) -> Path:
+    """The registry's files of ``version`` in ``folder``, the serving additions, then ``release.json``."""
+    from components.common import tracking as tr
+    from serving.release import write_release
 
-    Built with KServe's own models (``V1beta1InferenceService``) so field names follow the SDK; the same
-    function renders ``manifests/`` (with ``cfg.gpu=False`` in ``base/`` and the GPU part as an overlay).
-
-    Args:
-        name: InferenceService name (see :func:`isvc_name`).
-        storage_uri: Where KServe's storage initializer fetches the model files (``s3://...``).
-        cfg: Namespace, runtime, service account, resources, GPU and canary settings.
-        predictor: ``clip-search`` or ``lipsync``.
-
-    Returns:
-        The manifest as a dict (camelCase keys, no ``None`` values).
-    """
-    from kserve import (
-        V1beta1InferenceService,
-        V1beta1InferenceServiceSpec,
-        V1beta1ModelFormat,
-        V1beta1ModelSpec,
-        V1beta1PredictorSpec,
-    )
-    from kubernetes.client import ApiClient, V1ObjectMeta, V1ResourceRequirements, V1Toleration
-
-    runtime = cfg.runtime(predictor)
-    requests = {"cpu": cfg.cpu_request, "memory": cfg.memory_request}
-    limits = {"memory": cfg.memory_limit}
-    tolerations = node_selector = None
-    if cfg.gpu:
-        gpus = str(cfg.gpu_count)
-        requests["nvidia.com/gpu"] = gpus
-        limits["nvidia.com/gpu"] = gpus
-        tolerations = [V1Toleration(key=cfg.gpu_toleration_key, operator="Exists", effect="NoSchedule")]
-        key, _, value = cfg.gpu_node_selector.partition("=")
-        node_selector = {key: value}
-    isvc = V1beta1InferenceService(
-        api_version=f"{KSERVE_GROUP}/{KSERVE_VERSION}",
-        kind="InferenceService",
-        metadata=V1ObjectMeta(
-            name=name,
-            namespace=cfg.namespace,
-            labels={**PART_OF, "clipsync/predictor": predictor},
-        ),
-        spec=V1beta1InferenceServiceSpec(
-            predictor=V1beta1PredictorSpec(
-                service_account_name=cfg.service_account,
-                min_replicas=1,
-                canary_traffic_percent=cfg.canary_traffic_percent or None,
-                tolerations=tolerations,
-                node_selector=node_selector,
-                model=V1beta1ModelSpec(
-                    name="kserve-container",  # KServe's own container name (the SDK default is "")
-                    model_format=V1beta1ModelFormat(name=predictor, version="1"),
-                    runtime=runtime,
-                    storage_uri=storage_uri,
-                    resources=V1ResourceRequirements(requests=requests, limits=limits),
-                ),
-            )
-        ),
-    )
-    return ApiClient().sanitize_for_serialization(isvc)
-
-
-def _kserve_client():
-    from kserve import KServeClient
-
-    try:
-        # In a pod: the service account's in-cluster config; elsewhere ~/.kube/config.
-        return KServeClient()
-    except Exception as exc:
-        raise DeployError(f"no access to a Kubernetes cluster: {type(exc).__name__}: {exc}") from exc
-
-
-def _api_reason(exc: Exception) -> str:
-    status = getattr(exc, "status", None)
-    if status is None:
-        return f"{type(exc).__name__}: {exc}"
-    body = getattr(exc, "body", "") or ""
-    with contextlib.suppress(ValueError, AttributeError):
-        body = json.loads(body).get("message", body)
-    return f"HTTP {status} {getattr(exc, 'reason', '')}: {body}".strip()
-
-
-def _not_ready_reason(objects: Any, namespace: str, name: str) -> str:
-    try:
-        current = objects.get_namespaced_custom_object(KSERVE_GROUP, KSERVE_VERSION, namespace, KSERVE_PLURAL, name)
-    except Exception as exc:
-        return f"status unavailable ({_api_reason(exc)})"
-    conditions = (current.get("status") or {}).get("conditions") or []
-    bad = [
-        f"{c.get('type')}={c.get('status')} {c.get('reason', '')} {c.get('message', '')}".strip()
-        for c in conditions
-        if str(c.get("status", "Unknown")).lower() != "true"
-    ]
-    return "; ".join(bad) if bad else "no Ready condition reported"
-
-
-def deploy_kserve(isvc: dict[str, Any], cfg: DeployConfig, api: Any = None) -> None:
-    """Create or patch an InferenceService and wait until it is Ready.
-
-    On a timeout or an API error it raises :class:`DeployError` with the reason. A patched service is put
-    back to its former spec (best effort), so the previous champion keeps serving; KServe itself keeps
-    routing traffic to the last ready revision meanwhile.
-
-    Args:
-        isvc: The manifest from :func:`build_inference_service`.
-        cfg: Namespace, canary and ready timeout.
-        api: A ``kserve.KServeClient``; by default one with the in-cluster configuration.
-
-    Raises:
-        DeployError: If the cluster cannot be reached, refuses the object, or the service is not Ready
-            within ``cfg.ready_timeout_s``.
-    """
-    from kubernetes.client.rest import ApiException
-
-    api = api if api is not None else _kserve_client()
-    objects = api.api_instance
-    name = isvc["metadata"]["name"]
-    namespace = isvc["metadata"].get("namespace") or cfg.namespace
-    where = f"InferenceService {namespace}/{name}"
-    try:
-        existing = objects.get_namespaced_custom_object(KSERVE_GROUP, KSERVE_VERSION, namespace, KSERVE_PLURAL, name)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise DeployError(f"{where}: cannot read it: {_api_reason(exc)}") from exc
-        existing = None
-    except Exception as exc:
-        raise DeployError(f"{where}: cannot reach the cluster: {_api_reason(exc)}") from exc
-    try:
-        if existing is None:
-            out = objects.create_namespaced_custom_object(KSERVE_GROUP, KSERVE_VERSION, namespace, KSERVE_PLURAL, isvc)
-            logger.info("%s created", where)
-        else:
-            body = copy.deepcopy(isvc)
-            if "canaryTrafficPercent" not in body["spec"]["predictor"]:
-                body["spec"]["predictor"]["canaryTrafficPercent"] = None  # merge patch: drop a former canary
-            out = objects.patch_namespaced_custom_object(
-                KSERVE_GROUP, KSERVE_VERSION, namespace, KSERVE_PLURAL, name, body
-            )
-            logger.info("%s patched", where)
-    except Exception as exc:
-        raise DeployError(f"{where}: the API refused it: {_api_reason(exc)}") from exc
-
-    generation = (out or {}).get("metadata", {}).get("generation")
-    timeout = cfg.ready_timeout_s
-    try:
-        api.wait_isvc_ready(
-            name,
-            namespace=namespace,
-            timeout_seconds=timeout,
-            polling_interval=min(10.0, max(0.2, timeout / 20)),
-            expected_generation=generation,
-        )
-    except Exception as exc:
-        reason = _not_ready_reason(objects, namespace, name)
-        if existing is not None:
-            _restore(objects, namespace, name, existing)
-        raise DeployError(f"{where} not Ready within {timeout} s: {reason}") from exc
-    logger.info("%s is Ready (generation %s)", where, generation)
-
-
-def _restore(objects: Any, namespace: str, name: str, former: dict[str, Any]) -> None:
-    """Put the former spec back (PUT with the current resourceVersion); log, never raise."""
-    try:
-        current = objects.get_namespaced_custom_object(KSERVE_GROUP, KSERVE_VERSION, namespace, KSERVE_PLURAL, name)
-        body = {k: copy.deepcopy(former[k]) for k in ("apiVersion", "kind", "metadata", "spec") if k in former}
-        body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-        objects.replace_namespaced_custom_object(KSERVE_GROUP, KSERVE_VERSION, namespace, KSERVE_PLURAL, name, body)
-        logger.warning("InferenceService %s/%s put back to its former spec", namespace, name)
-    except Exception as exc:
-        logger.error("InferenceService %s/%s: could not restore the former spec: %s", namespace, name, exc)
+    tr.download_version(tracking, name, version, folder)
+    if prepare is not None:
+        prepare(folder)
+    write_release(folder, name, version)
+    return folder
 
 
 def publish_version(
@@ -382,10 +213,12 @@ def publish_version(
     storage_uri: str,
     prepare: Callable[[Path], None] | None = None,
 ) -> str:
-    """Copy a registered version's files to ``storage_uri`` where KServe's storage initializer reads them.
+    """Copy a version's folder (with ``release.json``) to ``storage_uri`` where KServe reads it.
 
     Writes through :mod:`components.common.storage`: ``s3://bucket/prefix`` with the ``MINIO_*`` credentials
-    of the environment (the bucket must exist), or an absolute path for a local folder.
+    of the environment (the bucket must exist), or an absolute path for a local folder. ``release.json`` is
+    written last, so a folder that has one is complete: it is then reused as it is (a retried deploy, a rollback
+    to a version published before, with the search index built for it then).
 
     Args:
         tracking: Where the registry lives.
@@ -400,107 +233,35 @@ def publish_version(
     Raises:
         DeployError: If the store cannot be opened or written (missing credentials, no bucket...).
     """
-    from components.common import tracking as tr
+    import json
+
     from components.common.storage import StorageError, open_store
+    from serving.release import RELEASE_FILE
 
     if not storage_uri.startswith(("s3://", "/")):
         raise DeployError(f"cannot publish to {storage_uri!r}: only s3:// URIs and absolute paths")
-    with tempfile.TemporaryDirectory(prefix="clipsync-publish-") as tmp:
-        files = tr.download_version(tracking, name, version, Path(tmp) / "model")
-        if prepare is not None:
-            prepare(files)
-        try:
-            store = open_store(storage_uri)
-            for path in sorted(p for p in files.rglob("*") if p.is_file()):
+    try:
+        store = open_store(storage_uri)
+        if store.exists(RELEASE_FILE):
+            published = json.loads(store.get_bytes(RELEASE_FILE))
+            if (published.get("name"), str(published.get("version"))) == (name, str(version)):
+                logger.info("%s v%s already published at %s", name, version, storage_uri)
+                return storage_uri
+        with tempfile.TemporaryDirectory(prefix="clipsync-publish-") as tmp:
+            files = _prepare_folder(tracking, name, version, Path(tmp) / "model", prepare)
+            paths = sorted((p for p in files.rglob("*") if p.is_file()), key=lambda p: p.name == RELEASE_FILE)
+            for path in paths:
                 store.put_file(path.relative_to(files).as_posix(), path)
-        except StorageError as exc:
-            raise DeployError(f"cannot publish {name} v{version} to {storage_uri}: {exc}") from exc
+    except (StorageError, ValueError) as exc:
+        raise DeployError(f"cannot publish {name} v{version} to {storage_uri}: {exc}") from exc
     logger.info("published %s v%s to %s", name, version, storage_uri)
     return storage_uri
 
 
-# ----------------------------------------------------------------------------------------------- local
+# ----------------------------------------------------------------------------------------------- the transaction
 
 
-def champions_file(state_dir: Path) -> Path:
-    """The local serving record: ``{state_dir}/serving/champions.json``."""
-    return Path(state_dir) / "serving" / "champions.json"
-
-
-def read_champions(state_dir: Path) -> dict[str, dict[str, str]]:
-    """What the next ``clipsync serve`` loads: model name (``clip-acme``) -> ``{"path", "version", "updated_at"}``."""
-    path = champions_file(state_dir)
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def deploy_local(
-    url: str,
-    name: str,
-    version_dir: Path,
-    state_dir: Path,
-    version: str = "",
-    timeout_s: float = 300.0,
-) -> str:
-    """Make the local model server serve ``version_dir`` as model ``name``.
-
-    The version is first recorded in ``{state_dir}/serving/champions.json`` (the server's model repository
-    reads it), then the server is asked to load it with KServe's repository endpoint
-    ``POST {url}/v2/repository/models/{name}/load``. When no server answers, the record stays and the next
-    ``clipsync serve`` loads it. When a server answers with an error, the former record is put back.
-
-    Args:
-        url: The local server, e.g. ``http://127.0.0.1:8080``.
-        name: Model name on the server: the client's registered name (``clip-acme``, ``lipsync-acme``).
-        version_dir: Folder with the model files.
-        state_dir: The client's state folder.
-        version: Registry version, recorded for information.
-        timeout_s: How long the server may take to load.
-
-    Returns:
-        ``"loaded"`` or ``"recorded"``.
-
-    Raises:
-        DeployError: If the server refused or failed to load the model.
-    """
-    path = champions_file(state_dir)
-    before = path.read_text() if path.is_file() else None
-    champions = read_champions(state_dir)
-    champions[name] = {
-        "path": str(Path(version_dir).resolve()),
-        "version": str(version),
-        "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    _write_json_atomic(path, champions)
-    endpoint = f"{url.rstrip('/')}/v2/repository/models/{urllib.parse.quote(name, safe='')}/load"
-    request = urllib.request.Request(endpoint, data=b"", method="POST", headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            response.read()
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode("utf-8", "replace")[:500]
-        if before is None:
-            path.unlink(missing_ok=True)
-        else:
-            path.write_text(before)
-        raise DeployError(f"local server {url} failed to load {name}: HTTP {exc.code} {detail}") from exc
-    except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-        logger.info("no model server answers at %s (%s); %s recorded for the next serve", url, exc, name)
-        return "recorded"
-    logger.info("local server %s loaded %s from %s", url, name, version_dir)
-    return "loaded"
-
-
-# ----------------------------------------------------------------------------------------------- stage
-
-
-def _rollout(
+def _serve(
     tracking: TrackingConfig,
     client_id: str,
     state_dir: Path,
@@ -508,22 +269,65 @@ def _rollout(
     version: str,
     cfg: DeployConfig,
     api: Any,
-    prepare: Callable[[Path], None] | None = None,
-) -> tuple[str, str]:
-    from components.common import tracking as tr
-
+    prepare: Callable[[Path], None] | None,
+    serving: Any,
+    cache_dir: Any,
+) -> tuple[str, str, Callable[[], None]]:
+    """Steps 1 and 2: the version served and answering; returns (serving, location, undo)."""
     name = registered_name(model, client_id)
     predictor = PREDICTOR_OF[model]
     if cfg.target == "kserve":
+        from components.deploy import kserve
+        from components.deploy.endpoint import probe_token
+
+        token = probe_token(serving)
         uri = publish_version(tracking, name, version, storage_uri_for(cfg, client_id, name, version), prepare)
-        deploy_kserve(build_inference_service(isvc_name(predictor, client_id), uri, cfg, predictor), cfg, api)
-        return "ready", uri
+        api = api if api is not None else kserve.kserve_client()
+        if cfg.kserve_mode == "multi-model":
+            undo = kserve.rollout_trained_model(api, name, uri, version, cfg, predictor, token)
+        else:
+            undo = kserve.rollout_inference_service(api, name, uri, version, cfg, predictor, token)
+        return "ready", uri, undo
+    from components.deploy.local import rollout_local
+
     version_dir = Path(state_dir) / "serving" / "models" / name / f"v{version}"
-    tr.download_version(tracking, name, version, version_dir)
-    if prepare is not None:
-        prepare(version_dir)
-    # The local server hosts every client's models side by side: one model name per client (``clip-acme``).
-    return deploy_local(cfg.local_server_url, name, version_dir, Path(state_dir), version), str(version_dir)
+    _prepare_folder(tracking, name, version, version_dir, prepare)
+    local = rollout_local(
+        name, version, version_dir, Path(state_dir), cfg.local_server_url, cfg.ready_timeout_s, serving, cache_dir
+    )
+    return local.serving, local.location, local.undo
+
+
+def _transaction(
+    tracking: TrackingConfig,
+    client_id: str,
+    state_dir: Path,
+    model: str,
+    version: str,
+    previous: Callable[[str | None], str | None],
+    cfg: DeployConfig,
+    action: str,
+    **serve_kwargs: Any,
+) -> DeployResult:
+    from components.common import tracking as tr
+
+    name = registered_name(model, client_id)
+    try:
+        serving, location, undo = _serve(tracking, client_id, state_dir, model, version, cfg, **serve_kwargs)
+    except DeployError:
+        raise
+    except Exception as exc:  # the registry, the store or the index build failed before anything was served
+        raise DeployError(f"{name} v{version} could not be served: {type(exc).__name__}: {exc}") from exc
+    try:
+        current = tr.get_version_by_alias(tracking, name, CHAMPION)
+        promotion = set_champion(tracking, name, version, previous(current))
+    except Exception as exc:
+        undo()
+        raise DeployError(
+            f"{name} v{version} was served, but the registry aliases could not be moved "
+            f"({type(exc).__name__}: {exc}); the former version serves again and the aliases are unchanged"
+        ) from exc
+    return DeployResult(model, name, version, cfg.target, serving, location, promotion, action)
 
 
 def deploy_model(
@@ -535,8 +339,10 @@ def deploy_model(
     cfg: DeployConfig,
     api: Any = None,
     prepare: Callable[[Path], None] | None = None,
+    serving: Any = None,
+    cache_dir: Any = None,
 ) -> DeployResult:
-    """Serve ``version`` of a client's model, then make it the champion.
+    """Serve ``version`` of a client's model, check it answers, then make it the champion.
 
     Args:
         tracking: Where the registry lives.
@@ -548,17 +354,29 @@ def deploy_model(
         api: A ``kserve.KServeClient`` for the kserve target (default: in-cluster).
         prepare: Adds serving files to the version's folder before it is served (the CLIP search index,
             so a new adapter always comes with its own index).
+        serving: The client's ``serving`` settings (bearer token variable for the probes).
+        cache_dir: MediaPipe face models (a lip-sync version checked in-process).
 
     Returns:
         What was done.
 
     Raises:
-        DeployError: If the rollout failed; the champion alias is then untouched.
+        DeployError: If any step failed; what is served and the aliases are as before.
     """
-    name = registered_name(model, client_id)
-    serving, location = _rollout(tracking, client_id, state_dir, model, str(version), cfg, api, prepare)
-    promotion = promote(tracking, name, str(version))
-    return DeployResult(model, name, str(version), cfg.target, serving, location, promotion)
+    return _transaction(
+        tracking,
+        client_id,
+        state_dir,
+        model,
+        str(version),
+        lambda current: current if current != str(version) else None,
+        cfg,
+        "deploy",
+        api=api,
+        prepare=prepare,
+        serving=serving,
+        cache_dir=cache_dir,
+    )
 
 
 def rollback_model(
@@ -568,18 +386,40 @@ def rollback_model(
     model: str,
     cfg: DeployConfig,
     api: Any = None,
+    to_version: str | None = None,
+    prepare: Callable[[Path], None] | None = None,
+    serving: Any = None,
+    cache_dir: Any = None,
 ) -> DeployResult:
-    """Serve the ``previous`` version again, then point ``champion`` back at it (``clipsync rollback``).
+    """Serve an earlier version again (``to_version``, default the ``previous`` alias), then make it champion.
+
+    The ``previous`` alias is removed afterwards: a second rollback does not silently put the newer version
+    back (it needs ``to_version``, and the result says which one to give to roll forward).
 
     Raises:
-        DeployError: If there is no previous version or its rollout failed (aliases untouched).
+        DeployError: If there is nothing to roll back to, the version already serves, or a step failed
+            (what is served and the aliases are then as before).
     """
     from components.common import tracking as tr
 
     name = registered_name(model, client_id)
-    previous = tr.get_version_by_alias(tracking, name, PREVIOUS)
-    if previous is None:
-        raise DeployError(f"{name} has no alias {PREVIOUS!r}: nothing to roll back to")
-    serving, location = _rollout(tracking, client_id, state_dir, model, previous, cfg, api)
-    promotion = rollback(tracking, name)
-    return DeployResult(model, name, previous, cfg.target, serving, location, promotion)
+    current = tr.get_version_by_alias(tracking, name, CHAMPION)
+    target = str(to_version) if to_version else tr.get_version_by_alias(tracking, name, PREVIOUS)
+    if target is None:
+        raise DeployError(f"{name} has no alias {PREVIOUS!r} (nothing to roll back to): name one with --to-version")
+    if target == current:
+        raise DeployError(f"{name} v{target} already is the champion: nothing to roll back")
+    return _transaction(
+        tracking,
+        client_id,
+        state_dir,
+        model,
+        target,
+        lambda _current: None,
+        cfg,
+        "rollback",
+        api=api,
+        prepare=prepare,
+        serving=serving,
+        cache_dir=cache_dir,
+    )

@@ -212,24 +212,14 @@ def retrieval_problem(
 def score_model(
     bundle: Any, samples: Sequence[ClipSample], pooling: str, device: str = "cpu", relevance: str = "label"
 ) -> RetrievalResult:
-    """Embed ``samples`` and their label queries with one model and compute the retrieval metrics."""
-    import torch
+    """Embed ``samples`` and their label queries with one model on ``device`` and compute the retrieval metrics."""
+    from components.common.device import resolve_device
+    from components.finetune_clip.core import query_video_similarity
 
-    from components.finetune_clip.core import embed_samples
-    from components.finetune_clip.model import encode_texts
-
-    model = bundle.model.to(device).eval()
+    model = bundle.model.to(resolve_device(device)).eval()
     queries, relevant, q_cats = retrieval_problem(samples, relevance)
-    video_emb = embed_samples(bundle, model, samples, pooling, device)
-    with torch.no_grad():
-        text_emb = torch.cat(
-            [
-                encode_texts(model, bundle.tokenizer, queries[i : i + 64], device).cpu()
-                for i in range(0, len(queries), 64)
-            ]
-        )
-    sim = (text_emb @ video_emb.T).numpy()
-    return retrieval_metrics(sim, relevant, q_cats, [s.category for s in samples], queries)
+    sim = query_video_similarity(bundle, model, samples, queries, pooling)
+    return retrieval_metrics(sim.cpu().numpy(), relevant, q_cats, [s.category for s in samples], queries)
 
 
 @dataclass
@@ -281,7 +271,7 @@ def evaluate_clip(
         frames_per_video: Frames per video for a model without a card (a model folder's card wins).
         pooling: Pooling for a model without a card.
         cache_dir: Model cache for base references.
-        device: Torch device.
+        device: The ``device`` setting (``auto``: CUDA when available).
         relevance: ``label`` or ``category`` (see :func:`retrieval_problem`).
 
     Returns:
@@ -467,14 +457,6 @@ def _plot_categories(ch: RetrievalResult, bl: RetrievalResult, baseline_kind: st
     plt.close(fig)
 
 
-def _eval_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def run_evaluate_clip(
     frames_dir: Path,
     challenger_dir: Path,
@@ -522,7 +504,7 @@ def run_evaluate_clip(
             cfg.frames_per_video,
             cfg.pooling,
             config.cache_dir,
-            _eval_device(cfg.device),
+            cfg.device,
             cfg.eval_relevance,
         )
     if log_to_active_run:

@@ -8,8 +8,9 @@ Conventions (LipFD's validation code gets both wrong; we do not):
 - the decision threshold is chosen on the validation videos (the same split by video that training
   used) and only then applied to the test videos.
 
-Videos whose mouth crops come from the centre-crop fallback (no face found) are reported separately:
-the headline metrics are on videos with a tracked face. Robustness repeats the metrics under the
+Videos that carry no evidence for a verdict (no audio track, no usable face track, shorter than one window:
+``components/face_tracking/evidence.py``) are not scored, as serving would not judge them either; the test
+videos left out are counted (``n_test_inconclusive``). Robustness repeats the metrics under the
 perturbations AVLips evaluates (compression, Gaussian noise, blur, pixelation, saturation, contrast),
 applied to the mouth crops, and writes a Markdown table and a PNG plot.
 """
@@ -191,9 +192,7 @@ class ModelEval:
         threshold: Chosen on validation (or the model's own when validation lacks a class).
         threshold_source: ``validation`` or ``model``.
         val: Validation metrics at that threshold.
-        test: Test metrics on videos with a tracked face (the headline).
-        test_fallback: Test metrics on centre-crop fallback videos.
-        test_all: Test metrics on every test video.
+        test: Test metrics.
     """
 
     model_dir: str
@@ -201,15 +200,13 @@ class ModelEval:
     threshold_source: str
     val: dict = field(default_factory=dict)
     test: dict = field(default_factory=dict)
-    test_fallback: dict = field(default_factory=dict)
-    test_all: dict = field(default_factory=dict)
 
 
 @dataclass
 class LipsyncEvalReport:
     """Challenger (and champion) on the same test videos; paired outcomes for the gate; robustness.
 
-    ``paired`` rows: video_id, label (``real``/``fake``), fallback_used, and per model ``<role>_score``,
+    ``paired`` rows: video_id, label (``real``/``fake``), and per model ``<role>_score``,
     ``<role>_pred_fake``, ``<role>_correct``. ``champion_version`` is set by :func:`run_evaluate_lipsync`.
     """
 
@@ -217,7 +214,7 @@ class LipsyncEvalReport:
     champion: ModelEval | None
     n_val_videos: int
     n_test_videos: int
-    n_test_fallback: int
+    n_test_inconclusive: int
     paired: list[dict] = field(default_factory=list)
     robustness: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
@@ -229,13 +226,13 @@ class LipsyncEvalReport:
         out: dict[str, float] = {
             "lipsync_n_val_videos": float(self.n_val_videos),
             "lipsync_n_test_videos": float(self.n_test_videos),
-            "lipsync_n_test_fallback": float(self.n_test_fallback),
+            "lipsync_n_test_inconclusive": float(self.n_test_inconclusive),
         }
         for role, ev in (("challenger", self.challenger), ("champion", self.champion)):
             if ev is None:
                 continue
             out[f"lipsync_{role}_threshold"] = ev.threshold
-            for subset in ("val", "test", "test_fallback", "test_all"):
+            for subset in ("val", "test"):
                 for key in ("accuracy", "roc_auc", "average_precision", "fpr", "fnr", "balanced_accuracy"):
                     value = getattr(ev, subset).get(key)
                     if value is not None:
@@ -276,10 +273,11 @@ def _score(model, videos, perturbation: tuple[str, float] | None = None) -> np.n
     return np.asarray(scores, dtype=np.float64)
 
 
-def _evaluate_model(model_dir: Path, val, test, face_mask: np.ndarray) -> tuple[ModelEval, np.ndarray, object]:
+def _evaluate_model(model_dir: Path, val, test, device: str) -> tuple[ModelEval, np.ndarray, object]:
+    from components.common.device import resolve_device
     from components.finetune_lipsync.model import load_model
 
-    model = load_model(model_dir)
+    model = load_model(model_dir, resolve_device(device))
     y_val = np.array([v.label for v in val], dtype=int)
     y_test = np.array([v.label for v in test], dtype=int)
     val_scores = _score(model, val) if val else np.zeros(0)
@@ -293,11 +291,7 @@ def _evaluate_model(model_dir: Path, val, test, face_mask: np.ndarray) -> tuple[
         threshold=threshold,
         threshold_source=source,
         val=binary_metrics(y_val, val_scores, threshold) if len(y_val) else {},
-        test=binary_metrics(y_test[face_mask], test_scores[face_mask], threshold) if face_mask.any() else {},
-        test_fallback=binary_metrics(y_test[~face_mask], test_scores[~face_mask], threshold)
-        if (~face_mask).any()
-        else {},
-        test_all=binary_metrics(y_test, test_scores, threshold) if len(y_test) else {},
+        test=binary_metrics(y_test, test_scores, threshold) if len(y_test) else {},
     )
     return ev, test_scores, model
 
@@ -310,6 +304,7 @@ def evaluate_lipsync(
     cfg=None,
     robustness: bool = True,
     perturbations: dict[str, Sequence[float]] | None = None,
+    face_config=None,
 ) -> LipsyncEvalReport:
     """Evaluate the challenger (and the champion) on the faces Dataset's test videos.
 
@@ -319,25 +314,29 @@ def evaluate_lipsync(
         faces_dir: The face_tracking Dataset.
         out_dir: Where the report files go (JSON, paired JSONL, Markdown table, PNG plot).
         cfg: The FinetuneLipsyncConfig training used (its ``val_fraction`` and ``seed`` rebuild the
-            validation split); default settings when ``None``.
+            validation split, its ``device`` runs the models); default settings when ``None``.
         robustness: Also run the perturbation sweep.
         perturbations: Overrides :data:`PERTURBATIONS`.
+        face_config: The client's ``FaceTrackingConfig`` (the evidence a clip needs); default settings when ``None``.
 
     Returns:
         The report (also written to ``out_dir``).
     """
+    from components.face_tracking.config import FaceTrackingConfig
+    from components.face_tracking.evidence import EvidenceRules
     from components.finetune_lipsync.config import FinetuneLipsyncConfig
     from components.finetune_lipsync.core import load_lipsync_videos, split_by_video, training_pool
 
     cfg = cfg or FinetuneLipsyncConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    videos, skipped = load_lipsync_videos(faces_dir)
+    videos, skipped = load_lipsync_videos(
+        faces_dir, EvidenceRules.of(cfg.window_s, face_config or FaceTrackingConfig())
+    )
     _, val = split_by_video(training_pool(videos), cfg.val_fraction, cfg.seed)
     test = sorted((v for v in videos if v.split == "test"), key=lambda v: v.video_id)
     if not test:
         logger.warning("evaluate: no labelled lip-sync test videos in %s", faces_dir)
-    face_mask = np.array([not v.fallback_used for v in test], dtype=bool)
     y_test = np.array([v.label for v in test], dtype=int)
 
     models = {"challenger": Path(challenger_dir)}
@@ -348,7 +347,7 @@ def evaluate_lipsync(
     loaded = {}
     for role, path in models.items():
         if test:
-            evals[role], scores[role], loaded[role] = _evaluate_model(path, val, test, face_mask)
+            evals[role], scores[role], loaded[role] = _evaluate_model(path, val, test, cfg.device)
         else:
             evals[role] = ModelEval(model_dir=str(path), threshold=float("nan"), threshold_source="none")
         logger.info(
@@ -362,7 +361,7 @@ def evaluate_lipsync(
 
     paired = []
     for i, v in enumerate(test):
-        row = {"video_id": v.video_id, "label": "fake" if v.label else "real", "fallback_used": v.fallback_used}
+        row = {"video_id": v.video_id, "label": "fake" if v.label else "real"}
         for role in scores:
             pred = bool(scores[role][i] >= evals[role].threshold)
             row[f"{role}_score"] = float(scores[role][i])
@@ -371,23 +370,21 @@ def evaluate_lipsync(
         paired.append(row)
 
     robust_rows: list[dict] = []
-    face_test = [v for v, keep in zip(test, face_mask, strict=True) if keep]
-    if robustness and face_test:
-        y_face = y_test[face_mask]
+    if robustness and test:
         for role, model in loaded.items():
             clean = evals[role].test
             robust_rows.append(_robust_row(role, "none", 0.0, clean))
             for kind, levels in (perturbations or PERTURBATIONS).items():
                 for level in levels:
-                    s = _score(model, face_test, (kind, level))
-                    robust_rows.append(_robust_row(role, kind, level, binary_metrics(y_face, s, evals[role].threshold)))
+                    s = _score(model, test, (kind, level))
+                    robust_rows.append(_robust_row(role, kind, level, binary_metrics(y_test, s, evals[role].threshold)))
 
     report = LipsyncEvalReport(
         challenger=evals["challenger"],
         champion=evals.get("champion"),
         n_val_videos=len(val),
         n_test_videos=len(test),
-        n_test_fallback=int((~face_mask).sum()),
+        n_test_inconclusive=sum(s["split"] == "test" and s["reason"].startswith("no_evidence") for s in skipped),
         paired=paired,
         robustness=robust_rows,
         skipped=skipped,
@@ -538,7 +535,10 @@ def run_evaluate_lipsync(
     Path(config.state_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=config.state_dir, prefix=".lipsync-champion-") as tmp:
         champion = fetch_champion(config, Path(tmp) / "champion")
-        report = evaluate_lipsync(challenger_dir, champion[0] if champion else None, faces_dir, out_dir, cfg)
+        champion_dir = champion[0] if champion else None
+        report = evaluate_lipsync(
+            challenger_dir, champion_dir, faces_dir, out_dir, cfg, face_config=config.face_tracking
+        )
     if champion is not None:
         report.champion_version = champion[1]
         write_lipsync_report(report, out_dir)

@@ -31,17 +31,20 @@ class FaceTrackingConfig:
             interpolated linearly between the detections of the same track (1: every frame, the reference).
         crop_size: Side of the square mouth crops in pixels.
         mouth_scale: Crop side as a multiple of the distance between the eyes.
-        use_landmarks: Also run FaceLandmarker and place the mouth crop from its lip and eye landmarks where
-            they agree with the detector's keypoints; off (default), from the detector's six keypoints (eyes,
-            mouth centre). Off by default because the mesh model obtainable here (mediapipe 0.10.21's
-            face_landmark.tflite in a .task bundle) gives positions unrelated to the face under mediapipe
-            1.2.2 (measured), so every mesh is rejected and the landmarker only costs time.
+        use_landmarks: Also run FaceLandmarker (the face mesh) on detection frames and place the mouth crop
+            from its lip and eye landmarks where the mesh agrees with the detector's keypoints (the seed's
+            method); elsewhere, and when off, from the detector's six keypoints (eyes, mouth centre). On by
+            default: see ``benchmarks/face_tracking.py`` for its cost and effect.
         full_range_fallback: Where the short-range detector finds nothing in a frame, try the full-range
             model (small or distant faces).
         emit_all_tracks: Emit every kept track as its own sample (each speaker), not only the selected one.
         min_track_frames: Tracks with fewer detected frames are dropped as spurious (the selected track is
             kept whatever its length).
         workers: Videos processed in parallel (processes); 1 processes them in this process.
+        min_face_px: Smallest subject face (median box side, in the source video's pixels) that counts as
+            evidence for a lip-sync verdict; a smaller one is refused at serving and left out of training and
+            evaluation (:mod:`components.face_tracking.evidence`).
+        min_face_score: Lowest mean detector score of the subject's detections that counts as evidence.
     """
 
     max_faces: int = 5
@@ -52,11 +55,13 @@ class FaceTrackingConfig:
     detect_every: int = 1
     crop_size: int = 96
     mouth_scale: float = 1.6
-    use_landmarks: bool = False
+    use_landmarks: bool = True
     full_range_fallback: bool = True
     emit_all_tracks: bool = False
     min_track_frames: int = 3
     workers: int = 1
+    min_face_px: float = 32.0
+    min_face_score: float = 0.7
 
     def __post_init__(self) -> None:
         _require(1 <= self.max_faces <= 20, f"max_faces must be 1..20, got {self.max_faces}")
@@ -75,5 +80,7 @@ class FaceTrackingConfig:
         _require(0.5 <= self.mouth_scale <= 5.0, f"mouth_scale must be 0.5..5, got {self.mouth_scale}")
         _require(self.min_track_frames >= 1, f"min_track_frames must be >= 1, got {self.min_track_frames}")
         _require(1 <= self.workers <= 64, f"workers must be 1..64, got {self.workers}")
+        _require(0 <= self.min_face_px <= 4096, f"min_face_px must be 0..4096, got {self.min_face_px}")
+        _require(0 <= self.min_face_score < 1, f"min_face_score must be in [0, 1), got {self.min_face_score}")
         for name in ("use_landmarks", "full_range_fallback", "emit_all_tracks"):
             _require(isinstance(getattr(self, name), bool), f"{name} must be a bool, got {getattr(self, name)!r}")

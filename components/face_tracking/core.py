@@ -38,7 +38,7 @@ from components.face_tracking.dataset import (
     FaceSample,
     write_face_index,
 )
-from components.face_tracking.models import FaceModelPaths, face_model_paths
+from components.face_tracking.models import MESH_POINTS, FaceModelPaths, face_model_paths
 
 logger = logging.getLogger("clipsync.face_tracking")
 
@@ -339,11 +339,13 @@ def detect_faces(frame: np.ndarray, detector: Any, source: str = "short") -> lis
 
 
 def _landmark_faces(frame: np.ndarray, landmarker: Any) -> list[tuple[Box, tuple[Point, ...], tuple[Point, Point]]]:
+    """Per mesh found: its box, lip points and eye centres (only the face mesh's points 0-467 are used)."""
     height, width = frame.shape[:2]
     result = landmarker.detect(_mp_image(frame))
     faces = []
     for landmarks in result.face_landmarks:
-        pts = np.array([(p.x * width, p.y * height) for p in landmarks], dtype=np.float64)
+        # Points 468-477 are the padding of the bundled model (models.pad_landmark_model), not irises.
+        pts = np.array([(p.x * width, p.y * height) for p in landmarks[:MESH_POINTS]], dtype=np.float64)
         box = (float(pts[:, 0].min()), float(pts[:, 1].min()), float(pts[:, 0].max()), float(pts[:, 1].max()))
         lips = tuple((float(x), float(y)) for x, y in pts[list(LIP_INDICES)])
         right = tuple(float(v) for v in pts[list(RIGHT_EYE_INDICES)].mean(axis=0))
@@ -354,9 +356,8 @@ def _landmark_faces(frame: np.ndarray, landmarker: Any) -> list[tuple[Box, tuple
 
 def _landmarks_plausible(face: FaceDetection, lips: tuple[Point, ...], eyes: tuple[Point, Point]) -> bool:
     """Whether a landmark mesh agrees with the detector's keypoints (mouth and both eyes within a quarter
-    of the box width). Meshes that do not are dropped: the mesh model fetched from mediapipe 0.10.21 gives
-    positions unrelated to the face under mediapipe 1.2.2's FaceLandmarker (measured), and a wrong mouth
-    crop is worse than a keypoint-placed one."""
+    of the box width). A mesh that does not (the landmarker fitted a neighbouring face, or failed on a hard
+    pose) is dropped and the crop is placed from the keypoints: a wrong mouth crop is worse than a coarse one."""
     if len(face.keypoints) <= KP_MOUTH:
         return True
     tolerance = 0.25 * (face.box[2] - face.box[0])
@@ -689,6 +690,20 @@ def track_video(
     )
 
 
+def subject_face(faces: VideoFaces, scale: float) -> tuple[float, float]:
+    """The subject's median face side and mean detector score; ``(0, 0)`` without a face track.
+
+    Args:
+        faces: What :func:`track_video` found.
+        scale: Source-video pixels per dense-frame pixel (the dense frames are rescaled).
+    """
+    if faces.selected is None:
+        return 0.0, 0.0
+    found = faces.selected.detections.values()
+    side = float(np.median([min(d.box[2] - d.box[0], d.box[3] - d.box[1]) for d in found])) * scale
+    return round(side, 2), round(float(np.mean([d.score for d in found])), 4)
+
+
 def selected_box_agreement(reference: VideoFaces, other: VideoFaces) -> float:
     """Mean IoU of the selected track's boxes of two runs over frames where both have a box (NaN if none)."""
     if reference.selected is None or other.selected is None:
@@ -813,6 +828,8 @@ def process_video(
             )
         )
     np.save(out_dir / AUDIO_DIR / f"{rec.video_id}.npy", audio)
+    dense_side = max(frames.shape[1:3])
+    face_px, face_score = subject_face(faces, (max(rec.width, rec.height) or dense_side) / dense_side)
     if faces.fallback_used:
         logger.warning("face_tracking: %s: no face found in %d frames, centre crop used", rec.video_id, n_frames)
     return _replace(
@@ -822,6 +839,8 @@ def process_video(
         n_tracks=len(faces.tracks),
         selected_track=selected_id,
         fallback_used=faces.fallback_used,
+        face_px=face_px,
+        face_score=face_score,
         samples=tuple(samples),
     )
 

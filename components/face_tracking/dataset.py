@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from components.common.jsonl import read_jsonl, write_jsonl
+from components.face_tracking.evidence import Evidence
 
 INDEX_FILE = "index.jsonl"
 CROPS_DIR = "crops"
@@ -66,6 +67,8 @@ class FaceRecord:
         selected_track: The subject's track id; -1 when none (fallback) or rejected.
         fallback_used: No face was found in the whole clip, so the crop is the frame centre.
         has_audio: Whether the video had audio (without it the audio file holds zeros).
+        face_px: The subject's median face side in source-video pixels (0 without a face track).
+        face_score: The subject's mean detector score (0 without a face track).
         samples: The emitted crop sequences.
     """
 
@@ -83,6 +86,8 @@ class FaceRecord:
     selected_track: int = -1
     fallback_used: bool = False
     has_audio: bool = False
+    face_px: float = 0.0
+    face_score: float = 0.0
     samples: tuple[FaceSample, ...] = field(default_factory=tuple)
 
     @property
@@ -92,6 +97,12 @@ class FaceRecord:
     @property
     def selected_sample(self) -> FaceSample | None:
         return next((s for s in self.samples if s.selected), None)
+
+    @property
+    def evidence(self) -> Evidence:
+        """What the clip offers a lip-sync verdict (:mod:`components.face_tracking.evidence`)."""
+        duration = self.n_frames / self.fps if self.fps > 0 else 0.0
+        return Evidence(self.has_audio, self.faces_seen, self.fallback_used, self.face_px, self.face_score, duration)
 
 
 def write_face_index(directory: str | Path, records: Iterable[FaceRecord]) -> int:

@@ -5,6 +5,14 @@ face detector and face mesh tflite files; :func:`fetch_face_models` downloads th
 package registry, at setup time only), extracts the three files and builds the ``face_landmarker.task``
 bundle the Tasks API's ``FaceLandmarker`` needs. A small ``models.json`` records sizes and SHA-256 so a
 second call verifies and skips, and a truncated or altered file is refetched.
+
+The bundle's landmark model is the wheel's ``face_landmark.tflite`` with one TFLite PAD op appended
+(:func:`pad_landmark_model`): the Tasks graph decodes the landmark tensor as 478 points (the mesh with
+irises) while that model outputs 468 x 3 values, so unpadded every point after the first is read from the
+wrong values (the "mouth" lands on an eye). Padded to 478 x 3, points 0-467 are the face mesh and points
+468-477 are zeros to ignore. ``models.json`` records the bundle's version: a cache built before this fix
+(version 1) is refused at run time and rebuilt by ``clipsync fetch-models`` from the extracted files, without
+a download.
 """
 
 from __future__ import annotations
@@ -35,6 +43,17 @@ WHEEL_MEMBERS: dict[str, str] = {
     "face_landmark.tflite": "mediapipe/modules/face_landmark/face_landmark.tflite",
 }
 LANDMARKER_TASK = "face_landmarker.task"
+#: Version of the ``.task`` bundle: 1 = the wheel's model as is (scrambled landmarks), 2 = padded to 478 points.
+BUNDLE_VERSION = 2
+MESH_POINTS = 468  # the face mesh; the Tasks graph's points 468-477 (irises) are padding here
+TASKS_POINTS = 478
+#: SHA-256 of the files as they are in the mediapipe==0.10.21 wheel (immutable on PyPI): a file that differs is
+#: not the model this code was written and tested against. The built ``.task`` is checked against ``models.json``.
+WHEEL_SHA256: dict[str, str] = {
+    "face_detection_short_range.tflite": "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8",
+    "face_detection_full_range_sparse.tflite": "2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1",
+    "face_landmark.tflite": "1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814",
+}
 
 
 class FaceModelError(RuntimeError):
@@ -49,7 +68,7 @@ class FaceModelPaths:
         short_range: BlazeFace short-range detector (faces within about 2 m, the talking-head case).
         full_range: BlazeFace full-range sparse detector (smaller, farther faces).
         face_landmark: The face mesh landmark model (468 points) as extracted from the wheel.
-        landmarker_task: The ``.task`` bundle (short-range detector + face mesh) for ``FaceLandmarker``.
+        landmarker_task: The ``.task`` bundle (short-range detector + padded face mesh) for ``FaceLandmarker``.
     """
 
     short_range: Path
@@ -68,25 +87,33 @@ def _paths(model_dir: Path) -> FaceModelPaths:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def _verify(model_dir: Path) -> list[str]:
-    """Return the problems found in ``model_dir`` (empty when every file matches its record)."""
+def _read_record(model_dir: Path) -> tuple[dict | None, str]:
     record_path = model_dir / RECORD_FILE
     if not record_path.is_file():
-        return [f"{record_path} missing"]
+        return None, f"{record_path} missing"
     try:
         record = json.loads(record_path.read_text())
-        files = record["files"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        return [f"{record_path} unreadable: {exc}"]
+        if not isinstance(record.get("files"), dict):
+            raise TypeError("no 'files' mapping")
+    except (json.JSONDecodeError, TypeError, AttributeError) as exc:
+        return None, f"{record_path} unreadable: {exc}"
+    return record, ""
+
+
+def _verify(model_dir: Path, names: tuple[str, ...] = (*WHEEL_MEMBERS, LANDMARKER_TASK)) -> list[str]:
+    """Return the problems found with ``names`` in ``model_dir`` (empty when each matches its record)."""
+    record, problem = _read_record(model_dir)
+    if record is None:
+        return [problem]
+    files = record["files"]
     problems = []
-    for name in [*WHEEL_MEMBERS, LANDMARKER_TASK]:
+    if LANDMARKER_TASK in names and record.get("bundle_version", 1) != BUNDLE_VERSION:
+        problems.append(f"{LANDMARKER_TASK} is bundle version {record.get('bundle_version', 1)}, not {BUNDLE_VERSION}")
+    for name in names:
         path = model_dir / name
         expected = files.get(name)
         if expected is None:
@@ -120,26 +147,131 @@ def face_model_paths(cache_dir: Path) -> FaceModelPaths:
             f"MediaPipe face models not found in {model_dir}: run `clipsync fetch-models` "
             f"(missing: {', '.join(Path(m).name for m in missing)})"
         )
+    record, _ = _read_record(model_dir)
+    version = (record or {}).get("bundle_version", 1)
+    if version != BUNDLE_VERSION:
+        raise FaceModelError(
+            f"{paths.landmarker_task} is bundle version {version} (its landmarks are scrambled); "
+            f"run `clipsync fetch-models` to rebuild it as version {BUNDLE_VERSION}"
+        )
+    return paths
+
+
+def pad_landmark_model(model: bytes) -> bytes:
+    """Append a TFLite PAD op to the face mesh model so that its landmark output holds 478 x 3 values.
+
+    Uses ``flatbuffers`` and the TFLite schema module that mediapipe bundles. The landmark tensor (468 x 3 =
+    1404 values in the last dimension) gets 30 zeros appended; the face-presence output is left alone.
+
+    Args:
+        model: ``face_landmark.tflite`` from the mediapipe 0.10.21 wheel.
+
+    Returns:
+        The padded model.
+
+    Raises:
+        FaceModelError: If the model does not have the expected single subgraph and 1404-value output.
+    """
+    import flatbuffers
+    import numpy as np
+    from mediapipe.tasks.metadata import schema_py_generated as tfl
+
+    root = tfl.ModelT.InitFromObj(tfl.Model.GetRootAsModel(model, 0))
+    if len(root.subgraphs) != 1:
+        raise FaceModelError(f"face_landmark.tflite: expected 1 subgraph, found {len(root.subgraphs)}")
+    graph = root.subgraphs[0]
+    outputs = list(graph.outputs)
+    mesh = [i for i in outputs if int(graph.tensors[i].shape[-1]) == 3 * MESH_POINTS]
+    if len(mesh) != 1:
+        shapes = [list(graph.tensors[i].shape) for i in outputs]
+        raise FaceModelError(f"face_landmark.tflite: no single {3 * MESH_POINTS}-value output among {shapes}")
+    source = graph.tensors[mesh[0]]
+    rank = len(source.shape)
+
+    def add_buffer(data: bytes | None) -> int:
+        buffer = tfl.BufferT()
+        if data is not None:
+            buffer.data = np.frombuffer(data, dtype=np.uint8)
+        root.buffers.append(buffer)
+        return len(root.buffers) - 1
+
+    def add_tensor(name: bytes, shape: list[int], dtype: int, buffer: int) -> int:
+        tensor = tfl.TensorT()
+        tensor.name, tensor.shape, tensor.type, tensor.buffer = name, shape, dtype, buffer
+        graph.tensors.append(tensor)
+        return len(graph.tensors) - 1
+
+    paddings = np.zeros((rank, 2), dtype="<i4")
+    paddings[-1, 1] = 3 * (TASKS_POINTS - MESH_POINTS)
+    pad_spec = add_tensor(b"landmarks_paddings", [rank, 2], tfl.TensorType.INT32, add_buffer(paddings.tobytes()))
+    padded_shape = [*source.shape[:-1], 3 * TASKS_POINTS]
+    padded = add_tensor(b"landmarks_padded", padded_shape, source.type, add_buffer(None))
+    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in root.operatorCodes]
+    if tfl.BuiltinOperator.PAD not in codes:
+        code = tfl.OperatorCodeT()
+        code.builtinCode = code.deprecatedBuiltinCode = tfl.BuiltinOperator.PAD
+        code.version = 1
+        root.operatorCodes.append(code)
+        codes.append(tfl.BuiltinOperator.PAD)
+    op = tfl.OperatorT()
+    op.opcodeIndex = codes.index(tfl.BuiltinOperator.PAD)
+    op.inputs, op.outputs = [mesh[0], pad_spec], [padded]
+    op.builtinOptionsType, op.builtinOptions = tfl.BuiltinOptions.PadOptions, tfl.PadOptionsT()
+    graph.operators.append(op)
+    graph.outputs = [padded if i == mesh[0] else i for i in outputs]
+    builder = flatbuffers.Builder(len(model) + 4096)
+    builder.Finish(root.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def verify_face_models(cache_dir: Path) -> FaceModelPaths:
+    """Locate the face model files and check their SHA-256 (a model server does this before loading them).
+
+    The wheel's files must match :data:`WHEEL_SHA256`, and every file the record ``models.json`` written by
+    :func:`fetch_face_models` (the built ``.task`` included).
+
+    Args:
+        cache_dir: The folder holding ``mediapipe/`` (in the serve image: the one ``clipsync fetch-models``
+            filled at build time).
+
+    Returns:
+        The paths of the files.
+
+    Raises:
+        FaceModelError: Naming the first file that is missing or differs.
+    """
+    paths = face_model_paths(cache_dir)
+    model_dir = Path(cache_dir) / SUBDIR
+    for name, expected in WHEEL_SHA256.items():
+        if _sha256(model_dir / name) != expected:
+            raise FaceModelError(f"{model_dir / name} is not the file of mediapipe=={WHEEL_VERSION} (sha256 differs)")
+    problems = _verify(model_dir)
+    if problems:
+        raise FaceModelError(f"face models in {model_dir} do not verify: {problems[0]}")
     return paths
 
 
 def build_landmarker_task(detector: Path, landmark: Path, out: Path) -> Path:
-    """Bundle a face detector and the face mesh model into a ``FaceLandmarker`` ``.task`` zip.
+    """Bundle a face detector and the padded face mesh model into a ``FaceLandmarker`` ``.task`` zip.
 
     Args:
         detector: The short-range face detector tflite.
-        landmark: ``face_landmark.tflite``.
+        landmark: ``face_landmark.tflite`` as extracted from the wheel (padded here, see
+            :func:`pad_landmark_model`).
         out: The ``.task`` file to write (atomically replaced).
 
     Returns:
         ``out``.
     """
+    members = (
+        ("face_detector.tflite", Path(detector).read_bytes()),
+        ("face_landmarks_detector.tflite", pad_landmark_model(Path(landmark).read_bytes())),
+    )
     tmp = out.with_suffix(".task.part")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as bundle:
         # Fixed timestamps keep the bundle byte-identical across fetches (stable sha256).
-        for arcname, src in (("face_detector.tflite", detector), ("face_landmarks_detector.tflite", landmark)):
-            info = zipfile.ZipInfo(arcname, date_time=(1980, 1, 1, 0, 0, 0))
-            bundle.writestr(info, Path(src).read_bytes())
+        for arcname, data in members:
+            bundle.writestr(zipfile.ZipInfo(arcname, date_time=(1980, 1, 1, 0, 0, 0)), data)
     tmp.replace(out)
     return out
 
@@ -181,7 +313,8 @@ def fetch_face_models(cache_dir: Path, *, wheel: Path | None = None, timeout_s: 
     """Fetch the MediaPipe face model files into ``cache_dir/mediapipe`` (setup time only).
 
     Idempotent: when every file is present and matches the sizes and SHA-256 recorded in
-    ``models.json``, nothing is downloaded.
+    ``models.json``, nothing is downloaded; when only the ``.task`` bundle is stale (an older
+    :data:`BUNDLE_VERSION`) or damaged, it is rebuilt from the extracted files without a download.
 
     Args:
         cache_dir: The client config's ``cache_dir``.
@@ -199,9 +332,34 @@ def fetch_face_models(cache_dir: Path, *, wheel: Path | None = None, timeout_s: 
     if not problems:
         logger.info("face_tracking: face models already present in %s", model_dir)
         return _paths(model_dir)
-    logger.info("face_tracking: fetching face models into %s (%s)", model_dir, "; ".join(problems))
     model_dir.mkdir(parents=True, exist_ok=True)
     paths = _paths(model_dir)
+    if _verify(model_dir, tuple(WHEEL_MEMBERS)):
+        logger.info("face_tracking: fetching face models into %s (%s)", model_dir, "; ".join(problems))
+        _extract_wheel_members(model_dir, wheel, timeout_s)
+    else:  # the extracted files are intact: only the bundle is rebuilt (e.g. an older bundle version), offline
+        logger.info("face_tracking: rebuilding %s in %s (%s)", LANDMARKER_TASK, model_dir, "; ".join(problems))
+    build_landmarker_task(paths.short_range, paths.face_landmark, paths.landmarker_task)
+    files = {}
+    for name in [*WHEEL_MEMBERS, LANDMARKER_TASK]:
+        path = model_dir / name
+        files[name] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+    record = {
+        "source": f"pypi:mediapipe=={WHEEL_VERSION}",
+        "license": "Apache-2.0",
+        "bundle_version": BUNDLE_VERSION,
+        "files": files,
+    }
+    (model_dir / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    problems = _verify(model_dir)
+    if problems:
+        raise FaceModelError(f"face models in {model_dir} do not verify after fetching: {'; '.join(problems)}")
+    logger.info("face_tracking: face models ready in %s", model_dir)
+    return paths
+
+
+def _extract_wheel_members(model_dir: Path, wheel: Path | None, timeout_s: float) -> None:
+    """Extract :data:`WHEEL_MEMBERS` from ``wheel`` (downloaded with pip when ``None``) into ``model_dir``."""
     with tempfile.TemporaryDirectory(prefix="clipsync-mediapipe-") as tmp:
         wheel_path = Path(wheel) if wheel is not None else _download_wheel(Path(tmp), timeout_s)
         try:
@@ -216,15 +374,3 @@ def fetch_face_models(cache_dir: Path, *, wheel: Path | None = None, timeout_s: 
                     part.replace(model_dir / name)
         except zipfile.BadZipFile as exc:
             raise FaceModelError(f"{wheel_path} is not a valid wheel: {exc}") from exc
-    build_landmarker_task(paths.short_range, paths.face_landmark, paths.landmarker_task)
-    files = {}
-    for name in [*WHEEL_MEMBERS, LANDMARKER_TASK]:
-        path = model_dir / name
-        files[name] = {"size": path.stat().st_size, "sha256": _sha256(path)}
-    record = {"source": f"pypi:mediapipe=={WHEEL_VERSION}", "license": "Apache-2.0", "files": files}
-    (model_dir / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    problems = _verify(model_dir)
-    if problems:
-        raise FaceModelError(f"face models in {model_dir} do not verify after fetching: {'; '.join(problems)}")
-    logger.info("face_tracking: face models ready in %s", model_dir)
-    return paths

@@ -291,6 +291,24 @@ def _demo_clip_config(
     )
 
 
+def save_base_clip(model, tokenizer, out_dir: Path) -> Path:
+    """Write a CLIP, its tokenizer and its image processor (CLIP's mean/std) as a base model folder."""
+    from transformers import CLIPImageProcessor
+
+    from components.finetune_clip.model import CLIP_MEAN, CLIP_STD
+
+    size = int(model.config.vision_config.image_size)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    CLIPImageProcessor(
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+    ).save_pretrained(out_dir)
+    return Path(out_dir)
+
+
 def build_demo_base_clip(
     out_dir: Path,
     seed: int = 0,
@@ -325,10 +343,10 @@ def build_demo_base_clip(
     """
     import torch
     import torch.nn.functional as F
-    from transformers import CLIPImageProcessor, CLIPModel
+    from transformers import CLIPModel
 
     from components.finetune_clip.core import contrastive_loss
-    from components.finetune_clip.model import CLIP_MEAN, CLIP_STD, normalize_pixels
+    from components.finetune_clip.model import normalize_pixels
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -387,14 +405,7 @@ def build_demo_base_clip(
             logger.info("demo base CLIP: step %d loss %.3f (%.0f s)", step, loss_value, time.monotonic() - started)
 
     model.eval()
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
-    CLIPImageProcessor(
-        size={"shortest_edge": image_size},
-        crop_size={"height": image_size, "width": image_size},
-        image_mean=list(CLIP_MEAN),
-        image_std=list(CLIP_STD),
-    ).save_pretrained(out_dir)
+    save_base_clip(model, tokenizer, out_dir)
     tail = losses[-20:] or [loss_value]
     card = {
         "kind": "clipsync demo base CLIP",

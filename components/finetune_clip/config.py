@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+from components.common.device import is_device_name
 from components.common.errors import require
 
 STRATEGIES = ("lora", "hybrid", "full")
@@ -115,10 +116,7 @@ class FinetuneClipConfig:
             self.mixed_precision in PRECISIONS,
             f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}",
         )
-        _require(
-            self.device in ("auto", "cpu") or self.device.startswith("cuda"),
-            f"device must be auto, cpu or cuda[:N], got {self.device!r}",
-        )
+        _require(is_device_name(self.device), f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         _require(self.num_threads >= 0, f"num_threads must be >= 0, got {self.num_threads}")
 
     def training_fingerprint(self) -> dict:

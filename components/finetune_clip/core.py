@@ -5,10 +5,10 @@ embeddings of the label texts of the videos in the batch. A video may carry seve
 may be shared by several videos: every (video, label) pair that is true is a positive, and a positive is
 never used as a negative of the same video or label (see :func:`contrastive_loss`).
 
-Checkpoints (no pickle): ``<work_dir>/checkpoints/last/`` holds the trainable weights
-(``trainable.safetensors``), the AdamW state (``optimizer.safetensors`` for the tensors,
-``state.json`` for the param groups, the scheduler position, the epoch, the early-stopping state and the
-history); ``best.safetensors`` holds the best epoch's trainable weights. Every epoch reseeds torch and the
+Checkpoints (no pickle, :mod:`components.common.checkpoints`): ``<work_dir>/checkpoints/last/`` holds the
+trainable weights, the AdamW state, the scheduler position, the epoch, the early-stopping state and the
+history; ``best.safetensors`` holds the best epoch's trainable weights. The stage mirrors the folder to the
+artifacts store after every epoch, so a retried (preempted) pod resumes. Every epoch reseeds torch and the
 shuffle from ``seed + epoch``, so a run resumed from its last checkpoint follows the same path as an
 uninterrupted one (exactly on CPU).
 """
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from components.common import checkpoints as ckpt
 from components.common.no_challenger import NotTrainable, write_no_challenger
 from components.finetune_clip.config import FinetuneClipConfig
 from components.finetune_clip.model import (
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("clipsync.finetune_clip")
 
 LogFn = Callable[[dict[str, float], int], None]
-_NEG = -1e9  # "minus infinity" that keeps gradients finite when a row has no negative
+CHECKPOINT_FORMAT = 2  # the checkpoint layout; a checkpoint of another format is not resumed
 
 
 @dataclass
@@ -146,6 +147,9 @@ def contrastive_loss(
     by two videos is positive for both). The loss is the mean of the two directions. With one label per
     video and no shared labels (``P`` = identity) this is exactly CLIP's loss.
 
+    The logits are computed in float32 whatever the embeddings' dtype or an active autocast (half precision
+    would round away the small differences between similarities), on the embeddings' device.
+
     Args:
         video_emb: ``[B, D]`` L2-normalized video embeddings.
         text_emb: ``[T, D]`` L2-normalized text embeddings.
@@ -154,50 +158,51 @@ def contrastive_loss(
 
     Returns:
         Scalar loss (float32).
+
+    Raises:
+        ValueError: If the mask does not match the embeddings or holds no positive pair.
     """
     import torch
 
-    logits = (video_emb.float() @ text_emb.float().T) * logit_scale
-    pos = positive.to(device=logits.device, dtype=torch.bool)
-    if pos.shape != logits.shape:
-        raise ValueError(f"positive mask {tuple(pos.shape)} does not match logits {tuple(logits.shape)}")
-    return 0.5 * (_directional_nll(logits, pos) + _directional_nll(logits.T, pos.T))
+    from components.common.device import no_autocast
+
+    if tuple(positive.shape) != (video_emb.shape[0], text_emb.shape[0]):
+        raise ValueError(
+            f"positive mask {tuple(positive.shape)} does not match logits {(video_emb.shape[0], text_emb.shape[0])}"
+        )
+    if not bool(positive.any()):  # checked on the mask as built (CPU), not on the device
+        raise ValueError("no positive pair in the batch")
+    with no_autocast(video_emb.device):
+        logits = (video_emb.float() @ text_emb.float().T) * logit_scale
+        pos = positive.to(device=logits.device, dtype=torch.bool)
+        return 0.5 * (_directional_nll(logits, pos) + _directional_nll(logits.T, pos.T))
 
 
 def _directional_nll(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """One direction of :func:`contrastive_loss` (rows are the anchors), without a host synchronization."""
     import torch
 
-    neg_lse = torch.logsumexp(logits.masked_fill(pos, _NEG), dim=1, keepdim=True)
+    # The dtype's lowest value stands for "minus infinity": it keeps a row without negatives finite in any
+    # precision (a fixed -1e9 does not fit in float16).
+    neg_lse = torch.logsumexp(logits.masked_fill(pos, torch.finfo(logits.dtype).min), dim=1, keepdim=True)
     nll = torch.logaddexp(logits, neg_lse.expand_as(logits)) - logits
     counts = pos.sum(dim=1)
-    rows = counts > 0
-    if not bool(rows.any()):
-        raise ValueError("no positive pair in the batch")
-    per_row = (nll * pos).sum(dim=1)[rows] / counts[rows]
-    return per_row.mean()
+    rows = (counts > 0).to(logits.dtype)
+    per_row = (nll * pos).sum(dim=1) / counts.clamp(min=1)
+    return (per_row * rows).sum() / rows.sum().clamp(min=1)
 
 
 # --------------------------------------------------------------------------------------------- training
 
 
-def _resolve_device(cfg: FinetuneClipConfig) -> str:
-    import torch
-
-    if cfg.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"finetune_clip.device is {cfg.device!r} but CUDA is not available")
-    return cfg.device
-
-
-def _resolve_precision(cfg: FinetuneClipConfig, device: str) -> str:
+def _resolve_precision(cfg: FinetuneClipConfig, device: torch.device) -> str:
     import torch
 
     if cfg.mixed_precision == "auto":
-        if device.startswith("cuda"):
+        if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "no"  # CPU autocast is slower than fp32 on CPUs without bf16 units
-    if cfg.mixed_precision == "fp16" and not device.startswith("cuda"):
+    if cfg.mixed_precision == "fp16" and device.type != "cuda":
         raise RuntimeError("finetune_clip.mixed_precision fp16 needs CUDA (use bf16 or no on CPU)")
     return cfg.mixed_precision
 
@@ -216,35 +221,69 @@ def _logit_scale(model: Any) -> torch.Tensor:
 
 
 def _batch_loss(
-    model: Any, bundle: ClipBundle, samples: Sequence[ClipSample], cfg: FinetuneClipConfig, device: str
+    model: Any,
+    bundle: ClipBundle,
+    samples: Sequence[ClipSample],
+    cfg: FinetuneClipConfig,
+    video_emb: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """The contrastive loss of one batch; ``video_emb`` (``[B, D]``) stands in for a frozen vision tower."""
     import torch
 
-    frames = torch.stack([s.frames for s in samples]).to(device)
     labels = [s.labels for s in samples]
     texts = batch_texts(labels)
-    video_emb = encode_videos(model, frames, bundle.image_spec, cfg.pooling)
-    text_emb = encode_texts(model, bundle.tokenizer, texts, device)
+    if video_emb is None:
+        video_emb = encode_videos(model, torch.stack([s.frames for s in samples]), bundle.image_spec, cfg.pooling)
+    text_emb = encode_texts(model, bundle.tokenizer, texts)
     return contrastive_loss(video_emb, text_emb, positive_mask(labels, texts), _logit_scale(model))
 
 
 def embed_samples(
-    bundle: ClipBundle,
-    model: Any,
-    samples: Sequence[ClipSample],
-    pooling: str,
-    device: str = "cpu",
-    batch_size: int = 32,
+    bundle: ClipBundle, model: Any, samples: Sequence[ClipSample], pooling: str, batch_size: int = 32
 ) -> torch.Tensor:
-    """``[N, D]`` video embeddings of ``samples`` (eval mode, no gradient)."""
+    """``[N, D]`` video embeddings of ``samples`` on the model's device (no gradient; the caller sets eval mode)."""
     import torch
 
     outs = []
     with torch.no_grad():
         for i in range(0, len(samples), batch_size):
-            frames = torch.stack([s.frames for s in samples[i : i + batch_size]]).to(device)
-            outs.append(encode_videos(model, frames, bundle.image_spec, pooling).cpu())
+            frames = torch.stack([s.frames for s in samples[i : i + batch_size]])
+            outs.append(encode_videos(model, frames, bundle.image_spec, pooling))
     return torch.cat(outs) if outs else torch.empty(0)
+
+
+def query_video_similarity(
+    bundle: ClipBundle,
+    model: Any,
+    samples: Sequence[ClipSample],
+    queries: Sequence[str],
+    pooling: str,
+    batch_size: int = 32,
+    video_emb: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``[Q, V]`` cosine similarities (float32, on the model's device) of ``queries`` to the videos of ``samples``.
+
+    Args:
+        bundle: Tokenizer and image spec of ``model``.
+        model: The CLIP to score with (the caller sets eval mode).
+        samples: The videos.
+        queries: Query texts.
+        pooling: Temporal pooling of the frame embeddings.
+        batch_size: Videos per forward pass (texts go 64 at a time).
+        video_emb: Precomputed ``[V, D]`` video embeddings (a frozen vision tower), else computed here.
+    """
+    import torch
+
+    from components.common.device import no_autocast
+
+    with torch.no_grad():
+        if video_emb is None:
+            video_emb = embed_samples(bundle, model, samples, pooling, batch_size)
+        text_emb = torch.cat(
+            [encode_texts(model, bundle.tokenizer, list(queries[i : i + 64])) for i in range(0, len(queries), 64)]
+        )
+        with no_autocast(text_emb.device):
+            return text_emb.float() @ video_emb.float().T
 
 
 def _validate(
@@ -252,8 +291,8 @@ def _validate(
     bundle: ClipBundle,
     val: Sequence[ClipSample],
     cfg: FinetuneClipConfig,
-    device: str,
     autocast: Callable[[], Any],
+    val_emb: torch.Tensor | None = None,
 ) -> dict[str, float]:
     import torch
 
@@ -261,16 +300,14 @@ def _validate(
 
     model.eval()
     losses, weights = [], []
+    queries, relevant, q_cats = retrieval_problem(val)
     with torch.no_grad(), autocast():
         for idx in _batches(len(val), cfg.batch_size, np.arange(len(val))):
-            batch = [val[i] for i in idx]
-            losses.append(float(_batch_loss(model, bundle, batch, cfg, device)))
-            weights.append(len(batch))
-        video_emb = embed_samples(bundle, model, val, cfg.pooling, device, cfg.batch_size)
-        queries, relevant, q_cats = retrieval_problem(val)
-        text_emb = encode_texts(model, bundle.tokenizer, queries, device).cpu()
-    sim = (text_emb @ video_emb.T).numpy()
-    metrics = retrieval_metrics(sim, relevant, q_cats, [s.category for s in val], queries)
+            emb = None if val_emb is None else val_emb[torch.from_numpy(idx).to(val_emb.device)]
+            losses.append(float(_batch_loss(model, bundle, [val[i] for i in idx], cfg, emb)))
+            weights.append(len(idx))
+        sim = query_video_similarity(bundle, model, val, queries, cfg.pooling, cfg.batch_size, val_emb)
+    metrics = retrieval_metrics(sim.cpu().numpy(), relevant, q_cats, [s.category for s in val], queries)
     return {
         "val_loss": float(np.average(losses, weights=weights)),
         "val_recall_at_1": metrics.recall_at_1,
@@ -305,54 +342,6 @@ def _load_trainable(model: Any, state: dict[str, torch.Tensor]) -> None:
             params[name].copy_(tensor.to(params[name].device))
 
 
-def _save_checkpoint(last_dir: Path, model: Any, opt: Any, sched: Any, scaler: Any, state: dict) -> None:
-    from safetensors.torch import save_file
-
-    tmp = last_dir.with_name(last_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(_trainable_state(model), str(tmp / "trainable.safetensors"))
-    opt_state = opt.state_dict()
-    tensors = {
-        f"{idx}.{key}": value.detach().to("cpu").contiguous()
-        for idx, entries in opt_state["state"].items()
-        for key, value in entries.items()
-    }
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    state = dict(state)
-    state["param_groups"] = opt_state["param_groups"]
-    state["scheduler"] = sched.state_dict()
-    state["scaler"] = scaler.state_dict() if scaler is not None else None
-    (tmp / "state.json").write_text(json.dumps(state, indent=1, default=float))
-    old = last_dir.with_name(last_dir.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if last_dir.exists():
-        last_dir.rename(old)
-    tmp.rename(last_dir)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _load_checkpoint(last_dir: Path, model: Any, opt: Any, sched: Any, scaler: Any) -> dict:
-    from safetensors.torch import load_file
-
-    state = json.loads((last_dir / "state.json").read_text())
-    _load_trainable(model, load_file(str(last_dir / "trainable.safetensors")))
-    tensors = load_file(str(last_dir / "optimizer.safetensors"))
-    per_param: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        idx, name = key.split(".", 1)
-        per_param.setdefault(int(idx), {})[name] = value
-    groups = state["param_groups"]
-    for group in groups:
-        if "betas" in group:
-            group["betas"] = tuple(group["betas"])
-    opt.load_state_dict({"state": per_param, "param_groups": groups})
-    sched.load_state_dict(state["scheduler"])
-    if scaler is not None and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    return state
-
-
 def train_clip(
     bundle: ClipBundle,
     train_samples: Sequence[ClipSample],
@@ -360,13 +349,16 @@ def train_clip(
     cfg: FinetuneClipConfig,
     work_dir: Path,
     log_fn: LogFn | None = None,
+    mirror: ckpt.CheckpointMirror | None = None,
 ) -> TrainResult:
-    """Fine-tune ``bundle.model`` with the configured strategy; resume from ``work_dir`` when a checkpoint fits.
+    """Fine-tune ``bundle.model`` with the configured strategy; resume from a checkpoint when one fits.
 
     AdamW over the trainable parameters, linear warm-up then cosine decay (per optimizer step), gradient
     accumulation over ``cfg.grad_accum`` micro-batches, autocast where the device supports it, early
     stopping on the validation loss, a checkpoint at the end of every epoch. A checkpoint written with
     another config fingerprint or other training data is discarded (logged) and training starts over.
+    With ``hybrid`` the frozen vision tower embeds every video once per run (training and validation
+    videos); an epoch then runs only the text tower.
 
     Args:
         bundle: The base model (modified in place: ``bundle.model`` becomes the trained model).
@@ -375,6 +367,8 @@ def train_clip(
         cfg: Stage settings.
         work_dir: Checkpoint folder (``work_dir/checkpoints``); not the exported model.
         log_fn: Called after every epoch with that epoch's metrics and the epoch number (1-based).
+        mirror: Where every epoch's checkpoint is copied (the artifacts store) and, when ``work_dir`` holds
+            none, pulled from: a retried pod resumes instead of starting over.
 
     Returns:
         The training result; ``result.model`` holds the best epoch's weights, in eval mode.
@@ -385,13 +379,16 @@ def train_clip(
     import contextlib
 
     import torch
+    from safetensors.torch import load_file, save_file
     from tqdm.auto import tqdm
+
+    from components.common.device import resolve_device
 
     if len(train_samples) < 2:
         raise NotTrainable(f"need at least 2 labelled training videos, got {len(train_samples)}")
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    device = _resolve_device(cfg)
+    device = resolve_device(cfg.device)
     precision = _resolve_precision(cfg, device)
     torch.manual_seed(cfg.seed)
     model, stats = apply_strategy(bundle.model, cfg)
@@ -428,11 +425,12 @@ def train_clip(
     def autocast():
         if amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=device.split(":")[0], dtype=amp_dtype)
+        return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
     ckpt_dir = Path(work_dir) / "checkpoints"
-    last_dir, best_file = ckpt_dir / "last", ckpt_dir / "best.safetensors"
+    last_dir, best_file = ckpt_dir / ckpt.LAST_DIR, ckpt_dir / ckpt.BEST_FILE
     fingerprint = {
+        "format": CHECKPOINT_FORMAT,
         "config": cfg.training_fingerprint(),
         "train": _data_fingerprint(train_samples),
         "val": _data_fingerprint(val_samples),
@@ -449,18 +447,28 @@ def train_clip(
         "fingerprint": fingerprint,
     }
     resumed_from = 0
-    if (last_dir / "state.json").is_file():
-        saved = json.loads((last_dir / "state.json").read_text())
-        if saved.get("fingerprint") == fingerprint:
-            state = _load_checkpoint(last_dir, model, opt, sched, scaler)
-            resumed_from = int(state["epoch"])
-            logger.info("resuming from the checkpoint of epoch %d (step %d)", resumed_from, state["step"])
-        else:
-            logger.warning("checkpoint in %s was written for another config or data; starting over", ckpt_dir)
-            shutil.rmtree(ckpt_dir)
+    if mirror is not None and ckpt.read_state(last_dir) is None:
+        mirror.pull(ckpt_dir)
+    saved = ckpt.read_state(last_dir)
+    if saved is not None and saved.get("fingerprint") == fingerprint:
+        weights, state = ckpt.load_last(last_dir, opt, sched, scaler)
+        _load_trainable(model, weights)
+        resumed_from = int(state["epoch"])
+        logger.info("resuming from the checkpoint of epoch %d (step %d)", resumed_from, state["step"])
+    elif saved is not None:
+        logger.warning("checkpoint in %s was written for another config or data; starting over", ckpt_dir)
+        shutil.rmtree(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
 
-    from safetensors.torch import load_file, save_file
+    train_emb = val_emb = None
+    if cfg.strategy == "hybrid" and not state["finished"]:
+        # The vision tower is frozen: a video's embedding is the same in every epoch, so compute it once.
+        t0 = time.monotonic()
+        model.eval()
+        with autocast():
+            emb = embed_samples(bundle, model, [*train_samples, *val_samples], cfg.pooling, cfg.batch_size)
+        train_emb, val_emb = emb[: len(train_samples)], emb[len(train_samples) :]
+        logger.info("hybrid: %d video embeddings of the frozen vision tower in %.1f s", len(emb), time.monotonic() - t0)
 
     epoch = int(state["epoch"])
     while not state["finished"] and epoch < cfg.epochs:
@@ -474,8 +482,9 @@ def train_clip(
         train_losses = []
         bar = tqdm(batches, desc=f"finetune_clip epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
         for i, idx in enumerate(bar):
+            emb = None if train_emb is None else train_emb[torch.from_numpy(idx).to(train_emb.device)]
             with autocast():
-                loss = _batch_loss(model, bundle, [train_samples[j] for j in idx], cfg, device)
+                loss = _batch_loss(model, bundle, [train_samples[j] for j in idx], cfg, emb)
             train_losses.append(float(loss.detach()))
             # Scale by the accumulation group's real size (the last group of an epoch may be shorter).
             group_start = (i // cfg.grad_accum) * cfg.grad_accum
@@ -500,7 +509,7 @@ def train_clip(
         epoch += 1
         metrics: dict[str, float] = {"train_loss": float(np.mean(train_losses)), "lr": float(sched.get_last_lr()[0])}
         if val_samples:
-            metrics.update(_validate(model, bundle, val_samples, cfg, device, autocast))
+            metrics.update(_validate(model, bundle, val_samples, cfg, autocast, val_emb))
             val_loss = metrics["val_loss"]
             improved = state["best_val"] is None or val_loss < state["best_val"] - 1e-6
         else:
@@ -517,7 +526,9 @@ def train_clip(
             state["stopped_early"] = True
             logger.info("early stop after epoch %d (best epoch %d)", epoch, state["best_epoch"])
         state["finished"] = state["stopped_early"] or epoch >= cfg.epochs
-        _save_checkpoint(last_dir, model, opt, sched, scaler, state)
+        ckpt.save_last(last_dir, _trainable_state(model), opt, sched, scaler, state)
+        if mirror is not None:
+            mirror.push(ckpt_dir)
         logger.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         if log_fn is not None:
             log_fn(metrics, epoch)
@@ -536,7 +547,7 @@ def train_clip(
         epochs_run=int(state["epoch"]),
         stopped_early=bool(state["stopped_early"]),
         resumed_from_epoch=resumed_from,
-        device=device,
+        device=str(device),
         precision=precision,
     )
 
@@ -699,16 +710,6 @@ def load_frame_samples(
     return out, skipped
 
 
-def window_label(config: ClientConfig) -> str:
-    """``start..end`` of the retrain window (ISO dates, end exclusive), or ``last-N-days`` without ``as_of``."""
-    from datetime import date, timedelta
-
-    if not config.window.as_of:
-        return f"last-{config.window.days}-days"
-    end = date.fromisoformat(config.window.as_of)
-    return f"{(end - timedelta(days=config.window.days)).isoformat()}..{end.isoformat()}"
-
-
 def run_finetune_clip(
     frames_dir: Path,
     out_dir: Path,
@@ -720,8 +721,9 @@ def run_finetune_clip(
 ) -> FinetuneReport:
     """The finetune_clip stage: train on the window's train/val videos, export, register as challenger.
 
-    Checkpoints live in ``{state_dir}/checkpoints/finetune_clip/{client_id}-{window}`` so that a restarted
-    task resumes; the Model artifact ``out_dir`` only receives the exported model.
+    Checkpoints live in ``{state_dir}/checkpoints/finetune_clip/{client_id}-{window}``, mirrored to the same
+    keys of ``storage.artifacts_uri`` after every epoch, so that a restarted task (a preempted pod on a new
+    node included) resumes; the Model artifact ``out_dir`` only receives the exported model.
 
     Args:
         frames_dir: The frame_extraction Dataset.
@@ -742,14 +744,15 @@ def run_finetune_clip(
 
     if cfg is None:
         cfg = config.finetune_clip
-    window = window or window_label(config)
+    window = window or config.window.label()
     base_ref = resolve_base_ref(cfg.base_model, config.state_dir)
     bundle = load_base_clip(base_ref, config.cache_dir)
     data, skipped = load_frame_samples(Path(frames_dir), ("train", "val"), bundle.image_spec, cfg.frames_per_video)
     train, val = data["train"], data["val"]
     logger.info("finetune_clip: %d train, %d val videos, %d skipped", len(train), len(val), len(skipped))
-    safe_window = "".join(c if c.isalnum() or c in "-_" else "_" for c in window) or "nowindow"
-    work_dir = Path(config.state_dir) / "checkpoints" / "finetune_clip" / f"{config.client_id}-{safe_window}"
+    prefix = ckpt.checkpoint_prefix("finetune_clip", config.client_id, window)
+    work_dir = Path(config.state_dir) / prefix
+    mirror = ckpt.open_mirror(config.storage.artifacts_uri, prefix)
     report = FinetuneReport(
         model_dir=str(out_dir),
         strategy=cfg.strategy,
@@ -760,7 +763,7 @@ def run_finetune_clip(
     )
 
     def body(log_fn: LogFn | None) -> TrainResult:
-        result = train_clip(bundle, train, val, cfg, work_dir, log_fn)
+        result = train_clip(bundle, train, val, cfg, work_dir, log_fn, mirror)
         last = result.history[-1] if result.history else {}
         best = next((h for h in result.history if h["epoch"] == result.best_epoch), last)
         metrics = {k: v for k, v in best.items() if k.startswith("val_") or k == "train_loss"}

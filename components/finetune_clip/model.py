@@ -264,8 +264,8 @@ def normalize_pixels(
     x = images.reshape(-1, *images.shape[-3:]).float() / 255.0
     if x.shape[-2:] != (size, size):
         x = F.interpolate(_square(x), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    m = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return ((x - m) / s).reshape(*lead, 3, size, size)
 
 
@@ -287,31 +287,38 @@ def encode_videos(model: Any, frames: torch.Tensor, spec: ImageSpec, pooling: st
 
     Args:
         model: ``CLIPModel`` or ``PeftModel``.
-        frames: uint8 ``[B, N, 3, H, W]`` (from :func:`prepare_frames`), on the model's device.
+        frames: uint8 ``[B, N, 3, H, W]`` (from :func:`prepare_frames`); moved to the model's device.
         spec: Pixel preprocessing.
         pooling: ``mean`` or ``max`` over the N frames.
 
     Returns:
-        ``[B, D]`` L2-normalized float embeddings.
+        ``[B, D]`` L2-normalized float embeddings on the model's device.
     """
     import torch.nn.functional as F
 
+    from components.common.device import module_device
+
+    frames = frames.to(module_device(model))
     b, n = frames.shape[:2]
     pixels = normalize_pixels(frames.reshape(b * n, *frames.shape[2:]), spec.size, spec.mean, spec.std)
     feats = model.get_image_features(pixel_values=pixels).pooler_output
     return pool_frames(F.normalize(feats.float(), dim=-1).reshape(b, n, -1), pooling)
 
 
-def encode_texts(model: Any, tokenizer: Any, texts: list[str], device: Any = "cpu") -> torch.Tensor:
-    """``[T, D]`` L2-normalized text embeddings."""
+def encode_texts(model: Any, tokenizer: Any, texts: list[str]) -> torch.Tensor:
+    """``[T, D]`` L2-normalized text embeddings on the model's device."""
     import torch.nn.functional as F
 
+    from components.common.device import module_device
+
+    device = module_device(model)
     max_len = min(
         int(getattr(tokenizer, "model_max_length", 77) or 77), 77, int(model.config.text_config.max_position_embeddings)
     )
     tokens = tokenizer(list(texts), padding=True, truncation=True, max_length=max_len, return_tensors="pt")
-    tokens = {k: v.to(device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
-    feats = model.get_text_features(**tokens).pooler_output
+    # No attention mask: CLIP's text tower is causal and pools the end-of-text token, which never sees the
+    # padding after it, so the mask changes nothing but costs transformers a device-to-host check per batch.
+    feats = model.get_text_features(input_ids=tokens["input_ids"].to(device)).pooler_output
     return F.normalize(feats.float(), dim=-1)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+from components.common.device import is_device_name
 from components.common.errors import require
 
 FUSIONS = ("cross_attention", "concat")
@@ -150,10 +151,7 @@ class FinetuneLipsyncConfig:
             f"video_aggregation must be one of {AGGREGATIONS}, got {self.video_aggregation!r}",
         )
         _require(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        _require(
-            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
-            f"device must be auto, cpu or cuda[:N], got {self.device!r}",
-        )
+        _require(is_device_name(self.device), f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         _require(self.num_threads >= 0, f"num_threads must be >= 0, got {self.num_threads}")
         _require(
             self.pretrained in ("", "champion") or self.pretrained.endswith(".safetensors"),

@@ -3,17 +3,19 @@
 Two phases (when starting from pretrained weights): phase 1 trains fusion + classifier with frozen
 encoders at ``lr``; phase 2 unfreezes encoder layer groups progressively, top first, at ``lr_encoder``.
 From scratch every layer trains from the start at ``lr_scratch`` (unless ``freeze_from_scratch``).
+A checkpoint after every epoch, mirrored to the artifacts store, lets a restarted task resume.
 Validation is 20 % of the training pool, split by video; the checkpoint with the lowest validation loss
 is kept, and the decision threshold is chosen on the validation videos.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import hashlib
 import json
 import logging
 import math
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from components.common import checkpoints as ckpt
+from components.common.device import resolve_device
 from components.common.no_challenger import NotTrainable, write_no_challenger
+from components.face_tracking.evidence import EvidenceRules
 from components.finetune_lipsync.augment import AugmentParams, augment_video, random_speed, speed_window
 from components.finetune_lipsync.config import FinetuneLipsyncConfig
 from components.finetune_lipsync.model import (
@@ -88,6 +93,7 @@ class TrainResult:
         n_train_videos: Training videos.
         n_val_videos: Validation videos.
         seconds: Wall time of the training.
+        resumed_from_epoch: Epochs a checkpoint had already done (0: trained from the start).
     """
 
     model_dir: Path
@@ -100,6 +106,7 @@ class TrainResult:
     n_train_videos: int
     n_val_videos: int
     seconds: float
+    resumed_from_epoch: int = 0
 
 
 # ------------------------------------------------------------------------------------------- split
@@ -185,15 +192,6 @@ def _param_groups(model: LipSyncDetector, head_lr: float, encoder_lr: float) -> 
 # ----------------------------------------------------------------------------------- device, AMP
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
-    return torch.device(name)
-
-
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU runs bf16 natively (AVX512-BF16 / AMX); emulated bf16 is slower than fp32."""
     try:
@@ -213,6 +211,10 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_has_native_bf16() else None
+
+
+def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext() if amp_dtype is None else torch.autocast(device.type, dtype=amp_dtype)
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -329,13 +331,38 @@ def _evaluate(
     for i in range(0, len(ws.labels), bs):
         v = torch.from_numpy(ws.video[i : i + bs]).to(device)
         a = torch.from_numpy(ws.audio[i : i + bs]).to(device)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with _autocast(device, amp_dtype):
             logits.append(model(v, a).float().cpu())
     logits_t = torch.cat(logits)
     loss = float(F.binary_cross_entropy_with_logits(logits_t, torch.from_numpy(ws.labels)))
     win = logits_t.numpy()
     probs = np.array([aggregate(win[ws.video_index == k], cfg.video_aggregation) for k in range(n_videos)])
     return loss, win, probs
+
+
+def _window_loss(
+    model: LipSyncDetector,
+    video: torch.Tensor,
+    audio: torch.Tensor,
+    labels: torch.Tensor,
+    pos_weight: torch.Tensor,
+    amp_dtype: torch.dtype | None,
+) -> torch.Tensor:
+    """The training loss of one batch of windows (the batch is moved to the model's device; float32 loss)."""
+    from components.common.device import module_device
+
+    device = module_device(model)
+    video, audio, labels = video.to(device), audio.to(device), labels.to(device)
+    with _autocast(device, amp_dtype):
+        logits = model(video, audio)
+    return F.binary_cross_entropy_with_logits(logits.float(), labels, pos_weight=pos_weight.to(device))
+
+
+def _data_fingerprint(videos: Sequence[LipsyncVideo]) -> str:
+    h = hashlib.sha256()
+    for v in videos:
+        h.update(f"{v.video_id}|{v.label}|{len(v.crops)}|{v.fps:g}|{len(v.audio)}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def train_lipsync(
@@ -345,8 +372,16 @@ def train_lipsync(
     out_dir: str | Path,
     log_fn: LogFn | None = None,
     pretrained: str | Path | None = None,
+    work_dir: str | Path | None = None,
+    mirror: ckpt.CheckpointMirror | None = None,
 ) -> TrainResult:
     """Fine-tune (or train from scratch) the detector and save the best checkpoint.
+
+    A checkpoint is written at the end of every epoch (:mod:`components.common.checkpoints`); a run finds it
+    in ``work_dir`` (or, when that holds none, pulls it from ``mirror``) and resumes after the last finished
+    epoch, provided it was written for the same settings, data and starting weights. Every epoch reseeds the
+    shuffling, augmentation and dropout from ``seed`` and the epoch, so a resumed run follows the same path
+    as an uninterrupted one (exactly on CPU).
 
     Args:
         train_videos: Training clips (windows are cut each epoch, augmented when enabled).
@@ -355,6 +390,9 @@ def train_lipsync(
         out_dir: Where the model folder is written.
         log_fn: Called as ``log_fn(metrics, epoch)`` after each epoch (MLflow in the pipeline).
         pretrained: A ``.safetensors`` file or a model folder to start from; ``None`` for scratch.
+        work_dir: The checkpoint folder's parent (``work_dir/checkpoints``); ``None``: a temporary folder,
+            no resume.
+        mirror: Where every epoch's checkpoint is copied (the artifacts store), for a retried pod.
 
     Returns:
         The result, with the model folder.
@@ -363,11 +401,6 @@ def train_lipsync(
         NotTrainable: Without training or validation videos, or with a single class in the training set.
         ValueError: With a video on both sides.
     """
-    from sklearn.metrics import roc_auc_score
-    from tqdm import tqdm
-
-    from components.evaluate.lipsync_eval import binary_metrics, choose_threshold
-
     if not train_videos or not val_videos:
         raise NotTrainable(f"need training and validation videos, got {len(train_videos)} and {len(val_videos)}")
     overlap = {v.video_id for v in train_videos} & {v.video_id for v in val_videos}
@@ -377,13 +410,32 @@ def train_lipsync(
     if len(labels) < 2:
         only = "fake" if labels == {1} else "real"
         raise NotTrainable(f"all {len(train_videos)} training videos are {only}; need real and fake examples")
+    if work_dir is not None:
+        return _train_lipsync(train_videos, val_videos, cfg, out_dir, log_fn, pretrained, Path(work_dir), mirror)
+    with tempfile.TemporaryDirectory(prefix="lipsync-checkpoints-") as tmp:
+        return _train_lipsync(train_videos, val_videos, cfg, out_dir, log_fn, pretrained, Path(tmp), mirror)
+
+
+def _train_lipsync(
+    train_videos: Sequence[LipsyncVideo],
+    val_videos: Sequence[LipsyncVideo],
+    cfg: FinetuneLipsyncConfig,
+    out_dir: str | Path,
+    log_fn: LogFn | None,
+    pretrained: str | Path | None,
+    work_dir: Path,
+    mirror: ckpt.CheckpointMirror | None,
+) -> TrainResult:
+    from safetensors.torch import load_file, save_file
+    from sklearn.metrics import roc_auc_score
+    from tqdm import tqdm
+
+    from components.evaluate.lipsync_eval import binary_metrics, choose_threshold
 
     started = time.monotonic()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     amp_dtype = resolve_precision(cfg.precision, device)
     model, pretrained_src = _build_model(cfg, Path(pretrained) if pretrained else None)
@@ -407,6 +459,29 @@ def train_lipsync(
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16 and device.type == "cuda")
     augment = AugmentParams.from_config(cfg) if cfg.use_augmentation else None
     n_groups = max(len(g) for g in model.encoder_layer_groups().values())
+
+    ckpt_dir = work_dir / "checkpoints"
+    last_dir, best_file = ckpt_dir / ckpt.LAST_DIR, ckpt_dir / ckpt.BEST_FILE
+    skip = {"device", "num_threads", "precision"}
+    fingerprint = {
+        "config": {k: v for k, v in asdict(cfg).items() if k not in skip},
+        "train": _data_fingerprint(train_videos),
+        "val": _data_fingerprint(val_videos),
+        "pretrained": ckpt.file_sha256(pretrained_src) if pretrained_src else "",
+    }
+    state: dict = {"epoch": 0, "best_loss": None, "best_epoch": -1, "history": [], "fingerprint": fingerprint}
+    if mirror is not None and ckpt.read_state(last_dir) is None:
+        mirror.pull(ckpt_dir)
+    saved = ckpt.read_state(last_dir)
+    if saved is not None and saved.get("fingerprint") == fingerprint:
+        weights, state = ckpt.load_last(last_dir, optimizer, scheduler, scaler)
+        model.load_state_dict(weights)
+        logger.info("finetune_lipsync: resuming after epoch %d", state["epoch"])
+    elif saved is not None:
+        logger.warning("finetune_lipsync: checkpoint in %s is for other settings or data; starting over", ckpt_dir)
+        shutil.rmtree(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    resumed_from = int(state["epoch"])
     logger.info(
         "finetune_lipsync: %d train / %d val videos (%d val windows), %s, device %s, precision %s",
         len(train_videos),
@@ -417,9 +492,12 @@ def train_lipsync(
         amp_dtype or "fp32",
     )
 
-    best = {"loss": math.inf, "epoch": -1, "state": None}
-    history: list[dict[str, float]] = []
-    for epoch in range(cfg.epochs):
+    history: list[dict[str, float]] = state["history"]
+    for epoch in range(resumed_from, cfg.epochs):
+        # Reseed per epoch: what epoch e draws does not depend on whether the run was resumed.
+        torch.manual_seed(cfg.seed * 100_003 + epoch)
+        rng = np.random.default_rng([cfg.seed, epoch])
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         n_unfrozen = unfrozen_groups(epoch, cfg, from_pretrained, n_groups)
         n_trainable = set_trainable(model, n_unfrozen)
         model.train()
@@ -430,13 +508,10 @@ def train_lipsync(
         bar = tqdm(batches, desc=f"lipsync epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None)
         for step, items in enumerate(bar):
             v_np, a_np, y_np = _train_batch(train_videos, items, mc, augment, rng)
-            video = torch.from_numpy(v_np)
+            video = torch.from_numpy(v_np).to(device)  # uint8 to the device; augmentation runs there
             if augment is not None:
                 video = augment_video(video, augment, gen)
-            video, audio, y = video.to(device), torch.from_numpy(a_np).to(device), torch.from_numpy(y_np).to(device)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                logits = model(video, audio)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=pos_weight)
+            loss = _window_loss(model, video, torch.from_numpy(a_np), torch.from_numpy(y_np), pos_weight, amp_dtype)
             scaler.scale(loss / cfg.grad_accum).backward()
             if (step + 1) % cfg.grad_accum == 0 or step + 1 == len(batches):
                 scaler.step(optimizer)
@@ -470,12 +545,18 @@ def train_lipsync(
             val_auc,
             n_unfrozen,
         )
+        if state["best_loss"] is None or val_loss < state["best_loss"]:
+            state.update(best_loss=val_loss, best_epoch=epoch)
+            save_file({k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}, str(best_file))
+        state["epoch"] = epoch + 1
+        ckpt.save_last(last_dir, model.state_dict(), optimizer, scheduler, scaler, state)
+        if mirror is not None:
+            mirror.push(ckpt_dir)
         if log_fn is not None:
             log_fn(row, epoch)
-        if val_loss < best["loss"]:
-            best = {"loss": val_loss, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
 
-    model.load_state_dict(best["state"])
+    model.load_state_dict(load_file(str(best_file)))
+    best = {"loss": float(state["best_loss"]), "epoch": int(state["best_epoch"])}
     _, _, val_probs = _evaluate(model, val_ws, len(val_videos), val_labels, cfg, device, amp_dtype)
     threshold = choose_threshold(val_labels, val_probs)
     val_metrics = binary_metrics(val_labels, val_probs, threshold)
@@ -498,6 +579,7 @@ def train_lipsync(
         n_train_videos=len(train_videos),
         n_val_videos=len(val_videos),
         seconds=time.monotonic() - started,
+        resumed_from_epoch=resumed_from,
     )
     summary = {
         **{k: v for k, v in asdict(result).items() if k != "model_dir"},
@@ -614,12 +696,18 @@ class FinetuneLipsyncReport:
 
 
 def load_lipsync_videos(
-    faces_dir: str | Path, splits: Sequence[str] = ("train", "val", "test")
+    faces_dir: str | Path, rules: EvidenceRules, splits: Sequence[str] = ("train", "val", "test")
 ) -> tuple[list[LipsyncVideo], list[dict[str, str]]]:
     """Read the labelled videos of a faces Dataset (the selected sample of each).
 
-    Videos without an authenticity label are ignored; rejected or unreadable ones are returned as
-    ``skipped`` with their reason, and the rest goes on.
+    Videos without an authenticity label are ignored; rejected or unreadable ones, and those without the
+    evidence serving would require for a verdict (no audio, no usable face, shorter than one window), are
+    returned as ``skipped`` with their reason and split, and the rest goes on.
+
+    Args:
+        faces_dir: The face_tracking Dataset.
+        rules: The evidence a clip needs (:class:`components.face_tracking.evidence.EvidenceRules`).
+        splits: The splits to read.
 
     Returns:
         ``(videos, skipped)``.
@@ -632,11 +720,19 @@ def load_lipsync_videos(
         if rec.authenticity not in LABELS or rec.split not in splits:
             continue
         if rec.status != "ok":
-            skipped.append({"video_id": rec.video_id, "reason": rec.reason or f"status {rec.status}"})
+            skipped.append(
+                {"video_id": rec.video_id, "split": rec.split, "reason": rec.reason or f"status {rec.status}"}
+            )
+            continue
+        problems = rules.problems(rec.evidence)
+        if problems:
+            why = "; ".join(f"{p.code} ({p.detail})" for p in problems)
+            skipped.append({"video_id": rec.video_id, "split": rec.split, "reason": f"no_evidence: {why}"})
             continue
         sample = rec.selected_sample
         if sample is None:
-            skipped.append({"video_id": rec.video_id, "reason": "no_sample: no selected mouth-crop sequence"})
+            reason = "no_sample: no selected mouth-crop sequence"
+            skipped.append({"video_id": rec.video_id, "split": rec.split, "reason": reason})
             continue
         try:
             crops = load_mouth_crops(faces_dir, sample)
@@ -646,7 +742,7 @@ def load_lipsync_videos(
         except (OSError, ValueError) as exc:
             if is_infrastructure_error(exc):  # a failing disk is not the video's problem
                 raise
-            skipped.append({"video_id": rec.video_id, "reason": f"unreadable: {exc}"})
+            skipped.append({"video_id": rec.video_id, "split": rec.split, "reason": f"unreadable: {exc}"})
             logger.warning("finetune_lipsync: skipping %s: %s", rec.video_id, exc)
             continue
         videos.append(
@@ -691,6 +787,10 @@ def run_finetune_lipsync(
 ) -> FinetuneLipsyncReport:
     """The stage: read the faces Dataset, train, write the model artifact, register it as ``challenger``.
 
+    Checkpoints live in ``{state_dir}/checkpoints/finetune_lipsync/{client_id}-{window}``, mirrored to the same
+    keys of ``storage.artifacts_uri`` after every epoch, so that a restarted task (a preempted pod on a new
+    node included) resumes after its last finished epoch.
+
     Args:
         faces_dir: The face_tracking Dataset.
         out_dir: The model artifact folder (model.safetensors, config.json, README.md, training_summary.json).
@@ -707,7 +807,7 @@ def run_finetune_lipsync(
 
     cfg = cfg or config.finetune_lipsync
     out_dir = Path(out_dir)
-    videos, skipped = load_lipsync_videos(faces_dir)
+    videos, skipped = load_lipsync_videos(faces_dir, EvidenceRules.of(cfg.window_s, config.face_tracking))
     pool = training_pool(videos)
     n_test = len(videos) - len(pool)
     train, val = split_by_video(pool, cfg.val_fraction, cfg.seed)
@@ -726,6 +826,7 @@ def run_finetune_lipsync(
         tempfile.TemporaryDirectory(prefix="lipsync-pretrained-") as work,
     ):
         pretrained = resolve_pretrained(config, cfg, Path(work))
+        prefix = ckpt.checkpoint_prefix("finetune_lipsync", config.client_id, config.window.label())
         try:
             result = train_lipsync(
                 train,
@@ -734,6 +835,8 @@ def run_finetune_lipsync(
                 out_dir,
                 log_fn=lambda metrics, step: tracking.log_metrics(metrics, step=step),
                 pretrained=pretrained,
+                work_dir=Path(config.state_dir) / prefix,
+                mirror=ckpt.open_mirror(config.storage.artifacts_uri, prefix),
             )
         except NotTrainable as exc:
             write_no_challenger(out_dir, str(exc))

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from components.common.device import no_autocast
 from components.finetune_lipsync.config import AGGREGATIONS, FUSIONS
 
 SAMPLE_RATE = 16000
@@ -436,7 +437,7 @@ class LipSyncDetector(nn.Module):
     def prepare_audio(self, audio: torch.Tensor) -> torch.Tensor:
         """``[B, S]`` waveform -> normalized log-mel ``[B, n_mels, F]`` (always computed in fp32)."""
         c = self.config
-        with torch.autocast(device_type=audio.device.type, enabled=False):
+        with no_autocast(audio.device):
             return log_mel(audio.float(), c.sample_rate, c.n_mels, c.n_fft, c.win_length, c.hop_length)
 
     def forward(self, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:

@@ -143,6 +143,8 @@ def write_synthetic_faces(
                     selected_track=-1 if fallback else 0,
                     fallback_used=fallback,
                     has_audio=True,
+                    face_px=0.0 if fallback else 4.0 * size,  # a face about four mouth crops wide
+                    face_score=0.0 if fallback else 0.9,
                     samples=(sample,),
                 )
             )

@@ -1,0 +1,100 @@
+"""serving: the model server's app in-process (httpx's ASGI transport, no listener), for the answers that need a
+setting or a state a running server is not in: verdicts marked ``inconclusive`` (``serving.inconclusive_verdicts``),
+a model that is not ready (HTTP 503 with ``Retry-After``) and the per-request deadline (HTTP 504)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import httpx
+import pytest
+from serving_assets import multipart
+
+pytest.importorskip("kserve")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def app(serving_models, model_cache):
+    from serving.auth import AccessPolicy
+    from serving.config import ServingConfig
+    from serving.repository import ModelSpec
+    from serving.server import build_server
+
+    settings = ServingConfig(inconclusive_verdicts=True, query_log_uri="off")
+    specs = [
+        ModelSpec("clip-acme", "clip-search", str(serving_models["adapters"]["acme"]), "1"),
+        ModelSpec("lipsync-acme", "lipsync", str(serving_models["lipsync"]), "1"),
+    ]
+    server, _ = build_server(settings, specs, cache_dir=model_cache, query_log_uri="off", policy=AccessPolicy())
+    yield server
+    for name in list(server.registered_models.get_models()):
+        server.registered_models.unload(name)
+
+
+def call(server, method: str, path: str, **kwargs) -> httpx.Response:
+    async def run():
+        transport = httpx.ASGITransport(app=server.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://in-process", timeout=120) as client:
+            return await client.request(method, path, **kwargs)
+
+    return asyncio.run(run())
+
+
+def test_a_client_config_may_ask_for_inconclusive_verdicts(app, serving_models):
+    data = serving_models["no_audio"].read_bytes()
+    body = {"instances": [{"video_b64": base64.b64encode(data).decode()}]}
+    v1 = call(app, "POST", "/v1/models/lipsync-acme:predict", json=body)
+    assert v1.status_code == 200, v1.text
+    pred = v1.json()["predictions"][0]
+    assert (pred["verdict"], pred["reason"], pred["reasons"]) == ("inconclusive", "no_audio", ["no_audio"])
+    assert pred["is_real"] is False and pred["is_fake"] is False and "confidence" not in pred
+    assert pred["has_audio"] is False and pred["faces_seen"] == 1 and pred["analyzed"]["duration_s"] == 2.0
+    v2 = call(app, "POST", "/v2/models/lipsync-acme/infer", json={"inputs": [
+        {"name": "video", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(data).decode()]}
+    ]})  # fmt: skip
+    assert v2.status_code == 200, v2.text
+    outputs = {o["name"]: o["data"] for o in v2.json()["outputs"]}
+    assert outputs["verdict"] == ["inconclusive"] and outputs["reason"] == ["no_audio"]
+    assert outputs["has_audio"] == [False] and "manipulation_probability" not in outputs
+    form, ctype = multipart("video_file", "mute.mp4", data)
+    api = call(app, "POST", "/api/lip-sync", content=form, headers={"Content-Type": ctype})
+    assert api.status_code == 200 and api.json()["verdict"] == "inconclusive"
+
+
+def test_a_model_that_is_not_ready_is_503_with_retry_after(app):
+    for name in ("clip-acme", "lipsync-acme"):
+        app.registered_models.get_model(name).ready = False
+    try:
+        text = {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a"]}
+        for path, kwargs in (
+            ("/v1/models/clip-acme:predict", {"json": {"instances": [{"text": "surgery"}]}}),
+            ("/v2/models/clip-acme/infer", {"json": {"inputs": [text]}}),
+            ("/api/lip-sync", {"content": b"", "headers": {"Content-Type": multipart("f", "v", b"")[1]}}),
+        ):
+            answer = call(app, "POST", path, **kwargs)
+            assert answer.status_code == 503, (path, answer.text)
+            assert answer.headers["Retry-After"] == "5" and "is not ready" in answer.json()["error"], path
+        assert call(app, "GET", "/v2/health/live").status_code == 200
+    finally:
+        for name in ("clip-acme", "lipsync-acme"):
+            app.registered_models.get_model(name).ready = True
+    assert (
+        call(app, "POST", "/v1/models/clip-acme:predict", json={"instances": [{"text": "surgery"}]}).status_code == 200
+    )
+
+
+def test_a_request_past_its_deadline_is_504(app, serving_models):
+    admission = app.dataplane.admission
+    data = serving_models["face"].read_bytes()
+    before, admission.timeout_s = admission.timeout_s, 0.05
+    try:
+        body = {"instances": [{"video_b64": base64.b64encode(data).decode()}]}
+        answer = call(app, "POST", "/v1/models/lipsync-acme:predict", json=body)
+        assert answer.status_code == 504 and "serving.request_timeout_s" in answer.json()["error"]
+        form, ctype = multipart("video_file", "face.mp4", data)
+        assert call(app, "POST", "/api/lip-sync", content=form, headers={"Content-Type": ctype}).status_code == 504
+    finally:
+        admission.timeout_s = before
+    assert admission.in_flight == {}  # every place in the queues was given back
