@@ -27,7 +27,7 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
-    """Generate the demo client library, and the small base CLIP the embedded default starts from."""
+    """Generate the demo (or benchmark) client library, and the small base CLIP the embedded default starts from."""
     from components.demo_data.core import DemoConfig, generate_demo_data
     from components.finetune_clip.base_model import build_demo_base_clip
     from components.finetune_clip.model import resolve_base_ref
@@ -37,14 +37,21 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
         logger.error("demo-data writes a local folder; storage.source_uri is %s", config.storage.source_uri)
         return 2
     bucket = Path(config.storage.source_uri)
+    truth_dir = Path(config.state_dir) / "demo" / config.client_id
     if (bucket / "labels" / "records.jsonl").exists() and not args.force:
         print(f"demo data already present in {bucket} (use --force to regenerate)")
-    else:
-        summary = generate_demo_data(
-            bucket,
-            Path(config.state_dir) / "demo" / config.client_id,
-            DemoConfig(seed=args.seed, as_of=args.as_of or ""),
+    elif args.profile == "benchmark":
+        from components.demo_data.benchmark import BENCHMARK_FILE, BenchmarkConfig, generate_benchmark
+
+        summary = generate_benchmark(bucket, truth_dir, BenchmarkConfig(seed=args.seed, as_of=args.as_of or ""))
+        print(
+            f"benchmark data for {config.client_id}: {summary.videos} videos {summary.kinds}, "
+            f"{len(summary.categories)} categories, timestamps up to {summary.as_of}, {summary.seconds:.0f} s\n"
+            f"  bucket: {summary.bucket_dir}\n  ground truth: {summary.truth_path}\n"
+            f"  fake types, conditions and test queries: {summary.truth_path.parent / BENCHMARK_FILE}"
         )
+    else:
+        summary = generate_demo_data(bucket, truth_dir, DemoConfig(seed=args.seed, as_of=args.as_of or ""))
         print(
             f"demo data for {config.client_id}: {summary.videos} videos ({summary.broken} broken on purpose), "
             f"{len(summary.categories)} categories, timestamps up to {summary.as_of}\n"
@@ -57,6 +64,27 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
         else:
             print("pretraining the demo base CLIP on generic shapes (about a minute)...")
             print(f"  demo base CLIP: {build_demo_base_clip(base_dir, seed=args.seed)}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Import a folder of labelled videos in a public layout into the client's uploads and label records."""
+    from datetime import UTC, datetime
+
+    from components.importer.config import ImportOptions
+    from components.importer.core import ImportLayoutError, import_folder
+
+    config = _load(args)
+    options = ImportOptions(args.layout, args.labels or "", args.name or "", args.timestamp or "")
+    try:
+        report = import_folder(args.source, config.storage, options, Path(config.state_dir) / "cache" / "import")
+    except ImportLayoutError as exc:
+        print(f"clipsync: nothing imported: {exc}", file=sys.stderr)
+        return 2
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = args.report or Path(config.state_dir) / "imports" / config.client_id / f"{report.name}-{stamp}.jsonl"
+    print(report.summary())
+    print(f"  every row and file with its status: {report.write(path)}")
     return 0
 
 
@@ -204,7 +232,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed and as-of: same library)")
     p.add_argument("--as-of", help="timestamps are spread over the ~3 months before this ISO date (default today)")
     p.add_argument("--force", action="store_true", help="regenerate even if the client's folder has data")
+    p.add_argument(
+        "--profile",
+        choices=["demo", "benchmark"],
+        default="demo",
+        help="demo: the small library `make run` uses (126 files); benchmark: the hard benchmark (925 files, "
+        "about 6 min on 2 cores; see README 'Model quality')",
+    )
     p.set_defaults(func=cmd_demo_data)
+
+    p = sub.add_parser(
+        "import", help="import labelled videos from a folder in a public layout (AVLips, CSV/JSONL) into the client"
+    )
+    _add_config_args(p)
+    p.add_argument("source", type=Path, help="the folder to import (only read)")
+    p.add_argument(
+        "--layout",
+        required=True,
+        choices=["avlips", "lipsync-csv", "search"],
+        help="avlips: real/ and fake/ folders; lipsync-csv: a CSV of path,label; search: a CSV/TSV/JSONL of "
+        "video with caption and/or category (README 'Importing labelled data')",
+    )
+    p.add_argument("--labels", help="the CSV/TSV/JSONL file (relative to SOURCE or absolute)")
+    p.add_argument("--name", help="videos go under videos/NAME/ (default: the folder's name)")
+    p.add_argument("--timestamp", help="upload time recorded for the new videos, ISO (default: now, UTC)")
+    p.add_argument("--report", type=Path, help="where the per-row report goes (default: under the state folder)")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("fetch-models", help="fetch the MediaPipe face model files into the cache folder")
     _add_config_args(p)

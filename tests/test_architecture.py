@@ -176,6 +176,7 @@ ALLOWED = {
     "components.ab_gate": {"components.common"},
     "components.deploy": {"components.common", "components.ab_gate", "components.finetune_clip", "serving"},
     "components.demo_data": {"components.common"},
+    "components.importer": {"components.common", "components.ingest"},
     "components.start_run": {"components.common", "components.config"},
     "components.summary": {"components.common", "components.config", "components.start_run"},
     # the composition root: every stage's settings (evaluate has none of its own) and serving's

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -277,3 +278,90 @@ def test_regenerating_replaces_the_library(tmp_path):
     assert len(_read_jsonl(second.records_path)) == 1
     with pytest.raises(ValueError, match="inside the bucket"):
         generate_demo_data(bucket, bucket / "truth", DemoConfig(as_of=AS_OF))
+
+
+def test_demo_plan_is_unchanged():
+    """The demo profile's plan (names, labels, upload times) is pinned: `make run` and its tests rely on it."""
+    jobs = _plan(DemoConfig(as_of=AS_OF))
+    rows = [[j.name, j.kind, j.category, j.labels, j.authenticity, j.timestamp] for j in jobs]
+    digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+    assert digest == "4364ce40e100ca1f9ad01829a3fda960df1c3e33febe3007cc05de0deb44848a"
+
+
+# ------------------------------------------------------------------------------------------- benchmark
+
+
+def test_benchmark_plan_counts_labels_and_queries():
+    from components.demo_data.benchmark import BENCH_CATEGORIES, GROUPS, _plan_benchmark, held_out_queries
+    from components.demo_data.config import FAKE_TYPES, BenchmarkConfig
+
+    jobs = _plan_benchmark(BenchmarkConfig(as_of=AS_OF))
+    search = [j for j in jobs if j.kind == "search"]
+    talking = [j for j in jobs if j.kind != "search"]
+    assert len(BENCH_CATEGORIES) == 21 and len(search) == 525 and len(talking) == 400
+    assert sum(j.kind == "two_face" for j in talking) == 80
+    assert sum(c.client for c in BENCH_CATEGORIES) == 7 and {c.group for c in BENCH_CATEGORIES} == set(GROUPS)
+    fakes = [j.params["fake_type"] for j in talking if j.authenticity == "fake"]
+    assert len(fakes) == 200 and sorted(Counter(fakes).values()) == [66, 67, 67] and set(fakes) == set(FAKE_TYPES)
+    assert all(j.params["fake_type"] == "" for j in talking if j.authenticity == "real")
+    assert all(j.labels == [] for j in talking)  # lip-sync data only
+    queries = held_out_queries()
+    assert len(queries) == 21 * 3 + 7 * 2
+    held_out = {q["query"] for q in queries}
+    by_name = {c.name: c for c in BENCH_CATEGORIES}
+    for job in search:
+        cat = by_name[job.category]
+        assert job.labels[0] == cat.query and job.labels[-1] in GROUPS[cat.group][0] and 4 <= len(job.labels) <= 5
+        assert not held_out & set(job.labels)  # test queries are never training labels
+    assert {len(q["categories"]) for q in queries if q["kind"] == "multi_label"} == {3}
+    end = datetime(2026, 11, 1, tzinfo=UTC)
+    assert all(timedelta(0) < end - datetime.fromisoformat(j.timestamp) < timedelta(days=30) for j in jobs)
+
+
+def test_benchmark_scene_variants_render_other_scenes():
+    from components.demo_data.benchmark import BENCH_CATEGORIES
+
+    frames = {}
+    for c in BENCH_CATEGORIES:
+        frames[c.name] = c.render(np.random.default_rng(3), 120, 160, 2, 10)
+        assert frames[c.name].shape == (2, 120, 160, 3) and frames[c.name].dtype == np.uint8
+    for c in BENCH_CATEGORIES:  # a near distractor: the same seed draws the same kind of scene with another subject
+        if not c.client:
+            client = next(o for o in BENCH_CATEGORIES if o.group == c.group and o.client)
+            assert np.abs(frames[c.name].astype(int) - frames[client.name]).mean() > 2, c.name
+
+
+def test_benchmark_tiny_library_is_reproducible_and_documented(tmp_path):
+    from components.demo_data.benchmark import BENCHMARK_FILE, generate_benchmark
+    from components.demo_data.config import BenchmarkConfig
+
+    config = BenchmarkConfig(seed=2, as_of=AS_OF, clips_per_category=0, talking_heads=6, two_face_fraction=0.34)
+    first = generate_benchmark(
+        tmp_path / "a" / "bucket", tmp_path / "a" / "truth", dataclasses.replace(config, workers=1)
+    )
+    second = generate_benchmark(tmp_path / "b" / "bucket", tmp_path / "b" / "truth", config)
+    assert _hashes(first.bucket_dir) == _hashes(second.bucket_dir)
+    assert first.truth_path.read_bytes() == second.truth_path.read_bytes()
+    truth = _read_jsonl(first.truth_path)
+    records = _read_jsonl(first.records_path)
+    assert [r["authenticity"] for r in records] == [t["authenticity"] for t in truth]
+    assert sorted(t["kind"] for t in truth) == ["talking_head"] * 4 + ["two_face"] * 2
+    fakes = {t["fake_type"]: t for t in truth if t["authenticity"] == "fake"}
+    assert set(fakes) == {"offset", "partial", "other_speaker"}
+    assert 1 <= abs(fakes["offset"]["offset_frames"]) <= 3
+    assert fakes["offset"]["av_offset_s"] == pytest.approx(fakes["offset"]["offset_frames"] / 25)
+    start, stop = fakes["partial"]["manipulated_frames"]
+    assert 0 < start < stop < 75 and 25 <= stop - start <= 38
+    assert fakes["other_speaker"]["manipulated_frames"] == [0, 75] and fakes["other_speaker"]["envelope_corr"] > 0
+    for row in truth:
+        assert row["crf"] in config.crf_levels and row["bitrate_kbps"] > 0
+        assert [f["speaking"] for f in row["faces"]].count(True) == 1
+        assert len(row["faces"]) == (2 if row["scene"] == "two_face" else 1)
+    doc = json.loads((first.truth_path.parent / BENCHMARK_FILE).read_text())
+    assert {k: v["count"] for k, v in doc["lipsync"]["fake_types"].items()} == {
+        "offset": 1,
+        "other_speaker": 1,
+        "partial": 1,
+    }
+    assert all(v["description"] for v in doc["lipsync"]["fake_types"].values())
+    assert doc["lipsync"]["scenes"]["two_face"]["count"] == 2 and len(doc["search"]["test_queries"]) == 77

@@ -508,7 +508,7 @@ def test_component_logs_face_statistics_to_mlflow(model_cache, state_dir, tmp_pa
     (run,) = [r for r in runs if r.data.tags.get("clipsync.stage") == "face_tracking"]
     assert run.info.status == "FINISHED"
     assert run.data.metrics["videos_processed"] == 2.0 and run.data.metrics["videos_rejected"] == 1.0
-    assert run.data.params["select_strategy"] == "longest"
+    assert run.data.params["select_strategy"] == "speaking"
     local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="face_tracking/per_video.json")
     per_video = {v["video_id"]: v for v in json.loads(Path(local).read_text())["videos"]}
     assert per_video["empty"]["fallback_used"] is True and per_video["talk"]["faces_seen"] == 1

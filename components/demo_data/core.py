@@ -34,7 +34,8 @@ import math
 import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -44,7 +45,7 @@ import numpy as np
 
 from components.demo_data.config import DemoConfig
 
-__all__ = ["DemoConfig", "DemoSummary", "generate_demo_data"]
+__all__ = ["DemoConfig", "DemoSummary", "generate_demo_data", "write_library"]
 
 logger = logging.getLogger("clipsync.demo_data")
 
@@ -227,19 +228,24 @@ def _plan(config: DemoConfig) -> list[_Job]:
             job.group = "broken"
         jobs.extend(broken)
 
+    _name_and_date(jobs, config, rng)
+    return jobs
+
+
+def _name_and_date(jobs: list[_Job], config: Any, rng: np.random.Generator) -> None:
+    """Give the jobs their file names (a random order) and upload times."""
     order = rng.permutation(len(jobs))
     width = max(3, len(str(len(jobs))))
     for number, k in enumerate(order, start=1):
         jobs[int(k)].name = f"videos/clip_{number:0{width}d}.mp4"
     _assign_timestamps(jobs, config, rng)
-    return jobs
 
 
-def _as_of_date(config: DemoConfig) -> date:
+def _as_of_date(config: Any) -> date:
     return date.fromisoformat(config.as_of) if config.as_of else datetime.now(UTC).date()
 
 
-def _assign_timestamps(jobs: list[_Job], config: DemoConfig, rng: np.random.Generator) -> None:
+def _assign_timestamps(jobs: list[_Job], config: Any, rng: np.random.Generator) -> None:
     end = datetime.combine(_as_of_date(config), datetime.min.time(), tzinfo=UTC)
     window = config.window_days * 86400.0
     span = config.span_days * 86400.0
@@ -283,15 +289,18 @@ def _null_truth() -> dict[str, Any]:
     return {"fps": 0.0, "n_frames": 0, "width": 0, "height": 0, "faces": [], "has_audio": False}
 
 
-def _render_search(config: DemoConfig, c: int, rng: np.random.Generator, path: Path) -> dict[str, Any]:
+def _render_search(
+    config: Any, c: int, rng: np.random.Generator, path: Path, categories: tuple | None = None
+) -> dict[str, Any]:
     from components.demo_data.media import write_mp4
     from components.demo_data.scenes import CATEGORIES, FPS_CHOICES, RESOLUTIONS
 
+    category = (categories or CATEGORIES)[c]
     width, height = RESOLUTIONS[int(rng.integers(0, len(RESOLUTIONS)))]
     fps = int(FPS_CHOICES[int(rng.integers(0, len(FPS_CHOICES)))])
     duration = float(rng.uniform(2.0, 4.0))
     n = max(2, round(duration * fps))
-    frames = CATEGORIES[c].render(rng, height, width, n, fps)
+    frames = category.render(rng, height, width, n, fps)
     write_mp4(path, frames, fps, crf=config.crf, preset=config.preset)
     return {
         "fps": float(fps),
@@ -300,11 +309,11 @@ def _render_search(config: DemoConfig, c: int, rng: np.random.Generator, path: P
         "height": height,
         "faces": [],
         "has_audio": False,
-        "transform": {"scene": CATEGORIES[c].name},
+        "transform": {"scene": category.name},
     }
 
 
-def _syllables(config: DemoConfig, env_key: list) -> np.ndarray:
+def _syllables(config: Any, env_key: list) -> np.ndarray:
     from components.demo_data.speech import syllables
 
     # The key's text part is hashed stably (not with hash(), which is salted per process).
@@ -556,6 +565,57 @@ def generate_demo_data(bucket_dir: Path, truth_dir: Path, config: DemoConfig) ->
     Raises:
         ValueError: If ``truth_dir`` lies inside ``bucket_dir`` (the pipeline must not see the truth).
     """
+    return write_library(bucket_dir, truth_dir, config, _plan, _render_job)
+
+
+def _render_all(config: Any, bucket_dir: Path, tasks: list, render: Callable) -> dict[int, dict[str, Any]]:
+    """Render every task, in a process pool when ``config.workers > 1``, logging progress about every 10 %."""
+    started = time.perf_counter()
+    step = max(1, len(tasks) // 10)
+    results: dict[int, dict[str, Any]] = {}
+
+    def done(index: int, truth: dict[str, Any]) -> None:
+        results[index] = truth
+        if len(results) % step == 0 or len(results) == len(tasks):
+            elapsed = time.perf_counter() - started
+            logger.info("rendered %d/%d files (%.0f s)", len(results), len(tasks), elapsed)
+
+    if config.workers > 1:
+        # Spawned, not forked: a fork of a process that already runs OpenCV/FFmpeg threads can deadlock.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=config.workers, mp_context=context, initializer=_worker_init) as pool:
+            futures = {
+                pool.submit(render, config, str(bucket_dir), kind, params, index): index
+                for index, kind, params in tasks
+            }
+            for future in as_completed(futures):
+                done(futures[future], future.result())
+    else:
+        for index, kind, params in tasks:
+            done(index, render(config, str(bucket_dir), kind, params, index))
+    return results
+
+
+def write_library(
+    bucket_dir: Path,
+    truth_dir: Path,
+    config: Any,
+    plan: Callable[[Any], list[_Job]],
+    render: Callable[..., dict[str, Any]],
+) -> DemoSummary:
+    """Plan, render and write a library (the demo's or the benchmark's); see :func:`generate_demo_data`.
+
+    Args:
+        bucket_dir: The client's bucket folder.
+        truth_dir: Where ``truth.jsonl`` goes.
+        config: A :class:`DemoConfig` or :class:`~components.demo_data.config.BenchmarkConfig`.
+        plan: ``plan(config) -> jobs`` (names and upload times set).
+        render: ``render(config, bucket_dir, kind, params, index) -> truth``, a module-level function (the
+            pool pickles it); a ``benchmark`` dict in the truth is merged into the file's truth row.
+
+    Returns:
+        The summary.
+    """
     started = time.perf_counter()
     bucket_dir, truth_dir = Path(bucket_dir).resolve(), Path(truth_dir).resolve()
     if truth_dir == bucket_dir or bucket_dir in truth_dir.parents:
@@ -563,14 +623,14 @@ def generate_demo_data(bucket_dir: Path, truth_dir: Path, config: DemoConfig) ->
     as_of = _as_of_date(config).isoformat()
     if not config.as_of:
         config = dataclasses.replace(config, as_of=as_of)
-    jobs = _plan(config)
+    jobs = plan(config)
     (bucket_dir / "videos").mkdir(parents=True, exist_ok=True)
     (bucket_dir / "labels").mkdir(parents=True, exist_ok=True)
     truth_dir.mkdir(parents=True, exist_ok=True)
     names = {job.name for job in jobs}
     for stale in sorted((bucket_dir / "videos").glob("clip_*.mp4")):
         if f"videos/{stale.name}" not in names:
-            logger.info("removing %s (not part of the regenerated demo library)", stale)
+            logger.info("removing %s (not part of the regenerated library)", stale)
             stale.unlink()
 
     for job in jobs:
@@ -584,19 +644,7 @@ def generate_demo_data(bucket_dir: Path, truth_dir: Path, config: DemoConfig) ->
         params["name"] = job.name
         tasks.append((index, job.kind, params))
     logger.info("rendering %d files into %s with %d worker(s)", len(jobs), bucket_dir, config.workers)
-    results: dict[int, dict[str, Any]] = {}
-    if config.workers > 1:
-        # Spawned, not forked: a fork of a process that already runs OpenCV/FFmpeg threads can deadlock.
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=config.workers, mp_context=context, initializer=_worker_init) as pool:
-            futures = {
-                index: pool.submit(_render_job, config, str(bucket_dir), kind, params, index)
-                for index, kind, params in tasks
-            }
-            results = {index: fut.result() for index, fut in futures.items()}
-    else:
-        for index, kind, params in tasks:
-            results[index] = _render_job(config, str(bucket_dir), kind, params, index)
+    results = _render_all(config, bucket_dir, tasks, render)
 
     records, truths = [], []
     window_start = datetime.fromisoformat(as_of).replace(tzinfo=UTC) - timedelta(days=config.window_days)
@@ -640,6 +688,7 @@ def generate_demo_data(bucket_dir: Path, truth_dir: Path, config: DemoConfig) ->
             "authenticity": job.authenticity,
             "timestamp": job.timestamp,
             "in_window": stamp >= window_start,
+            **truth.get("benchmark", {}),
         }
         truths.append(truth_row)
 
@@ -665,7 +714,7 @@ def generate_demo_data(bucket_dir: Path, truth_dir: Path, config: DemoConfig) ->
         seconds=round(time.perf_counter() - started, 2),
     )
     logger.info(
-        "demo library: %d files (%d broken), %d in the %d-day window, %.1f s",
+        "library: %d files (%d broken), %d in the %d-day window, %.1f s",
         summary.videos,
         summary.broken,
         summary.in_window,

@@ -19,9 +19,11 @@ class FaceTrackingConfig:
 
     Attributes:
         max_faces: Most faces kept per frame (the highest-scoring ones).
-        select_strategy: Which track is the subject: ``longest`` (most frames with a face), ``largest``
-            (largest median box area), ``first`` (earliest start; ties go to the longer track) or
-            ``speaking`` (the face whose mouth motion best follows the audio; ``longest`` without audio).
+        select_strategy: Which track is the subject: ``speaking`` (the default: the face whose mouth motion best
+            follows the audio; ``longest`` without audio or with one candidate), ``longest`` (most frames with a
+            face), ``largest`` (largest median box area) or ``first`` (earliest start; ties go to the longer
+            track). On the benchmark's 80 two-face interviews ``speaking`` picked the speaker in 91 % of them,
+            ``longest`` in 33 %, at the same cost (``benchmarks/quality.py``).
         min_detection_confidence: Detector score threshold (0..1).
         iou_threshold: Smallest IoU between a track's last box and a detection for them to match.
         max_misses: Frames a track survives without a matching detection (a short occlusion) and keeps its id.
@@ -46,7 +48,7 @@ class FaceTrackingConfig:
     """
 
     max_faces: int = 5
-    select_strategy: str = "longest"
+    select_strategy: str = "speaking"
     min_detection_confidence: float = 0.5
     iou_threshold: float = 0.3
     max_misses: int = 5
