@@ -475,6 +475,7 @@ def onboard(
     import yaml
 
     from components.common.config import default_state_dir, from_dict
+    from components.common.fleet_config import client_secret_name
 
     client_id = normalise_client_id(requested)
     fleet_dir = Path(fleet_dir) if fleet_dir is not None else None
@@ -547,16 +548,10 @@ def onboard(
     if cluster:
         plan.notes.append(f"apply the Kubernetes objects: kubectl apply -k {folder / MANIFESTS}")
         plan.notes.append(
-            f"fill Secret {client_secret(config)} in {config.fleet.namespace} from your secret store; give the "
+            f"fill Secret {client_secret_name(client_id)} in {config.fleet.namespace} from your secret store; give the "
             f"client's MinIO user the policy {folder / MANIFESTS / 'minio-policy.json'}"
         )
     return plan
-
-
-def client_secret(config: Any) -> str:
-    from components.common.fleet_config import client_secret_name
-
-    return client_secret_name(config.client_id)
 
 
 def _manifest_texts(config: Any) -> dict[str, str]:

@@ -141,14 +141,14 @@ def test_bad_input_is_refused_naming_the_setting(state_dir):
 CLUSTER_YAML = """
 storage:
   source_uri: s3://{id}-uploads
-  artifacts_uri: s3://clipsync-artifacts/{id}
+  artifacts_uri: s3://{art}/{id}
 tracking:
   tracking_uri: sqlite:///{db}
 deploy:
   target: kserve
-  storage_uri_prefix: s3://clipsync-models/{{client}}
+  storage_uri_prefix: s3://{models}/{{client}}
 serving:
-  query_log_uri: s3://clipsync-artifacts/{{client}}
+  query_log_uri: s3://{art}/{{client}}
   tokens_env: CLIPSYNC_CLIENT_TOKENS
   admin_token_env: CLIPSYNC_ADMIN_TOKEN
 encryption:
@@ -178,14 +178,16 @@ def test_cluster_onboarding_and_offboarding(state_dir, s3_env, kfp_server, monke
     url, fake = kfp_server
     minio = s3_env
     cid = f"c{uuid.uuid4().hex[:6]}"
-    text = CLUSTER_YAML.format(id=cid, db=state_dir / "mlflow.db", kfp=url)
-    minio.make_bucket("clipsync-artifacts")  # shared by the fleet: one prefix per client
+    # moto's backends are per process: bucket names of this test only
+    art, models = f"{cid}-artifacts", f"{cid}-models"
+    text = CLUSTER_YAML.format(id=cid, db=state_dir / "mlflow.db", kfp=url, art=art, models=models)
+    minio.make_bucket(art)  # shared by the fleet: one prefix per client
     plan = fleet.onboard(cid, config_text=text, cluster=True)
     actions = {s.what: s.action for s in plan.steps}
-    assert actions[f"bucket {cid}-uploads"] == "create" and actions["bucket clipsync-artifacts"] == "unchanged"
-    assert actions["default encryption of clipsync-artifacts"] == "create"
+    assert actions[f"bucket {cid}-uploads"] == "create" and actions[f"bucket {art}"] == "unchanged"
+    assert actions[f"default encryption of {art}"] == "create"
     assert actions["recurring run"] == "create" and actions[f"registry name clip-{cid}"] == "create"
-    for bucket in (f"{cid}-uploads", "clipsync-artifacts", "clipsync-models"):
+    for bucket in (f"{cid}-uploads", art, models):
         rule = minio.get_bucket_encryption(bucket).rule
         assert (rule.sse_algorithm, rule.kms_master_key_id) == ("aws:kms", f"{cid}-key"), bucket
     client = mlflow.MlflowClient(f"sqlite:///{state_dir / 'mlflow.db'}")
@@ -221,18 +223,16 @@ def test_cluster_onboarding_and_offboarding(state_dir, s3_env, kfp_server, monke
 
     # a month of objects, then offboarding: all of clipsync's are gone, the uploads stay
     minio.put_object(f"{cid}-uploads", "videos/a.mp4", io.BytesIO(b"video"), 5)
-    minio.put_object("clipsync-artifacts", f"{cid}/runs/lease.json", io.BytesIO(b"{}"), 2)
-    minio.put_object("clipsync-artifacts", "other/runs/lease.json", io.BytesIO(b"{}"), 2)
-    minio.put_object("clipsync-models", f"{cid}/clip-{cid}/v1/release.json", io.BytesIO(b"{}"), 2)
+    minio.put_object(art, f"{cid}/runs/lease.json", io.BytesIO(b"{}"), 2)
+    minio.put_object(art, "other/runs/lease.json", io.BytesIO(b"{}"), 2)
+    minio.put_object(models, f"{cid}/clip-{cid}/v1/release.json", io.BytesIO(b"{}"), 2)
     with pytest.raises(ConfigError, match="--confirm"):
         fleet.offboard(cid, confirm="beta")
     gone = fleet.offboard(cid, confirm=cid)
     assert {s.action for s in gone.steps} == {"remove"}, gone.to_text(False)
     assert [o.object_name for o in minio.list_objects(f"{cid}-uploads", recursive=True)] == ["videos/a.mp4"]
-    assert [o.object_name for o in minio.list_objects("clipsync-artifacts", recursive=True)] == [
-        "other/runs/lease.json"
-    ]
-    assert not list(minio.list_objects("clipsync-models", recursive=True))
+    assert [o.object_name for o in minio.list_objects(art, recursive=True)] == ["other/runs/lease.json"]
+    assert not list(minio.list_objects(models, recursive=True))
     assert not fake.recurring and not fake.pipelines
     assert not client.search_registered_models(filter_string=f"name = 'clip-{cid}'")
     assert client.get_experiment_by_name(f"clipsync-{cid}").lifecycle_stage == "deleted"
