@@ -20,7 +20,7 @@ from typing import Any
 
 logger = logging.getLogger("clipsync.schedule")
 
-DEFAULT_CRON = "0 0 2 1 * *"
+DEFAULT_CRON = "0 0 2 1 * *"  # what `schedule` used for every client before fleet.* planned a slot per client
 _CLIENT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}[a-z0-9]$")
 _DESCRIPTORS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 _MONTHS = ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]
@@ -158,6 +158,7 @@ def schedule(
     job_name: str = "",
     replace: bool = False,
     kfp_client: Any = None,
+    namespace: str | None = None,
 ) -> ScheduleResult:
     """Create the client's monthly recurring run on a KFP server.
 
@@ -170,6 +171,8 @@ def schedule(
         job_name: Recurring run name (default ``clipsync-<client>-monthly``).
         replace: Delete former recurring runs of the same name first; without it their existence is an error.
         kfp_client: An existing ``kfp.Client``.
+        namespace: The client's namespace on a multi-user Kubeflow (its profile: the runs execute there and read
+            its Secret); ``None``: the server's default (single-user).
 
     Returns:
         The ids the server assigned.
@@ -184,7 +187,7 @@ def schedule(
     experiment = experiment or f"clipsync-{client_id}"
     job_name = job_name or f"clipsync-{client_id}-monthly"
     kfp_client = _connect(host, kfp_client)
-    exp = kfp_client.create_experiment(experiment)  # returns the existing one of that name
+    exp = kfp_client.create_experiment(experiment, namespace=namespace)  # returns the existing one of that name
     existing = kfp_client.list_recurring_runs(experiment_id=exp.experiment_id, page_size=100).recurring_runs or []
     same = [r.recurring_run_id for r in existing if r.display_name == job_name]
     if same and not replace:

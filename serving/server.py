@@ -93,6 +93,7 @@ def build_server(
     base_model: str | None = None,
     require_release: bool = False,
     policy: Any = None,
+    encryption: Any = None,
 ) -> tuple[Any, list[Any]]:
     """Load the models and build the server (not started).
 
@@ -111,6 +112,7 @@ def build_server(
         require_release: Refuse model folders without ``release.json`` (cluster runtimes).
         policy: Who may call what (:class:`serving.auth.AccessPolicy`); ``None``: from the settings'
             ``tokens_env`` / ``tokens_file`` / ``admin_token_env``.
+        encryption: The client config's ``encryption`` settings for the query log's objects (``None``: none).
 
     Returns:
         The server and the models loaded at start.
@@ -138,7 +140,7 @@ def build_server(
             raise FileNotFoundError("a lip-sync server needs --cache_dir with the MediaPipe face models")
         verify_face_models(Path(cache_dir))  # a pod with missing or altered face models fails at start
     query_log = QueryLog(
-        open_query_log_store(query_log_uri), settings.query_log_flush_entries, settings.query_log_flush_s
+        open_query_log_store(query_log_uri, encryption), settings.query_log_flush_entries, settings.query_log_flush_s
     )
     factory = ModelFactory(settings, cache_dir, query_log, frame_config, face_config, base_model)
     repository = ClipsyncRepository(
@@ -255,6 +257,7 @@ def serve_main(
         champions=champions_file(Path(config.state_dir)),
         cache_dir=config.cache_dir,
         query_log_uri=settings.query_log_uri or config.storage.artifacts_uri,
+        encryption=config.encryption,
         frame_config=config.frame_extraction,
         face_config=config.face_tracking,
     )
@@ -361,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         champions=Path(args.champions) if args.champions else None,
         cache_dir=cache_dir,
         query_log_uri=query_log_uri,
+        encryption=config.encryption if config is not None else None,
         frame_config=config.frame_extraction if config is not None else None,
         face_config=config.face_tracking if config is not None else None,
         repository_dir=args.repository_dir,

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from components.ab_gate.config import GatePolicy
+from components.common.encryption import EncryptionConfig
 from components.common.errors import ConfigError, require
+from components.common.fleet_config import FleetConfig
 from components.deploy.config import DeployConfig
 from components.face_tracking.config import FaceTrackingConfig
 from components.finetune_clip.config import FinetuneClipConfig
@@ -252,6 +254,10 @@ class ClientConfig:
         deploy: See :class:`components.deploy.config.DeployConfig`.
         serving: See :class:`serving.config.ServingConfig`.
         pipeline_gpu: See :class:`PipelineGpuConfig`.
+        encryption: Server-side encryption of what clipsync writes to MinIO / S3, see
+            :class:`components.common.encryption.EncryptionConfig`.
+        fleet: The client among many (namespace, schedule slot, allowed endpoints), see
+            :class:`components.common.fleet_config.FleetConfig`.
     """
 
     client_id: str
@@ -270,6 +276,8 @@ class ClientConfig:
     deploy: DeployConfig = field(default_factory=DeployConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
     pipeline_gpu: PipelineGpuConfig = field(default_factory=PipelineGpuConfig)
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
 
     def __post_init__(self) -> None:
         require(
@@ -277,6 +285,8 @@ class ClientConfig:
             f"client_id must be 2-42 lower-case letters, digits or dashes, got {self.client_id!r}",
         )
         require(bool(self.state_dir) and Path(self.state_dir).is_absolute(), "state_dir must be absolute")
+        if not self.fleet.namespace:  # built directly rather than by from_dict: the client's own namespace
+            object.__setattr__(self, "fleet", dataclasses.replace(self.fleet, namespace=f"clipsync-{self.client_id}"))
 
     def to_json(self) -> str:
         """Serialize for a kfp parameter (the inverse of :meth:`from_json`)."""
@@ -301,6 +311,8 @@ _SECTIONS: dict[str, type] = {
     "deploy": DeployConfig,
     "serving": ServingConfig,
     "pipeline_gpu": PipelineGpuConfig,
+    "encryption": EncryptionConfig,
+    "fleet": FleetConfig,
 }
 
 
@@ -352,6 +364,10 @@ def from_dict(data: dict[str, Any] | None) -> ClientConfig:
     require(not unknown, f"unknown top-level setting(s): {', '.join(unknown)}")
     client_id = data.get("client_id", "acme")
     require(isinstance(client_id, str), f"client_id must be a string, got {client_id!r}")
+    require(  # before the sections: their defaults are named after it
+        bool(CLIENT_ID_PATTERN.match(client_id)),
+        f"client_id must be 2-42 lower-case letters, digits or dashes, got {client_id!r}",
+    )
     state_dir = Path(data.get("state_dir") or default_state_dir()).expanduser().resolve()
 
     sections: dict[str, Any] = {}
@@ -367,6 +383,8 @@ def from_dict(data: dict[str, Any] | None) -> ClientConfig:
             values.setdefault("experiment", f"clipsync-{client_id}")
             if values["tracking_uri"].startswith(("sqlite:", "file:")):
                 values.setdefault("artifact_location", str(state_dir / "mlartifacts"))
+        if name == "fleet":
+            values.setdefault("namespace", f"clipsync-{client_id}")
         sections[name] = _build_section(name, cls, values)
 
     return ClientConfig(

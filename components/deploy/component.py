@@ -54,6 +54,7 @@ def deploy(config: str, parent_run_id: str, model: str, version: str, frames: In
             prepare=prepare,
             serving=cfg.serving,
             cache_dir=cfg.cache_dir,
+            encryption=cfg.encryption,
         )
         tracking.log_dict_artifact(result.to_dict(), f"deploy/{model}.json")
         tracking.log_metrics(

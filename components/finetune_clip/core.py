@@ -752,7 +752,7 @@ def run_finetune_clip(
     logger.info("finetune_clip: %d train, %d val videos, %d skipped", len(train), len(val), len(skipped))
     prefix = ckpt.checkpoint_prefix("finetune_clip", config.client_id, window)
     work_dir = Path(config.state_dir) / prefix
-    mirror = ckpt.open_mirror(config.storage.artifacts_uri, prefix)
+    mirror = ckpt.open_mirror(config.storage.artifacts_uri, prefix, config.encryption)
     report = FinetuneReport(
         model_dir=str(out_dir),
         strategy=cfg.strategy,

@@ -836,7 +836,7 @@ def run_finetune_lipsync(
                 log_fn=lambda metrics, step: tracking.log_metrics(metrics, step=step),
                 pretrained=pretrained,
                 work_dir=Path(config.state_dir) / prefix,
-                mirror=ckpt.open_mirror(config.storage.artifacts_uri, prefix),
+                mirror=ckpt.open_mirror(config.storage.artifacts_uri, prefix, config.encryption),
             )
         except NotTrainable as exc:
             write_no_challenger(out_dir, str(exc))
