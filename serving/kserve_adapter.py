@@ -84,6 +84,7 @@ from starlette.exceptions import HTTPException
 
 #: kserve's public names, for the rest of clipsync (import them from here, never from kserve).
 __all__ = [
+    "InferInput",
     "InferOutput",
     "InferRequest",
     "InferResponse",
