@@ -206,6 +206,24 @@ def cmd_feedback_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_monitor(args: argparse.Namespace) -> int:
+    """Accuracy over months: each monthly run's champion metrics, the production proxies, promote or keep."""
+    from components.monitor.core import accuracy_markdown, accuracy_over_months, write_accuracy_report
+    from serving.feedback import feedback_store
+
+    config = _load(args)
+    rows = accuracy_over_months(config, args.months, feedback_store(config))
+    if not rows:
+        print(f"no monthly run of {config.client_id} in {config.tracking.tracking_uri}", file=sys.stderr)
+        return 1
+    title = f"{config.client_id}: accuracy over the last {len(rows)} monthly runs"
+    print(accuracy_markdown(rows, title))
+    out = args.output or Path(config.state_dir) / "monitor" / config.client_id
+    files = write_accuracy_report(rows, out, title)
+    print(f"plot: {files['png']}\nreport: {files['html']}")
+    return 0
+
+
 def _month(text: str) -> str:
     import re
 
@@ -299,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="CSV file (default: standard output)")
     p.add_argument("--all-answers", action="store_true", help="every answer, not only the latest per query and video")
     p.set_defaults(func=cmd_feedback_export)
+
+    p = sub.add_parser("monitor", help="accuracy over months: champion metrics, production proxies, promotions")
+    _add_config_args(p)
+    p.add_argument("--months", type=int, default=12, help="how many monthly runs, newest first (default 12)")
+    p.add_argument("-o", "--output", type=Path, help="folder of the PNG + HTML (default: {state_dir}/monitor/<client>)")
+    p.set_defaults(func=cmd_monitor)
 
     p = sub.add_parser("render-manifests", help="write the Kubernetes manifests (InferenceServices, runtimes, RBAC)")
     _add_config_args(p)
