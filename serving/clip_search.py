@@ -49,6 +49,7 @@ from serving.kserve_adapter import (
     InvalidInput,
     Model,
     input_tensor,
+    input_text,
     output,
     requested_outputs,
     short,
@@ -107,14 +108,7 @@ class SearchResult:
 
 
 def _check_text(text: Any, where: str) -> str:
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidInput(f"{where}: 'text' is not UTF-8") from None
-    if not isinstance(text, str):
-        raise InvalidInput(f"{where}: 'text' must be a string, got {type(text).__name__}")
-    text = text.strip()
+    text = input_text(text, "text", where)
     if not text:
         raise InvalidInput(f"{where}: 'text' is empty")
     if len(text) > MAX_TEXT_CHARS:

@@ -60,19 +60,6 @@ class Feedback:
     label: str = ""
 
 
-def _text(value: Any, name: str, where: str) -> str:
-    from serving.kserve_adapter import InvalidInput
-
-    if isinstance(value, bytes):
-        try:
-            value = value.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidInput(f"{where}: '{name}' is not UTF-8") from None
-    if not isinstance(value, str):
-        raise InvalidInput(f"{where}: '{name}' must be a string")
-    return value.strip()
-
-
 def check_feedback(query_id: Any, video_id: Any, relevant: Any, label: Any = "", where: str = "feedback") -> Feedback:
     """One answer, checked.
 
@@ -81,17 +68,17 @@ def check_feedback(query_id: Any, video_id: Any, relevant: Any, label: Any = "",
             ``video_id``; ``relevant`` not a boolean; a ``label`` that is not a string.
         PayloadTooLarge: A ``label`` longer than :data:`MAX_LABEL_CHARS` characters.
     """
-    from serving.kserve_adapter import InvalidInput
+    from serving.kserve_adapter import InvalidInput, input_text
 
-    qid = _text(query_id, "query_id", where)
+    qid = input_text(query_id, "query_id", where)
     if not QUERY_ID.match(qid):
         raise InvalidInput(f"{where}: 'query_id' must be the query_id of a search answer")
-    vid = _text(video_id, "video_id", where)
+    vid = input_text(video_id, "video_id", where)
     if not vid or len(vid) > MAX_VIDEO_ID:
         raise InvalidInput(f"{where}: 'video_id' must be a video id of the search's library")
     if not isinstance(relevant, bool):
         raise InvalidInput(f"{where}: 'relevant' must be true or false")
-    text = _text(label if label is not None else "", "label", where)
+    text = input_text(label if label is not None else "", "label", where)
     if len(text) > MAX_LABEL_CHARS:
         raise PayloadTooLarge(f"{where}: 'label' is longer than {MAX_LABEL_CHARS} characters")
     return Feedback(qid, vid, relevant, text)

@@ -271,6 +271,22 @@ def input_tensor(inp: InferInput, datatypes: tuple[str, ...], max_elements: int)
     return np.array(flat, dtype=to_np_dtype(inp.datatype)).reshape(shape)
 
 
+def input_text(value: Any, name: str, where: str) -> str:
+    """A text element of a request (``str``, or UTF-8 ``bytes`` from a BYTES tensor), stripped.
+
+    Raises:
+        InvalidInput: Bytes that are not UTF-8, or not a string at all.
+    """
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput(f"{where}: '{name}' is not UTF-8") from None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{where}: '{name}' must be a string, got {type(value).__name__}")
+    return value.strip()
+
+
 def output(name: str, array: np.ndarray) -> InferOutput:
     """An output tensor holding ``array`` as is: REST writes it as JSON (or binary when asked), gRPC as
     ``raw_output_contents`` (what KServe's own servers do and tritonclient's ``as_numpy`` reads)."""
