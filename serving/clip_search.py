@@ -40,7 +40,7 @@ from serving.calibration import Calibrator
 from serving.clip_backbones import ClipBackbones, ClipHandle
 from serving.config import ServingConfig
 from serving.errors import NotReady, PayloadTooLarge
-from serving.feedback import Feedback, FeedbackLog, caller_key, check_feedback, feedback_entry
+from serving.feedback import MAX_ITEMS, Feedback, FeedbackLog, caller_key, check_feedback, feedback_entry
 from serving.index import IndexSettings, VideoIndex
 from serving.kserve_adapter import (
     InferInput,
@@ -156,8 +156,6 @@ def _parse_v2_feedback(inputs: dict[str, InferInput]) -> list[Feedback]:
     missing = [n for n in ("query_id", "video_id", "relevant") if n not in inputs]
     if missing:
         raise InvalidInput(f"feedback needs the inputs 'query_id', 'video_id' and 'relevant'; missing {missing}")
-    from serving.feedback import MAX_ITEMS
-
     qids = input_tensor(inputs["query_id"], ("BYTES",), MAX_ITEMS).reshape(-1)
     vids = input_tensor(inputs["video_id"], ("BYTES",), MAX_ITEMS).reshape(-1)
     rel = input_tensor(inputs["relevant"], ("BOOL",), MAX_ITEMS).reshape(-1)
