@@ -278,6 +278,48 @@ def cmd_index(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_feedback_export(args: argparse.Namespace) -> int:
+    """Write a month of the client's search feedback as CSV (the latest answer per query and video)."""
+    from serving.feedback import feedback_store, read_feedback, write_csv
+
+    config = _load(args)
+    entries = read_feedback(feedback_store(config), f"clip-{config.client_id}", args.month, not args.all_answers)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.output, "w", encoding="utf-8", newline="") as out:
+            write_csv(entries, out)
+        print(f"{len(entries)} feedback answers of {args.month} -> {args.output}", file=sys.stderr)
+    else:
+        write_csv(entries, sys.stdout)
+    return 0
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    """Accuracy over months: each monthly run's champion metrics, the production proxies, promote or keep."""
+    from components.monitor.core import accuracy_markdown, accuracy_over_months, write_accuracy_report
+    from serving.feedback import feedback_store
+
+    config = _load(args)
+    rows = accuracy_over_months(config, args.months, feedback_store(config))
+    if not rows:
+        print(f"no monthly run of {config.client_id} in {config.tracking.tracking_uri}", file=sys.stderr)
+        return 1
+    title = f"{config.client_id}: accuracy over the last {len(rows)} monthly runs"
+    print(accuracy_markdown(rows, title))
+    out = args.output or Path(config.state_dir) / "monitor" / config.client_id
+    files = write_accuracy_report(rows, out, title)
+    print(f"plot: {files['png']}\nreport: {files['html']}")
+    return 0
+
+
+def _month(text: str) -> str:
+    import re
+
+    if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", text):
+        raise argparse.ArgumentTypeError(f"expected a month YYYY-MM, got {text!r}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `clipsync` command."""
     parser = argparse.ArgumentParser(
@@ -407,6 +449,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("frames_dir", type=Path, help="a frame_extraction Dataset (index.jsonl + shards)")
     p.add_argument("-o", "--output", type=Path, help="index folder (default: MODEL_DIR/index)")
     p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("feedback", help="the client's feedback on search results")
+    feedback_sub = p.add_subparsers(dest="feedback_command", required=True, metavar="ACTION")
+    p = feedback_sub.add_parser("export", help="write a month of feedback as CSV (for review tools)")
+    _add_config_args(p)
+    p.add_argument("--month", required=True, type=_month, help="the month the feedback was given, YYYY-MM")
+    p.add_argument("-o", "--output", type=Path, help="CSV file (default: standard output)")
+    p.add_argument("--all-answers", action="store_true", help="every answer, not only the latest per query and video")
+    p.set_defaults(func=cmd_feedback_export)
+
+    p = sub.add_parser("monitor", help="accuracy over months: champion metrics, production proxies, promotions")
+    _add_config_args(p)
+    p.add_argument("--months", type=int, default=12, help="how many monthly runs, newest first (default 12)")
+    p.add_argument("-o", "--output", type=Path, help="folder of the PNG + HTML (default: {state_dir}/monitor/<client>)")
+    p.set_defaults(func=cmd_monitor)
 
     p = sub.add_parser("render-manifests", help="write the Kubernetes manifests (InferenceServices, runtimes, RBAC)")
     _add_config_args(p)

@@ -47,6 +47,9 @@ class ServingConfig:
             of each model (a server shared by many clients: ``s3://clipsync-artifacts/{client}``).
         query_log_flush_entries: Write a query-log file once this many entries are buffered.
         query_log_flush_s: Write a query-log file at least this often while entries are buffered.
+        feedback_per_minute: Feedback answers one token may send per minute (``POST /api/feedback`` and the V2
+            feedback inputs together); beyond it HTTP 429 with ``Retry-After`` (gRPC RESOURCE_EXHAUSTED). Feedback
+            is stored where the query log is (:mod:`serving.feedback`).
         tokens_env: Name of the environment variable holding the client tokens, a JSON map from each token to the
             client ids it may call (``{"<token>": ["acme"]}``); a token reaches only ``clip-<id>`` and
             ``lipsync-<id>`` of its clients (HTTP 403 / gRPC PERMISSION_DENIED otherwise).
@@ -82,6 +85,7 @@ class ServingConfig:
     query_log_uri: str = ""
     query_log_flush_entries: int = 100
     query_log_flush_s: float = 60.0
+    feedback_per_minute: int = 120
     tokens_env: str = ""
     tokens_file: str = ""
     admin_token_env: str = ""
@@ -115,6 +119,10 @@ class ServingConfig:
         )
         _require(self.query_log_flush_entries >= 1, "query_log_flush_entries must be >= 1")
         _require(0 < self.query_log_flush_s <= 86_400, "query_log_flush_s must be in (0, 86400]")
+        _require(
+            isinstance(self.feedback_per_minute, int) and 1 <= self.feedback_per_minute <= 100_000,
+            f"feedback_per_minute must be 1..100000, got {self.feedback_per_minute!r}",
+        )
         leftover = self.query_log_uri.replace("{client}", "")
         _require(
             "{" not in leftover and "}" not in leftover,

@@ -84,6 +84,7 @@ from starlette.exceptions import HTTPException
 
 #: kserve's public names, for the rest of clipsync (import them from here, never from kserve).
 __all__ = [
+    "InferInput",
     "InferOutput",
     "InferRequest",
     "InferResponse",
@@ -268,6 +269,22 @@ def input_tensor(inp: InferInput, datatypes: tuple[str, ...], max_elements: int)
     elif not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in flat):
         raise InvalidInput(f"input '{name}': {inp.datatype} elements must be finite numbers")
     return np.array(flat, dtype=to_np_dtype(inp.datatype)).reshape(shape)
+
+
+def input_text(value: Any, name: str, where: str) -> str:
+    """A text element of a request (``str``, or UTF-8 ``bytes`` from a BYTES tensor), stripped.
+
+    Raises:
+        InvalidInput: Bytes that are not UTF-8, or not a string at all.
+    """
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput(f"{where}: '{name}' is not UTF-8") from None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{where}: '{name}' must be a string, got {type(value).__name__}")
+    return value.strip()
 
 
 def output(name: str, array: np.ndarray) -> InferOutput:

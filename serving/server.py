@@ -102,7 +102,8 @@ def build_server(
         specs: :class:`serving.repository.ModelSpec` of the models to load at start (readiness after them).
         champions: ``champions.json`` the repository's load endpoint re-reads (local deploy writes it).
         cache_dir: MediaPipe face models (lipsync) and fetched base models.
-        query_log_uri: Object store(s) of the query log (``{client}`` allowed); ``""`` or ``"off"``: none.
+        query_log_uri: Object store(s) of the query log and the feedback (``{client}`` allowed); ``""`` or
+            ``"off"``: none (and no feedback is accepted).
         frame_config: ``FrameExtractionConfig`` of the client (lipsync); default settings if ``None``.
         face_config: ``FaceTrackingConfig`` of the client (lipsync).
         repository_dir: KServe's model agent folder (``/mnt/models``): models load by name from ``<dir>/<name>``;
@@ -126,6 +127,7 @@ def build_server(
     from serving import kserve_adapter  # first: kserve must be imported with a clean command line
     from serving.admission import Admission
     from serving.auth import load_policy
+    from serving.feedback import FeedbackLog
     from serving.querylog import QueryLog, open_query_log_store
     from serving.repository import ClipsyncRepository, ModelFactory
     from serving.routes import RouteContext, install
@@ -139,10 +141,10 @@ def build_server(
         if cache_dir is None:
             raise FileNotFoundError("a lip-sync server needs --cache_dir with the MediaPipe face models")
         verify_face_models(Path(cache_dir))  # a pod with missing or altered face models fails at start
-    query_log = QueryLog(
-        open_query_log_store(query_log_uri, encryption), settings.query_log_flush_entries, settings.query_log_flush_s
-    )
-    factory = ModelFactory(settings, cache_dir, query_log, frame_config, face_config, base_model)
+    log_store = open_query_log_store(query_log_uri, encryption)
+    query_log = QueryLog(log_store, settings.query_log_flush_entries, settings.query_log_flush_s)
+    feedback_log = FeedbackLog(log_store, settings.feedback_per_minute)
+    factory = ModelFactory(settings, cache_dir, query_log, frame_config, face_config, base_model, feedback_log)
     repository = ClipsyncRepository(
         factory,
         {s.name: s for s in specs},
@@ -164,9 +166,15 @@ def build_server(
         max_message=settings.max_upload_bytes + 1024 * 1024,
         install_routes=lambda app: install(app, RouteContext(repository, settings, policy, admission)),
         agent_port=settings.agent_port,
-        on_shutdown=query_log.close,
+        on_shutdown=lambda: _close_logs(feedback_log, query_log),
     )
     return server, list(repository.get_models().values())
+
+
+def _close_logs(*logs: Any) -> None:
+    """At shutdown: write what the feedback and query logs still hold."""
+    for log in logs:
+        log.close()
 
 
 # ------------------------------------------------------------------------------------------------ clipsync serve

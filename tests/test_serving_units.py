@@ -31,6 +31,7 @@ def test_config_defaults_and_validation():
         {"max_image_pixels": 0},
         {"inconclusive_verdicts": "yes"},
         {"agent_port": 8080, "http_port": 8080},
+        {"feedback_per_minute": 0},
     ):
         with pytest.raises(ConfigError, match="serving"):
             ServingConfig(**bad)
@@ -329,3 +330,50 @@ def test_binary_extension_carries_any_bytes_and_refuses_bad_framing():
     longer = header.replace(str(size).encode(), str(size + 99).encode())
     with pytest.raises(InvalidInput, match="binary_data_size does not fit"):
         _decode_binary_request(longer + body[len(header) :], str(len(longer)), "lipsync-acme")
+
+
+def test_feedback_rate_limit_is_a_sliding_minute_per_caller():
+    from serving.errors import Overloaded
+    from serving.feedback import RateLimiter
+
+    now = [100.0]
+    limiter = RateLimiter(5, clock=lambda: now[0])
+    limiter.take("a", 3)
+    now[0] += 20
+    limiter.take("a", 2)
+    with pytest.raises(Overloaded) as refused:
+        limiter.take("a", 1)
+    assert refused.value.headers["Retry-After"] == "40"  # the first three leave the window at 160 s
+    limiter.take("b", 5)  # per caller
+    now[0] += 40
+    limiter.take("a", 3)  # all-or-nothing: the refused answer was not counted
+    with pytest.raises(Overloaded):
+        limiter.take("a", 1)
+
+
+def test_feedback_log_acknowledges_only_what_the_store_took(tmp_path):
+    from components.common.storage import LocalStore
+    from serving.feedback import FeedbackLog, read_feedback
+
+    class Refusing(LocalStore):
+        def put_bytes(self, key, data, content_type="application/octet-stream"):
+            raise OSError("disk full")
+
+    def entry(n: int, relevant: bool) -> dict:
+        return {"ts": f"2026-11-0{n}T00:00:00.000+00:00", "query_id": "q", "video_id": "v", "relevant": relevant}
+
+    log = FeedbackLog(Refusing(tmp_path))
+    with pytest.raises(OSError, match="disk full"):
+        log.submit("clip-acme", [entry(1, True)]).result(timeout=10)
+    log.close()
+    assert list(LocalStore(tmp_path).list_keys()) == []
+    with pytest.raises(RuntimeError, match="not stored"):
+        log.submit("clip-acme", [entry(1, True)])
+
+    store = LocalStore(tmp_path)
+    log = FeedbackLog(store)
+    futures = [log.submit("clip-acme", [entry(1, True)]), log.submit("clip-acme", [entry(2, False)])]
+    log.close()  # whatever is waiting is written at shutdown
+    assert all(f.result(timeout=1).startswith("feedback/clip-acme/2026-11/") for f in futures)
+    assert [e["relevant"] for e in read_feedback(store, "clip-acme", "2026-11")] == [False]
+    assert len(read_feedback(store, "clip-acme", "2026-11", latest_only=False)) == 2
