@@ -272,8 +272,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         args.model_dir,
         args.frames_dir,
         args.output,
-        approx_threshold=config.serving.approx_threshold,
-        nprobe=config.serving.nprobe,
+        settings=config.serving,
         relevance=config.finetune_clip.eval_relevance,
     )
 

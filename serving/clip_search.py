@@ -41,7 +41,7 @@ from serving.clip_backbones import ClipBackbones, ClipHandle
 from serving.config import ServingConfig
 from serving.errors import NotReady, PayloadTooLarge
 from serving.feedback import MAX_ITEMS, Feedback, FeedbackLog, caller_key, check_feedback, feedback_entry
-from serving.index import IndexSettings, VideoIndex
+from serving.index import VideoIndex
 from serving.kserve_adapter import (
     InferInput,
     InferRequest,
@@ -224,8 +224,7 @@ class ClipSearchModel(Model):
         self.handle = self.backbones.attach(self.name, self.model_dir)
         index_dir = self.model_dir / INDEX_DIR
         if (index_dir / "index.json").is_file():
-            s = self.settings
-            self.index = VideoIndex.load(index_dir, IndexSettings(approx_threshold=s.approx_threshold, nprobe=s.nprobe))
+            self.index = VideoIndex.load(index_dir)  # as built: its HNSW graph and tuned search breadth
             self._video_ids = frozenset(self.index.ids)
             if (index_dir / CALIBRATION_FILE).is_file():
                 self.calibrator = Calibrator.load(index_dir / CALIBRATION_FILE)
@@ -233,7 +232,7 @@ class ClipSearchModel(Model):
                 "%s: index of %d videos (%s), calibrator on %d queries (ECE %.3f)",
                 self.name,
                 len(self.index),
-                "approximate" if self.index.approximate else "exact",
+                self.index.describe(),
                 self.calibrator.n_queries,
                 self.calibrator.ece,
             )
@@ -349,6 +348,10 @@ class ClipSearchModel(Model):
     # ------------------------------------------------------------------ protocols
     def get_input_types(self) -> list[dict]:
         return INPUTS
+
+    def metadata_parameters(self) -> dict[str, Any]:
+        """The V2 metadata's ``parameters``: how the index searches and the recall it measured when built."""
+        return self.index.describe() if self.index is not None else {}
 
     def get_output_types(self) -> list[dict]:
         dim = self.handle.embed_dim if self.handle is not None else -1

@@ -66,17 +66,29 @@ def configure_logging(level: int = logging.INFO) -> None:
 # ------------------------------------------------------------------------------------------------ building
 
 
-def _limit_blas_threads(threads: int) -> None:
-    """Cap numpy's BLAS threads for the exact index search (0 leaves the library's default).
+def _size_thread_pools(settings: Any) -> int:
+    """Size torch's and faiss' thread pools from ``serving.threads`` (0: the CPUs the process may use, its cgroup
+    quota or affinity, never the node's core count) and cap numpy's BLAS threads at ``serving.blas_threads``.
 
     A one-query product over a library below ``approx_threshold`` takes about 0.2 ms single-threaded; a
     multi-threaded OpenBLAS on a busy node spent about 8 ms handing the work between its threads (measured on
-    the 2-core development machine, 10k x 128 vectors).
+    the 2-core development machine, 10k x 128 vectors): BLAS keeps its own, smaller cap (0 leaves its default).
+
+    Returns:
+        The thread count given to torch, faiss and the video decoder.
     """
-    if threads > 0:
+    import faiss
+    import torch
+
+    threads = settings.cpu_threads
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+    if settings.blas_threads > 0:
         from threadpoolctl import threadpool_limits
 
-        threadpool_limits(limits=threads, user_api="blas")
+        threadpool_limits(limits=settings.blas_threads, user_api="blas")
+    logger.info("threads: %d for torch, faiss and video decoding, %d for BLAS", threads, settings.blas_threads)
+    return threads
 
 
 def build_server(
@@ -134,7 +146,7 @@ def build_server(
 
     policy = load_policy(settings) if policy is None else policy
     admission = Admission(settings.max_queue, settings.request_timeout_s)
-    _limit_blas_threads(settings.blas_threads)
+    _size_thread_pools(settings)
     if kind == "lipsync" or any(s.kind == "lipsync" for s in specs):
         from components.face_tracking.models import verify_face_models
 

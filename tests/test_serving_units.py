@@ -377,3 +377,50 @@ def test_feedback_log_acknowledges_only_what_the_store_took(tmp_path):
     assert all(f.result(timeout=1).startswith("feedback/clip-acme/2026-11/") for f in futures)
     assert [e["relevant"] for e in read_feedback(store, "clip-acme", "2026-11")] == [False]
     assert len(read_feedback(store, "clip-acme", "2026-11", latest_only=False)) == 2
+
+
+def _keyframed_video(path: Path, seconds: float = 8.0, fps: int = 25, keyint: int = 25) -> Path:
+    """Moving blocks over a keyframe every ``keyint`` frames (B-frames on); audio loud from 4.5 to 6.5 s only."""
+    import av
+
+    rng = np.random.default_rng(0)
+    n = int(seconds * fps)
+    with av.open(str(path), "w", format="mp4") as out:
+        vs = out.add_stream("libx264", rate=fps, options={"g": str(keyint), "preset": "veryfast"})
+        vs.width, vs.height, vs.pix_fmt = 96, 64, "yuv420p"
+        aus = out.add_stream("aac", rate=16000, layout="mono")
+        for i in range(n):
+            img = np.full((64, 96, 3), 60, np.uint8)
+            img[10 + i % 30 : 30 + i % 30, (2 * i) % 70 : (2 * i) % 70 + 20] = (200, 120, 100)
+            out.mux(vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        out.mux(vs.encode())
+        t = np.arange(int(seconds * 16000)) / 16000
+        sound = (0.01 + 0.5 * ((t > 4.5) & (t < 6.5))) * np.sin(t * 2000) + rng.normal(0, 0.001, t.size)
+        frame = av.AudioFrame.from_ndarray(sound.astype(np.float32)[None], format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        out.mux(aus.encode(frame))
+        out.mux(aus.encode())
+    return path
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_lipsync_decodes_only_the_analysis_window_with_trainings_frames(tmp_path, threads):
+    from components.common.manifest import VideoRecord
+    from components.frame_extraction.config import FrameExtractionConfig
+    from components.frame_extraction.core import extract_video
+    from serving.lipsync import extract_analysis_clip
+
+    path = _keyframed_video(tmp_path / "talk.mp4")
+    config = FrameExtractionConfig(dense_all=True, workers=1)
+    record = VideoRecord(video_id="v", key="v", uri=str(path), sha256="", size_bytes=0, uploaded_at="", status="ok")
+    training = extract_video(path, record, config)
+    clip = extract_analysis_clip(path, config, threads)
+    assert clip.status == "ok" and 3.0 < clip.dense_start_s < 5.0  # the loud part, past several keyframes
+    assert clip.dense_start_s == training.dense_start_s and clip.dense_fps == training.dense_fps
+    np.testing.assert_array_equal(clip.dense_frames, training.dense_frames)  # 75 frames, same pixels
+    np.testing.assert_array_equal(clip.audio, training.audio)
+    assert (clip.width, clip.height) == (training.width, training.height) == (96, 64)
+    assert clip.search_frames.size == 0  # no search crops
+    # From the keyframe before the window (at most 1 s earlier) to its end, not the 200 frames of the file.
+    assert len(clip.dense_frames) == 75 and clip.decoded_frames <= 75 + 25 + 8
+    assert clip.decoded_frames < training.decoded_frames

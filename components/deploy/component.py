@@ -30,11 +30,11 @@ def deploy(config: str, parent_run_id: str, model: str, version: str, frames: In
     with tracking.stage_run(cfg.tracking, parent_run_id, f"deploy_{model}", params):
         prepare = None
         if model == "clip":
-            from serving.index import IndexSettings
+            from serving.config import IndexSettings
             from serving.index_build import build_index
 
             def prepare(model_dir: Path) -> None:
-                settings = IndexSettings(approx_threshold=cfg.serving.approx_threshold, nprobe=cfg.serving.nprobe)
+                settings = IndexSettings.of(cfg.serving)
                 built = build_index(
                     model_dir,
                     Path(frames.path),
