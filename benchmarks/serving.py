@@ -130,7 +130,7 @@ async def through_server(model_dir: Path, batch_max: int, levels: list[int], tot
     cmd = [
         sys.executable, "-m", "serving.server", "--load", f"clip-bench={model_dir}", "--host", "127.0.0.1",
         "--http_port", str(http), "--grpc_port", str(grpc_port), "--batch_max", str(batch_max),
-        "--batch_wait_ms", "5", "--query_log_uri", "off",
+        "--batch_wait_ms", "5", "--query_log_uri", "off", "--threads", str(threads),
     ]  # fmt: skip
     log = open(model_dir.parent / f"server-{batch_max}.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -31,7 +31,9 @@ from components.common.config import (
     WindowConfig,
     default_state_dir,
 )
+from components.common.encryption import EncryptionConfig
 from components.common.errors import ConfigError, require
+from components.common.fleet_config import FleetConfig
 from components.common.names import CLIENT_ID_RULE, experiment_name, is_client_id
 from components.common.stage import StageContext
 from components.deploy.config import DeployConfig
@@ -66,6 +68,10 @@ class ClientConfig:
         deploy: See :class:`components.deploy.config.DeployConfig`.
         serving: See :class:`serving.config.ServingConfig`.
         pipeline_gpu: See :class:`PipelineGpuConfig`.
+        encryption: Server-side encryption of what clipsync writes to MinIO / S3, see
+            :class:`components.common.encryption.EncryptionConfig`.
+        fleet: The client among many (namespace, schedule slot, allowed endpoints), see
+            :class:`components.common.fleet_config.FleetConfig`.
     """
 
     client_id: str
@@ -84,10 +90,14 @@ class ClientConfig:
     deploy: DeployConfig = field(default_factory=DeployConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
     pipeline_gpu: PipelineGpuConfig = field(default_factory=PipelineGpuConfig)
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
 
     def __post_init__(self) -> None:
         require(is_client_id(self.client_id), f"client_id must be {CLIENT_ID_RULE}, got {self.client_id!r}")
         require(bool(self.state_dir) and Path(self.state_dir).is_absolute(), "state_dir must be absolute")
+        if not self.fleet.namespace:  # built directly rather than by from_dict: the client's own namespace
+            object.__setattr__(self, "fleet", dataclasses.replace(self.fleet, namespace=f"clipsync-{self.client_id}"))
 
     def to_json(self) -> str:
         """Serialize for a kfp parameter (the inverse of :meth:`from_json`)."""
@@ -112,6 +122,7 @@ class ClientConfig:
             storage=self.storage,
             window=self.window,
             tracking=self.tracking,
+            encryption=self.encryption,
             parent_run_id=parent_run_id,
             track=track,
         )
@@ -144,6 +155,8 @@ _SECTIONS: dict[str, type] = {
     "deploy": DeployConfig,
     "serving": ServingConfig,
     "pipeline_gpu": PipelineGpuConfig,
+    "encryption": EncryptionConfig,
+    "fleet": FleetConfig,
 }
 
 
@@ -204,6 +217,8 @@ def from_dict(data: dict[str, Any] | None) -> ClientConfig:
     require(not unknown, f"unknown top-level setting(s): {', '.join(unknown)}")
     client_id = data.get("client_id", "acme")
     require(isinstance(client_id, str), f"client_id must be a string, got {client_id!r}")
+    # before the sections: their defaults are named after it
+    require(is_client_id(client_id), f"client_id must be {CLIENT_ID_RULE}, got {client_id!r}")
     state_dir = Path(data.get("state_dir") or default_state_dir()).expanduser().resolve()
 
     sections: dict[str, Any] = {}
@@ -219,6 +234,8 @@ def from_dict(data: dict[str, Any] | None) -> ClientConfig:
             values.setdefault("experiment", experiment_name(client_id))
             if values["tracking_uri"].startswith(("sqlite:", "file:")):
                 values.setdefault("artifact_location", str(state_dir / "mlartifacts"))
+        if name == "fleet":
+            values.setdefault("namespace", f"clipsync-{client_id}")
         sections[name] = _build_section(name, cls, values)
 
     return ClientConfig(

@@ -139,6 +139,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
             to_version=args.to_version,
             serving=config.serving,
             cache_dir=config.cache_dir,
+            encryption=config.encryption,
         )
     except DeployError as exc:
         print(f"clipsync: rollback failed, nothing changed: {exc}", file=sys.stderr)
@@ -147,13 +148,31 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fleet_dir(args: argparse.Namespace) -> Path:
+    from components.common.config import default_state_dir
+    from pipelines.fleet import default_fleet_dir
+
+    return args.fleet_dir or default_fleet_dir(default_state_dir())
+
+
 def cmd_schedule(args: argparse.Namespace) -> int:
-    """Upload the pipeline and create the client's recurring run on a Kubeflow Pipelines server."""
+    """Upload the pipeline and create the client's recurring run, or list the fleet's plan (``--list``)."""
+    from pipelines.fleet import format_plan, load_fleet, planned_cron, schedule_plan
     from pipelines.schedule import ScheduleError, schedule
 
+    if args.list:
+        fleet = _fleet_dir(args)
+        configs = load_fleet(fleet)
+        print(format_plan(schedule_plan(configs)) if configs else f"no client onboarded in {fleet}")
+        return 0
+    if not args.host:
+        print("clipsync: schedule needs --host (or --list)", file=sys.stderr)
+        return 2
     config_yaml = args.config.read_text() if args.config else ""
+    config = _load(args)
+    cron = args.cron or planned_cron(config.client_id, config.fleet)[0]
     try:
-        result = schedule(args.host, args.client or "acme", config_yaml, cron=args.cron, replace=args.replace)
+        result = schedule(args.host, config.client_id, config_yaml, cron=cron, replace=args.replace)
     except ScheduleError as exc:
         print(f"clipsync: {exc}", file=sys.stderr)
         return 2
@@ -175,6 +194,47 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 2
     print(f"submitted run {run_id}")
     return 0
+
+
+def cmd_onboard(args: argparse.Namespace) -> int:
+    """Set a client up: folders, config, token, and in a cluster its buckets, objects, MLflow names, schedule."""
+    from pipelines.fleet import onboard
+
+    plan = onboard(
+        args.client,
+        config_text=args.config.read_text() if args.config else "",
+        fleet_dir=args.fleet_dir,
+        cluster=True if args.cluster else None,
+        dry_run=args.dry_run,
+    )
+    print(plan.to_text(args.dry_run))
+    return 0
+
+
+def cmd_offboard(args: argparse.Namespace) -> int:
+    """Remove what clipsync created for a client (never its uploads); needs ``--confirm <client>``."""
+    from pipelines.fleet import offboard
+
+    plan = offboard(args.client, confirm=args.confirm or "", fleet_dir=_fleet_dir(args), dry_run=args.dry_run)
+    print(plan.to_text(args.dry_run))
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """List every endpoint the client's config would contact; exit 1 if one is outside the cluster."""
+    from components.config import load_config
+    from pipelines.fleet import CONFIG_FILE
+
+    onboarded = _fleet_dir(args) / (args.client or "acme") / CONFIG_FILE
+    if args.config is None and onboarded.is_file():
+        config = load_config(onboarded, client_id=args.client)
+    else:
+        config = _load(args)
+    from pipelines.doctor import report
+
+    text, ok = report(config)
+    print(text)
+    return 0 if ok else 1
 
 
 def cmd_render_manifests(args: argparse.Namespace) -> int:
@@ -212,10 +272,51 @@ def cmd_index(args: argparse.Namespace) -> int:
         args.model_dir,
         args.frames_dir,
         args.output,
-        approx_threshold=config.serving.approx_threshold,
-        nprobe=config.serving.nprobe,
+        settings=config.serving,
         relevance=config.finetune_clip.eval_relevance,
     )
+
+
+def cmd_feedback_export(args: argparse.Namespace) -> int:
+    """Write a month of the client's search feedback as CSV (the latest answer per query and video)."""
+    from serving.feedback import feedback_store, read_feedback, write_csv
+
+    config = _load(args)
+    entries = read_feedback(feedback_store(config), f"clip-{config.client_id}", args.month, not args.all_answers)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.output, "w", encoding="utf-8", newline="") as out:
+            write_csv(entries, out)
+        print(f"{len(entries)} feedback answers of {args.month} -> {args.output}", file=sys.stderr)
+    else:
+        write_csv(entries, sys.stdout)
+    return 0
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    """Accuracy over months: each monthly run's champion metrics, the production proxies, promote or keep."""
+    from components.monitor.core import accuracy_markdown, accuracy_over_months, write_accuracy_report
+    from serving.feedback import feedback_store
+
+    config = _load(args)
+    rows = accuracy_over_months(config, args.months, feedback_store(config))
+    if not rows:
+        print(f"no monthly run of {config.client_id} in {config.tracking.tracking_uri}", file=sys.stderr)
+        return 1
+    title = f"{config.client_id}: accuracy over the last {len(rows)} monthly runs"
+    print(accuracy_markdown(rows, title))
+    out = args.output or Path(config.state_dir) / "monitor" / config.client_id
+    files = write_accuracy_report(rows, out, title)
+    print(f"plot: {files['png']}\nreport: {files['html']}")
+    return 0
+
+
+def _month(text: str) -> str:
+    import re
+
+    if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", text):
+        raise argparse.ArgumentTypeError(f"expected a month YYYY-MM, got {text!r}")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -276,10 +377,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schedule", help="create the client's monthly recurring run on a Kubeflow Pipelines server")
     _add_config_args(p)
-    p.add_argument("--host", required=True, help="KFP API URL, e.g. http://ml-pipeline-ui.kubeflow")
-    p.add_argument("--cron", default="0 0 2 1 * *", help="6-field KFP cron (seconds first); default: 02:00 on the 1st")
+    p.add_argument("--host", help="KFP API URL, e.g. http://ml-pipeline-ui.kubeflow")
+    p.add_argument(
+        "--cron",
+        help="6-field KFP cron (seconds first); default: the client's slot (fleet.cron, else a stable hash of its id "
+        "within the fleet.schedule_* window)",
+    )
     p.add_argument("--replace", action="store_true", help="replace an existing recurring run of this client")
+    p.add_argument("--list", action="store_true", help="print the fleet's plan: every onboarded client's start")
+    p.add_argument("--fleet-dir", type=Path, help="the fleet folder (default: $CLIPSYNC_HOME/fleet)")
     p.set_defaults(func=cmd_schedule)
+
+    p = sub.add_parser("onboard", help="set a client up (idempotent; --dry-run prints the plan)")
+    p.add_argument("--client", required=True, help="the client id (normalised: Acme_Corp -> acme-corp)")
+    p.add_argument("--config", type=Path, help="the client's YAML config (default: the onboarded one, or defaults)")
+    p.add_argument(
+        "--cluster", action="store_true", help="also the cluster side (default: when deploy.target is kserve)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.add_argument("--fleet-dir", type=Path, help="the fleet folder (default: $CLIPSYNC_HOME/fleet)")
+    p.set_defaults(func=cmd_onboard)
+
+    p = sub.add_parser("offboard", help="remove what clipsync created for a client (never its uploads)")
+    p.add_argument("--client", required=True, help="the client id")
+    p.add_argument("--confirm", metavar="CLIENT", help="repeat the client id: nothing is removed without it")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.add_argument("--fleet-dir", type=Path, help="the fleet folder (default: $CLIPSYNC_HOME/fleet)")
+    p.set_defaults(func=cmd_offboard)
+
+    p = sub.add_parser("doctor", help="list the endpoints a client's config would contact; fail on any outside")
+    _add_config_args(p)
+    p.add_argument("--fleet-dir", type=Path, help="the fleet folder (default: $CLIPSYNC_HOME/fleet)")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("submit", help="launch one monthly_retrain run now on a Kubeflow Pipelines server")
     _add_config_args(p)
@@ -319,6 +448,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("frames_dir", type=Path, help="a frame_extraction Dataset (index.jsonl + shards)")
     p.add_argument("-o", "--output", type=Path, help="index folder (default: MODEL_DIR/index)")
     p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("feedback", help="the client's feedback on search results")
+    feedback_sub = p.add_subparsers(dest="feedback_command", required=True, metavar="ACTION")
+    p = feedback_sub.add_parser("export", help="write a month of feedback as CSV (for review tools)")
+    _add_config_args(p)
+    p.add_argument("--month", required=True, type=_month, help="the month the feedback was given, YYYY-MM")
+    p.add_argument("-o", "--output", type=Path, help="CSV file (default: standard output)")
+    p.add_argument("--all-answers", action="store_true", help="every answer, not only the latest per query and video")
+    p.set_defaults(func=cmd_feedback_export)
+
+    p = sub.add_parser("monitor", help="accuracy over months: champion metrics, production proxies, promotions")
+    _add_config_args(p)
+    p.add_argument("--months", type=int, default=12, help="how many monthly runs, newest first (default 12)")
+    p.add_argument("-o", "--output", type=Path, help="folder of the PNG + HTML (default: {state_dir}/monitor/<client>)")
+    p.set_defaults(func=cmd_monitor)
 
     p = sub.add_parser("render-manifests", help="write the Kubernetes manifests (InferenceServices, runtimes, RBAC)")
     _add_config_args(p)

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from components.common.config import PipelineGpuConfig
 
 PIPELINE_NAME = "monthly-retrain"
-#: The Kubernetes Secret with MinIO credentials (manifests/base/secret-minio.yaml), read by every task.
+#: The Kubernetes Secret with MinIO credentials read by every task when the package is built for no client (the
+#: compiled package of a client reads that client's own Secret, ``clipsync-minio-<client>``: see build_pipeline).
 MINIO_SECRET = "clipsync-minio"
 MINIO_ENV = {
     "AWS_ACCESS_KEY_ID": "MINIO_ACCESS_KEY",
@@ -54,6 +55,8 @@ RESOURCES = {
 RETRIED = {"start_run", "ingest", "frame_extraction", "deploy", "summary", "finish_run"}
 #: The GPU settings of the pipeline being built (see :func:`build_pipeline`; kfp builds the graph while decorating).
 _gpu: "PipelineGpuConfig | None" = None
+#: The Secret (and its extra key -> variable) the tasks of the pipeline being built read their credentials from.
+_secret: tuple[str, dict[str, str]] = (MINIO_SECRET, {})
 
 
 def _settings(task: dsl.PipelineTask, stage: str, display_name: str | None = None) -> dsl.PipelineTask:
@@ -82,7 +85,8 @@ def _settings(task: dsl.PipelineTask, stage: str, display_name: str | None = Non
     elif stage in RETRIED:
         task.set_retry(num_retries=3, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="600s")
     task.set_caching_options(False)
-    kubernetes.use_secret_as_env(task, secret_name=MINIO_SECRET, secret_key_to_env=MINIO_ENV, optional=True)
+    secret, extra_env = _secret
+    kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env={**MINIO_ENV, **extra_env}, optional=True)
     if stage == "deploy":  # it loads models and probes their metadata: the model servers' admin token
         kubernetes.use_secret_as_env(
             task, secret_name=SERVING_TOKEN_SECRET, secret_key_to_env={ADMIN_TOKEN_KEY: ADMIN_TOKEN_ENV}, optional=True
@@ -194,27 +198,33 @@ def _monthly_retrain(
     return finished.outputs["report"]
 
 
-def build_pipeline(gpu: "PipelineGpuConfig | None" = None) -> dsl.graph_component.GraphComponent:
+def build_pipeline(
+    gpu: "PipelineGpuConfig | None" = None, secret: str = MINIO_SECRET, secret_env: dict[str, str] | None = None
+) -> dsl.graph_component.GraphComponent:
     """The monthly_retrain pipeline with its GPU tasks scheduled as ``gpu`` says.
 
     Args:
         gpu: The client config's ``pipeline_gpu`` section (accelerator, node selector, tolerations, retries);
             ``None`` takes its defaults.
+        secret: The Secret every task reads the MinIO credentials from (a client's package: its own,
+            ``clipsync-minio-<client>``).
+        secret_env: Further keys of that Secret -> variables (the SSE-C key of an ``sse-c`` client).
 
     Returns:
         The pipeline (call it under ``kfp.local``, or compile it).
     """
-    global _gpu
+    global _gpu, _secret
     from components.common.config import PipelineGpuConfig
 
     _gpu = gpu or PipelineGpuConfig()
+    _secret = (secret, dict(secret_env or {}))
     try:
         return dsl.pipeline(
             name=PIPELINE_NAME,
             description="clipsync: ingest new client videos, adapt the CLIP search and lip-sync models, gate, deploy.",
         )(_monthly_retrain)
     finally:
-        _gpu = None
+        _gpu, _secret = None, (MINIO_SECRET, {})
 
 
 #: The pipeline with the default GPU settings (``clipsync run``; ``clipsync compile`` builds its own).

@@ -19,19 +19,7 @@ from typing import Any
 
 logger = logging.getLogger("clipsync.schedule")
 
-DEFAULT_CRON = "0 0 2 1 * *"
-_DESCRIPTORS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
-_MONTHS = ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]
-_DAYS = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"]
-# (name, lowest, highest, names allowed)
-_FIELDS = (
-    ("second", 0, 59, ()),
-    ("minute", 0, 59, ()),
-    ("hour", 0, 23, ()),
-    ("day of month", 1, 31, ()),
-    ("month", 1, 12, _MONTHS),
-    ("day of week", 0, 6, _DAYS),
-)
+DEFAULT_CRON = "0 0 2 1 * *"  # what `schedule` used for every client before fleet.* planned a slot per client
 
 
 class ScheduleError(ValueError):
@@ -59,18 +47,8 @@ class ScheduleResult:
     replaced: tuple[str, ...] = ()
 
 
-def _check_value(token: str, low: int, high: int, names: tuple[str, ...], what: str, expr: str) -> None:
-    if token.upper() in names:
-        return
-    if not token.isdigit() or not low <= int(token) <= high:
-        raise ScheduleError(f"cron {expr!r}: {what} value {token!r} is outside {low}-{high}")
-
-
 def validate_cron(expr: str) -> str:
-    """Check a KFP (robfig/cron) expression: 6 fields, seconds first, or a descriptor such as ``@monthly``.
-
-    Args:
-        expr: The expression.
+    """Check a KFP cron expression (see :func:`components.common.cron.validate_cron`).
 
     Returns:
         The expression with its whitespace normalized.
@@ -78,29 +56,13 @@ def validate_cron(expr: str) -> str:
     Raises:
         ScheduleError: With the offending field.
     """
-    text = " ".join(str(expr).split())
-    if text in _DESCRIPTORS:
-        return text
-    parts = text.split(" ")
-    if len(parts) != 6:
-        hint = " (KFP wants seconds first: '0 ' + a 5-field cron)" if len(parts) == 5 else ""
-        raise ScheduleError(f"cron {expr!r} has {len(parts)} fields; KFP needs 6{hint}")
-    for part, (what, low, high, names) in zip(parts, _FIELDS, strict=True):
-        for item in part.split(","):
-            if item == "":
-                raise ScheduleError(f"cron {expr!r}: empty list item in the {what} field")
-            base, _, step = item.partition("/")
-            if step and (not step.isdigit() or int(step) == 0):
-                raise ScheduleError(f"cron {expr!r}: bad step {step!r} in the {what} field")
-            if base in ("*", "?"):
-                if base == "?" and what not in ("day of month", "day of week"):
-                    raise ScheduleError(f"cron {expr!r}: '?' is only allowed for the day fields")
-                continue
-            start, dash, end = base.partition("-")
-            _check_value(start, low, high, names, what, expr)
-            if dash:
-                _check_value(end, low, high, names, what, expr)
-    return text
+    from components.common.cron import CronError
+    from components.common.cron import validate_cron as check
+
+    try:
+        return check(expr)
+    except CronError as exc:
+        raise ScheduleError(str(exc)) from None
 
 
 def _check_client(client_id: str) -> None:
@@ -158,6 +120,7 @@ def schedule(
     job_name: str = "",
     replace: bool = False,
     kfp_client: Any = None,
+    namespace: str | None = None,
 ) -> ScheduleResult:
     """Create the client's monthly recurring run on a KFP server.
 
@@ -170,6 +133,8 @@ def schedule(
         job_name: Recurring run name (default ``clipsync-<client>-monthly``).
         replace: Delete former recurring runs of the same name first; without it their existence is an error.
         kfp_client: An existing ``kfp.Client``.
+        namespace: The client's namespace on a multi-user Kubeflow (its profile: the runs execute there and read
+            its Secret); ``None``: the server's default (single-user).
 
     Returns:
         The ids the server assigned.
@@ -185,7 +150,7 @@ def schedule(
     experiment = experiment or experiment_name(client_id)
     job_name = job_name or f"clipsync-{client_id}-monthly"
     kfp_client = _connect(host, kfp_client)
-    exp = kfp_client.create_experiment(experiment)  # returns the existing one of that name
+    exp = kfp_client.create_experiment(experiment, namespace=namespace)  # returns the existing one of that name
     existing = kfp_client.list_recurring_runs(experiment_id=exp.experiment_id, page_size=100).recurring_runs or []
     same = [r.recurring_run_id for r in existing if r.display_name == job_name]
     if same and not replace:

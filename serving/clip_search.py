@@ -8,8 +8,13 @@ Inputs (see ``serving/README.md``):
   returns the raw text vector, ``{"image_b64": "<png/jpeg base64>"}`` the image vector.
 - V2 (REST and gRPC): BYTES ``text`` ``[Q]``, optional INT32/INT64 ``top_k`` ``[1]``; outputs ``video_ids``
   (BYTES ``[Q, k]``), ``scores`` (FP32 cosine ``[Q, k]``), ``confidence`` (FP32 ``[Q]``), ``low_confidence``
-  (BOOL ``[Q]``) and, when requested, ``text_embedding`` (FP32 ``[Q, D]``). UINT8 ``image`` ``[N, H, W, 3]``
-  gives ``image_embedding``.
+  (BOOL ``[Q]``), ``query_id`` (BYTES ``[Q]``) and, when requested, ``text_embedding`` (FP32 ``[Q, D]``). UINT8
+  ``image`` ``[N, H, W, 3]`` gives ``image_embedding``.
+- Feedback (V2, REST and gRPC; ``POST /api/feedback`` is the JSON form): BYTES ``query_id``, BYTES ``video_id``,
+  BOOL ``relevant`` and optional BYTES ``label``, each ``[N]``; outputs ``feedback_id`` (BYTES ``[N]``) and
+  ``query_known`` (BOOL ``[N]``), once the answers are stored (:mod:`serving.feedback`).
+
+Every search answer carries a ``query_id``: the query log entry's id, which feedback names.
 
 ``confidence`` is P(the top-1 video is relevant) from the Platt calibrator fitted when the index was built
 (:mod:`serving.calibration`), never the raw cosine similarity.
@@ -19,9 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import io
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,13 +40,16 @@ from serving.calibration import Calibrator
 from serving.clip_backbones import ClipBackbones, ClipHandle
 from serving.config import ServingConfig
 from serving.errors import NotReady, PayloadTooLarge
-from serving.index import IndexSettings, VideoIndex
+from serving.feedback import MAX_ITEMS, Feedback, FeedbackLog, caller_key, check_feedback, feedback_entry
+from serving.index import VideoIndex
 from serving.kserve_adapter import (
+    InferInput,
     InferRequest,
     InferResponse,
     InvalidInput,
     Model,
     input_tensor,
+    input_text,
     output,
     requested_outputs,
     short,
@@ -59,7 +69,14 @@ INPUTS = [
     {"name": "text", "datatype": "BYTES", "shape": [-1]},
     {"name": "top_k", "datatype": "INT32", "shape": [1]},
     {"name": "image", "datatype": "UINT8", "shape": [-1, -1, -1, 3]},
+    {"name": "query_id", "datatype": "BYTES", "shape": [-1]},
+    {"name": "video_id", "datatype": "BYTES", "shape": [-1]},
+    {"name": "relevant", "datatype": "BOOL", "shape": [-1]},
+    {"name": "label", "datatype": "BYTES", "shape": [-1]},
 ]
+FEEDBACK_INPUTS = frozenset({"query_id", "video_id", "relevant", "label"})
+#: Searches a model remembers (query id -> text and results) to check and describe feedback on them.
+RECENT_QUERIES = 50_000
 OUTPUTS = [
     {"name": "video_ids", "datatype": "BYTES", "shape": [-1, -1]},
     {"name": "scores", "datatype": "FP32", "shape": [-1, -1]},
@@ -67,6 +84,9 @@ OUTPUTS = [
     {"name": "low_confidence", "datatype": "BOOL", "shape": [-1]},
     {"name": "text_embedding", "datatype": "FP32", "shape": [-1, -1]},
     {"name": "image_embedding", "datatype": "FP32", "shape": [-1, -1]},
+    {"name": "query_id", "datatype": "BYTES", "shape": [-1]},
+    {"name": "feedback_id", "datatype": "BYTES", "shape": [-1]},
+    {"name": "query_known", "datatype": "BOOL", "shape": [-1]},
 ]
 
 
@@ -84,17 +104,11 @@ class SearchResult:
     scores: list[float]
     confidence: float
     embedding: np.ndarray
+    query_id: str = ""
 
 
 def _check_text(text: Any, where: str) -> str:
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidInput(f"{where}: 'text' is not UTF-8") from None
-    if not isinstance(text, str):
-        raise InvalidInput(f"{where}: 'text' must be a string, got {type(text).__name__}")
-    text = text.strip()
+    text = input_text(text, "text", where)
     if not text:
         raise InvalidInput(f"{where}: 'text' is empty")
     if len(text) > MAX_TEXT_CHARS:
@@ -137,6 +151,24 @@ def decode_image(data: Any, where: str, max_pixels: int) -> np.ndarray:
         raise InvalidInput(f"{where}: 'image_b64' is not a decodable PNG/JPEG image ({type(exc).__name__})") from None
 
 
+def _parse_v2_feedback(inputs: dict[str, InferInput]) -> list[Feedback]:
+    """Feedback answers from V2 tensors: BYTES ``query_id``, ``video_id``, BOOL ``relevant``, BYTES ``label``."""
+    missing = [n for n in ("query_id", "video_id", "relevant") if n not in inputs]
+    if missing:
+        raise InvalidInput(f"feedback needs the inputs 'query_id', 'video_id' and 'relevant'; missing {missing}")
+    qids = input_tensor(inputs["query_id"], ("BYTES",), MAX_ITEMS).reshape(-1)
+    vids = input_tensor(inputs["video_id"], ("BYTES",), MAX_ITEMS).reshape(-1)
+    rel = input_tensor(inputs["relevant"], ("BOOL",), MAX_ITEMS).reshape(-1)
+    labels = input_tensor(inputs["label"], ("BYTES",), MAX_ITEMS).reshape(-1) if "label" in inputs else None
+    n = len(qids)
+    if n == 0 or len(vids) != n or len(rel) != n or (labels is not None and len(labels) != n):
+        raise InvalidInput(f"the feedback inputs must hold the same number (1..{MAX_ITEMS}) of answers")
+    return [
+        check_feedback(qids[i], vids[i], bool(rel[i]), labels[i] if labels is not None else "", f"feedback[{i}]")
+        for i in range(n)
+    ]
+
+
 @dataclass
 class SearchRequest:
     """A checked clip-search request: what to search and embed, and how to answer.
@@ -145,6 +177,7 @@ class SearchRequest:
         searches: (position, text, k) of each text query.
         text_embeddings: (position, text) of each text asking for its raw vector (V1).
         images: (position, RGB uint8 [H, W, 3]) of each image.
+        feedback: Feedback answers (a V2 feedback request: nothing is searched).
         v2: The V2 request (REST or gRPC) it came from; ``None`` for V1.
         size: Number of V1 instances.
         wanted: Output names a V2 request asked for (empty: the default outputs).
@@ -156,6 +189,7 @@ class SearchRequest:
     v2: InferRequest | None = None
     size: int = 0
     wanted: set[str] = field(default_factory=set)
+    feedback: list[Feedback] = field(default_factory=list)
 
 
 class ClipSearchModel(Model):
@@ -169,13 +203,17 @@ class ClipSearchModel(Model):
         backbones: ClipBackbones | None = None,
         query_log: QueryLog | None = None,
         version: str = "",
+        feedback_log: FeedbackLog | None = None,
     ) -> None:
         super().__init__(name)
         self.model_dir = Path(model_dir)
         self.settings = settings or ServingConfig()
         self.backbones = backbones or ClipBackbones(device=self.settings.device)
         self.query_log = query_log
+        self.feedback_log = feedback_log
         self.version = version
+        self._recent: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        self._video_ids: frozenset[str] = frozenset()
         self.handle: ClipHandle | None = None
         self.index: VideoIndex | None = None
         self.calibrator = _fallback_calibrator()
@@ -186,15 +224,15 @@ class ClipSearchModel(Model):
         self.handle = self.backbones.attach(self.name, self.model_dir)
         index_dir = self.model_dir / INDEX_DIR
         if (index_dir / "index.json").is_file():
-            s = self.settings
-            self.index = VideoIndex.load(index_dir, IndexSettings(approx_threshold=s.approx_threshold, nprobe=s.nprobe))
+            self.index = VideoIndex.load(index_dir)  # as built: its HNSW graph and tuned search breadth
+            self._video_ids = frozenset(self.index.ids)
             if (index_dir / CALIBRATION_FILE).is_file():
                 self.calibrator = Calibrator.load(index_dir / CALIBRATION_FILE)
             logger.info(
                 "%s: index of %d videos (%s), calibrator on %d queries (ECE %.3f)",
                 self.name,
                 len(self.index),
-                "approximate" if self.index.approximate else "exact",
+                self.index.describe(),
                 self.calibrator.n_queries,
                 self.calibrator.ece,
             )
@@ -239,11 +277,16 @@ class ClipSearchModel(Model):
         assert self.batcher is not None
         results = await asyncio.gather(*(self.batcher.submit((t, k)) for t, k in zip(texts, ks, strict=True)))
         latency_ms = (time.perf_counter() - started) * 1000
-        if self.query_log is not None:
-            for text, res in zip(texts, results, strict=True):
+        for text, res in zip(texts, results, strict=True):
+            res.query_id = uuid.uuid4().hex
+            self._recent[res.query_id] = {"query": text, "results": list(res.ids)}
+            if len(self._recent) > RECENT_QUERIES:
+                self._recent.popitem(last=False)
+            if self.query_log is not None:
                 self.query_log.append(
                     self.name,
                     {
+                        "query_id": res.query_id,
                         "query": text,
                         "top_video": res.ids[0] if res.ids else "",
                         "top_score": round(res.scores[0], 5) if res.scores else None,
@@ -257,6 +300,42 @@ class ClipSearchModel(Model):
                 )
         return results
 
+    async def record_feedback(self, items: list[Feedback], authorization: str | None, protocol: str) -> list[dict]:
+        """Store feedback on this model's searches; returns the stored entries once they are in the store.
+
+        Args:
+            items: The checked answers (:func:`serving.feedback.check_feedback`).
+            authorization: The caller's ``Authorization`` header (whom the rate limit counts).
+            protocol: ``rest``, ``v2`` or ``grpc`` (recorded).
+
+        Raises:
+            NotReady: No video index, no feedback store, or the store did not take the answers (retry).
+            InvalidInput: A ``video_id`` that is not in this model's library.
+            Overloaded: The caller passed ``serving.feedback_per_minute`` (HTTP 429 with ``Retry-After``).
+        """
+        if self.index is None:
+            raise NotReady(f"{self.name} has no video index: build it with `clipsync index` and reload")
+        if self.feedback_log is None or not self.feedback_log.enabled:
+            raise NotReady("this server stores no feedback (serving.query_log_uri is off)")
+        for n, item in enumerate(items):
+            if item.video_id not in self._video_ids:
+                where = "feedback" if len(items) == 1 else f"feedback[{n}]"
+                raise InvalidInput(f"{where}: video_id {short(item.video_id)[:80]} is not in {self.name}'s library")
+        self.feedback_log.limiter.take(caller_key(authorization), len(items))
+        entries = [feedback_entry(self.name, self.version, i, self._recent.get(i.query_id), protocol) for i in items]
+        try:
+            await asyncio.wrap_future(self.feedback_log.submit(self.name, entries))
+        except RuntimeError as exc:
+            raise NotReady(str(exc), headers={"Retry-After": "5"}) from None
+        except Exception as exc:  # the store refused or is unreachable: nothing was acknowledged
+            raise NotReady(
+                f"feedback could not be stored ({type(exc).__name__}); send it again", headers={"Retry-After": "5"}
+            ) from None
+        unknown = sum(not e["query_known"] for e in entries)
+        if unknown:
+            logger.info("%s: %d feedback answer(s) on a query this server does not know (flagged)", self.name, unknown)
+        return entries
+
     def _calibration_info(self) -> dict[str, Any]:
         c = self.calibrator
         return {
@@ -269,6 +348,10 @@ class ClipSearchModel(Model):
     # ------------------------------------------------------------------ protocols
     def get_input_types(self) -> list[dict]:
         return INPUTS
+
+    def metadata_parameters(self) -> dict[str, Any]:
+        """The V2 metadata's ``parameters``: how the index searches and the recall it measured when built."""
+        return self.index.describe() if self.index is not None else {}
 
     def get_output_types(self) -> list[dict]:
         dim = self.handle.embed_dim if self.handle is not None else -1
@@ -311,17 +394,22 @@ class ClipSearchModel(Model):
 
     async def _parse_v2(self, request: InferRequest) -> SearchRequest:
         inputs = {inp.name: inp for inp in request.inputs}
-        unknown = sorted(set(inputs) - {"text", "top_k", "image"})
+        unknown = sorted(set(inputs) - {i["name"] for i in INPUTS})
         if unknown or not inputs:
             raise InvalidInput(
                 f"unknown input(s) {[short(u)[:40] for u in unknown[:5]]}; expected 'text' (BYTES), "
-                "'top_k' (INT32) or 'image' (UINT8)"
+                "'top_k' (INT32) or 'image' (UINT8), or feedback: 'query_id', 'video_id', 'relevant', 'label'"
             )
         wanted = requested_outputs(request)
         known = {o["name"] for o in OUTPUTS}
         if wanted - known:
             raise InvalidInput(f"unknown output(s) {[short(w)[:40] for w in sorted(wanted - known)[:5]]}")
         req = SearchRequest(v2=request, wanted=wanted)
+        if FEEDBACK_INPUTS & set(inputs):
+            if {"text", "top_k", "image"} & set(inputs):
+                raise InvalidInput("a request is either a search or feedback ('query_id', 'video_id', 'relevant')")
+            req.feedback = _parse_v2_feedback(inputs)
+            return req
         if "image" in inputs:
             arr = input_tensor(inputs["image"], ("UINT8",), self.settings.max_image_pixels * 3)
             if arr.ndim != 4 or arr.shape[-1] != 3 or min(arr.shape[:3]) < 1:
@@ -349,6 +437,15 @@ class ClipSearchModel(Model):
     async def predict(self, payload: SearchRequest, headers: dict | None = None, response_headers: dict | None = None):
         assert self.handle is not None
         req = payload
+        if req.feedback:
+            assert req.v2 is not None
+            auth = {k.lower(): v for k, v in (headers or {}).items()}.get("authorization")
+            entries = await self.record_feedback(req.feedback, auth, "grpc" if req.v2.from_grpc else "v2")
+            outputs = [
+                output("feedback_id", np.array([e["feedback_id"].encode() for e in entries], dtype=np.object_)),
+                output("query_known", np.array([e["query_known"] for e in entries], dtype=np.bool_)),
+            ]
+            return v2_response(req.v2, self.name, self.version, outputs)
         text_emb = image_emb = None
         if req.text_embeddings:
             text_emb = await asyncio.to_thread(self.handle.encode_texts, [t for _, t in req.text_embeddings])
@@ -373,6 +470,7 @@ class ClipSearchModel(Model):
                 "results": [{"video_id": v, "score": round(s, 5)} for v, s in zip(res.ids, res.scores, strict=True)],
                 "confidence": round(res.confidence, 4),
                 "low_confidence": bool(res.confidence < self.settings.low_confidence_threshold),
+                "query_id": res.query_id,
             }
         return {"predictions": out, "calibration": self._calibration_info()}
 
@@ -392,6 +490,7 @@ class ClipSearchModel(Model):
                 ),
                 output("confidence", conf),
                 output("low_confidence", conf < self.settings.low_confidence_threshold),
+                output("query_id", np.array([r.query_id.encode() for r in results], dtype=np.object_)),
             ]
             if "text_embedding" in req.wanted:
                 outputs.append(output("text_embedding", np.stack([r.embedding for r in results]).astype(np.float32)))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
+from components.common.cpus import available_cpus
 from components.common.device import is_device_name
 from components.common.errors import require
 
@@ -12,6 +13,53 @@ _require = functools.partial(require, section="serving")
 
 #: The two predictors; a KServe ServingRuntime serves one kind (``--kind``).
 PREDICTOR_KINDS = ("clip-search", "lipsync")
+#: Results per query of the search index's recall target (recall@10).
+RECALL_K = 10
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """How a client's search index is built (the ``serving`` settings of the same names; :mod:`serving.index`).
+
+    Attributes:
+        approx_threshold: From this many videos on, search a faiss HNSW graph instead of exactly.
+        recall_target: Recall@10 against exact search that the HNSW search breadth (``efSearch``) must reach on
+            the tuning queries when the index is built; the smallest breadth that reaches it is kept.
+        hnsw_m: Links per vector in the HNSW graph (memory: about ``8 * hnsw_m`` bytes per vector; recall).
+        ef_construction: Candidate list while the graph is built (build time vs. graph quality).
+        ef_search_max: Largest search breadth tried; a library where even this misses the target keeps it and
+            records the recall it reached (``recall_met: false``).
+    """
+
+    approx_threshold: int = 50_000
+    recall_target: float = 0.95
+    hnsw_m: int = 32
+    ef_construction: int = 40
+    ef_search_max: int = 1024
+
+    def __post_init__(self) -> None:
+        limits = {
+            "approx_threshold": (1, 2**40),
+            "hnsw_m": (4, 128),
+            "ef_construction": (8, 4096),
+            "ef_search_max": (RECALL_K, 65_536),
+        }
+        for name, (low, high) in limits.items():
+            value = getattr(self, name)
+            _require(
+                not isinstance(value, bool) and isinstance(value, int) and low <= value <= high,
+                f"{name} must be an integer {low}..{high}, got {value!r}",
+            )
+        target = self.recall_target
+        _require(
+            not isinstance(target, bool) and isinstance(target, int | float) and 0 < target <= 1,
+            f"recall_target must be in (0, 1], got {target!r}",
+        )
+
+    @classmethod
+    def of(cls, serving: ServingConfig) -> IndexSettings:
+        """The index settings of a :class:`ServingConfig` (same names)."""
+        return cls(**{f.name: getattr(serving, f.name) for f in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -35,11 +83,19 @@ class ServingConfig:
             (gRPC RESOURCE_EXHAUSTED) and counted (``clipsync_requests_refused_total``).
         batch_max: Most text queries encoded together by the dynamic batcher (1 disables batching).
         batch_wait_ms: Longest a text query waits for others to join its batch.
-        approx_threshold: From this many indexed videos on, search with faiss IVF instead of exactly.
-        nprobe: IVF cells visited per query (recall vs. speed; see ``benchmarks/search_index.py``).
+        approx_threshold: From this many indexed videos on, search a faiss HNSW graph instead of exactly.
+        recall_target: Recall@10 against exact search the HNSW index is tuned to when it is built.
+        hnsw_m: Links per vector of the HNSW graph.
+        ef_construction: HNSW candidate list while the graph is built.
+        ef_search_max: Largest HNSW search breadth tried when tuning (see :class:`IndexSettings`). The index
+            settings apply when an index is built (deploy, ``clipsync index``); a served index keeps what it was
+            built with (``index.json``).
+        threads: Threads of the server's thread pools: torch (the models), faiss (the search index) and the video
+            decoder. 0: the CPUs available to the process, the smaller of its cgroup v2 CPU quota and its CPU
+            affinity (:func:`components.common.cpus.available_cpus`), not the node's core count.
         blas_threads: numpy BLAS threads of the server process (exact search); 0 keeps the library default.
             One query against an exact index is a small product where thread hand-offs cost more than they
-            save (``serving.server._limit_blas_threads``).
+            save (``serving.server._size_thread_pools``).
         low_confidence_threshold: Queries whose calibrated confidence is below this are flagged
             ``low_confidence`` in the answer and in the query log (they feed monitoring and the next retrain).
         query_log_uri: Object store of the query log (``querylog/<model>/<YYYY-MM>/...jsonl``); empty: the
@@ -47,6 +103,9 @@ class ServingConfig:
             of each model (a server shared by many clients: ``s3://clipsync-artifacts/{client}``).
         query_log_flush_entries: Write a query-log file once this many entries are buffered.
         query_log_flush_s: Write a query-log file at least this often while entries are buffered.
+        feedback_per_minute: Feedback answers one token may send per minute (``POST /api/feedback`` and the V2
+            feedback inputs together); beyond it HTTP 429 with ``Retry-After`` (gRPC RESOURCE_EXHAUSTED). Feedback
+            is stored where the query log is (:mod:`serving.feedback`).
         tokens_env: Name of the environment variable holding the client tokens, a JSON map from each token to the
             client ids it may call (``{"<token>": ["acme"]}``); a token reaches only ``clip-<id>`` and
             ``lipsync-<id>`` of its clients (HTTP 403 / gRPC PERMISSION_DENIED otherwise).
@@ -76,12 +135,17 @@ class ServingConfig:
     batch_max: int = 32
     batch_wait_ms: float = 5.0
     approx_threshold: int = 50_000
-    nprobe: int = 16
+    recall_target: float = 0.95
+    hnsw_m: int = 32
+    ef_construction: int = 40
+    ef_search_max: int = 1024
+    threads: int = 0
     blas_threads: int = 1
     low_confidence_threshold: float = 0.5
     query_log_uri: str = ""
     query_log_flush_entries: int = 100
     query_log_flush_s: float = 60.0
+    feedback_per_minute: int = 120
     tokens_env: str = ""
     tokens_file: str = ""
     admin_token_env: str = ""
@@ -106,8 +170,11 @@ class ServingConfig:
         )
         _require(1 <= self.batch_max <= 1024, f"batch_max must be 1..1024, got {self.batch_max}")
         _require(0 <= self.batch_wait_ms <= 1000, f"batch_wait_ms must be 0..1000, got {self.batch_wait_ms}")
-        _require(self.approx_threshold >= 1, f"approx_threshold must be >= 1, got {self.approx_threshold}")
-        _require(1 <= self.nprobe <= 65_536, f"nprobe must be 1..65536, got {self.nprobe}")
+        IndexSettings.of(self)  # refuses out-of-range index settings, naming them
+        _require(
+            not isinstance(self.threads, bool) and isinstance(self.threads, int) and 0 <= self.threads <= 1024,
+            f"threads must be 0..1024, got {self.threads!r}",
+        )
         _require(0 <= self.blas_threads <= 256, f"blas_threads must be 0..256, got {self.blas_threads}")
         _require(
             0.0 <= self.low_confidence_threshold <= 1.0,
@@ -115,6 +182,10 @@ class ServingConfig:
         )
         _require(self.query_log_flush_entries >= 1, "query_log_flush_entries must be >= 1")
         _require(0 < self.query_log_flush_s <= 86_400, "query_log_flush_s must be in (0, 86400]")
+        _require(
+            isinstance(self.feedback_per_minute, int) and 1 <= self.feedback_per_minute <= 100_000,
+            f"feedback_per_minute must be 1..100000, got {self.feedback_per_minute!r}",
+        )
         leftover = self.query_log_uri.replace("{client}", "")
         _require(
             "{" not in leftover and "}" not in leftover,
@@ -136,6 +207,11 @@ class ServingConfig:
             f"agent_port {self.agent_port} is already the http_port or grpc_port",
         )
         _require(is_device_name(self.device), f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+
+    @property
+    def cpu_threads(self) -> int:
+        """``threads``, or the CPUs available to this process when it is 0."""
+        return self.threads or available_cpus()
 
     @property
     def max_upload_bytes(self) -> int:

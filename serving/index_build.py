@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from serving.calibration import Calibrator, expected_calibration_error, fit_calibrator
-from serving.index import IndexSettings, VideoIndex
+from serving.config import IndexSettings, ServingConfig
+from serving.index import VideoIndex
 
 logger = logging.getLogger("clipsync.serving.index_build")
 
@@ -104,8 +105,6 @@ def build_index(
     flush()
     if not ids:
         raise ValueError(f"no video of {frames_dir} could be embedded ({len(skipped)} skipped)")
-    index = VideoIndex(ids, np.concatenate(vectors), settings)
-
     # Calibration queries: label texts of the held-out videos.
     label_cats: dict[str, Counter] = {}
     for split, labels, category in meta.values():
@@ -113,16 +112,18 @@ def build_index(
             for label in labels:
                 label_cats.setdefault(label.strip(), Counter())[category] += 1
     queries = sorted(q for q in label_cats if q)
+    q_emb = handle.encode_texts(queries) if queries else None
+    index = VideoIndex(ids, np.concatenate(vectors), settings, sample_queries=q_emb)
     summary: dict[str, Any] = {
         "videos": len(ids),
         "skipped": skipped,
         "dim": index.dim,
         "approximate": index.approximate,
+        "search": index.describe(),
         "calibration_queries": len(queries),
         "relevance": relevance,
     }
-    if queries:
-        q_emb = handle.encode_texts(queries)
+    if q_emb is not None:
         scores, top = index.search(q_emb, 2)
         hits = []
         for q, row in zip(queries, top, strict=True):
@@ -135,8 +136,8 @@ def build_index(
         except ValueError:
             calibrator = _constant_calibrator(hit_arr)
         summary.update(top1_accuracy=float(hit_arr.mean()), ece=calibrator.ece, weights=list(calibrator.weights))
-        if index.approximate:
-            summary["recall_at_10"] = index.recall_at_k(q_emb, 10)
+        if index.approximate:  # the label texts as queries: recall@10 of the HNSW search against exact search
+            summary["query_recall_at_10"] = index.recall_at_k(q_emb, 10)
     else:
         calibrator = Calibrator(weights=(0.0, 0.0, 0.0), n_queries=0)
         logger.warning("index build: no labelled %s videos: search confidence stays uncalibrated", calibration_splits)
@@ -159,8 +160,7 @@ def index_main(
     model_dir: str | Path,
     frames_dir: str | Path,
     out_dir: str | Path | None = None,
-    approx_threshold: int = 50_000,
-    nprobe: int = 16,
+    settings: ServingConfig | None = None,
     relevance: str = "category",
 ) -> int:
     """``clipsync index``: build the index and print its summary as JSON; returns the exit code."""
@@ -170,7 +170,7 @@ def index_main(
         model_dir,
         frames_dir,
         out_dir,
-        IndexSettings(approx_threshold=approx_threshold, nprobe=nprobe),
+        IndexSettings.of(settings or ServingConfig()),
         relevance=relevance,
     )
     sys.stdout.write(json.dumps({k: v for k, v in summary.items() if k != "skipped"}, indent=2) + "\n")

@@ -18,8 +18,9 @@ What it changes, and why:
   message (kserve answered 500 and echoed payloads: a video sent with the binary extension, a non-numeric
   ``Inference-Header-Content-Length``, FastAPI's 422 bodies); the binary extension carries any bytes (kserve
   decoded them as UTF-8); metadata always has ``versions`` (a list, never ``null``: deploy's probe reads it) and
-  the models' tensors, also over gRPC; gRPC answers fill ``raw_output_contents`` (the predictors hand numpy
-  outputs over); Triton's ``ModelConfig`` over gRPC (:mod:`serving.model_config`).
+  the models' tensors, also over gRPC, and over REST the model's ``parameters`` (the OIP's optional metadata
+  field; a search index's build and recall figures); gRPC answers fill ``raw_output_contents`` (the predictors hand
+  numpy outputs over); Triton's ``ModelConfig`` over gRPC (:mod:`serving.model_config`).
 - Access and load: a gRPC interceptor applies the same tokens, per-client permissions and per-model queues as the
   REST gate (:mod:`serving.routes`); every inference has a deadline; a model that is not ready is HTTP 503 /
   UNAVAILABLE (kserve's data plane would reload it inline); typed refusals (:mod:`serving.errors`) keep their
@@ -87,6 +88,7 @@ from starlette.exceptions import HTTPException
 
 #: kserve's public names, for the rest of clipsync (import them from here, never from kserve).
 __all__ = [
+    "InferInput",
     "InferOutput",
     "InferRequest",
     "InferResponse",
@@ -273,6 +275,22 @@ def input_tensor(inp: InferInput, datatypes: tuple[str, ...], max_elements: int)
     return np.array(flat, dtype=to_np_dtype(inp.datatype)).reshape(shape)
 
 
+def input_text(value: Any, name: str, where: str) -> str:
+    """A text element of a request (``str``, or UTF-8 ``bytes`` from a BYTES tensor), stripped.
+
+    Raises:
+        InvalidInput: Bytes that are not UTF-8, or not a string at all.
+    """
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput(f"{where}: '{name}' is not UTF-8") from None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{where}: '{name}' must be a string, got {type(value).__name__}")
+    return value.strip()
+
+
 def output(name: str, array: np.ndarray) -> InferOutput:
     """An output tensor holding ``array`` as is: REST writes it as JSON (or binary when asked), gRPC as
     ``raw_output_contents`` (what KServe's own servers do and tritonclient's ``as_numpy`` reads)."""
@@ -365,13 +383,15 @@ class ClipsyncDataPlane(DataPlane):
     async def model_metadata(self, model_name: str) -> dict:
         model = self.get_model_from_registry(model_name)
         version = str(getattr(model, "version", "") or "")
-        return {
+        metadata = {
             "name": model_name,
             "versions": [version] if version else [],
             "platform": "clipsync",
             "inputs": model.get_input_types(),
             "outputs": model.get_output_types(),
         }
+        parameters = getattr(model, "metadata_parameters", dict)()
+        return {**metadata, "parameters": parameters} if parameters else metadata
 
     def decode_inference_request(self, body: Any, headers: dict, model_name: str) -> InferRequest:
         if not isinstance(body, bytes):
@@ -500,6 +520,15 @@ def _v2_infer_route(dataplane: ClipsyncDataPlane) -> Callable:
     return infer
 
 
+def _v2_metadata_route(dataplane: ClipsyncDataPlane) -> Callable:
+    """``GET /v2/models/{name}``: the metadata with its ``parameters`` (kserve's response model drops them)."""
+
+    async def metadata(model_name: str) -> ORJSONResponse:
+        return ORJSONResponse(await dataplane.model_metadata(model_name))
+
+    return metadata
+
+
 def build_app(
     dataplane: ClipsyncDataPlane, extension: ModelRepositoryExtension, install: Callable[[FastAPI], None] | None = None
 ) -> FastAPI:
@@ -514,6 +543,7 @@ def build_app(
     if install is not None:
         install(app)
     app.add_api_route("/v2/models/{model_name}/infer", _v2_infer_route(dataplane), methods=["POST"])
+    app.add_api_route("/v2/models/{model_name}", _v2_metadata_route(dataplane), methods=["GET"])
     rest = RESTServer(app, dataplane, extension, 0)
     rest._register_endpoints(app)
     rest._add_exception_handlers(app)

@@ -1,12 +1,13 @@
 """lipsync predictor: is this talking-head video real or AI lip-synced?
 
-The request's video goes through the training code path: frame_extraction's ``extract_video`` (dense clip where
-the audio is most energetic, 16 kHz audio), face_tracking's ``track_video`` (MediaPipe detection, IoU tracks,
-subject selection, aligned mouth crops) and finetune_lipsync's ``predict_video`` (windows, per-window scores,
-aggregation, threshold). The answer carries the seed's fields ``is_real``, ``is_fake``, ``confidence``
-(probability of real) and ``manipulation_probability``, plus ``verdict`` (``real``/``fake``), which face track was
-judged, the evidence (``has_audio``, ``faces_seen``, ``fallback_used``, the subject's face size and detector
-score, the analysed duration) and the per-window scores.
+The request's video goes through the training code path: frame_extraction's dense clip where the audio is most
+energetic and its 16 kHz audio (:func:`extract_analysis_clip`: the same reader and scaling as training's
+``extract_video``, but only the analysis window is decoded, with the server's ``threads``), face_tracking's
+``track_video`` (MediaPipe detection, IoU tracks, subject selection, aligned mouth crops) and finetune_lipsync's
+``predict_video`` (windows, per-window scores, aggregation, threshold). The answer carries the seed's fields
+``is_real``, ``is_fake``, ``confidence`` (probability of real) and ``manipulation_probability``, plus ``verdict``
+(``real``/``fake``), which face track was judged, the evidence (``has_audio``, ``faces_seen``, ``fallback_used``,
+the subject's face size and detector score, the analysed duration) and the per-window scores.
 
 A video without that evidence (no audio track, no usable face track, shorter than one analysis window: the rules
 of :mod:`components.face_tracking.evidence`, the same training and evaluate apply) gets no verdict: HTTP 422 /
@@ -95,6 +96,67 @@ def probe_video(path: Path, max_duration_s: float, max_pixels: int = 2**31) -> M
         raise InvalidInput(f"{_NOT_A_VIDEO[exc.code]}: {detail}") from None
 
 
+def extract_analysis_clip(path: Path, config: Any, threads: int) -> Any:
+    """The dense clip (``config.dense_seconds`` where the audio is loudest) and the audio of a checked video.
+
+    Training's ``extract_video`` also takes search frames at 1 fps, which walk the whole file; a lip-sync request
+    uses none of them. Here the reader seeks to the keyframe at or before the window, decodes to the window's end
+    and stops: the frames, their times and their scaling are those training takes (the same reader).
+
+    Args:
+        path: A video :func:`probe_video` accepted.
+        config: The predictor's ``FrameExtractionConfig``.
+        threads: Decoder threads (frame and slice threading, as the stream allows).
+
+    Returns:
+        ``ExtractedVideo`` with ``dense_frames``, ``dense_fps``, ``dense_start_s``, ``audio``, the display size
+        and ``decoded_frames``; ``status`` ``rejected`` with the reason when no frame of the window decodes.
+    """
+    import av
+
+    from components.common.media import stream_timing
+    from components.frame_extraction.core import ExtractedVideo, loudest_window
+    from components.frame_extraction.decode import Reader, StopDecode, Sweep, decode_audio
+
+    video = ExtractedVideo(video_id="upload")
+    audio, audio_error = decode_audio(path, config.audio_rate)
+    if audio_error:
+        logger.warning("lipsync: %s", audio_error)
+    video.audio = audio if audio is not None and audio.size else None
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        stream.thread_count = threads
+        timing = stream_timing(container, stream)
+        start, duration = timing.start_s, max(0.0, timing.duration_s or 0.0)
+        video.native_fps, video.duration_s = timing.fps or 0.0, duration
+        offset = 0.0
+        if video.audio is not None and duration > config.dense_seconds:
+            skip = max(0, round(start * config.audio_rate))
+            offset = loudest_window(
+                video.audio[skip:], config.audio_rate, config.dense_seconds, duration - config.dense_seconds
+            )
+        sweep = Sweep(Reader(container, stream, video.native_fps), stream, config)
+        try:
+            sweep.run([], (start + offset, start + offset + config.dense_seconds))
+        except StopDecode as exc:  # keep the frames before the error; none at all is a rejection below
+            logger.warning("lipsync: decoding stopped: %s", exc.detail)
+            video.reason = f"decode_error: {exc.detail}"
+    video.decoded_frames = sweep.reader.decoded
+    if sweep.geometry is not None:
+        video.width, video.height, video.rotation = sweep.geometry
+    if not sweep.dense:
+        video.status = "rejected"
+        video.reason = video.reason or "no_frames: no frame of the analysis window decoded"
+        return video
+    times = sweep.dense_times
+    video.dense_frames = np.stack(sweep.dense)
+    video.dense_start_s = times[0]
+    span = times[-1] - times[0]
+    video.dense_fps = (len(times) - 1) / span if len(times) > 1 and span > 0 else video.native_fps
+    return video
+
+
 def check_video(data: bytes, settings: ServingConfig) -> bytes:
     """The upload's size checks (before any decoding).
 
@@ -154,9 +216,7 @@ class LipSyncModel(Model):
 
         self.model_dir = Path(model_dir)
         self.settings = settings or ServingConfig()
-        # Every uploaded video gets a dense clip (training takes one only for authenticity-labelled videos).
-        base = frame_config or FrameExtractionConfig()
-        self.frame_config = FrameExtractionConfig(**{**base.__dict__, "dense_all": True, "workers": 1})
+        self.frame_config = frame_config or FrameExtractionConfig()  # its dense clip and audio settings
         self.face_config = face_config or FaceTrackingConfig()
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.version = version
@@ -197,18 +257,13 @@ class LipSyncModel(Model):
     # ------------------------------------------------------------------ analysis (worker thread)
     def analyze_file(self, path: Path) -> dict[str, Any]:
         """Judge one local video file (validated by decoding first); :class:`NoEvidence` when it cannot be."""
-        from components.common.manifest import VideoRecord
         from components.face_tracking.core import clip_audio, subject_face, track_video
         from components.face_tracking.evidence import Evidence
         from components.finetune_lipsync.model import predict_video
-        from components.frame_extraction.core import extract_video
 
         started = time.perf_counter()
         duration = probe_video(path, self.settings.max_duration_s, self.settings.max_video_pixels).duration_s
-        record = VideoRecord(
-            video_id="upload", key="upload", uri=str(path), sha256="", size_bytes=0, uploaded_at="", status="accepted"
-        )
-        video = extract_video(path, record, self.frame_config)
+        video = extract_analysis_clip(path, self.frame_config, self.settings.cpu_threads)
         if video.status != "ok" or video.dense_frames.size == 0:
             why = (video.reason or "no frames around speech").replace(str(path), "the upload")
             raise InvalidInput(f"video could not be analysed: {why}")

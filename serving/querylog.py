@@ -31,8 +31,9 @@ class ClientStores:
     Model names are ``<model>-<client>`` (``clip-acme`` -> ``acme``); each client's store is opened on first use.
     """
 
-    def __init__(self, uri_template: str) -> None:
+    def __init__(self, uri_template: str, encryption: Any = None) -> None:
         self.uri_template = uri_template
+        self.encryption = encryption
         self._stores: dict[str, ObjectStore] = {}
         self._lock = threading.Lock()
 
@@ -40,15 +41,20 @@ class ClientStores:
         client = model.split("-", 1)[1] if "-" in model else model
         with self._lock:
             if client not in self._stores:
-                self._stores[client] = open_store(self.uri_template.replace(CLIENT_PLACEHOLDER, client))
+                uri = self.uri_template.replace(CLIENT_PLACEHOLDER, client)
+                self._stores[client] = open_store(uri, self.encryption)
             return self._stores[client]
 
 
-def open_query_log_store(uri: str) -> ObjectStore | ClientStores | None:
-    """The store(s) of ``serving.query_log_uri``: ``None`` for ``""``/``"off"``, per client with ``{client}``."""
+def open_query_log_store(uri: str, encryption: Any = None) -> ObjectStore | ClientStores | None:
+    """The store(s) of ``serving.query_log_uri``: ``None`` for ``""``/``"off"``, per client with ``{client}``.
+
+    ``encryption``: the client config's ``encryption`` settings (a server started with ``--client_config`` or by
+    ``clipsync serve``); the shared pools have none and rely on the buckets' default encryption.
+    """
     if not uri or uri == "off":
         return None
-    return ClientStores(uri) if CLIENT_PLACEHOLDER in uri else open_store(uri)
+    return ClientStores(uri, encryption) if CLIENT_PLACEHOLDER in uri else open_store(uri, encryption)
 
 
 class QueryLog:

@@ -92,7 +92,7 @@ def check_folder(spec: ModelSpec, require_release: bool) -> ModelSpec:
 
 
 class ModelFactory:
-    """Builds predictors with the shared pieces (CLIP backbones, query log, configs)."""
+    """Builds predictors with the shared pieces (CLIP backbones, query log, feedback log, configs)."""
 
     def __init__(
         self,
@@ -102,12 +102,14 @@ class ModelFactory:
         frame_config: Any = None,
         face_config: Any = None,
         base_model: str | None = None,
+        feedback_log: Any = None,
     ) -> None:
         from serving.clip_backbones import ClipBackbones
 
         self.settings = settings
         self.cache_dir = cache_dir
         self.query_log = query_log
+        self.feedback_log = feedback_log
         self.frame_config = frame_config
         self.face_config = face_config
         self.backbones = ClipBackbones(cache_dir, base_model, settings.device)
@@ -116,7 +118,9 @@ class ModelFactory:
         if spec.kind == "clip-search":
             from serving.clip_search import ClipSearchModel
 
-            return ClipSearchModel(spec.name, spec.path, self.settings, self.backbones, self.query_log, spec.version)
+            return ClipSearchModel(
+                spec.name, spec.path, self.settings, self.backbones, self.query_log, spec.version, self.feedback_log
+            )
         if spec.kind == "lipsync":
             from serving.lipsync import LipSyncModel
 

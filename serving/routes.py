@@ -13,9 +13,11 @@ The gate (:class:`Gate`, an ASGI middleware) decides before any handler runs and
   route when ``v`` is the version it serves and HTTP 404 otherwise; ``/v2/`` is ``/v2``.
 
 Routes: ``POST /api/lip-sync`` (the seed's multipart endpoint; ``?model=lipsync-<client>`` when the caller may use
-several), ``POST /v2/repository/index`` (every model with its version and state, and why a load failed: deploy's
-probe reports it), ``GET /v1/models`` and ``GET /v2/models`` (only the models the caller may use), ``GET
-/v2/models/<name>/config`` (the Triton-style model configuration tritonclient reads).
+several), ``POST /api/feedback`` (feedback on a search's results, :mod:`serving.feedback`; ``?model=clip-<client>``
+when the caller may use several; bodies up to 256 KiB), ``POST /v2/repository/index`` (every model with its
+version and state, and why a load failed: deploy's probe reports it), ``GET /v1/models`` and ``GET /v2/models``
+(only the models the caller may use), ``GET /v2/models/<name>/config`` (the Triton-style model configuration
+tritonclient reads).
 
 The handlers read their context from ``app.state.clipsync`` (:class:`RouteContext`).
 """
@@ -36,6 +38,8 @@ from serving.admission import Admission
 from serving.auth import AccessPolicy, Caller
 from serving.config import ServingConfig
 from serving.errors import Forbidden, NotFound, NotReady, PayloadTooLarge, ServingError, Unauthenticated
+from serving.feedback import MAX_BODY_BYTES as FEEDBACK_MAX_BODY
+from serving.feedback import parse_body as parse_feedback_body
 from serving.kserve_adapter import InvalidInput, ModelNotFound, short
 from serving.model_config import model_config
 
@@ -45,6 +49,7 @@ REPOSITORY = re.compile(r"^/v2/repository/models/([^/]+)/(load|unload)$")
 MODEL_ROUTE = re.compile(r"^/v[12]/models/([^/:]+)(:predict|:explain|/infer)?(?:/.*)?$")
 VERSIONED = re.compile(r"^/v2/models/([^/]+)/versions/([^/]+)(/ready|/infer|/config)?$")
 LIP_SYNC = "/api/lip-sync"
+FEEDBACK = "/api/feedback"
 STATE_CALLER = "clipsync_caller"
 STATE_MODEL = "clipsync_model"
 
@@ -71,35 +76,40 @@ async def _reply(send: Send, status: int, body: dict[str, Any], headers: dict[st
     await send({"type": "http.response.body", "body": payload})
 
 
-def lip_sync_target(ctx: RouteContext, query: str, caller: Caller) -> str:
-    """The lip-sync model ``/api/lip-sync`` answers with: ``?model=``, else the one the caller may use.
+def target_model(ctx: RouteContext, path: str, query: str, caller: Caller) -> str:
+    """The model ``/api/lip-sync`` (a lip-sync model) or ``/api/feedback`` (a clip-search model) is for:
+    ``?model=``, else the one of that kind the caller may use.
 
     Raises:
         Forbidden: ``?model=`` names a model of another client.
-        ModelNotFound: No such lip-sync model is loaded.
+        ModelNotFound: No such model of that kind is loaded.
         InvalidInput: Several are loaded for this caller and none is named.
         NotReady: None is loaded for this caller, or it is not ready.
     """
-    from serving.lipsync import LipSyncModel
+    if path == LIP_SYNC:
+        from serving.lipsync import LipSyncModel as kind
 
+        what = "lip-sync"
+    else:
+        from serving.clip_search import ClipSearchModel as kind
+
+        what = "clip-search"
     named = parse_qs(query).get("model", [None])[0]
     if named is not None:
         if not caller.may_call(named):
             raise Forbidden(f"this token may not call {short(named)[:80]}")
-        if not isinstance(ctx.repository.get_model(named), LipSyncModel):
+        if not isinstance(ctx.repository.get_model(named), kind):
             raise ModelNotFound(named)
         mine = [named]
     else:
-        mine = sorted(
-            n for n, m in ctx.repository.get_models().items() if isinstance(m, LipSyncModel) and caller.may_call(n)
-        )
+        mine = sorted(n for n, m in ctx.repository.get_models().items() if isinstance(m, kind) and caller.may_call(n))
     if len(mine) == 1:
         if not ctx.repository.get_model(mine[0]).ready:
             raise NotReady(f"{mine[0]} is not ready (loading or stopping); retry shortly", headers={"Retry-After": "5"})
         return mine[0]
     if not mine:
-        raise NotReady("no lip-sync model is loaded", headers={"Retry-After": "5"})
-    raise InvalidInput(f"{len(mine)} lip-sync models are loaded; pass ?model=<name> ({mine})")
+        raise NotReady(f"no {what} model is loaded", headers={"Retry-After": "5"})
+    raise InvalidInput(f"{len(mine)} {what} models are loaded; pass ?model=<name> ({mine})")
 
 
 class Gate:
@@ -124,7 +134,12 @@ class Gate:
                 ctx.admission.acquire(model)
             else:
                 model = None
-            receive = await self._bounded_body(scope, receive, ctx.settings.max_body_bytes)
+            limit, which = (
+                (FEEDBACK_MAX_BODY, "for feedback")
+                if path == FEEDBACK
+                else (ctx.settings.max_body_bytes, "(serving.max_upload_mb)")
+            )
+            receive = await self._bounded_body(scope, receive, limit, which)
         except ServingError as err:
             if model is not None:
                 ctx.admission.release(model)
@@ -174,19 +189,19 @@ class Gate:
         """The model an inference request is for (admission), ``None`` for any other request."""
         if scope["method"] != "POST":
             return None
-        if path == LIP_SYNC:
-            model = lip_sync_target(ctx, scope.get("query_string", b"").decode("latin-1"), caller)
+        if path in (LIP_SYNC, FEEDBACK):
+            model = target_model(ctx, path, scope.get("query_string", b"").decode("latin-1"), caller)
             scope.setdefault("state", {})[STATE_MODEL] = model
-            return model
+            return model if path == LIP_SYNC else None  # feedback has its own per-token limit, not the model's queue
         match = MODEL_ROUTE.match(path)
         return match.group(1) if match and match.group(2) else None
 
     @staticmethod
-    async def _bounded_body(scope: Scope, receive: Receive, limit: int) -> Receive:
+    async def _bounded_body(scope: Scope, receive: Receive, limit: int, which: str) -> Receive:
         """Read the body up to ``limit`` bytes (refusing it as soon as it passes) and replay it to the app."""
         headers = dict(scope.get("headers") or ())
         declared = headers.get(b"content-length", b"")
-        too_large = f"request body exceeds the limit of {limit} bytes (serving.max_upload_mb)"
+        too_large = f"request body exceeds the limit of {limit} bytes {which}"
         if declared.isdigit() and int(declared) > limit:
             raise PayloadTooLarge(too_large)
         if scope["method"] in ("GET", "HEAD"):
@@ -234,7 +249,9 @@ def _caller(request: Request) -> Caller:
 async def lip_sync(request: Request):
     """The seed's endpoint: multipart ``video_file``; the model was chosen by the gate (``?model=``)."""
     ctx: RouteContext = request.app.state.clipsync
-    name = request.scope.get("state", {}).get(STATE_MODEL) or lip_sync_target(ctx, request.url.query, _caller(request))
+    name = request.scope.get("state", {}).get(STATE_MODEL) or target_model(
+        ctx, LIP_SYNC, request.url.query, _caller(request)
+    )
     model = ctx.repository.get_model(name)
     limit = ctx.settings.max_upload_bytes
     try:
@@ -246,6 +263,27 @@ async def lip_sync(request: Request):
         raise InvalidInput("missing the multipart file field 'video_file'")
     data = await upload.read(limit + 1)
     return await ctx.admission.within_deadline(model.analyze(data))
+
+
+async def feedback(request: Request) -> JSONResponse:
+    """``POST /api/feedback``: one answer ``{"query_id", "video_id", "relevant", "label"?}`` or a list of them,
+    stored before the reply (:mod:`serving.feedback`); the clip-search model was chosen by the gate (``?model=``)."""
+    ctx: RouteContext = request.app.state.clipsync
+    name = request.scope.get("state", {}).get(STATE_MODEL) or target_model(
+        ctx, FEEDBACK, request.url.query, _caller(request)
+    )
+    items = parse_feedback_body(await request.body())
+    entries = await ctx.admission.within_deadline(
+        ctx.repository.get_model(name).record_feedback(items, request.headers.get("authorization"), "rest")
+    )
+    return JSONResponse(
+        {
+            "model": name,
+            "accepted": [
+                {k: e[k] for k in ("feedback_id", "query_id", "video_id", "relevant", "query_known")} for e in entries
+            ],
+        }
+    )
 
 
 async def repository_index(request: Request) -> JSONResponse:
@@ -279,6 +317,7 @@ def install(app: FastAPI, ctx: RouteContext) -> None:
     app.state.clipsync = ctx
     app.add_middleware(Gate, ctx_of=lambda: app.state.clipsync)
     app.add_api_route(LIP_SYNC, lip_sync, methods=["POST"])
+    app.add_api_route(FEEDBACK, feedback, methods=["POST"])
     app.add_api_route("/v2/repository/index", repository_index, methods=["POST"])
     app.add_api_route("/v1/models", list_models_v1, methods=["GET"])
     app.add_api_route("/v2/models", list_models_v2, methods=["GET"])

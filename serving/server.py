@@ -66,17 +66,29 @@ def configure_logging(level: int = logging.INFO) -> None:
 # ------------------------------------------------------------------------------------------------ building
 
 
-def _limit_blas_threads(threads: int) -> None:
-    """Cap numpy's BLAS threads for the exact index search (0 leaves the library's default).
+def _size_thread_pools(settings: Any) -> int:
+    """Size torch's and faiss' thread pools from ``serving.threads`` (0: the CPUs the process may use, its cgroup
+    quota or affinity, never the node's core count) and cap numpy's BLAS threads at ``serving.blas_threads``.
 
     A one-query product over a library below ``approx_threshold`` takes about 0.2 ms single-threaded; a
     multi-threaded OpenBLAS on a busy node spent about 8 ms handing the work between its threads (measured on
-    the 2-core development machine, 10k x 128 vectors).
+    the 2-core development machine, 10k x 128 vectors): BLAS keeps its own, smaller cap (0 leaves its default).
+
+    Returns:
+        The thread count given to torch, faiss and the video decoder.
     """
-    if threads > 0:
+    import faiss
+    import torch
+
+    threads = settings.cpu_threads
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+    if settings.blas_threads > 0:
         from threadpoolctl import threadpool_limits
 
-        threadpool_limits(limits=threads, user_api="blas")
+        threadpool_limits(limits=settings.blas_threads, user_api="blas")
+    logger.info("threads: %d for torch, faiss and video decoding, %d for BLAS", threads, settings.blas_threads)
+    return threads
 
 
 def build_server(
@@ -93,6 +105,7 @@ def build_server(
     base_model: str | None = None,
     require_release: bool = False,
     policy: Any = None,
+    encryption: Any = None,
 ) -> tuple[Any, list[Any]]:
     """Load the models and build the server (not started).
 
@@ -101,7 +114,8 @@ def build_server(
         specs: :class:`serving.repository.ModelSpec` of the models to load at start (readiness after them).
         champions: ``champions.json`` the repository's load endpoint re-reads (local deploy writes it).
         cache_dir: MediaPipe face models (lipsync) and fetched base models.
-        query_log_uri: Object store(s) of the query log (``{client}`` allowed); ``""`` or ``"off"``: none.
+        query_log_uri: Object store(s) of the query log and the feedback (``{client}`` allowed); ``""`` or
+            ``"off"``: none (and no feedback is accepted).
         frame_config: ``FrameExtractionConfig`` of the client (lipsync); default settings if ``None``.
         face_config: ``FaceTrackingConfig`` of the client (lipsync).
         repository_dir: KServe's model agent folder (``/mnt/models``): models load by name from ``<dir>/<name>``;
@@ -111,6 +125,7 @@ def build_server(
         require_release: Refuse model folders without ``release.json`` (cluster runtimes).
         policy: Who may call what (:class:`serving.auth.AccessPolicy`); ``None``: from the settings'
             ``tokens_env`` / ``tokens_file`` / ``admin_token_env``.
+        encryption: The client config's ``encryption`` settings for the query log's objects (``None``: none).
 
     Returns:
         The server and the models loaded at start.
@@ -124,23 +139,24 @@ def build_server(
     from serving import kserve_adapter  # first: kserve must be imported with a clean command line
     from serving.admission import Admission
     from serving.auth import load_policy
+    from serving.feedback import FeedbackLog
     from serving.querylog import QueryLog, open_query_log_store
     from serving.repository import ClipsyncRepository, ModelFactory
     from serving.routes import RouteContext, install
 
     policy = load_policy(settings) if policy is None else policy
     admission = Admission(settings.max_queue, settings.request_timeout_s)
-    _limit_blas_threads(settings.blas_threads)
+    _size_thread_pools(settings)
     if kind == "lipsync" or any(s.kind == "lipsync" for s in specs):
         from components.face_tracking.models import verify_face_models
 
         if cache_dir is None:
             raise FileNotFoundError("a lip-sync server needs --cache_dir with the MediaPipe face models")
         verify_face_models(Path(cache_dir))  # a pod with missing or altered face models fails at start
-    query_log = QueryLog(
-        open_query_log_store(query_log_uri), settings.query_log_flush_entries, settings.query_log_flush_s
-    )
-    factory = ModelFactory(settings, cache_dir, query_log, frame_config, face_config, base_model)
+    log_store = open_query_log_store(query_log_uri, encryption)
+    query_log = QueryLog(log_store, settings.query_log_flush_entries, settings.query_log_flush_s)
+    feedback_log = FeedbackLog(log_store, settings.feedback_per_minute)
+    factory = ModelFactory(settings, cache_dir, query_log, frame_config, face_config, base_model, feedback_log)
     repository = ClipsyncRepository(
         factory,
         {s.name: s for s in specs},
@@ -162,9 +178,15 @@ def build_server(
         max_message=settings.max_upload_bytes + 1024 * 1024,
         install_routes=lambda app: install(app, RouteContext(repository, settings, policy, admission)),
         agent_port=settings.agent_port,
-        on_shutdown=query_log.close,
+        on_shutdown=lambda: _close_logs(feedback_log, query_log),
     )
     return server, list(repository.get_models().values())
+
+
+def _close_logs(*logs: Any) -> None:
+    """At shutdown: write what the feedback and query logs still hold."""
+    for log in logs:
+        log.close()
 
 
 # ------------------------------------------------------------------------------------------------ clipsync serve
@@ -256,6 +278,7 @@ def serve_main(
         champions=champions_file(Path(config.state_dir)),
         cache_dir=config.cache_dir,
         query_log_uri=settings.query_log_uri or config.storage.artifacts_uri,
+        encryption=config.encryption,
         frame_config=config.frame_extraction,
         face_config=config.face_tracking,
     )
@@ -362,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         champions=Path(args.champions) if args.champions else None,
         cache_dir=cache_dir,
         query_log_uri=query_log_uri,
+        encryption=config.encryption if config is not None else None,
         frame_config=config.frame_extraction if config is not None else None,
         face_config=config.face_tracking if config is not None else None,
         repository_dir=args.repository_dir,

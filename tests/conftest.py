@@ -72,3 +72,13 @@ def serving_models(tmp_path_factory) -> dict:
         "one_frame": make_face_video(videos / "oneframe.mp4", seconds=0.04),
         "tiny": make_video(videos / "tiny.mp4", side=16, noise=True),
     }
+
+
+@pytest.fixture()
+def kfp_server(tmp_path: Path, monkeypatch):
+    """The KFP API stand-in (tests/kfp_standin.py) on loopback: its URL and the fake that records the calls."""
+    from kfp_standin import kfp_standin
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # kfp.Client reads ~/.config/kfp/context.json
+    with kfp_standin() as server:
+        yield server

@@ -177,6 +177,8 @@ ALLOWED = {
     "components.deploy": {"components.common", "components.ab_gate", "components.finetune_clip", "serving"},
     "components.demo_data": {"components.common"},
     "components.importer": {"components.common", "components.ingest"},
+    "components.feedback": {"components.common", "serving"},
+    "components.monitor": {"components.common", "components.evaluate", "components.feedback", "serving"},
     "components.start_run": {"components.common", "components.config"},
     "components.summary": {"components.common", "components.config", "components.start_run"},
     # the composition root: every stage's settings (evaluate has none of its own) and serving's

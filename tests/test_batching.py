@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -65,3 +66,51 @@ def test_errors_reach_every_caller_of_the_batch_and_the_batcher_recovers():
 def test_invalid_settings():
     with pytest.raises(ValueError):
         BatchSettings(max_batch=0)
+
+
+def test_a_lone_request_is_sent_at_once():
+    """With nothing else waiting the request goes to the model without the batching window (it waited 1 s before)."""
+    calls: list[list[int]] = []
+
+    def fn(items):
+        calls.append(list(items))
+        return _double(items)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        batcher = DynamicBatcher(fn, BatchSettings(max_batch=8, max_wait_ms=1000))
+        started = loop.time()
+        result = await batcher.submit(21)
+        waited = loop.time() - started
+        await batcher.close()
+        return result, waited
+
+    result, waited = asyncio.run(main())
+    assert result == 42 and calls == [[21]]
+    assert waited < 1.0  # the window holds a batch back at least 1 s: a lone request never sees it
+
+
+def test_requests_that_queue_while_the_model_is_busy_form_the_next_batch():
+    busy, release = threading.Event(), threading.Event()
+    calls: list[list[int]] = []
+
+    def fn(items):
+        calls.append(list(items))
+        if len(calls) == 1:  # the first (lone) request keeps the model busy until the others have queued
+            busy.set()
+            release.wait(timeout=30)
+        return _double(items)
+
+    async def main():
+        batcher = DynamicBatcher(fn, BatchSettings(max_batch=4, max_wait_ms=0))
+        first = asyncio.create_task(batcher.submit(0))
+        await asyncio.to_thread(busy.wait, 30)
+        rest = [asyncio.create_task(batcher.submit(i)) for i in range(1, 7)]
+        await asyncio.sleep(0)  # every submission is queued
+        release.set()
+        results = await asyncio.gather(first, *rest)
+        await batcher.close()
+        return results
+
+    assert asyncio.run(main()) == [2 * i for i in range(7)]
+    assert calls == [[0], [1, 2, 3, 4], [5, 6]]

@@ -1,13 +1,17 @@
-"""Video index: exact search is correct, the approximate index keeps high recall, files round-trip."""
+"""Video index: exact search is correct, the HNSW index is tuned to its recall target, files round-trip."""
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from serving.index import IndexSettings, VideoIndex, normalize
+from components.common.errors import ConfigError
+from serving.config import IndexSettings, ServingConfig
+from serving.index import HNSW_FILE, VideoIndex, normalize
 
 
 def _library(n: int, d: int = 32, seed: int = 0) -> tuple[list[str], np.ndarray]:
@@ -42,15 +46,69 @@ def _clustered(n: int, d: int = 32, clusters: int = 40, seed: int = 0) -> tuple[
     return [f"v{i:05d}" for i in range(n)], vectors.astype(np.float32)
 
 
-def test_approximate_index_above_threshold_keeps_recall():
+def test_hnsw_index_above_threshold_is_tuned_to_the_recall_target():
     ids, vectors = _clustered(4000)
-    queries = _clustered(50, seed=1)[1]
-    index = VideoIndex(ids, vectors, IndexSettings(approx_threshold=1000, nprobe=8))
-    assert index.approximate
-    assert 0.8 < index.recall_at_k(queries, 10) <= 1.0
-    # Visiting every cell is exact search.
-    everything = VideoIndex(ids, vectors, IndexSettings(approx_threshold=1000, nprobe=10_000))
-    assert everything.recall_at_k(queries, 10) == pytest.approx(1.0)
+    index = VideoIndex(ids, vectors, IndexSettings(approx_threshold=1000))
+    assert index.approximate and not VideoIndex(ids, vectors).approximate
+    t = index.tuning
+    assert t["recall_met"] and t["recall_at_10"] >= 0.95 and t["tuning_queries"] == 200
+    # The smallest breadth tried that reaches the target is kept: every smaller one tried missed it.
+    assert all(r < 0.95 for ef, r in t["tried"].items() if int(ef) < t["ef_search"])
+    assert index._hnsw.hnsw.efSearch == t["ef_search"] <= 1024
+    # Other queries as far from the library as the tuning ones (cosine 0.3 with a video) fare about as well.
+    rng = np.random.default_rng(7)
+    near = normalize(vectors[rng.integers(0, 4000, 100)])
+    away = rng.normal(size=near.shape)
+    away = normalize(away - np.sum(away * near, axis=1, keepdims=True) * near)
+    assert index.recall_at_k(0.3 * near + np.sqrt(1 - 0.09) * away, 10) > 0.9
+    assert t["query_similarity"] == 0.3
+    # Real queries set the similarity of the tuning queries: their median top-1 cosine.
+    sample = VideoIndex(ids, vectors, IndexSettings(approx_threshold=1000), sample_queries=vectors[:5] * 2)
+    assert sample.tuning["query_similarity"] == pytest.approx(0.99)
+    # A stricter target needs at least as broad a search on the same graph.
+    strict = VideoIndex.load(index.save(Path(tempfile.mkdtemp()) / "idx"), IndexSettings(1000, recall_target=0.99))
+    assert strict.tuning["ef_search"] >= t["ef_search"] and strict.tuning["recall_at_10"] >= 0.99
+    assert index.describe() == {
+        "index": "hnsw",
+        "index_videos": 4000,
+        "index_hnsw_m": 32,
+        "index_ef_construction": 40,
+        "index_ef_search": t["ef_search"],
+        "index_recall_at_10": t["recall_at_10"],
+        "index_recall_target": 0.95,
+        "index_recall_met": True,
+        "index_query_similarity": 0.3,
+        "index_build_s": t["build_s"],
+    }
+
+
+def test_a_target_out_of_reach_keeps_the_cap_and_says_so():
+    ids, vectors = _library(2000)  # uniform noise in 32 dimensions: the hardest case for a graph
+    index = VideoIndex(ids, vectors, IndexSettings(approx_threshold=1000, recall_target=1.0, ef_search_max=10))
+    t = index.tuning
+    assert t["ef_search"] == 10 and t["recall_met"] == (t["recall_at_10"] >= 1.0)
+    assert index.describe()["index_recall_met"] == t["recall_met"]
+
+
+def test_exact_search_in_chunks_matches_one_product(monkeypatch):
+    ids, vectors = _library(100)
+    queries = np.random.default_rng(2).normal(size=(4, 32)).astype(np.float32)
+    whole = VideoIndex(ids, vectors).search(queries, k=9)
+    monkeypatch.setattr("serving.index._EXACT_CHUNK", 7)
+    chunked = VideoIndex(ids, vectors).search(queries, k=9)
+    assert chunked[1] == whole[1]
+    np.testing.assert_allclose(chunked[0], whole[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("hnsw_m", 2), ("recall_target", 0.0), ("recall_target", 1.5), ("ef_search_max", 5), ("ef_construction", True)],
+)
+def test_bad_index_settings_are_refused_by_name(setting: str, value: object):
+    with pytest.raises(ConfigError, match=setting):
+        IndexSettings(**{setting: value})
+    with pytest.raises(ConfigError, match=setting):
+        ServingConfig(**{setting: value})
 
 
 def test_k_is_capped_and_dimension_checked():
@@ -70,7 +128,39 @@ def test_bad_construction_is_refused():
 
 def test_save_load_round_trip(tmp_path: Path):
     ids, vectors = _library(20)
-    index = VideoIndex(ids, vectors, IndexSettings(approx_threshold=10_000, nprobe=4))
+    index = VideoIndex(ids, vectors, IndexSettings(approx_threshold=10_000, hnsw_m=16))
     loaded = VideoIndex.load(index.save(tmp_path / "idx"))
-    assert loaded.ids == ids and loaded.settings == index.settings
+    assert loaded.ids == ids and loaded.settings == index.settings and not loaded.approximate
     np.testing.assert_allclose(loaded.vectors, index.vectors, rtol=1e-6)
+
+
+def test_hnsw_graph_is_read_back_not_rebuilt(tmp_path: Path, monkeypatch):
+    ids, vectors = _clustered(1500)
+    index = VideoIndex(ids, vectors, IndexSettings(approx_threshold=1000))
+    folder = index.save(tmp_path / "idx")
+    meta = json.loads((folder / "index.json").read_text())
+    assert meta["kind"] == "hnsw" and meta["tuning"] == index.tuning and (folder / HNSW_FILE).is_file()
+
+    def no_rebuild(*args):
+        raise AssertionError("the graph was rebuilt")
+
+    monkeypatch.setattr(VideoIndex, "_build_hnsw", no_rebuild)
+    loaded = VideoIndex.load(folder)
+    assert loaded.tuning == index.tuning and loaded._hnsw.hnsw.efSearch == index.tuning["ef_search"]
+    queries = _clustered(20, seed=3)[1]
+    assert loaded.search(queries, 5)[1] == index.search(queries, 5)[1]
+    np.testing.assert_array_equal(loaded.vectors, index.vectors)
+    # Other graph parameters than the file's: built again from the embeddings.
+    with pytest.raises(AssertionError, match="rebuilt"):
+        VideoIndex.load(folder, IndexSettings(approx_threshold=1000, hnsw_m=16))
+
+
+def test_index_written_before_hnsw_still_loads(tmp_path: Path):
+    ids, vectors = _clustered(1200)
+    folder = VideoIndex(ids, vectors).save(tmp_path / "idx")
+    # index.json of an IVF-era index: its IVF keys are ignored and an HNSW graph is built from the embeddings.
+    (folder / "index.json").write_text(
+        json.dumps({"dim": 32, "count": 1200, "approx_threshold": 1000, "nlist": 0, "nprobe": 16})
+    )
+    loaded = VideoIndex.load(folder)
+    assert loaded.approximate and loaded.settings == IndexSettings(approx_threshold=1000)

@@ -122,12 +122,13 @@ def test_tritonclient_http_and_grpc_for_both_models(server, serving_models):
         assert facts["ready"] == [True, True] and facts["versions"] == [["1"], ["1"]], model
         assert facts["inputs"][0] == facts["inputs"][1] and facts["config_inputs"][0] == facts["config_inputs"][1]
 
-    assert out["clip-acme"]["config_outputs"] == [6, 6] and out["lipsync-acme"]["config_outputs"] == [13, 13]
+    # clip: 6 search and embedding outputs, query_id, and the feedback outputs feedback_id and query_known
+    assert out["clip-acme"]["config_outputs"] == [9, 9] and out["lipsync-acme"]["config_outputs"] == [13, 13]
     assert out["clip-acme"]["config_inputs"][0][0] == ["text", "TYPE_STRING"]
     assert out["lipsync-acme"]["config_inputs"][0] == [["video", "TYPE_STRING"]]
     ids = out["clip_ids"]
     assert len(ids["http_json"]) == 3 and ids["http_json"] == ids["http_binary"] == ids["grpc"]
-    assert out["http_binary_scores_shape"] == [1, 3] and out["grpc_raw_outputs"] == 4
+    assert out["http_binary_scores_shape"] == [1, 3] and out["grpc_raw_outputs"] == 5  # query_id too
     assert out["image_embedding_shape"] == [1, 32] and out["image_embedding_same"]
     verdicts = out["lipsync"]
     assert verdicts["http_binary"] == verdicts["http_json"] == verdicts["grpc"], verdicts

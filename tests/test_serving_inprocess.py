@@ -1,6 +1,7 @@
 """serving: the model server's app in-process (httpx's ASGI transport, no listener), for the answers that need a
 setting or a state a running server is not in: verdicts marked ``inconclusive`` (``serving.inconclusive_verdicts``),
-a model that is not ready (HTTP 503 with ``Retry-After``) and the per-request deadline (HTTP 504)."""
+a model that is not ready (HTTP 503 with ``Retry-After``), the per-request deadline (HTTP 504) and the search
+index's parameters in the model metadata."""
 
 from __future__ import annotations
 
@@ -98,3 +99,11 @@ def test_a_request_past_its_deadline_is_504(app, serving_models):
     finally:
         admission.timeout_s = before
     assert admission.in_flight == {}  # every place in the queues was given back
+
+
+def test_metadata_carries_the_search_index_parameters(app):
+    meta = call(app, "GET", "/v2/models/clip-acme").json()
+    assert meta["versions"] == ["1"] and meta["platform"] == "clipsync"
+    assert meta["parameters"]["index"] == "exact" and meta["parameters"]["index_videos"] >= 1
+    assert call(app, "GET", "/v2/models/clip-acme/versions/1").json() == meta
+    assert "parameters" not in call(app, "GET", "/v2/models/lipsync-acme").json()  # nothing to say there

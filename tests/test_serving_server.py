@@ -246,14 +246,15 @@ def test_grpc_search_fills_raw_output_contents(server):
     from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
     meta = grpc_call(server, "ModelMetadata", pb.ModelMetadataRequest(name="clip-acme"))
-    assert list(meta.versions) == ["1"] and {t.name for t in meta.inputs} == {"text", "top_k", "image"}
+    search_and_feedback = {"text", "top_k", "image", "query_id", "video_id", "relevant", "label"}
+    assert list(meta.versions) == ["1"] and {t.name for t in meta.inputs} == search_and_feedback
     tensor = pb.ModelInferRequest.InferInputTensor(name="text", datatype="BYTES", shape=[1])
     raw = struct.pack("<I", 13) + b"surgery video"
     response = grpc_call(
         server, "ModelInfer", pb.ModelInferRequest(model_name="clip-acme", inputs=[tensor], raw_input_contents=[raw])
     )
-    assert len(response.raw_output_contents) == len(response.outputs) == 4  # KServe's form: raw, not typed contents
-    assert grpc_outputs(response)["scores"].shape == (5,)
+    assert len(response.raw_output_contents) == len(response.outputs) == 5  # KServe's form: raw, not typed contents
+    assert grpc_outputs(response)["scores"].shape == (5,) and len(grpc_outputs(response)["query_id"][0]) == 32
     bad = pb.ModelInferRequest.InferInputTensor(
         name="text", datatype="FP32", shape=[1], contents=pb.InferTensorContents(fp32_contents=[1.0])
     )

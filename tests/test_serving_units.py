@@ -31,6 +31,7 @@ def test_config_defaults_and_validation():
         {"max_image_pixels": 0},
         {"inconclusive_verdicts": "yes"},
         {"agent_port": 8080, "http_port": 8080},
+        {"feedback_per_minute": 0},
     ):
         with pytest.raises(ConfigError, match="serving"):
             ServingConfig(**bad)
@@ -330,3 +331,97 @@ def test_binary_extension_carries_any_bytes_and_refuses_bad_framing():
     longer = header.replace(str(size).encode(), str(size + 99).encode())
     with pytest.raises(InvalidInput, match="binary_data_size does not fit"):
         _decode_binary_request(longer + body[len(header) :], str(len(longer)), "lipsync-acme")
+
+
+def test_feedback_rate_limit_is_a_sliding_minute_per_caller():
+    from serving.errors import Overloaded
+    from serving.feedback import RateLimiter
+
+    now = [100.0]
+    limiter = RateLimiter(5, clock=lambda: now[0])
+    limiter.take("a", 3)
+    now[0] += 20
+    limiter.take("a", 2)
+    with pytest.raises(Overloaded) as refused:
+        limiter.take("a", 1)
+    assert refused.value.headers["Retry-After"] == "40"  # the first three leave the window at 160 s
+    limiter.take("b", 5)  # per caller
+    now[0] += 40
+    limiter.take("a", 3)  # all-or-nothing: the refused answer was not counted
+    with pytest.raises(Overloaded):
+        limiter.take("a", 1)
+
+
+def test_feedback_log_acknowledges_only_what_the_store_took(tmp_path):
+    from components.common.storage import LocalStore
+    from serving.feedback import FeedbackLog, read_feedback
+
+    class Refusing(LocalStore):
+        def put_bytes(self, key, data, content_type="application/octet-stream"):
+            raise OSError("disk full")
+
+    def entry(n: int, relevant: bool) -> dict:
+        return {"ts": f"2026-11-0{n}T00:00:00.000+00:00", "query_id": "q", "video_id": "v", "relevant": relevant}
+
+    log = FeedbackLog(Refusing(tmp_path))
+    with pytest.raises(OSError, match="disk full"):
+        log.submit("clip-acme", [entry(1, True)]).result(timeout=10)
+    log.close()
+    assert list(LocalStore(tmp_path).list_keys()) == []
+    with pytest.raises(RuntimeError, match="not stored"):
+        log.submit("clip-acme", [entry(1, True)])
+
+    store = LocalStore(tmp_path)
+    log = FeedbackLog(store)
+    futures = [log.submit("clip-acme", [entry(1, True)]), log.submit("clip-acme", [entry(2, False)])]
+    log.close()  # whatever is waiting is written at shutdown
+    assert all(f.result(timeout=1).startswith("feedback/clip-acme/2026-11/") for f in futures)
+    assert [e["relevant"] for e in read_feedback(store, "clip-acme", "2026-11")] == [False]
+    assert len(read_feedback(store, "clip-acme", "2026-11", latest_only=False)) == 2
+
+
+def _keyframed_video(path: Path, seconds: float = 8.0, fps: int = 25, keyint: int = 25) -> Path:
+    """Moving blocks over a keyframe every ``keyint`` frames (B-frames on); audio loud from 4.5 to 6.5 s only."""
+    import av
+
+    rng = np.random.default_rng(0)
+    n = int(seconds * fps)
+    with av.open(str(path), "w", format="mp4") as out:
+        vs = out.add_stream("libx264", rate=fps, options={"g": str(keyint), "preset": "veryfast"})
+        vs.width, vs.height, vs.pix_fmt = 96, 64, "yuv420p"
+        aus = out.add_stream("aac", rate=16000, layout="mono")
+        for i in range(n):
+            img = np.full((64, 96, 3), 60, np.uint8)
+            img[10 + i % 30 : 30 + i % 30, (2 * i) % 70 : (2 * i) % 70 + 20] = (200, 120, 100)
+            out.mux(vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        out.mux(vs.encode())
+        t = np.arange(int(seconds * 16000)) / 16000
+        sound = (0.01 + 0.5 * ((t > 4.5) & (t < 6.5))) * np.sin(t * 2000) + rng.normal(0, 0.001, t.size)
+        frame = av.AudioFrame.from_ndarray(sound.astype(np.float32)[None], format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        out.mux(aus.encode(frame))
+        out.mux(aus.encode())
+    return path
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_lipsync_decodes_only_the_analysis_window_with_trainings_frames(tmp_path, threads):
+    from components.common.manifest import VideoRecord
+    from components.frame_extraction.config import FrameExtractionConfig
+    from components.frame_extraction.core import extract_video
+    from serving.lipsync import extract_analysis_clip
+
+    path = _keyframed_video(tmp_path / "talk.mp4")
+    config = FrameExtractionConfig(dense_all=True, workers=1)
+    record = VideoRecord(video_id="v", key="v", uri=str(path), sha256="", size_bytes=0, uploaded_at="", status="ok")
+    training = extract_video(path, record, config)
+    clip = extract_analysis_clip(path, config, threads)
+    assert clip.status == "ok" and 3.0 < clip.dense_start_s < 5.0  # the loud part, past several keyframes
+    assert clip.dense_start_s == training.dense_start_s and clip.dense_fps == training.dense_fps
+    np.testing.assert_array_equal(clip.dense_frames, training.dense_frames)  # 75 frames, same pixels
+    np.testing.assert_array_equal(clip.audio, training.audio)
+    assert (clip.width, clip.height) == (training.width, training.height) == (96, 64)
+    assert clip.search_frames.size == 0  # no search crops
+    # From the keyframe before the window (at most 1 s earlier) to its end, not the 200 frames of the file.
+    assert len(clip.dense_frames) == 75 and clip.decoded_frames <= 75 + 25 + 8
+    assert clip.decoded_frames < training.decoded_frames

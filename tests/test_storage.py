@@ -6,7 +6,6 @@ import hashlib
 import http.server
 import logging
 import os
-import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -14,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from s3_servers import free_port as _free_port
+from s3_servers import moto_http
 
 from components.common import storage
 from components.common.faults import InfrastructureError, RetryPolicy
@@ -36,24 +37,11 @@ ACCESS = "clipsync-test-access"
 BAD_KEYS = ["", "../x", "/abs", "a/../../b", "a\\b", "a\x00b", "a//b", "./a", "a/", "a/./b", "s3://b/k", "x\ny"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     """A real S3 API (moto's threaded server) on a free loopback port for the whole session."""
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
+    with moto_http() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture()

@@ -225,8 +225,9 @@ def checkpoint_prefix(stage: str, client_id: str, window: str) -> str:
     return f"checkpoints/{stage}/{client_id}-{safe_window}"
 
 
-def open_mirror(artifacts_uri: str, prefix: str) -> CheckpointMirror:
-    """A mirror in the artifacts store ``artifacts_uri`` (a folder or ``s3://bucket/prefix``)."""
+def open_mirror(artifacts_uri: str, prefix: str, encryption: Any = None) -> CheckpointMirror:
+    """A mirror in the artifacts store ``artifacts_uri`` (a folder or ``s3://bucket/prefix``), written with the
+    client's ``encryption`` settings."""
     from components.common import storage
 
-    return CheckpointMirror(storage.open_store(artifacts_uri), prefix)
+    return CheckpointMirror(storage.open_store(artifacts_uri, encryption), prefix)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from components.common.config import StorageConfig, TrackingConfig, WindowConfig
+from components.common.encryption import EncryptionConfig
 
 #: The log format of every task (a kfp task is a process of its own).
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
@@ -38,6 +39,7 @@ class StageContext:
         storage: The client's stores (its uploads, clipsync's artifacts).
         window: The data window (``as_of`` set by start_run).
         tracking: MLflow (the stage run, the registry).
+        encryption: Server-side encryption of what the stage writes to MinIO / S3 (``None``: none).
         parent_run_id: The DAG run's parent MLflow run; ``""`` runs the stage as a top-level run.
         track: Open the stage run, log and register; off: nothing is written to MLflow (tests, benchmarks).
     """
@@ -48,6 +50,7 @@ class StageContext:
     storage: StorageConfig
     window: WindowConfig
     tracking: TrackingConfig
+    encryption: EncryptionConfig | None = None
     parent_run_id: str = ""
     track: bool = True
 

@@ -15,6 +15,11 @@ throttling answer is a :class:`StorageUnavailableError` (retried with bounded ba
 (raised at once); both fail the stage. A missing object is an :class:`ObjectNotFoundError`, an unsafe key an
 :class:`InvalidKeyError`: problems of that one object.
 
+Encryption at rest (``encryption`` section, :mod:`components.common.encryption`): an :class:`S3Store` opened with
+an :class:`EncryptionConfig` other than ``none`` writes every object with SSE-S3, SSE-KMS or SSE-C (the ``minio``
+client's ``sse`` classes) and refuses to read back an object written without it (:class:`UnencryptedObjectError`).
+A local folder is written as it is: the encryption of its volume applies.
+
 A local folder never reaches outside its root: a symbolic link (of the object or of a folder on its way) that
 resolves outside the root is refused on read and on write (:class:`OutsideStoreError`).
 
@@ -37,6 +42,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from components.common.encryption import EncryptionConfig
 from components.common.faults import InfrastructureError, RetryPolicy, TransientError, retry_call
 
 logger = logging.getLogger("clipsync.storage")
@@ -81,6 +87,11 @@ class StorageUnavailableError(StorageError, TransientError):
 
 class StorageAccessError(StorageError, InfrastructureError):
     """The store refused the credentials (not retried: they will not get better by waiting)."""
+
+
+class UnencryptedObjectError(StorageError):
+    """An object read back was not written with the server-side encryption the config requires (or the server
+    refused the read because the encryption parameters do not fit the object)."""
 
 
 @dataclass(frozen=True)
@@ -448,6 +459,7 @@ class S3Store(ObjectStore):
         part_size: int = DEFAULT_PART_SIZE,
         check_bucket: bool = True,
         retry: RetryPolicy | None = None,
+        encryption: EncryptionConfig | None = None,
     ) -> None:
         """Connect with the ``MINIO_*`` environment variables.
 
@@ -457,9 +469,11 @@ class S3Store(ObjectStore):
                 files larger than it are uploaded in parts.
             check_bucket: Check now that the bucket exists (one request).
             retry: How transient faults are retried; default :meth:`RetryPolicy.from_env`.
+            encryption: Server-side encryption of every write, required of every read (default: none).
 
         Raises:
             StorageError: A setting is missing or the bucket does not exist.
+            ConfigError: The SSE-C key variable is missing or malformed (naming ``encryption.sse_c_key_env``).
             StorageUnavailableError: The server cannot be reached (after the retries).
             StorageAccessError: The server refuses the credentials.
         """
@@ -481,6 +495,15 @@ class S3Store(ObjectStore):
         settings = s3_settings_from_env()
         self.endpoint = settings["endpoint"]
         self.secure = settings["secure"]
+        from components.common.encryption import read_ssec, write_sse
+
+        self.encryption = encryption or EncryptionConfig()
+        if self.encryption.mode == "sse-c" and not self.secure:
+            raise StorageError(
+                f"encryption.mode sse-c sends the client's key with every request: {self._where()} must be https "
+                "(MINIO_ENDPOINT https://..., MINIO_SECURE true)"
+            )
+        self._sse, self._ssec = write_sse(self.encryption), read_ssec(self.encryption)
         # Bounded socket timeouts and no hidden retries in urllib3: every retry is :func:`retry_call`'s.
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=S3_CONNECT_TIMEOUT_S, read=S3_READ_TIMEOUT_S),
@@ -531,6 +554,11 @@ class S3Store(ObjectStore):
                 raise ObjectNotFoundError(f"no object {key!r} in {self.uri}") from None
             if exc.code == "NoSuchBucket":
                 raise StorageError(f"bucket {self.bucket!r} does not exist on {self._where()}") from None
+            if exc.code in ("InvalidRequest", "InvalidArgument") and "ncrypt" in (exc.message or ""):
+                raise UnencryptedObjectError(
+                    f"{target}: {where} refused the encryption parameters (encryption.mode "
+                    f"{self.encryption.mode}): {exc.message}"
+                ) from None
             if exc.code in _S3_ACCESS_CODES or status in (401, 403):
                 raise StorageAccessError(f"{target}: {where} refused the credentials ({exc.code})") from None
             if exc.code in _S3_TRANSIENT_CODES or status >= 500:
@@ -550,6 +578,16 @@ class S3Store(ObjectStore):
 
     def uri_for(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._name(key)}"
+
+    def _check_encrypted(self, headers: Any, key: str) -> None:
+        """Refuse an object without server-side encryption when the config requires it (SSE-S3 / SSE-KMS: the
+        server names the object's encryption in ``x-amz-server-side-encryption``; for SSE-C the server itself
+        refuses a read whose key headers do not fit the object)."""
+        if self.encryption.mode in ("sse-s3", "sse-kms") and not headers.get("x-amz-server-side-encryption"):
+            raise UnencryptedObjectError(
+                f"object {key!r} in {self.uri} was written without server-side encryption, but encryption.mode is "
+                f"{self.encryption.mode}: refusing to read it (re-write it encrypted, or set encryption.mode: none)"
+            )
 
     def _to_info(self, key: str, size: int, last_modified: datetime | None, etag: str | None) -> ObjectInfo:
         modified = last_modified or datetime.fromtimestamp(0, tz=UTC)
@@ -584,15 +622,17 @@ class S3Store(ObjectStore):
 
     def stat(self, key: str) -> ObjectInfo:
         name = self._name(key)
-        obj = self._call("stat", lambda: self._client.stat_object(self.bucket, name), key)
+        obj = self._call("stat", lambda: self._client.stat_object(self.bucket, name, ssec=self._ssec), key)
+        self._check_encrypted(obj.metadata, key)
         return self._to_info(key, obj.size, obj.last_modified, obj.etag)
 
     def get_bytes(self, key: str) -> bytes:
         name = self._name(key)
 
         def fetch() -> bytes:
-            response = self._client.get_object(self.bucket, name)
+            response = self._client.get_object(self.bucket, name, ssec=self._ssec)
             try:
+                self._check_encrypted(response.headers, key)
                 return response.read()
             finally:
                 response.close()
@@ -606,8 +646,9 @@ class S3Store(ObjectStore):
         dest.parent.mkdir(parents=True, exist_ok=True)
 
         def fetch() -> None:
-            response = self._client.get_object(self.bucket, name)
+            response = self._client.get_object(self.bucket, name, ssec=self._ssec)
             try:
+                self._check_encrypted(response.headers, key)
                 _atomic_write(dest, lambda fh: shutil.copyfileobj(response, fh, 1024 * 1024))
             finally:
                 response.close()
@@ -622,7 +663,9 @@ class S3Store(ObjectStore):
         name = self._name(key)
         self._call(
             "put",
-            lambda: self._client.put_object(self.bucket, name, io.BytesIO(data), len(data), content_type=content_type),
+            lambda: self._client.put_object(
+                self.bucket, name, io.BytesIO(data), len(data), content_type=content_type, sse=self._sse
+            ),
             key,
         )
         return self.stat(key)
@@ -635,7 +678,7 @@ class S3Store(ObjectStore):
         self._call(
             "put",
             lambda: self._client.fput_object(
-                self.bucket, name, str(src), content_type=content_type, part_size=self.part_size
+                self.bucket, name, str(src), content_type=content_type, part_size=self.part_size, sse=self._sse
             ),
             key,
         )
@@ -646,11 +689,14 @@ class S3Store(ObjectStore):
         return None
 
 
-def open_store(uri: str) -> ObjectStore:
+def open_store(uri: str, encryption: EncryptionConfig | None = None) -> ObjectStore:
     """Open the store behind ``uri``.
 
     Args:
         uri: ``s3://bucket[/prefix]`` for MinIO/S3; ``file:///abs/path`` or a plain path for a local folder.
+        encryption: Server-side encryption of an S3 store's writes, required of its reads (the client config's
+            ``encryption`` section for what clipsync writes; none for the client's uploads). A local folder is
+            written as it is (its volume's encryption applies).
 
     Returns:
         An :class:`S3Store` or a :class:`LocalStore`.
@@ -661,7 +707,7 @@ def open_store(uri: str) -> ObjectStore:
     if not isinstance(uri, str) or not uri:
         raise StorageError("store URI must be a non-empty string")
     if uri.startswith("s3://"):
-        return S3Store(uri)
+        return S3Store(uri, encryption=encryption)
     if uri.startswith("file://"):
         parsed = urlparse(uri)
         if parsed.netloc not in ("", "localhost"):

@@ -213,6 +213,7 @@ def publish_version(
     version: str,
     storage_uri: str,
     prepare: Callable[[Path], None] | None = None,
+    encryption: Any = None,
 ) -> str:
     """Copy a version's folder (with ``release.json``) to ``storage_uri`` where KServe reads it.
 
@@ -242,7 +243,8 @@ def publish_version(
     if not storage_uri.startswith(("s3://", "/")):
         raise DeployError(f"cannot publish to {storage_uri!r}: only s3:// URIs and absolute paths")
     try:
-        store = open_store(storage_uri)
+        # KServe's storage initializer and model agent read these files: no SSE-C (EncryptionConfig.for_kserve)
+        store = open_store(storage_uri, encryption.for_kserve() if encryption is not None else None)
         if store.exists(RELEASE_FILE):
             published = json.loads(store.get_bytes(RELEASE_FILE))
             if (published.get("name"), str(published.get("version"))) == (name, str(version)):
@@ -273,6 +275,7 @@ def _serve(
     prepare: Callable[[Path], None] | None,
     serving: Any,
     cache_dir: Any,
+    encryption: Any = None,
 ) -> tuple[str, str, Callable[[], None]]:
     """Steps 1 and 2: the version served and answering; returns (serving, location, undo)."""
     name = registered_name(model, client_id)
@@ -282,7 +285,9 @@ def _serve(
         from components.deploy.endpoint import probe_token
 
         token = probe_token(serving)
-        uri = publish_version(tracking, name, version, storage_uri_for(cfg, client_id, name, version), prepare)
+        uri = publish_version(
+            tracking, name, version, storage_uri_for(cfg, client_id, name, version), prepare, encryption
+        )
         api = api if api is not None else kserve.kserve_client()
         if cfg.kserve_mode == "multi-model":
             undo = kserve.rollout_trained_model(api, name, uri, version, cfg, predictor, token)
@@ -342,6 +347,7 @@ def deploy_model(
     prepare: Callable[[Path], None] | None = None,
     serving: Any = None,
     cache_dir: Any = None,
+    encryption: Any = None,
 ) -> DeployResult:
     """Serve ``version`` of a client's model, check it answers, then make it the champion.
 
@@ -357,6 +363,7 @@ def deploy_model(
             so a new adapter always comes with its own index).
         serving: The client's ``serving`` settings (bearer token variable for the probes).
         cache_dir: MediaPipe face models (a lip-sync version checked in-process).
+        encryption: The client's ``encryption`` settings for the published folder (kserve target).
 
     Returns:
         What was done.
@@ -377,6 +384,7 @@ def deploy_model(
         prepare=prepare,
         serving=serving,
         cache_dir=cache_dir,
+        encryption=encryption,
     )
 
 
@@ -391,6 +399,7 @@ def rollback_model(
     prepare: Callable[[Path], None] | None = None,
     serving: Any = None,
     cache_dir: Any = None,
+    encryption: Any = None,
 ) -> DeployResult:
     """Serve an earlier version again (``to_version``, default the ``previous`` alias), then make it champion.
 
@@ -423,6 +432,7 @@ def rollback_model(
         prepare=prepare,
         serving=serving,
         cache_dir=cache_dir,
+        encryption=encryption,
     )
 
 
@@ -459,11 +469,11 @@ def run_deploy(
     with ctx.stage_run(f"deploy_{model}", {"model": model, "version": version, "target": cfg.target}) as run:
         prepare = None
         if model == "clip":
-            from serving.index import IndexSettings
+            from serving.config import IndexSettings
             from serving.index_build import build_index
 
             def prepare(model_dir: Path) -> None:
-                settings = IndexSettings(approx_threshold=serving.approx_threshold, nprobe=serving.nprobe)
+                settings = IndexSettings.of(serving)
                 built = build_index(
                     model_dir, Path(frames_dir), settings=settings, relevance=relevance, cache_dir=ctx.cache_dir
                 )
@@ -479,6 +489,7 @@ def run_deploy(
             prepare=prepare,
             serving=serving,
             cache_dir=ctx.cache_dir,
+            encryption=ctx.encryption,
         )
         run.log_dict(result.to_dict(), f"deploy/{model}.json")
         changed = float(result.promotion.changed)

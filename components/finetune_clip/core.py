@@ -91,7 +91,7 @@ def run_finetune_clip(frames_dir: Path, out_dir: Path, cfg: FinetuneClipConfig, 
     logger.info("finetune_clip: %d train, %d val videos, %d skipped", len(train), len(val), len(skipped))
     prefix = ckpt.checkpoint_prefix("finetune_clip", ctx.client_id, window)
     work_dir = Path(ctx.state_dir) / prefix
-    mirror = ckpt.open_mirror(ctx.storage.artifacts_uri, prefix)
+    mirror = ckpt.open_mirror(ctx.storage.artifacts_uri, prefix, ctx.encryption)
     report = FinetuneReport(
         model_dir=str(out_dir),
         strategy=cfg.strategy,

@@ -144,7 +144,7 @@ def run_finetune_lipsync(
                 log_fn=run.log_metrics,
                 pretrained=pretrained,
                 work_dir=Path(ctx.state_dir) / prefix,
-                mirror=ckpt.open_mirror(ctx.storage.artifacts_uri, prefix),
+                mirror=ckpt.open_mirror(ctx.storage.artifacts_uri, prefix, ctx.encryption),
             )
         except NotTrainable as exc:
             write_no_challenger(out_dir, str(exc))

@@ -87,7 +87,7 @@ def start_run(client_id: str, config_yaml: str, as_of: str, window_days: int, da
     config = resolve_config(client_id, config_yaml, as_of, window_days)
     end = date.fromisoformat(config.window.as_of)
     dag_run_id = dag_run_id or f"standalone-{uuid.uuid4().hex}"
-    store = open_store(config.storage.artifacts_uri)
+    store = open_store(config.storage.artifacts_uri, config.encryption)
     held, took_over = lease.acquire(store, config.client_id, dag_run_id, config.storage.lease_hours)
     reason = f"left RUNNING by a run that was killed or lost the tracking server; closed as DAG run {dag_run_id} began"
     tracking.close_stale_runs(

@@ -228,7 +228,8 @@ def finish_run(
         markdown = _failure_summary(config, parent, state, error, notes)
 
     try:
-        released = lease.release(open_store(config.storage.artifacts_uri), dag_run_id, f"DAG run ended {state}")
+        store = open_store(config.storage.artifacts_uri, config.encryption)
+        released = lease.release(store, dag_run_id, f"DAG run ended {state}")
         if not released and parent is not None:
             notes.append("the run lease was not held by this run any more")
     except Exception as exc:
@@ -262,7 +263,7 @@ def _failure_summary(config: ClientConfig, parent, state: str, error: str, notes
     else:
         failures.append("start_run: no MLflow run was opened for this DAG run")
         try:
-            current = lease.read_lease(open_store(config.storage.artifacts_uri))
+            current = lease.read_lease(open_store(config.storage.artifacts_uri, config.encryption))
             if current is not None and not lease.staleness(current):
                 failures[-1] += f"; the client's run lease is held by {current.describe()}"
         except Exception as exc:

@@ -1,0 +1,305 @@
+"""feedback: a month of client feedback and query log -> training records with provenance, and a review queue.
+
+- A search result the client marked relevant becomes a **label** of that video: the query's text (and the client's
+  own ``label`` text, when it gave one), so the next retrain learns the client's phrasing.
+- A result marked not relevant becomes a **hard negative** of that query text: the next retrain's contrastive loss
+  counts it as a known negative of the text (:mod:`components.finetune_clip.negatives`).
+- A low-confidence query that got no feedback goes into the client's **review queue** (CSV + HTML), ranked by
+  how unsure the model was times how often it was asked, never into training: nobody said what the answer is.
+
+Every record names where it came from (feedback id, query id, when, which model version answered). Only the
+latest answer per (query, video) counts (:func:`serving.feedback.read_feedback`); when two searches with the same
+text (case and spacing aside) got opposite answers on one video, the later one wins. Nothing here writes to the
+client's uploads: records and the review queue go to the stage's output folder and the artifacts store.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("clipsync.feedback")
+
+RECORDS_FILE = "feedback_records.jsonl"
+REVIEW_CSV = "review_queue.csv"
+REVIEW_HTML = "review_queue.html"
+REVIEW_PREFIX = "review"
+
+
+@dataclass(frozen=True)
+class FeedbackRecord:
+    """One training record from feedback.
+
+    Attributes:
+        kind: ``label`` (``text`` is a label of ``video_id``) or ``hard_negative`` (``video_id`` is a known
+            negative of ``text``).
+        video_id: The library's video id (the index's id: the video's content hash).
+        text: The query text, or the client's own label text (``source`` says which).
+        source: ``query`` (the search's text) or ``client_label`` (the ``label`` the client typed).
+        feedback_id: The answer this record comes from.
+        query_id: The search it was given on.
+        feedback_ts: When the answer was given (ISO 8601).
+        model_version: The model version that answered the search.
+    """
+
+    kind: str
+    video_id: str
+    text: str
+    source: str
+    feedback_id: str
+    query_id: str
+    feedback_ts: str
+    model_version: str = ""
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    """A query the model was unsure about and nobody rated: for the client to look at."""
+
+    rank: int
+    query: str
+    count: int
+    mean_confidence: float
+    unsureness: float
+    priority: float
+    top_video: str
+    last_seen: str
+    query_id: str
+
+
+@dataclass
+class FeedbackData:
+    """What one month of feedback gives the next retrain."""
+
+    records: list[FeedbackRecord] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    review: list[ReviewItem] = field(default_factory=list)
+
+    @property
+    def labels(self) -> list[FeedbackRecord]:
+        return [r for r in self.records if r.kind == "label"]
+
+    @property
+    def hard_negatives(self) -> list[FeedbackRecord]:
+        return [r for r in self.records if r.kind == "hard_negative"]
+
+    def as_metrics(self) -> dict[str, float]:
+        return {
+            "feedback_labels": float(len(self.labels)),
+            "feedback_hard_negatives": float(len(self.hard_negatives)),
+            "feedback_skipped": float(len(self.skipped)),
+            "feedback_review_queries": float(len(self.review)),
+        }
+
+
+def normalize_query(text: str) -> str:
+    """The form two searches share when they ask the same thing: case-folded, spacing collapsed."""
+    return " ".join(text.casefold().split())
+
+
+def training_records(feedback: Iterable[dict[str, Any]], query_log: Iterable[dict[str, Any]]) -> FeedbackData:
+    """Training records from feedback entries (latest per pair) and the query log that names their searches.
+
+    Args:
+        feedback: Entries of :func:`serving.feedback.read_feedback` (one month, latest answer per pair).
+        query_log: Entries of :func:`serving.querylog.read_month` (the month and the one before: a search at the
+            end of a month may be rated in the next).
+
+    Returns:
+        The records (labels and hard negatives) and the answers that gave none, with the reason
+        (``unknown_query``: neither the server nor the query log knows the search's text).
+    """
+    texts = {e["query_id"]: e["query"] for e in query_log if e.get("query_id") and e.get("query")}
+    data = FeedbackData()
+    latest: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
+    for entry in sorted(feedback, key=lambda e: e["ts"]):
+        query = entry.get("query") or texts.get(entry["query_id"], "")
+        if not query:
+            data.skipped.append(
+                {"feedback_id": entry["feedback_id"], "query_id": entry["query_id"], "reason": "unknown_query"}
+            )
+            continue
+        latest[(normalize_query(query), entry["video_id"])] = (entry, query)  # the later answer wins
+    for entry, query in latest.values():
+        common = {
+            "video_id": entry["video_id"],
+            "feedback_id": entry["feedback_id"],
+            "query_id": entry["query_id"],
+            "feedback_ts": entry["ts"],
+            "model_version": str(entry.get("version", "")),
+        }
+        if not entry["relevant"]:
+            data.records.append(FeedbackRecord("hard_negative", text=query, source="query", **common))
+            continue
+        data.records.append(FeedbackRecord("label", text=query, source="query", **common))
+        label = (entry.get("label") or "").strip()
+        if label and normalize_query(label) != normalize_query(query):
+            data.records.append(FeedbackRecord("label", text=label, source="client_label", **common))
+    return data
+
+
+def review_queue(
+    query_log: Iterable[dict[str, Any]], feedback: Iterable[dict[str, Any]], max_items: int = 200
+) -> list[ReviewItem]:
+    """Low-confidence searches that got no feedback, grouped by text and ranked by unsureness x frequency.
+
+    ``unsureness`` is ``1 - mean confidence`` (the calibrated probability that the top result was wrong); a text
+    asked often and answered unsurely comes first. A text of which any search was rated is left out.
+
+    Args:
+        query_log: Query-log entries of the month.
+        feedback: Feedback entries of the month (any answer on a search takes its text out of the queue).
+        max_items: Longest queue.
+    """
+    rated = {e["query_id"] for e in feedback}
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for entry in query_log:
+        if entry.get("query"):
+            groups.setdefault(normalize_query(entry["query"]), []).append(entry)
+    items = []
+    for entries in groups.values():
+        if any(e.get("query_id") in rated for e in entries):
+            continue
+        low = [e for e in entries if e.get("low_confidence") and e.get("confidence") is not None]
+        if not low:
+            continue
+        mean_conf = sum(float(e["confidence"]) for e in low) / len(low)
+        last = max(low, key=lambda e: e.get("ts", ""))
+        items.append((len(low) * (1.0 - mean_conf), len(low), mean_conf, last))
+    items.sort(key=lambda t: (-t[0], -t[1], t[3]["query"]))
+    return [
+        ReviewItem(
+            rank=n + 1,
+            query=last["query"],
+            count=count,
+            mean_confidence=round(mean_conf, 4),
+            unsureness=round(1.0 - mean_conf, 4),
+            priority=round(priority, 4),
+            top_video=last.get("top_video", ""),
+            last_seen=last.get("ts", ""),
+            query_id=last.get("query_id", ""),
+        )
+        for n, (priority, count, mean_conf, last) in enumerate(items[:max_items])
+    ]
+
+
+def write_review_queue(items: list[ReviewItem], out_dir: Path, title: str) -> dict[str, Path]:
+    """Write the review queue as ``review_queue.csv`` and ``review_queue.html`` into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    columns = [f.name for f in ReviewItem.__dataclass_fields__.values()]
+    with open(out_dir / REVIEW_CSV, "w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(asdict(i) for i in items)
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(getattr(i, c)))}</td>" for c in columns) + "</tr>" for i in items
+    )
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><p>Searches the model was unsure about (low confidence) that nobody rated, "
+        "most unsure x most frequent first. Rating their results (POST /api/feedback) turns them into training "
+        f"data for the next month.</p><table><tr>{''.join(f'<th>{c}</th>' for c in columns)}</tr>{rows}</table>"
+        f"{'' if items else '<p>No unrated low-confidence search this month.</p>'}</body></html>\n"
+    )
+    (out_dir / REVIEW_HTML).write_text(page, encoding="utf-8")
+    return {"csv": out_dir / REVIEW_CSV, "html": out_dir / REVIEW_HTML}
+
+
+def previous_month(month: str) -> str:
+    """``2026-01`` -> ``2025-12``."""
+    year, mon = (int(x) for x in month.split("-"))
+    return f"{year - 1}-12" if mon == 1 else f"{year}-{mon - 1:02d}"
+
+
+def feedback_month(as_of: date) -> str:
+    """The month whose feedback a run on ``as_of`` consumes: the one before ``as_of``'s month."""
+    return previous_month(as_of.strftime("%Y-%m"))
+
+
+def run_feedback(store: Any, model: str, month: str, out_dir: Path, max_review: int = 200) -> FeedbackData:
+    """One month of a model's feedback -> training records and the review queue.
+
+    Reads ``feedback/<model>/<month>/`` and the query log of ``month`` and the month before from ``store`` (the
+    client's artifacts store), writes ``feedback_records.jsonl`` and the review queue into ``out_dir`` and the
+    review queue also to ``review/<model>/<month>/`` of the store (where the client picks it up).
+
+    Args:
+        store: The client's artifacts store (:func:`serving.feedback.feedback_store`).
+        model: ``clip-<client>``.
+        month: ``YYYY-MM`` of the feedback.
+        out_dir: The stage's output folder.
+        max_review: Longest review queue.
+
+    Returns:
+        The records, the answers skipped with their reasons, and the review queue.
+    """
+    from serving.feedback import read_feedback
+    from serving.querylog import read_month
+
+    feedback = read_feedback(store, model, month)
+    month_log = read_month(store, model, month)
+    data = training_records(feedback, month_log + read_month(store, model, previous_month(month)))
+    data.review = review_queue(month_log, feedback, max_review)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / RECORDS_FILE, "w", encoding="utf-8") as fh:
+        for record in data.records:
+            fh.write(json.dumps(asdict(record), sort_keys=True, ensure_ascii=False) + "\n")
+    files = write_review_queue(data.review, out_dir, f"{model}: searches to review, {month}")
+    for kind, path in files.items():
+        store.put_file(f"{REVIEW_PREFIX}/{model}/{month}/{path.name}", path, f"text/{kind}")
+    logger.info(
+        "feedback %s %s: %d labels, %d hard negatives, %d skipped, %d searches to review",
+        model,
+        month,
+        len(data.labels),
+        len(data.hard_negatives),
+        len(data.skipped),
+        len(data.review),
+    )
+    return data
+
+
+def read_records(path: Path) -> list[FeedbackRecord]:
+    """The records :func:`run_feedback` wrote (``feedback_records.jsonl``)."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [FeedbackRecord(**json.loads(line)) for line in lines if line.strip()]
+
+
+def apply_feedback(samples: Sequence[Any], records: Iterable[FeedbackRecord]) -> tuple[list[Any], dict[str, set[str]]]:
+    """Training samples with the feedback's labels added, and the known negatives per text.
+
+    Args:
+        samples: ``ClipSample``-like records (``video_id``, ``labels``); they are not modified.
+        records: Feedback records (:func:`training_records`).
+
+    Returns:
+        New samples (a label record's text appended to its video's labels, once) and ``text -> video ids`` of the
+        hard negatives (for :func:`components.finetune_clip.negatives.negative_mask`). Records of videos not
+        among ``samples`` are left out.
+    """
+    import dataclasses
+
+    extra: dict[str, list[str]] = {}
+    negatives: dict[str, set[str]] = {}
+    known = {s.video_id for s in samples}
+    for r in records:
+        if r.video_id not in known:
+            continue
+        if r.kind == "label":
+            extra.setdefault(r.video_id, []).append(r.text)
+        else:
+            negatives.setdefault(r.text, set()).add(r.video_id)
+    out = []
+    for s in samples:
+        labels = tuple(dict.fromkeys([*s.labels, *extra.get(s.video_id, [])]))
+        out.append(dataclasses.replace(s, labels=labels) if labels != tuple(s.labels) else s)
+    return out, negatives

@@ -1,0 +1,75 @@
+"""Known negatives in the contrastive loss: results a client marked not relevant for a query (hard negatives).
+
+The plain loss (:func:`components.finetune_clip.core.contrastive_loss`) already treats every pair that is not a
+positive as a negative, but most of those are easy and only assumed. A pair the client said is wrong is certain
+and, having been a top result, hard. :func:`contrastive_loss_with_negatives` weighs such pairs ``negative_weight``
+times an ordinary negative in the softmax denominators (a weighted InfoNCE): with no known negative, or a weight
+of 1, it is exactly the plain loss. A query text with known negatives but no positive video in the batch has no
+anchor of its own; it still acts through the videos: each known-negative video's own labels must outscore it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence, Set
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+
+def negative_mask(video_ids: Sequence[str], texts: Sequence[str], negatives: Mapping[str, Set[str]]) -> torch.Tensor:
+    """``[B, T]`` bool: video ``i`` is a known negative of text ``j`` (``negatives``: text -> video ids)."""
+    import torch
+
+    return torch.tensor([[v in negatives.get(t, ()) for t in texts] for v in video_ids], dtype=torch.bool)
+
+
+def contrastive_loss_with_negatives(
+    video_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    negative_weight: float = 2.0,
+) -> torch.Tensor:
+    """The symmetric multi-positive InfoNCE of ``contrastive_loss`` with known negatives weighted up.
+
+    A known negative ``(i, k)`` enters the denominators of video ``i``'s and text ``k``'s positive pairs as
+    ``negative_weight * exp(l_ik)`` instead of ``exp(l_ik)`` (its logit shifted by ``log(negative_weight)``).
+
+    Args:
+        video_emb: ``[B, D]`` L2-normalized video embeddings.
+        text_emb: ``[T, D]`` L2-normalized text embeddings.
+        positive: ``[B, T]`` bool mask of true (video, text) pairs.
+        negative: ``[B, T]`` bool mask of known negatives (never a positive).
+        logit_scale: Multiplier of the cosine similarities.
+        negative_weight: Weight of a known negative (>= 1).
+
+    Returns:
+        Scalar loss (float32).
+
+    Raises:
+        ValueError: Masks that do not match the embeddings, no positive pair, a pair both positive and a known
+            negative, or a weight below 1.
+    """
+    import torch
+
+    from components.common.device import no_autocast
+    from components.finetune_clip.loss import _directional_nll
+
+    shape = (video_emb.shape[0], text_emb.shape[0])
+    if tuple(positive.shape) != shape or tuple(negative.shape) != shape:
+        raise ValueError(f"masks {tuple(positive.shape)}, {tuple(negative.shape)} do not match logits {shape}")
+    if not bool(positive.any()):
+        raise ValueError("no positive pair in the batch")
+    if bool((positive & negative).any()):
+        raise ValueError("a pair is both a positive and a known negative")
+    if not negative_weight >= 1.0:
+        raise ValueError(f"negative_weight must be >= 1, got {negative_weight}")
+    with no_autocast(video_emb.device):
+        logits = (video_emb.float() @ text_emb.float().T) * logit_scale
+        pos = positive.to(device=logits.device, dtype=torch.bool)
+        shift = negative.to(device=logits.device, dtype=logits.dtype) * math.log(negative_weight)
+        weighted = logits + shift  # positives are never shifted: the masks are disjoint
+        return 0.5 * (_directional_nll(weighted, pos) + _directional_nll(weighted.T, pos.T))
