@@ -143,7 +143,7 @@ def _embeddings(seed: int, b: int = 4, t: int = 5, d: int = 8):
 
 
 def test_hard_negative_loss_is_the_plain_loss_without_known_negatives_and_weighs_them_up():
-    from components.finetune_clip.core import contrastive_loss
+    from components.finetune_clip.loss import contrastive_loss
     from components.finetune_clip.negatives import contrastive_loss_with_negatives, negative_mask
 
     v, x, pos = _embeddings(0)
@@ -188,7 +188,8 @@ def test_feedback_records_drive_a_training_step(tmp_path):
     video marked relevant and away from the one marked not relevant."""
     from serving_assets import make_base
 
-    from components.finetune_clip.core import ClipSample, batch_texts, positive_mask
+    from components.finetune_clip.data import ClipSample
+    from components.finetune_clip.loss import batch_texts, positive_mask
     from components.finetune_clip.model import encode_texts, encode_videos, load_base_clip
     from components.finetune_clip.negatives import contrastive_loss_with_negatives, negative_mask
 
