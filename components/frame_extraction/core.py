@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from components.common.cpus import thread_count
 from components.common.faults import is_infrastructure_error
 from components.common.manifest import VideoRecord, read_manifest
 from components.common.media import stream_timing
 from components.common.stage import StageContext
+from components.frame_extraction import decode
 from components.frame_extraction.config import FrameExtractionConfig
 from components.frame_extraction.dataset import (
     AUDIO_DIR,
@@ -40,14 +40,7 @@ from components.frame_extraction.dataset import (
     ShardWriter,
     write_frame_index,
 )
-from components.frame_extraction.decode import (
-    Reader,
-    StopDecode,
-    Sweep,
-    decode_audio,
-    set_decoder_threads,
-    wanted_times,
-)
+from components.frame_extraction.decode import Reader, StopDecode, Sweep, decode_audio, wanted_times
 
 logger = logging.getLogger("clipsync.frame_extraction")
 
@@ -214,9 +207,7 @@ def extract_video(
         if not container.streams.video:
             return _rejected(video, "no_video_stream: the file has no video stream", started)
         stream = container.streams.video[0]
-        if threads is None:
-            threads = thread_count(workers=config.workers)
-        set_decoder_threads(stream, threads)
+        threads = decode.set_decoder_threads(stream, threads, config.workers)
         timing = stream_timing(container, stream)
         start = timing.start_s
         duration = timing.duration_s if timing.duration_s is not None else float(record.duration_s)

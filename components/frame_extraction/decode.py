@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from components.common.cpus import thread_count
 from components.common.media import display_size, rotation_of
 from components.frame_extraction.config import FrameExtractionConfig
 
@@ -111,19 +112,30 @@ def search_image(
     return canvas
 
 
-def set_decoder_threads(stream: Any, threads: int) -> None:
+def set_decoder_threads(stream: Any, threads: int | None = None, workers: int = 1) -> int:
     """Decode ``stream`` with ``threads`` threads: frame and slice threading (AUTO) above one, else one thread.
 
     Frame threading is what parallelizes a one-slice stream (most H.264 from phones and x264), but each frame
     thread delays the output by one frame: a :class:`Reader` built with the same ``threads`` widens its
     non-reference skip margin by that delay, so the frames and times it returns do not change.
+
+    Args:
+        stream: A PyAV video stream, before its first packet is decoded.
+        threads: The thread count; ``None``: the CPUs available to the process shared by ``workers`` processes
+            (:func:`components.common.cpus.thread_count`).
+        workers: Processes decoding side by side.
+
+    Returns:
+        The thread count set.
     """
+    threads = thread_count(workers=workers) if threads is None else max(1, threads)
     if threads > 1:
         stream.thread_type = "AUTO"
         stream.thread_count = threads
     else:
         stream.thread_type = "SLICE"
         stream.thread_count = 1
+    return threads
 
 
 def dense_size(width: int, height: int, max_side: int) -> tuple[int, int]:
