@@ -18,6 +18,11 @@ B. Sampled extraction at 1 frame/s on a generated 10-minute video (``--long-seco
    decode of the same file (every frame decoded, none converted) and a naive full extraction (every frame
    decoded and scaled to 224): seconds, frames decoded, ratio.
 
+C. Full decode of a generated ``--hd-seconds`` 1280x720 H.264 clip (B-frames) to 224-high RGB: PyAV with one
+   thread (the stage's old ``SLICE`` setting: no threads for a one-slice stream) and with frame threads from the
+   CPUs available, against the ffmpeg CLI (default threads) writing the same RGB to a pipe, on the same cores;
+   then the 1 frame/s sampler's decoded-frame share on the same clip with a keyframe every 1 s and every 10 s.
+
 Generated files are cached in ``--workdir`` (default ``/tmp/clipsync-bench-frame-extraction``).
 Needs the ``ffmpeg`` command for part A (Debian: ``apt-get install -y ffmpeg``); part B runs without it.
 
