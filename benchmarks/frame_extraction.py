@@ -18,6 +18,11 @@ B. Sampled extraction at 1 frame/s on a generated 10-minute video (``--long-seco
    decode of the same file (every frame decoded, none converted) and a naive full extraction (every frame
    decoded and scaled to 224): seconds, frames decoded, ratio.
 
+C. Full decode of a generated ``--hd-seconds`` 1280x720 H.264 clip (B-frames) to 224-high RGB: PyAV with one
+   thread (the stage's old ``SLICE`` setting: no threads for a one-slice stream) and with frame threads from the
+   CPUs available, against the ffmpeg CLI (default threads) writing the same RGB to a pipe, on the same cores;
+   then the 1 frame/s sampler's decoded-frame share on the same clip with a keyframe every 1 s and every 10 s.
+
 Generated files are cached in ``--workdir`` (default ``/tmp/clipsync-bench-frame-extraction``).
 Needs the ``ffmpeg`` command for part A (Debian: ``apt-get install -y ffmpeg``); part B runs without it.
 
@@ -41,6 +46,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from components.common.cpus import thread_count
 from components.common.manifest import VideoRecord, write_manifest
 from components.config import from_dict
 from components.frame_extraction import core, decode
@@ -116,8 +122,8 @@ def _median(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), result
 
 
-def _ffmpeg_frames(path: Path, vf: str, width: int, height: int) -> int:
-    cmd = ["ffmpeg", "-v", "error", "-threads", "1", "-i", str(path), "-an", "-vf", vf, "-pix_fmt", "rgb24"]
+def _ffmpeg_frames(path: Path, vf: str, width: int, height: int, threads: int = 1) -> int:
+    cmd = ["ffmpeg", "-v", "error", "-threads", str(threads), "-i", str(path), "-an", "-vf", vf, "-pix_fmt", "rgb24"]
     out = subprocess.run([*cmd, "-f", "rawvideo", "-"], capture_output=True, check=True).stdout
     return len(out) // (width * height * 3)
 
@@ -214,6 +220,48 @@ def part_b(workdir: Path, long_seconds: float, repeats: int) -> None:
         )
 
 
+def _decode_all(path: Path, threads: int, size: int) -> int:
+    """Every frame of ``path`` decoded and scaled to ``size`` high RGB the way the stage does, with ``threads``."""
+    import av
+
+    n = 0
+    scaler = decode.Scaler()
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        decode.set_decoder_threads(stream, threads)
+        for frame in container.decode(stream):
+            scaler(frame, size * frame.width // frame.height, size)
+            n += 1
+    return n
+
+
+def part_c(workdir: Path, seconds: float, repeats: int) -> None:
+    """Full decode of a 720p H.264 clip to 224 high RGB: slice threads (the old setting), frame threads from
+    the available CPUs (the stage's setting), and the ffmpeg CLI with its default threads, on the same cores."""
+    size = 224
+    path = write_video(workdir / f"hd_{seconds:.0f}s.mp4", seconds, 1280, 720, 2 * FPS, False, "veryfast")
+    threads = thread_count()
+    width = size * 1280 // 720
+    print(f"C. full decode of a {seconds:.0f} s 1280x720 H.264 clip to {width}x{size} RGB ({threads} CPUs, ", end="")
+    print(f"median of {repeats})")
+    t_ff, n_ff = _median(
+        lambda: _ffmpeg_frames(path, f"scale={width}:{size}:flags=bilinear", width, size, threads=0), repeats
+    )
+    print(f"  ffmpeg CLI (threads auto)       {n_ff:5d} frames {t_ff:6.2f} s")
+    for name, n_threads in (("PyAV 1 thread (old: SLICE)", 1), (f"PyAV {threads} threads (AUTO)", threads)):
+        t, n = _median(lambda k=n_threads: _decode_all(path, k, size), repeats)
+        print(f"  {name:31s} {n:5d} frames {t:6.2f} s -> {t / t_ff:5.2f}x ffmpeg wall")
+    cfg = FrameExtractionConfig(search_fps=1.0, max_search_frames=100_000, workers=1)
+    for gop in (FPS, 10 * FPS):
+        long = write_video(workdir / f"hd_{seconds:.0f}s_g{gop}.mp4", seconds, 1280, 720, gop, False, "veryfast")
+        video = core.extract_video(long, _record(long), cfg)
+        total = int(seconds * FPS)  # write_video writes exactly this many frames
+        print(
+            f"  1 fps sampler, keyframe every {gop / FPS:2.0f} s: {video.decoded_frames} of {total} frames decoded "
+            f"({video.decoded_frames / total:.0%})"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -223,8 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--long-seconds", type=float, default=600.0)
     parser.add_argument("--stage-copies", type=int, default=4, help="times each file is listed for the stage run")
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "clipsync-bench-frame-extraction"))
+    parser.add_argument("--hd-seconds", type=float, default=30.0, help="length of the part C 720p clip")
     parser.add_argument("--skip-a", action="store_true")
     parser.add_argument("--skip-b", action="store_true")
+    parser.add_argument("--skip-c", action="store_true")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir)
     (workdir / "videos").mkdir(parents=True, exist_ok=True)
@@ -246,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
             part_a(files, args.seconds, args.repeats, workdir, args.stage_copies)
     if not args.skip_b:
         part_b(workdir, args.long_seconds, args.repeats)
+    if not args.skip_c and shutil.which("ffmpeg") is not None:
+        part_c(workdir, args.hd_seconds, args.repeats)
     return 0
 
 

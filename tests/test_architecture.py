@@ -243,6 +243,17 @@ def test_wrappers_and_pipelines_import_only_stdlib_and_kfp_at_module_level(modul
     assert _third_party_at_import(module) <= {"kfp"}
 
 
+#: Seconds each at import on the 2-core machine (mlflow 4.0, torch 2.7, transformers 2.2): a kfp task imports them
+#: when its work needs them, never to load a stage's core.
+HEAVY = {"torch", "mlflow", "transformers", "evidently", "mediapipe", "open_clip"}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_cores_import_no_heavy_library_at_module_level(stage):
+    """A kfp task is a process of its own: what its core imports at module level every task pays for."""
+    assert _third_party_at_import(f"components.{stage}.core") & HEAVY == set()
+
+
 def test_only_wrappers_and_pipelines_import_kfp():
     importers = sorted(m for m in MODULES if any(n.split(".")[0] == "kfp" for n in _edges(m)))
     assert [m for m in importers if m not in WRAPPERS and not m.startswith("pipelines")] == []

@@ -1,4 +1,5 @@
-"""available_cpus: the smaller of the cgroup v2 quota (rounded down, at least 1) and the CPU affinity."""
+"""available_cpus: the smaller of the cgroup v2 quota (rounded down, at least 1) and the CPU affinity; thread_count
+and set_torch_threads: num_threads 0 (auto) means those CPUs."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from components.common.cpus import available_cpus, cgroup_cpu_limit
+from components.common import cpus
+from components.common.cpus import available_cpus, cgroup_cpu_limit, set_torch_threads, thread_count
 
 
 def _cpu_max(tmp_path: Path, text: str) -> Path:
@@ -46,3 +48,25 @@ def test_smaller_of_quota_and_affinity(tmp_path: Path):
 def test_defaults_read_this_process():
     cpus = available_cpus()
     assert 1 <= cpus <= len(os.sched_getaffinity(0))
+
+
+def test_thread_count_is_the_request_or_a_worker_share_of_the_cpus(tmp_path: Path):
+    four = _cpu_max(tmp_path, "400000 100000")
+    assert thread_count(3, cpu_max=four) == 3  # an explicit num_threads wins
+    assert thread_count(0, cpu_max=four) == min(4, len(os.sched_getaffinity(0)))
+    assert thread_count(0, workers=64, cpu_max=four) == 1  # never 0
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert thread_count(0, workers=2, cpu_max=four) == min(4, len(os.sched_getaffinity(0))) // 2
+
+
+def test_auto_torch_threads_follow_a_cgroup_quota(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(cpus, "CPU_MAX", _cpu_max(tmp_path, "100000 100000"))  # a 1-CPU container
+    before = torch.get_num_threads()
+    try:
+        assert set_torch_threads(0) == 1
+        assert torch.get_num_threads() == 1
+        assert set_torch_threads(2) == 2  # num_threads: 2 is taken as it is
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -327,6 +327,48 @@ def test_sparse_sampling_with_b_frames_skips_non_reference_frames(tmp_path):
     assert sparse.decoded_frames < 250 - 0.5 * (kinds.count("B") + kinds.count("3"))
 
 
+@pytest.mark.parametrize(("gop", "preset"), [(25, "ultrafast"), (125, "veryfast")])
+def test_frame_threads_give_the_same_frames_and_times_as_one_thread(tmp_path, gop, preset):
+    # Frame threading delays the decoder's output by a frame per thread while the reader seeks and switches
+    # non-reference skipping on and off: keyframes every 1 s (seeks) and every 5 s with B-frames (skipping).
+    def moving(i, w, h):
+        image = code_frame(i, w, h)
+        image[:, (i * 3) % (w - 8) :][:, :8, 1] = 200
+        return image
+
+    path = write_video(
+        tmp_path / "t.mp4", 300, 64, 48, gop=gop, preset=preset, frame_fn=moving, audio=tone(12.0, loud=(6.0, 7.0))
+    )
+    fx = dataclasses.replace(FX, max_search_frames=100)
+    one = core.extract_video(path, record("t", authenticity="real"), fx, threads=1)
+    assert 5.5 < one.dense_start_s < 6.5  # the dense clip sits mid-stream, after seeks
+    assert [read_code(f) for f in one.search_frames] == [(25 * k) % 64 for k in range(12)]
+    for threads in (2, 5):
+        many = core.extract_video(path, record("t", authenticity="real"), fx, threads=threads)
+        assert many.status == "ok" and not many.partial
+        assert many.search_times == one.search_times
+        assert np.array_equal(many.search_frames, one.search_frames)
+        assert many.dense_start_s == one.dense_start_s and many.dense_fps == one.dense_fps
+        assert np.array_equal(many.dense_frames, one.dense_frames)
+
+
+def test_decoder_threads_default_to_a_worker_share_of_the_cpus(tmp_path, monkeypatch):
+    from components.common import cpus
+    from components.frame_extraction import decode
+
+    seen = []
+    real = decode.set_decoder_threads
+    monkeypatch.setattr(decode, "set_decoder_threads", lambda *a: seen.append(real(*a)) or seen[-1])
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("400000 100000")
+    monkeypatch.setattr(cpus, "CPU_MAX", cpu_max)
+    monkeypatch.setattr(cpus.os, "sched_getaffinity", lambda pid: set(range(64)))  # a 4-CPU container, 64 cores
+    path = write_video(tmp_path / "d.mp4", 25)
+    core.extract_video(path, record("d"), dataclasses.replace(FX, workers=2))
+    core.extract_video(path, record("d"), FX, threads=3)
+    assert seen == [2, 3]
+
+
 def test_loudest_window():
     audio = np.zeros(5 * RATE, np.float32)
     audio[int(2.2 * RATE) : int(3.2 * RATE)] = 1.0

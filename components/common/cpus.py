@@ -55,3 +55,34 @@ def available_cpus(cpu_max: Path = CPU_MAX, affinity: Collection[int] | None = N
     cpus = max(1, len(affinity))
     quota = cgroup_cpu_limit(cpu_max)
     return cpus if quota is None else min(cpus, quota)
+
+
+def thread_count(requested: int = 0, workers: int = 1, cpu_max: Path | None = None) -> int:
+    """The threads one worker may use: ``requested`` when set, else its share of :func:`available_cpus`.
+
+    Every ``num_threads: 0`` (auto) setting and every decoder's thread count goes through here, so that a
+    container limited to 2 CPUs on a 64-core node starts 2 threads, not 64.
+
+    Args:
+        requested: An explicit thread count (``num_threads`` of a config); 0 means auto.
+        workers: Processes of the stage running side by side, which share the CPUs.
+        cpu_max: The cgroup v2 ``cpu.max`` file; default :data:`CPU_MAX`, read when called.
+    """
+    if requested > 0:
+        return requested
+    return max(1, available_cpus(cpu_max or CPU_MAX) // max(1, workers))
+
+
+def set_torch_threads(requested: int = 0, workers: int = 1) -> int:
+    """Give torch :func:`thread_count` intra-op threads (torch's own default is the host's core count).
+
+    Returns:
+        The thread count set.
+    """
+    import torch
+
+    threads = thread_count(requested, workers)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    logger.debug("cpus: torch uses %d thread(s)", threads)
+    return threads

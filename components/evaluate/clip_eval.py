@@ -37,8 +37,10 @@ def score_model(
     bundle: Any, samples: Sequence[ClipSample], pooling: str, device: str = "cpu", relevance: str = "label"
 ) -> RetrievalResult:
     """Embed ``samples`` and their label queries with one model on ``device`` and compute the retrieval metrics."""
+    from components.common.cpus import set_torch_threads
     from components.common.device import resolve_device
 
+    set_torch_threads()
     model = bundle.model.to(resolve_device(device)).eval()
     queries, relevant, q_cats = retrieval_problem(samples, relevance)
     sim = query_video_similarity(bundle, model, samples, queries, pooling)

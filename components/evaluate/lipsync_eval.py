@@ -172,9 +172,11 @@ def _score(model, videos, perturbation: tuple[str, float] | None = None) -> np.n
 
 
 def _evaluate_model(model_dir: Path, val, test, device: str) -> tuple[ModelEval, np.ndarray, object]:
+    from components.common.cpus import set_torch_threads
     from components.common.device import resolve_device
     from components.finetune_lipsync.model import load_model
 
+    set_torch_threads()
     model = load_model(model_dir, resolve_device(device))
     y_val = np.array([v.label for v in val], dtype=int)
     y_test = np.array([v.label for v in test], dtype=int)

@@ -336,7 +336,7 @@ def build_demo_base_clip(
         width: Hidden size of both towers and of the projection.
         layers: Transformer layers per tower.
         lr: AdamW peak learning rate.
-        num_threads: Torch CPU threads (0 keeps torch's default).
+        num_threads: Torch CPU threads (0: the CPUs available to the process, see ``components.common.cpus``).
 
     Returns:
         ``out_dir``.
@@ -345,13 +345,13 @@ def build_demo_base_clip(
     import torch.nn.functional as F
     from transformers import CLIPModel
 
+    from components.common.cpus import set_torch_threads
     from components.finetune_clip.loss import contrastive_loss
     from components.finetune_clip.model import normalize_pixels
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if num_threads:
-        torch.set_num_threads(num_threads)
+    set_torch_threads(num_threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
 

@@ -55,7 +55,7 @@ class FinetuneClipConfig:
             scaler); see :mod:`components.common.device` (``auto``: bf16 on GPUs that have it, else fp16; fp32 on
             CPUs without native bf16).
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``.
-        num_threads: Torch CPU threads (0 keeps torch's default).
+        num_threads: Torch CPU threads; 0 (auto) is the CPUs available to the process (cgroup quota, affinity).
         seed: Seed of initialization, shuffling and dropout (each epoch reseeds from it, so a resumed run
             follows the same path as an uninterrupted one).
     """

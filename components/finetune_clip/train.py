@@ -270,12 +270,12 @@ def train_clip(
     import torch
     from safetensors.torch import load_file, save_file
 
+    from components.common.cpus import set_torch_threads
     from components.common.device import resolve_runtime
 
     if len(train_samples) < 2:
         raise NotTrainable(f"need at least 2 labelled training videos, got {len(train_samples)}")
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    set_torch_threads(cfg.num_threads)
     runtime = resolve_runtime(cfg.device, cfg.precision)
     torch.manual_seed(cfg.seed)
     model, stats = apply_strategy(bundle.model, cfg)

@@ -154,7 +154,7 @@ class FinetuneLipsyncConfig:
             scaler); see :mod:`components.common.device` (``auto``: bf16 on GPUs and CPUs that have it, else fp16 on
             CUDA, fp32 on CPUs).
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``.
-        num_threads: Torch CPU threads (0 keeps torch's default).
+        num_threads: Torch CPU threads; 0 (auto) is the CPUs available to the process (cgroup quota, affinity).
         seed: Seed of the split, initialization, shuffling and augmentation.
         pretrained: ``""`` (from scratch), a ``.safetensors`` path (``config.json`` beside it when present),
             or ``champion`` (the registry's champion of ``lipsync-<client>``; from scratch when there is none).

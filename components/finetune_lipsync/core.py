@@ -22,7 +22,6 @@ from components.face_tracking.config import FaceTrackingConfig
 from components.face_tracking.evidence import EvidenceRules
 from components.finetune_lipsync.config import FinetuneLipsyncConfig
 from components.finetune_lipsync.data import load_lipsync_videos, split_by_video, training_pool
-from components.finetune_lipsync.train import train_lipsync
 
 logger = logging.getLogger("clipsync.finetune_lipsync")
 
@@ -133,6 +132,9 @@ def run_finetune_lipsync(
         ctx.stage_run("finetune_lipsync", params) as run,
         tempfile.TemporaryDirectory(prefix="lipsync-pretrained-") as work,
     ):
+        # torch comes in with training only: a month that cannot train (no_challenger) never loads it.
+        from components.finetune_lipsync.train import train_lipsync
+
         pretrained = resolve_pretrained(ctx, cfg, Path(work))
         prefix = ckpt.checkpoint_prefix("finetune_lipsync", ctx.client_id, ctx.window.label())
         try:

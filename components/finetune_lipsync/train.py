@@ -324,11 +324,11 @@ def _train_lipsync(
 ) -> TrainResult:
     from safetensors.torch import load_file, save_file
 
+    from components.common.cpus import set_torch_threads
     from components.common.device import resolve_runtime
 
     started = time.monotonic()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    set_torch_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
     runtime = resolve_runtime(cfg.device, cfg.precision)
     model, pretrained_src = _build_model(cfg, Path(pretrained) if pretrained else None)

@@ -30,6 +30,7 @@ from components.common.faults import is_infrastructure_error
 from components.common.manifest import VideoRecord, read_manifest
 from components.common.media import stream_timing
 from components.common.stage import StageContext
+from components.frame_extraction import decode
 from components.frame_extraction.config import FrameExtractionConfig
 from components.frame_extraction.dataset import (
     AUDIO_DIR,
@@ -175,13 +176,17 @@ def _rejected(video: ExtractedVideo, reason: str, started: float) -> ExtractedVi
     return video
 
 
-def extract_video(path: Path, record: VideoRecord, config: FrameExtractionConfig) -> ExtractedVideo:
+def extract_video(
+    path: Path, record: VideoRecord, config: FrameExtractionConfig, threads: int | None = None
+) -> ExtractedVideo:
     """Take the search frames, the dense clip and the audio out of one local video file.
 
     Args:
         path: The video file (read only).
         record: Its manifest row (``video_id``, ``authenticity`` decide the dense clip; ``fps`` is a fallback).
         config: The stage settings.
+        threads: Decoder threads; default the CPUs available to the process shared by ``config.workers``
+            (:func:`components.common.cpus.thread_count`). The frames and times do not depend on it.
 
     Returns:
         The frames and audio, or ``status == "rejected"`` with a ``code: detail`` reason
@@ -202,9 +207,7 @@ def extract_video(path: Path, record: VideoRecord, config: FrameExtractionConfig
         if not container.streams.video:
             return _rejected(video, "no_video_stream: the file has no video stream", started)
         stream = container.streams.video[0]
-        # Slice threads only: frame threading delays output by a frame per thread, which the reader's
-        # skip margin would have to cover; videos are parallel across processes instead.
-        stream.thread_type = "SLICE"
+        threads = decode.set_decoder_threads(stream, threads, config.workers)
         timing = stream_timing(container, stream)
         start = timing.start_s
         duration = timing.duration_s if timing.duration_s is not None else float(record.duration_s)
@@ -229,7 +232,7 @@ def extract_video(path: Path, record: VideoRecord, config: FrameExtractionConfig
                 )
             window = (start + offset, start + offset + config.dense_seconds)
         wanted = wanted_times(start, duration, config.search_fps, config.max_search_frames)
-        sweep = Sweep(Reader(container, stream, native_fps), stream, config)
+        sweep = Sweep(Reader(container, stream, native_fps, threads), stream, config)
         try:
             sweep.run(wanted, window)
         except StopDecode as exc:

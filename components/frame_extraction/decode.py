@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from components.common.cpus import thread_count
 from components.common.media import display_size, rotation_of
 from components.frame_extraction.config import FrameExtractionConfig
 
@@ -111,6 +112,32 @@ def search_image(
     return canvas
 
 
+def set_decoder_threads(stream: Any, threads: int | None = None, workers: int = 1) -> int:
+    """Decode ``stream`` with ``threads`` threads: frame and slice threading (AUTO) above one, else one thread.
+
+    Frame threading is what parallelizes a one-slice stream (most H.264 from phones and x264), but each frame
+    thread delays the output by one frame: a :class:`Reader` built with the same ``threads`` widens its
+    non-reference skip margin by that delay, so the frames and times it returns do not change.
+
+    Args:
+        stream: A PyAV video stream, before its first packet is decoded.
+        threads: The thread count; ``None``: the CPUs available to the process shared by ``workers`` processes
+            (:func:`components.common.cpus.thread_count`).
+        workers: Processes decoding side by side.
+
+    Returns:
+        The thread count set.
+    """
+    threads = thread_count(workers=workers) if threads is None else max(1, threads)
+    if threads > 1:
+        stream.thread_type = "AUTO"
+        stream.thread_count = threads
+    else:
+        stream.thread_type = "SLICE"
+        stream.thread_count = 1
+    return threads
+
+
 def dense_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     scale = max_side / max(width, height)
     return max(1, round(width * scale)), max(1, round(height * scale))
@@ -119,15 +146,18 @@ def dense_size(width: int, height: int, max_side: int) -> tuple[int, int]:
 class Reader:
     """Decodes one video stream forward, seeking to keyframes only where that saves work."""
 
-    def __init__(self, container: Any, stream: Any, fps: float = 0.0) -> None:
+    def __init__(self, container: Any, stream: Any, fps: float = 0.0, threads: int = 1) -> None:
         self.container = container
         self.stream = stream
         self.time_base = stream.time_base
         self._seconds_per_tick = float(stream.time_base)  # float, not Fraction: this runs for every frame
         self.decoded = 0
-        # Frames further than this before a wanted time are decoded with non-reference frames skipped;
-        # wider than any decoder's reordering delay, so no frame near the wanted time is skipped.
-        self.skip_margin = max(0.5, 16.0 / fps) if fps > 0 else 1.0
+        # Frames further than this before a wanted time are decoded with non-reference frames skipped; wider than
+        # any decoder's reordering delay plus the frame threads' delay (one frame each: the decoder has taken
+        # that many packets past the last frame out, and a skip setting applies to packets it takes next), so
+        # no frame near the wanted time is skipped.
+        delay = 16 + max(0, threads - 1)
+        self.skip_margin = max(0.5, delay / fps) if fps > 0 else max(1.0, delay / 25.0)
         self._skipping = False
         self.current: Any | None = None  # the last frame that came out of the decoder
         self._frames: Iterator[Any] | None = None
