@@ -28,7 +28,7 @@ def test_wilson_interval_matches_the_closed_form():
     assert wilson(0, 6).low == 0.0 and 0.3 < wilson(0, 6).high < 0.5  # never below 0, honest at n = 6
     assert wilson(3, 4, confidence=0.99).high > wilson(3, 4).high
     none = wilson(0, 0)
-    assert none.value is None and "no item" in none.describe()
+    assert none.value is None and none.low is None and "no item" in none.note
     with pytest.raises(ValueError):
         wilson(5, 4)
 
@@ -66,16 +66,24 @@ def test_two_class_bootstrap_is_sklearn_auc_and_says_when_it_cannot():
     ap = bootstrap_two_class("average_precision", labels, scores, n_resamples=200)
     assert ap.method == "bootstrap" and ap.low <= ap.value <= ap.high
     one = bootstrap_two_class("roc_auc", [1, 1, 1], [0.2, 0.5, 0.9])
-    assert one.value is None and one.low is None and "one class only (positives)" in one.describe()
+    assert one.value is None and one.low is None and one.note == "one class only (positives)"
     # One real among 12 videos: every usable resample repeats it, so there is a value but no interval.
     sparse = bootstrap_two_class("roc_auc", [0] + [1] * 11, np.linspace(0, 1, 12))
-    assert sparse.value == 1.0 and sparse.low is None and "a single negative item" in sparse.describe()
+    assert sparse.value == 1.0 and sparse.low is None and sparse.note == "a single negative item: no interval"
     with pytest.raises(ValueError, match="metric must be"):
         bootstrap_two_class("f1", labels, scores)
 
 
 def test_mean_bootstrap_and_fold_spread():
-    assert bootstrap_mean([1.0, 1.0, 1.0]).describe() == "1.000 [1.000, 1.000] (n=3, bootstrap 95%)"
+    assert bootstrap_mean([1.0, 1.0, 1.0]).to_dict() == {
+        "value": 1.0,
+        "low": 1.0,
+        "high": 1.0,
+        "n": 3,
+        "method": "bootstrap",
+        "confidence": 0.95,
+        "note": "",
+    }
     assert bootstrap_mean([0.4]).low is None and bootstrap_mean([]).value is None
     assert mean_and_spread([0.8, 1.0, None]) == {
         "folds": 3,

@@ -63,18 +63,6 @@ class Estimate:
         """No interval (and no value unless given): ``note`` says why."""
         return cls(value, None, None, n, "", confidence, note)
 
-    def describe(self, digits: int = 3) -> str:
-        """``0.833 [0.436, 0.970] (n=6, Wilson 95%)``, or the value and why it has no interval."""
-        if self.value is None:
-            return f"n/a (n={self.n}: {self.note})"
-        if self.low is None or self.high is None:
-            return f"{self.value:.{digits}f} (n={self.n}; no CI: {self.note})"
-        method = "Wilson" if self.method == "wilson" else self.method
-        return (
-            f"{self.value:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}] "
-            f"(n={self.n}, {method} {self.confidence:.0%})"
-        )
-
 
 def wilson(successes: int, n: int, confidence: float = 0.95) -> Estimate:
     """A proportion with its Wilson score interval (``scipy.stats.binomtest(...).proportion_ci``).

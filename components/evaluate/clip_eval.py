@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from components.common.stats import bootstrap_mean, wilson
+from components.evaluate.config import EvaluateConfig
 from components.finetune_clip.metrics import (
     RetrievalResult,
     query_video_similarity,
@@ -49,7 +50,7 @@ def score_model(
     return retrieval_metrics(sim.cpu().numpy(), relevant, q_cats, [s.category for s in samples], queries)
 
 
-def clip_estimates(result: RetrievalResult, evaluation=None) -> dict[str, Any]:
+def clip_estimates(result: RetrievalResult, evaluation: EvaluateConfig | None = None) -> dict[str, Any]:
     """One model's retrieval figures with their confidence intervals over the test queries.
 
     Args:
@@ -60,8 +61,6 @@ def clip_estimates(result: RetrievalResult, evaluation=None) -> dict[str, Any]:
         ``recall_at_1`` / ``_5`` / ``_10`` (Wilson), ``mean_ap`` (bootstrap over queries) and, per query category,
         ``recall_at_1_by_category`` and ``mean_ap_by_category``, each an :meth:`Estimate.to_dict`.
     """
-    from components.evaluate.config import EvaluateConfig
-
     ev = evaluation or EvaluateConfig()
     n = len(result.queries)
     out: dict[str, Any] = {
@@ -122,7 +121,7 @@ def evaluate_clip(
     cache_dir: str | Path | None = None,
     device: str = "cpu",
     relevance: str = "label",
-    evaluation=None,
+    evaluation: EvaluateConfig | None = None,
 ) -> ClipEvalReport:
     """Score the challenger and the baseline on the test split with the same code, write the report.
 

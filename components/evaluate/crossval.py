@@ -27,6 +27,9 @@ from typing import Any
 import numpy as np
 
 from components.common.stats import mean_and_spread
+from components.evaluate.config import EvaluateConfig
+from components.face_tracking.config import FaceTrackingConfig
+from components.finetune_lipsync.config import FinetuneLipsyncConfig
 
 logger = logging.getLogger("clipsync.evaluate")
 
@@ -35,7 +38,11 @@ CV_METRICS = ("roc_auc", "average_precision", "accuracy", "fpr", "fnr")
 
 
 def cross_validate_lipsync(
-    faces_dir: str | Path, cfg, evaluation, work_dir: str | Path, face_config=None
+    faces_dir: str | Path,
+    cfg: FinetuneLipsyncConfig,
+    evaluation: EvaluateConfig,
+    work_dir: str | Path,
+    face_config: FaceTrackingConfig | None = None,
 ) -> dict[str, Any]:
     """k-fold estimate of the lip-sync recipe over every labelled video of the faces Dataset.
 
@@ -55,7 +62,6 @@ def cross_validate_lipsync(
     from sklearn.model_selection import StratifiedKFold
 
     from components.evaluate.lipsync_eval import evaluate_model
-    from components.face_tracking.config import FaceTrackingConfig
     from components.face_tracking.evidence import EvidenceRules
     from components.finetune_lipsync.data import load_lipsync_videos, split_by_video
     from components.finetune_lipsync.train import train_lipsync

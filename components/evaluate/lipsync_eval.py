@@ -29,6 +29,7 @@ import numpy as np
 
 from components.common.jsonl import json_safe
 from components.common.stats import bootstrap_two_class, wilson
+from components.evaluate.config import EvaluateConfig
 from components.finetune_lipsync.metrics import binary_metrics, choose_threshold
 
 logger = logging.getLogger("clipsync.evaluate")
@@ -190,7 +191,9 @@ def _score(model, videos, perturbation: tuple[str, float] | None = None) -> np.n
     return np.asarray(scores, dtype=np.float64)
 
 
-def lipsync_estimates(labels: np.ndarray, scores: np.ndarray, threshold: float, evaluation=None) -> dict[str, dict]:
+def lipsync_estimates(
+    labels: np.ndarray, scores: np.ndarray, threshold: float, evaluation: EvaluateConfig | None = None
+) -> dict[str, dict]:
     """The test figures with their confidence intervals (fake is the positive class).
 
     Args:
@@ -203,8 +206,6 @@ def lipsync_estimates(labels: np.ndarray, scores: np.ndarray, threshold: float, 
         ``roc_auc``, ``average_precision`` (bootstrap over videos), ``fpr`` (over the real videos), ``fnr`` (over
         the fake ones), ``accuracy`` (Wilson) -> :meth:`Estimate.to_dict`.
     """
-    from components.evaluate.config import EvaluateConfig
-
     ev = evaluation or EvaluateConfig()
     y = np.asarray(labels, dtype=int)
     s = np.asarray(scores, dtype=np.float64)
@@ -220,7 +221,9 @@ def lipsync_estimates(labels: np.ndarray, scores: np.ndarray, threshold: float, 
     return {k: v.to_dict() for k, v in out.items()}
 
 
-def evaluate_model(model_dir: Path, val, test, device: str, evaluation) -> tuple[ModelEval, np.ndarray, object]:
+def evaluate_model(
+    model_dir: Path, val, test, device: str, evaluation: EvaluateConfig | None
+) -> tuple[ModelEval, np.ndarray, object]:
     """Load a detector, choose its threshold on ``val`` (its own when ``val`` lacks a class), score ``test``.
 
     Returns:
@@ -258,7 +261,7 @@ def evaluate_lipsync(
     robustness: bool = True,
     perturbations: dict[str, Sequence[float]] | None = None,
     face_config=None,
-    evaluation=None,
+    evaluation: EvaluateConfig | None = None,
 ) -> LipsyncEvalReport:
     """Evaluate the challenger (and the champion) on the faces Dataset's test videos.
 
@@ -277,7 +280,6 @@ def evaluate_lipsync(
     Returns:
         The report (also written to ``out_dir``).
     """
-    from components.evaluate.config import EvaluateConfig
     from components.face_tracking.config import FaceTrackingConfig
     from components.face_tracking.evidence import EvidenceRules
     from components.finetune_lipsync.config import FinetuneLipsyncConfig
