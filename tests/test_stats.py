@@ -8,7 +8,7 @@ from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
 from components.common.errors import ConfigError
-from components.common.stats import _auc_rows, bootstrap_mean, bootstrap_two_class, mean_and_spread, wilson
+from components.common.stats import auc_rows, bootstrap_mean, bootstrap_two_class, mean_and_spread, wilson
 from components.config import from_dict, load_config
 from components.evaluate.clip_eval import clip_estimates
 from components.evaluate.config import EvaluateConfig
@@ -58,7 +58,7 @@ def test_two_class_bootstrap_is_sklearn_auc_and_says_when_it_cannot():
     y = rng.integers(0, 2, size=(50, 12))
     s = np.round(rng.random((50, 12)), 1)  # ties on purpose: they count half, as in roc_auc_score
     y[:, 0], y[:, 1] = 0, 1
-    assert _auc_rows(y, s) == pytest.approx([roc_auc_score(a, b) for a, b in zip(y, s, strict=True)])
+    assert auc_rows(y, s) == pytest.approx([roc_auc_score(a, b) for a, b in zip(y, s, strict=True)])
     labels, scores = [1, 1, 1, 0, 0, 0], [0.9, 0.8, 0.4, 0.7, 0.2, 0.1]
     est = bootstrap_two_class("roc_auc", labels, scores, seed=3)
     assert est.value == pytest.approx(8 / 9) and est.low < est.value <= est.high <= 1.0

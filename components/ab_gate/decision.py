@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from components.ab_gate.config import GatePolicy, default_minimum
+from components.common.stats import auc_rows
 
 PRIMARY_METRIC = {"clip": "recall_at_1", "lipsync": "roc_auc"}
 GROUP_KIND = {"clip": "category", "lipsync": "perturbation"}
@@ -297,19 +298,6 @@ def _aligned(baseline: ModelEvaluation, challenger: ModelEvaluation) -> np.ndarr
     return order
 
 
-def _auc_rows(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """ROC AUC of each row (Mann-Whitney, ties count half); NaN where a row lacks one class."""
-    from scipy.stats import rankdata
-
-    ranks = rankdata(scores, axis=1)
-    n_pos = labels.sum(axis=1)
-    n_neg = labels.shape[1] - n_pos
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auc = ((ranks * labels).sum(axis=1) - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
-    auc[(n_pos == 0) | (n_neg == 0)] = np.nan
-    return auc
-
-
 def _bootstrap_diffs(
     model: str,
     base_correct: np.ndarray,
@@ -331,7 +319,7 @@ def _bootstrap_diffs(
             diffs.append(chal_correct[idx].mean(axis=1) - base_correct[idx].mean(axis=1))
         else:
             lab = labels[idx]
-            diffs.append(_auc_rows(lab, chal_scores[idx]) - _auc_rows(lab, base_scores[idx]))
+            diffs.append(auc_rows(lab, chal_scores[idx]) - auc_rows(lab, base_scores[idx]))
         done += size
     out = np.concatenate(diffs)
     return out[np.isfinite(out)]  # resamples with a single class have no AUC

@@ -116,14 +116,18 @@ def bootstrap_mean(values: Sequence[float], confidence: float = 0.95, n_resample
 TWO_CLASS_METRICS = ("roc_auc", "average_precision")
 
 
-def _auc_rows(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """ROC AUC of each row by the Mann-Whitney statistic (ties count half), as ``roc_auc_score`` computes it."""
+def auc_rows(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """ROC AUC of each row by the Mann-Whitney statistic (ties count half, as in ``roc_auc_score``); NaN where a
+    row lacks one class. Vectorised over resamples (the bootstraps here and the gate's paired one)."""
     from scipy.stats import rankdata
 
     ranks = rankdata(scores, axis=1)
     n_pos = labels.sum(axis=1)
     n_neg = labels.shape[1] - n_pos
-    return ((ranks * labels).sum(axis=1) - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = ((ranks * labels).sum(axis=1) - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+    auc[(n_pos == 0) | (n_neg == 0)] = np.nan
+    return auc
 
 
 def bootstrap_two_class(
@@ -175,7 +179,7 @@ def bootstrap_two_class(
         note = f"too few of one class for a bootstrap ({len(idx)}/{n_resamples} usable resamples)"
         return Estimate.undefined(n, note, confidence, value)
     if metric == "roc_auc":
-        stats = _auc_rows(y[idx], s[idx])
+        stats = auc_rows(y[idx], s[idx])
     else:
         stats = np.array([average_precision_score(y[i], s[i]) for i in idx])
     alpha = 1.0 - confidence
