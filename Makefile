@@ -34,7 +34,7 @@ demo-data: $(STAMP)
 	$(BIN)/clipsync demo-data --client $(CLIENT)
 
 run: $(STAMP) models demo-data
-	$(BIN)/clipsync run --client $(CLIENT)
+	$(BIN)/clipsync run --client $(CLIENT) --config configs/demo.yaml
 
 test: $(STAMP) models
 	$(BIN)/ruff check components pipelines serving tests benchmarks

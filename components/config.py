@@ -37,6 +37,7 @@ from components.common.fleet_config import FleetConfig
 from components.common.names import CLIENT_ID_RULE, experiment_name, is_client_id
 from components.common.stage import StageContext
 from components.deploy.config import DeployConfig
+from components.evaluate.config import EvaluateConfig
 from components.face_tracking.config import FaceTrackingConfig
 from components.finetune_clip.config import FinetuneClipConfig
 from components.finetune_lipsync.config import FinetuneLipsyncConfig
@@ -64,6 +65,8 @@ class ClientConfig:
         face_tracking: See :class:`components.face_tracking.config.FaceTrackingConfig`.
         finetune_clip: See :class:`components.finetune_clip.config.FinetuneClipConfig`.
         finetune_lipsync: See :class:`components.finetune_lipsync.config.FinetuneLipsyncConfig`.
+        evaluate: Confidence intervals and the optional cross-validation, see
+            :class:`components.evaluate.config.EvaluateConfig`.
         ab_gate: The promotion policy, :class:`components.ab_gate.config.GatePolicy`.
         deploy: See :class:`components.deploy.config.DeployConfig`.
         serving: See :class:`serving.config.ServingConfig`.
@@ -86,6 +89,7 @@ class ClientConfig:
     face_tracking: FaceTrackingConfig = field(default_factory=FaceTrackingConfig)
     finetune_clip: FinetuneClipConfig = field(default_factory=FinetuneClipConfig)
     finetune_lipsync: FinetuneLipsyncConfig = field(default_factory=FinetuneLipsyncConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     ab_gate: GatePolicy = field(default_factory=GatePolicy)
     deploy: DeployConfig = field(default_factory=DeployConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
@@ -151,6 +155,7 @@ _SECTIONS: dict[str, type] = {
     "face_tracking": FaceTrackingConfig,
     "finetune_clip": FinetuneClipConfig,
     "finetune_lipsync": FinetuneLipsyncConfig,
+    "evaluate": EvaluateConfig,
     "ab_gate": GatePolicy,
     "deploy": DeployConfig,
     "serving": ServingConfig,

@@ -342,3 +342,34 @@ def test_a_test_split_that_cannot_measure_the_metric_keeps_the_champion():
     assert "KEEP" in decision.to_markdown()
     assert Decision.from_json(decision.to_json()).reasons == decision.reasons
     assert {k for k, v in decision.as_metrics().items() if v == v} >= {"gate_lipsync_promote", "gate_lipsync_n_items"}
+
+
+def test_refuses_to_decide_on_too_few_test_items_and_says_so():
+    # Six lip-sync test videos, perfectly separated: a large "gain" over chance that decides nothing.
+    labels = np.array([0, 1, 0, 1, 0, 1])
+    strong = lipsync_eval("2", labels * 0.8 + 0.1, labels)
+    chance = ModelEvaluation(
+        "lipsync", "base", "roc_auc", 0.5, strong.item_ids, (1 - labels).tolist(), labels.tolist(), [0.5] * 6
+    )
+    d = decide(None, strong, GatePolicy(), base=chance)
+    assert not d.promote and d.gain == pytest.approx(0.5)
+    assert d.reasons[0] == "6 test videos < min_test_videos 30: too few to decide on, the champion is kept"
+    assert "this decision rests on 6 test videos" in d.reasons
+    assert "- 6 test videos < min_test_videos 30" in d.to_markdown()
+    # A client (or the demo) may lower the minimum; the decision then says plainly what it rests on.
+    lowered = decide(None, strong, GatePolicy(min_test_videos=6, n_bootstrap=200), base=chance)
+    assert not any("too few to decide on" in r for r in lowered.reasons)
+    assert (
+        "this decision rests on 6 test videos (min_test_videos 6 is below the default 30: a small sample, read the CIs)"
+        in lowered.reasons
+    )
+    # Search: queries against min_test_queries; at the default size the note carries no warning.
+    champion, challenger = clip_pair(49, 10, challenger_only=20, champion_only=0)
+    few = decide(champion, challenger, GatePolicy())
+    assert not few.promote and few.reasons[0].startswith("49 test queries < min_test_queries 50")
+    champion, challenger = clip_pair(400, 120, challenger_only=50, champion_only=10)
+    enough = decide(champion, challenger, GatePolicy())
+    assert enough.promote and "this decision rests on 400 test queries" in enough.reasons
+    for bad in ({"min_test_videos": 0}, {"min_test_queries": -1}):
+        with pytest.raises(ConfigError, match=f"ab_gate.{next(iter(bad))} must be"):
+            GatePolicy(**bad)

@@ -181,8 +181,8 @@ ALLOWED = {
     "components.monitor": {"components.common", "components.evaluate", "components.feedback", "serving"},
     "components.start_run": {"components.common", "components.config"},
     "components.summary": {"components.common", "components.config", "components.start_run"},
-    # the composition root: every stage's settings (evaluate has none of its own) and serving's
-    "components.config": {"components.common", "serving"} | {f"components.{s}" for s in STAGES if s != "evaluate"},
+    # the composition root: every stage's settings and serving's
+    "components.config": {"components.common", "serving"} | {f"components.{s}" for s in STAGES},
     "serving": {
         "components.common",
         "components.config",

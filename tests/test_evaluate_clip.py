@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from components.evaluate.clip_eval import ClipEvalReport, write_clip_report
+from components.evaluate.clip_eval import ClipEvalReport, clip_estimates, write_clip_report
+from components.evaluate.config import EvaluateConfig
 from components.finetune_clip.metrics import retrieval_metrics, retrieval_problem
 
 
@@ -113,3 +114,23 @@ def test_report_files(tmp_path):
     }
     m = report.as_metrics()
     assert m["clip_delta_recall_at_1"] == pytest.approx(challenger.recall_at_1 - baseline.recall_at_1)
+    assert "clip_challenger_recall_at_1_ci_low" not in m  # no estimates given: no intervals invented
+
+    # With the estimates evaluate_clip attaches, each figure and each category's R@1 carries its interval.
+    settings = EvaluateConfig(n_bootstrap=200)
+    report.estimates = {
+        "challenger": clip_estimates(challenger, settings),
+        "baseline": clip_estimates(baseline, settings),
+    }
+    write_clip_report(report, tmp_path)
+    md = (tmp_path / "clip_report.md").read_text()
+    low, high = (
+        report.estimates["challenger"]["recall_at_1"]["low"],
+        report.estimates["challenger"]["recall_at_1"]["high"],
+    )
+    assert f"| Recall@1 | 0.333 [{low:.3f}, {high:.3f}] | 0.333 [0.061, 0.792] |" in md  # Wilson of 1/3
+    assert "| Recall@5 | 1.000 [0.439, 1.000] |" in md
+    assert "| med | 2 | 0% | 50% | [9%, 91%] |" in md and "Intervals: 95% Wilson for R@k (over the 3 queries)" in md
+    saved = json.loads((tmp_path / "clip_eval.json").read_text())["estimates"]
+    assert saved["challenger"]["recall_at_1_by_category"]["ind"]["n"] == 1
+    assert report.as_metrics()["clip_challenger_mean_ap_ci_high"] <= 1.0

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from components.evaluate.config import EvaluateConfig
+from components.evaluate.crossval import cross_validate_lipsync
 from components.evaluate.lipsync_eval import PERTURBATIONS, evaluate_lipsync, perturb_crops, robustness_table
 from components.face_tracking.config import FaceTrackingConfig
 from components.face_tracking.evidence import EvidenceRules
@@ -136,10 +138,33 @@ def test_evaluate_challenger_and_champion_on_same_test_videos(tmp_path):
     assert "lipsync_challenger_test_roc_auc" in metrics and metrics["lipsync_n_test_inconclusive"] == 2
     assert metrics["lipsync_challenger_robust_blur_2_accuracy"] >= 0
 
+    # Every test figure carries its interval and the videos it rests on (FPR: the real ones, FNR: the fake ones).
+    ci = report.challenger.test_ci
+    assert ci["roc_auc"]["n"] == 6 and ci["fpr"]["n"] == report.challenger.test["n_real"]
+    assert ci["fnr"]["n"] == report.challenger.test["n_fake"] and ci["fpr"]["method"] == "wilson"
+    for key in ("roc_auc", "average_precision", "accuracy", "fpr", "fnr"):
+        est = ci[key]
+        assert est["value"] == pytest.approx(report.challenger.test[key])
+        assert est["low"] is None or est["low"] <= est["value"] <= est["high"]
+    assert metrics["lipsync_challenger_test_accuracy_ci_low"] <= metrics["lipsync_challenger_test_accuracy"]
+    assert "[" in table.split("| blur | 2 |")[1].split("\n")[0]  # the AUC's interval in the robustness table
+
     # First month: no champion; the report still holds the challenger alone.
     alone = evaluate_lipsync(challenger, None, faces, tmp_path / "out2", replace(cfg), robustness=False)
     assert alone.champion is None and "champion_score" not in alone.paired[0]
     assert alone.challenger.test == report.challenger.test
+
+    # Asked for, a 2-fold CV estimate (one detector trained per fold, 1 epoch) over all 18 labelled videos with
+    # evidence, reported beside the held-out test figures.
+    cv = cross_validate_lipsync(faces, cfg, EvaluateConfig(cv_folds=2, cv_epochs=1, n_bootstrap=200), tmp_path)
+    assert (cv["k"], cv["epochs"], cv["n_videos"], len(cv["folds"])) == (2, 1, 18, 2)
+    assert sum(f["n_test"] for f in cv["folds"]) == 18 and all(f["n_test_fake"] >= 3 for f in cv["folds"])
+    auc = cv["metrics"]["roc_auc"]
+    assert auc["folds"] == 2 and auc["min"] <= auc["mean"] <= auc["max"]
+    alone.cross_validation = cv
+    assert alone.as_metrics()["lipsync_cv_roc_auc_mean"] == auc["mean"]
+    too_few = cross_validate_lipsync(faces, cfg, EvaluateConfig(cv_folds=20), tmp_path)
+    assert too_few == {"k": 20, "note": "needs at least 20 videos of each class, has 9: no CV estimate"}
 
 
 def test_robustness_table_marks_missing_values():
@@ -156,6 +181,9 @@ def test_robustness_table_marks_missing_values():
     ]
     table = robustness_table(rows)
     assert "| none | 0 | 0.900 | 0.800 | 0.100 | n/a |" in table
+    rows[0] |= {"roc_auc_ci_low": 0.7, "roc_auc_ci_high": 1.0, "n": 12}
+    table = robustness_table(rows)
+    assert "| none | 0 | 0.900 [0.700, 1.000] | 0.800 |" in table and "over the 12 test videos" in table
 
 
 def test_stage_fetches_champion_from_registry_and_logs_to_mlflow(tmp_path):
@@ -176,10 +204,14 @@ def test_stage_fetches_champion_from_registry_and_logs_to_mlflow(tmp_path):
     assert first.champion is None  # nothing registered yet
     with tracking.stage_run(config.tracking, "", "finetune_lipsync") as trained:
         tracking.register_model_dir(config.tracking, "lipsync-acme", tmp_path / "champion", trained, alias="champion")
-    report = run_evaluate_lipsync(faces, tmp_path / "challenger", tmp_path / "out2", cfg, config.context())
+    evaluation = EvaluateConfig(cv_folds=2, cv_epochs=1, n_bootstrap=200)
+    report = run_evaluate_lipsync(
+        faces, tmp_path / "challenger", tmp_path / "out2", cfg, config.context(), evaluation=evaluation
+    )
     assert report.champion is not None and report.champion.test["n"] == 4
     assert report.champion_version == "1"
-    assert json.loads((tmp_path / "out2" / "lipsync_eval.json").read_text())["champion_version"] == "1"
+    saved = json.loads((tmp_path / "out2" / "lipsync_eval.json").read_text())
+    assert saved["champion_version"] == "1" and saved["cross_validation"]["n_videos"] == 10
     assert all("champion_correct" in row for row in report.paired)
     client = mlflow.MlflowClient(config.tracking.tracking_uri)
     runs = client.search_runs(
@@ -188,4 +220,5 @@ def test_stage_fetches_champion_from_registry_and_logs_to_mlflow(tmp_path):
     run_id = runs[0].info.run_id  # the latest: the one that found the champion
     logged = {f.path for f in client.list_artifacts(run_id, "evaluate_lipsync")}
     assert "evaluate_lipsync/lipsync_robustness.png" in logged and "evaluate_lipsync/lipsync_paired.jsonl" in logged
-    assert "lipsync_champion_test_accuracy" in client.get_run(run_id).data.metrics
+    logged_metrics = client.get_run(run_id).data.metrics
+    assert "lipsync_champion_test_accuracy" in logged_metrics and "lipsync_cv_roc_auc_std" in logged_metrics

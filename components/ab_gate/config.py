@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from components.common.errors import ConfigError
 
@@ -25,6 +25,9 @@ class GatePolicy:
         max_regression: Largest drop allowed in any group (CLIP category top-1, lip-sync perturbation
             AUC), in absolute units.
         seed: Seed of the bootstrap resampling (the decision is reproducible).
+        min_test_videos: Fewest lip-sync test videos the gate decides on; below it the champion is kept and the
+            reasons say so (an AUC on 6 videos moves by a sixth of its range with one video).
+        min_test_queries: Fewest search test queries the gate decides on (R@1 is a share of them).
     """
 
     min_gain: float = 0.02
@@ -33,6 +36,8 @@ class GatePolicy:
     n_bootstrap: int = 2000
     max_regression: float = 0.05
     seed: int = 0
+    min_test_videos: int = 30
+    min_test_queries: int = 50
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_gain < 1.0:
@@ -47,3 +52,11 @@ class GatePolicy:
             raise ConfigError(f"ab_gate.max_regression must be in [0, 1], got {self.max_regression}")
         if self.seed < 0:
             raise ConfigError(f"ab_gate.seed must be >= 0, got {self.seed}")
+        for name in ("min_test_videos", "min_test_queries"):
+            if not 1 <= getattr(self, name) <= 1_000_000:
+                raise ConfigError(f"ab_gate.{name} must be 1..1000000, got {getattr(self, name)}")
+
+
+def default_minimum(name: str) -> int:
+    """The default of ``min_test_videos`` / ``min_test_queries`` (a decision below it says so)."""
+    return next(int(f.default) for f in fields(GatePolicy) if f.name == name)

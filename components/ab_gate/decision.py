@@ -3,6 +3,8 @@
 :func:`decide` compares two :class:`ModelEvaluation` of the same model on the SAME test items and promotes
 only when three things hold:
 
+0. the test set is large enough to decide on: at least ``policy.min_test_videos`` lip-sync test videos or
+   ``policy.min_test_queries`` search queries (below it the champion is kept, whatever the numbers say);
 1. the primary metric (R@1 for CLIP, ROC AUC for lip-sync) improves by at least ``policy.min_gain``;
 2. a paired test on the shared items says the gain is real at ``policy.confidence`` (a paired bootstrap
    CI of the difference whose lower bound is above 0, or an exact McNemar test on per-item correctness);
@@ -23,10 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from components.ab_gate.config import GatePolicy
+from components.ab_gate.config import GatePolicy, default_minimum
+from components.common.stats import auc_rows
 
 PRIMARY_METRIC = {"clip": "recall_at_1", "lipsync": "roc_auc"}
 GROUP_KIND = {"clip": "category", "lipsync": "perturbation"}
+#: model -> (what a test item is, the policy's minimum count of them)
+TEST_ITEMS = {"clip": ("test queries", "min_test_queries"), "lipsync": ("test videos", "min_test_videos")}
 _BOOTSTRAP_CHUNK = 250
 
 
@@ -293,19 +298,6 @@ def _aligned(baseline: ModelEvaluation, challenger: ModelEvaluation) -> np.ndarr
     return order
 
 
-def _auc_rows(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """ROC AUC of each row (Mann-Whitney, ties count half); NaN where a row lacks one class."""
-    from scipy.stats import rankdata
-
-    ranks = rankdata(scores, axis=1)
-    n_pos = labels.sum(axis=1)
-    n_neg = labels.shape[1] - n_pos
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auc = ((ranks * labels).sum(axis=1) - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
-    auc[(n_pos == 0) | (n_neg == 0)] = np.nan
-    return auc
-
-
 def _bootstrap_diffs(
     model: str,
     base_correct: np.ndarray,
@@ -327,7 +319,7 @@ def _bootstrap_diffs(
             diffs.append(chal_correct[idx].mean(axis=1) - base_correct[idx].mean(axis=1))
         else:
             lab = labels[idx]
-            diffs.append(_auc_rows(lab, chal_scores[idx]) - _auc_rows(lab, base_scores[idx]))
+            diffs.append(auc_rows(lab, chal_scores[idx]) - auc_rows(lab, base_scores[idx]))
         done += size
     out = np.concatenate(diffs)
     return out[np.isfinite(out)]  # resamples with a single class have no AUC
@@ -350,6 +342,18 @@ def mcnemar_p_value(challenger_only: int, champion_only: int) -> float:
     # Exact integer arithmetic: int / int stays accurate for huge n.
     tail = sum(math.comb(n, i) for i in range(k + 1))
     return min(1.0, 2 * tail / 2**n)
+
+
+def _size_check(model: str, n: int, policy: GatePolicy) -> tuple[list[str], str]:
+    """The test-set size condition: ``([failure] or [], a line saying what the decision rests on)``."""
+    items, name = TEST_ITEMS[model]
+    minimum, default = getattr(policy, name), default_minimum(name)
+    rests = f"this decision rests on {n} {items}"
+    if minimum < default:
+        rests += f" ({name} {minimum} is below the default {default}: a small sample, read the CIs)"
+    if n < minimum:
+        return [f"{n} {items} < {name} {minimum}: too few to decide on, the champion is kept"], rests
+    return [], rests
 
 
 def decide(
@@ -449,6 +453,9 @@ def decide(
     if missing:
         reasons_ok.append(f"{kind}(s) not measured for the challenger: {', '.join(missing)}")
 
+    too_few, rests_on = _size_check(model, len(challenger.item_ids), policy)
+    reasons_fail = too_few + reasons_fail
+    reasons_ok.append(rests_on)
     promote = not reasons_fail
     if baseline_kind == "base":
         reasons_ok.append("first month: no champion, compared with the base model")

@@ -3,6 +3,9 @@
 Both models are scored with the same code on the same test split; the metrics and their definitions are
 :mod:`components.finetune_clip.metrics` (what training validates with). The per-query arrays are written beside
 the summary so that the A/B gate can run a paired test.
+
+Every figure carries its confidence interval and the number of queries it rests on (:func:`clip_estimates`:
+Wilson for R@k and each category's R@1, a bootstrap over queries for mAP; :mod:`components.common.stats`).
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from components.common.stats import bootstrap_mean, wilson
+from components.evaluate.config import EvaluateConfig
 from components.finetune_clip.metrics import (
     RetrievalResult,
     query_video_similarity,
@@ -47,9 +52,37 @@ def score_model(
     return retrieval_metrics(sim.cpu().numpy(), relevant, q_cats, [s.category for s in samples], queries)
 
 
+def clip_estimates(result: RetrievalResult, evaluation: EvaluateConfig | None = None) -> dict[str, Any]:
+    """One model's retrieval figures with their confidence intervals over the test queries.
+
+    Args:
+        result: The model's retrieval metrics.
+        evaluation: The ``evaluate`` settings (level, resamples, seed); defaults when ``None``.
+
+    Returns:
+        ``recall_at_1`` / ``_5`` / ``_10`` (Wilson), ``mean_ap`` (bootstrap over queries) and, per query category,
+        ``recall_at_1_by_category`` and ``mean_ap_by_category``, each an :meth:`Estimate.to_dict`.
+    """
+    ev = evaluation or EvaluateConfig()
+    n = len(result.queries)
+    out: dict[str, Any] = {
+        f"recall_at_{k}": wilson(int(result.hits(k).sum()), n, ev.confidence).to_dict() for k in (1, 5, 10)
+    }
+    out["mean_ap"] = bootstrap_mean(result.average_precision, ev.confidence, ev.n_bootstrap, ev.seed).to_dict()
+    cats = np.asarray(result.query_categories, dtype=object)
+    hit1 = result.hits(1)
+    out["recall_at_1_by_category"], out["mean_ap_by_category"] = {}, {}
+    for c in sorted(set(result.query_categories)):
+        mask = cats == c
+        out["recall_at_1_by_category"][c] = wilson(int(hit1[mask].sum()), int(mask.sum()), ev.confidence).to_dict()
+        ap = result.average_precision[mask]
+        out["mean_ap_by_category"][c] = bootstrap_mean(ap, ev.confidence, ev.n_bootstrap, ev.seed).to_dict()
+    return out
+
+
 @dataclass
 class ClipEvalReport:
-    """Challenger vs. baseline on the test split."""
+    """Challenger vs. baseline on the test split; ``estimates``: role -> :func:`clip_estimates` (the CIs)."""
 
     challenger: RetrievalResult
     baseline: RetrievalResult
@@ -58,6 +91,7 @@ class ClipEvalReport:
     skipped: list[dict[str, str]]
     files: dict[str, str]
     relevance: str = "label"
+    estimates: dict[str, dict] = field(default_factory=dict)
 
     def as_metrics(self) -> dict[str, float]:
         """Flat metrics for MLflow (``clip_challenger_*``, ``clip_baseline_*``, ``clip_delta_*``)."""
@@ -70,6 +104,11 @@ class ClipEvalReport:
                 out[f"clip_{role}_{key}"] = getattr(res, key)
         for key in ("recall_at_1", "recall_at_5", "recall_at_10", "mean_ap"):
             out[f"clip_delta_{key}"] = getattr(self.challenger, key) - getattr(self.baseline, key)
+        for role, estimates in self.estimates.items():
+            for key in ("recall_at_1", "mean_ap"):
+                if estimates[key]["low"] is not None:
+                    out[f"clip_{role}_{key}_ci_low"] = estimates[key]["low"]
+                    out[f"clip_{role}_{key}_ci_high"] = estimates[key]["high"]
         return out
 
 
@@ -84,6 +123,7 @@ def evaluate_clip(
     cache_dir: str | Path | None = None,
     device: str = "cpu",
     relevance: str = "label",
+    evaluation: EvaluateConfig | None = None,
 ) -> ClipEvalReport:
     """Score the challenger and the baseline on the test split with the same code, write the report.
 
@@ -98,6 +138,7 @@ def evaluate_clip(
         cache_dir: Model cache for base references.
         device: The ``device`` setting (``auto``: CUDA when available).
         relevance: ``label`` or ``category`` (see :func:`retrieval_problem`).
+        evaluation: The ``evaluate`` settings (confidence intervals); defaults when ``None``.
 
     Returns:
         The report (also written to ``out_dir``).
@@ -130,7 +171,10 @@ def evaluate_clip(
             len(results[role].queries),
         )
         del bundle
-    report = ClipEvalReport(results["challenger"], results["baseline"], baseline_kind, n_test, skipped, {}, relevance)
+    estimates = {role: clip_estimates(res, evaluation) for role, res in results.items()}
+    report = ClipEvalReport(
+        results["challenger"], results["baseline"], baseline_kind, n_test, skipped, {}, relevance, estimates
+    )
     report.files = write_clip_report(report, Path(out_dir))
     return report
 
@@ -148,6 +192,7 @@ def write_clip_report(report: ClipEvalReport, out_dir: Path) -> dict[str, str]:
         "challenger": ch.summary(),
         "baseline": bl.summary(),
         "skipped": report.skipped,
+        "estimates": report.estimates,
     }
     files = {name: str(out_dir / name) for name in REPORT_FILES}
     Path(files["clip_eval.json"]).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
@@ -196,15 +241,20 @@ def _markdown(report: ClipEvalReport) -> str:
         ("median_rank", "median rank"),
     ):
         a, b = getattr(bl, key), getattr(ch, key)
-        lines.append(f"| {label} | {a:.3f} | {b:.3f} | {b - a:+.3f} |")
+        lines.append(
+            f"| {label} | {_with_ci(a, report, 'baseline', key)} | {_with_ci(b, report, 'challenger', key)}"
+            f" | {b - a:+.3f} |"
+        )
     lines += [
         "",
         "## Top-1 accuracy per category",
         "",
         f"| category | queries | text→video {report.baseline_kind} | text→video challenger |"
+        f" challenger R@1 {_level(report)} CI |"
         f" video→text {report.baseline_kind} | video→text challenger |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
+    by_cat = report.estimates.get("challenger", {}).get("recall_at_1_by_category", {})
     cats = sorted(set(ch.query_top1_by_category) | set(ch.video_top1_by_category))
     n_by_cat = Counter(ch.query_categories)
     for c in cats:
@@ -214,8 +264,12 @@ def _markdown(report: ClipEvalReport) -> str:
             bl.video_top1_by_category.get(c),
             ch.video_top1_by_category.get(c),
         ]
-        cells = " | ".join("n/a" if v is None else f"{100 * v:.0f}%" for v in vals)
-        lines.append(f"| {c or '(none)'} | {n_by_cat.get(c, 0)} | {cells} |")
+        cells = ["n/a" if v is None else f"{100 * v:.0f}%" for v in vals]
+        est = by_cat.get(c) or {}
+        ci = f"[{100 * est['low']:.0f}%, {100 * est['high']:.0f}%]" if est.get("low") is not None else "n/a"
+        lines.append(
+            f"| {c or '(none)'} | {n_by_cat.get(c, 0)} | {' | '.join(cells[:2])} | {ci} | {' | '.join(cells[2:])} |"
+        )
     better = int(np.sum(ch.rank < bl.rank))
     worse = int(np.sum(ch.rank > bl.rank))
     lines += [
@@ -223,8 +277,23 @@ def _markdown(report: ClipEvalReport) -> str:
         f"Paired per query: the challenger ranks the first relevant video higher on {better} queries,"
         f" lower on {worse}, equal on {len(ch.queries) - better - worse}.",
         "",
+        f"Intervals: {_level(report)} Wilson for R@k (over the {len(ch.queries)} queries), percentile bootstrap over"
+        " queries for mAP. A category with a handful of queries has a wide interval: read its top-1 with it.",
+        "",
     ]
     return "\n".join(lines)
+
+
+def _level(report: ClipEvalReport) -> str:
+    est = report.estimates.get("challenger", {}).get("recall_at_1", {})
+    return f"{est.get('confidence', 0.95):.0%}"
+
+
+def _with_ci(value: float, report: ClipEvalReport, role: str, key: str) -> str:
+    est = report.estimates.get(role, {}).get(key)
+    if not est or est.get("low") is None:
+        return f"{value:.3f}"
+    return f"{value:.3f} [{est['low']:.3f}, {est['high']:.3f}]"
 
 
 def _md_to_html(md: str) -> str:

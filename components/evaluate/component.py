@@ -25,7 +25,8 @@ def evaluate_clip(
     from components.evaluate.core import CLIP_HTML, run_evaluate_clip
 
     cfg, ctx = task_inputs(config, parent_run_id)
-    result = run_evaluate_clip(Path(frames.path), Path(challenger.path), Path(per_query.path), cfg.finetune_clip, ctx)
+    inputs = Path(frames.path), Path(challenger.path), Path(per_query.path)
+    result = run_evaluate_clip(*inputs, cfg.finetune_clip, ctx, evaluation=cfg.evaluate)
     shutil.copyfile(Path(per_query.path) / CLIP_HTML, report.path)
     if result is not None:
         log_kfp_metrics(metrics, result.as_metrics())
@@ -49,7 +50,8 @@ def evaluate_lipsync(
 
     cfg, ctx = task_inputs(config, parent_run_id)
     inputs = Path(faces.path), Path(challenger.path), Path(report.path)
-    result = run_evaluate_lipsync(*inputs, cfg.finetune_lipsync, ctx, face_config=cfg.face_tracking)
+    extra = {"face_config": cfg.face_tracking, "evaluation": cfg.evaluate}
+    result = run_evaluate_lipsync(*inputs, cfg.finetune_lipsync, ctx, **extra)
     if result is not None:
         files = sorted(Path(p).name for p in result.files.values())
         report.metadata.update({"files": files, "champion_version": result.champion_version})

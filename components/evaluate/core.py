@@ -19,6 +19,8 @@ from components.common.jsonl import json_safe
 from components.common.no_challenger import pass_on_no_challenger
 from components.common.stage import StageContext
 from components.evaluate.clip_eval import ClipEvalReport, evaluate_clip
+from components.evaluate.config import EvaluateConfig
+from components.evaluate.crossval import cross_validate_lipsync
 from components.evaluate.lipsync_eval import REPORT_FILE, LipsyncEvalReport, evaluate_lipsync, write_lipsync_report
 from components.face_tracking.config import FaceTrackingConfig
 from components.finetune_clip.config import FinetuneClipConfig
@@ -29,7 +31,13 @@ CLIP_HTML = "clip_report.html"
 
 
 def run_evaluate_clip(
-    frames_dir: Path, challenger_dir: Path, out_dir: Path, cfg: FinetuneClipConfig, ctx: StageContext
+    frames_dir: Path,
+    challenger_dir: Path,
+    out_dir: Path,
+    cfg: FinetuneClipConfig,
+    ctx: StageContext,
+    *,
+    evaluation: EvaluateConfig | None = None,
 ) -> ClipEvalReport | None:
     """The evaluate_clip task: the challenger vs. the champion (or the base model on the first month).
 
@@ -40,6 +48,7 @@ def run_evaluate_clip(
             ``clip_report.html`` is the page a person reads).
         cfg: The finetune_clip settings (base model, pooling and frames for the base model, device, relevance).
         ctx: The client, the registry (its champion), the state folder and model cache, the MLflow run.
+        evaluation: The client's ``evaluate`` settings (confidence intervals); defaults when ``None``.
 
     Returns:
         The report, or ``None`` when this month has no challenger (``out_dir`` then holds the reason).
@@ -71,6 +80,7 @@ def run_evaluate_clip(
                 ctx.cache_dir,
                 cfg.device,
                 cfg.eval_relevance,
+                evaluation,
             )
         run.log_metrics(report.as_metrics())
         run.log_artifacts(str(out_dir), "evaluate_clip")
@@ -85,6 +95,7 @@ def run_evaluate_lipsync(
     ctx: StageContext,
     *,
     face_config: FaceTrackingConfig | None = None,
+    evaluation: EvaluateConfig | None = None,
 ) -> LipsyncEvalReport | None:
     """The evaluate_lipsync task: the challenger vs. the registry's champion (if any), with robustness.
 
@@ -96,6 +107,8 @@ def run_evaluate_lipsync(
         ctx: The client, the registry (its champion), the state folder, the MLflow run.
         face_config: The client's ``face_tracking`` settings: the evidence a test video needs to be scored
             (:mod:`components.face_tracking.evidence`); default settings when ``None``.
+        evaluation: The client's ``evaluate`` settings (confidence intervals, the optional k-fold estimate
+            of :mod:`components.evaluate.crossval`); defaults when ``None``.
 
     Returns:
         The report, or ``None`` when this month has no challenger (``out_dir`` then holds the reason).
@@ -109,9 +122,14 @@ def run_evaluate_lipsync(
         with tempfile.TemporaryDirectory(dir=ctx.state_dir, prefix=".lipsync-champion-") as tmp:
             champion = fetch_champion(ctx.tracking, "lipsync", ctx.client_id, Path(tmp) / "champion")
             champion_dir = champion[0] if champion else None
-            report = evaluate_lipsync(challenger_dir, champion_dir, faces_dir, out_dir, cfg, face_config=face_config)
+            report = evaluate_lipsync(
+                challenger_dir, champion_dir, faces_dir, out_dir, cfg, face_config=face_config, evaluation=evaluation
+            )
         if champion is not None:
             report.champion_version = champion[1]
+        if evaluation is not None and evaluation.cv_folds:
+            report.cross_validation = cross_validate_lipsync(faces_dir, cfg, evaluation, ctx.state_dir, face_config)
+        if champion is not None or report.cross_validation:
             write_lipsync_report(report, out_dir)
         run.log_metrics(report.as_metrics())
         run.log_dict(json_safe(asdict(report)), f"evaluate_lipsync/{REPORT_FILE}")

@@ -8,6 +8,12 @@ Videos that carry no evidence for a verdict (no audio track, no usable face trac
 videos left out are counted (``n_test_inconclusive``). Robustness repeats the metrics under the
 perturbations AVLips evaluates (compression, Gaussian noise, blur, pixelation, saturation, contrast),
 applied to the mouth crops, and writes a Markdown table and a PNG plot.
+
+Every test figure carries its confidence interval and the number of videos it rests on
+(:func:`lipsync_estimates`: Wilson for FPR, FNR and accuracy, a bootstrap over videos for ROC AUC and average
+precision; :mod:`components.common.stats`); so does the AUC of each robustness row. The test videos carry no
+fake type (the manifest knows real or fake only), so there is no per-fake-type breakdown here; the benchmark's
+(``benchmarks/quality.py``) has one.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from components.common.jsonl import json_safe
+from components.common.stats import bootstrap_two_class, wilson
+from components.evaluate.config import EvaluateConfig
 from components.finetune_lipsync.metrics import binary_metrics, choose_threshold
 
 logger = logging.getLogger("clipsync.evaluate")
@@ -109,6 +117,7 @@ class ModelEval:
         threshold_source: ``validation`` or ``model``.
         val: Validation metrics at that threshold.
         test: Test metrics.
+        test_ci: Test metric -> its :class:`~components.common.stats.Estimate` as a mapping (value, interval, n).
     """
 
     model_dir: str
@@ -116,6 +125,7 @@ class ModelEval:
     threshold_source: str
     val: dict = field(default_factory=dict)
     test: dict = field(default_factory=dict)
+    test_ci: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -124,7 +134,8 @@ class LipsyncEvalReport:
 
     ``paired`` rows: video_id, label (``real``/``fake``), and per model ``<role>_score``,
     ``<role>_pred_fake``, ``<role>_correct``. ``champion_version`` is set by
-    :func:`components.evaluate.core.run_evaluate_lipsync`.
+    :func:`components.evaluate.core.run_evaluate_lipsync`, and so is ``cross_validation``, the k-fold estimate
+    (:mod:`components.evaluate.crossval`) when ``evaluate.cv_folds`` asks for one (else empty).
     """
 
     challenger: ModelEval
@@ -137,6 +148,7 @@ class LipsyncEvalReport:
     skipped: list[dict] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
     champion_version: str = ""
+    cross_validation: dict = field(default_factory=dict)
 
     def as_metrics(self) -> dict[str, float]:
         """Flat numbers for MLflow: ``lipsync_<model>_<subset>_<metric>``; undefined values are left out."""
@@ -154,6 +166,14 @@ class LipsyncEvalReport:
                     value = getattr(ev, subset).get(key)
                     if value is not None:
                         out[f"lipsync_{role}_{subset}_{key}"] = float(value)
+            for key, est in ev.test_ci.items():
+                if est.get("low") is not None:
+                    out[f"lipsync_{role}_test_{key}_ci_low"] = float(est["low"])
+                    out[f"lipsync_{role}_test_{key}_ci_high"] = float(est["high"])
+        for key, value in self.cross_validation.get("metrics", {}).items():
+            if "mean" in value:
+                out[f"lipsync_cv_{key}_mean"] = value["mean"]
+                out[f"lipsync_cv_{key}_std"] = value["std"]
         for row in self.robustness:
             for key in ("roc_auc", "accuracy"):
                 if row.get(key) is not None:
@@ -171,7 +191,44 @@ def _score(model, videos, perturbation: tuple[str, float] | None = None) -> np.n
     return np.asarray(scores, dtype=np.float64)
 
 
-def _evaluate_model(model_dir: Path, val, test, device: str) -> tuple[ModelEval, np.ndarray, object]:
+def lipsync_estimates(
+    labels: np.ndarray, scores: np.ndarray, threshold: float, evaluation: EvaluateConfig | None = None
+) -> dict[str, dict]:
+    """The test figures with their confidence intervals (fake is the positive class).
+
+    Args:
+        labels: 1 fake, 0 real, per video.
+        scores: The detector's score per video.
+        threshold: The operating point (chosen on validation).
+        evaluation: The ``evaluate`` settings (level, resamples, seed); defaults when ``None``.
+
+    Returns:
+        ``roc_auc``, ``average_precision`` (bootstrap over videos), ``fpr`` (over the real videos), ``fnr`` (over
+        the fake ones), ``accuracy`` (Wilson) -> :meth:`Estimate.to_dict`.
+    """
+    ev = evaluation or EvaluateConfig()
+    y = np.asarray(labels, dtype=int)
+    s = np.asarray(scores, dtype=np.float64)
+    pred, fake = s >= threshold, y == 1
+    boot = {"confidence": ev.confidence, "n_resamples": ev.n_bootstrap, "seed": ev.seed}
+    out = {
+        "roc_auc": bootstrap_two_class("roc_auc", y, s, **boot),
+        "average_precision": bootstrap_two_class("average_precision", y, s, **boot),
+        "fpr": wilson(int((pred & ~fake).sum()), int((~fake).sum()), ev.confidence),
+        "fnr": wilson(int((~pred & fake).sum()), int(fake.sum()), ev.confidence),
+        "accuracy": wilson(int((pred == fake).sum()), len(y), ev.confidence),
+    }
+    return {k: v.to_dict() for k, v in out.items()}
+
+
+def evaluate_model(
+    model_dir: Path, val, test, device: str, evaluation: EvaluateConfig | None
+) -> tuple[ModelEval, np.ndarray, object]:
+    """Load a detector, choose its threshold on ``val`` (its own when ``val`` lacks a class), score ``test``.
+
+    Returns:
+        The evaluation (test figures with their intervals), the test scores and the loaded model.
+    """
     from components.common.cpus import set_torch_threads
     from components.common.device import resolve_device
     from components.finetune_lipsync.model import load_model
@@ -192,6 +249,7 @@ def _evaluate_model(model_dir: Path, val, test, device: str) -> tuple[ModelEval,
         threshold_source=source,
         val=binary_metrics(y_val, val_scores, threshold) if len(y_val) else {},
         test=binary_metrics(y_test, test_scores, threshold) if len(y_test) else {},
+        test_ci=lipsync_estimates(y_test, test_scores, threshold, evaluation) if len(y_test) else {},
     )
     return ev, test_scores, model
 
@@ -205,6 +263,7 @@ def evaluate_lipsync(
     robustness: bool = True,
     perturbations: dict[str, Sequence[float]] | None = None,
     face_config=None,
+    evaluation: EvaluateConfig | None = None,
 ) -> LipsyncEvalReport:
     """Evaluate the challenger (and the champion) on the faces Dataset's test videos.
 
@@ -218,6 +277,7 @@ def evaluate_lipsync(
         robustness: Also run the perturbation sweep.
         perturbations: Overrides :data:`PERTURBATIONS`.
         face_config: The client's ``FaceTrackingConfig`` (the evidence a clip needs); default settings when ``None``.
+        evaluation: The ``evaluate`` settings (confidence intervals); defaults when ``None``.
 
     Returns:
         The report (also written to ``out_dir``).
@@ -228,6 +288,7 @@ def evaluate_lipsync(
     from components.finetune_lipsync.data import load_lipsync_videos, split_by_video, training_pool
 
     cfg = cfg or FinetuneLipsyncConfig()
+    evaluation = evaluation or EvaluateConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     videos, skipped = load_lipsync_videos(
@@ -247,7 +308,7 @@ def evaluate_lipsync(
     loaded = {}
     for role, path in models.items():
         if test:
-            evals[role], scores[role], loaded[role] = _evaluate_model(path, val, test, cfg.device)
+            evals[role], scores[role], loaded[role] = evaluate_model(path, val, test, cfg.device, evaluation)
         else:
             evals[role] = ModelEval(model_dir=str(path), threshold=float("nan"), threshold_source="none")
         logger.info(
@@ -273,11 +334,15 @@ def evaluate_lipsync(
     if robustness and test:
         for role, model in loaded.items():
             clean = evals[role].test
-            robust_rows.append(_robust_row(role, "none", 0.0, clean))
+            robust_rows.append(_robust_row(role, "none", 0.0, clean, evals[role].test_ci["roc_auc"]))
             for kind, levels in (perturbations or PERTURBATIONS).items():
                 for level in levels:
                     s = _score(model, test, (kind, level))
-                    robust_rows.append(_robust_row(role, kind, level, binary_metrics(y_test, s, evals[role].threshold)))
+                    auc = bootstrap_two_class(
+                        "roc_auc", y_test, s, evaluation.confidence, evaluation.n_bootstrap, evaluation.seed
+                    )
+                    metrics = binary_metrics(y_test, s, evals[role].threshold)
+                    robust_rows.append(_robust_row(role, kind, level, metrics, auc.to_dict()))
 
     report = LipsyncEvalReport(
         challenger=evals["challenger"],
@@ -293,20 +358,26 @@ def evaluate_lipsync(
     return report
 
 
-def _robust_row(model: str, kind: str, level: float, metrics: dict) -> dict:
+def _robust_row(model: str, kind: str, level: float, metrics: dict, auc: dict) -> dict:
     keys = ("accuracy", "roc_auc", "average_precision", "fpr", "fnr")
-    return {"model": model, "perturbation": kind, "level": float(level), **{k: metrics.get(k) for k in keys}}
+    row = {"model": model, "perturbation": kind, "level": float(level), **{k: metrics.get(k) for k in keys}}
+    return row | {"roc_auc_ci_low": auc.get("low"), "roc_auc_ci_high": auc.get("high"), "n": metrics.get("n")}
 
 
 # ---------------------------------------------------------------------------------------- report
 
 
 def robustness_table(rows: Sequence[dict]) -> str:
-    """Markdown table: one line per perturbation level, AUC / accuracy / FPR / FNR per model."""
+    """Markdown table: one line per perturbation level, AUC (with its CI) / accuracy / FPR / FNR per model."""
     models = list(dict.fromkeys(r["model"] for r in rows))
 
     def fmt(v):
         return "n/a" if v is None else f"{v:.3f}"
+
+    def cell(r: dict, key: str) -> str:
+        if key == "roc_auc" and r.get("roc_auc_ci_low") is not None:
+            return f"{r[key]:.3f} [{r['roc_auc_ci_low']:.3f}, {r['roc_auc_ci_high']:.3f}]"
+        return fmt(r.get(key))
 
     head = "| perturbation | level | " + " | ".join(f"{m} AUC | {m} acc | {m} FPR | {m} FNR" for m in models) + " |"
     sep = "|---|---|" + "---|---|---|---|" * len(models)
@@ -316,8 +387,10 @@ def robustness_table(rows: Sequence[dict]) -> str:
         cells = []
         for m in models:
             r = keyed.get((m, kind, level), {})
-            cells.append(" | ".join(fmt(r.get(k)) for k in ("roc_auc", "accuracy", "fpr", "fnr")))
+            cells.append(" | ".join(cell(r, k) for k in ("roc_auc", "accuracy", "fpr", "fnr")))
         lines.append(f"| {kind} | {level:g} | " + " | ".join(cells) + " |")
+    n = next((r.get("n") for r in rows if r.get("n")), None)
+    lines += ["", f"AUC with its bootstrap CI over the {n} test videos (n/a: one class only)." if n else ""]
     return "\n".join(lines) + "\n"
 
 

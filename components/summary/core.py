@@ -54,7 +54,7 @@ class RunSummary:
         for stage in self.stages:
             # Zero counts of rejection reasons are logged every month for stable names; here they are noise.
             shown = {k: v for k, v in stage.metrics.items() if not ("rejected_" in k and v == 0)}
-            figures = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(shown.items()))
+            figures = ", ".join(_figures(shown))
             lines.append(f"| {stage.stage} | {stage.status} | {stage.seconds:.1f} | {figures} |")
         if self.decisions:
             lines += ["", "## A/B gate", ""]
@@ -72,6 +72,29 @@ class RunSummary:
 
 def _fmt(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:.4g}"
+
+
+def _figures(metrics: dict[str, float]) -> list[str]:
+    """``name=value``, sorted by name. A figure logged with its confidence interval (``<name>_ci_low``,
+    ``<name>_ci_high``) reads ``name=value [low, high]``; a cross-validated one (``<stem>_mean``, ``<stem>_std``)
+    ``<stem>=mean ± std``."""
+
+    def folded(key: str) -> bool:
+        ci = any(key.endswith(s) and key.removesuffix(s) in metrics for s in ("_ci_low", "_ci_high"))
+        return ci or (key.endswith("_std") and f"{key.removesuffix('_std')}_mean" in metrics)
+
+    out = []
+    for key, value in sorted(metrics.items()):
+        stem = key.removesuffix("_mean")
+        if folded(key):
+            continue
+        if f"{key}_ci_low" in metrics and f"{key}_ci_high" in metrics:
+            out.append(f"{key}={_fmt(value)} [{_fmt(metrics[f'{key}_ci_low'])}, {_fmt(metrics[f'{key}_ci_high'])}]")
+        elif key.endswith("_mean") and f"{stem}_std" in metrics:
+            out.append(f"{stem}={_fmt(value)} ± {_fmt(metrics[f'{stem}_std'])}")
+        else:
+            out.append(f"{key}={_fmt(value)}")
+    return out
 
 
 def collect_stages(config: ClientConfig, parent_run_id: str) -> list[StageResult]:
