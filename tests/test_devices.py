@@ -170,7 +170,7 @@ def test_lipsync_training_step_on_meta(fusion):
 
 
 def test_lipsync_evaluation_pass_on_meta(tmp_path):
-    from components.evaluate.lipsync_eval import _evaluate_model
+    from components.evaluate.lipsync_eval import evaluate_model
     from components.finetune_lipsync.data import LipsyncVideo
     from components.finetune_lipsync.model import save_model
     from components.finetune_lipsync.synthetic import synthetic_video
@@ -182,7 +182,7 @@ def test_lipsync_evaluation_pass_on_meta(tmp_path):
         videos.append(LipsyncVideo(f"v{i}", crops, audio, 25.0, i))
     # evaluate loads the model on the configured device and scores there until the first host copy.
     with pytest.raises(NotImplementedError, match=HOST_COPY):
-        _evaluate_model(model_dir, videos, videos, "meta")
+        evaluate_model(model_dir, videos, videos, "meta", None)
 
 
 def test_lipsync_predictor_call_on_meta(model_cache, tmp_path):
