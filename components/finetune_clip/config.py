@@ -58,6 +58,9 @@ class FinetuneClipConfig:
         num_threads: Torch CPU threads (0 keeps torch's default).
         seed: Seed of initialization, shuffling and dropout (each epoch reseeds from it, so a resumed run
             follows the same path as an uninterrupted one).
+        negative_weight: Weight of a known negative (a result the client marked not relevant, from the feedback
+            stage) in the contrastive loss's denominators, relative to an ordinary in-batch negative (>= 1; 1: no
+            extra weight). A setting of the loss, so it is part of the checkpoint fingerprint.
     """
 
     #: Settings that moved: old key -> where it lives now (a file with the old key is refused with that message).
@@ -86,6 +89,7 @@ class FinetuneClipConfig:
     device: str = "auto"
     num_threads: int = 0
     seed: int = 0
+    negative_weight: float = 2.0
 
     def __post_init__(self) -> None:
         # YAML and JSON give lists; keep the frozen dataclass hashable.
@@ -120,6 +124,7 @@ class FinetuneClipConfig:
         )
         _require(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         _require(is_device_name(self.device), f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        _require(1.0 <= self.negative_weight <= 100.0, f"negative_weight must be 1..100, got {self.negative_weight}")
         _require(self.num_threads >= 0, f"num_threads must be >= 0, got {self.num_threads}")
 
     def training_fingerprint(self) -> dict:

@@ -19,6 +19,7 @@ from components.common.stage import StageContext
 from components.finetune_clip.config import FinetuneClipConfig
 from components.finetune_clip.data import load_frame_samples
 from components.finetune_clip.export import export_model
+from components.finetune_clip.negatives import apply_feedback, read_feedback_records
 from components.finetune_clip.train import LogFn, TrainResult, train_clip
 
 logger = logging.getLogger("clipsync.finetune_clip")
@@ -45,9 +46,13 @@ class FinetuneReport:
     registered_version: str | None = None
     run_id: str | None = None
     not_trained_reason: str = ""
+    feedback_labels: int = 0
+    feedback_negatives: int = 0
 
     def as_metrics(self) -> dict[str, float]:
         return {
+            "feedback_labels": self.feedback_labels,
+            "feedback_negatives": self.feedback_negatives,
             "n_train": self.n_train,
             "n_val": self.n_val,
             "n_skipped": len(self.skipped),
@@ -60,8 +65,15 @@ class FinetuneReport:
         }
 
 
-def run_finetune_clip(frames_dir: Path, out_dir: Path, cfg: FinetuneClipConfig, ctx: StageContext) -> FinetuneReport:
+def run_finetune_clip(
+    frames_dir: Path, out_dir: Path, cfg: FinetuneClipConfig, ctx: StageContext, feedback_dir: Path | None = None
+) -> FinetuneReport:
     """The finetune_clip stage: train on the window's train/val videos, export, register as challenger.
+
+    With the feedback stage's records (``feedback_dir``), a search the client marked relevant adds its text to
+    that training video's labels and one marked not relevant makes the video a known negative of the text,
+    weighted ``negative_weight`` in the loss. Validation and test videos are left as labelled, so the months'
+    figures stay comparable.
 
     Checkpoints live in ``{state_dir}/checkpoints/finetune_clip/{client_id}-{window}``, mirrored to the same
     keys of ``storage.artifacts_uri`` after every epoch, so that a restarted task (a preempted pod on a new
@@ -75,6 +87,7 @@ def run_finetune_clip(frames_dir: Path, out_dir: Path, cfg: FinetuneClipConfig, 
         cfg: Stage settings.
         ctx: The client, its state folder, model cache and artifacts store, the data window (model card,
             checkpoint path), the MLflow run.
+        feedback_dir: The feedback stage's Dataset (``feedback_records.jsonl``); ``None``: no feedback.
 
     Returns:
         The stage report. When the window holds too few training videos, nothing is registered: the report
@@ -87,7 +100,8 @@ def run_finetune_clip(frames_dir: Path, out_dir: Path, cfg: FinetuneClipConfig, 
     base_ref = resolve_base_ref(cfg.base_model, ctx.state_dir)
     bundle = load_base_clip(base_ref, ctx.cache_dir)
     data, skipped = load_frame_samples(Path(frames_dir), ("train", "val"), bundle.image_spec, cfg.frames_per_video)
-    train, val = data["train"], data["val"]
+    records = read_feedback_records(feedback_dir)
+    train, val = apply_feedback(data["train"], records), data["val"]
     logger.info("finetune_clip: %d train, %d val videos, %d skipped", len(train), len(val), len(skipped))
     prefix = ckpt.checkpoint_prefix("finetune_clip", ctx.client_id, window)
     work_dir = Path(ctx.state_dir) / prefix
@@ -99,6 +113,8 @@ def run_finetune_clip(frames_dir: Path, out_dir: Path, cfg: FinetuneClipConfig, 
         n_train=len(train),
         n_val=len(val),
         skipped=skipped,
+        feedback_labels=sum(len(s.labels) for s in train) - sum(len(s.labels) for s in data["train"]),
+        feedback_negatives=sum(len(s.negatives) for s in train),
     )
 
     def body(log_fn: LogFn) -> TrainResult:

@@ -28,6 +28,7 @@ from components.finetune_clip.data import ClipSample
 from components.finetune_clip.loss import batch_texts, contrastive_loss, positive_mask
 from components.finetune_clip.metrics import embed_samples, query_video_similarity, retrieval_metrics, retrieval_problem
 from components.finetune_clip.model import ClipBundle, TrainableStats, apply_strategy, encode_texts, encode_videos
+from components.finetune_clip.negatives import contrastive_loss_with_negatives, negative_mask
 
 if TYPE_CHECKING:
     import torch
@@ -85,7 +86,17 @@ def _batch_loss(
     if video_emb is None:
         video_emb = encode_videos(model, torch.stack([s.frames for s in samples]), bundle.image_spec, cfg.pooling)
     text_emb = encode_texts(model, bundle.tokenizer, texts)
-    return contrastive_loss(video_emb, text_emb, positive_mask(labels, texts), _logit_scale(model))
+    positive = positive_mask(labels, texts)
+    known: dict[str, set[str]] = {}
+    for s in samples:
+        for text in s.negatives:
+            known.setdefault(text, set()).add(s.video_id)
+    negative = negative_mask([s.video_id for s in samples], texts, known) & ~positive if known else None
+    if negative is None or not bool(negative.any()):
+        return contrastive_loss(video_emb, text_emb, positive, _logit_scale(model))
+    return contrastive_loss_with_negatives(
+        video_emb, text_emb, positive, negative, _logit_scale(model), cfg.negative_weight
+    )
 
 
 def _validate(
@@ -121,7 +132,8 @@ def _data_fingerprint(samples: Sequence[ClipSample]) -> str:
 
     h = hashlib.sha256()
     for s in samples:
-        h.update(f"{s.video_id}|{'|'.join(s.labels)}\n".encode())
+        known = f"|-{'|'.join(s.negatives)}" if s.negatives else ""  # checkpoints of runs without feedback still fit
+        h.update(f"{s.video_id}|{'|'.join(s.labels)}{known}\n".encode())
     return h.hexdigest()[:16]
 
 
