@@ -158,3 +158,63 @@ def test_monitor_stage_month_over_month_without_a_champion(tmp_path):
     assert "| lipsync_score | **yes** |" in second.to_markdown()
     assert store.exists("monitor/clip-acme/2026-10/lipsync_scores.json")
     assert store.exists("monitor/clip-acme/2026-10/summary.json")
+
+
+def test_clip_remembers_labelled_history_newest_first_within_the_window_and_cap(tmp_path):
+    torch = pytest.importorskip("torch")
+    from datetime import date
+
+    from components.finetune_clip.data import ClipSample
+    from components.finetune_clip.history import recall, remember
+
+    store = LocalStore(tmp_path / "artifacts", create=True)
+    shape = (2, 3, 8, 8)
+
+    def sample(i: int, frames_shape=shape) -> ClipSample:
+        return ClipSample(f"v{i}", torch.full(frames_shape, i, dtype=torch.uint8), (f"label {i}",), "cat")
+
+    remember(store, [("train", sample(1), "2026-09-01"), ("val", sample(2), "2026-09-01")])
+    remember(store, [("train", replace(sample(3), negatives=("wrong",)), "2026-10-01")])
+    remember(store, [("train", sample(4, (4, 3, 8, 8)), "2026-10-01")])  # another frames_per_video
+    remember(store, [("train", sample(5), "2026-12-01")])  # remembered by a later run
+
+    got = recall(store, {"v9"}, date(2026, 11, 1), 0, 0, shape)
+    assert [(split, s.video_id, seen) for split, s, seen in got] == [
+        ("train", "v1", "2026-09-01"),
+        ("val", "v2", "2026-09-01"),
+        ("train", "v3", "2026-10-01"),
+    ]
+    v3 = got[2][1]
+    assert v3.labels == ("label 3",) and v3.negatives == ("wrong",) and int(v3.frames[0, 0, 0, 0]) == 3
+    assert [s.video_id for _, s, _ in recall(store, {"v3"}, date(2026, 11, 1), 0, 0, shape)] == ["v1", "v2"]
+    assert [s.video_id for _, s, _ in recall(store, set(), date(2026, 11, 1), 40, 0, shape)] == ["v3"]
+    newest = recall(store, set(), date(2026, 11, 1), 0, 2, shape)  # the cap keeps the newest
+    assert [s.video_id for _, s, _ in newest] == ["v2", "v3"]
+    assert list(store.list_keys("videos/")) == []
+
+
+def test_warm_start_only_from_a_fitting_champion_of_an_earlier_window(tmp_path):
+    from components.finetune_clip.config import FinetuneClipConfig
+    from components.finetune_clip.history import warm_start_adapter
+
+    cfg = FinetuneClipConfig()
+    card = {
+        "strategy": "lora",
+        "base_model": "/m/base",
+        "window": "2026-09-01..2026-10-01",
+        "lora": {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "target_modules": list(cfg.target_modules)},
+    }
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"x")
+
+    def fits(**changes) -> bool:
+        (tmp_path / "card.json").write_text(json.dumps({**card, **changes}))
+        window = "2026-10-02..2026-11-01"
+        return warm_start_adapter(tmp_path, "/m/base", cfg, window) is not None
+
+    assert fits()
+    assert not fits(base_model="/m/other")
+    assert not fits(lora={**card["lora"], "r": 4})
+    assert not fits(window="2026-10-02..2026-11-01")  # a rerun of the same month
+    assert not fits(strategy="hybrid")
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    assert warm_start_adapter(tmp_path, "/m/base", replace(cfg, strategy="full"), "w") is None

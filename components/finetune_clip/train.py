@@ -255,6 +255,7 @@ def train_clip(
     work_dir: Path,
     log_fn: LogFn | None = None,
     mirror: ckpt.CheckpointMirror | None = None,
+    init_adapter: Path | None = None,
 ) -> TrainResult:
     """Fine-tune ``bundle.model`` with the configured strategy; resume from a checkpoint when one fits.
 
@@ -272,6 +273,8 @@ def train_clip(
         log_fn: Called after every epoch with that epoch's metrics and the epoch number (1-based).
         mirror: Where every epoch's checkpoint is copied (the artifacts store) and, when ``work_dir`` holds
             none, pulled from: a retried pod resumes instead of starting over.
+        init_adapter: A LoRA adapter (``adapter_model.safetensors``, the champion's) to start from instead of
+            the fresh adapter (:func:`~components.finetune_clip.history.warm_start_adapter` says when it fits).
 
     Returns:
         The training result; ``result.model`` holds the best epoch's weights, in eval mode.
@@ -310,6 +313,10 @@ def train_clip(
         "train": _data_fingerprint(train_samples),
         "val": _data_fingerprint(val_samples),
     }
+    if init_adapter is not None:
+        import hashlib
+
+        fingerprint["warm_start"] = hashlib.sha256(Path(init_adapter).read_bytes()).hexdigest()[:16]
     state: dict[str, Any] = {
         "epoch": 0,
         "step": 0,
@@ -325,6 +332,13 @@ def train_clip(
     if restored is not None:
         weights, state = restored
         _load_trainable(model, weights)
+    elif init_adapter is not None:
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model, load_file(str(init_adapter)))
+        if result.unexpected_keys:
+            raise RuntimeError(f"warm start: the adapter does not fit (e.g. {sorted(result.unexpected_keys)[:3]})")
+        logger.info("warm start from %s", init_adapter)
     resumed_from = int(state["epoch"])
     train_emb = val_emb = None
     if cfg.strategy == "hybrid" and not state["finished"]:
