@@ -218,3 +218,16 @@ def test_warm_start_only_from_a_fitting_champion_of_an_earlier_window(tmp_path):
     assert not fits(strategy="hybrid")
     (tmp_path / "card.json").write_text(json.dumps(card))
     assert warm_start_adapter(tmp_path, "/m/base", replace(cfg, strategy="full"), "w") is None
+
+
+@pytest.mark.slow
+def test_too_few_embeddings_for_evidentlys_t_sne_are_not_evaluated_rather_than_a_failed_stage(tmp_path):
+    pytest.importorskip("evidently")
+    from components.monitor.core import MonitorConfig, MonthSignals, monitor_month
+
+    rng = np.random.default_rng(0)
+    current = MonthSignals(
+        "2026-10", upload_embeddings=rng.normal(size=(12, 8)), library_embeddings=rng.normal(size=(16, 8))
+    )
+    report = monitor_month(current, MonthSignals("2026-09"), tmp_path, MonitorConfig())
+    assert not report.get("upload_embedding").evaluated and "t-SNE" in report.get("upload_embedding").note

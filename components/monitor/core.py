@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("clipsync.monitor")
 
 SUMMARY_FILE = "summary.json"
+#: The perplexity of the t-SNE in Evidently's embedding drift report (sklearn's default; it needs more rows).
+TSNE_PERPLEXITY = 30
 MONITOR_PREFIX = "monitor"
 SIGNALS = (
     "query_embedding",
@@ -267,6 +269,11 @@ def monitor_month(
             note = f"needs {cfg.min_samples} values on each side, has {n_cur} this month and {n_ref} for reference"
             report.signals.append(SignalResult(signal, False, n_current=n_cur, n_reference=n_ref, note=note))
             report.signals[-1].current_value = values[0]
+            continue
+        if kind == "embedding" and n_cur + n_ref <= TSNE_PERPLEXITY:
+            # Evidently's embedding report draws a t-SNE of both sides: sklearn refuses perplexity >= rows.
+            note = f"needs more than {TSNE_PERPLEXITY} embeddings in all (t-SNE), has {n_cur} + {n_ref}"
+            report.signals.append(SignalResult(signal, False, n_current=n_cur, n_reference=n_ref, note=note))
             continue
         cur, ref = _sample(np.asarray(cur), cfg.max_rows), _sample(np.asarray(ref), cfg.max_rows)
         if kind == "embedding":
