@@ -39,10 +39,12 @@ from components.common.stage import StageContext
 from components.deploy.config import DeployConfig
 from components.evaluate.config import EvaluateConfig
 from components.face_tracking.config import FaceTrackingConfig
+from components.feedback.config import FeedbackConfig
 from components.finetune_clip.config import FinetuneClipConfig
 from components.finetune_lipsync.config import FinetuneLipsyncConfig
 from components.frame_extraction.config import FrameExtractionConfig
 from components.ingest.config import IngestConfig
+from components.monitor.config import MonitorConfig
 from serving.config import ServingConfig
 
 __all__ = ["ClientConfig", "ConfigError", "from_dict", "load_config", "task_inputs"]
@@ -63,12 +65,14 @@ class ClientConfig:
         ingest: See :class:`IngestConfig`.
         frame_extraction: See :class:`components.frame_extraction.config.FrameExtractionConfig`.
         face_tracking: See :class:`components.face_tracking.config.FaceTrackingConfig`.
+        feedback: See :class:`components.feedback.config.FeedbackConfig`.
         finetune_clip: See :class:`components.finetune_clip.config.FinetuneClipConfig`.
         finetune_lipsync: See :class:`components.finetune_lipsync.config.FinetuneLipsyncConfig`.
         evaluate: Confidence intervals and the optional cross-validation, see
             :class:`components.evaluate.config.EvaluateConfig`.
         ab_gate: The promotion policy, :class:`components.ab_gate.config.GatePolicy`.
         deploy: See :class:`components.deploy.config.DeployConfig`.
+        monitor: See :class:`components.monitor.config.MonitorConfig`.
         serving: See :class:`serving.config.ServingConfig`.
         pipeline_gpu: See :class:`PipelineGpuConfig`.
         encryption: Server-side encryption of what clipsync writes to MinIO / S3, see
@@ -87,11 +91,13 @@ class ClientConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     frame_extraction: FrameExtractionConfig = field(default_factory=FrameExtractionConfig)
     face_tracking: FaceTrackingConfig = field(default_factory=FaceTrackingConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     finetune_clip: FinetuneClipConfig = field(default_factory=FinetuneClipConfig)
     finetune_lipsync: FinetuneLipsyncConfig = field(default_factory=FinetuneLipsyncConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     ab_gate: GatePolicy = field(default_factory=GatePolicy)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
     pipeline_gpu: PipelineGpuConfig = field(default_factory=PipelineGpuConfig)
     encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
@@ -153,11 +159,13 @@ _SECTIONS: dict[str, type] = {
     "ingest": IngestConfig,
     "frame_extraction": FrameExtractionConfig,
     "face_tracking": FaceTrackingConfig,
+    "feedback": FeedbackConfig,
     "finetune_clip": FinetuneClipConfig,
     "finetune_lipsync": FinetuneLipsyncConfig,
     "evaluate": EvaluateConfig,
     "ab_gate": GatePolicy,
     "deploy": DeployConfig,
+    "monitor": MonitorConfig,
     "serving": ServingConfig,
     "pipeline_gpu": PipelineGpuConfig,
     "encryption": EncryptionConfig,

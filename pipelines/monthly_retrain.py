@@ -14,10 +14,12 @@ from components.deploy.component import deploy, keep
 from components.deploy.config import ADMIN_TOKEN_ENV, ADMIN_TOKEN_KEY, SERVING_TOKEN_SECRET
 from components.evaluate.component import evaluate_clip, evaluate_lipsync
 from components.face_tracking.component import face_tracking
+from components.feedback.component import feedback
 from components.finetune_clip.component import finetune_clip
 from components.finetune_lipsync.component import finetune_lipsync
 from components.frame_extraction.component import frame_extraction
 from components.ingest.component import ingest
+from components.monitor.component import monitor
 from components.start_run.component import start_run
 from components.summary.component import finish_run, summary
 
@@ -40,11 +42,13 @@ RESOURCES = {
     "ingest": ("1", "4G", False),
     "frame_extraction": ("4", "8G", False),
     "face_tracking": ("4", "8G", False),
+    "feedback": ("0.5", "2G", False),
     "finetune_clip": ("4", "32G", True),
     "finetune_lipsync": ("4", "32G", True),
     "evaluate_clip": ("2", "16G", False),
     "evaluate_lipsync": ("2", "16G", False),
     "ab_gate": ("1", "2G", False),
+    "monitor": ("2", "8G", False),
     "deploy": ("0.5", "2G", False),
     "keep": ("0.5", "1G", False),
     "summary": ("0.5", "1G", False),
@@ -52,7 +56,7 @@ RESOURCES = {
 }
 #: Stages that talk to MinIO, MLflow or the Kubernetes API retry transient failures with backoff. GPU tasks
 #: retry as the config's ``pipeline_gpu`` section says (a preempted pod resumes from its checkpoint).
-RETRIED = {"start_run", "ingest", "frame_extraction", "deploy", "summary", "finish_run"}
+RETRIED = {"start_run", "ingest", "feedback", "frame_extraction", "monitor", "deploy", "summary", "finish_run"}
 #: The GPU settings of the pipeline being built (see :func:`build_pipeline`; kfp builds the graph while decorating).
 _gpu: "PipelineGpuConfig | None" = None
 #: The Secret (and its extra key -> variable) the tasks of the pipeline being built read their credentials from.
@@ -129,7 +133,14 @@ def _tasks(run_params: dict) -> None:
     tracked = face_tracking(config=config, parent_run_id=parent, frames=extracted.outputs["frames"])
     _settings(tracked, "face_tracking")
 
-    clip_model = finetune_clip(config=config, parent_run_id=parent, frames=extracted.outputs["frames"])
+    # Last month's feedback: its own task (it reads the serving side's store, not the uploads ingest lists), so a
+    # failure names it and ingest stays the one reader of the client's bucket.
+    fed = feedback(config=config, parent_run_id=parent)
+    _settings(fed, "feedback")
+
+    clip_model = finetune_clip(
+        config=config, parent_run_id=parent, frames=extracted.outputs["frames"], feedback=fed.outputs["records"]
+    )
     _settings(clip_model, "finetune_clip")
     clip_eval = evaluate_clip(
         config=config, parent_run_id=parent, frames=extracted.outputs["frames"], challenger=clip_model.outputs["model"]
@@ -159,6 +170,16 @@ def _tasks(run_params: dict) -> None:
         extracted.outputs["frames"],
     )
 
+    # After evaluate_lipsync (its scores are a signal) and beside the gates: it trains nothing, so it runs in a
+    # month without a challenger too (finetune then writes no_challenger and evaluate reports that).
+    watched = monitor(
+        config=config,
+        parent_run_id=parent,
+        frames=extracted.outputs["frames"],
+        lipsync_evaluation=lipsync_eval.outputs["report"],
+    )
+    _settings(watched, "monitor")
+
     closed = summary(
         config=config,
         parent_run_id=parent,
@@ -169,6 +190,7 @@ def _tasks(run_params: dict) -> None:
         lipsync_gate=lipsync_gate.outputs["report"],
         clip_outcome=clip_outcome,
         lipsync_outcome=lipsync_outcome,
+        monitor=watched.outputs["summary"],
     )
     _settings(closed, "summary")
 

@@ -326,9 +326,13 @@ def write_csv(entries: list[dict[str, Any]], out: Any) -> int:
 def feedback_store(config: Any) -> ObjectStore:
     """The store a client's feedback is in: ``serving.query_log_uri`` (its ``{client}`` replaced) or, when that is
     empty, the client's ``storage.artifacts_uri``."""
+    return open_feedback_store(config.serving.query_log_uri, config.storage.artifacts_uri, config.client_id)
+
+
+def open_feedback_store(query_log_uri: str, artifacts_uri: str, client_id: str) -> ObjectStore:
+    """:func:`feedback_store` from the settings themselves (a stage has its context, not the whole config)."""
     from components.common.storage import open_store
 
-    uri = config.serving.query_log_uri
-    if not uri or uri == "off":
-        return open_store(config.storage.artifacts_uri)
-    return open_store(uri.replace("{client}", config.client_id))
+    if not query_log_uri or query_log_uri == "off":
+        return open_store(artifacts_uri)
+    return open_store(query_log_uri.replace("{client}", client_id))

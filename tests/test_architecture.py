@@ -152,11 +152,13 @@ STAGES = (
     "ingest",
     "frame_extraction",
     "face_tracking",
+    "feedback",
     "finetune_clip",
     "finetune_lipsync",
     "evaluate",
     "ab_gate",
     "deploy",
+    "monitor",
 )
 #: package -> the packages its modules may import (besides itself). components.common may import nothing else.
 #: Mirrors the table in docs/architecture.md. The wrappers (component.py) may also import components.config.
@@ -178,7 +180,13 @@ ALLOWED = {
     "components.demo_data": {"components.common"},
     "components.importer": {"components.common", "components.ingest"},
     "components.feedback": {"components.common", "serving"},
-    "components.monitor": {"components.common", "components.evaluate", "components.feedback", "serving"},
+    "components.monitor": {
+        "components.common",
+        "components.evaluate",
+        "components.feedback",
+        "components.frame_extraction",
+        "serving",
+    },
     "components.start_run": {"components.common", "components.config"},
     "components.summary": {"components.common", "components.config", "components.start_run"},
     # the composition root: every stage's settings and serving's

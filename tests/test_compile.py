@@ -30,6 +30,8 @@ EXPECTED_STAGES = {
     "deploy_lipsync",
     "keep_clip",
     "keep_lipsync",
+    "feedback",
+    "monitor",
     "summary",
     "finish_run",
 }
@@ -62,7 +64,12 @@ def test_compile_and_load_back(tmp_path: Path):
         gpu = resources.get("accelerator", {})
         # Only the two fine-tune tasks ask for a GPU.
         assert (gpu.get("resourceType") == "nvidia.com/gpu") == name.startswith("exec-finetune"), name
-    ingest_task = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]["ingest"]
+    tasks = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    # Last month's feedback feeds the CLIP fine-tune; the monitor waits for the lip-sync scores, not for a gate.
+    assert "feedback" in tasks["finetune-clip"]["dependentTasks"]
+    assert set(tasks["monitor"]["dependentTasks"]) == {"evaluate-lipsync", "frame-extraction", "start-run"}
+    assert "monitor" in tasks["summary"]["dependentTasks"]
+    ingest_task = tasks["ingest"]
     assert ingest_task["retryPolicy"]["maxRetryCount"] == 3
     assert ingest_task.get("cachingOptions", {}).get("enableCache") is not True
     platform = list(yaml.safe_load_all(out.read_text()))[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import asdict
 from datetime import date
 
 import numpy as np
@@ -12,11 +13,10 @@ import pytest
 
 from components.feedback.core import (
     ReviewItem,
-    apply_feedback,
+    feedback_for_month,
     feedback_month,
     read_records,
     review_queue,
-    run_feedback,
     training_records,
 )
 
@@ -114,7 +114,7 @@ def test_run_feedback_reads_the_store_and_writes_records_and_the_review_queue(tm
     put(f"{FEEDBACK}/clip-acme/2026-11/1.jsonl", [fb(1, "q1", "vA", False, "gallbladder op")])  # another month
 
     assert feedback_month(date(2026, 11, 1)) == "2026-10" and feedback_month(date(2026, 1, 31)) == "2025-12"
-    data = run_feedback(store, "clip-acme", "2026-10", tmp_path / "out")
+    data = feedback_for_month(store, "clip-acme", "2026-10", tmp_path / "out")
     assert {(r.kind, r.video_id, r.text) for r in read_records(tmp_path / "out" / "feedback_records.jsonl")} == {
         ("label", "vA", "gallbladder op"),
         ("hard_negative", "vB", "night shift"),  # a September search rated in October
@@ -191,7 +191,7 @@ def test_feedback_records_drive_a_training_step(tmp_path):
     from components.finetune_clip.data import ClipSample
     from components.finetune_clip.loss import batch_texts, positive_mask
     from components.finetune_clip.model import encode_texts, encode_videos, load_base_clip
-    from components.finetune_clip.negatives import contrastive_loss_with_negatives, negative_mask
+    from components.finetune_clip.negatives import apply_feedback, contrastive_loss_with_negatives, negative_mask
 
     torch.manual_seed(0)
     bundle = load_base_clip(str(make_base(tmp_path / "base")))
@@ -204,8 +204,9 @@ def test_feedback_records_drive_a_training_step(tmp_path):
     ]
     query = "the one with the bright disc"
     feedback = [fb(1, "q1", "v1", True, query), fb(2, "q1", "v2", False, query), fb(3, "q1", "v9", True, query)]
-    samples, negatives = apply_feedback(samples, training_records(feedback, []).records)
-    assert samples[1].labels == ("blue circle", query) and negatives == {query: {"v2"}}  # v9 is not in the batch
+    samples = apply_feedback(samples, [asdict(r) for r in training_records(feedback, []).records])
+    assert samples[1].labels == ("blue circle", query) and samples[2].negatives == (query,)  # v9 is not in the batch
+    negatives = {query: {"v2"}}
 
     def similarities():
         with torch.no_grad():

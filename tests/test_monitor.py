@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from components.common.storage import LocalStore
-from components.monitor.core import MonitorConfig, run_monitor
+from components.monitor.core import MonitorConfig, monitor_store_month
 
 pytest.importorskip("evidently")
 pytestmark = pytest.mark.slow
@@ -64,7 +64,7 @@ def test_this_month_vs_last_month_per_signal_with_evidently(tmp_path):
     library = rng.normal(size=(60, 8))
     uploads = rng.normal(size=(30, 8))  # the same distribution as the library: no drift expected
 
-    report = run_monitor(
+    report = monitor_store_month(
         store, model, "2026-10", tmp_path / "out", _embed, uploads=(uploads, library), config=MonitorConfig()
     )
     by = {s.signal: s for s in report.signals}

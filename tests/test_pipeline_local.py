@@ -92,7 +92,15 @@ def test_dag_runs_locally_and_summarizes(tiny_client: Path, model_cache: Path, f
         "ab_gate_lipsync",
         "deploy_clip",
         "deploy_lipsync",
+        "feedback",
+        "monitor",
     } <= stages
+    # The learning loop's stages: no feedback yet in month 1; the monitor's drift table is in the summary.
+    assert "| feedback | FINISHED |" in report and "| monitor | FINISHED |" in report
+    assert "## Monitor: 2026-10 vs 2026-09" in report and "| lipsync_score |" in report
+    monitor_run = next(r for r in runs if r.data.tags.get("clipsync.stage") == "monitor")
+    artifacts = {a.path for a in client.list_artifacts(monitor_run.info.run_id, "monitor")}
+    assert "monitor/summary.json" in artifacts and "monitor/lipsync_scores.json" in artifacts
     # The summary shows each gate decision with its reasons and what deploy did.
     for model in ("clip", "lipsync"):
         assert f"### ab_gate {model}: **" in report
@@ -143,7 +151,8 @@ def test_second_run_on_the_same_data_keeps_the_champion(tiny_client: Path, model
 
     # The same window resumes the same finished checkpoint: an identical challenger has no gain to show.
     clip_section = second.split("### ab_gate clip: ")[1].split("###")[0]
-    assert clip_section.startswith("**KEEP**")
+    assert clip_section.startswith("**KEEP**")  # a rerun of the month does not warm-start from its own result
+    assert "| monitor | FINISHED |" in second  # this time with the champion's embeddings
     assert "gain (min 0.0200) | +0.0000" in clip_section
     assert "- deploy clip: challenger" in second and "not deployed" in second
     assert client.get_registered_model("clip-tiny").aliases.get("champion") == champion
@@ -157,6 +166,7 @@ def test_a_month_without_uploads_succeeds_and_keeps_both_champions(tiny_client: 
     report = run_local(config, as_of="2026-01-01")  # every demo upload is later than this window
 
     assert "ingest_accepted=0" in report and "| finetune_clip | FINISHED |" in report
+    assert "| monitor | FINISHED |" in report  # the monitor runs in a month where nothing trains
     for model, reason in (("clip", "need at least 2 labelled"), ("lipsync", "need training and validation videos")):
         section = report.split(f"### ab_gate {model}: ")[1].split("###")[0]
         assert section.startswith("**KEEP** no challenger") and reason in section

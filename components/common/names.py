@@ -15,6 +15,8 @@ CLIENT_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}[a-z0-9]$")
 CLIENT_ID_RULE = "2-42 lower-case letters, digits or dashes"
 #: The models clipsync trains for every client (the A/B gate's and deploy's ``model``).
 MODELS = ("clip", "lipsync")
+#: The feedback stage's training records in its Dataset (written by feedback, read by finetune_clip).
+FEEDBACK_RECORDS_FILE = "feedback_records.jsonl"
 
 
 def is_client_id(value: object) -> bool:

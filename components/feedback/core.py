@@ -19,15 +19,21 @@ import csv
 import html
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from components.common.names import FEEDBACK_RECORDS_FILE, registered_name
+from components.common.stage import StageContext
+from components.feedback.config import FeedbackConfig
+
+if TYPE_CHECKING:
+    from serving.config import ServingConfig
 
 logger = logging.getLogger("clipsync.feedback")
 
-RECORDS_FILE = "feedback_records.jsonl"
 REVIEW_CSV = "review_queue.csv"
 REVIEW_HTML = "review_queue.html"
 REVIEW_PREFIX = "review"
@@ -225,7 +231,7 @@ def feedback_month(as_of: date) -> str:
     return previous_month(as_of.strftime("%Y-%m"))
 
 
-def run_feedback(store: Any, model: str, month: str, out_dir: Path, max_review: int = 200) -> FeedbackData:
+def feedback_for_month(store: Any, model: str, month: str, out_dir: Path, max_review: int = 200) -> FeedbackData:
     """One month of a model's feedback -> training records and the review queue.
 
     Reads ``feedback/<model>/<month>/`` and the query log of ``month`` and the month before from ``store`` (the
@@ -250,7 +256,7 @@ def run_feedback(store: Any, model: str, month: str, out_dir: Path, max_review: 
     data = training_records(feedback, month_log + read_month(store, model, previous_month(month)))
     data.review = review_queue(month_log, feedback, max_review)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / RECORDS_FILE, "w", encoding="utf-8") as fh:
+    with open(out_dir / FEEDBACK_RECORDS_FILE, "w", encoding="utf-8") as fh:
         for record in data.records:
             fh.write(json.dumps(asdict(record), sort_keys=True, ensure_ascii=False) + "\n")
     files = write_review_queue(data.review, out_dir, f"{model}: searches to review, {month}")
@@ -269,37 +275,39 @@ def run_feedback(store: Any, model: str, month: str, out_dir: Path, max_review: 
 
 
 def read_records(path: Path) -> list[FeedbackRecord]:
-    """The records :func:`run_feedback` wrote (``feedback_records.jsonl``)."""
+    """The records :func:`feedback_for_month` wrote (``feedback_records.jsonl``)."""
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     return [FeedbackRecord(**json.loads(line)) for line in lines if line.strip()]
 
 
-def apply_feedback(samples: Sequence[Any], records: Iterable[FeedbackRecord]) -> tuple[list[Any], dict[str, set[str]]]:
-    """Training samples with the feedback's labels added, and the known negatives per text.
+def run_feedback(out_dir: Path, cfg: FeedbackConfig, ctx: StageContext, serving: ServingConfig) -> FeedbackData:
+    """The feedback stage: last month's CLIP search feedback -> training records and the client's review queue.
+
+    The month is the one before the window's end (:func:`feedback_month`): the run on 1 November consumes
+    October's answers. Reads the feedback and the query log from where the model server writes them
+    (``serving.query_log_uri``, else the artifacts store); writes ``feedback_records.jsonl`` (what finetune_clip
+    trains on) and the review queue into ``out_dir`` and the review queue to ``review/clip-<client>/<month>/``.
+    Nothing is written to the client's uploads.
 
     Args:
-        samples: ``ClipSample``-like records (``video_id``, ``labels``); they are not modified.
-        records: Feedback records (:func:`training_records`).
+        out_dir: The stage's Dataset folder.
+        cfg: Stage settings (off: no records; the review queue is still written).
+        ctx: The client, its stores, the window, the MLflow run.
+        serving: The serving section (where the query log and the feedback are).
 
     Returns:
-        New samples (a label record's text appended to its video's labels, once) and ``text -> video ids`` of the
-        hard negatives (for :func:`components.finetune_clip.negatives.negative_mask`). Records of videos not
-        among ``samples`` are left out.
+        The records, the answers that gave none (with their reasons) and the review queue.
     """
-    import dataclasses
+    from serving.feedback import open_feedback_store
 
-    extra: dict[str, list[str]] = {}
-    negatives: dict[str, set[str]] = {}
-    known = {s.video_id for s in samples}
-    for r in records:
-        if r.video_id not in known:
-            continue
-        if r.kind == "label":
-            extra.setdefault(r.video_id, []).append(r.text)
-        else:
-            negatives.setdefault(r.text, set()).add(r.video_id)
-    out = []
-    for s in samples:
-        labels = tuple(dict.fromkeys([*s.labels, *extra.get(s.video_id, [])]))
-        out.append(dataclasses.replace(s, labels=labels) if labels != tuple(s.labels) else s)
-    return out, negatives
+    month = feedback_month(ctx.window.end())
+    model = registered_name("clip", ctx.client_id)
+    store = open_feedback_store(serving.query_log_uri, ctx.storage.artifacts_uri, ctx.client_id)
+    with ctx.stage_run("feedback", {**asdict(cfg), "month": month}) as run:
+        data = feedback_for_month(store, model, month, Path(out_dir), cfg.max_review)
+        if not cfg.enabled:
+            data.records = []
+            (Path(out_dir) / FEEDBACK_RECORDS_FILE).write_text("", encoding="utf-8")
+        run.log_metrics(data.as_metrics())
+        run.log_artifacts(str(out_dir), "feedback")
+    return data

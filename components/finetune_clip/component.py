@@ -8,9 +8,15 @@ from components.common.images import TRAIN_IMAGE
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
 def finetune_clip(
-    config: str, parent_run_id: str, frames: Input[Dataset], model: Output[Model], metrics: Output[Metrics]
+    config: str,
+    parent_run_id: str,
+    frames: Input[Dataset],
+    feedback: Input[Dataset],
+    model: Output[Model],
+    metrics: Output[Metrics],
 ) -> str:
-    """Fine-tune the client's CLIP search model on the frames Dataset; register it as ``clip-<client>@challenger``.
+    """Fine-tune the client's CLIP search model on the frames Dataset and last month's feedback records; register
+    it as ``clip-<client>@challenger``.
 
     Returns:
         The registered model version, or ``""`` when this month's videos cannot train the model (the
@@ -24,7 +30,9 @@ def finetune_clip(
     from components.finetune_clip.core import run_finetune_clip
 
     cfg, ctx = task_inputs(config, parent_run_id)
-    report = run_finetune_clip(Path(frames.path), Path(model.path), cfg.finetune_clip, ctx)
+    report = run_finetune_clip(
+        Path(frames.path), Path(model.path), cfg.finetune_clip, ctx, feedback_dir=Path(feedback.path)
+    )
     model.metadata.update(
         {
             "registered_name": registered_name("clip", cfg.client_id),

@@ -58,6 +58,16 @@ class FinetuneClipConfig:
         num_threads: Torch CPU threads; 0 (auto) is the CPUs available to the process (cgroup quota, affinity).
         seed: Seed of initialization, shuffling and dropout (each epoch reseeds from it, so a resumed run
             follows the same path as an uninterrupted one).
+        negative_weight: Weight of a known negative (a result the client marked not relevant, from the feedback
+            stage) in the contrastive loss's denominators, relative to an ordinary in-batch negative (>= 1; 1: no
+            extra weight). A setting of the loss, so it is part of the checkpoint fingerprint.
+        history_days: Besides the window's videos, train on the labelled videos earlier months trained on
+            (:mod:`~components.finetune_clip.history`) that were first seen within this many days before the
+            window's end; 0: all of them.
+        history_max_videos: Most remembered videos per run, newest first; 0: no cap.
+        warm_start: Start from the champion's LoRA adapter when it was trained on the same base with the same
+            LoRA shape (rank, alpha, target modules), instead of from the base; other strategies start from the
+            base.
     """
 
     #: Settings that moved: old key -> where it lives now (a file with the old key is refused with that message).
@@ -86,6 +96,10 @@ class FinetuneClipConfig:
     device: str = "auto"
     num_threads: int = 0
     seed: int = 0
+    negative_weight: float = 2.0
+    history_days: int = 0
+    history_max_videos: int = 0
+    warm_start: bool = True
 
     def __post_init__(self) -> None:
         # YAML and JSON give lists; keep the frozen dataclass hashable.
@@ -120,6 +134,10 @@ class FinetuneClipConfig:
         )
         _require(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         _require(is_device_name(self.device), f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        _require(1.0 <= self.negative_weight <= 100.0, f"negative_weight must be 1..100, got {self.negative_weight}")
+        _require(0 <= self.history_days <= 36600, f"history_days must be 0..36600, got {self.history_days}")
+        _require(self.history_max_videos >= 0, f"history_max_videos must be >= 0, got {self.history_max_videos}")
+        _require(isinstance(self.warm_start, bool), f"warm_start must be true or false, got {self.warm_start!r}")
         _require(self.num_threads >= 0, f"num_threads must be >= 0, got {self.num_threads}")
 
     def training_fingerprint(self) -> dict:

@@ -13,12 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from components.common import checkpoints as ckpt
+from components.common.champions import fetch_champion
 from components.common.names import registered_name
 from components.common.no_challenger import NotTrainable, write_no_challenger
 from components.common.stage import StageContext
+from components.finetune_clip import history
 from components.finetune_clip.config import FinetuneClipConfig
 from components.finetune_clip.data import load_frame_samples
 from components.finetune_clip.export import export_model
+from components.finetune_clip.negatives import apply_feedback, read_feedback_records
 from components.finetune_clip.train import LogFn, TrainResult, train_clip
 
 logger = logging.getLogger("clipsync.finetune_clip")
@@ -45,9 +48,17 @@ class FinetuneReport:
     registered_version: str | None = None
     run_id: str | None = None
     not_trained_reason: str = ""
+    feedback_labels: int = 0
+    feedback_negatives: int = 0
+    n_remembered: int = 0
+    warm_start_version: str = ""
 
     def as_metrics(self) -> dict[str, float]:
         return {
+            "feedback_labels": self.feedback_labels,
+            "feedback_negatives": self.feedback_negatives,
+            "n_remembered": self.n_remembered,
+            "warm_started": float(bool(self.warm_start_version)),
             "n_train": self.n_train,
             "n_val": self.n_val,
             "n_skipped": len(self.skipped),
@@ -60,8 +71,15 @@ class FinetuneReport:
         }
 
 
-def run_finetune_clip(frames_dir: Path, out_dir: Path, cfg: FinetuneClipConfig, ctx: StageContext) -> FinetuneReport:
+def run_finetune_clip(
+    frames_dir: Path, out_dir: Path, cfg: FinetuneClipConfig, ctx: StageContext, feedback_dir: Path | None = None
+) -> FinetuneReport:
     """The finetune_clip stage: train on the window's train/val videos, export, register as challenger.
+
+    With the feedback stage's records (``feedback_dir``), a search the client marked relevant adds its text to
+    that training video's labels and one marked not relevant makes the video a known negative of the text,
+    weighted ``negative_weight`` in the loss. Validation and test videos are left as labelled, so the months'
+    figures stay comparable.
 
     Checkpoints live in ``{state_dir}/checkpoints/finetune_clip/{client_id}-{window}``, mirrored to the same
     keys of ``storage.artifacts_uri`` after every epoch, so that a restarted task (a preempted pod on a new
@@ -75,19 +93,36 @@ def run_finetune_clip(frames_dir: Path, out_dir: Path, cfg: FinetuneClipConfig, 
         cfg: Stage settings.
         ctx: The client, its state folder, model cache and artifacts store, the data window (model card,
             checkpoint path), the MLflow run.
+        feedback_dir: The feedback stage's Dataset (``feedback_records.jsonl``); ``None``: no feedback.
 
     Returns:
         The stage report. When the window holds too few training videos, nothing is registered: the report
         says why (``not_trained_reason``) and ``out_dir`` holds ``no_challenger.json``, so the gate keeps
         the champion.
     """
+    from components.common.storage import open_store
     from components.finetune_clip.model import load_base_clip, resolve_base_ref
 
     window = ctx.window.label()
     base_ref = resolve_base_ref(cfg.base_model, ctx.state_dir)
     bundle = load_base_clip(base_ref, ctx.cache_dir)
     data, skipped = load_frame_samples(Path(frames_dir), ("train", "val"), bundle.image_spec, cfg.frames_per_video)
-    train, val = data["train"], data["val"]
+    store = open_store(ctx.storage.artifacts_uri, ctx.encryption)
+    end = ctx.window.end()
+    shape = (cfg.frames_per_video, 3, bundle.image_spec.size, bundle.image_spec.size)
+    window_ids = {s.video_id for split in data.values() for s in split}
+    window_ids |= {r["video_id"] for r in skipped}
+    earlier = history.recall(store, window_ids, end, cfg.history_days, cfg.history_max_videos, shape)
+    # Feedback may name any video the model answered with, a remembered one as much as this window's.
+    before = [*data["train"], *(s for split, s, _ in earlier if split == "train")]
+    train = sorted(apply_feedback(before, read_feedback_records(feedback_dir)), key=lambda s: s.video_id)
+    val = sorted([*data["val"], *(s for split, s, _ in earlier if split == "val")], key=lambda s: s.video_id)
+    first_seen = {s.video_id: seen for _, s, seen in earlier}
+    history.remember(
+        store,
+        [("train", s, first_seen.get(s.video_id, end.isoformat())) for s in train]
+        + [("val", s, first_seen.get(s.video_id, end.isoformat())) for s in val],
+    )
     logger.info("finetune_clip: %d train, %d val videos, %d skipped", len(train), len(val), len(skipped))
     prefix = ckpt.checkpoint_prefix("finetune_clip", ctx.client_id, window)
     work_dir = Path(ctx.state_dir) / prefix
@@ -99,10 +134,16 @@ def run_finetune_clip(frames_dir: Path, out_dir: Path, cfg: FinetuneClipConfig, 
         n_train=len(train),
         n_val=len(val),
         skipped=skipped,
+        feedback_labels=sum(len(s.labels) for s in train) - sum(len(s.labels) for s in before),
+        feedback_negatives=sum(len(s.negatives) for s in train),
+        n_remembered=len(earlier),
     )
+    champion = fetch_champion(ctx.tracking, "clip", ctx.client_id, work_dir / "champion") if cfg.warm_start else None
+    init_adapter = history.warm_start_adapter(champion[0], base_ref, cfg, window) if champion else None
+    report.warm_start_version = champion[1] if init_adapter else ""
 
     def body(log_fn: LogFn) -> TrainResult:
-        result = train_clip(bundle, train, val, cfg, work_dir, log_fn, mirror)
+        result = train_clip(bundle, train, val, cfg, work_dir, log_fn, mirror, init_adapter)
         last = result.history[-1] if result.history else {}
         best = next((h for h in result.history if h["epoch"] == result.best_epoch), last)
         metrics = {k: v for k, v in best.items() if k.startswith("val_") or k == "train_loss"}

@@ -22,12 +22,14 @@ class ClipSample:
         frames: uint8 ``[F, 3, S, S]`` (see :func:`~components.finetune_clip.model.prepare_frames`).
         labels: Its label texts (at least one for training).
         category: The client's category (for per-category metrics).
+        negatives: Texts this video is a known wrong answer to (client feedback: hard negatives of the loss).
     """
 
     video_id: str
     frames: Any
     labels: tuple[str, ...]
     category: str = ""
+    negatives: tuple[str, ...] = ()
 
 
 def load_frame_samples(

@@ -10,12 +10,50 @@ anchor of its own; it still acts through the videos: each known-negative video's
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
-from collections.abc import Mapping, Sequence, Set
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping, Sequence, Set
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
+
+    from components.finetune_clip.data import ClipSample
+
+
+def read_feedback_records(feedback_dir: Path | None) -> list[dict[str, Any]]:
+    """The feedback stage's training records (``kind``, ``video_id``, ``text``, provenance); none without a folder."""
+    from components.common.names import FEEDBACK_RECORDS_FILE
+
+    path = Path(feedback_dir) / FEEDBACK_RECORDS_FILE if feedback_dir else None
+    if path is None or not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def apply_feedback(samples: Sequence[ClipSample], records: Iterable[Mapping[str, Any]]) -> list[ClipSample]:
+    """Training samples with the feedback's labels and known negatives added (``samples`` are not modified).
+
+    A ``label`` record's text becomes one more label of its video (once); a ``hard_negative`` record's text goes
+    into the video's ``negatives`` unless it is already one of its labels (the loss cannot hold a pair as both).
+    Records of videos not among ``samples`` are left out.
+    """
+    labels: dict[str, list[str]] = {}
+    negatives: dict[str, list[str]] = {}
+    for r in records:
+        target = labels if r["kind"] == "label" else negatives
+        target.setdefault(r["video_id"], []).append(r["text"])
+    out = []
+    for s in samples:
+        new_labels = tuple(dict.fromkeys([*s.labels, *labels.get(s.video_id, [])]))
+        new_negatives = tuple(
+            dict.fromkeys(t for t in [*s.negatives, *negatives.get(s.video_id, [])] if t not in new_labels)
+        )
+        changed = new_labels != tuple(s.labels) or new_negatives != tuple(s.negatives)
+        out.append(dataclasses.replace(s, labels=new_labels, negatives=new_negatives) if changed else s)
+    return out
 
 
 def negative_mask(video_ids: Sequence[str], texts: Sequence[str], negatives: Mapping[str, Set[str]]) -> torch.Tensor:

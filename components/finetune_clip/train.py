@@ -28,6 +28,7 @@ from components.finetune_clip.data import ClipSample
 from components.finetune_clip.loss import batch_texts, contrastive_loss, positive_mask
 from components.finetune_clip.metrics import embed_samples, query_video_similarity, retrieval_metrics, retrieval_problem
 from components.finetune_clip.model import ClipBundle, TrainableStats, apply_strategy, encode_texts, encode_videos
+from components.finetune_clip.negatives import contrastive_loss_with_negatives, negative_mask
 
 if TYPE_CHECKING:
     import torch
@@ -85,7 +86,17 @@ def _batch_loss(
     if video_emb is None:
         video_emb = encode_videos(model, torch.stack([s.frames for s in samples]), bundle.image_spec, cfg.pooling)
     text_emb = encode_texts(model, bundle.tokenizer, texts)
-    return contrastive_loss(video_emb, text_emb, positive_mask(labels, texts), _logit_scale(model))
+    positive = positive_mask(labels, texts)
+    known: dict[str, set[str]] = {}
+    for s in samples:
+        for text in s.negatives:
+            known.setdefault(text, set()).add(s.video_id)
+    negative = negative_mask([s.video_id for s in samples], texts, known) & ~positive if known else None
+    if negative is None or not bool(negative.any()):
+        return contrastive_loss(video_emb, text_emb, positive, _logit_scale(model))
+    return contrastive_loss_with_negatives(
+        video_emb, text_emb, positive, negative, _logit_scale(model), cfg.negative_weight
+    )
 
 
 def _validate(
@@ -121,7 +132,8 @@ def _data_fingerprint(samples: Sequence[ClipSample]) -> str:
 
     h = hashlib.sha256()
     for s in samples:
-        h.update(f"{s.video_id}|{'|'.join(s.labels)}\n".encode())
+        known = f"|-{'|'.join(s.negatives)}" if s.negatives else ""  # checkpoints of runs without feedback still fit
+        h.update(f"{s.video_id}|{'|'.join(s.labels)}{known}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -243,6 +255,7 @@ def train_clip(
     work_dir: Path,
     log_fn: LogFn | None = None,
     mirror: ckpt.CheckpointMirror | None = None,
+    init_adapter: Path | None = None,
 ) -> TrainResult:
     """Fine-tune ``bundle.model`` with the configured strategy; resume from a checkpoint when one fits.
 
@@ -260,6 +273,8 @@ def train_clip(
         log_fn: Called after every epoch with that epoch's metrics and the epoch number (1-based).
         mirror: Where every epoch's checkpoint is copied (the artifacts store) and, when ``work_dir`` holds
             none, pulled from: a retried pod resumes instead of starting over.
+        init_adapter: A LoRA adapter (``adapter_model.safetensors``, the champion's) to start from instead of
+            the fresh adapter (:func:`~components.finetune_clip.history.warm_start_adapter` says when it fits).
 
     Returns:
         The training result; ``result.model`` holds the best epoch's weights, in eval mode.
@@ -298,6 +313,10 @@ def train_clip(
         "train": _data_fingerprint(train_samples),
         "val": _data_fingerprint(val_samples),
     }
+    if init_adapter is not None:
+        import hashlib
+
+        fingerprint["warm_start"] = hashlib.sha256(Path(init_adapter).read_bytes()).hexdigest()[:16]
     state: dict[str, Any] = {
         "epoch": 0,
         "step": 0,
@@ -313,6 +332,13 @@ def train_clip(
     if restored is not None:
         weights, state = restored
         _load_trainable(model, weights)
+    elif init_adapter is not None:
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model, load_file(str(init_adapter)))
+        if result.unexpected_keys:
+            raise RuntimeError(f"warm start: the adapter does not fit (e.g. {sorted(result.unexpected_keys)[:3]})")
+        logger.info("warm start from %s", init_adapter)
     resumed_from = int(state["epoch"])
     train_emb = val_emb = None
     if cfg.strategy == "hybrid" and not state["finished"]:

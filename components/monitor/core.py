@@ -32,13 +32,22 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from components.common.names import registered_name
+from components.common.stage import StageContext
+from components.monitor.config import MonitorConfig
+
+if TYPE_CHECKING:
+    from serving.config import ServingConfig
 
 logger = logging.getLogger("clipsync.monitor")
 
 SUMMARY_FILE = "summary.json"
+#: The perplexity of the t-SNE in Evidently's embedding drift report (sklearn's default; it needs more rows).
+TSNE_PERPLEXITY = 30
 MONITOR_PREFIX = "monitor"
 SIGNALS = (
     "query_embedding",
@@ -48,29 +57,6 @@ SIGNALS = (
     "upload_embedding",
     "lipsync_score",
 )
-
-
-@dataclass(frozen=True)
-class MonitorConfig:
-    """How the monitor compares two months.
-
-    Attributes:
-        min_samples: Fewest values a signal needs on each side to be compared.
-        embedding_threshold: MMD above which embeddings have drifted (Evidently's ``MMDDriftMethod`` default).
-        max_rows: Most rows per side given to Evidently (a uniform sample beyond, seeded): its embedding report
-            draws a t-SNE of them.
-    """
-
-    min_samples: int = 5
-    embedding_threshold: float = 0.015
-    max_rows: int = 2000
-
-    def __post_init__(self) -> None:
-        from components.common.errors import require
-
-        require(isinstance(self.min_samples, int) and self.min_samples >= 2, "min_samples must be >= 2", "monitor")
-        require(0 < self.embedding_threshold < 10, "embedding_threshold must be in (0, 10)", "monitor")
-        require(isinstance(self.max_rows, int) and self.max_rows >= 10, "max_rows must be >= 10", "monitor")
 
 
 @dataclass
@@ -284,6 +270,11 @@ def monitor_month(
             report.signals.append(SignalResult(signal, False, n_current=n_cur, n_reference=n_ref, note=note))
             report.signals[-1].current_value = values[0]
             continue
+        if kind == "embedding" and n_cur + n_ref <= TSNE_PERPLEXITY:
+            # Evidently's embedding report draws a t-SNE of both sides: sklearn refuses perplexity >= rows.
+            note = f"needs more than {TSNE_PERPLEXITY} embeddings in all (t-SNE), has {n_cur} + {n_ref}"
+            report.signals.append(SignalResult(signal, False, n_current=n_cur, n_reference=n_ref, note=note))
+            continue
         cur, ref = _sample(np.asarray(cur), cfg.max_rows), _sample(np.asarray(ref), cfg.max_rows)
         if kind == "embedding":
             result, evidently_run = _compare_embeddings(signal, cur, ref, cfg.embedding_threshold)
@@ -351,7 +342,7 @@ def query_signals(store: Any, model: str, month: str, embed_texts: Any = None) -
     return signals
 
 
-def run_monitor(
+def monitor_store_month(
     store: Any,
     model: str,
     month: str,
@@ -385,6 +376,71 @@ def run_monitor(
     for path in sorted(out_dir.iterdir()):
         if path.is_file():
             store.put_file(f"{MONITOR_PREFIX}/{model}/{month}/{path.name}", path)
+    return report
+
+
+def run_monitor(
+    frames_dir: Path | None,
+    lipsync_eval_dir: Path | None,
+    out_dir: Path,
+    cfg: MonitorConfig,
+    ctx: StageContext,
+    serving: ServingConfig,
+) -> MonitorReport:
+    """The monitor stage: last month's production signals against the month before, every month.
+
+    The month is the one the run's window closes (the run on 1 November monitors October): its query log and
+    feedback (where the model server writes them, ``serving.query_log_uri``), the champion CLIP's embeddings of
+    the searches' texts and of the window's new uploads against the library saved by earlier monitor runs, and
+    the lip-sync scores of evaluate_lipsync against last month's. Reports (Evidently HTML + JSON per signal,
+    ``summary.json``/``summary.md``) go to ``out_dir``, to ``monitor/clip-<client>/<month>/`` of the store and to
+    the stage run's artifacts with the accuracy-over-months plot of ``clipsync monitor``. Nothing trains here, so
+    it runs in a month without a challenger too.
+
+    Args:
+        frames_dir: The frame_extraction Dataset (the window's uploads); ``None``: no upload signal.
+        lipsync_eval_dir: evaluate_lipsync's report folder; ``None``: no lip-sync signal.
+        out_dir: The stage's report folder.
+        cfg: Sample sizes and thresholds.
+        ctx: The client, its stores, window and MLflow.
+        serving: The serving section (where the query log and the feedback are).
+
+    Returns:
+        The month's report (drift yes/no per signal with its method and score).
+    """
+    from components.feedback.core import feedback_month, previous_month
+    from components.monitor import inputs
+    from serving.feedback import open_feedback_store
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    month = feedback_month(ctx.window.end())
+    model = registered_name("clip", ctx.client_id)
+    prefix = f"{MONITOR_PREFIX}/{model}"
+    store = open_feedback_store(serving.query_log_uri, ctx.storage.artifacts_uri, ctx.client_id)
+    with ctx.stage_run("monitor", {**asdict(cfg), "month": month}) as run:
+        work = out_dir.parent / f"{out_dir.name}-work"
+        champion = inputs.champion_embedder(ctx, work)
+        embed_texts, uploads = None, None
+        if champion is not None:
+            handle, version = champion
+            embed_texts = handle.encode_texts
+            run.set_tag("champion_version", version)
+            if frames_dir is not None:
+                current = inputs.upload_embeddings(handle, Path(frames_dir))
+                uploads = (current, inputs.library_embeddings(store, prefix, month))
+        scores = inputs.lipsync_scores(lipsync_eval_dir)
+        inputs.save_arrays(out_dir, None if uploads is None else uploads[0], scores)
+        previous = inputs.saved_lipsync_scores(store, prefix, previous_month(month))
+        report = monitor_store_month(store, model, month, out_dir, embed_texts, uploads, (scores, previous), cfg)
+        run.log_metrics(report.as_metrics())
+        run.log_artifacts(str(out_dir), "monitor")
+        if ctx.track:
+            rows = accuracy_over_months(ctx, store=store)
+            files = write_accuracy_report(rows, work / "accuracy", f"{ctx.client_id}: accuracy over months")
+            for path in files.values():
+                run.log_artifact(str(path), "monitor/accuracy")
+    logger.info("monitor %s %s:\n%s", model, month, report.to_markdown())
     return report
 
 
@@ -426,7 +482,7 @@ def accuracy_over_months(config: Any, months: int = 12, store: Any = None) -> li
     (``monitor/<model>/<month>/summary.json``) when there is one.
 
     Args:
-        config: The client's ``ClientConfig`` (tracking and client id).
+        config: The client's ``ClientConfig`` or a stage's context (its ``tracking`` and ``client_id``).
         months: How many runs, newest first.
         store: The client's artifacts store (proxies); ``None``: none.
     """

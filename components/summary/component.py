@@ -17,6 +17,7 @@ def summary(
     lipsync_gate: Input[Markdown],
     clip_outcome: str,
     lipsync_outcome: str,
+    monitor: Input[Markdown],
     report: Output[Markdown],
 ):
     """Write the run summary (Markdown) and close the parent MLflow run."""
@@ -30,7 +31,8 @@ def summary(
     cfg = ClientConfig.from_json(config)
     outputs = {"manifest": manifest.path, "frames": frames.path, "faces": faces.path}
     decisions = [Path(clip_gate.path).read_text(), Path(lipsync_gate.path).read_text()]
-    result = summarize(cfg, parent_run_id, outputs, decisions=decisions, outcomes=[clip_outcome, lipsync_outcome])
+    outcomes = [clip_outcome, lipsync_outcome]
+    result = summarize(cfg, parent_run_id, outputs, decisions, outcomes, monitor=Path(monitor.path).read_text())
     Path(report.path).write_text(result.to_markdown())
 
 

@@ -41,6 +41,7 @@ class RunSummary:
     outcomes: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     promoted: list[str] = field(default_factory=list)
+    monitor: str = ""
 
     def to_markdown(self) -> str:
         """Render the summary a person reads at the end of a run."""
@@ -53,7 +54,12 @@ class RunSummary:
             lines += ["", "| stage | status | seconds | figures |", "|---|---|---:|---|"]
         for stage in self.stages:
             # Zero counts of rejection reasons are logged every month for stable names; here they are noise.
-            shown = {k: v for k, v in stage.metrics.items() if not ("rejected_" in k and v == 0)}
+            # The monitor's scores and values have their own section below; the table keeps its drift flags.
+            shown = {
+                k: v
+                for k, v in stage.metrics.items()
+                if not ("rejected_" in k and v == 0) and not (k.startswith("monitor_") and not k.endswith("_drift"))
+            }
             figures = ", ".join(_figures(shown))
             lines.append(f"| {stage.stage} | {stage.status} | {stage.seconds:.1f} | {figures} |")
         if self.decisions:
@@ -62,6 +68,8 @@ class RunSummary:
                 lines += [decision.strip(), ""]
         if self.outcomes:
             lines += ["## Deploy", "", *[o.strip() for o in self.outcomes]]
+        if self.monitor:
+            lines += ["", self.monitor.strip().replace("# monitor:", "## Monitor:", 1)]
         if self.artifacts:
             lines += ["", "Outputs:"]
             lines += [f"- {name}: {uri}" for name, uri in sorted(self.artifacts.items())]
@@ -130,6 +138,7 @@ def summarize(
     artifacts: dict[str, str],
     decisions: list[str] | None = None,
     outcomes: list[str] | None = None,
+    monitor: str = "",
 ) -> RunSummary:
     """Build the run summary and close the parent MLflow run (FINISHED, or FAILED if a stage failed).
 
@@ -139,6 +148,7 @@ def summarize(
         artifacts: Output name -> location, listed in the summary.
         decisions: The A/B gate's decisions (Markdown), one per model.
         outcomes: What deploy did (or that the champion was kept), one line per model.
+        monitor: The monitor stage's report (Markdown: drift yes/no per signal, method, score).
 
     Returns:
         The summary (also logged to the parent run as ``summary.md``).
@@ -156,6 +166,7 @@ def summarize(
         artifacts=artifacts,
         decisions=list(decisions or []),
         outcomes=list(outcomes or []),
+        monitor=monitor,
     )
     failed = [s.stage for s in stages if s.status != "FINISHED"]
     totals = {f"{s.stage}.{k}": v for s in stages for k, v in s.metrics.items()}
