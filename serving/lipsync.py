@@ -115,8 +115,15 @@ def extract_analysis_clip(path: Path, config: Any, threads: int) -> Any:
     import av
 
     from components.common.media import stream_timing
-    from components.frame_extraction.core import ExtractedVideo, loudest_window
-    from components.frame_extraction.decode import Reader, StopDecode, Sweep, decode_audio
+    from components.frame_extraction.core import ExtractedVideo, keep_dense_clip
+    from components.frame_extraction.decode import (
+        Reader,
+        StopDecode,
+        Sweep,
+        decode_audio,
+        dense_window,
+        set_decoder_threads,
+    )
 
     video = ExtractedVideo(video_id="upload")
     audio, audio_error = decode_audio(path, config.audio_rate)
@@ -125,20 +132,13 @@ def extract_analysis_clip(path: Path, config: Any, threads: int) -> Any:
     video.audio = audio if audio is not None and audio.size else None
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        stream.thread_count = threads
+        threads = set_decoder_threads(stream, threads)
         timing = stream_timing(container, stream)
         start, duration = timing.start_s, max(0.0, timing.duration_s or 0.0)
         video.native_fps, video.duration_s = timing.fps or 0.0, duration
-        offset = 0.0
-        if video.audio is not None and duration > config.dense_seconds:
-            skip = max(0, round(start * config.audio_rate))
-            offset = loudest_window(
-                video.audio[skip:], config.audio_rate, config.dense_seconds, duration - config.dense_seconds
-            )
-        sweep = Sweep(Reader(container, stream, video.native_fps), stream, config)
+        sweep = Sweep(Reader(container, stream, video.native_fps, threads), stream, config)
         try:
-            sweep.run([], (start + offset, start + offset + config.dense_seconds))
+            sweep.run([], dense_window(video.audio, start, duration, config))
         except StopDecode as exc:  # keep the frames before the error; none at all is a rejection below
             logger.warning("lipsync: decoding stopped: %s", exc.detail)
             video.reason = f"decode_error: {exc.detail}"
@@ -149,11 +149,7 @@ def extract_analysis_clip(path: Path, config: Any, threads: int) -> Any:
         video.status = "rejected"
         video.reason = video.reason or "no_frames: no frame of the analysis window decoded"
         return video
-    times = sweep.dense_times
-    video.dense_frames = np.stack(sweep.dense)
-    video.dense_start_s = times[0]
-    span = times[-1] - times[0]
-    video.dense_fps = (len(times) - 1) / span if len(times) > 1 and span > 0 else video.native_fps
+    keep_dense_clip(video, sweep, video.native_fps)
     return video
 
 

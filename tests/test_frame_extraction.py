@@ -370,11 +370,13 @@ def test_decoder_threads_default_to_a_worker_share_of_the_cpus(tmp_path, monkeyp
 
 
 def test_loudest_window():
+    from components.frame_extraction import decode
+
     audio = np.zeros(5 * RATE, np.float32)
     audio[int(2.2 * RATE) : int(3.2 * RATE)] = 1.0
-    assert core.loudest_window(audio, RATE, 1.0, 4.0) == pytest.approx(2.2, abs=0.011)
-    assert core.loudest_window(audio, RATE, 1.0, 1.5) == pytest.approx(1.5, abs=0.011)  # capped by the video
-    assert core.loudest_window(audio[:RATE], RATE, 2.0, 3.0) == 0.0
+    assert decode.loudest_window(audio, RATE, 1.0, 4.0) == pytest.approx(2.2, abs=0.011)
+    assert decode.loudest_window(audio, RATE, 1.0, 1.5) == pytest.approx(1.5, abs=0.011)  # capped by the video
+    assert decode.loudest_window(audio[:RATE], RATE, 2.0, 3.0) == 0.0
 
 
 # ------------------------------------------------------------------------------------------------ dataset

@@ -40,7 +40,7 @@ from components.frame_extraction.dataset import (
     ShardWriter,
     write_frame_index,
 )
-from components.frame_extraction.decode import Reader, StopDecode, Sweep, decode_audio, wanted_times
+from components.frame_extraction.decode import Reader, StopDecode, Sweep, decode_audio, dense_window, wanted_times
 
 logger = logging.getLogger("clipsync.frame_extraction")
 
@@ -150,20 +150,13 @@ class FrameExtractionReport:
         return metrics
 
 
-def loudest_window(audio: np.ndarray, rate: int, seconds: float, max_start_s: float) -> float:
-    """Start (seconds) of the ``seconds``-long window with the highest RMS energy, at most ``max_start_s``.
-
-    Windows start on a 10 ms grid; 0 when the audio is shorter than the window.
-    """
-    n = round(seconds * rate)
-    if audio.size <= n or max_start_s <= 0:
-        return 0.0
-    energy = np.concatenate([[0.0], np.cumsum(np.square(audio, dtype=np.float64))])
-    hop = max(1, rate // 100)
-    last = min(audio.size - n, int(max_start_s * rate))
-    starts = np.arange(0, last + 1, hop)
-    sums = energy[starts + n] - energy[starts]
-    return float(starts[int(np.argmax(sums))]) / rate
+def keep_dense_clip(video: ExtractedVideo, sweep: decode.Sweep, native_fps: float) -> None:
+    """Store the dense frames a sweep took, their start and their rate (``native_fps`` for a single frame)."""
+    times = sweep.dense_times
+    video.dense_frames = np.stack(sweep.dense)
+    video.dense_start_s = times[0]
+    span = times[-1] - times[0]
+    video.dense_fps = (len(times) - 1) / span if len(times) > 1 and span > 0 else native_fps
 
 
 def _rejected(video: ExtractedVideo, reason: str, started: float) -> ExtractedVideo:
@@ -224,13 +217,7 @@ def extract_video(
 
         window: tuple[float, float] | None = None
         if record.authenticity or config.dense_all:
-            offset = 0.0
-            if video.audio is not None and duration > config.dense_seconds:
-                skip = max(0, round(start * config.audio_rate))
-                offset = loudest_window(
-                    video.audio[skip:], config.audio_rate, config.dense_seconds, duration - config.dense_seconds
-                )
-            window = (start + offset, start + offset + config.dense_seconds)
+            window = dense_window(video.audio, start, duration, config)
         wanted = wanted_times(start, duration, config.search_fps, config.max_search_frames)
         sweep = Sweep(Reader(container, stream, native_fps, threads), stream, config)
         try:
@@ -256,11 +243,7 @@ def extract_video(
         video.search_frames = np.stack(frames)
         video.search_times = sweep.search_times
         if sweep.dense:
-            times = sweep.dense_times
-            video.dense_frames = np.stack(sweep.dense)
-            video.dense_start_s = times[0]
-            span = times[-1] - times[0]
-            video.dense_fps = (len(times) - 1) / span if len(times) > 1 and span > 0 else native_fps
+            keep_dense_clip(video, sweep, native_fps)
     video.seconds = time.perf_counter() - started
     return video
 

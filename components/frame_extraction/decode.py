@@ -382,3 +382,30 @@ class Sweep:
                 return
             self._take_search(frame)
             i += 1
+
+
+def loudest_window(audio: np.ndarray, rate: int, seconds: float, max_start_s: float) -> float:
+    """Start (seconds) of the ``seconds``-long window with the highest RMS energy, at most ``max_start_s``.
+
+    Windows start on a 10 ms grid; 0 when the audio is shorter than the window.
+    """
+    n = round(seconds * rate)
+    if audio.size <= n or max_start_s <= 0:
+        return 0.0
+    energy = np.concatenate([[0.0], np.cumsum(np.square(audio, dtype=np.float64))])
+    hop = max(1, rate // 100)
+    last = min(audio.size - n, int(max_start_s * rate))
+    starts = np.arange(0, last + 1, hop)
+    sums = energy[starts + n] - energy[starts]
+    return float(starts[int(np.argmax(sums))]) / rate
+
+
+def dense_window(
+    audio: np.ndarray | None, start: float, duration: float, config: FrameExtractionConfig
+) -> tuple[float, float]:
+    """The dense clip's span: ``config.dense_seconds`` where the audio is loudest (from the start without audio)."""
+    offset = 0.0
+    if audio is not None and duration > config.dense_seconds:
+        skip = max(0, round(start * config.audio_rate))
+        offset = loudest_window(audio[skip:], config.audio_rate, config.dense_seconds, duration - config.dense_seconds)
+    return start + offset, start + offset + config.dense_seconds
