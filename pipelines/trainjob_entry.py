@@ -65,5 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _recorded_main() -> int:
+    """:func:`main` under torch elastic's ``record``: torchrun's failure summary then quotes the failed rank's
+    exception, and the summary's lines are the last ones the task reports."""
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    return record(main)()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_recorded_main())

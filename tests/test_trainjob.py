@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import socket
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -162,21 +162,57 @@ def test_finetune_clip_runs_as_a_trainjob_and_the_task_picks_up_its_model(traine
     assert "rank 0 published the model" in (tmp_path / "pods" / f"{name}-node-0.log").read_text()
 
 
+@pytest.mark.slow
 def test_a_failed_trainjob_fails_the_stage_with_its_last_log_lines(trainer, tmp_path):
+    """Both stages take the TrainJob path when their config asks for two processes; both backends run it."""
+    from components.finetune_clip.core import run_finetune_clip
+    from components.finetune_lipsync.core import run_finetune_lipsync
+
     frames = make_frames(tmp_path / "frames", 4)
-    config = _config(tmp_path, base_model=str(tmp_path / "no-such-base"), device="cpu")
-    with pytest.raises(TrainJobFailed, match=r"(?s)failed; its last log lines:.*no-such-base"):
-        run_as_trainjob(
-            "finetune_clip", config.to_json(), {"frames": frames}, tmp_path / "m", KUBE, config.context(), retry=QUICK
-        )
-    # the embedded default runs the same command here, with the same error
+    config = from_dict(
+        {
+            "state_dir": str(tmp_path / "state"),
+            "client_id": "acme",
+            "finetune_clip": {"base_model": str(tmp_path / "no-such-base"), "distributed": {"procs_per_node": 2}},
+            "finetune_lipsync": {"distributed": {**asdict(replace(KUBE, procs_per_node=2))}},
+        }
+    )
+    ctx = config.context()
+    # the embedded default: torchrun here, two ranks
     with pytest.raises(TrainJobFailed, match=r"(?s)exited with 1; its last log lines:.*no-such-base"):
+        run_finetune_clip(frames, tmp_path / "m1", config.finetune_clip, ctx, config_json=config.to_json())
+    # through the SDK: the stand-in runs the TrainJob's command; the lip-sync core finds no faces Dataset
+    (tmp_path / "faces").mkdir()
+    with pytest.raises(TrainJobFailed, match=r"(?s)failed; its last log lines:.*no faces index at"):
+        run_finetune_lipsync(
+            tmp_path / "faces", tmp_path / "m2", config.finetune_lipsync, ctx, config_json=config.to_json()
+        )
+    (job,) = trainer.created
+    assert job["spec"]["trainer"]["command"][:2] == ["torchrun", "--nproc_per_node=2"]
+    assert job["spec"]["trainer"]["args"][:2] == ["--stage", "finetune_lipsync"]
+
+
+def test_a_trainjob_past_its_timeout_is_stopped(trainer, tmp_path):
+    frames = make_frames(tmp_path / "frames", 4)
+    config = _config(tmp_path)
+    with pytest.raises(TrainJobFailed, match=r"did not finish in 3 s \(deleted\)"):
         run_as_trainjob(
             "finetune_clip",
             config.to_json(),
             {"frames": frames},
-            tmp_path / "m2",
-            DistributedConfig(),
+            tmp_path / "m",
+            replace(KUBE, timeout_s=3),
+            config.context(),
+            retry=QUICK,
+        )
+    assert trainer.created and not trainer.jobs  # deleted, its node killed
+    with pytest.raises(TrainJobFailed, match=r"did not finish in 2 s \(killed\)"):
+        run_as_trainjob(
+            "finetune_clip",
+            config.to_json(),
+            {"frames": frames},
+            tmp_path / "m",
+            DistributedConfig(timeout_s=2, poll_s=1),
             config.context(),
         )
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -355,35 +356,37 @@ def _failure(stage: str, name: str, what: str, lines: list[str]) -> str:
 # ----------------------------------------------------------------------------- the embedded default: torchrun here
 
 
-def run_torchrun(dist: DistributedConfig, args: list[str], stage: str, name: str, cwd: Path | None = None) -> list[str]:
+def run_torchrun(dist: DistributedConfig, args: list[str], stage: str, name: str) -> list[str]:
     """Run the TrainJob's command as a subprocess on this machine (one node), streaming its output to the log.
 
     Returns:
-        Its output lines.
+        Its output lines (the last 1000).
 
     Raises:
-        TrainJobFailed: It exited non-zero (with its last lines) or ran past ``dist.timeout_s`` (then it is killed).
+        TrainJobFailed: It exited non-zero (with its last lines) or ran past ``dist.timeout_s`` (then it and its
+            ranks, one process group, are killed).
     """
     command = trainjob_command(dist)
     command[0] = str(Path(sys.executable).with_name("torchrun"))  # the torchrun of this environment
-    env = {**os.environ, **torch_env(1, dist.procs_per_node, 0, "127.0.0.1", free_port())}
-    env["PYTHONUNBUFFERED"] = "1"
+    env = {**os.environ, **torch_env(1, dist.procs_per_node, 0, "127.0.0.1", free_port()), "PYTHONUNBUFFERED": "1"}
     lines: deque[str] = deque(maxlen=1000)
     logger.info("%s: running TrainJob %s here: %s", stage, name, " ".join(command))
     proc = subprocess.Popen(
-        [*command, *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [*command, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
     deadline = time.monotonic() + dist.timeout_s
     try:
         for line in _read_until(proc, deadline):
             lines.append(line)
             logger.info("%s [%s] %s", stage, name, line)
-        if proc.poll() is None:
-            raise TrainJobFailed(_failure(stage, name, f"did not finish in {dist.timeout_s} s (killed)", list(lines)))
+        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        late = f"did not finish in {dist.timeout_s} s (killed)"
+        raise TrainJobFailed(_failure(stage, name, late, list(lines))) from None
     finally:
         if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
+            os.killpg(proc.pid, signal.SIGKILL)  # torchrun and the ranks it started
+            proc.wait(timeout=30)
         if proc.stdout is not None:
             proc.stdout.close()
     if proc.returncode != 0:
