@@ -18,7 +18,7 @@ import pytest
 import yaml
 from crd_schemas import validate_crd
 from jsonschema import ValidationError
-from kube_standin import HttpStub
+from kube_standin import HttpStub, kubeconfig
 from synthetic_frames import make_frames
 from trainer_standin import StandInTrainer
 
@@ -35,20 +35,7 @@ KUBE = DistributedConfig(backend="kubernetes", namespace="clipsync", poll_s=1, t
 
 
 def _kubeconfig(path: Path, url: str) -> Path:
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "standin", "cluster": {"server": url}}],
-                "users": [{"name": "standin", "user": {"token": "not-a-secret"}}],
-                "contexts": [
-                    {"name": "standin", "context": {"cluster": "standin", "user": "standin", "namespace": "clipsync"}}
-                ],
-                "current-context": "standin",
-            }
-        )
-    )
+    path.write_text(yaml.safe_dump(kubeconfig(url)))
     return path
 
 
@@ -99,8 +86,11 @@ def test_trainjob_as_the_sdk_submits_it_matches_the_crd_schema(tmp_path, monkeyp
         client = trainer_client(dist)
         args = ["--stage", "finetune_clip", "--prefix", "trainjobs/finetune_clip/clip-1"]
         assert submit_trainjob(client, dist, "clip-1", args, {"clipsync.io/client": "acme"}, QUICK) == "clip-1"
+        # a retried create whose first attempt had reached the server (409 AlreadyExists) counts as created
+        assert submit_trainjob(client, dist, "clip-1", args, {"clipsync.io/client": "acme"}, QUICK) == "clip-1"
         assert client.get_job("clip-1").status == "Created"
-    (job,) = standin.created
+    job, again = standin.created
+    assert again == job and list(standin.jobs) == ["clip-1"]
     validate_crd(job)
     for path in (REPO / "manifests").rglob("*.yaml"):  # and every Trainer object of manifests/
         obj = yaml.safe_load(path.read_text())

@@ -212,10 +212,10 @@ class DistributedConfig:
         backend: ``torchrun`` (the command as a subprocess on this machine) or ``kubernetes`` (a TrainJob).
         runtime: The TrainingRuntime (or ClusterTrainingRuntime) the TrainJob names: ``clipsync-torch``
             (rendered into ``manifests/base`` by ``clipsync render-manifests``, in ``deploy.namespace``) or
-            Kubeflow's stock ``torch-distributed`` (then set ``image``: its own is a bare PyTorch image).
+            Kubeflow's stock ``torch-distributed``.
         namespace: Where the TrainJob is created (the runtime's namespace, where the Role of ``manifests/base``
             lets the pipeline's service account create TrainJobs); ``""``: the kube config's namespace.
-        image: The trainer container image; ``""``: the runtime's (clipsync's train image).
+        image: The trainer container image; ``""``: clipsync's train image (``components/common/images.py``).
         gpus_per_node: GPUs each node requests (``resourcesPerNode``); 0 requests none.
         timeout_s: Longest wait for the TrainJob to finish; it is deleted and the stage fails after that.
         poll_s: Seconds between status checks while waiting.

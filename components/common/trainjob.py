@@ -329,9 +329,8 @@ def wait_for_trainjob(
         if job.status != status:
             status = job.status
             logger.info("%s: TrainJob %s is %s (%s)", stage, name, status, ", ".join(_steps(job)))
-        for line in _api(f"read the logs of TrainJob {name}", lambda: list(client.get_job_logs(name)), retry)[
-            len(lines) :
-        ]:
+        logs = _api(f"read the logs of TrainJob {name}", lambda: list(client.get_job_logs(name)), retry)
+        for line in logs[len(lines) :]:  # node 0's log so far: the lines not logged yet
             lines.append(line)
             logger.info("%s [%s] %s", stage, name, line)
         if status == STATUS_COMPLETE:
