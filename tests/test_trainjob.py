@@ -108,6 +108,9 @@ def test_trainjob_as_the_sdk_submits_it_matches_the_crd_schema(tmp_path, monkeyp
     typo["spec"]["trainer"]["numProcsPerNode"] = 4
     with pytest.raises(ValidationError, match="numProcsPerNode"):
         validate_crd(typo)
+    typo["metadata"]["name"] = "clip-2"
+    code, status = standin("POST", "/apis/trainer.kubeflow.org/v1alpha1/namespaces/clipsync/trainjobs", typo)
+    assert code == 422 and "numProcsPerNode" in status["message"] and "clip-2" not in standin.jobs
 
 
 @pytest.mark.slow
