@@ -229,3 +229,29 @@ def test_an_unreachable_api_is_retried_then_fails_the_stage_with_the_cause(train
             "finetune_clip", config.to_json(), {"frames": frames}, tmp_path / "m", KUBE, config.context(), retry=QUICK
         )
     assert trainer.created == []
+
+
+def test_rank_zeros_outputs_round_trip_through_the_artifacts_store(tmp_path):
+    """What rank 0 publishes is what the task picks up: the model files and the report, NaN and numpy included."""
+    import math
+
+    import numpy as np
+
+    from components.common.storage import LocalStore
+    from components.common.trainjob import collect_outputs, job_prefix, publish_outputs
+    from components.finetune_lipsync.core import FinetuneLipsyncReport
+
+    store = LocalStore(tmp_path / "artifacts", create=True)
+    model = tmp_path / "rank0" / "model"
+    (model / "sub").mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(b"weights")
+    (model / "sub" / "config.json").write_text("{}")
+    sent = FinetuneLipsyncReport(str(model), registered_version="3", val_metrics={"auc": np.float32(0.75)})
+    publish_outputs(store, job_prefix("finetune_lipsync", "lipsync-1"), model, asdict(sent))
+    got = FinetuneLipsyncReport(**collect_outputs(store, "finetune_lipsync", "lipsync-1", tmp_path / "out"))
+    assert got.model_dir == str(tmp_path / "out") and got.registered_version == "3" and got.val_metrics == {"auc": 0.75}
+    assert math.isnan(got.best_val_loss)
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == b"weights"
+    assert (tmp_path / "out" / "sub" / "config.json").is_file()
+    with pytest.raises(TrainJobFailed, match=r"wrote no trainjobs/finetune_lipsync/lipsync-2/outputs/report\.json"):
+        collect_outputs(store, "finetune_lipsync", "lipsync-2", tmp_path / "out2")
