@@ -89,10 +89,9 @@ class StandInTrainer:
         container, nodes = self._node_container(job)
         env = {**os.environ, **self.env, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
         env.update({e["name"]: e["value"] for e in container["env"] if "value" in e})
-        port = free_port()
-        self.procs[name] = []
+        port, procs = free_port(), int((job["spec"].get("trainer") or {}).get("numProcPerNode") or 1)
         for rank in range(nodes):
-            node_env = {**env, **torch_env(nodes, 1, rank, "127.0.0.1", port)}
+            node_env = {**env, **torch_env(nodes, procs, rank, "127.0.0.1", port)}
             log = (self.workdir / f"{name}-node-{rank}.log").open("w")
             proc = subprocess.Popen(
                 [*container.get("command", []), *container.get("args", [])],
