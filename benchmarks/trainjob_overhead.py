@@ -60,24 +60,13 @@ def main() -> int:
         child(args.child[0], Path(args.child[1]), Path(args.child[2]))
         return 0
     sys.path[:0] = [str(REPO), str(REPO / "tests")]
+    from serving_assets import make_base
     from synthetic_frames import make_frames
-
-    from components.finetune_clip.base_model import build_demo_base_clip
 
     times: dict[str, list[float]] = {"in-process": [], "trainjob": []}
     with tempfile.TemporaryDirectory(prefix="trainjob-overhead-") as tmp:
         root = Path(tmp)
-        build_demo_base_clip(
-            root / "base",
-            seed=0,
-            time_budget_s=20,
-            max_steps=2,
-            batch_size=8,
-            image_size=32,
-            patch_size=16,
-            width=32,
-            layers=1,
-        )
+        make_base(root / "base")  # a 1-layer demo base CLIP at 32 px
         make_frames(root / "frames", args.videos)
         for i in range(args.repeats):
             for arm in times:

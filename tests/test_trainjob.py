@@ -116,19 +116,9 @@ def test_trainjob_as_the_sdk_submits_it_matches_the_crd_schema(tmp_path, monkeyp
 @pytest.mark.slow
 def test_finetune_clip_runs_as_a_trainjob_and_the_task_picks_up_its_model(trainer, tmp_path):
     """The SDK submits, the stand-in runs torchrun -m pipelines.trainjob_entry, rank 0 registers and publishes."""
-    from components.finetune_clip.base_model import build_demo_base_clip
+    from serving_assets import make_base
 
-    base = build_demo_base_clip(
-        tmp_path / "base",
-        seed=0,
-        time_budget_s=20,
-        max_steps=2,
-        batch_size=8,
-        image_size=32,
-        patch_size=16,
-        width=32,
-        layers=1,
-    )
+    base = make_base(tmp_path / "base")  # a 1-layer demo base CLIP at 32 px
     frames = make_frames(tmp_path / "frames", 12)
     config = _config(
         tmp_path,
