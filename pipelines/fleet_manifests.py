@@ -12,6 +12,10 @@ pipeline runs execute as the profile's ``default-editor``):
 - ``role.yaml`` / ``rolebinding.yaml``: the runs may read that one Secret and manage InferenceServices and
   TrainedModels in the client's namespace; ``rolebinding-deploy.yaml`` lets them use the ``clipsync-deploy`` Role
   in the pools' namespace (``deploy.namespace``) for multi-model TrainedModels.
+- ``trainingruntime.yaml``: the client's Kubeflow Trainer ``TrainingRuntime`` ``clipsync-torch``
+  (:func:`components.common.trainjob.build_training_runtime`) with the client's Secret, and TrainJob rules in its
+  Role: a fine-tune above one process (``finetune_*.distributed``) runs as a TrainJob in the client's namespace
+  (``distributed.namespace`` empty: the run's own).
 - ``networkpolicy.yaml``: ingress and egress only to and from pods of the cluster (plus the CIDR blocks of
   ``fleet.allowed_hosts``, e.g. the Kubernetes API server's address): no outbound network.
 - ``configmap-kfp-launcher.yaml``: KFP's per-namespace launcher settings: the pipeline root (frames, crops) in the
@@ -134,6 +138,22 @@ def _launcher_config(config: Any) -> dict[str, Any] | None:
     }
 
 
+def _training_runtime(config: Any, secret: str) -> dict[str, Any]:
+    """The client's ``clipsync-torch`` TrainingRuntime: its TrainJobs read MinIO with the client's own Secret."""
+    from components.common.images import TRAIN_IMAGE
+    from components.common.trainjob import build_training_runtime
+    from pipelines.monthly_retrain import MINIO_ENV  # what the pipeline's tasks read from the same Secret
+
+    variables = {
+        **MINIO_ENV,
+        **({SSE_C_SECRET_KEY: config.encryption.sse_c_key_env} if config.encryption.mode == "sse-c" else {}),
+    }
+    env = [{"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}} for key, var in variables.items()]
+    runtime = build_training_runtime(config.fleet.namespace, TRAIN_IMAGE, env)
+    runtime["metadata"]["labels"]["clipsync/client"] = config.client_id
+    return runtime
+
+
 def client_objects(config: Any) -> dict[str, Any]:
     """Every file of the client's folder: name -> object (YAML files) or the MinIO policy (``minio-policy.json``).
 
@@ -180,8 +200,17 @@ def client_objects(config: Any) -> dict[str, Any]:
                     "resources": ["inferenceservices", "trainedmodels"],
                     "verbs": ["get", "list", "watch", "create", "patch", "update", "delete"],
                 },
+                # the fine-tunes' TrainJobs (finetune_*.distributed), on the client's own runtime
+                {
+                    "apiGroups": ["trainer.kubeflow.org"],
+                    "resources": ["trainjobs"],
+                    "verbs": ["get", "list", "watch", "create", "delete"],
+                },
+                {"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainingruntimes"], "verbs": ["get", "list"]},
+                {"apiGroups": [""], "resources": ["pods", "pods/log", "events"], "verbs": ["get", "list", "watch"]},
             ],
         },
+        "trainingruntime.yaml": _training_runtime(config, secret),
         "rolebinding.yaml": {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "RoleBinding",

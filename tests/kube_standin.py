@@ -66,11 +66,9 @@ class HttpStub:
         self.thread.join(timeout=5)
 
 
-def kserve_client(url: str):
-    """A real ``kserve.KServeClient`` talking to ``url`` (a kube config in memory, nothing written)."""
-    from kserve import KServeClient
-
-    kubeconfig = {
+def kubeconfig(url: str) -> dict:
+    """A kube config for the API at ``url``, namespace ``clipsync``."""
+    return {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "standin", "cluster": {"server": url}}],
@@ -80,7 +78,13 @@ def kserve_client(url: str):
         ],
         "current-context": "standin",
     }
-    return KServeClient(config_dict=kubeconfig, persist_config=False)
+
+
+def kserve_client(url: str):
+    """A real ``kserve.KServeClient`` talking to ``url`` (a kube config in memory, nothing written)."""
+    from kserve import KServeClient
+
+    return KServeClient(config_dict=kubeconfig(url), persist_config=False)
 
 
 def _version_of(uri: str) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from crd_schemas import validate_crd
 from s3_servers import ACCESS, SECRET, moto_http
 
 from components.common.config import ConfigError
@@ -205,10 +206,17 @@ def test_cluster_onboarding_and_offboarding(state_dir, s3_env, kfp_server, monke
     version = kubernetes_validate.latest_version()
     docs = {p.name: yaml.safe_load(p.read_text()) for p in folder.glob("*.yaml") if p.name != "kustomization.yaml"}
     for obj in docs.values():
-        kubernetes_validate.validate(obj, version, strict=True)
+        if obj["kind"] == "TrainingRuntime":  # a Kubeflow Trainer CRD
+            validate_crd(obj)
+        else:
+            kubernetes_validate.validate(obj, version, strict=True)
     assert sorted(o["kind"] for o in docs.values()) == [
-        "ConfigMap", "Namespace", "NetworkPolicy", "Role", "RoleBinding", "RoleBinding", "Secret", "ServiceAccount"
+        "ConfigMap", "Namespace", "NetworkPolicy", "Role", "RoleBinding", "RoleBinding", "Secret", "ServiceAccount",
+        "TrainingRuntime",
     ]  # fmt: skip
+    (node,) = docs["trainingruntime.yaml"]["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"][
+        "template"]["spec"]["containers"]  # fmt: skip
+    assert {e["valueFrom"]["secretKeyRef"]["name"] for e in node["env"]} == {f"clipsync-minio-{cid}"}
     policy = docs["networkpolicy.yaml"]["spec"]
     assert policy["egress"] == [{"to": [{"namespaceSelector": {}}]}, {"to": [{"ipBlock": {"cidr": "10.96.0.1/32"}}]}]
     assert policy["ingress"] == [{"from": [{"namespaceSelector": {}}]}] and policy["podSelector"] == {}

@@ -6,16 +6,15 @@ value anywhere. That the runtimes' commands start and serve is tests/test_servin
 from __future__ import annotations
 
 import copy
-import os
 import subprocess
 import sys
 from dataclasses import replace
-from functools import cache
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
+from crd_schemas import CRD_FILES, validate_crd
 
 from components.config import load_config
 from components.deploy.config import DeployConfig
@@ -30,53 +29,11 @@ from components.deploy.manifests import (
 REPO = Path(__file__).resolve().parents[1]
 MANIFESTS = REPO / "manifests"
 CLUSTER = load_config(REPO / "configs" / "example-cluster.yaml")
-# The KServe CRDs (v0.21): $CLIPSYNC_KSERVE_SCHEMAS, else tests/schemas/kserve, else the workspace's shared copy.
-_SCHEMA_DIRS = [
-    Path(p) for p in (os.environ.get("CLIPSYNC_KSERVE_SCHEMAS"), REPO / "tests" / "schemas" / "kserve") if p
-] + [REPO.parent / "shared" / "schemas" / "kserve"]
-SCHEMAS = next(
-    (d for d in _SCHEMA_DIRS if (d / "serving.kserve.io_inferenceservices.yaml").is_file()), _SCHEMA_DIRS[-1]
-)
-CRD_FILES = {
-    "InferenceService": "serving.kserve.io_inferenceservices.yaml",
-    "ServingRuntime": "serving.kserve.io_servingruntimes.yaml",
-    "TrainedModel": "serving.kserve.io_trainedmodels.yaml",
-}
 BUILT_IN = {"ServiceAccount", "Secret", "Role", "RoleBinding"}
 
 
 def _files(root: Path) -> dict[str, str]:
     return {p.relative_to(root).as_posix(): p.read_text() for p in sorted(root.rglob("*.yaml"))}
-
-
-def _strict(schema):
-    """Refuse unknown fields where the API server would silently prune them (structural schemas)."""
-    if isinstance(schema, dict):
-        schema = {k: _strict(v) for k, v in schema.items()}
-        if (
-            "properties" in schema
-            and "additionalProperties" not in schema
-            and not schema.get("x-kubernetes-preserve-unknown-fields")
-        ):
-            schema["additionalProperties"] = False
-    elif isinstance(schema, list):
-        schema = [_strict(v) for v in schema]
-    return schema
-
-
-@cache
-def crd_validator(kind: str, version: str):
-    if not (SCHEMAS / CRD_FILES[kind]).is_file():
-        pytest.fail(f"KServe CRD schema {CRD_FILES[kind]} not found in {[str(d) for d in _SCHEMA_DIRS]}")
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRD files are ~40k lines
-    crd = yaml.load((SCHEMAS / CRD_FILES[kind]).read_text(), Loader=loader)
-    (entry,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
-    return jsonschema.Draft7Validator(_strict(entry["schema"]["openAPIV3Schema"]))
-
-
-def validate_crd(obj: dict) -> None:
-    version = obj["apiVersion"].split("/")[1]
-    crd_validator(obj["kind"], version).validate(obj)
 
 
 def test_committed_manifests_equal_the_rendered_ones(tmp_path):

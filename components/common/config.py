@@ -17,7 +17,15 @@ from components.common.errors import ConfigError, require
 if TYPE_CHECKING:
     from datetime import date
 
-__all__ = ["ConfigError", "PipelineGpuConfig", "StorageConfig", "TrackingConfig", "WindowConfig", "default_state_dir"]
+__all__ = [
+    "ConfigError",
+    "DistributedConfig",
+    "PipelineGpuConfig",
+    "StorageConfig",
+    "TrackingConfig",
+    "WindowConfig",
+    "default_state_dir",
+]
 
 
 def default_state_dir() -> Path:
@@ -182,3 +190,63 @@ class PipelineGpuConfig:
             1 <= self.retry_backoff_s <= 3600,
             f"pipeline_gpu.retry_backoff_s must be 1..3600, got {self.retry_backoff_s}",
         )
+
+
+#: How a fine-tune beyond one process is run: ``torchrun`` on this machine (the embedded default) or a Kubeflow
+#: Trainer ``TrainJob`` submitted through the Kubeflow SDK (``kubernetes``).
+TRAINJOB_BACKENDS = ("torchrun", "kubernetes")
+
+
+@dataclass(frozen=True)
+class DistributedConfig:
+    """A fine-tune on more than one process: ``finetune_clip.distributed`` and ``finetune_lipsync.distributed``.
+
+    With one node and one process per node (the default) the stage trains in its own process. Above that, the
+    stage runs the Kubeflow Trainer ``TrainJob`` command (``torchrun ... -m pipelines.trainjob_entry``, see
+    :mod:`components.common.trainjob`): as a ``TrainJob`` through the Kubeflow SDK's ``TrainerClient`` on the
+    cluster (``backend: kubernetes``), or as that same command in a subprocess here (``backend: torchrun``).
+
+    Attributes:
+        nodes: Training nodes (pods) of the TrainJob.
+        procs_per_node: Processes (``torchrun --nproc_per_node``; one per GPU) on each node.
+        backend: ``torchrun`` (the command as a subprocess on this machine) or ``kubernetes`` (a TrainJob).
+        runtime: The TrainingRuntime (or ClusterTrainingRuntime) the TrainJob names: ``clipsync-torch``
+            (rendered into ``manifests/base`` by ``clipsync render-manifests``, in ``deploy.namespace``) or
+            Kubeflow's stock ``torch-distributed``.
+        namespace: Where the TrainJob is created (the runtime's namespace, where the Role of ``manifests/base``
+            lets the pipeline's service account create TrainJobs); ``""``: the kube config's namespace.
+        image: The trainer container image; ``""``: clipsync's train image (``components/common/images.py``).
+        gpus_per_node: GPUs each node requests (``resourcesPerNode``); 0 requests none.
+        timeout_s: Longest wait for the TrainJob to finish; it is deleted and the stage fails after that.
+        poll_s: Seconds between status checks while waiting.
+    """
+
+    nodes: int = 1
+    procs_per_node: int = 1
+    backend: str = "torchrun"
+    runtime: str = "clipsync-torch"
+    namespace: str = ""
+    image: str = ""
+    gpus_per_node: int = 0
+    timeout_s: int = 86400
+    poll_s: int = 10
+
+    def __post_init__(self) -> None:
+        require(1 <= self.nodes <= 256, f"distributed.nodes must be 1..256, got {self.nodes}")
+        require(1 <= self.procs_per_node <= 64, f"distributed.procs_per_node must be 1..64, got {self.procs_per_node}")
+        require(
+            self.backend in TRAINJOB_BACKENDS,
+            f"distributed.backend must be one of {TRAINJOB_BACKENDS}, got {self.backend!r}",
+        )
+        require(
+            self.backend == "kubernetes" or self.nodes == 1,
+            f"distributed.nodes > 1 needs backend kubernetes (torchrun here runs one node), got {self.nodes}",
+        )
+        require(bool(self.runtime), "distributed.runtime must name a TrainingRuntime")
+        require(0 <= self.gpus_per_node <= 16, f"distributed.gpus_per_node must be 0..16, got {self.gpus_per_node}")
+        require(1 <= self.poll_s < self.timeout_s, f"distributed.poll_s must be 1..timeout_s-1, got {self.poll_s}")
+
+    @property
+    def requested(self) -> bool:
+        """Whether the fine-tune runs as a TrainJob (more than one process in all)."""
+        return self.nodes * self.procs_per_node > 1

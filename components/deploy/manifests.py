@@ -14,7 +14,8 @@ Layout (kustomize):
   models from the model agent) and the pool's shared InferenceService (no ``storageUri``: its models are
   TrainedModels); the predictors' ServiceAccount, the MinIO credentials Secret and the serving token Secret
   (values empty: fill them from your secret store); the Role + RoleBinding that let the pipeline's deploy step
-  manage TrainedModels and InferenceServices.
+  manage TrainedModels and InferenceServices, and the fine-tune tasks run TrainJobs; clipsync's Kubeflow Trainer
+  ``TrainingRuntime`` ``clipsync-torch`` (:func:`components.common.trainjob.build_training_runtime`).
 - ``overlays/gpu/``: ``nvidia.com/gpu`` requests/limits, the GPU toleration and node selector for the pools.
 - ``examples/``: what deploy creates for the example client, version 1 (not applied by the kustomizations): its
   TrainedModels (multi-model, the default) and its per-client InferenceServices (``deploy.kserve_mode:
@@ -206,7 +207,8 @@ def build_service_account(cfg: DeployConfig) -> dict[str, Any]:
 def build_deploy_rbac(
     cfg: DeployConfig, pipeline_service_account: str, pipeline_namespace: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Role + RoleBinding: what the deploy step (KFP's runner service account) may do in the namespace."""
+    """Role + RoleBinding: what the deploy step and the fine-tunes' TrainJobs (KFP's runner service account) may do
+    in the namespace."""
     verbs = ["get", "list", "watch", "create", "patch", "update", "delete"]
     role = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -219,6 +221,10 @@ def build_deploy_rbac(
                 "resources": ["inferenceservices/status", "trainedmodels/status"],
                 "verbs": ["get"],
             },
+            # The fine-tune tasks' TrainJobs (finetune_*.distributed): create, follow (pods, logs), delete.
+            {"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainjobs"], "verbs": verbs},
+            {"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainingruntimes"], "verbs": ["get", "list"]},
+            {"apiGroups": [""], "resources": ["pods", "pods/log", "events"], "verbs": ["get", "list", "watch"]},
         ],
     }
     binding = {
@@ -274,7 +280,8 @@ def manifest_objects(
         pipeline_service_account: The service account KFP runs pipeline steps as.
         pipeline_namespace: Its namespace.
     """
-    from components.common.images import SERVE_IMAGE
+    from components.common.images import SERVE_IMAGE, TRAIN_IMAGE
+    from components.common.trainjob import build_training_runtime
 
     config = config if config is not None else _example_config()
     image = image or SERVE_IMAGE
@@ -305,7 +312,9 @@ def manifest_objects(
         files[f"examples/trainedmodel-{name}.yaml"] = build_trained_model(name, uri, cfg, predictor)
         files[f"examples/inferenceservice-{name}.yaml"] = build_inference_service(name, uri, per_client, predictor)
     role, binding = build_deploy_rbac(cfg, pipeline_service_account, pipeline_namespace)
+    train_env = [_secret_env(SECRET_NAME, key, variable) for key, variable in MINIO_ENV.items()]
     extras = [
+        ("trainingruntime-clipsync-torch.yaml", build_training_runtime(cfg.namespace, TRAIN_IMAGE, train_env)),
         ("serviceaccount-models.yaml", build_service_account(cfg)),
         ("secret-minio.yaml", build_model_secret(cfg)),
         ("role-deploy.yaml", role),

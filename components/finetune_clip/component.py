@@ -31,7 +31,12 @@ def finetune_clip(
 
     cfg, ctx = task_inputs(config, parent_run_id)
     report = run_finetune_clip(
-        Path(frames.path), Path(model.path), cfg.finetune_clip, ctx, feedback_dir=Path(feedback.path)
+        Path(frames.path),
+        Path(model.path),
+        cfg.finetune_clip,
+        ctx,
+        feedback_dir=Path(feedback.path),
+        config_json=config,
     )
     model.metadata.update(
         {

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
+from components.common.config import DistributedConfig
 from components.common.device import PRECISIONS, is_device_name
 from components.common.errors import require
 
@@ -68,6 +69,8 @@ class FinetuneClipConfig:
         warm_start: Start from the champion's LoRA adapter when it was trained on the same base with the same
             LoRA shape (rank, alpha, target modules), instead of from the base; other strategies start from the
             base.
+        distributed: More than one process (nodes x processes per node): the stage runs as a Kubeflow Trainer
+            TrainJob, see :class:`components.common.config.DistributedConfig`.
     """
 
     #: Settings that moved: old key -> where it lives now (a file with the old key is refused with that message).
@@ -100,8 +103,11 @@ class FinetuneClipConfig:
     history_days: int = 0
     history_max_videos: int = 0
     warm_start: bool = True
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.distributed, dict):  # a JSON round trip or a Python caller's mapping
+            object.__setattr__(self, "distributed", DistributedConfig(**self.distributed))
         # YAML and JSON give lists; keep the frozen dataclass hashable.
         if isinstance(self.target_modules, list | str):
             modules = (self.target_modules,) if isinstance(self.target_modules, str) else self.target_modules
@@ -142,7 +148,7 @@ class FinetuneClipConfig:
 
     def training_fingerprint(self) -> dict:
         """The fields a checkpoint must share with the current run to be resumed (everything but device knobs)."""
-        skip = {"device", "num_threads", "precision", "early_stopping_patience"}
+        skip = {"device", "num_threads", "precision", "early_stopping_patience", "distributed"}
         out = {}
         for name in self.__dataclass_fields__:
             if name not in skip:

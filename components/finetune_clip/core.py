@@ -72,7 +72,12 @@ class FinetuneReport:
 
 
 def run_finetune_clip(
-    frames_dir: Path, out_dir: Path, cfg: FinetuneClipConfig, ctx: StageContext, feedback_dir: Path | None = None
+    frames_dir: Path,
+    out_dir: Path,
+    cfg: FinetuneClipConfig,
+    ctx: StageContext,
+    feedback_dir: Path | None = None,
+    config_json: str = "",
 ) -> FinetuneReport:
     """The finetune_clip stage: train on the window's train/val videos, export, register as challenger.
 
@@ -94,12 +99,20 @@ def run_finetune_clip(
         ctx: The client, its state folder, model cache and artifacts store, the data window (model card,
             checkpoint path), the MLflow run.
         feedback_dir: The feedback stage's Dataset (``feedback_records.jsonl``); ``None``: no feedback.
+        config_json: The client's whole configuration as the task received it. With it, and
+            ``cfg.distributed`` asking for more than one process, the stage runs as a TrainJob
+            (:func:`components.common.trainjob.run_as_trainjob`) whose rank 0 does all of the above.
 
     Returns:
         The stage report. When the window holds too few training videos, nothing is registered: the report
         says why (``not_trained_reason``) and ``out_dir`` holds ``no_challenger.json``, so the gate keeps
         the champion.
     """
+    if config_json and cfg.distributed.requested:
+        from components.common.trainjob import run_as_trainjob
+
+        inputs = {"frames": Path(frames_dir), **({"feedback": Path(feedback_dir)} if feedback_dir else {})}
+        return FinetuneReport(**run_as_trainjob("finetune_clip", config_json, inputs, out_dir, cfg.distributed, ctx))
     from components.common.storage import open_store
     from components.finetune_clip.model import load_base_clip, resolve_base_ref
 

@@ -24,7 +24,7 @@ def finetune_lipsync(
 
     cfg, ctx = task_inputs(config, parent_run_id)
     inputs = Path(faces.path), Path(model.path)  # face_tracking says which clips carry evidence to train on
-    report = run_finetune_lipsync(*inputs, cfg.finetune_lipsync, ctx, face_config=cfg.face_tracking)
+    report = run_finetune_lipsync(*inputs, cfg.finetune_lipsync, ctx, face_config=cfg.face_tracking, config_json=config)
     model.metadata.update(
         {
             "registered_name": report.registered_name,

@@ -12,6 +12,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from components.common.config import DistributedConfig
 from components.common.device import PRECISIONS, is_device_name
 from components.common.errors import require
 
@@ -159,6 +160,8 @@ class FinetuneLipsyncConfig:
         pretrained: ``""`` (from scratch), a ``.safetensors`` path (``config.json`` beside it when present),
             or ``champion`` (the registry's champion of ``lipsync-<client>``; from scratch when there is none).
         max_windows_per_video: Cap on training windows per video per epoch (0: no cap).
+        distributed: More than one process (nodes x processes per node): the stage runs as a Kubeflow Trainer
+            TrainJob, see :class:`components.common.config.DistributedConfig`.
     """
 
     #: Settings that moved: old key -> where it lives now (a file with the old key is refused with that message).
@@ -191,8 +194,10 @@ class FinetuneLipsyncConfig:
     seed: int = 0
     pretrained: str = "champion"
     max_windows_per_video: int = 0
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "distributed", _sub_config(DistributedConfig, self.distributed))
         object.__setattr__(self, "model", _sub_config(LipSyncArchitecture, self.model))
         object.__setattr__(self, "augment", _sub_config(AugmentConfig, self.augment))
         _require(isinstance(self.model, LipSyncArchitecture), f"model must be a mapping, got {self.model!r}")

@@ -90,6 +90,7 @@ def run_finetune_lipsync(
     ctx: StageContext,
     *,
     face_config: FaceTrackingConfig | None = None,
+    config_json: str = "",
 ) -> FinetuneLipsyncReport:
     """The finetune_lipsync stage: read the faces Dataset, train, write the model artifact, register it.
 
@@ -106,6 +107,9 @@ def run_finetune_lipsync(
         ctx: The client (the champion to start from), its state folder and artifacts store, the window, MLflow.
         face_config: The client's ``face_tracking`` settings: the evidence a clip needs to be trained on
             (:mod:`components.face_tracking.evidence`); default settings when ``None``.
+        config_json: The client's whole configuration as the task received it. With it, and
+            ``cfg.distributed`` asking for more than one process, the stage runs as a TrainJob
+            (:func:`components.common.trainjob.run_as_trainjob`) whose rank 0 does all of the above.
 
     Returns:
         The report: the registered version, or an empty version and ``not_trained_reason`` when this
@@ -113,6 +117,11 @@ def run_finetune_lipsync(
         gate keeps the champion).
     """
     out_dir = Path(out_dir)
+    if config_json and cfg.distributed.requested:
+        from components.common.trainjob import run_as_trainjob
+
+        report = run_as_trainjob("finetune_lipsync", config_json, {"faces": faces_dir}, out_dir, cfg.distributed, ctx)
+        return FinetuneLipsyncReport(**report)
     rules = EvidenceRules.of(cfg.model.window_s, face_config or FaceTrackingConfig())
     videos, skipped = load_lipsync_videos(faces_dir, rules)
     pool = training_pool(videos)
