@@ -19,7 +19,8 @@ class ClipSample:
 
     Attributes:
         video_id: The manifest's video id.
-        frames: uint8 ``[F, 3, S, S]`` (see :func:`~components.finetune_clip.model.prepare_frames`).
+        frames: uint8 ``[F, 3, S, S]`` (see :func:`~components.finetune_clip.model.prepare_frames`), or ``None``
+            when training streams them from the frames Dataset's training shards.
         labels: Its label texts (at least one for training).
         category: The client's category (for per-category metrics).
         negatives: Texts this video is a known wrong answer to (client feedback: hard negatives of the loss).
@@ -33,7 +34,12 @@ class ClipSample:
 
 
 def load_frame_samples(
-    frames_dir: Path, splits: Sequence[str], spec: ImageSpec, frames_per_video: int, require_labels: bool = True
+    frames_dir: Path,
+    splits: Sequence[str],
+    spec: ImageSpec,
+    frames_per_video: int,
+    require_labels: bool = True,
+    streamed: Sequence[str] = (),
 ) -> tuple[dict[str, list[ClipSample]], list[dict[str, str]]]:
     """Read the frames Dataset into model-ready samples per split.
 
@@ -43,6 +49,7 @@ def load_frame_samples(
         spec: Image spec of the model that will see the frames.
         frames_per_video: Frames sampled per video.
         require_labels: Skip videos without labels (recorded with a reason).
+        streamed: Video ids whose frames stay in the training shards (``frames`` is ``None``; the loader reads them).
 
     Returns:
         Samples per split (sorted by video id) and the skipped videos (``video_id``, ``reason``).
@@ -52,6 +59,7 @@ def load_frame_samples(
 
     out: dict[str, list[ClipSample]] = {s: [] for s in splits}
     skipped: list[dict[str, str]] = []
+    streamed_ids = set(streamed)
     for rec in read_frame_index(frames_dir):
         if rec.split not in out:
             continue
@@ -61,6 +69,9 @@ def load_frame_samples(
         labels = tuple(dict.fromkeys(str(x).strip() for x in rec.labels if str(x).strip()))
         if require_labels and not labels:
             skipped.append({"video_id": rec.video_id, "reason": "no_labels: video has no text label"})
+            continue
+        if rec.video_id in streamed_ids and rec.n_search > 0:
+            out[rec.split].append(ClipSample(rec.video_id, None, labels, rec.category))
             continue
         try:
             frames = load_search_frames(frames_dir, rec)
