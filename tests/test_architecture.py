@@ -208,7 +208,8 @@ ALLOWED = {
 WHOLE_CONFIG = {
     *(f"components.{s}.component" for s in STAGES),
     "components.deploy.manifests",
-    "components.finetune_clip.distributed",  # the torchrun entry: the wrapper's inputs, one process per rank
+    "components.finetune_clip.distributed",  # the torchrun entries: the wrapper's inputs, one process per rank
+    "components.finetune_lipsync.distributed",
 }
 
 

@@ -138,3 +138,40 @@ def test_torchrun_two_ranks_match_one_process_and_resume(tiny_base, tmp_path):
         return [{k: v for k, v in h.items() if k != "epoch_seconds"} for h in history]
 
     assert figures(result("two", 1)["history"]) == figures(two)  # both ranks: the same global batches, validation
+
+
+@pytest.mark.slow
+def test_torchrun_lipsync_entry_two_ranks_match_one_process(tmp_path):
+    """The TrainJob's entry, ``-m components.finetune_lipsync.distributed``, with augmentation on (dropout off)."""
+    from components.config import from_dict
+    from components.face_tracking.train_shards import write_lipsync_shards
+    from components.finetune_lipsync.synthetic import write_synthetic_faces
+
+    faces = tmp_path / "faces"
+    write_synthetic_faces(faces, {"train": 8, "val": 2, "test": 2}, duration_s=1.5, size=32)
+    listing = write_lipsync_shards(faces, 3, str(tmp_path / "artifacts"), "unused")
+    assert sorted(k for _, keys in listing.shards for k in keys) == [f"train{i:03d}" for i in range(8)] + [
+        "val000",
+        "val001",
+    ]
+    model = {"crop_size": 32, "visual_channels": 4, "audio_channels": 8, "embed_dim": 16, "attention_heads": 2}
+    section = {"model": {**model, "dropout": 0.0}, "batch_size": 8, "epochs": 2, "freeze_epochs": 0, "pretrained": "",
+               "num_threads": 1, "device": "cpu", "precision": "fp32", "loader_workers": 1}  # fmt: skip
+    histories = {}
+    for name, ranks in (("one", 1), ("two", 2)):
+        config = from_dict({"client_id": "acme", "state_dir": str(tmp_path / name), "finetune_lipsync": section})
+        (tmp_path / f"{name}.json").write_text(config.to_json())
+        args = ["-m", "components.finetune_lipsync.distributed", "--config", str(tmp_path / f"{name}.json")]
+        out = tmp_path / name
+        args += ["--faces", str(faces), "--model", str(out / "model"), "--report", str(out / "r")]
+        _run(args, ranks)
+        report = json.loads((out / "r").read_text())
+        assert report["registered_version"] == "1" and report["n_train_videos"] == 8
+        assert (out / "model" / "model.safetensors").is_file()
+        (state,) = (out / "checkpoints").glob("finetune_lipsync/*/checkpoints/last/state.json")
+        histories[name] = json.loads(state.read_text())["history"]
+    for key in ("train_loss", "val_loss"):
+        diffs = [abs(a[key] - b[key]) for a, b in zip(histories["one"], histories["two"], strict=True)]
+        curve = [round(h[key], 6) for h in histories["one"]]
+        print(f"lipsync {key}: one process {curve}, max abs diff two ranks {max(diffs):.2e}")
+        assert max(diffs) < TOL

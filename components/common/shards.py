@@ -132,6 +132,12 @@ class ShardWriter:
         return ShardListing(self.kind, tuple(self.shards))
 
 
+def shard_prefix(stage: str, client_id: str, window: str) -> str:
+    """Key prefix of a stage run's shards in the artifacts store (used only when that store is ``s3://``)."""
+    safe_window = "".join(c if c.isalnum() or c in "-_" else "_" for c in window) or "nowindow"
+    return f"train-shards/{stage}/{client_id}-{safe_window}"
+
+
 def write_listing(dataset_dir: str | Path, listing: ShardListing, artifacts_uri: str, prefix: str, encryption=None):
     """Publish the shards written into ``dataset_dir`` and write its ``train_shards.json``.
 
@@ -207,6 +213,15 @@ class ShardSource:
         start = f"{key}/"
         with safe_open(str(self._path(self._where[key])), framework="numpy") as fh:
             return {name[len(start) :]: fh.get_tensor(name) for name in fh.keys() if name.startswith(start)}  # noqa: SIM118
+
+
+def open_shards(dataset_dir: str | Path, state_dir: str | Path, encryption: Any = None) -> ShardSource | None:
+    """The Dataset's training shards (fetched into ``{state_dir}/cache/train-shards`` when in the store), or ``None``
+    when the Dataset has none."""
+    listing = read_listing(dataset_dir)
+    if listing is None:
+        return None
+    return ShardSource(listing, str(dataset_dir), str(Path(state_dir) / "cache" / "train-shards"), encryption)
 
 
 def rank_slice(n: int, rank: int, world: int) -> slice:

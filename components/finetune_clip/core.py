@@ -18,13 +18,14 @@ from components.common.champions import fetch_champion
 from components.common.distributed import world_from_env
 from components.common.names import registered_name
 from components.common.no_challenger import NotTrainable, write_no_challenger
+from components.common.shards import open_shards
 from components.common.stage import StageContext
 from components.finetune_clip import history
 from components.finetune_clip.config import FinetuneClipConfig
-from components.finetune_clip.data import load_frame_samples
+from components.finetune_clip.data import FrameSource, load_frame_samples
 from components.finetune_clip.export import export_model
 from components.finetune_clip.negatives import apply_feedback, read_feedback_records
-from components.finetune_clip.train import FrameSource, LogFn, TrainResult, train_clip
+from components.finetune_clip.train import LogFn, TrainResult, train_clip
 
 logger = logging.getLogger("clipsync.finetune_clip")
 
@@ -73,17 +74,6 @@ class FinetuneReport:
         }
 
 
-def training_shards(frames_dir: Path, ctx: StageContext):
-    """The frames Dataset's training shards (:mod:`components.common.shards`), or ``None`` when it has none."""
-    from components.common.shards import ShardSource, read_listing
-
-    listing = read_listing(frames_dir)
-    if listing is None:
-        return None
-    spool = Path(ctx.state_dir) / "cache" / "train-shards"
-    return ShardSource(listing, str(frames_dir), str(spool), ctx.encryption)
-
-
 def run_finetune_clip(
     frames_dir: Path, out_dir: Path, cfg: FinetuneClipConfig, ctx: StageContext, feedback_dir: Path | None = None
 ) -> FinetuneReport:
@@ -122,7 +112,7 @@ def run_finetune_clip(
     window = ctx.window.label()
     base_ref = resolve_base_ref(cfg.base_model, ctx.state_dir)
     bundle = load_base_clip(base_ref, ctx.cache_dir)
-    shards = training_shards(Path(frames_dir), ctx)
+    shards = open_shards(frames_dir, ctx.state_dir, ctx.encryption)
     streamed = list(shards.listing.shard_of()) if shards else []
     data, skipped = load_frame_samples(
         Path(frames_dir), ("train", "val"), bundle.image_spec, cfg.frames_per_video, streamed=streamed

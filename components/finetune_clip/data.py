@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from components.common.shards import ShardSource
 from components.finetune_clip.model import ImageSpec, prepare_frames
 
 logger = logging.getLogger("clipsync.finetune_clip")
@@ -31,6 +32,45 @@ class ClipSample:
     labels: tuple[str, ...]
     category: str = ""
     negatives: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FrameSource:
+    """Where the training loader reads a video's frames: in memory (``memory``) or the training shards.
+
+    Attributes:
+        memory: ``video_id -> uint8 [F, 3, S, S]`` prepared frames already loaded (remembered videos, tests).
+        shards: The frames Dataset's training shards (raw search frames, prepared in the loader's workers).
+        frames_per_video: Frames sampled per video.
+        spec: The model's image spec.
+    """
+
+    memory: dict[str, Any]
+    shards: ShardSource | None = None
+    frames_per_video: int = 8
+    spec: ImageSpec | None = None
+
+    @classmethod
+    def of(cls, samples: Sequence[ClipSample], shards: ShardSource | None, cfg: Any, spec: ImageSpec):
+        """The source of ``samples``: their own frames where they hold some, else ``shards``."""
+        return cls({s.video_id: s.frames for s in samples if s.frames is not None}, shards, cfg.frames_per_video, spec)
+
+    def read(self, key: str) -> dict[str, Any]:
+        if key in self.memory:
+            return {"prepared": self.memory[key]}
+        if self.shards is None:
+            raise KeyError(f"video {key} has no frames in memory and there are no training shards")
+        return self.shards.read(key)
+
+    def load(self, key: str) -> Any:
+        """The video's prepared frames, read now."""
+        return self(key, self.read(key))
+
+    def __call__(self, key: str, fields: dict[str, Any]) -> Any:
+        """The loader's per-sample step (in its workers): uint8 ``[F, 3, S, S]`` frames."""
+        if "prepared" in fields:
+            return fields["prepared"]
+        return prepare_frames(fields["frames"], self.frames_per_video, self.spec)
 
 
 def load_frame_samples(

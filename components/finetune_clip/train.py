@@ -17,6 +17,10 @@ every rank computes the contrastive loss of the whole global batch (the text tow
 on every rank: they are few and short), so the updates equal one process's on the same global batch. Every rank
 validates on the whole validation set (the same figures on each, hence the same early stopping); rank 0 alone
 writes the checkpoints, and every rank resumes from the same one.
+
+Why this file is long: it is one training loop, and the pieces that make one step (the batch loss, the epoch, the
+frozen-tower cache, resuming on every rank) share its seeding and its batch plan; split, they would have to be read
+together anyway.
 """
 
 from __future__ import annotations
@@ -36,18 +40,10 @@ from components.common.distributed import World, barrier, gather_rows, init_dist
 from components.common.no_challenger import NotTrainable
 from components.common.shards import ShardSource, make_stream, rank_slice, stream_loader
 from components.finetune_clip.config import FinetuneClipConfig
-from components.finetune_clip.data import ClipSample
+from components.finetune_clip.data import ClipSample, FrameSource
 from components.finetune_clip.loss import batch_texts, contrastive_loss, positive_mask
 from components.finetune_clip.metrics import embed_samples, query_video_similarity, retrieval_metrics, retrieval_problem
-from components.finetune_clip.model import (
-    ClipBundle,
-    ImageSpec,
-    TrainableStats,
-    apply_strategy,
-    encode_texts,
-    encode_videos,
-    prepare_frames,
-)
+from components.finetune_clip.model import ClipBundle, TrainableStats, apply_strategy, encode_texts, encode_videos
 from components.finetune_clip.negatives import contrastive_loss_with_negatives, negative_mask
 
 if TYPE_CHECKING:
@@ -239,45 +235,6 @@ def make_optimizer(model: Any, cfg: FinetuneClipConfig, n_train: int, runtime: R
     return Optim(params, opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_factor), runtime.grad_scaler())
 
 
-@dataclass(frozen=True)
-class FrameSource:
-    """Where the training loader reads a video's frames: in memory (``memory``) or the training shards.
-
-    Attributes:
-        memory: ``video_id -> uint8 [F, 3, S, S]`` prepared frames already loaded (remembered videos, tests).
-        shards: The frames Dataset's training shards (raw search frames, prepared in the loader's workers).
-        frames_per_video: Frames sampled per video.
-        spec: The model's image spec.
-    """
-
-    memory: dict[str, Any]
-    shards: ShardSource | None = None
-    frames_per_video: int = 8
-    spec: ImageSpec | None = None
-
-    @classmethod
-    def of(cls, samples: Sequence[ClipSample], shards: ShardSource | None, cfg: FinetuneClipConfig, spec: ImageSpec):
-        """The source of ``samples``: their own frames where they hold some, else ``shards``."""
-        return cls({s.video_id: s.frames for s in samples if s.frames is not None}, shards, cfg.frames_per_video, spec)
-
-    def read(self, key: str) -> dict[str, Any]:
-        if key in self.memory:
-            return {"prepared": self.memory[key]}
-        if self.shards is None:
-            raise KeyError(f"video {key} has no frames in memory and there are no training shards")
-        return self.shards.read(key)
-
-    def load(self, key: str) -> Any:
-        """The video's prepared frames, read now."""
-        return self(key, self.read(key))
-
-    def __call__(self, key: str, fields: dict[str, Any]) -> Any:
-        """The loader's per-sample step (in its workers): uint8 ``[F, 3, S, S]`` frames."""
-        if "prepared" in fields:
-            return fields["prepared"]
-        return prepare_frames(fields["frames"], self.frames_per_video, self.spec)
-
-
 def train_one_epoch(
     model: Any,
     bundle: ClipBundle,
@@ -398,17 +355,6 @@ def _frozen_tower_embeddings(
     return torch.cat(outs), val_emb
 
 
-def _resume(ckpt_dir: Path, fingerprint: dict, optim: Optim, mirror: Any, world: World) -> Any:
-    """:func:`ckpt.resume` on every rank: each node's first process pulls (or discards) the checkpoint first."""
-    restored = None
-    if world.local_rank == 0:
-        restored = ckpt.resume(ckpt_dir, fingerprint, optim.optimizer, optim.scheduler, optim.scaler, mirror)
-    barrier(world)
-    if world.local_rank != 0:
-        restored = ckpt.resume(ckpt_dir, fingerprint, optim.optimizer, optim.scheduler, optim.scaler, None)
-    return restored
-
-
 def train_clip(
     bundle: ClipBundle,
     train_samples: Sequence[ClipSample],
@@ -503,7 +449,7 @@ def train_clip(
         "stopped_early": False,
         "fingerprint": fingerprint,
     }
-    restored = _resume(ckpt_dir, fingerprint, optim, mirror, world)
+    restored = ckpt.resume(ckpt_dir, fingerprint, optim.optimizer, optim.scheduler, optim.scaler, mirror, world)
     if restored is not None:
         weights, state = restored
         _load_trainable(model, weights)

@@ -29,6 +29,7 @@ import numpy as np
 from components.common.faults import is_infrastructure_error
 from components.common.manifest import VideoRecord, read_manifest
 from components.common.media import stream_timing
+from components.common.shards import shard_prefix
 from components.common.stage import StageContext
 from components.frame_extraction import decode
 from components.frame_extraction.config import FrameExtractionConfig
@@ -41,7 +42,7 @@ from components.frame_extraction.dataset import (
     write_frame_index,
 )
 from components.frame_extraction.decode import Reader, StopDecode, Sweep, decode_audio, dense_window, wanted_times
-from components.frame_extraction.train_shards import shard_prefix, write_search_shards
+from components.frame_extraction.train_shards import write_search_shards
 
 logger = logging.getLogger("clipsync.frame_extraction")
 
@@ -413,7 +414,7 @@ def run_frame_extraction(
     """
     with ctx.stage_run("frame_extraction", dataclasses.asdict(fx)) as run:
         report = _extract_all(manifest_path, Path(out_dir), ctx.storage.source_uri, ctx.state_dir, fx)
-        prefix = shard_prefix(ctx.client_id, ctx.window.label())
+        prefix = shard_prefix("frame_extraction", ctx.client_id, ctx.window.label())
         write_search_shards(Path(out_dir), fx.shard_max_videos, ctx.storage.artifacts_uri, prefix, ctx.encryption)
         run.log_metrics(report.as_metrics())
         run.log_dict({"videos": report.per_video}, "frame_extraction/per_video.json")

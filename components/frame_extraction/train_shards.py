@@ -20,12 +20,6 @@ logger = logging.getLogger("clipsync.frame_extraction")
 KIND = "search"
 
 
-def shard_prefix(client_id: str, window: str) -> str:
-    """Key prefix of a run's shards in the artifacts store (used only when that store is ``s3://``)."""
-    safe_window = "".join(c if c.isalnum() or c in "-_" else "_" for c in window) or "nowindow"
-    return f"train-shards/frame_extraction/{client_id}-{safe_window}"
-
-
 def write_search_shards(
     frames_dir: Path,
     videos_per_shard: int,
