@@ -118,7 +118,9 @@ def main() -> None:
         lo, hi = min(args.scales), max(args.scales)
         for mode in args.modes:
             growth = results[mode, hi]["peak_rss_mb"] / results[mode, lo]["peak_rss_mb"]
-            print(f"{mode}: peak RSS {hi}x / {lo}x = {growth:.3f}" + (" (goal < 1.2)" if mode == "streamed" else ""))
+            worker = results[mode, hi]["peak_worker_rss_mb"] / results[mode, lo]["peak_worker_rss_mb"]
+            goal = " (goal < 1.2)" if mode == "streamed" else ""
+            print(f"{mode}: peak RSS {hi}x / {lo}x = {growth:.3f}{goal}; loader worker's peak {worker:.3f}")
 
 
 if __name__ == "__main__":

@@ -64,6 +64,30 @@ def test_shards_stream_every_sample_once_across_ranks_and_workers(tmp_path):
         source.read("missing")
 
 
+def test_shards_in_an_s3_store_leave_the_dataset_and_stream_from_the_store(tmp_path, monkeypatch):
+    """With an s3:// artifacts store (moto on loopback) the Dataset keeps only the listing; workers fetch shards."""
+    from minio import Minio
+    from s3_servers import ACCESS, SECRET, moto_http
+
+    with moto_http() as endpoint:
+        for name, value in (("MINIO_ENDPOINT", endpoint), ("MINIO_ACCESS_KEY", ACCESS), ("MINIO_SECRET_KEY", SECRET)):
+            monkeypatch.setenv(name, value)
+        Minio(endpoint.split("://", 1)[1], access_key=ACCESS, secret_key=SECRET, secure=False).make_bucket("art")
+        dataset = tmp_path / "dataset"
+        writer = ShardWriter(dataset, "toy", samples_per_shard=2)
+        for i in range(5):
+            writer.add(f"s{i}", {"x": np.full(3, i, dtype=np.int64)})
+        write_listing(dataset, writer.close(), "s3://art/acme", "train-shards/toy/acme-w")
+        assert sorted(p.name for p in dataset.iterdir()) == ["train_shards.json"]
+        listing = read_listing(dataset)
+        assert listing.store == "s3://art/acme" and listing.prefix == "train-shards/toy/acme-w"
+        source = ShardSource(listing, str(dataset), str(tmp_path / "spool"))
+        plan = [["s4", "s0"], ["s2", "s1", "s3"]]
+        got = {b: items for b, items in stream_loader(make_stream(source, plan, _key_fields), workers=2)}
+        assert got == {0: [("s4", 4), ("s0", 0)], 1: [("s2", 2), ("s1", 1), ("s3", 3)]}
+        assert len(list((tmp_path / "spool").rglob("*.safetensors"))) == 3  # fetched once each, to disk
+
+
 def test_rank_slices_cover_a_batch_and_world_comes_from_torchrun_env(monkeypatch):
     for n in (2, 5, 12):
         parts = [rank_slice(n, r, 3) for r in range(3)]

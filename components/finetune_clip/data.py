@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from components.common.shards import ShardSource
 from components.finetune_clip.model import ImageSpec, prepare_frames
 
@@ -63,14 +65,21 @@ class FrameSource:
         return self.shards.read(key)
 
     def load(self, key: str) -> Any:
-        """The video's prepared frames, read now."""
-        return self(key, self.read(key))
+        """The video's prepared frames, read now (a tensor)."""
+        import torch
 
-    def __call__(self, key: str, fields: dict[str, Any]) -> Any:
-        """The loader's per-sample step (in its workers): uint8 ``[F, 3, S, S]`` frames."""
+        return torch.from_numpy(self(key, self.read(key)))
+
+    def __call__(self, key: str, fields: dict[str, Any]) -> np.ndarray:
+        """The loader's per-sample step (in its workers): uint8 ``[F, 3, S, S]`` frames.
+
+        A numpy array, not a tensor: a worker's tensors travel through shared memory, and with them the workers'
+        resident memory grew with the number of videos read (measured: 437 MB after 64 videos, 764 MB after 256);
+        arrays are pickled through the worker's pipe and it stays flat.
+        """
         if "prepared" in fields:
-            return fields["prepared"]
-        return prepare_frames(fields["frames"], self.frames_per_video, self.spec)
+            return np.asarray(fields["prepared"])
+        return prepare_frames(fields["frames"], self.frames_per_video, self.spec).numpy()
 
 
 def load_frame_samples(

@@ -305,7 +305,7 @@ def train_one_epoch(
                 cfg,
                 emb,
                 towers=towers,
-                frames=None if frames is None else torch.stack(frames),
+                frames=None if frames is None else torch.from_numpy(np.stack(frames)),
                 world=world,
             )
         losses.append(float(loss.detach()))
@@ -347,7 +347,7 @@ def _frozen_tower_embeddings(
     outs: list[Any] = [None] * len(plan)
     with torch.no_grad(), runtime.autocast():
         for b, frames in stream_loader(make_stream(source, plan, source), cfg.loader_workers):
-            outs[b] = encode_videos(model, torch.stack(frames), bundle.image_spec, cfg.pooling)
+            outs[b] = encode_videos(model, torch.from_numpy(np.stack(frames)), bundle.image_spec, cfg.pooling)
         val_emb = embed_samples(bundle, model, val, cfg.pooling, cfg.batch_size)
     logger.info(
         "hybrid: %d video embeddings of the frozen vision tower in %.1f s", len(train) + len(val), time.monotonic() - t0
