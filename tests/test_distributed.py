@@ -54,7 +54,9 @@ def test_shards_stream_every_sample_once_across_ranks_and_workers(tmp_path):
     seen: dict[int, list] = {}
     for rank in (0, 1):
         loader = stream_loader(make_stream(source, plan, _key_fields, rank, 2), workers=2)
-        for b, items in loader:
+        batches = list(loader)
+        assert [b for b, _ in batches] == [0, 1, 2]  # the plan's order, whatever worker read a batch
+        for b, items in batches:
             assert [k for k, _ in items] == plan[b][rank_slice(len(plan[b]), rank, 2)]
             assert all(int(k[1:]) == x for k, x in items)  # the fields are the sample's own
             seen.setdefault(b, []).extend(k for k, _ in items)

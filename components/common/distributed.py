@@ -9,8 +9,12 @@ every global batch, let rank 0 alone write checkpoints and outputs, and resume e
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -134,3 +138,32 @@ def wrap_ddp(module: torch.nn.Module, world: World, device: torch.device) -> Any
 
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+
+
+def entry_main(
+    parser: argparse.ArgumentParser, train: Callable[[argparse.Namespace], Any], argv: Sequence[str] | None
+) -> int:
+    """A fine-tune's torchrun entry: the common arguments, ``train(args)`` on this rank, rank 0's report, leave.
+
+    Adds ``--config`` (a file with the run's config JSON), ``--parent-run-id``, ``--model`` (the Model folder rank
+    0 writes) and ``--report`` (where rank 0 writes ``registered_version``, ``not_trained_reason`` and the stage
+    report's figures as JSON) to the stage's own ``parser``.
+
+    Returns:
+        The exit status (0; a failure raises).
+    """
+    parser.add_argument("--config", required=True, type=Path, help="file with the run's config JSON")
+    parser.add_argument("--parent-run-id", default="", help="the monthly run's MLflow run id")
+    parser.add_argument("--model", required=True, type=Path, help="the Model folder to write (rank 0)")
+    parser.add_argument("--report", type=Path, default=None, help="where rank 0 writes the report JSON")
+    args = parser.parse_args(argv)
+    world = world_from_env()
+    try:
+        report = train(args)
+        if world.is_main and args.report is not None:
+            out = {"registered_version": report.registered_version or "", **report.as_metrics()}
+            out["not_trained_reason"] = report.not_trained_reason
+            args.report.write_text(json.dumps(out, indent=1))
+    finally:
+        shutdown(world)
+    return 0

@@ -15,35 +15,25 @@ and the stage's figures as JSON). Without torchrun (``WORLD_SIZE`` unset) it is 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the arguments, train on this rank, leave the process group; returns the exit status."""
-    from components.common.distributed import shutdown, world_from_env
-    from components.config import task_inputs
-    from components.finetune_lipsync.core import run_finetune_lipsync
+    from components.common.distributed import entry_main
 
     parser = argparse.ArgumentParser(prog="components.finetune_lipsync.distributed", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, type=Path, help="file with the run's config JSON")
-    parser.add_argument("--parent-run-id", default="", help="the monthly run's MLflow run id")
     parser.add_argument("--faces", required=True, type=Path, help="the faces Dataset folder")
-    parser.add_argument("--model", required=True, type=Path, help="the Model folder to write (rank 0)")
-    parser.add_argument("--report", type=Path, default=None, help="where rank 0 writes the report JSON")
-    args = parser.parse_args(argv)
-    world = world_from_env()
-    cfg, ctx = task_inputs(args.config.read_text(), args.parent_run_id)
-    try:
-        report = run_finetune_lipsync(args.faces, args.model, cfg.finetune_lipsync, ctx, face_config=cfg.face_tracking)
-        if world.is_main and args.report is not None:
-            out = {"registered_version": report.registered_version or "", **report.as_metrics()}
-            out["not_trained_reason"] = report.not_trained_reason
-            args.report.write_text(json.dumps(out, indent=1))
-    finally:
-        shutdown(world)
-    return 0
+
+    def train(args: argparse.Namespace):
+        from components.config import task_inputs
+        from components.finetune_lipsync.core import run_finetune_lipsync
+
+        cfg, ctx = task_inputs(args.config.read_text(), args.parent_run_id)
+        return run_finetune_lipsync(args.faces, args.model, cfg.finetune_lipsync, ctx, face_config=cfg.face_tracking)
+
+    return entry_main(parser, train, argv)
 
 
 if __name__ == "__main__":
