@@ -115,6 +115,31 @@ def tiny_base(tmp_path_factory) -> Path:
     )
 
 
+@pytest.mark.slow
+def test_clip_stage_streams_its_training_videos_and_remembers_them_as_prepared(tiny_base, tmp_path):
+    """run_finetune_clip on a frames Dataset with shards: the same training as from memory, the same history."""
+    from components.config import from_dict
+    from components.finetune_clip.config import FinetuneClipConfig
+    from components.finetune_clip.core import run_finetune_clip
+    from components.frame_extraction.train_shards import write_search_shards
+
+    cfg = FinetuneClipConfig(base_model=str(tiny_base), epochs=2, batch_size=4, frames_per_video=2, device="cpu",
+                             lora_r=4, lora_alpha=8, num_threads=1, loader_workers=1)  # fmt: skip
+    reports, remembered = {}, {}
+    for name in ("memory", "streamed"):
+        frames = make_frames(tmp_path / name / "frames", 24)
+        if name == "streamed":
+            write_search_shards(frames, 5, str(tmp_path / name / "artifacts"), "unused")
+        config = from_dict({"client_id": "acme", "state_dir": str(tmp_path / name / "state")})
+        reports[name] = run_finetune_clip(frames, tmp_path / name / "model", cfg, config.context(track=False))
+        history = Path(config.storage.artifacts_uri) / "history" / "clip"
+        remembered[name] = {p.name: np.load(p) for p in sorted(history.glob("*.npy"))}
+    assert reports["streamed"].n_train == reports["memory"].n_train == 12
+    assert reports["streamed"].best_val_loss == pytest.approx(reports["memory"].best_val_loss, abs=TOL)
+    assert remembered["streamed"].keys() == remembered["memory"].keys() and len(remembered["memory"]) == 18
+    assert all(np.array_equal(remembered["streamed"][k], remembered["memory"][k]) for k in remembered["memory"])
+
+
 def _run(args: list[str], ranks: int, stopped: bool = False, timeout: float = 240) -> None:
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "OMP_NUM_THREADS": "1"}
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
@@ -181,7 +206,8 @@ def test_torchrun_lipsync_entry_two_ranks_match_one_process(tmp_path):
         "val001",
     ]
     model = {"crop_size": 32, "visual_channels": 4, "audio_channels": 8, "embed_dim": 16, "attention_heads": 2}
-    section = {"model": {**model, "dropout": 0.0}, "batch_size": 8, "epochs": 2, "freeze_epochs": 0, "pretrained": "",
+    # pretrained "champion" (the default): none yet, so from scratch; every rank asks the registry, rank 0 first
+    section = {"model": {**model, "dropout": 0.0}, "batch_size": 8, "epochs": 2, "freeze_epochs": 0,
                "num_threads": 1, "device": "cpu", "precision": "fp32", "loader_workers": 1}  # fmt: skip
     histories = {}
     for name, ranks in (("one", 1), ("two", 2)):

@@ -10,6 +10,7 @@ every global batch, let rank 0 alone write checkpoints and outputs, and resume e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -102,6 +103,16 @@ def barrier(world: World) -> None:
 
     if world.distributed:
         dist.barrier()
+
+
+@contextlib.contextmanager
+def main_first(world: World):
+    """Rank 0 runs the block first, the other ranks after it (one fresh MLflow sqlite file, not one per rank)."""
+    if world.distributed and not world.is_main:
+        barrier(world)
+    yield
+    if world.distributed and world.is_main:
+        barrier(world)
 
 
 def gather_rows(local: torch.Tensor, sizes: list[int], world: World) -> torch.Tensor:

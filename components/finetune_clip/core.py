@@ -15,7 +15,8 @@ from pathlib import Path
 
 from components.common import checkpoints as ckpt
 from components.common.champions import fetch_champion
-from components.common.distributed import world_from_env
+from components.common.device import resolve_device
+from components.common.distributed import init_distributed, main_first, world_from_env
 from components.common.names import registered_name
 from components.common.no_challenger import NotTrainable, write_no_challenger
 from components.common.shards import open_shards
@@ -107,6 +108,7 @@ def run_finetune_clip(
     from components.finetune_clip.model import load_base_clip, resolve_base_ref
 
     world = world_from_env()
+    init_distributed(world, resolve_device(cfg.device))
     if not world.is_main:  # rank 0 alone logs, registers and writes the outputs
         ctx = dataclasses.replace(ctx, track=False)
     window = ctx.window.label()
@@ -156,7 +158,8 @@ def run_finetune_clip(
         n_remembered=len(earlier),
     )
     champion_dir = work_dir / ("champion" if world.is_main else f"champion-rank{world.rank}")
-    champion = fetch_champion(ctx.tracking, "clip", ctx.client_id, champion_dir) if cfg.warm_start else None
+    with main_first(world):
+        champion = fetch_champion(ctx.tracking, "clip", ctx.client_id, champion_dir) if cfg.warm_start else None
     init_adapter = history.warm_start_adapter(champion[0], base_ref, cfg, window) if champion else None
     report.warm_start_version = champion[1] if init_adapter else ""
 

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from components.common import checkpoints as ckpt
-from components.common.distributed import world_from_env
+from components.common.device import resolve_device
+from components.common.distributed import init_distributed, main_first, world_from_env
 from components.common.jsonl import json_safe
 from components.common.names import registered_name
 from components.common.no_challenger import NotTrainable, write_no_challenger
@@ -118,6 +119,7 @@ def run_finetune_lipsync(
     """
     out_dir = Path(out_dir)
     world = world_from_env()
+    init_distributed(world, resolve_device(cfg.device))
     if not world.is_main:  # rank 0 alone logs, registers and writes the outputs
         ctx = dataclasses.replace(ctx, track=False)
     rules = EvidenceRules.of(cfg.model.window_s, face_config or FaceTrackingConfig())
@@ -147,7 +149,8 @@ def run_finetune_lipsync(
         # torch comes in with training only: a month that cannot train (no_challenger) never loads it.
         from components.finetune_lipsync.train import train_lipsync
 
-        pretrained = resolve_pretrained(ctx, cfg, Path(work))
+        with main_first(world):
+            pretrained = resolve_pretrained(ctx, cfg, Path(work))
         prefix = ckpt.checkpoint_prefix("finetune_lipsync", ctx.client_id, ctx.window.label())
         try:
             result = train_lipsync(
