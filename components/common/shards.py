@@ -188,9 +188,6 @@ class ShardSource:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_store": None}
 
-    def __contains__(self, key: str) -> bool:
-        return key in self._where
-
     def _path(self, name: str) -> Path:
         if not self.listing.store:
             return Path(self.dataset_dir) / name
