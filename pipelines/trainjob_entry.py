@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="the client configuration (JSON)")
     args = parser.parse_args(argv)
 
+    from components.common.distributed import shutdown, world_from_env
     from components.common.stage import configure_task_logging
     from components.common.storage import open_store
     from components.common.trainjob import fetch_inputs, publish_outputs
@@ -54,14 +55,18 @@ def main(argv: list[str] | None = None) -> int:
     if rank != 0:
         ctx = dataclasses.replace(ctx, track=False)
     store = open_store(ctx.storage.artifacts_uri, ctx.encryption)
-    with tempfile.TemporaryDirectory(prefix=f"{args.stage}-rank{rank}-") as work:
-        inputs = fetch_inputs(store, args.prefix, args.input, Path(work) / "inputs")
-        out = Path(work) / "model"
-        logger.info("%s: rank %d of %s runs the stage", args.stage, rank, os.environ.get("WORLD_SIZE", "1"))
-        report = _run_stage(args.stage, cfg, ctx, inputs, out)
-        if rank == 0:
-            publish_outputs(store, args.prefix, out, dataclasses.asdict(report))
-            logger.info("%s: rank 0 published the model to %s/outputs", args.stage, args.prefix)
+    world = world_from_env()
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"{args.stage}-rank{rank}-") as work:
+            inputs = fetch_inputs(store, args.prefix, args.input, Path(work) / "inputs")
+            out = Path(work) / "model"
+            logger.info("%s: rank %d of %s runs the stage", args.stage, rank, os.environ.get("WORLD_SIZE", "1"))
+            report = _run_stage(args.stage, cfg, ctx, inputs, out)
+            if rank == 0:
+                publish_outputs(store, args.prefix, out, dataclasses.asdict(report))
+                logger.info("%s: rank 0 published the model to %s/outputs", args.stage, args.prefix)
+    finally:
+        shutdown(world)  # the core joined the process group; leave it together
     return 0
 
 

@@ -203,8 +203,14 @@ ALLOWED = {
 
 
 #: Modules that take a whole ClientConfig besides their package's allowance: the wrappers (task_inputs) and the
-#: manifests renderer (a client's cluster manifests need its storage, serving and deploy sections).
-WHOLE_CONFIG = {*(f"components.{s}.component" for s in STAGES), "components.deploy.manifests"}
+#: manifests renderer (a client's cluster manifests need its storage, serving and deploy sections), and the
+#: fine-tunes' torchrun entries (``distributed.py``).
+WHOLE_CONFIG = {
+    *(f"components.{s}.component" for s in STAGES),
+    "components.deploy.manifests",
+    "components.finetune_clip.distributed",  # the torchrun entries: the wrapper's inputs, one process per rank
+    "components.finetune_lipsync.distributed",
+}
 
 
 def test_each_package_imports_only_what_the_architecture_allows():

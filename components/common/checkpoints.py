@@ -114,7 +114,13 @@ def load_last(last_dir: Path, opt: Any, sched: Any, scaler: Any) -> tuple[dict[s
 
 
 def resume(
-    ckpt_dir: Path, fingerprint: dict, opt: Any, sched: Any, scaler: Any, mirror: CheckpointMirror | None = None
+    ckpt_dir: Path,
+    fingerprint: dict,
+    opt: Any,
+    sched: Any,
+    scaler: Any,
+    mirror: CheckpointMirror | None = None,
+    world: Any = None,
 ) -> tuple[dict[str, torch.Tensor], dict] | None:
     """Restore the last checkpoint of ``ckpt_dir`` if it was written for ``fingerprint`` (then creates the folder).
 
@@ -129,10 +135,20 @@ def resume(
         sched: The learning-rate scheduler, restored in place.
         scaler: The gradient scaler (or ``None``), restored in place.
         mirror: The checkpoint's copy in the artifacts store, if any.
+        world: The ranks of a torchrun job (:class:`components.common.distributed.World`): each node's first
+            process pulls (or discards) the checkpoint, then the node's other processes read the same one.
 
     Returns:
         ``(weights, state)`` as :func:`load_last` gives them, or ``None`` when training starts from epoch 0.
     """
+    if world is not None and world.distributed:
+        from components.common.distributed import barrier
+
+        restored = resume(ckpt_dir, fingerprint, opt, sched, scaler, mirror) if world.local_rank == 0 else None
+        barrier(world)
+        if world.local_rank != 0:
+            restored = resume(ckpt_dir, fingerprint, opt, sched, scaler)
+        return restored
     last_dir = ckpt_dir / LAST_DIR
     if mirror is not None and read_state(last_dir) is None:
         mirror.pull(ckpt_dir)

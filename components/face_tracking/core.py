@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from components.common.faults import is_infrastructure_error
+from components.common.shards import shard_prefix
 from components.common.stage import StageContext
 from components.face_tracking.config import FaceTrackingConfig
 from components.face_tracking.crops import center_geometry, crop_aligned, track_crops
@@ -45,8 +46,11 @@ from components.face_tracking.tracks import (
     track_faces,
     track_length,
 )
+from components.face_tracking.train_shards import write_lipsync_shards
 
 logger = logging.getLogger("clipsync.face_tracking")
+#: Clips per training shard (a few MB of crops and audio each).
+SHARD_VIDEOS = 32
 
 
 @dataclass
@@ -341,6 +345,9 @@ def run_face_tracking(
 ) -> FaceTrackingReport:
     """The face_tracking stage: the frames Dataset's dense frames into the faces Dataset.
 
+    Its last step writes the labelled clips' crops and audio as training shards
+    (:mod:`components.face_tracking.train_shards`, ``SHARD_VIDEOS`` clips each), which finetune_lipsync streams.
+
     Opens the stage run ``face_tracking`` and logs the counts and the per-video rows there.
 
     Args:
@@ -358,6 +365,8 @@ def run_face_tracking(
     """
     with ctx.stage_run("face_tracking", dataclasses.asdict(config)) as run:
         report = _track_all(Path(frames_dir), Path(out_dir), config, Path(ctx.cache_dir))
+        prefix = shard_prefix("face_tracking", ctx.client_id, ctx.window.label())
+        write_lipsync_shards(Path(out_dir), SHARD_VIDEOS, ctx.storage.artifacts_uri, prefix, ctx.encryption)
         run.log_metrics(report.as_metrics())
         run.log_dict({"videos": report.per_video}, "face_tracking/per_video.json")
     return report

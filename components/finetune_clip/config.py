@@ -57,6 +57,7 @@ class FinetuneClipConfig:
             CPUs without native bf16).
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``.
         num_threads: Torch CPU threads; 0 (auto) is the CPUs available to the process (cgroup quota, affinity).
+        loader_workers: DataLoader worker processes that read the training shards (0: the training process).
         seed: Seed of initialization, shuffling and dropout (each epoch reseeds from it, so a resumed run
             follows the same path as an uninterrupted one).
         negative_weight: Weight of a known negative (a result the client marked not relevant, from the feedback
@@ -98,6 +99,7 @@ class FinetuneClipConfig:
     precision: str = "auto"
     device: str = "auto"
     num_threads: int = 0
+    loader_workers: int = 0
     seed: int = 0
     negative_weight: float = 2.0
     history_days: int = 0
@@ -145,10 +147,11 @@ class FinetuneClipConfig:
         _require(self.history_max_videos >= 0, f"history_max_videos must be >= 0, got {self.history_max_videos}")
         _require(isinstance(self.warm_start, bool), f"warm_start must be true or false, got {self.warm_start!r}")
         _require(self.num_threads >= 0, f"num_threads must be >= 0, got {self.num_threads}")
+        _require(0 <= self.loader_workers <= 64, f"loader_workers must be 0..64, got {self.loader_workers}")
 
     def training_fingerprint(self) -> dict:
         """The fields a checkpoint must share with the current run to be resumed (everything but device knobs)."""
-        skip = {"device", "num_threads", "precision", "early_stopping_patience", "distributed"}
+        skip = {"device", "num_threads", "loader_workers", "precision", "early_stopping_patience", "distributed"}
         out = {}
         for name in self.__dataclass_fields__:
             if name not in skip:

@@ -8,18 +8,22 @@ epoch, so a retried (preempted) pod resumes. The exported Model artifact is :mod
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from components.common import checkpoints as ckpt
 from components.common.champions import fetch_champion
+from components.common.device import resolve_device
+from components.common.distributed import init_distributed, main_first, world_from_env
 from components.common.names import registered_name
 from components.common.no_challenger import NotTrainable, write_no_challenger
+from components.common.shards import open_shards
 from components.common.stage import StageContext
 from components.finetune_clip import history
 from components.finetune_clip.config import FinetuneClipConfig
-from components.finetune_clip.data import load_frame_samples
+from components.finetune_clip.data import FrameSource, load_frame_samples
 from components.finetune_clip.export import export_model
 from components.finetune_clip.negatives import apply_feedback, read_feedback_records
 from components.finetune_clip.train import LogFn, TrainResult, train_clip
@@ -116,10 +120,18 @@ def run_finetune_clip(
     from components.common.storage import open_store
     from components.finetune_clip.model import load_base_clip, resolve_base_ref
 
+    world = world_from_env()
+    init_distributed(world, resolve_device(cfg.device))
+    if not world.is_main:  # rank 0 alone logs, registers and writes the outputs
+        ctx = dataclasses.replace(ctx, track=False)
     window = ctx.window.label()
     base_ref = resolve_base_ref(cfg.base_model, ctx.state_dir)
     bundle = load_base_clip(base_ref, ctx.cache_dir)
-    data, skipped = load_frame_samples(Path(frames_dir), ("train", "val"), bundle.image_spec, cfg.frames_per_video)
+    shards = open_shards(frames_dir, ctx.state_dir, ctx.encryption)
+    streamed = list(shards.listing.shard_of()) if shards else []
+    data, skipped = load_frame_samples(
+        Path(frames_dir), ("train", "val"), bundle.image_spec, cfg.frames_per_video, streamed=streamed
+    )
     store = open_store(ctx.storage.artifacts_uri, ctx.encryption)
     end = ctx.window.end()
     shape = (cfg.frames_per_video, 3, bundle.image_spec.size, bundle.image_spec.size)
@@ -131,11 +143,18 @@ def run_finetune_clip(
     train = sorted(apply_feedback(before, read_feedback_records(feedback_dir)), key=lambda s: s.video_id)
     val = sorted([*data["val"], *(s for split, s, _ in earlier if split == "val")], key=lambda s: s.video_id)
     first_seen = {s.video_id: seen for _, s, seen in earlier}
-    history.remember(
-        store,
-        [("train", s, first_seen.get(s.video_id, end.isoformat())) for s in train]
-        + [("val", s, first_seen.get(s.video_id, end.isoformat())) for s in val],
-    )
+    if world.is_main:
+        # One video's frames at a time: a streamed video's are read back from its shard to be remembered.
+        frames = FrameSource.of([], shards, cfg, bundle.image_spec)
+        history.remember(
+            store,
+            (
+                (split, s if s.frames is not None else dataclasses.replace(s, frames=frames.load(s.video_id)), seen)
+                for split, group in (("train", train), ("val", val))
+                for s in group
+                for seen in [first_seen.get(s.video_id, end.isoformat())]
+            ),
+        )
     logger.info("finetune_clip: %d train, %d val videos, %d skipped", len(train), len(val), len(skipped))
     prefix = ckpt.checkpoint_prefix("finetune_clip", ctx.client_id, window)
     work_dir = Path(ctx.state_dir) / prefix
@@ -151,12 +170,16 @@ def run_finetune_clip(
         feedback_negatives=sum(len(s.negatives) for s in train),
         n_remembered=len(earlier),
     )
-    champion = fetch_champion(ctx.tracking, "clip", ctx.client_id, work_dir / "champion") if cfg.warm_start else None
+    champion_dir = work_dir / ("champion" if world.is_main else f"champion-rank{world.rank}")
+    with main_first(world):
+        champion = fetch_champion(ctx.tracking, "clip", ctx.client_id, champion_dir) if cfg.warm_start else None
     init_adapter = history.warm_start_adapter(champion[0], base_ref, cfg, window) if champion else None
     report.warm_start_version = champion[1] if init_adapter else ""
 
     def body(log_fn: LogFn) -> TrainResult:
-        result = train_clip(bundle, train, val, cfg, work_dir, log_fn, mirror, init_adapter)
+        result = train_clip(bundle, train, val, cfg, work_dir, log_fn, mirror, init_adapter, shards, world)
+        if not world.is_main:
+            return result
         last = result.history[-1] if result.history else {}
         best = next((h for h in result.history if h["epoch"] == result.best_epoch), last)
         metrics = {k: v for k, v in best.items() if k.startswith("val_") or k == "train_loss"}

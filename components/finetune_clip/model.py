@@ -238,10 +238,10 @@ def prepare_frames(frames: np.ndarray, k: int, spec: ImageSpec) -> torch.Tensor:
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 [N, H, W, 3], got {frames.dtype} {frames.shape}")
     picked = torch.from_numpy(np.ascontiguousarray(frames[sample_frame_indices(len(frames), k)]))
-    x = picked.permute(0, 3, 1, 2).float()
-    if x.shape[-2:] != (spec.size, spec.size):
-        x = _square(x)
-        x = F.interpolate(x, size=(spec.size, spec.size), mode="bilinear", antialias=True, align_corners=False)
+    if picked.shape[1:3] == (spec.size, spec.size):  # already the model's size: no float round trip
+        return picked.permute(0, 3, 1, 2).contiguous()
+    x = _square(picked.permute(0, 3, 1, 2).float())
+    x = F.interpolate(x, size=(spec.size, spec.size), mode="bilinear", antialias=True, align_corners=False)
     return x.round().clamp(0, 255).to(torch.uint8)
 
 

@@ -7,6 +7,20 @@ holds the trainable weights, the AdamW state, the scheduler position, the epoch,
 the history; ``best.safetensors`` the best epoch's trainable weights. Every epoch reseeds torch and the shuffle
 from ``seed`` and the epoch, so a run resumed from its last checkpoint follows the same path as an uninterrupted
 one (exactly on CPU). Epochs are counted from 1 (``best_epoch``, the history, MLflow's step).
+
+The training videos' frames come through a ``DataLoader`` (:mod:`components.common.shards`): a sample whose
+frames are not in memory is read from the frames Dataset's training shards by the loader's workers
+(``loader_workers``), so memory does not grow with the library. Under ``torchrun`` with ``WORLD_SIZE`` > 1
+(:mod:`components.common.distributed`) the model is wrapped in ``DistributedDataParallel``, each rank embeds its
+contiguous part of every global batch, the video embeddings of all ranks are gathered with their gradient and
+every rank computes the contrastive loss of the whole global batch (the text tower embeds the batch's label texts
+on every rank: they are few and short), so the updates equal one process's on the same global batch. Every rank
+validates on the whole validation set (the same figures on each, hence the same early stopping); rank 0 alone
+writes the checkpoints, and every rank resumes from the same one.
+
+Why this file is long: it is one training loop, and the pieces that make one step (the batch loss, the epoch, the
+frozen-tower cache, resuming on every rank) share its seeding and its batch plan; split, they would have to be read
+together anyway.
 """
 
 from __future__ import annotations
@@ -22,9 +36,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from components.common import checkpoints as ckpt
+from components.common.distributed import World, barrier, gather_rows, init_distributed, wrap_ddp
 from components.common.no_challenger import NotTrainable
+from components.common.shards import ShardSource, make_stream, rank_slice, stream_loader
 from components.finetune_clip.config import FinetuneClipConfig
-from components.finetune_clip.data import ClipSample
+from components.finetune_clip.data import ClipSample, FrameSource
 from components.finetune_clip.loss import batch_texts, contrastive_loss, positive_mask
 from components.finetune_clip.metrics import embed_samples, query_video_similarity, retrieval_metrics, retrieval_problem
 from components.finetune_clip.model import ClipBundle, TrainableStats, apply_strategy, encode_texts, encode_videos
@@ -71,21 +87,58 @@ def _logit_scale(model: Any) -> torch.Tensor:
     return model.logit_scale.exp().clamp(max=100.0)
 
 
+def _towers(model: Any, bundle: ClipBundle, pooling: str) -> torch.nn.Module:
+    """The two towers and the logit scale in one ``forward`` (the call DistributedDataParallel must see)."""
+    import torch
+
+    class Towers(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, frames: torch.Tensor | None, texts: list[str]):
+            video = None if frames is None else encode_videos(self.model, frames, bundle.image_spec, pooling)
+            return video, encode_texts(self.model, bundle.tokenizer, texts), _logit_scale(self.model)
+
+    return Towers()
+
+
 def _batch_loss(
     model: Any,
     bundle: ClipBundle,
     samples: Sequence[ClipSample],
     cfg: FinetuneClipConfig,
     video_emb: torch.Tensor | None = None,
+    *,
+    towers: torch.nn.Module | None = None,
+    frames: torch.Tensor | None = None,
+    world: World | None = None,
 ) -> torch.Tensor:
-    """The contrastive loss of one batch; ``video_emb`` (``[B, D]``) stands in for a frozen vision tower."""
+    """The contrastive loss of one (global) batch.
+
+    Args:
+        model: The CLIP model.
+        bundle: Its image spec and tokenizer.
+        samples: The whole batch (every rank's part).
+        cfg: Stage settings.
+        video_emb: This rank's ``[b, D]`` embeddings standing in for a frozen vision tower.
+        towers: :func:`_towers` of ``model``, wrapped in DDP when distributed (built here when ``None``).
+        frames: This rank's frames (default: the samples' own, all of them).
+        world: With several ranks, this rank's rows are its contiguous part of ``samples`` and every rank's
+            embeddings are gathered (with their gradient) into the whole batch.
+    """
     import torch
 
     labels = [s.labels for s in samples]
     texts = batch_texts(labels)
-    if video_emb is None:
-        video_emb = encode_videos(model, torch.stack([s.frames for s in samples]), bundle.image_spec, cfg.pooling)
-    text_emb = encode_texts(model, bundle.tokenizer, texts)
+    towers = towers if towers is not None else _towers(model, bundle, cfg.pooling)
+    if video_emb is None and frames is None:
+        frames = torch.stack([s.frames for s in samples])
+    video, text_emb, logit_scale = towers(None if video_emb is not None else frames, texts)
+    video_emb = video if video_emb is None else video_emb
+    if world is not None and world.distributed:
+        sizes = [rank_slice(len(samples), r, world.size) for r in range(world.size)]
+        video_emb = gather_rows(video_emb, [p.stop - p.start for p in sizes], world)
     positive = positive_mask(labels, texts)
     known: dict[str, set[str]] = {}
     for s in samples:
@@ -93,10 +146,8 @@ def _batch_loss(
             known.setdefault(text, set()).add(s.video_id)
     negative = negative_mask([s.video_id for s in samples], texts, known) & ~positive if known else None
     if negative is None or not bool(negative.any()):
-        return contrastive_loss(video_emb, text_emb, positive, _logit_scale(model))
-    return contrastive_loss_with_negatives(
-        video_emb, text_emb, positive, negative, _logit_scale(model), cfg.negative_weight
-    )
+        return contrastive_loss(video_emb, text_emb, positive, logit_scale)
+    return contrastive_loss_with_negatives(video_emb, text_emb, positive, negative, logit_scale, cfg.negative_weight)
 
 
 def _validate(
@@ -193,35 +244,75 @@ def train_one_epoch(
     optim: Optim,
     runtime: Runtime,
     video_emb: torch.Tensor | None = None,
+    *,
+    source: FrameSource | None = None,
+    towers: torch.nn.Module | None = None,
+    world: World | None = None,
 ) -> tuple[list[float], int]:
     """One pass over ``samples`` in the order epoch ``epoch`` (0-based here) draws from ``seed``.
 
-    Gradients are accumulated over ``grad_accum`` micro-batches (the last group of the epoch may be shorter and
-    is scaled by its real size), clipped to ``max_grad_norm``, and the schedule steps with the optimizer.
+    The order and the batches depend only on ``seed``, the epoch and the samples, never on the number of ranks
+    or loader workers. Gradients are accumulated over ``grad_accum`` micro-batches (the last group of the epoch may
+    be shorter and is scaled by its real size), clipped to ``max_grad_norm``, and the schedule steps with the
+    optimizer.
+
+    Args:
+        model: The CLIP model.
+        bundle: Its image spec and tokenizer.
+        samples: The training videos (metadata; frames from ``source``).
+        cfg: Stage settings.
+        epoch: 0-based epoch.
+        optim: Parameters, optimizer, schedule, scaler.
+        runtime: Device and precision.
+        video_emb: ``hybrid``: the frozen vision tower's embeddings of ``samples`` (no frames are read).
+        source: Where the frames are (default: the samples' own).
+        towers: :func:`_towers` of ``model``, wrapped in DDP when distributed.
+        world: The ranks (default: one process).
 
     Returns:
-        The micro-batch losses and the number of optimizer steps taken.
+        The micro-batch losses (of the global batches) and the number of optimizer steps taken.
     """
     import torch
     from tqdm.auto import tqdm
 
+    world = world or World()
+    source = source or FrameSource.of(samples, None, cfg, bundle.image_spec)
+    towers = towers if towers is not None else _towers(model, bundle, cfg.pooling)
     # Reseed per epoch: dropout and shuffling of epoch e do not depend on whether the run was resumed.
     torch.manual_seed(cfg.seed * 100_003 + epoch)
     order = np.random.default_rng(cfg.seed * 100_003 + epoch).permutation(len(samples))
     batches = _batches(len(samples), cfg.batch_size, order)
+    if video_emb is None:
+        plan = [[samples[j].video_id for j in idx] for idx in batches]
+        stream = make_stream(source, plan, source, world.rank, world.size)
+        parts: Any = stream_loader(stream, cfg.loader_workers)
+    else:
+        parts = ((b, None) for b in range(len(batches)))
     model.train()
     optim.optimizer.zero_grad(set_to_none=True)
     losses, steps = [], 0
-    bar = tqdm(batches, desc=f"finetune_clip epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
-    for i, idx in enumerate(bar):
-        emb = None if video_emb is None else video_emb[torch.from_numpy(idx).to(video_emb.device)]
+    desc = f"finetune_clip epoch {epoch + 1}/{cfg.epochs}"
+    bar = tqdm(parts, total=len(batches), desc=desc, unit="batch", leave=False, disable=not world.is_main or None)
+    for b, frames in bar:
+        idx = batches[b]
+        mine = idx[rank_slice(len(idx), world.rank, world.size)]
+        emb = None if video_emb is None else video_emb[torch.from_numpy(mine).to(video_emb.device)]
         with runtime.autocast():
-            loss = _batch_loss(model, bundle, [samples[j] for j in idx], cfg, emb)
+            loss = _batch_loss(
+                model,
+                bundle,
+                [samples[j] for j in idx],
+                cfg,
+                emb,
+                towers=towers,
+                frames=None if frames is None else torch.from_numpy(np.stack(frames)),
+                world=world,
+            )
         losses.append(float(loss.detach()))
-        group_start = (i // cfg.grad_accum) * cfg.grad_accum
+        group_start = (b // cfg.grad_accum) * cfg.grad_accum
         group_size = min(cfg.grad_accum, len(batches) - group_start)
         optim.scaler.scale(loss / group_size).backward()
-        if i - group_start + 1 == group_size:
+        if b - group_start + 1 == group_size:
             optim.scaler.unscale_(optim.optimizer)
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(optim.params, cfg.max_grad_norm)
@@ -236,15 +327,32 @@ def train_one_epoch(
 
 
 def _frozen_tower_embeddings(
-    bundle: ClipBundle, model: Any, train: Sequence[ClipSample], val: Sequence[ClipSample], cfg, runtime: Runtime
+    bundle: ClipBundle,
+    model: Any,
+    train: Sequence[ClipSample],
+    val: Sequence[ClipSample],
+    cfg: FinetuneClipConfig,
+    runtime: Runtime,
+    source: FrameSource,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``hybrid``: the vision tower is frozen, so a video's embedding is the same in every epoch: compute it once."""
+    """``hybrid``: the vision tower is frozen, so a video's embedding is the same in every epoch: compute it once.
+
+    The training videos' frames stream through the loader (only the ``[N, D]`` embeddings stay in memory).
+    """
+    import torch
+
     t0 = time.monotonic()
     model.eval()
-    with runtime.autocast():
-        emb = embed_samples(bundle, model, [*train, *val], cfg.pooling, cfg.batch_size)
-    logger.info("hybrid: %d video embeddings of the frozen vision tower in %.1f s", len(emb), time.monotonic() - t0)
-    return emb[: len(train)], emb[len(train) :]
+    plan = [[s.video_id for s in train[i : i + cfg.batch_size]] for i in range(0, len(train), cfg.batch_size)]
+    outs: list[Any] = [None] * len(plan)
+    with torch.no_grad(), runtime.autocast():
+        for b, frames in stream_loader(make_stream(source, plan, source), cfg.loader_workers):
+            outs[b] = encode_videos(model, torch.from_numpy(np.stack(frames)), bundle.image_spec, cfg.pooling)
+        val_emb = embed_samples(bundle, model, val, cfg.pooling, cfg.batch_size)
+    logger.info(
+        "hybrid: %d video embeddings of the frozen vision tower in %.1f s", len(train) + len(val), time.monotonic() - t0
+    )
+    return torch.cat(outs), val_emb
 
 
 def train_clip(
@@ -256,6 +364,8 @@ def train_clip(
     log_fn: LogFn | None = None,
     mirror: ckpt.CheckpointMirror | None = None,
     init_adapter: Path | None = None,
+    shards: ShardSource | None = None,
+    world: World | None = None,
 ) -> TrainResult:
     """Fine-tune ``bundle.model`` with the configured strategy; resume from a checkpoint when one fits.
 
@@ -275,12 +385,16 @@ def train_clip(
             none, pulled from: a retried pod resumes instead of starting over.
         init_adapter: A LoRA adapter (``adapter_model.safetensors``, the champion's) to start from instead of
             the fresh adapter (:func:`~components.finetune_clip.history.warm_start_adapter` says when it fits).
+        shards: The frames Dataset's training shards, for training videos without frames in memory.
+        world: The ranks under torchrun (default: one process). Every rank gets the same samples and settings;
+            only rank 0 writes checkpoints, and only rank 0's result holds the best epoch's weights.
 
     Returns:
         The training result; ``result.model`` holds the best epoch's weights, in eval mode.
 
     Raises:
         NotTrainable: With fewer than 2 training videos.
+        ValueError: If a batch holds fewer videos than there are ranks.
     """
     import torch
     from safetensors.torch import load_file, save_file
@@ -290,12 +404,19 @@ def train_clip(
 
     if len(train_samples) < 2:
         raise NotTrainable(f"need at least 2 labelled training videos, got {len(train_samples)}")
+    world = world or World()
+    smallest = min(len(b) for b in _batches(len(train_samples), cfg.batch_size, np.arange(len(train_samples))))
+    if smallest < world.size:
+        raise ValueError(f"a batch of {smallest} videos cannot be split over {world.size} ranks (batch_size, videos)")
     set_torch_threads(cfg.num_threads)
     runtime = resolve_runtime(cfg.device, cfg.precision)
+    runtime = type(runtime)(init_distributed(world, runtime.device), runtime.amp_dtype)
     torch.manual_seed(cfg.seed)
     model, stats = apply_strategy(bundle.model, cfg)
     model.to(runtime.device)
     bundle.model = model
+    towers = wrap_ddp(_towers(model, bundle, cfg.pooling), world, runtime.device)
+    source = FrameSource.of(train_samples, shards, cfg, bundle.image_spec)
     logger.info(
         "strategy %s: %d of %d parameters trainable (%.3f%%), device %s, precision %s",
         stats.strategy,
@@ -328,7 +449,7 @@ def train_clip(
         "stopped_early": False,
         "fingerprint": fingerprint,
     }
-    restored = ckpt.resume(ckpt_dir, fingerprint, optim.optimizer, optim.scheduler, optim.scaler, mirror)
+    restored = ckpt.resume(ckpt_dir, fingerprint, optim.optimizer, optim.scheduler, optim.scaler, mirror, world)
     if restored is not None:
         weights, state = restored
         _load_trainable(model, weights)
@@ -342,12 +463,24 @@ def train_clip(
     resumed_from = int(state["epoch"])
     train_emb = val_emb = None
     if cfg.strategy == "hybrid" and not state["finished"]:
-        train_emb, val_emb = _frozen_tower_embeddings(bundle, model, train_samples, val_samples, cfg, runtime)
+        train_emb, val_emb = _frozen_tower_embeddings(bundle, model, train_samples, val_samples, cfg, runtime, source)
 
     epoch = int(state["epoch"])
     while not state["finished"] and epoch < cfg.epochs:
         started = time.monotonic()
-        losses, steps = train_one_epoch(model, bundle, train_samples, cfg, epoch, optim, runtime, train_emb)
+        losses, steps = train_one_epoch(
+            model,
+            bundle,
+            train_samples,
+            cfg,
+            epoch,
+            optim,
+            runtime,
+            train_emb,
+            source=source,
+            towers=towers,
+            world=world,
+        )
         state["step"] += steps
         epoch += 1
         metrics: dict[str, float] = {
@@ -362,7 +495,8 @@ def train_clip(
             val_loss, improved = float("nan"), True
         if improved:
             state.update(best_val=None if math.isnan(val_loss) else val_loss, best_epoch=epoch, bad_epochs=0)
-            save_file(_trainable_state(model), str(ckpt_dir / ckpt.BEST_FILE))
+            if world.is_main:
+                save_file(_trainable_state(model), str(ckpt_dir / ckpt.BEST_FILE))
         else:
             state["bad_epochs"] += 1
         metrics["epoch_seconds"] = time.monotonic() - started
@@ -372,18 +506,20 @@ def train_clip(
             state["stopped_early"] = True
             logger.info("early stop after epoch %d (best epoch %d)", epoch, state["best_epoch"])
         state["finished"] = state["stopped_early"] or epoch >= cfg.epochs
-        ckpt.save_last(
-            ckpt_dir / ckpt.LAST_DIR, _trainable_state(model), optim.optimizer, optim.scheduler, optim.scaler, state
-        )
-        if mirror is not None:
-            mirror.push(ckpt_dir)
+        if world.is_main:
+            last = ckpt_dir / ckpt.LAST_DIR
+            ckpt.save_last(last, _trainable_state(model), optim.optimizer, optim.scheduler, optim.scaler, state)
+            if mirror is not None:
+                mirror.push(ckpt_dir)
         logger.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         if log_fn is not None:
             log_fn(metrics, epoch)
         if state["stopped_early"]:
             break
 
-    _load_trainable(model, load_file(str(ckpt_dir / ckpt.BEST_FILE)))
+    barrier(world)  # the other ranks' checkpoints are rank 0's: they end when it has written its last
+    if world.is_main:
+        _load_trainable(model, load_file(str(ckpt_dir / ckpt.BEST_FILE)))
     model.eval()
     best_val = state["best_val"]
     return TrainResult(

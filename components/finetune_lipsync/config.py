@@ -156,6 +156,7 @@ class FinetuneLipsyncConfig:
             CUDA, fp32 on CPUs).
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``.
         num_threads: Torch CPU threads; 0 (auto) is the CPUs available to the process (cgroup quota, affinity).
+        loader_workers: DataLoader worker processes that read the training shards (0: the training process).
         seed: Seed of the split, initialization, shuffling and augmentation.
         pretrained: ``""`` (from scratch), a ``.safetensors`` path (``config.json`` beside it when present),
             or ``champion`` (the registry's champion of ``lipsync-<client>``; from scratch when there is none).
@@ -191,6 +192,7 @@ class FinetuneLipsyncConfig:
     precision: str = "auto"
     device: str = "auto"
     num_threads: int = 0
+    loader_workers: int = 0
     seed: int = 0
     pretrained: str = "champion"
     max_windows_per_video: int = 0
@@ -220,6 +222,7 @@ class FinetuneLipsyncConfig:
         _require(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         _require(is_device_name(self.device), f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         _require(self.num_threads >= 0, f"num_threads must be >= 0, got {self.num_threads}")
+        _require(0 <= self.loader_workers <= 64, f"loader_workers must be 0..64, got {self.loader_workers}")
         _require(
             self.pretrained in ("", "champion") or self.pretrained.endswith(".safetensors"),
             f"pretrained must be '', 'champion' or a .safetensors path, got {self.pretrained!r}",

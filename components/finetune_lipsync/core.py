@@ -8,17 +8,22 @@ weights, checkpoints mirrored to the artifacts store so that a restarted task re
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from components.common import checkpoints as ckpt
+from components.common.device import resolve_device
+from components.common.distributed import init_distributed, main_first, world_from_env
 from components.common.jsonl import json_safe
 from components.common.names import registered_name
 from components.common.no_challenger import NotTrainable, write_no_challenger
+from components.common.shards import open_shards
 from components.common.stage import StageContext
 from components.face_tracking.config import FaceTrackingConfig
+from components.face_tracking.dataset import read_face_index
 from components.face_tracking.evidence import EvidenceRules
 from components.finetune_lipsync.config import FinetuneLipsyncConfig
 from components.finetune_lipsync.data import load_lipsync_videos, split_by_video, training_pool
@@ -122,8 +127,17 @@ def run_finetune_lipsync(
 
         report = run_as_trainjob("finetune_lipsync", config_json, {"faces": faces_dir}, out_dir, cfg.distributed, ctx)
         return FinetuneLipsyncReport(**report)
+    world = world_from_env()
+    init_distributed(world, resolve_device(cfg.device))
+    if not world.is_main:  # rank 0 alone logs, registers and writes the outputs
+        ctx = dataclasses.replace(ctx, track=False)
     rules = EvidenceRules.of(cfg.model.window_s, face_config or FaceTrackingConfig())
-    videos, skipped = load_lipsync_videos(faces_dir, rules)
+    shards = open_shards(faces_dir, ctx.state_dir, ctx.encryption)
+    # Streamed videos' arrays stay in the shards; the test videos' are not needed here (only their count).
+    lazy: list[str] = []
+    if shards is not None:
+        lazy = [*shards.listing.shard_of(), *(r.video_id for r in read_face_index(faces_dir) if r.split == "test")]
+    videos, skipped = load_lipsync_videos(faces_dir, rules, streamed=lazy)
     pool = training_pool(videos)
     n_test = len(videos) - len(pool)
     train, val = split_by_video(pool, cfg.val_fraction, cfg.seed)
@@ -144,7 +158,8 @@ def run_finetune_lipsync(
         # torch comes in with training only: a month that cannot train (no_challenger) never loads it.
         from components.finetune_lipsync.train import train_lipsync
 
-        pretrained = resolve_pretrained(ctx, cfg, Path(work))
+        with main_first(world):
+            pretrained = resolve_pretrained(ctx, cfg, Path(work))
         prefix = ckpt.checkpoint_prefix("finetune_lipsync", ctx.client_id, ctx.window.label())
         try:
             result = train_lipsync(
@@ -156,6 +171,8 @@ def run_finetune_lipsync(
                 pretrained=pretrained,
                 work_dir=Path(ctx.state_dir) / prefix,
                 mirror=ckpt.open_mirror(ctx.storage.artifacts_uri, prefix, ctx.encryption),
+                shards=shards,
+                world=world,
             )
         except NotTrainable as exc:
             write_no_challenger(out_dir, str(exc))

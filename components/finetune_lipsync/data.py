@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from components.common.shards import ShardSource
 
 if TYPE_CHECKING:
     from components.face_tracking.evidence import EvidenceRules
@@ -28,25 +30,32 @@ class LipsyncVideo:
 
     Attributes:
         video_id: The manifest's id.
-        crops: uint8 ``[T, S, S, 3]`` mouth crops.
-        audio: float32 16 kHz mono aligned with ``crops``.
+        crops: uint8 ``[T, S, S, 3]`` mouth crops, or ``None`` when training streams them from the faces
+            Dataset's training shards.
+        audio: float32 16 kHz mono aligned with ``crops`` (``None`` with ``crops``).
         fps: Frame rate of ``crops``.
         label: 1 for fake (manipulated), 0 for real.
         split: The manifest split.
         fallback_used: The crops are the frame centre (no face found).
+        n_frames: Frames of a streamed video's crops (``len(crops)`` otherwise).
     """
 
     video_id: str
-    crops: np.ndarray
-    audio: np.ndarray
+    crops: np.ndarray | None
+    audio: np.ndarray | None
     fps: float
     label: int
     split: str = "train"
     fallback_used: bool = False
+    n_frames: int = 0
+
+    @property
+    def frame_count(self) -> int:
+        return len(self.crops) if self.crops is not None else self.n_frames
 
     @property
     def duration_s(self) -> float:
-        return len(self.crops) / self.fps
+        return self.frame_count / self.fps
 
 
 def _hash_key(seed: int, video_id: str) -> str:
@@ -90,7 +99,10 @@ def split_by_video(
 
 
 def load_lipsync_videos(
-    faces_dir: str | Path, rules: EvidenceRules, splits: Sequence[str] = ("train", "val", "test")
+    faces_dir: str | Path,
+    rules: EvidenceRules,
+    splits: Sequence[str] = ("train", "val", "test"),
+    streamed: Sequence[str] = (),
 ) -> tuple[list[LipsyncVideo], list[dict[str, str]]]:
     """Read the labelled videos of a faces Dataset (the selected sample of each).
 
@@ -102,6 +114,7 @@ def load_lipsync_videos(
         faces_dir: The face_tracking Dataset.
         rules: The evidence a clip needs (:class:`components.face_tracking.evidence.EvidenceRules`).
         splits: The splits to read.
+        streamed: Video ids whose crops and audio stay in the training shards (read by the training loader).
 
     Returns:
         ``(videos, skipped)``.
@@ -110,6 +123,7 @@ def load_lipsync_videos(
     from components.face_tracking.dataset import load_mouth_crops, load_sample_audio, read_face_index
 
     videos, skipped = [], []
+    streamed_ids = set(streamed)
     for rec in read_face_index(faces_dir):
         if rec.authenticity not in LABELS or rec.split not in splits:
             continue
@@ -127,6 +141,12 @@ def load_lipsync_videos(
         if sample is None:
             reason = "no_sample: no selected mouth-crop sequence"
             skipped.append({"video_id": rec.video_id, "split": rec.split, "reason": reason})
+            continue
+        if rec.video_id in streamed_ids and rec.fps > 0 and sample.n_frames > 0:
+            label = LABELS[rec.authenticity]
+            videos.append(
+                LipsyncVideo(rec.video_id, None, None, rec.fps, label, rec.split, rec.fallback_used, sample.n_frames)
+            )
             continue
         try:
             crops = load_mouth_crops(faces_dir, sample)
@@ -175,11 +195,21 @@ def _resize_crops(crops: np.ndarray, size: int) -> np.ndarray:
 
 
 def resize_videos(videos: Sequence[LipsyncVideo], size: int) -> list[LipsyncVideo]:
-    """Resize crops once to the model's input size (cheaper than in every forward pass)."""
-    return [
-        LipsyncVideo(v.video_id, _resize_crops(v.crops, size), v.audio, v.fps, v.label, v.split, v.fallback_used)
-        for v in videos
-    ]
+    """Resize crops once to the model's input size (cheaper than in every forward pass); streamed ones stay."""
+    return [v if v.crops is None else replace(v, crops=_resize_crops(v.crops, size)) for v in videos]
+
+
+def load_streamed(videos: Sequence[LipsyncVideo], shards: ShardSource | None) -> list[LipsyncVideo]:
+    """``videos`` with their crops and audio in memory (read from ``shards`` where they are streamed)."""
+    out = []
+    for v in videos:
+        if v.crops is None:
+            if shards is None:
+                raise KeyError(f"video {v.video_id} has no crops in memory and there are no training shards")
+            fields = shards.read(v.video_id)
+            v = replace(v, crops=fields["crops"], audio=fields["audio"].astype(np.float32, copy=False))
+        out.append(v)
+    return out
 
 
 def fixed_windows(videos: Sequence[LipsyncVideo], mc: LipSyncModelConfig) -> WindowSet:
@@ -212,30 +242,53 @@ def epoch_plan(videos: Sequence[LipsyncVideo], cfg: FinetuneLipsyncConfig, rng: 
     return plan
 
 
-def train_batch(
-    videos: Sequence[LipsyncVideo],
-    items: list[tuple[int, float]],
-    mc: LipSyncModelConfig,
-    augment: AugmentConfig | None,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cut the windows of ``items``, each at a random speed when augmenting (video uint8, audio, labels)."""
-    from components.finetune_lipsync.augment import random_speed, speed_window
-    from components.finetune_lipsync.model import extract_window
+@dataclass(frozen=True)
+class WindowLoader:
+    """One epoch's training windows as the training loader reads them (picklable: it runs in the workers).
 
-    vids, auds, labels = [], [], []
-    for i, start in items:
-        v = videos[i]
-        if augment is not None:
-            speed = random_speed(rng, augment)
+    A key is a window's position in ``items`` (the epoch plan, the same on every rank); its video's crops and
+    audio come from memory or the training shards, are resized to the model, and the window is cut, at a random
+    speed when augmenting. The speed is drawn from ``seed`` and the position alone, so a window is cut the same
+    whichever rank or worker cuts it.
+
+    Attributes:
+        videos: The training videos (metadata; arrays where in memory).
+        items: The epoch plan, ``(video index, start)`` per window.
+        mc: The model's geometry.
+        augment: The augmentation ranges, or ``None``.
+        seed: ``(seed, epoch)``.
+        shards: The faces Dataset's training shards.
+    """
+
+    videos: Sequence[LipsyncVideo]
+    items: Sequence[tuple[int, float]]
+    mc: LipSyncModelConfig
+    augment: AugmentConfig | None
+    seed: tuple[int, int]
+    shards: ShardSource | None = None
+
+    def read(self, key: str) -> dict[str, np.ndarray]:
+        v = self.videos[self.items[int(key)][0]]
+        if v.crops is not None:
+            return {"crops": v.crops, "audio": v.audio}
+        if self.shards is None:
+            raise KeyError(f"video {v.video_id} has no crops in memory and there are no training shards")
+        return self.shards.read(v.video_id)
+
+    def __call__(self, key: str, fields: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, int]:
+        """The window ``key``: uint8 video ``[T, S, S, 3]``, float32 audio, label."""
+        from components.finetune_lipsync.augment import random_speed, speed_window
+        from components.finetune_lipsync.model import extract_window
+
+        i, start = self.items[int(key)]
+        v, mc = self.videos[i], self.mc
+        crops = _resize_crops(fields["crops"], mc.crop_size)
+        audio = np.asarray(fields["audio"], dtype=np.float32)
+        if self.augment is not None:
+            speed = random_speed(np.random.default_rng([*self.seed, int(key)]), self.augment)
             clip, sound = speed_window(
-                v.crops, v.audio, v.fps, start, mc.n_frames, mc.fps, mc.n_samples, speed, mc.sample_rate
+                crops, audio, v.fps, start, mc.n_frames, mc.fps, mc.n_samples, speed, mc.sample_rate
             )
         else:
-            clip, sound = extract_window(
-                v.crops, v.audio, v.fps, start, mc.n_frames, mc.fps, mc.n_samples, mc.sample_rate
-            )
-        vids.append(clip)
-        auds.append(sound)
-        labels.append(v.label)
-    return np.stack(vids), np.stack(auds), np.asarray(labels, np.float32)
+            clip, sound = extract_window(crops, audio, v.fps, start, mc.n_frames, mc.fps, mc.n_samples, mc.sample_rate)
+        return clip, sound, v.label

@@ -8,6 +8,18 @@ the validation loss (:func:`make_optimizer`), autocast in the configured precisi
 dropout from ``seed`` and the epoch, so a resumed run follows the same path as an uninterrupted one (exactly on
 CPU). The checkpoint with the lowest validation loss is kept and the decision threshold is chosen on the
 validation videos. Epochs are counted from 1 (``best_epoch``, MLflow's step).
+
+The training windows come through a ``DataLoader`` (:class:`~components.finetune_lipsync.data.WindowLoader` over
+:mod:`components.common.shards`): a streamed video's crops and audio are read from the faces Dataset's training
+shards by the loader's workers. Under ``torchrun`` (:mod:`components.common.distributed`) the model is wrapped in
+``DistributedDataParallel`` (again whenever progressive unfreezing changes what trains), each rank takes its
+contiguous part of every global batch, and its loss is its windows' summed loss times the world size over the
+global batch size, so the averaged gradient is one process's on the whole batch. Augmentation draws per window
+from the seed, the epoch and the window's position, the same on any rank. Rank 0 alone writes checkpoints and the
+model; every rank resumes from the same checkpoint.
+
+Why this file is long: it is one training loop (phases, unfreezing, the epoch over the streamed windows, resuming,
+the threshold choice); its parts share the seeding and the checkpoint state and are read together.
 """
 
 from __future__ import annotations
@@ -27,16 +39,19 @@ import torch.nn.functional as F
 
 from components.common import checkpoints as ckpt
 from components.common.device import Runtime
+from components.common.distributed import World, barrier, init_distributed, wrap_ddp
 from components.common.no_challenger import NotTrainable
+from components.common.shards import ShardSource, make_stream, rank_slice, stream_loader
 from components.finetune_lipsync.augment import augment_video
 from components.finetune_lipsync.config import AugmentConfig, FinetuneLipsyncConfig
 from components.finetune_lipsync.data import (
     LipsyncVideo,
+    WindowLoader,
     WindowSet,
     epoch_plan,
     fixed_windows,
+    load_streamed,
     resize_videos,
-    train_batch,
 )
 from components.finetune_lipsync.export import export_model
 from components.finetune_lipsync.metrics import binary_metrics, choose_threshold
@@ -185,21 +200,28 @@ def _window_loss(
     labels: torch.Tensor,
     pos_weight: torch.Tensor,
     amp_dtype: torch.dtype | None,
+    scale: float | None = None,
 ) -> torch.Tensor:
-    """The training loss of one batch of windows (the batch is moved to the model's device; float32 loss)."""
+    """The training loss of one batch of windows (the batch is moved to the model's device; float32 loss).
+
+    ``scale``: the summed window losses times ``scale`` (a rank's share of a global batch) instead of their mean.
+    """
     from components.common.device import module_device
 
     device = module_device(model)
     video, audio, labels = video.to(device), audio.to(device), labels.to(device)
     with Runtime(device, amp_dtype).autocast():
         logits = model(video, audio)
-    return F.binary_cross_entropy_with_logits(logits.float(), labels, pos_weight=pos_weight.to(device))
+    if scale is None:
+        return F.binary_cross_entropy_with_logits(logits.float(), labels, pos_weight=pos_weight.to(device))
+    loss = F.binary_cross_entropy_with_logits(logits.float(), labels, pos_weight=pos_weight.to(device), reduction="sum")
+    return loss * scale
 
 
 def _data_fingerprint(videos: Sequence[LipsyncVideo]) -> str:
     h = hashlib.sha256()
     for v in videos:
-        h.update(f"{v.video_id}|{v.label}|{len(v.crops)}|{v.fps:g}|{len(v.audio)}\n".encode())
+        h.update(f"{v.video_id}|{v.label}|{v.frame_count}|{v.fps:g}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -212,6 +234,8 @@ def train_lipsync(
     pretrained: str | Path | None = None,
     work_dir: str | Path | None = None,
     mirror: ckpt.CheckpointMirror | None = None,
+    shards: ShardSource | None = None,
+    world: World | None = None,
 ) -> TrainResult:
     """Fine-tune (or train from scratch) the detector and save the best checkpoint.
 
@@ -231,6 +255,10 @@ def train_lipsync(
         work_dir: The checkpoint folder's parent (``work_dir/checkpoints``); ``None``: a temporary folder,
             no resume.
         mirror: Where every epoch's checkpoint is copied (the artifacts store), for a retried pod.
+        shards: The faces Dataset's training shards, for videos without crops in memory (validation videos are
+            read into memory).
+        world: The ranks under torchrun (default: one process); only rank 0 writes checkpoints and the model
+            folder, and only its result holds the threshold and validation metrics of the kept checkpoint.
 
     Returns:
         The result, with the model folder.
@@ -248,10 +276,11 @@ def train_lipsync(
     if len(labels) < 2:
         only = "fake" if labels == {1} else "real"
         raise NotTrainable(f"all {len(train_videos)} training videos are {only}; need real and fake examples")
+    args = (train_videos, load_streamed(val_videos, shards), cfg, out_dir, log_fn, pretrained)
     if work_dir is not None:
-        return _train_lipsync(train_videos, val_videos, cfg, out_dir, log_fn, pretrained, Path(work_dir), mirror)
+        return _train_lipsync(*args, Path(work_dir), mirror, shards, world or World())
     with tempfile.TemporaryDirectory(prefix="lipsync-checkpoints-") as tmp:
-        return _train_lipsync(train_videos, val_videos, cfg, out_dir, log_fn, pretrained, Path(tmp), mirror)
+        return _train_lipsync(*args, Path(tmp), mirror, shards, world or World())
 
 
 def train_one_epoch(
@@ -263,38 +292,71 @@ def train_one_epoch(
     pos_weight: torch.Tensor,
     augment: AugmentConfig | None,
     runtime: Runtime,
+    shards: ShardSource | None = None,
+    world: World | None = None,
 ) -> float:
     """One pass over the epoch's windows (``epoch`` 0-based here), reseeded from ``seed`` and the epoch.
 
+    Args:
+        model: The detector (wrapped in DDP when distributed).
+        videos: The training videos (streamed ones are read from ``shards`` by the loader).
+        cfg: Stage settings.
+        epoch: 0-based epoch.
+        optim: Optimizer, schedule, scaler.
+        pos_weight: The fake class's weight in the loss.
+        augment: The augmentation ranges, or ``None``.
+        runtime: Device and precision.
+        shards: The training shards.
+        world: The ranks (default: one process).
+
     Returns:
-        The mean training loss per window.
+        The mean training loss per window (of every rank's windows).
     """
+    import torch.distributed as dist
     from tqdm import tqdm
 
+    world = world or World()
     # Reseed per epoch: what epoch e draws does not depend on whether the run was resumed.
     torch.manual_seed(cfg.seed * 100_003 + epoch)
     rng = np.random.default_rng([cfg.seed, epoch])
-    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-    model.train()
+    mc = _module(model).config
     plan = epoch_plan(videos, cfg, rng)
-    batches = [plan[i : i + cfg.batch_size] for i in range(0, len(plan), cfg.batch_size)]
-    total, count = 0.0, 0
+    batches = [list(range(i, min(i + cfg.batch_size, len(plan)))) for i in range(0, len(plan), cfg.batch_size)]
+    if len(batches) > 1 and len(batches[-1]) < world.size:  # every rank needs a window of every batch
+        batches[-2] += batches.pop()
+    if batches and len(batches[-1]) < world.size:
+        raise ValueError(f"{len(plan)} training windows cannot be split over {world.size} ranks")
+    windows = WindowLoader(videos, plan, mc, augment, (cfg.seed, epoch), shards)
+    keys = [[str(p) for p in batch] for batch in batches]
+    loader = stream_loader(make_stream(windows, keys, windows, world.rank, world.size), cfg.loader_workers)
+    model.train()
+    totals = torch.zeros(2, dtype=torch.float64)  # summed window loss, windows
     optim.optimizer.zero_grad(set_to_none=True)
-    bar = tqdm(batches, desc=f"lipsync epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None)
-    for step, items in enumerate(bar):
-        v_np, a_np, y_np = train_batch(videos, items, model.config, augment, rng)
-        video = torch.from_numpy(v_np).to(runtime.device)  # uint8 to the device; augmentation runs there
-        if augment is not None:
-            video = augment_video(video, augment, gen)
-        loss = _window_loss(model, video, torch.from_numpy(a_np), torch.from_numpy(y_np), pos_weight, runtime.amp_dtype)
+    desc = f"lipsync epoch {epoch + 1}/{cfg.epochs}"
+    for step, items in tqdm(loader, total=len(batches), desc=desc, leave=False, disable=not world.is_main or None):
+        positions = batches[step][rank_slice(len(batches[step]), world.rank, world.size)]
+        video = torch.from_numpy(np.stack([v for v, _, _ in items])).to(runtime.device)  # augmentation runs there
+        if augment is not None:  # per window, from its position: the same draws on any rank
+            gens = [torch.Generator().manual_seed((cfg.seed * 100_003 + epoch) * 1_000_003 + p) for p in positions]
+            video = torch.cat([augment_video(video[k : k + 1], augment, g) for k, g in enumerate(gens)])
+        audio = torch.from_numpy(np.stack([a for _, a, _ in items]))
+        labels = torch.tensor([y for _, _, y in items], dtype=torch.float32)
+        scale = world.size / len(batches[step])
+        loss = _window_loss(model, video, audio, labels, pos_weight, runtime.amp_dtype, scale)
         optim.scaler.scale(loss / cfg.grad_accum).backward()
         if (step + 1) % cfg.grad_accum == 0 or step + 1 == len(batches):
             optim.scaler.step(optim.optimizer)
             optim.scaler.update()
             optim.optimizer.zero_grad(set_to_none=True)
-        total += loss.item() * len(items)
-        count += len(items)
-    return total / max(count, 1)
+        totals += torch.tensor([loss.item() / scale, len(items)], dtype=torch.float64)
+    if world.distributed:
+        dist.all_reduce(totals)
+    return float(totals[0] / max(float(totals[1]), 1.0))
+
+
+def _module(model: torch.nn.Module) -> LipSyncDetector:
+    """The detector inside a DDP wrapper (or the detector itself)."""
+    return getattr(model, "module", model)
 
 
 def _validate(
@@ -321,6 +383,8 @@ def _train_lipsync(
     pretrained: str | Path | None,
     work_dir: Path,
     mirror: ckpt.CheckpointMirror | None,
+    shards: ShardSource | None,
+    world: World,
 ) -> TrainResult:
     from safetensors.torch import load_file, save_file
 
@@ -331,6 +395,7 @@ def _train_lipsync(
     set_torch_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
     runtime = resolve_runtime(cfg.device, cfg.precision)
+    runtime = Runtime(init_distributed(world, runtime.device), runtime.amp_dtype)
     model, pretrained_src = _build_model(cfg, Path(pretrained) if pretrained else None)
     model.to(runtime.device)
     mc = model.config
@@ -348,7 +413,7 @@ def _train_lipsync(
 
     ckpt_dir = work_dir / "checkpoints"
     best_file = ckpt_dir / ckpt.BEST_FILE
-    skip = {"device", "num_threads", "precision"}
+    skip = {"device", "num_threads", "loader_workers", "precision"}
     fingerprint = {
         "format": CHECKPOINT_FORMAT,
         "config": {k: v for k, v in asdict(cfg).items() if k not in skip},
@@ -357,7 +422,7 @@ def _train_lipsync(
         "pretrained": ckpt.file_sha256(pretrained_src) if pretrained_src else "",
     }
     state: dict = {"epoch": 0, "best_loss": None, "best_epoch": 0, "history": [], "fingerprint": fingerprint}
-    restored = ckpt.resume(ckpt_dir, fingerprint, optim.optimizer, optim.scheduler, optim.scaler, mirror)
+    restored = ckpt.resume(ckpt_dir, fingerprint, optim.optimizer, optim.scheduler, optim.scaler, mirror, world)
     if restored is not None:
         weights, state = restored
         model.load_state_dict(weights)
@@ -376,7 +441,8 @@ def _train_lipsync(
     for epoch in range(resumed_from, cfg.epochs):
         n_unfrozen = unfrozen_groups(epoch, cfg, from_pretrained, n_groups)
         n_trainable = set_trainable(model, n_unfrozen)
-        train_loss = train_one_epoch(model, train_videos, cfg, epoch, optim, pos_weight, augment, runtime)
+        ddp = wrap_ddp(model, world, runtime.device)  # again each epoch: DDP syncs what trains when it is built
+        train_loss = train_one_epoch(ddp, train_videos, cfg, epoch, optim, pos_weight, augment, runtime, shards, world)
         val = _validate(model, val_ws, val_labels, cfg, runtime)
         lrs = [group["lr"] for group in optim.optimizer.param_groups]  # the rates this epoch trained with
         optim.scheduler.step(val["val_loss"])
@@ -399,18 +465,27 @@ def _train_lipsync(
             row["val_video_auc"],
             n_unfrozen,
         )
-        if state["best_loss"] is None or row["val_loss"] < state["best_loss"]:
+        improved = state["best_loss"] is None or row["val_loss"] < state["best_loss"]
+        if improved:
             state.update(best_loss=row["val_loss"], best_epoch=epoch + 1)
-            save_file({k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}, str(best_file))
         state["epoch"] = epoch + 1
-        ckpt.save_last(
-            ckpt_dir / ckpt.LAST_DIR, model.state_dict(), optim.optimizer, optim.scheduler, optim.scaler, state
-        )
-        if mirror is not None:
-            mirror.push(ckpt_dir)
+        if world.is_main:
+            if improved:
+                weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+                save_file(weights, str(best_file))
+            last = ckpt_dir / ckpt.LAST_DIR
+            ckpt.save_last(last, model.state_dict(), optim.optimizer, optim.scheduler, optim.scaler, state)
+            if mirror is not None:
+                mirror.push(ckpt_dir)
         if log_fn is not None:
             log_fn(row, epoch + 1)
 
+    barrier(world)
+    if not world.is_main:  # rank 0 keeps the best checkpoint, chooses the threshold and writes the model
+        best = (int(state["best_epoch"]), float(state["best_loss"]))
+        sizes = (len(train_videos), len(val_videos))
+        took = time.monotonic() - started
+        return TrainResult(Path(out_dir), *best, 0.5, {}, history, pretrained_src, *sizes, took, resumed_from)
     model.load_state_dict(load_file(str(best_file)))
     _, _, val_probs = _evaluate(model, val_ws, len(val_videos), cfg, runtime)
     threshold = choose_threshold(val_labels, val_probs)

@@ -29,6 +29,7 @@ import numpy as np
 from components.common.faults import is_infrastructure_error
 from components.common.manifest import VideoRecord, read_manifest
 from components.common.media import stream_timing
+from components.common.shards import shard_prefix
 from components.common.stage import StageContext
 from components.frame_extraction import decode
 from components.frame_extraction.config import FrameExtractionConfig
@@ -41,6 +42,7 @@ from components.frame_extraction.dataset import (
     write_frame_index,
 )
 from components.frame_extraction.decode import Reader, StopDecode, Sweep, decode_audio, dense_window, wanted_times
+from components.frame_extraction.train_shards import write_search_shards
 
 logger = logging.getLogger("clipsync.frame_extraction")
 
@@ -390,6 +392,9 @@ def run_frame_extraction(
 ) -> FrameExtractionReport:
     """The frame_extraction stage: every accepted manifest video into the frames Dataset (FORMATS.md).
 
+    Its last step writes the training videos' search frames as training shards
+    (:mod:`components.frame_extraction.train_shards`), which finetune_clip streams.
+
     Videos are processed in parallel processes (``fx.workers``); this process writes the shards, the
     audio files and the index in manifest order. The source store (``ctx.storage.source_uri``: a local folder or
     ``s3://``) is only read; remote videos are cached under ``{state_dir}/cache/videos``. Opens the stage run
@@ -409,6 +414,8 @@ def run_frame_extraction(
     """
     with ctx.stage_run("frame_extraction", dataclasses.asdict(fx)) as run:
         report = _extract_all(manifest_path, Path(out_dir), ctx.storage.source_uri, ctx.state_dir, fx)
+        prefix = shard_prefix("frame_extraction", ctx.client_id, ctx.window.label())
+        write_search_shards(Path(out_dir), fx.shard_max_videos, ctx.storage.artifacts_uri, prefix, ctx.encryption)
         run.log_metrics(report.as_metrics())
         run.log_dict({"videos": report.per_video}, "frame_extraction/per_video.json")
     return report

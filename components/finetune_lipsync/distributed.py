@@ -1,0 +1,40 @@
+"""finetune_lipsync under torchrun on local Dataset folders (a TrainJob's pods run pipelines.trainjob_entry).
+
+```
+torchrun --nproc_per_node N -m components.finetune_lipsync.distributed \
+    --config CONFIG_JSON_FILE --parent-run-id RUN_ID --faces FACES_DIR --model MODEL_DIR [--report REPORT_JSON]
+```
+
+The inputs and outputs of the kfp wrapper (``component.py``): the run's config (start_run's ``config`` output,
+here in a file), the parent MLflow run, the faces Dataset (its ``train_shards.json`` says where the training shards
+are) and the Model folder to write. Every rank runs :func:`~components.finetune_lipsync.core.run_finetune_lipsync`;
+rank 0 alone logs to MLflow, registers the challenger, writes ``MODEL_DIR`` and the report (``registered_version``
+and the stage's figures as JSON). Without torchrun (``WORLD_SIZE`` unset) it is one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the arguments, train on this rank, leave the process group; returns the exit status."""
+    from components.common.distributed import entry_main
+
+    parser = argparse.ArgumentParser(prog="components.finetune_lipsync.distributed", description=__doc__.split("\n")[0])
+    parser.add_argument("--faces", required=True, type=Path, help="the faces Dataset folder")
+
+    def train(args: argparse.Namespace):
+        from components.config import task_inputs
+        from components.finetune_lipsync.core import run_finetune_lipsync
+
+        cfg, ctx = task_inputs(args.config.read_text(), args.parent_run_id)
+        return run_finetune_lipsync(args.faces, args.model, cfg.finetune_lipsync, ctx, face_config=cfg.face_tracking)
+
+    return entry_main(parser, train, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
