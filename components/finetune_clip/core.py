@@ -143,7 +143,13 @@ def run_finetune_clip(
     report.warm_start_version = champion[1] if init_adapter else ""
 
     def body(log_fn: LogFn) -> TrainResult:
-        result = train_clip(bundle, train, val, cfg, work_dir, log_fn, mirror, init_adapter)
+        if cfg.federated.enabled:
+            from components.finetune_clip.federated import site_samples, train_federated
+
+            sites = site_samples(train, Path(frames_dir), ctx.storage.videos_prefix, cfg.federated.sites)
+            result = train_federated(bundle, ctx.cache_dir, sites, val, cfg, log_fn, init_adapter)
+        else:
+            result = train_clip(bundle, train, val, cfg, work_dir, log_fn, mirror, init_adapter)
         last = result.history[-1] if result.history else {}
         best = next((h for h in result.history if h["epoch"] == result.best_epoch), last)
         metrics = {k: v for k, v in best.items() if k.startswith("val_") or k == "train_loss"}
