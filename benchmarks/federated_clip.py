@@ -47,31 +47,6 @@ PALETTE = [
 WORDS = ["surgery", "forklift", "curling", "welding", "bakery", "harbour", "karate", "pottery", "glacier", "rodeo"]
 
 
-def videos(categories: list[int], per_category: int, seed: int, spec) -> list:
-    """Labelled samples: noise frames with the category's colour in the middle, two label texts per category."""
-    from components.finetune_clip.data import ClipSample
-    from components.finetune_clip.model import prepare_frames
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for c in categories:
-        for i in range(per_category):
-            frames = rng.integers(0, 60, size=(4, 48, 48, 3)).astype(np.uint8)
-            frames[:, 12:36, 12:36] = PALETTE[c]
-            labels = (f"{WORDS[c]} video", f"a clip of {WORDS[c]}")
-            out.append(ClipSample(f"{WORDS[c]}-{seed}-{i:03d}", prepare_frames(frames, 2, spec), labels, WORDS[c]))
-    return out
-
-
-def recall_at_1(bundle, model, test) -> float:
-    from components.finetune_clip.metrics import query_video_similarity, retrieval_metrics, retrieval_problem
-
-    queries, relevant, q_cats = retrieval_problem(test, "category")
-    model.eval()
-    sim = query_video_similarity(bundle, model, test, queries, "mean")
-    return retrieval_metrics(sim.numpy(), relevant, q_cats, [s.category for s in test], queries).recall_at_1
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sites", type=int, default=3)
@@ -92,6 +67,7 @@ def main() -> None:
 
     import torch
     from hub_clip import write_hub_clip  # tests/: the tiny CLIP of the tests, deterministic for a seed
+    from synthetic_frames import colour_videos, recall_at_1  # tests/: the same videos as the test
 
     from components.finetune_clip.config import FinetuneClipConfig
     from components.finetune_clip.federated import train_federated
@@ -105,10 +81,14 @@ def main() -> None:
         spec = load_base_clip(str(base)).image_spec
         k = args.categories_per_site
         sites = {
-            f"site{i}": videos(list(range(i * k, (i + 1) * k)), args.per_category, args.seed * 100 + i, spec)
+            f"site{i}": colour_videos(
+                {WORDS[c]: PALETTE[c] for c in range(i * k, (i + 1) * k)}, args.per_category, args.seed * 100 + i, spec
+            )
             for i in range(args.sites)
         }
-        test = videos(list(range(n_cat)), args.test_per_category, args.seed * 100 + 99, spec)
+        test = colour_videos(
+            {WORDS[c]: PALETTE[c] for c in range(n_cat)}, args.test_per_category, args.seed * 100 + 99, spec
+        )
         fed = {"enabled": True, "sites": list(sites), "rounds": args.rounds, "local_epochs": args.local_epochs}
         cfg = FinetuneClipConfig(
             batch_size=4,

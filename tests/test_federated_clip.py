@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic_frames import colour_videos, recall_at_1
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("flwr")
@@ -102,22 +103,6 @@ def tiny_base(tmp_path_factory) -> Path:
     return write_hub_clip(tmp_path_factory.mktemp("base") / "tiny-clip", corpus * 20)
 
 
-def _videos(categories, per_category: int, seed: int, spec) -> list:
-    """Labelled samples: noise with the category's colour in the middle, two label texts per category."""
-    from components.finetune_clip.data import ClipSample
-    from components.finetune_clip.model import prepare_frames
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for cat in categories:
-        for i in range(per_category):
-            frames = rng.integers(0, 60, size=(3, 40, 40, 3)).astype(np.uint8)
-            frames[:, 10:30, 10:30] = COLOURS[cat]
-            labels = (f"{cat} video", f"a clip of {cat}")
-            out.append(ClipSample(f"{cat}-{seed}-{i:02d}", prepare_frames(frames, 2, spec), labels, cat))
-    return out
-
-
 def _cfg(**kw) -> FinetuneClipConfig:
     base = {
         "batch_size": 4,
@@ -135,15 +120,6 @@ def _cfg(**kw) -> FinetuneClipConfig:
     return FinetuneClipConfig(**base)
 
 
-def _recall_at_1(bundle, model, test) -> float:
-    from components.finetune_clip.metrics import query_video_similarity, retrieval_metrics, retrieval_problem
-
-    queries, relevant, q_cats = retrieval_problem(test, "category")
-    model.eval()
-    sim = query_video_similarity(bundle, model, test, queries, "mean")
-    return retrieval_metrics(sim.numpy(), relevant, q_cats, [s.category for s in test], queries).recall_at_1
-
-
 @pytest.mark.slow
 def test_federated_adapter_beats_each_local_adapter_and_only_the_adapter_travels(tiny_base, tmp_path):
     from peft import get_peft_model_state_dict
@@ -155,18 +131,21 @@ def test_federated_adapter_beats_each_local_adapter_and_only_the_adapter_travels
     rounds, local_epochs = 10, 2
     cfg = _cfg(federated={"enabled": True, "sites": list(SITES), "rounds": rounds, "local_epochs": local_epochs})
     spec = load_base_clip(str(tiny_base)).image_spec
-    sites = {name: _videos(cats, 6, seed=i, spec=spec) for i, (name, cats) in enumerate(SITES.items())}
-    test = _videos(list(COLOURS), 3, seed=99, spec=spec)
+    sites = {
+        name: colour_videos({c: COLOURS[c] for c in cats}, 6, seed=i, spec=spec)
+        for i, (name, cats) in enumerate(SITES.items())
+    }
+    test = colour_videos(COLOURS, 3, seed=99, spec=spec)
 
     received: list[tuple[int, dict]] = []
     bundle = load_base_clip(str(tiny_base))
     fed = train_federated(bundle, None, sites, [], cfg, on_reply=lambda rnd, content: received.append((rnd, content)))
-    federated_r1 = _recall_at_1(bundle, fed.model, test)
+    federated_r1 = recall_at_1(bundle, fed.model, test)
     local_r1 = {}
     for name, samples in sites.items():
         local = load_base_clip(str(tiny_base))
         result = train_clip(local, samples, [], replace(cfg, epochs=rounds * local_epochs), tmp_path / name)
-        local_r1[name] = _recall_at_1(local, result.model, test)
+        local_r1[name] = recall_at_1(local, result.model, test)
     print(f"union test R@1: federated {federated_r1:.3f}, local-only {local_r1}")
     assert fed.epochs_run == rounds and fed.best_epoch == rounds
     assert all(federated_r1 > r for r in local_r1.values()), (federated_r1, local_r1)

@@ -217,8 +217,9 @@ def site_samples(
     out: dict[str, list[ClipSample]] = {site: [] for site in sites}
     outside = 0
     for sample in samples:
-        rest = keys.get(sample.video_id, "").removeprefix(videos_prefix)
-        site = rest.split("/", 1)[0] if "/" in rest and keys[sample.video_id].startswith(videos_prefix) else ""
+        key = keys.get(sample.video_id, "")
+        rest = key[len(videos_prefix) :] if key.startswith(videos_prefix) else ""
+        site = rest.split("/", 1)[0] if "/" in rest else ""
         if site in out:
             out[site].append(sample)
         else:
