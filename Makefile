@@ -15,12 +15,14 @@ REGISTRY ?= ghcr.io/clipsync
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements.lock requirements-federated.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first and pinned: an open range would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -r requirements.lock
+	# flwr without its dependencies: its caps conflict with kserve's and mlflow's (see the file's header).
+	$(BIN)/pip install --quiet --no-deps -r requirements-federated.lock
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 

@@ -51,12 +51,16 @@ def _train_bpe(corpus: list[str]) -> tuple[dict[str, int], list[str]]:
     )
     tok.train_from_iterator(corpus, trainer=trainer)
     model = json.loads(tok.to_str())["model"]
-    vocab: dict[str, int] = model["vocab"]
+    merges = [" ".join(m) if isinstance(m, list) else m for m in model["merges"]]
+    # The trainer numbers tokens of equal count in no fixed order; number them by merge order instead, so the
+    # same corpus gives the same ids (and the same text embeddings) in every run.
+    merged = list(dict.fromkeys(m.replace(" ", "") for m in merges))
+    rest = sorted(set(model["vocab"]) - set(merged))
+    vocab: dict[str, int] = {t: i for i, t in enumerate(rest + merged)}
     for ch in sorted(alphabet):
         vocab.setdefault(ch + "</w>", len(vocab))
     vocab[BOS] = len(vocab)
     vocab[EOS] = len(vocab)
-    merges = [" ".join(m) if isinstance(m, list) else m for m in model["merges"]]
     return vocab, merges
 
 

@@ -53,3 +53,30 @@ def make_frames(root: Path, n: int = 12, seed: int = 0, rejected: bool = False) 
         )
     write_frame_index(root, rows)
     return root
+
+
+def colour_videos(colours: dict[str, tuple[int, int, int]], per_category: int, seed: int, spec) -> list:
+    """Model-ready labelled samples (federated tests and benchmark): noise frames with the category's colour in the
+    middle, labels ``"<category> video"`` and ``"a clip of <category>"``."""
+    from components.finetune_clip.data import ClipSample
+    from components.finetune_clip.model import prepare_frames
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for cat, colour in colours.items():
+        for i in range(per_category):
+            frames = rng.integers(0, 60, size=(3, 40, 40, 3)).astype(np.uint8)
+            frames[:, 10:30, 10:30] = colour
+            labels = (f"{cat} video", f"a clip of {cat}")
+            out.append(ClipSample(f"{cat}-{seed}-{i:03d}", prepare_frames(frames, 2, spec), labels, cat))
+    return out
+
+
+def recall_at_1(bundle, model, test) -> float:
+    """R@1 of ``model`` on ``test`` with its label texts as queries and category relevance."""
+    from components.finetune_clip.metrics import query_video_similarity, retrieval_metrics, retrieval_problem
+
+    queries, relevant, q_cats = retrieval_problem(test, "category")
+    model.eval()
+    sim = query_video_similarity(bundle, model, test, queries, "mean")
+    return retrieval_metrics(sim.numpy(), relevant, q_cats, [s.category for s in test], queries).recall_at_1

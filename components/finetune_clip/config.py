@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -15,6 +17,62 @@ POOLINGS = ("mean", "max")
 
 
 _require = functools.partial(require, section="finetune_clip")
+_require_federated = functools.partial(require, section="finetune_clip.federated")
+_SITE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class FederatedConfig:
+    """Federated LoRA across the client's sites with Flower (``finetune_clip.federated``; off by default).
+
+    Each site trains the LoRA adapter on its own videos and sends only the adapter's weights and its number of
+    training videos; the server averages them (FedAvg weighted by videos) for ``rounds`` rounds, and the result is
+    registered as the month's challenger like any finetune_clip model
+    (:mod:`~components.finetune_clip.federated`). Only ``strategy: lora`` federates.
+
+    Attributes:
+        enabled: Train federated instead of in one process.
+        sites: The sites, at least 2: each a folder under ``storage.videos_prefix`` that holds that site's videos
+            (``videos/<site>/...``). In the embedded default Flower's simulation runtime runs one ClientApp per
+            site on this machine; a training video outside every site's folder is not trained on (logged).
+        rounds: Federated rounds (each: every site trains ``local_epochs`` from the current global adapter, then
+            the server aggregates). ``finetune_clip.epochs`` does not apply.
+        local_epochs: Epochs each site trains per round.
+        clip_norm: Server-side update clipping (Flower's ``DifferentialPrivacyServerSideFixedClipping``): each
+            site's adapter update (its weights minus the round's global weights) is scaled to L2 norm at most
+            this before averaging, bounding what one site can move the model; 0 disables.
+        noise_multiplier: Gaussian noise added to the aggregate, its standard deviation
+            ``noise_multiplier * clip_norm / sites`` (central differential privacy); 0: clipping only. Needs
+            ``clip_norm > 0``.
+    """
+
+    enabled: bool = False
+    sites: tuple[str, ...] = ()
+    rounds: int = 10
+    local_epochs: int = 2
+    clip_norm: float = 0.0
+    noise_multiplier: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sites, list | str):
+            object.__setattr__(self, "sites", (self.sites,) if isinstance(self.sites, str) else tuple(self.sites))
+        _require_federated(isinstance(self.enabled, bool), f"enabled must be true or false, got {self.enabled!r}")
+        _require_federated(
+            all(isinstance(s, str) and _SITE.match(s) for s in self.sites),
+            f"sites must be folder names (lower-case letters, digits, '-', '_'), got {self.sites!r}",
+        )
+        _require_federated(len(set(self.sites)) == len(self.sites), f"sites must be distinct, got {self.sites!r}")
+        _require_federated(
+            not self.enabled or len(self.sites) >= 2, f"enabled needs at least 2 sites, got {self.sites!r}"
+        )
+        _require_federated(1 <= self.rounds <= 1000, f"rounds must be 1..1000, got {self.rounds}")
+        _require_federated(1 <= self.local_epochs <= 100, f"local_epochs must be 1..100, got {self.local_epochs}")
+        _require_federated(self.clip_norm >= 0, f"clip_norm must be >= 0, got {self.clip_norm}")
+        _require_federated(self.noise_multiplier >= 0, f"noise_multiplier must be >= 0, got {self.noise_multiplier}")
+        _require_federated(
+            self.noise_multiplier == 0 or self.clip_norm > 0,
+            f"noise_multiplier {self.noise_multiplier} needs clip_norm > 0 (the noise is scaled by it)",
+        )
 
 
 @dataclass(frozen=True)
@@ -72,6 +130,7 @@ class FinetuneClipConfig:
             base.
         distributed: More than one process (nodes x processes per node): the stage runs as a Kubeflow Trainer
             TrainJob, see :class:`components.common.config.DistributedConfig`.
+        federated: Federated LoRA across the client's sites, :class:`FederatedConfig` (off by default).
     """
 
     #: Settings that moved: old key -> where it lives now (a file with the old key is refused with that message).
@@ -106,10 +165,14 @@ class FinetuneClipConfig:
     history_max_videos: int = 0
     warm_start: bool = True
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    federated: FederatedConfig = field(default_factory=FederatedConfig)
 
     def __post_init__(self) -> None:
-        if isinstance(self.distributed, dict):  # a JSON round trip or a Python caller's mapping
+        # Mappings from a JSON round trip or a Python caller.
+        if isinstance(self.distributed, dict):
             object.__setattr__(self, "distributed", DistributedConfig(**self.distributed))
+        if isinstance(self.federated, dict):
+            object.__setattr__(self, "federated", FederatedConfig(**self.federated))
         # YAML and JSON give lists; keep the frozen dataclass hashable.
         if isinstance(self.target_modules, list | str):
             modules = (self.target_modules,) if isinstance(self.target_modules, str) else self.target_modules
@@ -148,13 +211,22 @@ class FinetuneClipConfig:
         _require(isinstance(self.warm_start, bool), f"warm_start must be true or false, got {self.warm_start!r}")
         _require(self.num_threads >= 0, f"num_threads must be >= 0, got {self.num_threads}")
         _require(0 <= self.loader_workers <= 64, f"loader_workers must be 0..64, got {self.loader_workers}")
+        _require(isinstance(self.federated, FederatedConfig), f"federated must be a mapping, got {self.federated!r}")
+        _require(
+            not self.federated.enabled or self.strategy == "lora",
+            f"federated training sends LoRA adapters only: strategy must be lora, got {self.strategy!r}",
+        )
 
     def training_fingerprint(self) -> dict:
         """The fields a checkpoint must share with the current run to be resumed (everything but device knobs)."""
         skip = {"device", "num_threads", "loader_workers", "precision", "early_stopping_patience", "distributed"}
+        skip |= {"federated"}  # added below only when enabled
         out = {}
         for name in self.__dataclass_fields__:
             if name not in skip:
                 value = getattr(self, name)
                 out[name] = list(value) if isinstance(value, tuple) else value
+        if self.federated.enabled:  # off, it leaves the fingerprint of earlier checkpoints as it was
+            fed = dataclasses.asdict(self.federated)
+            out["federated"] = {k: list(v) if isinstance(v, tuple) else v for k, v in fed.items()}
         return out

@@ -149,7 +149,7 @@ def run_finetune_clip(
         history.remember(
             store,
             (
-                (split, s if s.frames is not None else dataclasses.replace(s, frames=frames.load(s.video_id)), seen)
+                (split, frames.filled(s), seen)
                 for split, group in (("train", train), ("val", val))
                 for s in group
                 for seen in [first_seen.get(s.video_id, end.isoformat())]
@@ -177,7 +177,17 @@ def run_finetune_clip(
     report.warm_start_version = champion[1] if init_adapter else ""
 
     def body(log_fn: LogFn) -> TrainResult:
-        result = train_clip(bundle, train, val, cfg, work_dir, log_fn, mirror, init_adapter, shards, world)
+        if cfg.federated.enabled:
+            from components.finetune_clip.federated import site_samples, train_federated
+
+            # Each simulated site holds its own videos' frames (streamed ones are read back from the shards).
+            source = FrameSource.of([], shards, cfg, bundle.image_spec)
+            sites = site_samples(
+                [source.filled(s) for s in train], Path(frames_dir), ctx.storage.videos_prefix, cfg.federated.sites
+            )
+            result = train_federated(bundle, ctx.cache_dir, sites, val, cfg, log_fn, init_adapter)
+        else:
+            result = train_clip(bundle, train, val, cfg, work_dir, log_fn, mirror, init_adapter, shards, world)
         if not world.is_main:
             return result
         last = result.history[-1] if result.history else {}

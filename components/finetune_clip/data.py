@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,10 @@ class FrameSource:
         import torch
 
         return torch.from_numpy(self(key, self.read(key)))
+
+    def filled(self, sample: ClipSample) -> ClipSample:
+        """``sample`` holding its frames: itself when it has them, else a copy with them read now."""
+        return sample if sample.frames is not None else replace(sample, frames=self.load(sample.video_id))
 
     def __call__(self, key: str, fields: dict[str, Any]) -> np.ndarray:
         """The loader's per-sample step (in its workers): uint8 ``[F, 3, S, S]`` frames.
