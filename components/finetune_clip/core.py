@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from components.common import checkpoints as ckpt
+from components.common import retrain
 from components.common.champions import fetch_champion
 from components.common.names import registered_name
 from components.common.no_challenger import NotTrainable, write_no_challenger
 from components.common.stage import StageContext
 from components.finetune_clip import history
 from components.finetune_clip.config import FinetuneClipConfig
-from components.finetune_clip.data import load_frame_samples
+from components.finetune_clip.data import ClipSample, load_frame_samples
 from components.finetune_clip.export import export_model
 from components.finetune_clip.negatives import apply_feedback, read_feedback_records
 from components.finetune_clip.train import LogFn, TrainResult, train_clip
@@ -96,9 +97,10 @@ def run_finetune_clip(
         feedback_dir: The feedback stage's Dataset (``feedback_records.jsonl``); ``None``: no feedback.
 
     Returns:
-        The stage report. When the window holds too few training videos, nothing is registered: the report
-        says why (``not_trained_reason``) and ``out_dir`` holds ``no_challenger.json``, so the gate keeps
-        the champion.
+        The stage report. When the window holds too few training videos, or the same training already produced
+        a registered version (:mod:`components.common.retrain`: ``identical to v<N>``), nothing is trained or
+        registered: the report says why (``not_trained_reason``) and ``out_dir`` holds ``no_challenger.json``,
+        so the gate keeps the champion.
     """
     from components.common.storage import open_store
     from components.finetune_clip.model import load_base_clip, resolve_base_ref
@@ -141,6 +143,9 @@ def run_finetune_clip(
     champion = fetch_champion(ctx.tracking, "clip", ctx.client_id, work_dir / "champion") if cfg.warm_start else None
     init_adapter = history.warm_start_adapter(champion[0], base_ref, cfg, window) if champion else None
     report.warm_start_version = champion[1] if init_adapter else ""
+    name = registered_name("clip", ctx.client_id)
+    inputs = _fingerprint(train, val, cfg, base_ref)
+    same = retrain.identical_version(ctx.tracking, name, inputs, report.warm_start_version)
 
     def body(log_fn: LogFn) -> TrainResult:
         result = train_clip(bundle, train, val, cfg, work_dir, log_fn, mirror, init_adapter)
@@ -181,6 +186,8 @@ def run_finetune_clip(
     with ctx.stage_run("finetune_clip", params) as run:
         report.run_id = run.run_id or None
         try:
+            if same is not None:
+                raise NotTrainable(retrain.identical_reason(same))
             body(run.log_metrics)
         except NotTrainable as exc:
             write_no_challenger(out_dir, str(exc))
@@ -192,10 +199,25 @@ def run_finetune_clip(
 
             report.registered_version = tracking.register_model_dir(
                 ctx.tracking,
-                registered_name("clip", ctx.client_id),
+                name,
                 Path(out_dir),
                 run.run_id,
                 alias="challenger",
-                tags={"strategy": cfg.strategy, "window": window, "base_model": base_ref},
+                tags={
+                    "strategy": cfg.strategy,
+                    "window": window,
+                    "base_model": base_ref,
+                    **retrain.version_tags(inputs, report.warm_start_version),
+                },
             )
     return report
+
+
+def _fingerprint(train: list[ClipSample], val: list[ClipSample], cfg: FinetuneClipConfig, base_ref: str) -> str:
+    """What decides the trained model apart from its start (:mod:`components.common.retrain`)."""
+
+    def content(samples: list[ClipSample]) -> list[list]:
+        return [[s.video_id, retrain.array_hash(s.frames), s.labels, s.negatives, s.category] for s in samples]
+
+    settings = {**cfg.training_fingerprint(), "early_stopping_patience": cfg.early_stopping_patience}
+    return retrain.fingerprint(train=content(train), val=content(val), settings=settings, base_model=base_ref)

@@ -8,12 +8,15 @@ weights, checkpoints mirrored to the artifacts store so that a restarted task re
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from components.common import checkpoints as ckpt
+from components.common import retrain
+from components.common.champions import champion_version
 from components.common.jsonl import json_safe
 from components.common.names import registered_name
 from components.common.no_challenger import NotTrainable, write_no_challenger
@@ -21,7 +24,7 @@ from components.common.stage import StageContext
 from components.face_tracking.config import FaceTrackingConfig
 from components.face_tracking.evidence import EvidenceRules
 from components.finetune_lipsync.config import FinetuneLipsyncConfig
-from components.finetune_lipsync.data import load_lipsync_videos, split_by_video, training_pool
+from components.finetune_lipsync.data import LipsyncVideo, load_lipsync_videos, split_by_video, training_pool
 
 logger = logging.getLogger("clipsync.finetune_lipsync")
 
@@ -109,8 +112,9 @@ def run_finetune_lipsync(
 
     Returns:
         The report: the registered version, or an empty version and ``not_trained_reason`` when this
-        month's videos cannot train the model (then ``out_dir`` holds ``no_challenger.json`` and the
-        gate keeps the champion).
+        month's videos cannot train the model or the same training already produced a registered version
+        (:mod:`components.common.retrain`: ``identical to v<N>``); then ``out_dir`` holds ``no_challenger.json``
+        and the gate keeps the champion.
     """
     out_dir = Path(out_dir)
     rules = EvidenceRules.of(cfg.model.window_s, face_config or FaceTrackingConfig())
@@ -135,9 +139,14 @@ def run_finetune_lipsync(
         # torch comes in with training only: a month that cannot train (no_challenger) never loads it.
         from components.finetune_lipsync.train import train_lipsync
 
-        pretrained = resolve_pretrained(ctx, cfg, Path(work))
+        started_from = champion_version(ctx.tracking, "lipsync", ctx.client_id) if cfg.pretrained == "champion" else ""
+        inputs = _fingerprint(train, val, cfg)
+        same = retrain.identical_version(ctx.tracking, name, inputs, started_from or "")
         prefix = ckpt.checkpoint_prefix("finetune_lipsync", ctx.client_id, ctx.window.label())
         try:
+            if same is not None:
+                raise NotTrainable(retrain.identical_reason(same))
+            pretrained = resolve_pretrained(ctx, cfg, Path(work))
             result = train_lipsync(
                 train,
                 val,
@@ -183,6 +192,26 @@ def run_finetune_lipsync(
                 local_dir=out_dir,
                 run_id=run.run_id,
                 alias="challenger",
-                tags={"clipsync.stage": "finetune_lipsync", "clipsync.client": ctx.client_id},
+                tags={
+                    "clipsync.stage": "finetune_lipsync",
+                    "clipsync.client": ctx.client_id,
+                    **retrain.version_tags(inputs, started_from or ""),
+                },
             )
     return report
+
+
+def _fingerprint(train: list[LipsyncVideo], val: list[LipsyncVideo], cfg: FinetuneLipsyncConfig) -> str:
+    """What decides the trained model apart from its start (:mod:`components.common.retrain`); a ``pretrained``
+    file is named by its content."""
+
+    def content(videos: list[LipsyncVideo]) -> list[list]:
+        return [
+            [v.video_id, retrain.array_hash(v.crops), retrain.array_hash(v.audio), v.fps, v.label, v.fallback_used]
+            for v in videos
+        ]
+
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("device", "precision", "num_threads")}
+    if cfg.pretrained and cfg.pretrained != "champion":
+        settings["pretrained"] = hashlib.sha256(Path(cfg.pretrained).read_bytes()).hexdigest()
+    return retrain.fingerprint(train=content(train), val=content(val), settings=settings)

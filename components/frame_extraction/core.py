@@ -29,8 +29,9 @@ import numpy as np
 from components.common.faults import is_infrastructure_error
 from components.common.manifest import VideoRecord, read_manifest
 from components.common.media import stream_timing
+from components.common.result_cache import ResultCache
 from components.common.stage import StageContext
-from components.frame_extraction import decode
+from components.frame_extraction import decode, reuse
 from components.frame_extraction.config import FrameExtractionConfig
 from components.frame_extraction.dataset import (
     AUDIO_DIR,
@@ -65,8 +66,9 @@ class ExtractedVideo:
         dense_fps: Frame rate of the dense frames.
         dense_start_s: Time of the first dense frame.
         audio: float32 mono at ``audio_rate``, sample 0 at time 0 (the frame times' axis), or ``None``.
-        decoded_frames: Video frames that came out of the decoder (the cost of the extraction).
+        decoded_frames: Video frames that came out of the decoder (the cost of the extraction; 0 when reused).
         seconds: Wall time spent on this video.
+        reused: Taken from an earlier run's result (:mod:`components.frame_extraction.reuse`), not decoded.
     """
 
     video_id: str
@@ -86,6 +88,7 @@ class ExtractedVideo:
     audio: np.ndarray | None = None
     decoded_frames: int = 0
     seconds: float = 0.0
+    reused: bool = False
 
     @property
     def has_audio(self) -> bool:
@@ -105,6 +108,8 @@ class FrameExtractionReport:
         search_frames: Search frames written.
         dense_frames: Dense frames written.
         decoded_frames: Video frames decoded in all (the work done).
+        computed: Videos worked on this run.
+        reused: Videos whose result an earlier run kept (content hash and settings unchanged): not decoded.
         audio_seconds: Seconds of audio written.
         seconds: Wall time of the stage.
         per_video: One row per video (id, status, reason, counts).
@@ -118,6 +123,8 @@ class FrameExtractionReport:
     search_frames: int = 0
     dense_frames: int = 0
     decoded_frames: int = 0
+    computed: int = 0
+    reused: int = 0
     audio_seconds: float = 0.0
     seconds: float = 0.0
     per_video: list[dict[str, Any]] = field(default_factory=list)
@@ -141,6 +148,8 @@ class FrameExtractionReport:
             "frames_dense": float(self.dense_frames),
             "frames_written": float(self.frames_written),
             "frames_decoded": float(self.decoded_frames),
+            "videos_computed": float(self.computed),
+            "videos_reused": float(self.reused),
             "audio_seconds": round(self.audio_seconds, 3),
             "seconds": round(self.seconds, 3),
             "frames_per_s": round(self.frames_per_s, 3),
@@ -408,14 +417,20 @@ def run_frame_extraction(
         StorageUnavailableError: The source store failed (after its retries); no video is rejected for it.
     """
     with ctx.stage_run("frame_extraction", dataclasses.asdict(fx)) as run:
-        report = _extract_all(manifest_path, Path(out_dir), ctx.storage.source_uri, ctx.state_dir, fx)
+        cache = ResultCache(ctx.storage.artifacts_uri, "frame_extraction", ctx.encryption)
+        report = _extract_all(manifest_path, Path(out_dir), ctx.storage.source_uri, ctx.state_dir, fx, cache)
         run.log_metrics(report.as_metrics())
         run.log_dict({"videos": report.per_video}, "frame_extraction/per_video.json")
     return report
 
 
 def _extract_all(
-    manifest_path: Path, out_dir: Path, source_uri: str, state_dir: str, fx: FrameExtractionConfig
+    manifest_path: Path,
+    out_dir: Path,
+    source_uri: str,
+    state_dir: str,
+    fx: FrameExtractionConfig,
+    cache: ResultCache | None = None,
 ) -> FrameExtractionReport:
     from tqdm import tqdm
 
@@ -433,9 +448,10 @@ def _extract_all(
         ShardWriter(out_dir, SEARCH_PREFIX, fx.shard_max_videos) as search_w,
         ShardWriter(out_dir, DENSE_PREFIX, fx.shard_max_videos) as dense_w,
     ):
-        for record, video in _results(records, source_uri, cache_dir, fx):
+        compute = functools.partial(_results, source_uri=source_uri, cache_dir=cache_dir, config=fx)
+        for record, video in reuse.reuse_or_compute(records, cache, fx, compute):
             row = _frame_record(record, video)
-            changes: dict[str, Any] = {}
+            changes: dict[str, Any] = {"result_key": reuse.result_key(cache, record, fx) if cache else ""}
             if video.status == "ok":
                 changes["search_shard"] = search_w.add(record.video_id, video.search_frames)
                 if video.dense_frames.shape[0]:
@@ -453,6 +469,8 @@ def _extract_all(
                 report.rejected += 1
                 reasons[video.reason.split(":", 1)[0]] += 1
             report.decoded_frames += video.decoded_frames
+            report.reused += video.reused
+            report.computed += not video.reused
             index.append(dataclasses.replace(row, **changes))
             report.per_video.append(
                 {
@@ -463,6 +481,7 @@ def _extract_all(
                     "n_search": row.n_search,
                     "n_dense": row.n_dense,
                     "decoded_frames": video.decoded_frames,
+                    "reused": video.reused,
                     "seconds": round(video.seconds, 3),
                 }
             )
@@ -472,10 +491,12 @@ def _extract_all(
     report.rejected_by_reason = dict(reasons)
     report.seconds = time.perf_counter() - started
     logger.info(
-        "frame_extraction: %d ok (%d partial), %d rejected, %d frames in %.1f s (%.1f frames/s)",
+        "frame_extraction: %d ok (%d partial), %d rejected, %d computed, %d reused, %d frames in %.1f s (%.1f/s)",
         report.ok,
         report.partial,
         report.rejected,
+        report.computed,
+        report.reused,
         report.frames_written,
         report.seconds,
         report.frames_per_s,
