@@ -401,7 +401,8 @@ def run_frame_extraction(
 
     Videos are processed in parallel processes (``fx.workers``); this process writes the shards, the
     audio files and the index in manifest order. The source store (``ctx.storage.source_uri``: a local folder or
-    ``s3://``) is only read; remote videos are cached under ``{state_dir}/cache/videos``. Opens the stage run
+    ``s3://``) is only read; remote videos are cached under ``{state_dir}/cache/videos``. What an earlier run
+    extracted with the same settings is reused (:mod:`components.frame_extraction.reuse`). Opens the stage run
     ``frame_extraction`` and logs the counts and the per-video rows there.
 
     Args:
@@ -425,12 +426,7 @@ def run_frame_extraction(
 
 
 def _extract_all(
-    manifest_path: Path,
-    out_dir: Path,
-    source_uri: str,
-    state_dir: str,
-    fx: FrameExtractionConfig,
-    cache: ResultCache | None = None,
+    manifest_path: Path, out_dir: Path, source_uri: str, state_dir: str, fx: FrameExtractionConfig, cache: ResultCache
 ) -> FrameExtractionReport:
     from tqdm import tqdm
 
@@ -449,9 +445,9 @@ def _extract_all(
         ShardWriter(out_dir, DENSE_PREFIX, fx.shard_max_videos) as dense_w,
     ):
         compute = functools.partial(_results, source_uri=source_uri, cache_dir=cache_dir, config=fx)
-        for record, video in reuse.reuse_or_compute(records, cache, fx, compute):
+        for record, video in reuse.reuse_or_compute(records, cache, fx, compute, ExtractedVideo):
             row = _frame_record(record, video)
-            changes: dict[str, Any] = {"result_key": reuse.result_key(cache, record, fx) if cache else ""}
+            changes: dict[str, Any] = {"result_key": reuse.result_key(cache, record, fx)}
             if video.status == "ok":
                 changes["search_shard"] = search_w.add(record.video_id, video.search_frames)
                 if video.dense_frames.shape[0]:

@@ -41,18 +41,16 @@ def save(cache: ResultCache, key: str, video) -> None:
     cache.put(key, meta, arrays)
 
 
-def load(cache: ResultCache, key: str):
-    """The :class:`~components.frame_extraction.core.ExtractedVideo` kept under ``key`` (``reused`` set, nothing
-    decoded this run), or ``None``."""
-    from components.frame_extraction.core import ExtractedVideo
-
+def load(cache: ResultCache, key: str, video_type: type):
+    """The ``video_type`` (:class:`~components.frame_extraction.core.ExtractedVideo`) kept under ``key``
+    (``reused`` set, nothing decoded this run), or ``None``."""
     started = time.perf_counter()
     found = cache.get(key)
     if found is None:
         return None
     meta, arrays = found
-    known = {f.name for f in dataclasses.fields(ExtractedVideo)}
-    video = ExtractedVideo(**{k: v for k, v in meta.items() if k in known})
+    known = {f.name for f in dataclasses.fields(video_type)}
+    video = video_type(**{k: v for k, v in meta.items() if k in known})
     video.search_frames, video.dense_frames = arrays["search_frames"], arrays["dense_frames"]
     video.audio = arrays.get("audio")
     video.reused, video.decoded_frames = True, 0
@@ -62,9 +60,10 @@ def load(cache: ResultCache, key: str):
 
 def reuse_or_compute(
     records: list[VideoRecord],
-    cache: ResultCache | None,
+    cache: ResultCache,
     fx: FrameExtractionConfig,
     compute: Callable[[list[VideoRecord]], Iterable[tuple[VideoRecord, object]]],
+    video_type: type,
 ) -> Iterator[tuple[VideoRecord, object]]:
     """``compute``'s results in ``records`` order, with what ``cache`` holds taken from it instead.
 
@@ -72,15 +71,12 @@ def reuse_or_compute(
     kept result is loaded when its turn comes (memory stays bounded), and one that turns out unreadable is
     computed on its own. New ``ok`` results are kept.
     """
-    if cache is None:
-        yield from compute(records)
-        return
     keys = {r.video_id: result_key(cache, r, fx) for r in records}
     kept = {vid for vid, key in keys.items() if key and cache.has(key)}
     computed = iter(compute([r for r in records if r.video_id not in kept]))
     for record in records:
         key = keys[record.video_id]
-        video = load(cache, key) if record.video_id in kept else None
+        video = load(cache, key, video_type) if record.video_id in kept else None
         if video is None:
             record, video = next(computed) if record.video_id not in kept else next(iter(compute([record])))
             if key and video.status == "ok":
