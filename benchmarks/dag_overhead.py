@@ -2,8 +2,9 @@
 process start-up and imports around it.
 
 Runs the DAG once with kfp.local (the tiny demo library of tests/test_pipeline_local.py, generated under --home
-when missing) in a child process with ``PYTHONPROFILEIMPORTTIME=1``, which every task process inherits, and reads
-what each task printed. Per task:
+when missing; a second call on the same --home is a rerun of the same window, where the stages reuse every video's
+result and train nothing) in a child process with ``PYTHONPROFILEIMPORTTIME=1``, which every task process inherits,
+and reads what each task printed. Per task:
 
 - **wall**: from kfp's ``Executing task`` line to its ``finished`` line, as the lines arrive;
 - **stage**: the task's MLflow stage run (start to end), the stage's own work; tasks without one (start_run,
@@ -35,7 +36,7 @@ FAST = {
     "finetune_lipsync": {"epochs": 3, "freeze_epochs": 1},
 }
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_IMPORT = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)")
+_IMPORT = re.compile(r"^\s*import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)")
 
 
 def _config(home: Path):
