@@ -136,9 +136,6 @@ def run_finetune_lipsync(
         ctx.stage_run("finetune_lipsync", params) as run,
         tempfile.TemporaryDirectory(prefix="lipsync-pretrained-") as work,
     ):
-        # torch comes in with training only: a month that cannot train (no_challenger) never loads it.
-        from components.finetune_lipsync.train import train_lipsync
-
         started_from = champion_version(ctx.tracking, "lipsync", ctx.client_id) if cfg.pretrained == "champion" else ""
         inputs = _fingerprint(train, val, cfg)
         same = retrain.identical_version(ctx.tracking, name, inputs, started_from or "")
@@ -146,6 +143,9 @@ def run_finetune_lipsync(
         try:
             if same is not None:
                 raise NotTrainable(retrain.identical_reason(same))
+            # torch comes in with training only: a month that cannot train (no_challenger) never loads it.
+            from components.finetune_lipsync.train import train_lipsync
+
             pretrained = resolve_pretrained(ctx, cfg, Path(work))
             result = train_lipsync(
                 train,
