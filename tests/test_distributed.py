@@ -201,6 +201,9 @@ def test_torchrun_lipsync_entry_two_ranks_match_one_process(tmp_path):
     faces = tmp_path / "faces"
     write_synthetic_faces(faces, {"train": 8, "val": 2, "test": 2}, duration_s=1.5, size=32)
     listing = write_lipsync_shards(faces, 3, str(tmp_path / "artifacts"), "unused")
+    # each sample's digest names its content for the retrain fingerprint, and survives the listing file
+    assert set(listing.digest_of()) == {k for _, keys in listing.shards for k in keys}
+    assert read_listing(faces) == listing
     assert sorted(k for _, keys in listing.shards for k in keys) == [f"train{i:03d}" for i in range(8)] + [
         "val000",
         "val001",

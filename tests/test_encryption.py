@@ -96,6 +96,28 @@ def test_reading_an_unencrypted_object_where_encryption_is_required_is_refused(s
     assert not (tmp_path / "x").exists()
 
 
+def test_kept_per_video_results_are_written_and_read_with_the_clients_encryption(s3):
+    import numpy as np
+
+    from components.common.result_cache import ResultCache
+
+    client, bucket = s3
+    cache = ResultCache(f"s3://{bucket}/acme", "frame_extraction", EncryptionConfig(mode="sse-kms", kms_key_id="k1"))
+    key = cache.key(sha256="ab" * 32, settings={"search_size": 32})
+    frames = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    assert cache.get(key) is None
+    cache.put(key, {"status": "ok"}, {"search_frames": frames})
+    headers = _sse_headers(client, bucket, f"acme/{cache.object_key(key)}")
+    assert headers["x-amz-server-side-encryption"] == "aws:kms"
+    assert headers["x-amz-server-side-encryption-aws-kms-key-id"] == "k1"
+    meta, arrays = cache.get(key)
+    assert meta == {"status": "ok"} and np.array_equal(arrays["search_frames"], frames)
+    # An object someone wrote in plain text is refused, not silently used.
+    client.put_object(bucket, f"acme/{cache.object_key('0' * 64)}", io.BytesIO(b"x"), 1)
+    with pytest.raises(UnencryptedObjectError):
+        cache.get("0" * 64)
+
+
 def test_bucket_default_encryption_covers_other_writers(s3):
     from minio.sseconfig import Rule, SSEConfig
 

@@ -368,6 +368,7 @@ def _frame_row(video_id: str, **overrides) -> dict:
         "dense_start_s": 1.0,
         "audio_file": f"audio/{video_id}.npy",
         "has_audio": True,
+        "result_key": f"extraction-of-{video_id}",
     }
     row.update(overrides)
     return row
@@ -434,6 +435,36 @@ def test_run_face_tracking_end_to_end(model_cache, tmp_path, workers):
     assert load_mouth_crops(out_dir, empty_rec.samples[0]).shape == (8, 48, 48, 3)
     empty_audio = load_sample_audio(out_dir, empty_rec)
     assert empty_audio.shape == (5120,) and np.all(empty_audio[1600:] == 0) and np.any(empty_audio[:1600] != 0)
+
+
+def test_a_rerun_reuses_kept_tracks_and_crops(model_cache, tmp_path):
+    frames_dir = tmp_path / "frames"
+    _write_frames_dataset(frames_dir)
+    ctx = offline_context(tmp_path / "state", cache_dir=str(model_cache))
+    config = FaceTrackingConfig(crop_size=48, workers=2)
+    first = core.run_face_tracking(frames_dir, tmp_path / "one", config, ctx)
+    assert (first.computed, first.reused, first.as_metrics()["videos_reused"]) == (3, 0, 0.0)
+    # workers and the evidence rules (applied by later stages) do not change the tracks.
+    again = replace(config, workers=1, min_face_px=8.0)
+    second = core.run_face_tracking(frames_dir, tmp_path / "two", again, ctx)
+    assert (second.computed, second.reused, second.processed, second.rejected) == (1, 2, 2, 1)  # broken: tried again
+    assert {v["video_id"]: v["reused"] for v in second.per_video} == {"talk": True, "empty": True, "broken": False}
+    one = {r.video_id: r for r in read_face_index(tmp_path / "one")}
+    two = {r.video_id: r for r in read_face_index(tmp_path / "two")}
+    assert one == two
+    for record in two.values():
+        for sample in record.samples:
+            one_crops = load_mouth_crops(tmp_path / "one", sample)
+            assert np.array_equal(one_crops, load_mouth_crops(tmp_path / "two", sample))
+        if record.status == "ok":
+            one_audio = load_sample_audio(tmp_path / "one", record)
+            assert np.array_equal(one_audio, load_sample_audio(tmp_path / "two", record))
+    # A corrected label is this run's; a tracking setting is a new key.
+    index = frames_dir / "index.jsonl"
+    index.write_text(index.read_text().replace('"authenticity": "real"', '"authenticity": "fake"'))
+    third = core.run_face_tracking(frames_dir, tmp_path / "three", again, ctx)
+    assert third.reused == 2 and {r.authenticity for r in read_face_index(tmp_path / "three")} == {"fake"}
+    assert core.run_face_tracking(frames_dir, tmp_path / "four", replace(config, crop_size=32), ctx).reused == 0
 
 
 # ------------------------------------------------------------------------------- the demo generator's heads

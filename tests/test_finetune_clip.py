@@ -360,6 +360,14 @@ def test_stage_registers_challenger_and_evaluates(tiny_base, tmp_path):
     ev2 = run_evaluate_clip(frames, tmp_path / "model", tmp_path / "eval2", cfg, config.context())
     assert ev2.baseline_kind == "champion v1"
     assert ev2.baseline.rank.tolist() == ev2.challenger.rank.tolist() == ev.challenger.rank.tolist()
+    # The same window again (v1 is not warm-started from within its own window): v1 had these inputs already.
+    again = run_finetune_clip(frames, tmp_path / "again", cfg, config.context())
+    assert again.registered_version is None and again.epochs_run == 0
+    assert again.not_trained_reason == "identical to v1: nothing new to train"
+    assert (tmp_path / "again" / "no_challenger.json").is_file()
+    # Different settings are a new training.
+    new = run_finetune_clip(frames, tmp_path / "new", _cfg(base_model=str(tiny_base), epochs=1), config.context())
+    assert new.registered_version == "2" and not new.not_trained_reason
 
 
 def test_base_model_from_s3_folder(tiny_base, tmp_path, monkeypatch):

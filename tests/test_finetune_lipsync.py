@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from components.common.config import ConfigError
+from components.common.no_challenger import no_challenger_reason
 from components.config import from_dict
 from components.face_tracking.config import FaceTrackingConfig
 from components.face_tracking.evidence import EvidenceRules
@@ -237,6 +238,20 @@ def test_stage_trains_registers_and_fine_tunes_from_champion(tmp_path):
     report2 = run_finetune_lipsync(faces, tmp_path / "model2", replace(cfg, freeze_epochs=1), config.context())
     assert report2.pretrained.endswith("model.safetensors") and report2.registered_version == "2"
     assert tracking.get_version_by_alias(config.tracking, "lipsync-acme", "challenger") == "2"
+
+    # Identical retrains register nothing: v2's inputs again from the same champion, or v1's inputs from v1 itself.
+    tags = client.get_model_version("lipsync-acme", "2").tags
+    assert tags["clipsync.started_from"] == "1" and len(tags["clipsync.fingerprint"]) == 64
+    for settings, same in ((replace(cfg, freeze_epochs=1), "2"), (cfg, "1")):
+        again = run_finetune_lipsync(faces, tmp_path / f"again{same}", settings, config.context())
+        assert again.registered_version == ""
+        assert again.not_trained_reason == f"identical to v{same}: nothing new to train"
+        assert no_challenger_reason(tmp_path / f"again{same}") == again.not_trained_reason
+    assert tracking.version_tags(config.tracking, "lipsync-acme").keys() == {"1", "2"}
+    assert tracking.get_version_by_alias(config.tracking, "lipsync-acme", "challenger") == "2"
+    # One more training video is new work.
+    write_synthetic_faces(tmp_path / "more", {"train": 9, "val": 2, "test": 2}, duration_s=1.5, size=32)
+    assert run_finetune_lipsync(tmp_path / "more", tmp_path / "m3", cfg, config.context()).registered_version == "3"
 
 
 def test_single_class_training_videos_leave_no_challenger(tmp_path):

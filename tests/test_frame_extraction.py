@@ -510,3 +510,42 @@ def test_a_crashing_worker_rejects_only_its_video(tmp_path):
     assert sorted(by_id) == ["a", "b", "c", "crash", "d"] and len(results) == 5
     assert by_id["crash"].status == "rejected" and by_id["crash"].reason.startswith("worker_error: ")
     assert all(by_id[v].status == "ok" for v in "abcd")
+
+
+def test_a_rerun_reuses_kept_results_and_writes_the_same_dataset(tmp_path):
+    source = tmp_path / "bucket"
+    (source / "videos").mkdir(parents=True)
+    write_video(source / "videos" / "talk.mp4", 50, fps=25, audio=tone(2.0, loud=(1.0, 2.0)))
+    write_video(source / "videos" / "plain.mp4", 30, 48, 64, fps=25)
+    (source / "videos" / "broken.mp4").write_bytes(b"\x00" * 2000)
+    rows = [record("talk", authenticity="real"), record("plain"), record("broken")]
+    manifest = tmp_path / "manifest.jsonl"
+    write_manifest(manifest, rows)
+    ctx = offline_context(tmp_path / "state", storage={"source_uri": str(source)})
+    first = core.run_frame_extraction(manifest, tmp_path / "one", FX, ctx)
+    assert (first.computed, first.reused, first.as_metrics()["videos_reused"]) == (3, 0, 0.0)
+    kept = sorted((tmp_path / "state" / "artifacts").rglob("*.npz"))
+    assert len(kept) == 2  # the two ok videos; a rejection is not kept
+    assert not list(source.rglob("*.npz"))  # nothing is written into the client's uploads
+
+    # Same videos and settings (workers and sharding do not count): nothing is decoded, the Dataset is the same.
+    second = core.run_frame_extraction(manifest, tmp_path / "two", dataclasses.replace(FX, shard_max_videos=1), ctx)
+    assert (second.computed, second.reused, second.decoded_frames) == (1, 2, 0)  # broken is tried again
+    assert {v["video_id"]: v["reused"] for v in second.per_video} == {"broken": False, "plain": True, "talk": True}
+    one, two = read_frame_index(tmp_path / "one"), read_frame_index(tmp_path / "two")
+    strip = ("search_shard", "dense_shard")
+    assert [dataclasses.replace(r, **dict.fromkeys(strip, "")) for r in one] == [
+        dataclasses.replace(r, **dict.fromkeys(strip, "")) for r in two
+    ]
+    for a, b in zip(one[1:], two[1:], strict=True):
+        assert np.array_equal(load_search_frames(tmp_path / "one", a), load_search_frames(tmp_path / "two", b))
+        assert np.array_equal(load_dense_frames(tmp_path / "one", a), load_dense_frames(tmp_path / "two", b))
+        assert np.array_equal(load_audio(tmp_path / "one", a), load_audio(tmp_path / "two", b))
+
+    # A setting that changes the frames is a new key; a kept object that cannot be read is computed again.
+    third = core.run_frame_extraction(manifest, tmp_path / "three", dataclasses.replace(FX, search_size=16), ctx)
+    assert (third.computed, third.reused) == (3, 0)
+    kept[0].write_bytes(b"not an npz")
+    fourth = core.run_frame_extraction(manifest, tmp_path / "four", FX, ctx)
+    assert (fourth.computed, fourth.reused) == (2, 1) and fourth.ok == 2
+    assert core.run_frame_extraction(manifest, tmp_path / "five", FX, ctx).reused == 2  # and kept again

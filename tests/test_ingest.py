@@ -219,7 +219,7 @@ def test_run_ingest_local(bucket, tmp_path):
 
     # The client's folder is untouched, byte for byte (and nothing was cached for a local store).
     assert _snapshot(bucket) == before
-    assert not (tmp_path / "state" / "cache" / "ingest").exists()
+    assert not (tmp_path / "state" / "cache").exists()
 
     # A second run (next month's view of the same files) gives the same rows and splits.
     again = tmp_path / "out" / "again.jsonl"
@@ -294,8 +294,15 @@ def test_run_ingest_against_s3(s3_env, tmp_path):  # noqa: F811
     assert rows["videos/text.mp4"].reason.startswith("not_media: ")
     assert (report.seen, report.accepted, report.duplicates, report.unlabeled) == (4, 1, 1, 0)
     assert report.label_problems == ["labels/l.jsonl:2: invalid JSON (Expecting value at column 1); record skipped"]
-    cached = tmp_path / "state" / "cache" / "ingest" / "videos" / "a.mp4"
+    cached = tmp_path / "state" / "cache" / "videos" / "videos" / "a.mp4"
     assert cached.read_bytes() == (src / "a.mp4").read_bytes()
+    # frame_extraction reads ingest's download: the video is fetched once per run (a new download would replace
+    # the file, a new inode).
+    from components.frame_extraction.core import _local_video
+
+    inode = cached.stat().st_ino
+    assert _local_video(rows["videos/a.mp4"], config.storage.source_uri, cached.parents[1]) == cached
+    assert cached.stat().st_ino == inode
     assert {i.key: (i.etag, i.size, i.last_modified) for i in store.list()} == before
 
 

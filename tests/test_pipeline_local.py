@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from components.common import tracking
 from components.common.manifest import read_manifest
 from components.common.tracking import get_version_by_alias
 from components.config import load_config
@@ -147,14 +148,27 @@ def test_second_run_on_the_same_data_keeps_the_champion(tiny_client: Path, model
     promote(config.tracking, "clip-tiny", aliases["challenger"])
     champion = aliases["challenger"]
 
+    versions = {m: set(tracking.version_tags(config.tracking, f"{m}-tiny")) for m in ("clip", "lipsync")}
+
     second = run_local(config, as_of=AS_OF)
 
-    # The same window resumes the same finished checkpoint: an identical challenger has no gain to show.
-    clip_section = second.split("### ab_gate clip: ")[1].split("###")[0]
-    assert clip_section.startswith("**KEEP**")  # a rerun of the month does not warm-start from its own result
+    # Nothing new: every video's frames and crops are reused, and neither model is trained or registered again.
+    parent_id = re.search(r"MLflow parent run (\w+)", second).group(1)
+    stage_runs = client.search_runs(
+        [client.get_experiment_by_name(config.tracking.experiment).experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+    )
+    metrics = {r.data.tags["clipsync.stage"]: r.data.metrics for r in stage_runs}
+    assert metrics["frame_extraction"]["videos_computed"] == 0 and metrics["frame_extraction"]["frames_decoded"] == 0
+    assert metrics["frame_extraction"]["videos_reused"] == metrics["frame_extraction"]["videos_ok"] > 0
+    assert metrics["face_tracking"]["videos_computed"] == 0 and metrics["face_tracking"]["videos_reused"] > 0
+    for model in ("clip", "lipsync"):
+        assert set(tracking.version_tags(config.tracking, f"{model}-tiny")) == versions[model]
+        section = second.split(f"### ab_gate {model}: ")[1].split("###")[0]
+        assert section.startswith("**KEEP** no challenger"), section
+        assert re.search(r"identical to v\d+: nothing new to train", section), section
+        assert f"- deploy {model}: nothing to deploy, " in second
     assert "| monitor | FINISHED |" in second  # this time with the champion's embeddings
-    assert "gain (min 0.0200) | +0.0000" in clip_section
-    assert "- deploy clip: challenger" in second and "not deployed" in second
     assert client.get_registered_model("clip-tiny").aliases.get("champion") == champion
     assert first != second
 

@@ -28,6 +28,7 @@ the world.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -49,16 +50,23 @@ class ShardListing:
         shards: ``(file name, sample keys)`` per shard, in write order.
         store: ``""``: the shards are in the Dataset folder; else the artifacts store's URI.
         prefix: Key prefix of the shards in ``store``.
+        digests: ``(sample key, SHA-256 of its arrays)`` pairs: a streamed sample's content identity without
+            reading it (:mod:`components.common.retrain` fingerprints a training set with them).
     """
 
     kind: str
     shards: tuple[tuple[str, tuple[str, ...]], ...]
     store: str = ""
     prefix: str = ""
+    digests: tuple[tuple[str, str], ...] = ()
 
     def shard_of(self) -> dict[str, str]:
         """Sample key -> shard file name."""
         return {key: name for name, keys in self.shards for key in keys}
+
+    def digest_of(self) -> dict[str, str]:
+        """Sample key -> SHA-256 of its arrays (field names, dtypes, shapes and bytes)."""
+        return dict(self.digests)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -67,6 +75,7 @@ class ShardListing:
             "store": self.store,
             "prefix": self.prefix,
             "shards": [{"name": n, "samples": list(k)} for n, k in self.shards],
+            "digests": dict(self.digests),
         }
 
 
@@ -83,7 +92,8 @@ def read_listing(dataset_dir: str | Path) -> ShardListing | None:
     if raw.get("format") != FORMAT:
         raise ValueError(f"{path}: training shards of format {raw.get('format')!r}, this clipsync reads {FORMAT}")
     shards = tuple((s["name"], tuple(s["samples"])) for s in raw["shards"])
-    return ShardListing(raw["kind"], shards, raw.get("store", ""), raw.get("prefix", ""))
+    digests = tuple(sorted(raw.get("digests", {}).items()))
+    return ShardListing(raw["kind"], shards, raw.get("store", ""), raw.get("prefix", ""), digests)
 
 
 class ShardWriter:
@@ -105,12 +115,14 @@ class ShardWriter:
         self.samples_per_shard = samples_per_shard
         self.shards: list[tuple[str, tuple[str, ...]]] = []
         self._pending: dict[str, dict[str, np.ndarray]] = {}
+        self._digests: dict[str, str] = {}
 
     def add(self, key: str, tensors: dict[str, np.ndarray]) -> None:
         """Queue one sample (``field -> array``); a full shard is written out."""
         if "/" in key or not key:
             raise ValueError(f"sample key {key!r} must be non-empty and hold no '/'")
         self._pending[key] = tensors
+        self._digests[key] = sample_digest(tensors)
         if len(self._pending) >= self.samples_per_shard:
             self._flush()
 
@@ -129,7 +141,17 @@ class ShardWriter:
     def close(self) -> ShardListing:
         """Write the last (partial) shard; returns the listing of the shards written (local)."""
         self._flush()
-        return ShardListing(self.kind, tuple(self.shards))
+        return ShardListing(self.kind, tuple(self.shards), digests=tuple(sorted(self._digests.items())))
+
+
+def sample_digest(tensors: dict[str, Any]) -> str:
+    """SHA-256 of a sample's arrays: each field's name, dtype, shape and bytes, in field order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        data = np.ascontiguousarray(tensors[name])
+        digest.update(f"{name}:{data.dtype}{data.shape}".encode())
+        digest.update(memoryview(data).cast("B"))
+    return digest.hexdigest()
 
 
 def shard_prefix(stage: str, client_id: str, window: str) -> str:

@@ -609,6 +609,21 @@ def get_version_by_alias(tracking: TrackingConfig, name: str, alias: str) -> str
         raise
 
 
+def version_tags(tracking: TrackingConfig, name: str) -> dict[str, dict[str, str]]:
+    """Every version of a registered model with its tags (``{}`` when the model does not exist yet).
+
+    Args:
+        tracking: Where MLflow lives.
+        name: Registered model name.
+
+    Returns:
+        Version number (as a string) -> its tags.
+    """
+    client = _client(tracking)
+    found = client.search_model_versions(f"name = '{name}'")
+    return {str(v.version): dict(v.tags or {}) for v in found}
+
+
 def download_version(tracking: TrackingConfig, name: str, version_or_alias: str, dest: Path) -> Path:
     """Download the files of one model version into ``dest`` (the files themselves, no extra folder).
 

@@ -22,8 +22,10 @@ from typing import Any
 import numpy as np
 
 from components.common.faults import is_infrastructure_error
+from components.common.result_cache import ResultCache
 from components.common.shards import shard_prefix
 from components.common.stage import StageContext
+from components.face_tracking import reuse
 from components.face_tracking.config import FaceTrackingConfig
 from components.face_tracking.crops import center_geometry, crop_aligned, track_crops
 from components.face_tracking.dataset import (
@@ -200,7 +202,9 @@ class FaceTrackingReport:
         rejected: Videos whose tracking failed (see ``per_video`` reasons).
         fallback: Videos where no face was found (centre crops).
         samples: Crop sequences written.
-        frames: Dense frames processed.
+        frames: Dense frames processed (tracked this run or reused).
+        computed: Videos tracked this run.
+        reused: Videos whose tracks and crops an earlier run kept (:mod:`components.face_tracking.reuse`).
         seconds: Wall time.
         per_video: One dict per processed video: video_id, status, reason, n_frames, faces_seen, n_tracks,
             selected_track, fallback_used, samples, selected_coverage (share of frames the subject was seen).
@@ -213,6 +217,8 @@ class FaceTrackingReport:
     fallback: int = 0
     samples: int = 0
     frames: int = 0
+    computed: int = 0
+    reused: int = 0
     seconds: float = 0.0
     per_video: list[dict[str, Any]] = field(default_factory=list)
 
@@ -228,6 +234,8 @@ class FaceTrackingReport:
             "fallback_rate": self.fallback / len(ok) if ok else 0.0,
             "samples": float(self.samples),
             "frames": float(self.frames),
+            "videos_computed": float(self.computed),
+            "videos_reused": float(self.reused),
             "frames_per_s": self.frames / self.seconds if self.seconds > 0 else 0.0,
             "mean_faces_seen": float(np.mean([v["faces_seen"] for v in ok])) if ok else 0.0,
             "mean_tracks": float(np.mean([v["n_tracks"] for v in ok])) if ok else 0.0,
@@ -261,21 +269,12 @@ def process_video(
     from components.frame_extraction import dataset as frames_ds
 
     rec = frame_record
-    base = FaceRecord(
-        video_id=rec.video_id,
-        split=rec.split,
-        authenticity=rec.authenticity,
-        category=rec.category,
-        fps=float(rec.dense_fps),
-        start_s=float(rec.dense_start_s),
-        has_audio=bool(rec.has_audio),
-    )
+    base = _base_record(rec)
     try:
         frames = frames_ds.load_dense_frames(frames_dir, rec)
         if rec.dense_fps <= 0:
             raise ValueError(f"dense_fps is {rec.dense_fps}")
-        audio = frames_ds.load_audio(frames_dir, rec) if rec.has_audio else np.zeros(0, dtype=np.float32)
-        audio = clip_audio(audio, rec.dense_start_s, len(frames), float(rec.dense_fps))
+        audio = _clip_audio_of(frames_dir, rec, len(frames))
         faces = track_video(frames, float(rec.dense_fps), config, models, audio if rec.has_audio else None)
     except Exception as exc:  # a bad item is recorded with its reason; the batch goes on
         if is_infrastructure_error(exc):  # a failing disk is not the video's problem
@@ -317,6 +316,37 @@ def process_video(
     )
 
 
+def _base_record(rec: Any) -> FaceRecord:
+    """The FaceRecord fields a frame record decides (labels, timing), before tracking."""
+    return FaceRecord(
+        video_id=rec.video_id,
+        split=rec.split,
+        authenticity=rec.authenticity,
+        category=rec.category,
+        fps=float(rec.dense_fps),
+        start_s=float(rec.dense_start_s),
+        has_audio=bool(rec.has_audio),
+    )
+
+
+def _clip_audio_of(frames_dir: Path, rec: Any, n_frames: int) -> np.ndarray:
+    from components.frame_extraction import dataset as frames_ds
+
+    audio = frames_ds.load_audio(frames_dir, rec) if rec.has_audio else np.zeros(0, dtype=np.float32)
+    return clip_audio(audio, rec.dense_start_s, n_frames, float(rec.dense_fps))
+
+
+def _reused(frames_dir: Path, out_dir: Path, rec: Any, cache: ResultCache, key: str) -> FaceRecord | None:
+    """The video's record with the crops an earlier run kept (written into ``out_dir``), or ``None``."""
+    try:
+        audio = _clip_audio_of(frames_dir, rec, rec.n_dense)
+    except Exception as exc:  # the frames Dataset's audio is bad: tracking it reports the reason
+        if is_infrastructure_error(exc):
+            raise
+        return None
+    return reuse.restore(cache, key, out_dir, _base_record(rec), audio)
+
+
 def _coverage(record: FaceRecord) -> float:
     """Share of the frames where the selected face was seen (0 for the fallback or a rejected video)."""
     sample = record.selected_sample
@@ -345,6 +375,8 @@ def run_face_tracking(
 ) -> FaceTrackingReport:
     """The face_tracking stage: the frames Dataset's dense frames into the faces Dataset.
 
+    A video whose tracks and crops an earlier run kept in the artifacts store (same frames and settings,
+    :mod:`components.face_tracking.reuse`) is not tracked again; the report counts computed and reused videos.
     Its last step writes the labelled clips' crops and audio as training shards
     (:mod:`components.face_tracking.train_shards`, ``SHARD_VIDEOS`` clips each), which finetune_lipsync streams.
 
@@ -364,7 +396,8 @@ def run_face_tracking(
         FileNotFoundError: If ``frames_dir`` holds no frames index.
     """
     with ctx.stage_run("face_tracking", dataclasses.asdict(config)) as run:
-        report = _track_all(Path(frames_dir), Path(out_dir), config, Path(ctx.cache_dir))
+        cache = ResultCache(ctx.storage.artifacts_uri, "face_tracking", ctx.encryption)
+        report = _track_all(Path(frames_dir), Path(out_dir), config, Path(ctx.cache_dir), cache)
         prefix = shard_prefix("face_tracking", ctx.client_id, ctx.window.label())
         write_lipsync_shards(Path(out_dir), SHARD_VIDEOS, ctx.storage.artifacts_uri, prefix, ctx.encryption)
         run.log_metrics(report.as_metrics())
@@ -372,7 +405,9 @@ def run_face_tracking(
     return report
 
 
-def _track_all(frames_dir: Path, out_dir: Path, config: FaceTrackingConfig, cache_dir: Path) -> FaceTrackingReport:
+def _track_all(
+    frames_dir: Path, out_dir: Path, config: FaceTrackingConfig, cache_dir: Path, cache: ResultCache | None = None
+) -> FaceTrackingReport:
     from tqdm import tqdm
 
     from components.frame_extraction import dataset as frames_ds
@@ -388,6 +423,15 @@ def _track_all(frames_dir: Path, out_dir: Path, config: FaceTrackingConfig, cach
     logger.info("face_tracking: %d videos with dense frames of %d", len(todo), len(frame_records))
     records: list[FaceRecord] = []
     progress = tqdm(total=len(todo), desc="face_tracking", unit="video", disable=not todo)
+    keys = {r.video_id: reuse.result_key(cache, r.result_key, config) for r in todo} if cache else {}
+    for rec in [r for r in todo if keys.get(r.video_id) and cache.has(keys[r.video_id])]:
+        record = _reused(frames_dir, out_dir, rec, cache, keys[rec.video_id])
+        if record is not None:
+            records.append(record)
+            todo.remove(rec)
+            progress.update()
+    report.reused = len(records)
+    report.computed = len(todo)
     if config.workers > 1 and len(todo) > 1:
         with ProcessPoolExecutor(
             max_workers=min(config.workers, len(todo)), initializer=_worker_init, initargs=(str(cache_dir), config)
@@ -395,17 +439,21 @@ def _track_all(frames_dir: Path, out_dir: Path, config: FaceTrackingConfig, cach
             for record in pool.map(partial(_worker_process, frames_dir, out_dir, config=config), todo):
                 records.append(record)
                 progress.update()
-    else:
+    elif todo:  # the models are loaded only when there is something to track
         with load_face_models(cache_dir, config) as models:
             for rec in todo:
                 records.append(process_video(frames_dir, out_dir, rec, config, models))
                 progress.update()
     progress.close()
+    for record in records[report.reused :]:
+        if record.status == "ok" and keys.get(record.video_id):
+            reuse.save(cache, keys[record.video_id], out_dir, record)
     write_face_index(out_dir, records)
-    for record in records:
+    for i, record in enumerate(records):
         report.per_video.append(
             {
                 "video_id": record.video_id,
+                "reused": i < report.reused,
                 "status": record.status,
                 "reason": record.reason,
                 "n_frames": record.n_frames,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from components.common import checkpoints as ckpt
+from components.common import retrain
 from components.common.champions import fetch_champion
 from components.common.device import resolve_device
 from components.common.distributed import init_distributed, main_first, world_from_env
@@ -23,7 +24,7 @@ from components.common.shards import open_shards
 from components.common.stage import StageContext
 from components.finetune_clip import history
 from components.finetune_clip.config import FinetuneClipConfig
-from components.finetune_clip.data import FrameSource, load_frame_samples
+from components.finetune_clip.data import ClipSample, FrameSource, load_frame_samples
 from components.finetune_clip.export import export_model
 from components.finetune_clip.negatives import apply_feedback, read_feedback_records
 from components.finetune_clip.train import LogFn, TrainResult, train_clip
@@ -108,9 +109,10 @@ def run_finetune_clip(
             (:func:`components.common.trainjob.run_as_trainjob`) whose rank 0 does all of the above.
 
     Returns:
-        The stage report. When the window holds too few training videos, nothing is registered: the report
-        says why (``not_trained_reason``) and ``out_dir`` holds ``no_challenger.json``, so the gate keeps
-        the champion.
+        The stage report. When the window holds too few training videos, or the same training already produced
+        a registered version (:mod:`components.common.retrain`: ``identical to v<N>``), nothing is trained or
+        registered: the report says why (``not_trained_reason``) and ``out_dir`` holds ``no_challenger.json``,
+        so the gate keeps the champion.
     """
     if config_json and cfg.distributed.requested:
         from components.common.trainjob import run_as_trainjob
@@ -175,6 +177,9 @@ def run_finetune_clip(
         champion = fetch_champion(ctx.tracking, "clip", ctx.client_id, champion_dir) if cfg.warm_start else None
     init_adapter = history.warm_start_adapter(champion[0], base_ref, cfg, window) if champion else None
     report.warm_start_version = champion[1] if init_adapter else ""
+    name = registered_name("clip", ctx.client_id)
+    inputs = _fingerprint(train, val, cfg, base_ref, shards.listing.digest_of() if shards else {})
+    same = retrain.identical_version(ctx.tracking, name, inputs, report.warm_start_version)
 
     def body(log_fn: LogFn) -> TrainResult:
         if cfg.federated.enabled:
@@ -227,6 +232,8 @@ def run_finetune_clip(
     with ctx.stage_run("finetune_clip", params) as run:
         report.run_id = run.run_id or None
         try:
+            if same is not None:
+                raise NotTrainable(retrain.identical_reason(same))
             body(run.log_metrics)
         except NotTrainable as exc:
             write_no_challenger(out_dir, str(exc))
@@ -238,10 +245,31 @@ def run_finetune_clip(
 
             report.registered_version = tracking.register_model_dir(
                 ctx.tracking,
-                registered_name("clip", ctx.client_id),
+                name,
                 Path(out_dir),
                 run.run_id,
                 alias="challenger",
-                tags={"strategy": cfg.strategy, "window": window, "base_model": base_ref},
+                tags={
+                    "strategy": cfg.strategy,
+                    "window": window,
+                    "base_model": base_ref,
+                    **retrain.version_tags(inputs, report.warm_start_version),
+                },
             )
     return report
+
+
+def _fingerprint(
+    train: list[ClipSample], val: list[ClipSample], cfg: FinetuneClipConfig, base_ref: str, streamed: dict[str, str]
+) -> str:
+    """What decides the trained model apart from its start (:mod:`components.common.retrain`); a streamed video's
+    frames are named by their digest in the shard listing (``streamed``), without reading them."""
+
+    def content(samples: list[ClipSample]) -> list[list]:
+        def frames(s: ClipSample) -> str:
+            return retrain.array_hash(s.frames) if s.frames is not None else streamed[s.video_id]
+
+        return [[s.video_id, frames(s), s.labels, s.negatives, s.category] for s in samples]
+
+    settings = {**cfg.training_fingerprint(), "early_stopping_patience": cfg.early_stopping_patience}
+    return retrain.fingerprint(train=content(train), val=content(val), settings=settings, base_model=base_ref)

@@ -9,12 +9,15 @@ weights, checkpoints mirrored to the artifacts store so that a restarted task re
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from components.common import checkpoints as ckpt
+from components.common import retrain
+from components.common.champions import champion_version
 from components.common.device import resolve_device
 from components.common.distributed import init_distributed, main_first, world_from_env
 from components.common.jsonl import json_safe
@@ -26,7 +29,7 @@ from components.face_tracking.config import FaceTrackingConfig
 from components.face_tracking.dataset import read_face_index
 from components.face_tracking.evidence import EvidenceRules
 from components.finetune_lipsync.config import FinetuneLipsyncConfig
-from components.finetune_lipsync.data import load_lipsync_videos, split_by_video, training_pool
+from components.finetune_lipsync.data import LipsyncVideo, load_lipsync_videos, split_by_video, training_pool
 
 logger = logging.getLogger("clipsync.finetune_lipsync")
 
@@ -118,8 +121,9 @@ def run_finetune_lipsync(
 
     Returns:
         The report: the registered version, or an empty version and ``not_trained_reason`` when this
-        month's videos cannot train the model (then ``out_dir`` holds ``no_challenger.json`` and the
-        gate keeps the champion).
+        month's videos cannot train the model or the same training already produced a registered version
+        (:mod:`components.common.retrain`: ``identical to v<N>``); then ``out_dir`` holds ``no_challenger.json``
+        and the gate keeps the champion.
     """
     out_dir = Path(out_dir)
     if config_json and cfg.distributed.requested:
@@ -155,13 +159,21 @@ def run_finetune_lipsync(
         ctx.stage_run("finetune_lipsync", params) as run,
         tempfile.TemporaryDirectory(prefix="lipsync-pretrained-") as work,
     ):
-        # torch comes in with training only: a month that cannot train (no_challenger) never loads it.
-        from components.finetune_lipsync.train import train_lipsync
-
-        with main_first(world):
-            pretrained = resolve_pretrained(ctx, cfg, Path(work))
+        inputs = _fingerprint(train, val, cfg, shards.listing.digest_of() if shards else {})
+        with main_first(world):  # rank 0 creates the tracking database if it is new; the others then read it
+            started_from = (
+                champion_version(ctx.tracking, "lipsync", ctx.client_id) if cfg.pretrained == "champion" else ""
+            )
+            same = retrain.identical_version(ctx.tracking, name, inputs, started_from or "")
         prefix = ckpt.checkpoint_prefix("finetune_lipsync", ctx.client_id, ctx.window.label())
         try:
+            if same is not None:
+                raise NotTrainable(retrain.identical_reason(same))
+            # torch comes in with training only: a month that cannot train (no_challenger) never loads it.
+            from components.finetune_lipsync.train import train_lipsync
+
+            with main_first(world):
+                pretrained = resolve_pretrained(ctx, cfg, Path(work))
             result = train_lipsync(
                 train,
                 val,
@@ -209,6 +221,30 @@ def run_finetune_lipsync(
                 local_dir=out_dir,
                 run_id=run.run_id,
                 alias="challenger",
-                tags={"clipsync.stage": "finetune_lipsync", "clipsync.client": ctx.client_id},
+                tags={
+                    "clipsync.stage": "finetune_lipsync",
+                    "clipsync.client": ctx.client_id,
+                    **retrain.version_tags(inputs, started_from or ""),
+                },
             )
     return report
+
+
+def _fingerprint(
+    train: list[LipsyncVideo], val: list[LipsyncVideo], cfg: FinetuneLipsyncConfig, streamed: dict[str, str]
+) -> str:
+    """What decides the trained model apart from its start (:mod:`components.common.retrain`); a ``pretrained``
+    file is named by its content, a streamed video's crops and audio by their digest in the shard listing
+    (``streamed``), without reading them."""
+
+    def arrays(v: LipsyncVideo) -> list[str]:
+        return [streamed[v.video_id]] if v.crops is None else [retrain.array_hash(v.crops), retrain.array_hash(v.audio)]
+
+    def content(videos: list[LipsyncVideo]) -> list[list]:
+        return [[v.video_id, *arrays(v), v.fps, v.label, v.fallback_used] for v in videos]
+
+    knobs = ("device", "precision", "num_threads", "loader_workers", "distributed")
+    settings = {k: v for k, v in asdict(cfg).items() if k not in knobs}
+    if cfg.pretrained and cfg.pretrained != "champion":
+        settings["pretrained"] = hashlib.sha256(Path(cfg.pretrained).read_bytes()).hexdigest()
+    return retrain.fingerprint(train=content(train), val=content(val), settings=settings)

@@ -5,8 +5,7 @@ the dense clip consecutive, both upright and scaled to the model size); start, d
 as :mod:`components.common.media` reads them for ingest and serving. The dense clip is ``dense_seconds`` of
 consecutive frames where the audio RMS energy is highest. A video that fails mid-decode keeps what it produced if
 that is at least ``min_frames`` search frames (``partial``), else it is rejected with the reason; the stage goes on.
-An infrastructure fault (the store unreachable after its bounded retries, a failing disk) is not the video's: it
-fails the stage, and a rerun starts over.
+An infrastructure fault (the store unreachable after its retries, a failing disk) fails the stage, not the video.
 """
 
 from __future__ import annotations
@@ -29,9 +28,10 @@ import numpy as np
 from components.common.faults import is_infrastructure_error
 from components.common.manifest import VideoRecord, read_manifest
 from components.common.media import stream_timing
+from components.common.result_cache import ResultCache
 from components.common.shards import shard_prefix
 from components.common.stage import StageContext
-from components.frame_extraction import decode
+from components.frame_extraction import decode, reuse
 from components.frame_extraction.config import FrameExtractionConfig
 from components.frame_extraction.dataset import (
     AUDIO_DIR,
@@ -67,8 +67,9 @@ class ExtractedVideo:
         dense_fps: Frame rate of the dense frames.
         dense_start_s: Time of the first dense frame.
         audio: float32 mono at ``audio_rate``, sample 0 at time 0 (the frame times' axis), or ``None``.
-        decoded_frames: Video frames that came out of the decoder (the cost of the extraction).
+        decoded_frames: Video frames that came out of the decoder (the cost of the extraction; 0 when reused).
         seconds: Wall time spent on this video.
+        reused: Taken from an earlier run's result (:mod:`components.frame_extraction.reuse`), not decoded.
     """
 
     video_id: str
@@ -88,6 +89,7 @@ class ExtractedVideo:
     audio: np.ndarray | None = None
     decoded_frames: int = 0
     seconds: float = 0.0
+    reused: bool = False
 
     @property
     def has_audio(self) -> bool:
@@ -107,6 +109,8 @@ class FrameExtractionReport:
         search_frames: Search frames written.
         dense_frames: Dense frames written.
         decoded_frames: Video frames decoded in all (the work done).
+        computed: Videos worked on this run.
+        reused: Videos whose result an earlier run kept (content hash and settings unchanged): not decoded.
         audio_seconds: Seconds of audio written.
         seconds: Wall time of the stage.
         per_video: One row per video (id, status, reason, counts).
@@ -120,6 +124,8 @@ class FrameExtractionReport:
     search_frames: int = 0
     dense_frames: int = 0
     decoded_frames: int = 0
+    computed: int = 0
+    reused: int = 0
     audio_seconds: float = 0.0
     seconds: float = 0.0
     per_video: list[dict[str, Any]] = field(default_factory=list)
@@ -143,6 +149,8 @@ class FrameExtractionReport:
             "frames_dense": float(self.dense_frames),
             "frames_written": float(self.frames_written),
             "frames_decoded": float(self.decoded_frames),
+            "videos_computed": float(self.computed),
+            "videos_reused": float(self.reused),
             "audio_seconds": round(self.audio_seconds, 3),
             "seconds": round(self.seconds, 3),
             "frames_per_s": round(self.frames_per_s, 3),
@@ -162,11 +170,9 @@ def keep_dense_clip(video: ExtractedVideo, sweep: decode.Sweep, native_fps: floa
 
 
 def _rejected(video: ExtractedVideo, reason: str, started: float) -> ExtractedVideo:
-    video.status, video.reason = "rejected", reason
-    video.search_frames = np.zeros((0, 0, 0, 3), np.uint8)
-    video.search_times = []
+    video.status, video.reason, video.seconds = "rejected", reason, time.perf_counter() - started
+    video.search_frames, video.search_times = np.zeros((0, 0, 0, 3), np.uint8), []
     video.dense_frames = np.zeros((0, 0, 0, 3), np.uint8)
-    video.seconds = time.perf_counter() - started
     logger.warning("frame_extraction: %s rejected: %s", video.video_id, reason)
     return video
 
@@ -278,24 +284,22 @@ def _process(record: VideoRecord, source_uri: str, cache_dir: str, config: Frame
         Exception: An infrastructure fault (the store unreachable after its retries, a failing disk): it fails
             the stage instead of being recorded against the video.
     """
-    started = time.perf_counter()
+    started, empty = time.perf_counter(), ExtractedVideo(video_id=record.video_id)
     try:
         path = _local_video(record, source_uri, Path(cache_dir))
     except FileNotFoundError as exc:
-        return _rejected(ExtractedVideo(video_id=record.video_id), f"missing_file: {exc}", started)
+        return _rejected(empty, f"missing_file: {exc}", started)
     except Exception as exc:  # a bad item is recorded with its reason; the batch goes on
         if is_infrastructure_error(exc):
             raise
-        return _rejected(ExtractedVideo(video_id=record.video_id), f"fetch_error: {type(exc).__name__}: {exc}", started)
+        return _rejected(empty, f"fetch_error: {type(exc).__name__}: {exc}", started)
     try:
         return extract_video(path, record, config)
     except Exception as exc:  # an unexpected failure of one video must not stop the stage
         if is_infrastructure_error(exc):
             raise
         logger.exception("frame_extraction: %s failed", record.video_id)
-        return _rejected(
-            ExtractedVideo(video_id=record.video_id), f"internal_error: {type(exc).__name__}: {exc}", started
-        )
+        return _rejected(empty, f"internal_error: {type(exc).__name__}: {exc}", started)
 
 
 def _results(
@@ -392,13 +396,12 @@ def run_frame_extraction(
 ) -> FrameExtractionReport:
     """The frame_extraction stage: every accepted manifest video into the frames Dataset (FORMATS.md).
 
-    Its last step writes the training videos' search frames as training shards
-    (:mod:`components.frame_extraction.train_shards`), which finetune_clip streams.
-
-    Videos are processed in parallel processes (``fx.workers``); this process writes the shards, the
-    audio files and the index in manifest order. The source store (``ctx.storage.source_uri``: a local folder or
-    ``s3://``) is only read; remote videos are cached under ``{state_dir}/cache/videos``. Opens the stage run
-    ``frame_extraction`` and logs the counts and the per-video rows there.
+    Videos are processed in parallel processes (``fx.workers``); this process writes the shards, the audio files
+    and the index in manifest order. The source store (``ctx.storage.source_uri``: a local folder or ``s3://``) is
+    only read; remote videos are cached under ``{state_dir}/cache/videos``. What an earlier run extracted with the
+    same settings is reused (:mod:`~components.frame_extraction.reuse`); the last step writes the training videos'
+    search frames as the training shards finetune_clip streams (:mod:`~components.frame_extraction.train_shards`).
+    Opens the stage run ``frame_extraction`` and logs the counts and the per-video rows there.
 
     Args:
         manifest_path: The ingest manifest (JSON Lines of VideoRecord).
@@ -413,7 +416,8 @@ def run_frame_extraction(
         StorageUnavailableError: The source store failed (after its retries); no video is rejected for it.
     """
     with ctx.stage_run("frame_extraction", dataclasses.asdict(fx)) as run:
-        report = _extract_all(manifest_path, Path(out_dir), ctx.storage.source_uri, ctx.state_dir, fx)
+        cache = ResultCache(ctx.storage.artifacts_uri, "frame_extraction", ctx.encryption)
+        report = _extract_all(manifest_path, Path(out_dir), ctx.storage.source_uri, ctx.state_dir, fx, cache)
         prefix = shard_prefix("frame_extraction", ctx.client_id, ctx.window.label())
         write_search_shards(Path(out_dir), fx.shard_max_videos, ctx.storage.artifacts_uri, prefix, ctx.encryption)
         run.log_metrics(report.as_metrics())
@@ -422,7 +426,7 @@ def run_frame_extraction(
 
 
 def _extract_all(
-    manifest_path: Path, out_dir: Path, source_uri: str, state_dir: str, fx: FrameExtractionConfig
+    manifest_path: Path, out_dir: Path, source_uri: str, state_dir: str, fx: FrameExtractionConfig, cache: ResultCache
 ) -> FrameExtractionReport:
     from tqdm import tqdm
 
@@ -440,9 +444,10 @@ def _extract_all(
         ShardWriter(out_dir, SEARCH_PREFIX, fx.shard_max_videos) as search_w,
         ShardWriter(out_dir, DENSE_PREFIX, fx.shard_max_videos) as dense_w,
     ):
-        for record, video in _results(records, source_uri, cache_dir, fx):
+        compute = functools.partial(_results, source_uri=source_uri, cache_dir=cache_dir, config=fx)
+        for record, video in reuse.reuse_or_compute(records, cache, fx, compute, ExtractedVideo):
             row = _frame_record(record, video)
-            changes: dict[str, Any] = {}
+            changes: dict[str, Any] = {"result_key": reuse.result_key(cache, record, fx)}
             if video.status == "ok":
                 changes["search_shard"] = search_w.add(record.video_id, video.search_frames)
                 if video.dense_frames.shape[0]:
@@ -460,6 +465,8 @@ def _extract_all(
                 report.rejected += 1
                 reasons[video.reason.split(":", 1)[0]] += 1
             report.decoded_frames += video.decoded_frames
+            report.reused += video.reused
+            report.computed += not video.reused
             index.append(dataclasses.replace(row, **changes))
             report.per_video.append(
                 {
@@ -470,6 +477,7 @@ def _extract_all(
                     "n_search": row.n_search,
                     "n_dense": row.n_dense,
                     "decoded_frames": video.decoded_frames,
+                    "reused": video.reused,
                     "seconds": round(video.seconds, 3),
                 }
             )
@@ -479,10 +487,12 @@ def _extract_all(
     report.rejected_by_reason = dict(reasons)
     report.seconds = time.perf_counter() - started
     logger.info(
-        "frame_extraction: %d ok (%d partial), %d rejected, %d frames in %.1f s (%.1f frames/s)",
+        "frame_extraction: %d ok (%d partial), %d rejected, %d computed, %d reused, %d frames in %.1f s (%.1f/s)",
         report.ok,
         report.partial,
         report.rejected,
+        report.computed,
+        report.reused,
         report.frames_written,
         report.seconds,
         report.frames_per_s,

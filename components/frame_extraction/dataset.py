@@ -56,6 +56,8 @@ class FrameRecord:
         dense_start_s: Time of the first dense frame in the video.
         audio_file: ``audio/<video_id>.npy`` or "" without audio.
         has_audio: Whether the video has an audio track that was extracted.
+        result_key: The content-hash key of this extraction (:mod:`components.frame_extraction.reuse`); later
+            stages key their own per-video results on it. ``""`` when unknown (no content hash).
     """
 
     video_id: str
@@ -80,6 +82,7 @@ class FrameRecord:
     dense_start_s: float = 0.0
     audio_file: str = ""
     has_audio: bool = False
+    result_key: str = ""
 
 
 def shard_name(prefix: str, number: int) -> str:

@@ -290,8 +290,8 @@ def run_ingest(manifest_path: Path, cfg: IngestConfig, ctx: StageContext) -> Ing
     """The ingest stage: the videos uploaded in the window ``[as_of - days, as_of)`` into the manifest.
 
     Nothing in the source store (``ctx.storage``) is modified. S3 objects are downloaded to
-    ``{state_dir}/cache/ingest``; a local folder is read in place. Opens the stage run ``ingest`` and logs the
-    counts and the label problems there.
+    ``{state_dir}/cache/videos`` (frame_extraction reads them there: one download per run); a local folder is read
+    in place. Opens the stage run ``ingest`` and logs the counts and the label problems there.
 
     Args:
         manifest_path: Where to write the JSON Lines manifest (one row per in-window video).
@@ -320,7 +320,8 @@ def _ingest_window(manifest_path: Path, rules: IngestConfig, ctx: StageContext, 
     store = open_store(storage_cfg.source_uri)
     if isinstance(store, LocalStore) and not store.root.is_dir():
         raise StorageError(f"source folder {store.uri} does not exist (storage.source_uri)")
-    cache_dir = Path(ctx.state_dir) / "cache" / "ingest"
+    # frame_extraction reads the same folder, so a remote video is downloaded once per run, not twice.
+    cache_dir = Path(ctx.state_dir) / "cache" / "videos"
     end = _day_start(as_of)
     start = _day_start(as_of - timedelta(days=ctx.window.days))
 
