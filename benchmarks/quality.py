@@ -173,7 +173,7 @@ def lipsync_figures(report, truth: dict[str, dict]) -> dict:
         }
     figures["per_fake_type"] = per_type
     per_condition = {}
-    for field in ("scene", "pose", "face_size", "crf"):
+    for field in ("scene", "pose", "face_size", "crf", "occluded", "low_res"):
         for value in sorted({truth[r["video_id"]][field] for r in rows}, key=str):
             subset = [r for r in rows if truth[r["video_id"]][field] == value]
             y = [int(r["label"] == "fake") for r in subset]
@@ -270,6 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--selection-only", action="store_true", help="stop after the face selection comparison on the two-face clips"
     )
+    parser.add_argument(
+        "--lipsync-only",
+        action="store_true",
+        help="the lip-sync half only: no search clips generated, no CLIP fine-tune, no search figures",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -315,12 +320,12 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             as_of=args.as_of,
             talking_heads=args.talking_heads,
-            clips_per_category=args.clips_per_category,
+            clips_per_category=0 if args.lipsync_only else args.clips_per_category,
             workers=args.workers,
         )
         timed("generate", lambda: generate_benchmark(bucket, truth_dir, bench))
     base_dir = Path(resolve_base_ref(config.finetune_clip.base_model, config.state_dir))
-    if not (base_dir / "model.safetensors").exists():
+    if not args.lipsync_only and not (base_dir / "model.safetensors").exists():
         timed("base_clip", lambda: build_demo_base_clip(base_dir, seed=args.seed))
     doc = json.loads((truth_dir / BENCHMARK_FILE).read_text())
 
@@ -342,10 +347,12 @@ def main(argv: list[str] | None = None) -> int:
     if _stage(faces / "index.jsonl", args.fresh):
         timed("face_tracking", lambda: run_face_tracking(frames, faces, config.face_tracking, ctx))
 
-    clip_model = out / "finetune_clip"
-    if _stage(clip_model / "card.json", args.fresh):
-        timed("finetune_clip", lambda: run_finetune_clip(frames, clip_model, config.finetune_clip, ctx))
-    search = timed("evaluate_clip", lambda: search_figures(config, frames, clip_model, out, doc))
+    search = None
+    if not args.lipsync_only:
+        clip_model = out / "finetune_clip"
+        if _stage(clip_model / "card.json", args.fresh):
+            timed("finetune_clip", lambda: run_finetune_clip(frames, clip_model, config.finetune_clip, ctx))
+        search = timed("evaluate_clip", lambda: search_figures(config, frames, clip_model, out, doc))
 
     lipsync_model = out / "finetune_lipsync"
     ft_cfg = config.finetune_lipsync
@@ -380,8 +387,18 @@ def report_text(result: dict, doc: dict) -> str:
     """The figures as Markdown, each with its test-set size and, where the issue sets one, its target."""
     s, ls, fs = result["search"], result["lipsync"], result["face_selection"]
     lines = [
-        f"benchmark: {doc['lipsync']['videos']} talking heads, {doc['search']['videos']} search clips "
-        f"in {len(doc['search']['categories'])} categories",
+        f"benchmark version {doc.get('version', 1)}: {doc['lipsync']['videos']} talking heads, "
+        f"{doc['search']['videos']} search clips in {len(doc['search']['categories'])} categories",
+    ]
+    if s is not None:
+        lines += _search_lines(s)
+    lines += ["", "## Lip-sync (ROC AUC, fake = positive; test videos)", *_lipsync_lines(ls, fs)]
+    lines.append(f"stage seconds: {result['seconds']}")
+    return "\n".join(lines)
+
+
+def _search_lines(s: dict) -> list[str]:
+    lines = [
         "",
         "## Search (R@1; the test videos of the benchmark)",
         "",
@@ -404,9 +421,11 @@ def report_text(result: dict, doc: dict) -> str:
         f"| evaluate stage (test labels, category relevance) | {s['stage_queries']} | {s['n_test_videos']} | "
         f"{s['stage_r1_base']:.3f} | {s['stage_r1_lora']:.3f} | {s['stage_r1_lora'] - s['stage_r1_base']:+.3f} | |"
     )
-    lines += [
-        "",
-        "## Lip-sync (ROC AUC, fake = positive; test videos)",
+    return lines
+
+
+def _lipsync_lines(ls: dict, fs: dict) -> list[str]:
+    lines = [
         "",
         "| subset | n | AUC | target |",
         "|---|---|---|---|",
@@ -437,8 +456,7 @@ def report_text(result: dict, doc: dict) -> str:
             f"{_fmt(v['test_auc'])} ({v['n_test']}) |"
         )
     lines.append(f"\ntime ratio speaking / longest: {fs['time_ratio_speaking_over_longest']:.2f}")
-    lines.append(f"stage seconds: {result['seconds']}")
-    return "\n".join(lines)
+    return lines
 
 
 if __name__ == "__main__":
