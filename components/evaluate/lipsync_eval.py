@@ -11,9 +11,10 @@ applied to the mouth crops, and writes a Markdown table and a PNG plot.
 
 Every test figure carries its confidence interval and the number of videos it rests on
 (:func:`lipsync_estimates`: Wilson for FPR, FNR and accuracy, a bootstrap over videos for ROC AUC and average
-precision; :mod:`components.common.stats`); so does the AUC of each robustness row. The test videos carry no
-fake type (the manifest knows real or fake only), so there is no per-fake-type breakdown here; the benchmark's
-(``benchmarks/quality.py``) has one.
+precision; :mod:`components.common.stats`); so does the AUC of each robustness row. Where the label records give
+the fakes' types (``fake_type``, carried by the manifest), each type gets the same figures against all test
+reals (:func:`fake_type_estimates`), or ``not evaluated`` with its count when it has fewer test fakes than
+``evaluate.min_fake_type_videos``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ PERTURBATIONS: dict[str, tuple[float, ...]] = {
 
 REPORT_FILE = "lipsync_eval.json"
 PAIRED_FILE = "lipsync_paired.jsonl"
+FAKE_TYPES_FILE = "lipsync_fake_types.md"
+#: The group of the test fakes whose label records give no type (listed only beside typed ones).
+UNTYPED = "unspecified"
 TABLE_FILE = "lipsync_robustness.md"
 PLOT_FILE = "lipsync_robustness.png"
 
@@ -118,6 +122,9 @@ class ModelEval:
         val: Validation metrics at that threshold.
         test: Test metrics.
         test_ci: Test metric -> its :class:`~components.common.stats.Estimate` as a mapping (value, interval, n).
+        test_by_fake_type: Fake type -> ``n_fake``, ``n_real`` and either the figures of :func:`lipsync_estimates`
+            but accuracy (that type's fakes against all test reals) or ``not_evaluated`` (why); empty when no test
+            fake has a type.
     """
 
     model_dir: str
@@ -126,6 +133,7 @@ class ModelEval:
     val: dict = field(default_factory=dict)
     test: dict = field(default_factory=dict)
     test_ci: dict = field(default_factory=dict)
+    test_by_fake_type: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -170,6 +178,16 @@ class LipsyncEvalReport:
                 if est.get("low") is not None:
                     out[f"lipsync_{role}_test_{key}_ci_low"] = float(est["low"])
                     out[f"lipsync_{role}_test_{key}_ci_high"] = float(est["high"])
+            for fake_type, figures in ev.test_by_fake_type.items():
+                stem = f"lipsync_{role}_test_fake_type_{fake_type}"
+                out[f"{stem}_n_fake"] = float(figures["n_fake"])
+                for key in ("roc_auc", "average_precision", "fnr"):
+                    est = figures.get(key, {})
+                    if est.get("value") is not None:
+                        out[f"{stem}_{key}"] = float(est["value"])
+                    if est.get("low") is not None:
+                        out[f"{stem}_{key}_ci_low"] = float(est["low"])
+                        out[f"{stem}_{key}_ci_high"] = float(est["high"])
         for key, value in self.cross_validation.get("metrics", {}).items():
             if "mean" in value:
                 out[f"lipsync_cv_{key}_mean"] = value["mean"]
@@ -221,6 +239,53 @@ def lipsync_estimates(
     return {k: v.to_dict() for k, v in out.items()}
 
 
+def fake_type_estimates(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    fake_types: Sequence[str],
+    threshold: float,
+    evaluation: EvaluateConfig | None = None,
+) -> dict[str, dict]:
+    """The test figures of each fake type: that type's fakes against all real test videos.
+
+    Args:
+        labels: 1 fake, 0 real, per video.
+        scores: The detector's score per video.
+        fake_types: The fake type per video (empty for reals and for fakes of unknown type).
+        threshold: The operating point (chosen on validation).
+        evaluation: The ``evaluate`` settings (``min_fake_type_videos``, intervals); defaults when ``None``.
+
+    Returns:
+        Type -> ``n_fake``, ``n_real`` and ``roc_auc``, ``average_precision``, ``fnr`` (that type's fakes missed),
+        ``fpr`` (over all reals: the same for every type) as :meth:`Estimate.to_dict`, or ``not_evaluated`` (why).
+        Fakes without a type form :data:`UNTYPED` when other fakes have one; empty when none has.
+    """
+    ev = evaluation or EvaluateConfig()
+    y = np.asarray(labels, dtype=int)
+    types = np.array([t if label == 1 and t else "" for t, label in zip(fake_types, y, strict=True)], dtype=object)
+    if not types.any():
+        return {}
+    types[(y == 1) & (types == "")] = UNTYPED
+    reals = y == 0
+    out: dict[str, dict] = {}
+    for fake_type in sorted(set(types[y == 1])):
+        fakes = types == fake_type
+        entry: dict = {"n_fake": int(fakes.sum()), "n_real": int(reals.sum())}
+        if entry["n_fake"] < ev.min_fake_type_videos:
+            entry["not_evaluated"] = (
+                f"{entry['n_fake']} test fake(s) of this type, fewer than evaluate.min_fake_type_videos "
+                f"({ev.min_fake_type_videos})"
+            )
+        elif not entry["n_real"]:
+            entry["not_evaluated"] = "no real test video to compare with"
+        else:
+            keep = reals | fakes
+            figures = lipsync_estimates(y[keep], np.asarray(scores, dtype=np.float64)[keep], threshold, ev)
+            entry.update({k: figures[k] for k in ("roc_auc", "average_precision", "fnr", "fpr")})
+        out[fake_type] = entry
+    return out
+
+
 def evaluate_model(
     model_dir: Path, val, test, device: str, evaluation: EvaluateConfig | None
 ) -> tuple[ModelEval, np.ndarray, object]:
@@ -237,6 +302,7 @@ def evaluate_model(
     model = load_model(model_dir, resolve_device(device))
     y_val = np.array([v.label for v in val], dtype=int)
     y_test = np.array([v.label for v in test], dtype=int)
+    fake_types = [v.fake_type for v in test]
     val_scores = _score(model, val) if val else np.zeros(0)
     if len(y_val) and y_val.min() != y_val.max():
         threshold, source = choose_threshold(y_val, val_scores, default=model.config.threshold), "validation"
@@ -250,6 +316,7 @@ def evaluate_model(
         val=binary_metrics(y_val, val_scores, threshold) if len(y_val) else {},
         test=binary_metrics(y_test, test_scores, threshold) if len(y_test) else {},
         test_ci=lipsync_estimates(y_test, test_scores, threshold, evaluation) if len(y_test) else {},
+        test_by_fake_type=fake_type_estimates(y_test, test_scores, fake_types, threshold, evaluation),
     )
     return ev, test_scores, model
 
@@ -322,7 +389,7 @@ def evaluate_lipsync(
 
     paired = []
     for i, v in enumerate(test):
-        row = {"video_id": v.video_id, "label": "fake" if v.label else "real"}
+        row = {"video_id": v.video_id, "label": "fake" if v.label else "real", "fake_type": v.fake_type}
         for role in scores:
             pred = bool(scores[role][i] >= evals[role].threshold)
             row[f"{role}_score"] = float(scores[role][i])
@@ -365,6 +432,38 @@ def _robust_row(model: str, kind: str, level: float, metrics: dict, auc: dict) -
 
 
 # ---------------------------------------------------------------------------------------- report
+
+
+def fake_type_table(report: LipsyncEvalReport) -> str:
+    """Markdown: per model and fake type, AUC / AP / FNR / FPR with their intervals and n, or why not evaluated."""
+
+    def cell(est: dict) -> str:
+        if est.get("value") is None:
+            return f"n/a ({est.get('note', '')})"
+        if est.get("low") is None:
+            return f"{est['value']:.3f} ({est.get('note', 'no interval')})"
+        return f"{est['value']:.3f} [{est['low']:.3f}, {est['high']:.3f}]"
+
+    lines = [
+        "| model | fake type | test fakes | test reals | ROC AUC | average precision | FNR | FPR |",
+        "|---|---|---:|---:|---|---|---|---|",
+    ]
+    for role, ev in (("challenger", report.challenger), ("champion", report.champion)):
+        for fake_type, row in (ev.test_by_fake_type if ev else {}).items():
+            head = f"| {role} | {fake_type} | {row['n_fake']} | {row['n_real']} |"
+            if "not_evaluated" in row:
+                lines.append(f"{head} not evaluated: {row['not_evaluated']} | | | |")
+            else:
+                figures = " | ".join(cell(row[k]) for k in ("roc_auc", "average_precision", "fnr", "fpr"))
+                lines.append(f"{head} {figures} |")
+    confidence = report.challenger.test_ci.get("roc_auc", {}).get("confidence", 0.95)
+    lines += [
+        "",
+        f"Each fake type against all test reals (fake = positive); {confidence:.0%} intervals (bootstrap over videos "
+        "for AUC and AP, Wilson for FNR and FPR); FNR over that type's fakes at the operating point, FPR over the "
+        "reals (the same for every type).",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def robustness_table(rows: Sequence[dict]) -> str:
@@ -444,6 +543,9 @@ def write_lipsync_report(report: LipsyncEvalReport, out_dir: str | Path) -> dict
     with open(out / PAIRED_FILE, "w", encoding="utf-8") as fh:
         for row in report.paired:
             fh.write(json.dumps(json_safe(row), sort_keys=True) + "\n")
+    if report.challenger.test_by_fake_type:
+        (out / FAKE_TYPES_FILE).write_text(fake_type_table(report), encoding="utf-8")
+        files["fake_types"] = str(out / FAKE_TYPES_FILE)
     if report.robustness:
         (out / TABLE_FILE).write_text(robustness_table(report.robustness), encoding="utf-8")
         robustness_plot(report.robustness, out / PLOT_FILE)

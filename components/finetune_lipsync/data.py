@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ class LipsyncVideo:
         label: 1 for fake (manipulated), 0 for real.
         split: The manifest split.
         fallback_used: The crops are the frame centre (no face found).
+        fake_type: How a fake was made (from the manifest), empty when unknown; evaluate's per-type figures.
     """
 
     video_id: str
@@ -43,6 +45,7 @@ class LipsyncVideo:
     label: int
     split: str = "train"
     fallback_used: bool = False
+    fake_type: str = ""
 
     @property
     def duration_s(self) -> float:
@@ -140,7 +143,16 @@ def load_lipsync_videos(
             logger.warning("finetune_lipsync: skipping %s: %s", rec.video_id, exc)
             continue
         videos.append(
-            LipsyncVideo(rec.video_id, crops, audio, rec.fps, LABELS[rec.authenticity], rec.split, rec.fallback_used)
+            LipsyncVideo(
+                rec.video_id,
+                crops,
+                audio,
+                rec.fps,
+                LABELS[rec.authenticity],
+                rec.split,
+                rec.fallback_used,
+                rec.fake_type if rec.authenticity == "fake" else "",
+            )
         )
     return videos, skipped
 
@@ -176,10 +188,7 @@ def _resize_crops(crops: np.ndarray, size: int) -> np.ndarray:
 
 def resize_videos(videos: Sequence[LipsyncVideo], size: int) -> list[LipsyncVideo]:
     """Resize crops once to the model's input size (cheaper than in every forward pass)."""
-    return [
-        LipsyncVideo(v.video_id, _resize_crops(v.crops, size), v.audio, v.fps, v.label, v.split, v.fallback_used)
-        for v in videos
-    ]
+    return [dataclasses.replace(v, crops=_resize_crops(v.crops, size)) for v in videos]
 
 
 def fixed_windows(videos: Sequence[LipsyncVideo], mc: LipSyncModelConfig) -> WindowSet:

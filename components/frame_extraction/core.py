@@ -369,6 +369,7 @@ def _frame_record(record: VideoRecord, video: ExtractedVideo) -> FrameRecord:
         labels=tuple(record.labels),
         category=record.category,
         authenticity=record.authenticity,
+        fake_type=record.fake_type,
         status=video.status,
         reason=video.reason,
         partial=video.partial,
