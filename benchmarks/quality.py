@@ -191,6 +191,51 @@ def lipsync_figures(report, truth: dict[str, dict]) -> dict:
     return figures
 
 
+def oracle_figures(doc: dict, truth_path: Path) -> dict:
+    """How separable the fakes are for an oracle that reads the TRUE mouth opening (the generator's truth) and the
+    clip's own speech envelope, over every talking head (no model, no video): the context for the detector's figures.
+
+    Rules (each a score, higher = more likely fake; AUC of each fake type against all reals):
+    ``sync``: 1 - the best correlation within +-3 frames (a SyncNet-like confidence: blind to small offsets);
+    ``lag0``: minus the correlation at lag 0; ``lag``: distance of the best-correlating lag from the reals' median.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    from components.demo_data.benchmark import _plan_benchmark
+    from components.demo_data.config import BenchmarkConfig
+    from components.demo_data.core import _syllables
+    from components.demo_data.speech import frame_envelope
+
+    config = BenchmarkConfig(**doc["config"])
+    voice = {job.name: job.params["env"] for job in _plan_benchmark(config) if job.kind != "search"}
+    rows = [r for r in map(json.loads, truth_path.read_text().splitlines()) if r["video_path"] in voice]
+
+    def correlations(row: dict) -> np.ndarray:  # lags -5..5
+        mouth = np.asarray(row["mouth_opening"])
+        n = len(mouth)
+        own = frame_envelope(_syllables(config, voice[row["video_path"]]), n, config.talking_fps)
+        return np.array(
+            [np.corrcoef(own[max(0, k) : n + min(0, k)], mouth[max(0, -k) : n - max(0, k)])[0, 1] for k in range(-5, 6)]
+        )
+
+    corr = {r["video_path"]: correlations(r) for r in rows}
+    reals = [r["video_path"] for r in rows if r["authenticity"] == "real"]
+    real_lag = float(np.median([np.argmax(corr[v]) for v in reals]))
+    rules = {
+        "sync": lambda c: 1 - c[2:9].max(),
+        "lag0": lambda c: -c[5],
+        "lag": lambda c: abs(np.argmax(c) - real_lag) - 0.01 * c.max(),
+    }
+    figures: dict = {"n_real": len(reals), "real_corr_lag0_median": float(np.median([corr[v][5] for v in reals]))}
+    for fake_type in ("offset", "partial", "other_speaker"):
+        fakes = [r["video_path"] for r in rows if r.get("fake_type") == fake_type]
+        y = [0] * len(reals) + [1] * len(fakes)
+        figures[fake_type] = {"n_fake": len(fakes)} | {
+            name: float(roc_auc_score(y, [rule(corr[v]) for v in reals + fakes])) for name, rule in rules.items()
+        }
+    return figures
+
+
 def face_selection(config, frames_dir: Path, work: Path, truth: dict[str, dict]) -> dict:
     """``speaking`` vs ``longest`` on the two-face interviews: how often each picks the speaker, and its time.
 
@@ -268,6 +313,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="stage outputs and quality.json (default HOME/quality)")
     parser.add_argument("--fresh", action="store_true", help="recompute every stage")
     parser.add_argument(
+        "--lipsync-epochs",
+        type=int,
+        default=None,
+        help="finetune_lipsync.epochs (default: the config's 20); fewer for a bounded run on a busy machine",
+    )
+    parser.add_argument(
         "--selection-only", action="store_true", help="stop after the face selection comparison on the two-face clips"
     )
     parser.add_argument(
@@ -299,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
             "ingest": {"test_fraction": args.test_fraction},
             "frame_extraction": {"workers": args.workers},
             "face_tracking": {"workers": args.workers},
+            "finetune_lipsync": {} if args.lipsync_epochs is None else {"epochs": args.lipsync_epochs},
         }
     )
     ctx = config.context(track=False)  # nothing is logged or registered
@@ -368,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
     )
     lipsync = lipsync_figures(ls_report, truth)
+    lipsync["oracle"] = oracle_figures(doc, truth_dir / "truth.jsonl")
     face_selection_auc(selection, lipsync_model, out / "work", config.face_tracking)
 
     result = {
@@ -376,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         "face_selection": selection,
         "seconds": seconds,
         "face_tracking_default": config.face_tracking.select_strategy,
+        "lipsync_epochs": config.finetune_lipsync.epochs,
     }
     (out / "quality.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
     print(report_text(result, doc))
@@ -442,6 +496,19 @@ def _lipsync_lines(ls: dict, fs: dict) -> list[str]:
             f">= 0.90: {_verdict(row['auc'], 0.90)}" if row["perturbation"] in TARGET_PERTURBATIONS else "(no target)"
         )
         lines.append(f"| {row['perturbation']} {row['level']:g} | {ls['n_tracked']} | {_fmt(row['auc'])} | {target} |")
+    oracle = ls.get("oracle")
+    if oracle:
+        lines += [
+            "",
+            f"Oracle on the true mouth opening, all {oracle['n_real']} reals (median lag-0 correlation with their own "
+            f"voice {oracle['real_corr_lag0_median']:.2f}): AUC of the rules sync / lag0 / lag",
+            "",
+            "| fake type | n | sync | lag0 | lag |",
+            "|---|---|---|---|---|",
+        ]
+        for fake_type in ("offset", "partial", "other_speaker"):
+            v = oracle[fake_type]
+            lines.append(f"| {fake_type} | {v['n_fake']} | {v['sync']:.3f} | {v['lag0']:.3f} | {v['lag']:.3f} |")
     lines += [
         "",
         f"## Face selection on the {fs['n_two_face']} two-face interviews",

@@ -192,9 +192,14 @@ def test_stage_fetches_champion_from_registry_and_logs_to_mlflow(tmp_path):
     from components.common import tracking
     from components.config import from_dict
     from components.evaluate.core import run_evaluate_lipsync
+    from components.face_tracking.dataset import read_face_index, write_face_index
 
     faces = tmp_path / "faces"
     write_synthetic_faces(faces, {"train": 4, "val": 2, "test": 4}, duration_s=1.0, size=32)
+    # Its 2 test fakes are of one type: too few for that type's figures, which the stage run says.
+    write_face_index(
+        faces, [replace(r, fake_type="offset" if r.authenticity == "fake" else "") for r in read_face_index(faces)]
+    )
     config = from_dict({"client_id": "acme", "state_dir": str(tmp_path / "state")})
     mc = LipSyncModelConfig(crop_size=32, visual_channels=4, audio_channels=8, embed_dim=16, attention_heads=2)
     for name in ("champion", "challenger"):
@@ -222,6 +227,11 @@ def test_stage_fetches_champion_from_registry_and_logs_to_mlflow(tmp_path):
     assert "evaluate_lipsync/lipsync_robustness.png" in logged and "evaluate_lipsync/lipsync_paired.jsonl" in logged
     logged_metrics = client.get_run(run_id).data.metrics
     assert "lipsync_champion_test_accuracy" in logged_metrics and "lipsync_cv_roc_auc_std" in logged_metrics
+    assert logged_metrics["lipsync_challenger_test_fake_type_offset_n_fake"] == 2
+    assert client.get_run(run_id).data.tags[tracking.NOT_EVALUATED_TAG] == (
+        "fake type offset: 2 test fake(s) of this type, fewer than evaluate.min_fake_type_videos (5)"
+    )
+    assert "evaluate_lipsync/lipsync_fake_types.md" in logged
 
 
 def test_fake_type_estimates_against_known_values():
