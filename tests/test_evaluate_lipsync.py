@@ -235,7 +235,7 @@ def test_stage_fetches_champion_from_registry_and_logs_to_mlflow(tmp_path):
 
 
 def test_fake_type_estimates_against_known_values():
-    from components.evaluate.lipsync_eval import UNTYPED, fake_type_estimates
+    from components.evaluate.lipsync_figures import UNTYPED, fake_type_estimates
 
     # 4 reals (0.1, 0.2, 0.3, 0.6); offsets 0.7, 0.5, 0.15; other_speaker 0.9, 0.8, 0.65; one untyped fake 0.05.
     y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1])
