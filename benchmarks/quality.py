@@ -313,6 +313,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="stage outputs and quality.json (default HOME/quality)")
     parser.add_argument("--fresh", action="store_true", help="recompute every stage")
     parser.add_argument(
+        "--skip-selection", action="store_true", help="no face selection comparison (speaking vs longest)"
+    )
+    parser.add_argument(
+        "--perturbations",
+        default="",
+        help="comma-separated perturbations of the robustness sweep (default: all of the evaluate stage's)",
+    )
+    parser.add_argument(
         "--lipsync-epochs",
         type=int,
         default=None,
@@ -331,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from components.config import from_dict
     from components.demo_data.benchmark import BENCHMARK_FILE, BenchmarkConfig, generate_benchmark
-    from components.evaluate.lipsync_eval import evaluate_lipsync
+    from components.evaluate.lipsync_eval import PERTURBATIONS, evaluate_lipsync
     from components.face_tracking.core import run_face_tracking
     from components.finetune_clip.base_model import build_demo_base_clip
     from components.finetune_clip.core import run_finetune_clip
@@ -391,7 +399,9 @@ def main(argv: list[str] | None = None) -> int:
             lambda: run_frame_extraction(manifest, frames, config.frame_extraction, ctx),
         )
     truth = _truth_by_id(manifest, truth_dir / "truth.jsonl")
-    selection = timed("face_selection", lambda: face_selection(config, frames, out / "work", truth))
+    selection = None
+    if not args.skip_selection:
+        selection = timed("face_selection", lambda: face_selection(config, frames, out / "work", truth))
     if args.selection_only:
         print(json.dumps(selection, indent=1))
         return 0
@@ -413,15 +423,28 @@ def main(argv: list[str] | None = None) -> int:
             "finetune_lipsync",
             lambda: run_finetune_lipsync(faces, lipsync_model, ft_cfg, ctx, face_config=config.face_tracking),
         )
+    sweep = None
+    if args.perturbations:
+        unknown = set(args.perturbations.split(",")) - set(PERTURBATIONS)
+        if unknown:
+            parser.error(f"--perturbations: unknown {sorted(unknown)}; known: {', '.join(PERTURBATIONS)}")
+        sweep = {k: PERTURBATIONS[k] for k in args.perturbations.split(",")}
     ls_report = timed(
         "evaluate_lipsync",
         lambda: evaluate_lipsync(
-            lipsync_model, None, faces, out / "evaluate_lipsync", ft_cfg, face_config=config.face_tracking
+            lipsync_model,
+            None,
+            faces,
+            out / "evaluate_lipsync",
+            ft_cfg,
+            perturbations=sweep,
+            face_config=config.face_tracking,
         ),
     )
     lipsync = lipsync_figures(ls_report, truth)
     lipsync["oracle"] = oracle_figures(doc, truth_dir / "truth.jsonl")
-    face_selection_auc(selection, lipsync_model, out / "work", config.face_tracking)
+    if selection is not None:
+        face_selection_auc(selection, lipsync_model, out / "work", config.face_tracking)
 
     result = {
         "search": search,
@@ -509,6 +532,8 @@ def _lipsync_lines(ls: dict, fs: dict) -> list[str]:
         for fake_type in ("offset", "partial", "other_speaker"):
             v = oracle[fake_type]
             lines.append(f"| {fake_type} | {v['n_fake']} | {v['sync']:.3f} | {v['lag0']:.3f} | {v['lag']:.3f} |")
+    if fs is None:
+        return lines
     lines += [
         "",
         f"## Face selection on the {fs['n_two_face']} two-face interviews",
