@@ -459,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": seconds,
         "face_tracking_default": config.face_tracking.select_strategy,
         "lipsync_epochs": config.finetune_lipsync.epochs,
+        "perturbations": sweep or "all",
     }
     (out / "quality.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
     print(report_text(result, doc))
@@ -476,6 +477,7 @@ def report_text(result: dict, doc: dict) -> str:
     if s is not None:
         lines += _search_lines(s)
     lines += ["", "## Lip-sync (ROC AUC, fake = positive; test videos)", *_lipsync_lines(ls, fs)]
+    lines.append(f"lip-sync epochs: {result['lipsync_epochs']}; perturbation sweep: {result['perturbations']}")
     lines.append(f"stage seconds: {result['seconds']}")
     return "\n".join(lines)
 
