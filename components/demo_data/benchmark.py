@@ -632,7 +632,7 @@ def _silent_moves(config: BenchmarkConfig, n: int, rng: np.random.Generator) -> 
 
 
 def _blinks(rng: np.random.Generator, n: int, fps: float) -> np.ndarray:
-    """Eye closure per frame (0 open, 1 shut): blinks of 3-5 frames at a per-speaker rate, Poisson times."""
+    """Eye closure per frame (0 open, 1 shut): blinks of 3-4 frames at a per-speaker rate, Poisson times."""
     closure = np.zeros(n)
     rate = float(rng.uniform(*REALISM["blinks_per_s"]))
     for start in np.sort(rng.uniform(0, n, int(rng.poisson(rate * n / fps)))).astype(int):
