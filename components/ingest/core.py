@@ -174,8 +174,7 @@ def _parse_label_line(line: str, videos_prefix: str) -> tuple[str, _Label]:
             timestamp = _parse_timestamp(stamp)
         except ValueError:
             raise ValueError(f"timestamp must be an ISO date or datetime, got {stamp!r}") from None
-    label = _Label(labels, category.strip(), authenticity, fake_type, timestamp)
-    return path, label
+    return path, _Label(labels, category.strip(), authenticity, fake_type, timestamp)
 
 
 def read_labels(store: Any, labels_prefix: str, videos_prefix: str) -> tuple[dict[str, _Label], list[str]]:
@@ -213,7 +212,7 @@ def read_labels(store: Any, labels_prefix: str, videos_prefix: str) -> tuple[dic
                 label.labels = list(dict.fromkeys(first.labels + label.labels))
                 label.category = label.category or first.category
                 label.authenticity = label.authenticity or first.authenticity
-                label.fake_type = label.fake_type or first.fake_type
+                label.fake_type = (label.fake_type or first.fake_type) if label.authenticity == "fake" else ""
                 label.timestamp = label.timestamp or first.timestamp
             records[path] = label
     return records, problems
