@@ -18,9 +18,10 @@ Version 2 (``BENCHMARK_VERSION``) makes the reals as imperfect as real footage (
 difference from a real is small: a speaker's lips lead (or lag) the sound by -20..80 ms, each syllable's gesture
 jitters around that (25 ms s.d.), is longer or shorter than its sound and opens the mouth by its own amount;
 gestures are smoothed into each other (coarticulation); the mouth moves in pauses too (breath, lip presses); faces
-blink and move their heads more; 12 % of the clips have a hand or a microphone over the mouth for 0.3-0.9 s and
-15 % are low-resolution (rendered at 40-65 % of the side and upscaled). Fakes are articulated the same way: they
-differ from reals only in what drives the mouth. Version 1 had the mouth follow the voice exactly.
+blink and move their heads more; a clip has a hand or a microphone over the mouth for 0.3-0.9 s with probability
+12 % and is low-resolution (rendered at 40-65 % of the side and upscaled) with probability 15 %. Fakes are
+articulated the same way: they differ from reals only in what drives the mouth. Version 1 had the mouth follow the
+voice exactly.
 
 Every clip, real or fake, draws its conditions independently of its label: a head pose (``frontal``,
 ``tilted`` 15-30 degrees of roll, ``turned``: a yaw-like perspective squeeze to 55-80 %), a face size
