@@ -18,6 +18,10 @@ The benchmark library is generated first when the client's folder has none.
 
 Run: ``.venv/bin/python benchmarks/quality.py --home .clipsync/bench`` (1.6 h measured on 2 shared CPU cores, of
 which lip-sync training 57 min); ``--talking-heads 24 --clips-per-category 3`` makes a smoke run of a few minutes.
+``--lipsync-only`` runs the lip-sync half alone (no search clips, no CLIP fine-tune); ``--skip-selection``,
+``--lipsync-epochs N`` and ``--perturbations KIND[:LEVEL],...`` bound it further on a busy machine (each is printed
+with the figures). A model-free oracle on the generator's true mouth opening gives the context of the lip-sync
+figures: how separable each fake type is at all for a correlation rule.
 """
 
 from __future__ import annotations
@@ -173,7 +177,7 @@ def lipsync_figures(report, truth: dict[str, dict]) -> dict:
         }
     figures["per_fake_type"] = per_type
     per_condition = {}
-    for field in ("scene", "pose", "face_size", "crf"):
+    for field in ("scene", "pose", "face_size", "crf", "occluded", "low_res"):
         for value in sorted({truth[r["video_id"]][field] for r in rows}, key=str):
             subset = [r for r in rows if truth[r["video_id"]][field] == value]
             y = [int(r["label"] == "fake") for r in subset]
@@ -188,6 +192,51 @@ def lipsync_figures(report, truth: dict[str, dict]) -> dict:
         for r in report.robustness
         if r["model"] == "challenger" and r["perturbation"] != "none"
     ]
+    return figures
+
+
+def oracle_figures(doc: dict, truth_path: Path) -> dict:
+    """How separable the fakes are for an oracle that reads the TRUE mouth opening (the generator's truth) and the
+    clip's own speech envelope, over every talking head (no model, no video): the context for the detector's figures.
+
+    Rules (each a score, higher = more likely fake; AUC of each fake type against all reals):
+    ``sync``: 1 - the best correlation within +-3 frames (a SyncNet-like confidence: blind to small offsets);
+    ``lag0``: minus the correlation at lag 0; ``lag``: distance of the best-correlating lag from the reals' median.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    from components.demo_data.benchmark import _plan_benchmark
+    from components.demo_data.config import BenchmarkConfig
+    from components.demo_data.core import _syllables
+    from components.demo_data.speech import frame_envelope
+
+    config = BenchmarkConfig(**doc["config"])
+    voice = {job.name: job.params["env"] for job in _plan_benchmark(config) if job.kind != "search"}
+    rows = [r for r in map(json.loads, truth_path.read_text().splitlines()) if r["video_path"] in voice]
+
+    def correlations(row: dict) -> np.ndarray:  # lags -5..5
+        mouth = np.asarray(row["mouth_opening"])
+        n = len(mouth)
+        own = frame_envelope(_syllables(config, voice[row["video_path"]]), n, config.talking_fps)
+        return np.array(
+            [np.corrcoef(own[max(0, k) : n + min(0, k)], mouth[max(0, -k) : n - max(0, k)])[0, 1] for k in range(-5, 6)]
+        )
+
+    corr = {r["video_path"]: correlations(r) for r in rows}
+    reals = [r["video_path"] for r in rows if r["authenticity"] == "real"]
+    real_lag = float(np.median([np.argmax(corr[v]) for v in reals]))
+    rules = {
+        "sync": lambda c: 1 - c[2:9].max(),
+        "lag0": lambda c: -c[5],
+        "lag": lambda c: abs(np.argmax(c) - real_lag) - 0.01 * c.max(),
+    }
+    figures: dict = {"n_real": len(reals), "real_corr_lag0_median": float(np.median([corr[v][5] for v in reals]))}
+    for fake_type in ("offset", "partial", "other_speaker"):
+        fakes = [r["video_path"] for r in rows if r.get("fake_type") == fake_type]
+        y = [0] * len(reals) + [1] * len(fakes)
+        figures[fake_type] = {"n_fake": len(fakes)} | {
+            name: float(roc_auc_score(y, [rule(corr[v]) for v in reals + fakes])) for name, rule in rules.items()
+        }
     return figures
 
 
@@ -268,14 +317,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="stage outputs and quality.json (default HOME/quality)")
     parser.add_argument("--fresh", action="store_true", help="recompute every stage")
     parser.add_argument(
+        "--skip-selection", action="store_true", help="no face selection comparison (speaking vs longest)"
+    )
+    parser.add_argument(
+        "--perturbations",
+        default="",
+        help="the robustness sweep: comma-separated KIND (its three levels) or KIND:LEVEL (default: all of evaluate's)",
+    )
+    parser.add_argument(
+        "--lipsync-epochs",
+        type=int,
+        default=None,
+        help="finetune_lipsync.epochs (default: the config's 20); fewer for a bounded run on a busy machine",
+    )
+    parser.add_argument(
         "--selection-only", action="store_true", help="stop after the face selection comparison on the two-face clips"
+    )
+    parser.add_argument(
+        "--lipsync-only",
+        action="store_true",
+        help="the lip-sync half only: no search clips generated, no CLIP fine-tune, no search figures",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     from components.config import from_dict
     from components.demo_data.benchmark import BENCHMARK_FILE, BenchmarkConfig, generate_benchmark
-    from components.evaluate.lipsync_eval import evaluate_lipsync
+    from components.evaluate.lipsync_eval import PERTURBATIONS, evaluate_lipsync
     from components.face_tracking.core import run_face_tracking
     from components.finetune_clip.base_model import build_demo_base_clip
     from components.finetune_clip.core import run_finetune_clip
@@ -294,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             "ingest": {"test_fraction": args.test_fraction},
             "frame_extraction": {"workers": args.workers},
             "face_tracking": {"workers": args.workers},
+            "finetune_lipsync": {} if args.lipsync_epochs is None else {"epochs": args.lipsync_epochs},
         }
     )
     ctx = config.context(track=False)  # nothing is logged or registered
@@ -315,12 +384,12 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             as_of=args.as_of,
             talking_heads=args.talking_heads,
-            clips_per_category=args.clips_per_category,
+            clips_per_category=0 if args.lipsync_only else args.clips_per_category,
             workers=args.workers,
         )
         timed("generate", lambda: generate_benchmark(bucket, truth_dir, bench))
     base_dir = Path(resolve_base_ref(config.finetune_clip.base_model, config.state_dir))
-    if not (base_dir / "model.safetensors").exists():
+    if not args.lipsync_only and not (base_dir / "model.safetensors").exists():
         timed("base_clip", lambda: build_demo_base_clip(base_dir, seed=args.seed))
     doc = json.loads((truth_dir / BENCHMARK_FILE).read_text())
 
@@ -334,7 +403,9 @@ def main(argv: list[str] | None = None) -> int:
             lambda: run_frame_extraction(manifest, frames, config.frame_extraction, ctx),
         )
     truth = _truth_by_id(manifest, truth_dir / "truth.jsonl")
-    selection = timed("face_selection", lambda: face_selection(config, frames, out / "work", truth))
+    selection = None
+    if not args.skip_selection:
+        selection = timed("face_selection", lambda: face_selection(config, frames, out / "work", truth))
     if args.selection_only:
         print(json.dumps(selection, indent=1))
         return 0
@@ -342,10 +413,12 @@ def main(argv: list[str] | None = None) -> int:
     if _stage(faces / "index.jsonl", args.fresh):
         timed("face_tracking", lambda: run_face_tracking(frames, faces, config.face_tracking, ctx))
 
-    clip_model = out / "finetune_clip"
-    if _stage(clip_model / "card.json", args.fresh):
-        timed("finetune_clip", lambda: run_finetune_clip(frames, clip_model, config.finetune_clip, ctx))
-    search = timed("evaluate_clip", lambda: search_figures(config, frames, clip_model, out, doc))
+    search = None
+    if not args.lipsync_only:
+        clip_model = out / "finetune_clip"
+        if _stage(clip_model / "card.json", args.fresh):
+            timed("finetune_clip", lambda: run_finetune_clip(frames, clip_model, config.finetune_clip, ctx))
+        search = timed("evaluate_clip", lambda: search_figures(config, frames, clip_model, out, doc))
 
     lipsync_model = out / "finetune_lipsync"
     ft_cfg = config.finetune_lipsync
@@ -354,14 +427,30 @@ def main(argv: list[str] | None = None) -> int:
             "finetune_lipsync",
             lambda: run_finetune_lipsync(faces, lipsync_model, ft_cfg, ctx, face_config=config.face_tracking),
         )
+    sweep: dict[str, tuple[float, ...]] | None = None
+    if args.perturbations:
+        sweep = {}
+        for item in args.perturbations.split(","):
+            kind, _, level = item.partition(":")
+            if kind not in PERTURBATIONS:
+                parser.error(f"--perturbations: unknown {kind!r}; known: {', '.join(PERTURBATIONS)}")
+            sweep[kind] = sweep.get(kind, ()) + ((float(level),) if level else PERTURBATIONS[kind])
     ls_report = timed(
         "evaluate_lipsync",
         lambda: evaluate_lipsync(
-            lipsync_model, None, faces, out / "evaluate_lipsync", ft_cfg, face_config=config.face_tracking
+            lipsync_model,
+            None,
+            faces,
+            out / "evaluate_lipsync",
+            ft_cfg,
+            perturbations=sweep,
+            face_config=config.face_tracking,
         ),
     )
     lipsync = lipsync_figures(ls_report, truth)
-    face_selection_auc(selection, lipsync_model, out / "work", config.face_tracking)
+    lipsync["oracle"] = oracle_figures(doc, truth_dir / "truth.jsonl")
+    if selection is not None:
+        face_selection_auc(selection, lipsync_model, out / "work", config.face_tracking)
 
     result = {
         "search": search,
@@ -369,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
         "face_selection": selection,
         "seconds": seconds,
         "face_tracking_default": config.face_tracking.select_strategy,
+        "lipsync_epochs": config.finetune_lipsync.epochs,
+        "perturbations": sweep or "all",
     }
     (out / "quality.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
     print(report_text(result, doc))
@@ -380,8 +471,19 @@ def report_text(result: dict, doc: dict) -> str:
     """The figures as Markdown, each with its test-set size and, where the issue sets one, its target."""
     s, ls, fs = result["search"], result["lipsync"], result["face_selection"]
     lines = [
-        f"benchmark: {doc['lipsync']['videos']} talking heads, {doc['search']['videos']} search clips "
-        f"in {len(doc['search']['categories'])} categories",
+        f"benchmark version {doc.get('version', 1)}: {doc['lipsync']['videos']} talking heads, "
+        f"{doc['search']['videos']} search clips in {len(doc['search']['categories'])} categories",
+    ]
+    if s is not None:
+        lines += _search_lines(s)
+    lines += ["", "## Lip-sync (ROC AUC, fake = positive; test videos)", *_lipsync_lines(ls, fs)]
+    lines.append(f"lip-sync epochs: {result['lipsync_epochs']}; perturbation sweep: {result['perturbations']}")
+    lines.append(f"stage seconds: {result['seconds']}")
+    return "\n".join(lines)
+
+
+def _search_lines(s: dict) -> list[str]:
+    lines = [
         "",
         "## Search (R@1; the test videos of the benchmark)",
         "",
@@ -404,9 +506,11 @@ def report_text(result: dict, doc: dict) -> str:
         f"| evaluate stage (test labels, category relevance) | {s['stage_queries']} | {s['n_test_videos']} | "
         f"{s['stage_r1_base']:.3f} | {s['stage_r1_lora']:.3f} | {s['stage_r1_lora'] - s['stage_r1_base']:+.3f} | |"
     )
-    lines += [
-        "",
-        "## Lip-sync (ROC AUC, fake = positive; test videos)",
+    return lines
+
+
+def _lipsync_lines(ls: dict, fs: dict) -> list[str]:
+    lines = [
         "",
         "| subset | n | AUC | target |",
         "|---|---|---|---|",
@@ -423,6 +527,21 @@ def report_text(result: dict, doc: dict) -> str:
             f">= 0.90: {_verdict(row['auc'], 0.90)}" if row["perturbation"] in TARGET_PERTURBATIONS else "(no target)"
         )
         lines.append(f"| {row['perturbation']} {row['level']:g} | {ls['n_tracked']} | {_fmt(row['auc'])} | {target} |")
+    oracle = ls.get("oracle")
+    if oracle:
+        lines += [
+            "",
+            f"Oracle on the true mouth opening, all {oracle['n_real']} reals (median lag-0 correlation with their own "
+            f"voice {oracle['real_corr_lag0_median']:.2f}): AUC of the rules sync / lag0 / lag",
+            "",
+            "| fake type | n | sync | lag0 | lag |",
+            "|---|---|---|---|---|",
+        ]
+        for fake_type in ("offset", "partial", "other_speaker"):
+            v = oracle[fake_type]
+            lines.append(f"| {fake_type} | {v['n_fake']} | {v['sync']:.3f} | {v['lag0']:.3f} | {v['lag']:.3f} |")
+    if fs is None:
+        return lines
     lines += [
         "",
         f"## Face selection on the {fs['n_two_face']} two-face interviews",
@@ -437,8 +556,7 @@ def report_text(result: dict, doc: dict) -> str:
             f"{_fmt(v['test_auc'])} ({v['n_test']}) |"
         )
     lines.append(f"\ntime ratio speaking / longest: {fs['time_ratio_speaking_over_longest']:.2f}")
-    lines.append(f"stage seconds: {result['seconds']}")
-    return "\n".join(lines)
+    return lines
 
 
 if __name__ == "__main__":

@@ -304,6 +304,11 @@ def test_benchmark_plan_counts_labels_and_queries():
     fakes = [j.params["fake_type"] for j in talking if j.authenticity == "fake"]
     assert len(fakes) == 200 and sorted(Counter(fakes).values()) == [66, 67, 67] and set(fakes) == set(FAKE_TYPES)
     assert all(j.params["fake_type"] == "" for j in talking if j.authenticity == "real")
+    # Version 2's occlusions and low-resolution clips, drawn independently of the label (REALISM: 12 %, 15 %).
+    assert sum(j.params["occluded"] for j in talking) == 38 and sum(j.params["low_res"] for j in talking) == 55
+    for flaw in ("occluded", "low_res"):
+        shares = [sum(j.params[flaw] for j in talking if j.authenticity == a) for a in ("real", "fake")]
+        assert abs(shares[0] - shares[1]) <= 12, (flaw, shares)
     assert all(j.labels == [] for j in talking)  # lip-sync data only
     queries = held_out_queries()
     assert len(queries) == 21 * 3 + 7 * 2
@@ -353,6 +358,22 @@ def test_benchmark_tiny_library_is_reproducible_and_documented(tmp_path):
     start, stop = fakes["partial"]["manipulated_frames"]
     assert 0 < start < stop < 75 and 25 <= stop - start <= 38
     assert fakes["other_speaker"]["manipulated_frames"] == [0, 75] and fakes["other_speaker"]["envelope_corr"] > 0
+    assert {r["video_path"]: r.get("fake_type") for r in records if r["authenticity"] == "fake"} == {
+        t["video_path"]: t["fake_type"] for t in truth if t["authenticity"] == "fake"
+    }  # the label records carry the fake type, as a client's may
+    assert all("fake_type" not in r for r in records if r["authenticity"] == "real")
+    # Version 2: real mouths follow their voice imperfectly (lead, jitter, coarticulation, silent moves).
+    from components.demo_data.benchmark import REALISM, _plan_benchmark
+    from components.demo_data.core import _syllables
+    from components.demo_data.speech import frame_envelope
+
+    voice = {job.name: job.params["env"] for job in _plan_benchmark(config)}
+    for row in truth:
+        assert row["version"] == 2 and REALISM["lead_s"][0] <= row["lead_s"] <= REALISM["lead_s"][1]
+        if row["authenticity"] == "real":
+            own = frame_envelope(_syllables(config, voice[row["video_path"]]), 75, 25)
+            corr = np.corrcoef(own, row["mouth_opening"])[0, 1]
+            assert 0.2 < corr < 0.98, (row["video_path"], corr)  # related, never exact (v1: 1.0)
     for row in truth:
         assert row["crf"] in config.crf_levels and row["bitrate_kbps"] > 0
         assert [f["speaking"] for f in row["faces"]].count(True) == 1
@@ -365,3 +386,7 @@ def test_benchmark_tiny_library_is_reproducible_and_documented(tmp_path):
     }
     assert all(v["description"] for v in doc["lipsync"]["fake_types"].values())
     assert doc["lipsync"]["scenes"]["two_face"]["count"] == 2 and len(doc["search"]["test_queries"]) == 77
+    assert doc["version"] == 2 and doc["lipsync"]["realism"]["occluded_fraction"] == 0.12
+    for flaw in ("occluded", "low_res"):
+        n = sum(t[flaw] for t in truth)
+        assert doc["lipsync"][flaw].get("true", {"count": 0})["count"] == n

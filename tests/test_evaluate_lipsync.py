@@ -192,9 +192,14 @@ def test_stage_fetches_champion_from_registry_and_logs_to_mlflow(tmp_path):
     from components.common import tracking
     from components.config import from_dict
     from components.evaluate.core import run_evaluate_lipsync
+    from components.face_tracking.dataset import read_face_index, write_face_index
 
     faces = tmp_path / "faces"
     write_synthetic_faces(faces, {"train": 4, "val": 2, "test": 4}, duration_s=1.0, size=32)
+    # Its 2 test fakes are of one type: too few for that type's figures, which the stage run says.
+    write_face_index(
+        faces, [replace(r, fake_type="offset" if r.authenticity == "fake" else "") for r in read_face_index(faces)]
+    )
     config = from_dict({"client_id": "acme", "state_dir": str(tmp_path / "state")})
     mc = LipSyncModelConfig(crop_size=32, visual_channels=4, audio_channels=8, embed_dim=16, attention_heads=2)
     for name in ("champion", "challenger"):
@@ -222,3 +227,89 @@ def test_stage_fetches_champion_from_registry_and_logs_to_mlflow(tmp_path):
     assert "evaluate_lipsync/lipsync_robustness.png" in logged and "evaluate_lipsync/lipsync_paired.jsonl" in logged
     logged_metrics = client.get_run(run_id).data.metrics
     assert "lipsync_champion_test_accuracy" in logged_metrics and "lipsync_cv_roc_auc_std" in logged_metrics
+    assert logged_metrics["lipsync_challenger_test_fake_type_offset_n_fake"] == 2
+    assert client.get_run(run_id).data.tags[tracking.NOT_EVALUATED_TAG] == (
+        "fake type offset: 2 test fake(s) of this type, fewer than evaluate.min_fake_type_videos (5)"
+    )
+    assert "evaluate_lipsync/lipsync_fake_types.md" in logged
+
+
+def test_fake_type_estimates_against_known_values():
+    from components.evaluate.lipsync_figures import UNTYPED, fake_type_estimates
+
+    # 4 reals (0.1, 0.2, 0.3, 0.6); offsets 0.7, 0.5, 0.15; other_speaker 0.9, 0.8, 0.65; one untyped fake 0.05.
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1])
+    s = np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.5, 0.15, 0.9, 0.8, 0.65, 0.05])
+    types = ["", "", "", "", "offset", "offset", "offset", "other_speaker", "other_speaker", "other_speaker", ""]
+    evaluation = EvaluateConfig(min_fake_type_videos=3, n_bootstrap=200)
+    out = fake_type_estimates(y, s, types, 0.55, evaluation)
+    assert list(out) == ["offset", "other_speaker", UNTYPED]
+    offset = out["offset"]
+    assert (offset["n_fake"], offset["n_real"]) == (3, 4)
+    # 12 offset-real pairs: 0.7 beats 4, 0.5 beats 3, 0.15 beats 1 -> 8/12.
+    assert offset["roc_auc"]["value"] == pytest.approx(8 / 12) and offset["roc_auc"]["n"] == 7
+    assert offset["roc_auc"]["low"] <= offset["roc_auc"]["value"] <= offset["roc_auc"]["high"]
+    assert offset["fnr"]["value"] == pytest.approx(2 / 3) and offset["fnr"]["n"] == 3  # 0.5 and 0.15 missed
+    assert offset["fpr"]["value"] == pytest.approx(1 / 4) and offset["fpr"]["n"] == 4  # 0.6 flagged
+    assert offset["average_precision"]["value"] == pytest.approx(
+        binary_metrics(np.r_[y[:4], y[4:7]], np.r_[s[:4], s[4:7]])["average_precision"]
+    )
+    assert out["other_speaker"]["roc_auc"]["value"] == 1.0 and out["other_speaker"]["fnr"]["value"] == 0.0
+    assert out[UNTYPED] == {
+        "n_fake": 1,
+        "n_real": 4,
+        "not_evaluated": "1 test fake(s) of this type, fewer than evaluate.min_fake_type_videos (3)",
+    }
+    assert fake_type_estimates(y, s, [""] * len(y), 0.5, evaluation) == {}  # no type given: no breakdown
+    # A type on a real video is not a fake type.
+    assert "offset" not in fake_type_estimates(y[:4], s[:4], ["offset"] * 4, 0.5, evaluation)
+
+
+def test_fake_type_through_manifest_frames_and_faces_to_the_evaluate_report(tmp_path):
+    from components.common.manifest import VideoRecord, read_manifest, write_manifest
+    from components.face_tracking.core import process_video
+    from components.face_tracking.dataset import read_face_index, write_face_index
+    from components.frame_extraction.core import ExtractedVideo, _frame_record
+
+    # The manifest's fake type reaches the frames and faces Datasets (here through videos that fail to decode).
+    record = VideoRecord("v1", "videos/a.mp4", "", "", 0, "", "accepted", authenticity="fake", fake_type="offset")
+    write_manifest(tmp_path / "manifest.jsonl", [record])
+    record = read_manifest(tmp_path / "manifest.jsonl")[0]
+    frame = _frame_record(record, ExtractedVideo("v1", status="rejected", reason="undecodable: test"))
+    face = process_video(tmp_path / "frames", tmp_path / "faces", frame, FaceTrackingConfig(), None)
+    assert (frame.fake_type, face.fake_type, face.status) == ("offset", "offset", "rejected")
+
+    # Then on to evaluate: a faces Dataset whose test fakes are of two types.
+    faces = tmp_path / "faces"
+    write_synthetic_faces(faces, {"train": 4, "val": 2, "test": 10}, duration_s=1.0, size=32)
+    typed = [
+        replace(r, fake_type=("offset" if int(r.video_id[-3:]) % 4 == 1 else "partial"))
+        if r.authenticity == "fake"
+        else r
+        for r in read_face_index(faces)
+    ]
+    write_face_index(faces, typed)
+    cfg = FinetuneLipsyncConfig(model={"crop_size": 32}, pretrained="", device="cpu")
+    videos, _ = load_lipsync_videos(faces, EvidenceRules.of(cfg.model.window_s, FaceTrackingConfig()), ("test",))
+    assert [v.fake_type for v in videos] == ["", "offset", "", "partial"] * 2 + ["", "offset"]
+    mc = LipSyncModelConfig(crop_size=32, visual_channels=4, audio_channels=8, embed_dim=16, attention_heads=2)
+    torch.manual_seed(0)
+    save_model(LipSyncDetector(mc), tmp_path / "model")
+    evaluation = EvaluateConfig(min_fake_type_videos=3, n_bootstrap=200)
+    report = evaluate_lipsync(
+        tmp_path / "model", None, faces, tmp_path / "out", cfg, robustness=False, evaluation=evaluation
+    )
+    by_type = report.challenger.test_by_fake_type
+    assert {t: row["n_fake"] for t, row in by_type.items()} == {"offset": 3, "partial": 2}
+    assert by_type["offset"]["roc_auc"]["n"] == 8 and "not_evaluated" in by_type["partial"]
+    assert [r["fake_type"] for r in report.paired] == [v.fake_type for v in videos]
+    metrics = report.as_metrics()
+    assert metrics["lipsync_challenger_test_fake_type_offset_roc_auc"] == by_type["offset"]["roc_auc"]["value"]
+    assert "lipsync_challenger_test_fake_type_offset_roc_auc_ci_low" in metrics
+    assert metrics["lipsync_challenger_test_fake_type_partial_n_fake"] == 2
+    assert "lipsync_challenger_test_fake_type_partial_roc_auc" not in metrics
+    table = (tmp_path / "out" / "lipsync_fake_types.md").read_text()
+    assert "| challenger | offset | 3 | 5 |" in table and "[" in table.split("| offset |")[1].split("\n")[0]
+    assert "| challenger | partial | 2 | 5 | not evaluated: 2 test fake(s)" in table
+    saved = json.loads((tmp_path / "out" / "lipsync_eval.json").read_text())
+    assert saved["challenger"]["test_by_fake_type"]["offset"]["n_fake"] == 3

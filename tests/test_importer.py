@@ -185,6 +185,46 @@ def test_lipsync_csv_rows_are_validated(tmp_path):
     }
 
 
+def test_lipsync_csv_fake_type_column_reaches_the_records_and_the_manifest(tmp_path):
+    src = tmp_path / "clips"
+    for i, name in enumerate(("a.mp4", "b.mp4", "c.mp4", "d.mp4", "e.mp4")):
+        make_video(src / name, seed=30 + i)
+    (src / "labels.csv").write_text(
+        "file,label,method\n"
+        "a.mp4,fake,wav2lip\n"
+        "b.mp4,real,\n"
+        "c.mp4,fake,\n"  # a fake of unknown type
+        "d.mp4,real,wav2lip\n"  # a type for a real video
+        "e.mp4,fake,wav 2 lip\n"  # not a name
+    )
+    config = _config(tmp_path, str(tmp_path / "bucket"))
+    options = ImportOptions("lipsync-csv", labels_file="labels.csv", name="typed", timestamp=STAMP)
+    report = import_folder(src, config.storage, options, tmp_path / "cache")
+    by_line = {r.line: (r.status, r.fake_type, r.reason) for r in report.rows if r.line}
+    assert by_line[2] == ("imported", "wav2lip", "") and by_line[3][:2] == by_line[4][:2] == ("imported", "")
+    assert by_line[5] == ("rejected", "", "bad_label: fake type 'wav2lip' given for a real video")
+    assert by_line[6][0] == "rejected" and by_line[6][2].startswith("bad_label: fake_type must be a short name")
+    records = _records(open_store(config.storage.source_uri), report.labels_key)
+    assert {k: r.get("fake_type") for k, r in records.items()} == {
+        "videos/typed/a.mp4": "wav2lip",
+        "videos/typed/b.mp4": None,
+        "videos/typed/c.mp4": None,
+    }
+    manifest = tmp_path / "manifest.jsonl"
+    run_ingest(manifest, config.ingest, config.context(track=False))
+    assert {r.key: r.fake_type for r in read_manifest(manifest)} == {
+        "videos/typed/a.mp4": "wav2lip",
+        "videos/typed/b.mp4": "",
+        "videos/typed/c.mp4": "",
+    }
+    # Two rows giving one video two types are not guessed at.
+    (src / "labels.csv").write_text("video,label,fake_type\nc.mp4,fake,offset\nc.mp4,fake,partial\n")
+    report = import_folder(src, config.storage, options, tmp_path / "cache")
+    assert {(r.status, r.reason) for r in report.rows if r.line} == {
+        ("rejected", "conflicting_label: rows give it two fake types")
+    }
+
+
 def test_search_jsonl_and_csv(tmp_path):
     src = tmp_path / "msrvtt"
     for i in range(4):

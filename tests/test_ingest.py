@@ -391,3 +391,34 @@ def test_bad_names_on_s3_get_rows(s3_env, tmp_path):  # noqa: F811
         "videos/x//y.mp4",
     }
     assert report.rejected == {"bad_name": 3} and report.seen == 4
+
+
+def test_fake_type_travels_from_the_label_records_into_the_manifest(tmp_path):
+    root = tmp_path / "bucket"
+    for i, name in enumerate(("offset.mp4", "real.mp4", "untyped.mp4", "bad_type.mp4", "typed_real.mp4")):
+        make_video(root / "videos" / name, seed=20 + i)
+        _set_mtime(root / "videos" / name, "2026-11-10")
+    records = [
+        {"video_path": "offset.mp4", "authenticity": "fake", "fake_type": "offset"},
+        {"video_path": "real.mp4", "authenticity": "real"},
+        {"video_path": "untyped.mp4", "authenticity": "fake"},
+        {"video_path": "bad_type.mp4", "authenticity": "fake", "fake_type": "../wav2lip"},
+        {"video_path": "typed_real.mp4", "authenticity": "real", "fake_type": "offset"},
+        {"video_path": "untyped.mp4", "authenticity": "fake", "fake_type": "wav2lip"},  # merged into the first
+    ]
+    (root / "labels").mkdir()
+    (root / "labels" / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    manifest = tmp_path / "manifest.jsonl"
+    report = _ingest(_config(tmp_path, str(root)), AS_OF, manifest)
+    rows = {r.key.removeprefix("videos/"): r for r in read_manifest(manifest)}
+    assert {name: (r.authenticity, r.fake_type) for name, r in rows.items()} == {
+        "offset.mp4": ("fake", "offset"),
+        "real.mp4": ("real", ""),
+        "untyped.mp4": ("fake", "wav2lip"),
+        "bad_type.mp4": ("", ""),  # its record was refused: unlabelled
+        "typed_real.mp4": ("", ""),
+    }
+    problems = "\n".join(report.label_problems)
+    assert "labels/r.jsonl:4: fake_type must be a short name" in problems and "'../wav2lip'" in problems
+    assert "labels/r.jsonl:5: fake_type 'offset' is only for a fake video, authenticity is 'real'" in problems
+    assert "labels/r.jsonl:6: second record for 'videos/untyped.mp4'" in problems and len(report.label_problems) == 3

@@ -172,3 +172,22 @@ def test_summary_shows_each_figure_with_its_interval_and_the_cv_estimate():
     assert "clip_baseline_recall_at_1=0.1818," in row and "clip_n_queries=33" in row
     assert "lipsync_cv_roc_auc=0.91 ± 0.05" in row
     assert "_ci_low" not in row and "_std" not in row
+
+
+def test_summary_shows_fake_type_figures_and_what_was_not_evaluated():
+    metrics = {
+        "lipsync_challenger_test_fake_type_offset_roc_auc": 0.8125,
+        "lipsync_challenger_test_fake_type_offset_roc_auc_ci_low": 0.61,
+        "lipsync_challenger_test_fake_type_offset_roc_auc_ci_high": 0.95,
+        "lipsync_challenger_test_fake_type_offset_n_fake": 12.0,
+        "lipsync_challenger_test_fake_type_partial_n_fake": 2.0,
+    }
+    note = "fake type partial: 2 test fake(s) of this type, fewer than evaluate.min_fake_type_videos (5)"
+    stage = StageResult("evaluate_lipsync", "FINISHED", 1.0, metrics, not_evaluated=note)
+    row = next(
+        line
+        for line in RunSummary("acme", "2026-11-01", 30, "", "", [stage], {}).to_markdown().splitlines()
+        if line.startswith("| evaluate_lipsync |")
+    )
+    assert "lipsync_challenger_test_fake_type_offset_roc_auc=0.8125 [0.61, 0.95]" in row
+    assert "lipsync_challenger_test_fake_type_partial_n_fake=2" in row and f"not evaluated: {note} |" in row

@@ -6,6 +6,7 @@ person can read it and a kfp ``Dataset`` artifact can carry it as is.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,23 @@ from components.common.jsonl import read_jsonl, write_jsonl
 Status = Literal["accepted", "rejected", "duplicate"]
 Split = Literal["train", "val", "test"]
 Authenticity = Literal["real", "fake"]
+
+#: A fake type's form (a label record's ``fake_type``, an import CSV's type column): a short name, e.g. ``offset``.
+FAKE_TYPE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_fake_type(value: object) -> str:
+    """``value`` if it is a valid fake type (:data:`FAKE_TYPE_PATTERN`).
+
+    Raises:
+        ValueError: Naming the value otherwise.
+    """
+    if not isinstance(value, str) or not FAKE_TYPE_PATTERN.fullmatch(value):
+        raise ValueError(
+            f"fake_type must be a short name (a letter or digit, then letters, digits, '_', '.', '-'; at most 64), "
+            f"got {value!r}"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -36,6 +54,8 @@ class VideoRecord:
         labels: Text labels for search (several per video allowed).
         category: The client's category of the video (for per-category metrics).
         authenticity: ``real`` / ``fake`` for lip-sync training, empty when not labelled.
+        fake_type: How a fake was made (the label record's optional ``fake_type``, e.g. ``offset``), for the
+            evaluate stage's per-fake-type figures; empty for reals and for fakes of unknown type.
         duration_s: Container duration in seconds.
         width: Display width in pixels (after rotation metadata).
         height: Display height in pixels (after rotation metadata).
@@ -59,6 +79,7 @@ class VideoRecord:
     labels: tuple[str, ...] = ()
     category: str = ""
     authenticity: Authenticity | Literal[""] = ""
+    fake_type: str = ""
     duration_s: float = 0.0
     width: int = 0
     height: int = 0

@@ -54,6 +54,8 @@ CLIENT_TAG = "clipsync.client"
 DAG_RUN_TAG = "clipsync.dag_run"
 #: Why a run did not end FINISHED (the failed stage's error, or what closed a run left RUNNING).
 END_REASON_TAG = "clipsync.end_reason"
+#: A stage run's figures that could not be computed, and why (the run summary shows it beside the figures).
+NOT_EVALUATED_TAG = "clipsync.not_evaluated"
 PARENT_RUN_TAG = "mlflow.parentRunId"
 #: MLflow's HTTP settings used unless the environment sets them (see the module docstring).
 HTTP_LIMITS = {

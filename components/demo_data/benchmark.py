@@ -14,6 +14,15 @@ are (the demo's fakes shift the whole clip by 0.3-0.8 s or use unrelated speech)
 - ``other_speaker``: the mouth follows another speaker for the whole clip, the one among
   ``similar_candidates`` whose speech envelope correlates best with the clip's own.
 
+Version 2 (``BENCHMARK_VERSION``) makes the reals as imperfect as real footage (``REALISM``), so that a fake's
+difference from a real is small: a speaker's lips lead (or lag) the sound by -20..80 ms, each syllable's gesture
+jitters around that (25 ms s.d.), is longer or shorter than its sound and opens the mouth by its own amount;
+gestures are smoothed into each other (coarticulation); the mouth moves in pauses too (breath, lip presses); faces
+blink and move their heads more; a clip has a hand or a microphone over the mouth for 0.3-0.9 s with probability
+12 % and is low-resolution (rendered at 40-65 % of the side and upscaled) with probability 15 %. Fakes are
+articulated the same way: they differ from reals only in what drives the mouth. Version 1 had the mouth follow the
+voice exactly.
+
 Every clip, real or fake, draws its conditions independently of its label: a head pose (``frontal``,
 ``tilted`` 15-30 degrees of roll, ``turned``: a yaw-like perspective squeeze to 55-80 %), a face size
 (``small`` 18-25 % of the frame side, ``medium`` 25-35 %, ``large`` 35-48 %), an x264 CRF from ``crf_levels``
@@ -90,6 +99,31 @@ POSE_DOCS = {
     "turned": "a yaw-like perspective squeeze of the far side to 55-80 %, roll within 10 degrees",
 }
 FACE_SIZE_RANGES = {"small": (0.18, 0.25), "medium": (0.25, 0.35), "large": (0.35, 0.48)}
+
+#: The generator's version, in benchmark.json and every truth row. 1: a real speaker's mouth followed the voice
+#: exactly (lip-sync AUC 1.000 at every level: too easy). 2: real footage's imperfections (``REALISM``). Its
+#: parameters were fixed before any model was trained on version 2; changing one makes a new version.
+BENCHMARK_VERSION = 2
+
+#: How mouths and faces depart from the voice in real footage (version 2), for reals and fakes alike: a fake differs
+#: from a real only in what drives the mouth. Drawn per clip (speaker), per syllable or per event, never by label.
+REALISM: dict[str, Any] = {
+    "lead_s": (-0.02, 0.08),  # per speaker: the lips lead the sound by this much (negative: lag behind it)
+    "syllable_jitter_s": 0.025,  # per syllable: s.d. of the gesture's onset around the speaker's lead
+    "syllable_stretch": (0.8, 1.3),  # per syllable: gesture / sound duration (coarticulation spreads gestures)
+    "syllable_gain": (0.7, 1.2),  # per syllable: mouth opening / loudness (the vowel, not the volume, opens it)
+    "smoothing_frames": (0.5, 1.5),  # per speaker: Gaussian s.d. of coarticulation smoothing, in frames
+    "silent_moves_per_s": 0.4,  # mouth movements without sound (breath, lip press, smile): Poisson rate
+    "silent_move_s": (0.2, 0.6),
+    "silent_move_opening": (0.08, 0.35),
+    "blinks_per_s": (0.1, 0.5),  # per face; a blink shuts the eyes for 3-4 frames
+    "head_wobble_of_side": (0.004, 0.035),  # head motion amplitude, fraction of the frame side (v1: up to 0.02)
+    "head_wobble_deg": (0.0, 5.0),  # head rotation amplitude (v1: up to 3)
+    "occluded_fraction": 0.12,  # clips where a hand or a microphone hides the mouth for a while
+    "occlusion_s": (0.3, 0.9),
+    "low_res_fraction": 0.15,  # clips recorded at low resolution: rendered at a fraction of the side, upscaled
+    "low_res_scale": (0.4, 0.65),
+}
 
 
 @dataclass(frozen=True)
@@ -516,6 +550,8 @@ def _plan_benchmark(config: BenchmarkConfig) -> list[_Job]:
             jobs.append(_Job("search", cat.name, labels, params={"category": c, "index": i}, group="search"))
     n_two = round(config.talking_heads * config.two_face_fraction)
     n_fakes = 0
+    # Its own stream, so that the version-1 plan (search clips, names, conditions) stays as it was.
+    flaws = _rng(config, _S_PLAN, 1)
     for i in range(config.talking_heads):
         two = i < n_two
         fake = i % 2 == 1
@@ -527,6 +563,8 @@ def _plan_benchmark(config: BenchmarkConfig) -> list[_Job]:
             "pose": POSES[int(rng.integers(len(POSES)))],
             "face_size": FACE_SIZES[int(rng.integers(len(FACE_SIZES)))],
             "crf": int(config.crf_levels[int(rng.integers(len(config.crf_levels)))]),
+            "occluded": bool(flaws.random() < REALISM["occluded_fraction"]),
+            "low_res": bool(flaws.random() < REALISM["low_res_fraction"]),
         }
         n_fakes += fake
         jobs.append(
@@ -547,39 +585,100 @@ def _plan_benchmark(config: BenchmarkConfig) -> list[_Job]:
 
 
 def _similar_speaker(config: BenchmarkConfig, own: np.ndarray, index: int, frames: slice) -> tuple[np.ndarray, float]:
-    """The envelope (per frame) of the candidate speaker that correlates best with ``own`` over ``frames``."""
+    """The syllables of the candidate speaker whose envelope correlates best with ``own`` over ``frames``."""
     from components.demo_data.speech import frame_envelope
 
     n, fps = len(own), config.talking_fps
     best, best_corr = None, -2.0
     for k in range(config.similar_candidates):
-        env = frame_envelope(_syllables(config, [f"other{k}", index]), n, fps)
-        a, b = own[frames], env[frames]
+        syl = _syllables(config, [f"other{k}", index])
+        a, b = own[frames], frame_envelope(syl, n, fps)[frames]
         corr = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else -1.0
         if corr > best_corr:
-            best, best_corr = env, corr
+            best, best_corr = syl, corr
     return best, best_corr
+
+
+def _articulate(syl: np.ndarray, n: int, fps: float, lead_s: float, rng: np.random.Generator) -> np.ndarray:
+    """A speaker's mouth opening per frame for the syllables ``syl`` that drive it, imperfectly (``REALISM``).
+
+    Each syllable's gesture starts ``lead_s`` before its sound, give or take a per-syllable jitter, lasts longer or
+    shorter than the sound (coarticulation) and opens the mouth by its own amount, not exactly its loudness.
+    """
+    from components.demo_data.speech import frame_envelope
+
+    k = len(syl)
+    stretch = rng.uniform(*REALISM["syllable_stretch"], k)
+    visual = syl.copy()
+    visual[:, 0] = syl[:, 0] - lead_s + rng.normal(0.0, REALISM["syllable_jitter_s"], k) - (stretch - 1) * syl[:, 1] / 2
+    visual[:, 1] = syl[:, 1] * stretch
+    visual[:, 2] = syl[:, 2] * rng.uniform(*REALISM["syllable_gain"], k)
+    return frame_envelope(visual, n, fps)
+
+
+def _silent_moves(config: BenchmarkConfig, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Mouth movements without sound (breath, lip presses, a smile) per frame: raised-cosine bumps, Poisson times."""
+    from components.demo_data.speech import frame_envelope
+
+    k = int(rng.poisson(REALISM["silent_moves_per_s"] * config.talking_duration_s))
+    moves = np.stack(
+        [
+            rng.uniform(-0.3, config.talking_duration_s, k),
+            rng.uniform(*REALISM["silent_move_s"], k),
+            rng.uniform(*REALISM["silent_move_opening"], k),
+        ],
+        axis=1,
+    )
+    return frame_envelope(moves, n, config.talking_fps)
+
+
+def _blinks(rng: np.random.Generator, n: int, fps: float) -> np.ndarray:
+    """Eye closure per frame (0 open, 1 shut): blinks of 3-4 frames at a per-speaker rate, Poisson times."""
+    closure = np.zeros(n)
+    rate = float(rng.uniform(*REALISM["blinks_per_s"]))
+    for start in np.sort(rng.uniform(0, n, int(rng.poisson(rate * n / fps)))).astype(int):
+        profile = (0.5, 1.0, 1.0, 0.5) if rng.random() < 0.5 else (0.6, 1.0, 0.6)
+        for i, v in enumerate(profile):
+            if start + i < n:
+                closure[start + i] = max(closure[start + i], v)
+    return closure
 
 
 def _mouth_track(
     config: BenchmarkConfig, params: dict, syl: np.ndarray, n: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """The speaker's mouth opening per frame and what was done to it."""
+    """The speaker's mouth opening per frame and what was done to it.
+
+    Real or fake, the mouth is articulated the same imperfect way (:func:`_articulate`, silent moves, smoothing);
+    a fake differs from a real only in the syllables that drive it.
+    """
+    from scipy.ndimage import gaussian_filter1d
+
     from components.demo_data.speech import frame_envelope
 
     fps = config.talking_fps
-    own = frame_envelope(syl, n, fps)
+    lead_s = float(rng.uniform(*REALISM["lead_s"]))
+    smoothing = float(rng.uniform(*REALISM["smoothing_frames"]))
     kind = params["fake_type"]
-    info: dict[str, Any] = {"offset_frames": 0, "manipulated_frames": [0, n] if kind else [0, 0]}
+    info: dict[str, Any] = {
+        "offset_frames": 0,
+        "manipulated_frames": [0, n] if kind else [0, 0],
+        "lead_s": round(lead_s, 4),
+        "smoothing_frames": round(smoothing, 3),
+    }
     if kind == "offset":
         low, high = config.offset_frames
         frames = int(rng.integers(low, high + 1)) * (1 if rng.random() < 0.5 else -1)
         info["offset_frames"] = frames
-        return frame_envelope(syl, n, fps, frames / fps), info
-    if kind == "other_speaker":
+        shifted = syl.copy()
+        shifted[:, 0] += frames / fps
+        mouth = _articulate(shifted, n, fps, lead_s, rng)
+    elif kind == "other_speaker":
+        own = frame_envelope(syl, n, fps)
         other, info["envelope_corr"] = _similar_speaker(config, own, params["index"], slice(0, n))
-        return other, info
-    if kind == "partial":
+        mouth = _articulate(other, n, fps, lead_s, rng)
+    elif kind == "partial":
+        own = frame_envelope(syl, n, fps)
         length = round(float(rng.uniform(*config.partial_s)) * fps)
         start = int(rng.integers(round(0.25 * fps), n - length - round(0.25 * fps) + 1))
         segment = slice(start, start + length)
@@ -589,14 +688,17 @@ def _mouth_track(
         weight[start - 1], weight[start] = 1 / 3, 2 / 3  # two-frame blends in and out
         weight[start + length - 1], weight[start + length] = 2 / 3, 1 / 3
         info["manipulated_frames"] = [start, start + length]
-        return (1 - weight) * own + weight * other, info
-    return own, info
+        mouth = (1 - weight) * _articulate(syl, n, fps, lead_s, rng) + weight * _articulate(other, n, fps, lead_s, rng)
+    else:
+        mouth = _articulate(syl, n, fps, lead_s, rng)
+    mouth = np.maximum(mouth, _silent_moves(config, n, rng))
+    return np.clip(gaussian_filter1d(mouth, smoothing, mode="nearest"), 0.0, 1.0), info
 
 
 def _bench_pose(rng: np.random.Generator, size: int, pose: str, face_px: float, cx_range=None):
     from components.demo_data.faces import FacePose
 
-    wobble_px = float(rng.uniform(1.0, 0.02 * size))
+    wobble_px = float(rng.uniform(*REALISM["head_wobble_of_side"])) * size
     margin = 0.75 * face_px + wobble_px
     if pose == "tilted":
         angle = float(rng.uniform(15.0, 30.0)) * (1 if rng.random() < 0.5 else -1)
@@ -612,11 +714,48 @@ def _bench_pose(rng: np.random.Generator, size: int, pose: str, face_px: float, 
         squeeze=float(rng.uniform(0.55, 0.8)) if pose == "turned" else 1.0,
         squeeze_right=bool(rng.random() < 0.5),
         wobble_px=wobble_px,
-        wobble_deg=float(rng.uniform(0.0, 3.0)),
+        wobble_deg=float(rng.uniform(*REALISM["head_wobble_deg"])),
         wobble_hz=float(rng.uniform(0.2, 0.5)),
         wobble_phase=float(rng.uniform(0, 2 * np.pi)),
         gain=tuple(float(g) for g in rng.uniform(0.8, 1.12, 3)),
     )
+
+
+def _occluder(config: BenchmarkConfig, rng: np.random.Generator, n: int) -> dict[str, Any]:
+    """A hand (skin-coloured) or a microphone (dark) in front of the speaker's mouth for a while."""
+    length = round(float(rng.uniform(*REALISM["occlusion_s"])) * config.talking_fps)
+    start = int(rng.integers(0, n - length + 1))
+    hand = bool(rng.random() < 0.5)
+    colour = rng.uniform(0.85, 1.1, 3) * ((196.0, 150.0, 128.0) if hand else (38.0, 38.0, 44.0))
+    return {
+        "frames": [start, start + length],
+        "hand": hand,
+        "colour": colour.astype(np.float32),
+        "dx": float(rng.uniform(-0.3, 0.3)),  # the object's centre from the mouth's, in mouth widths
+        "dy": float(rng.uniform(0.0, 0.5)),
+    }
+
+
+def _paint_occluder(img: np.ndarray, occluder: dict[str, Any], face: dict) -> None:
+    from components.demo_data import draw
+
+    mx, my = face["mouth"]
+    w = face["mouth_width"]
+    cx, cy = mx + occluder["dx"] * w, my + occluder["dy"] * w
+    if occluder["hand"]:
+        draw.ellipse(img, cx, cy, 0.85 * w, 0.6 * w, occluder["colour"], angle=0.3)
+    else:  # a microphone on a stand, from below
+        draw.disc(img, cx, cy, 0.45 * w, occluder["colour"])
+        draw.capsule(img, cx, cy, cx + 0.1 * w, img.shape[0], 0.12 * w, occluder["colour"])
+
+
+def _low_resolution(frames: np.ndarray, scale: float) -> np.ndarray:
+    """The frames as a low-resolution camera would give them: down to ``scale`` of the side, then back up."""
+    import cv2
+
+    h, w = frames.shape[1:3]
+    small = (max(8, round(w * scale)), max(8, round(h * scale)))
+    return np.stack([cv2.resize(cv2.resize(f, small, interpolation=cv2.INTER_AREA), (w, h)) for f in frames])
 
 
 def _size_class(fraction: float) -> str:
@@ -658,12 +797,24 @@ def _render_bench_talking(config: BenchmarkConfig, params: dict, rng: np.random.
     bg = studio_background(rng, size, size)
     noise = rng.normal(0.0, 1.5, (4, size, size, 1)).astype(np.float32)
     sprites = [FaceSprite(pose) for pose in poses]
+    blinks = [_blinks(rng, n, fps) for _ in poses]
+    occluder = _occluder(config, rng, n) if params["occluded"] else None
     frames = np.empty((n, size, size, 3), np.uint8)
     for f in range(n):
         img = bg + noise[f % len(noise)]
-        for sprite, mouth in zip(sprites, mouths, strict=True):
-            sprite.paint(img, float(mouth[f]), f / fps)
+        for sprite, mouth, blink in zip(sprites, mouths, blinks, strict=True):
+            sprite.paint(img, float(mouth[f]), f / fps, float(blink[f]))
+        if occluder and occluder["frames"][0] <= f < occluder["frames"][1]:
+            _paint_occluder(img, occluder, poses[speaker].truth(f / fps))
         frames[f] = draw.to_uint8(img)
+    scale = float(rng.uniform(*REALISM["low_res_scale"])) if params["low_res"] else 1.0
+    if params["low_res"]:
+        frames = _low_resolution(frames, scale)
+    info.update(
+        occluded_frames=occluder["frames"] if occluder else [0, 0],
+        low_res_scale=round(scale, 3),
+        blinks=[int(np.sum(np.diff(np.r_[0.0, b]) > 0.4)) for b in blinks],
+    )
     sound = speech_audio(syl, config.talking_duration_s, config.sample_rate, rng)
     write_mp4(path, frames, fps, sound, config.sample_rate, crf=params["crf"], preset=config.preset)
     faces = [_face_truth(p, n, fps, (size, size), i == speaker, i) for i, p in enumerate(poses)]
@@ -685,6 +836,9 @@ def _render_bench_talking(config: BenchmarkConfig, params: dict, rng: np.random.
             "face_size": _size_class(float(fractions[speaker])),
             "face_fraction": round(float(fractions[speaker]), 3),
             "crf": params["crf"],
+            "occluded": params["occluded"],
+            "low_res": params["low_res"],
+            "version": BENCHMARK_VERSION,
             "bitrate_kbps": round(path.stat().st_size * 8 / config.talking_duration_s / 1000, 1),
             **info,
         },
@@ -727,6 +881,7 @@ def generate_benchmark(bucket_dir: Path, truth_dir: Path, config: BenchmarkConfi
     search = [r for r in rows if r["kind"] == "search"]
     doc = {
         "profile": "benchmark",
+        "version": BENCHMARK_VERSION,
         "config": asdict(config),
         "as_of": summary.as_of,
         "lipsync": {
@@ -743,6 +898,9 @@ def generate_benchmark(bucket_dir: Path, truth_dir: Path, config: BenchmarkConfi
                 for k, v in _shares([r["face_size"] for r in talking]).items()
             },
             "crf": _shares([str(r["crf"]) for r in talking]),
+            "occluded": _shares([str(r["occluded"]).lower() for r in talking]),
+            "low_res": _shares([str(r["low_res"]).lower() for r in talking]),
+            "realism": REALISM,
         },
         "search": {
             "videos": len(search),

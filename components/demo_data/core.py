@@ -667,6 +667,8 @@ def write_library(
         }
         if job.authenticity:
             record["authenticity"] = job.authenticity
+        if job.params.get("fake_type"):  # the benchmark's fakes (the demo's records stay as they were)
+            record["fake_type"] = job.params["fake_type"]
         records.append(record)
         truth_row = {
             "video_path": job.name,

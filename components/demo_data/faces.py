@@ -64,6 +64,15 @@ def paint_mouth(patch: np.ndarray, opening: float, gain=(1.0, 1.0, 1.0)) -> None
     draw.ellipse(patch, mx, my + 0.5 * e, MOUTH_HALF_WIDTH - 3.5, 0.7 + 6.0 * e, np.float32(_MOUTH_INSIDE) * g)
 
 
+def paint_eyelids(patch: np.ndarray, closure: float, skin: np.ndarray) -> None:
+    """Close both eyes of a head patch by ``closure`` (0 open, 1 shut: a blink) in place, lids of colour ``skin``."""
+    e = float(np.clip(closure, 0.0, 1.0))
+    for eye in (RIGHT_EYE, LEFT_EYE):
+        ex, ey = _to_patch(eye)
+        draw.ellipse(patch, ex, ey - 3.0 * (1 - e), 9.5, 0.5 + 5.5 * e, skin)
+        draw.ellipse(patch, ex, ey + 2.5 * e - 0.5, 9.0, 0.8, skin * 0.45, alpha=e)  # the lash line
+
+
 def _translate(dx: float, dy: float) -> np.ndarray:
     return np.array([[1, 0, dx], [0, 1, dy], [0, 0, 1]], dtype=np.float64)
 
@@ -165,13 +174,20 @@ class FaceSprite:
         mx, my = _to_patch(MOUTH_CENTER)
         # Rows/cols the mouth painting can touch; restored from the base before each frame.
         self._roi = (slice(int(my) - 16, int(my) + 20), slice(int(mx) - 28, int(mx) + 29))
+        ex, ey = _to_patch(RIGHT_EYE)
+        self._eyes_roi = (slice(int(ey) - 12, int(ey) + 12), slice(int(ex) - 14, int(_to_patch(LEFT_EYE)[0]) + 15))
+        # Eyelid colour: the skin just below the eyes, a little shaded.
+        self._skin = 0.8 * self._base[int(ey) + 9 : int(ey) + 13, int(ex) - 4 : int(ex) + 5, :3].mean(axis=(0, 1))
 
-    def paint(self, frame: np.ndarray, opening: float, t: float) -> None:
-        """Paint the face with its mouth ``opening`` at time ``t`` onto the float32 RGB ``frame`` in place."""
+    def paint(self, frame: np.ndarray, opening: float, t: float, blink: float = 0.0) -> None:
+        """Paint the face (mouth ``opening`` open, eyes ``blink`` shut) at time ``t`` onto RGB ``frame`` in place."""
         import cv2
 
         self._rgba[self._roi] = self._base[self._roi]
         paint_mouth(self._rgba[..., :3], opening, self.gain)
+        self._rgba[self._eyes_roi] = self._base[self._eyes_roi]
+        if blink > 0:
+            paint_eyelids(self._rgba[..., :3], blink, self._skin)
         hmg = self.pose.homography(t)
         # Warp only into the frame region the patch lands on.
         ph, pw = self._rgba.shape[:2]

@@ -25,6 +25,8 @@ class EvaluateConfig:
             say much. Off by default: it trains k more models.
         cv_epochs: Training epochs of each fold's model (a small budget: the estimate is of this recipe, stated
             in the report).
+        min_fake_type_videos: Test fakes a fake type needs for its own figures (AUC, AP, FNR, FPR against all
+            test reals); a type with fewer is reported as ``not evaluated`` with its count.
     """
 
     confidence: float = 0.95
@@ -32,6 +34,7 @@ class EvaluateConfig:
     seed: int = 0
     cv_folds: int = 0
     cv_epochs: int = 2
+    min_fake_type_videos: int = 5
 
     def __post_init__(self) -> None:
         _require(0.5 <= self.confidence < 1.0, f"confidence must be in [0.5, 1), got {self.confidence}")
@@ -39,3 +42,7 @@ class EvaluateConfig:
         _require(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         _require(self.cv_folds == 0 or 2 <= self.cv_folds <= 20, f"cv_folds must be 0 or 2..20, got {self.cv_folds}")
         _require(1 <= self.cv_epochs <= 100, f"cv_epochs must be 1..100, got {self.cv_epochs}")
+        _require(
+            2 <= self.min_fake_type_videos <= 10_000,
+            f"min_fake_type_videos must be 2..10000, got {self.min_fake_type_videos}",
+        )

@@ -18,6 +18,7 @@ from components.common.champions import fetch_champion
 from components.common.jsonl import json_safe
 from components.common.no_challenger import pass_on_no_challenger
 from components.common.stage import StageContext
+from components.common.tracking import NOT_EVALUATED_TAG
 from components.evaluate.clip_eval import ClipEvalReport, evaluate_clip
 from components.evaluate.config import EvaluateConfig
 from components.evaluate.crossval import cross_validate_lipsync
@@ -133,7 +134,14 @@ def run_evaluate_lipsync(
             write_lipsync_report(report, out_dir)
         run.log_metrics(report.as_metrics())
         run.log_dict(json_safe(asdict(report)), f"evaluate_lipsync/{REPORT_FILE}")
-        for role in ("table", "plot", "paired"):
+        for role in ("table", "plot", "paired", "fake_types"):
             if role in report.files:
                 run.log_artifact(report.files[role], "evaluate_lipsync")
+        not_evaluated = [
+            f"fake type {t}: {row['not_evaluated']}"
+            for t, row in report.challenger.test_by_fake_type.items()
+            if "not_evaluated" in row
+        ]
+        if not_evaluated:  # the run summary shows it beside the figures
+            run.set_tag(NOT_EVALUATED_TAG, "; ".join(not_evaluated))
     return report

@@ -9,11 +9,11 @@ videos left out are counted (``n_test_inconclusive``). Robustness repeats the me
 perturbations AVLips evaluates (compression, Gaussian noise, blur, pixelation, saturation, contrast),
 applied to the mouth crops, and writes a Markdown table and a PNG plot.
 
-Every test figure carries its confidence interval and the number of videos it rests on
-(:func:`lipsync_estimates`: Wilson for FPR, FNR and accuracy, a bootstrap over videos for ROC AUC and average
-precision; :mod:`components.common.stats`); so does the AUC of each robustness row. The test videos carry no
-fake type (the manifest knows real or fake only), so there is no per-fake-type breakdown here; the benchmark's
-(``benchmarks/quality.py``) has one.
+Every test figure carries its confidence interval and the number of videos it rests on (Wilson for FPR, FNR and
+accuracy, a bootstrap over videos for ROC AUC and average precision; :mod:`~components.evaluate.lipsync_figures`,
+:mod:`components.common.stats`); so does the AUC of each robustness row. Where the label records give the fakes'
+types (``fake_type``, carried by the manifest), each type gets the same figures against all test reals, or
+``not evaluated`` with its count when it has fewer test fakes than ``evaluate.min_fake_type_videos``.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from components.common.jsonl import json_safe
-from components.common.stats import bootstrap_two_class, wilson
+from components.common.stats import bootstrap_two_class
 from components.evaluate.config import EvaluateConfig
+from components.evaluate.lipsync_figures import FAKE_TYPES_FILE, fake_type_estimates, fake_type_table, lipsync_estimates
 from components.finetune_lipsync.metrics import binary_metrics, choose_threshold
 
 logger = logging.getLogger("clipsync.evaluate")
@@ -118,6 +119,9 @@ class ModelEval:
         val: Validation metrics at that threshold.
         test: Test metrics.
         test_ci: Test metric -> its :class:`~components.common.stats.Estimate` as a mapping (value, interval, n).
+        test_by_fake_type: Fake type -> ``n_fake``, ``n_real`` and either the figures of :func:`lipsync_estimates`
+            but accuracy (that type's fakes against all test reals) or ``not_evaluated`` (why); empty when no test
+            fake has a type.
     """
 
     model_dir: str
@@ -126,6 +130,7 @@ class ModelEval:
     val: dict = field(default_factory=dict)
     test: dict = field(default_factory=dict)
     test_ci: dict = field(default_factory=dict)
+    test_by_fake_type: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -170,6 +175,16 @@ class LipsyncEvalReport:
                 if est.get("low") is not None:
                     out[f"lipsync_{role}_test_{key}_ci_low"] = float(est["low"])
                     out[f"lipsync_{role}_test_{key}_ci_high"] = float(est["high"])
+            for fake_type, figures in ev.test_by_fake_type.items():
+                stem = f"lipsync_{role}_test_fake_type_{fake_type}"
+                out[f"{stem}_n_fake"] = float(figures["n_fake"])
+                for key in ("roc_auc", "average_precision", "fnr"):
+                    est = figures.get(key, {})
+                    if est.get("value") is not None:
+                        out[f"{stem}_{key}"] = float(est["value"])
+                    if est.get("low") is not None:
+                        out[f"{stem}_{key}_ci_low"] = float(est["low"])
+                        out[f"{stem}_{key}_ci_high"] = float(est["high"])
         for key, value in self.cross_validation.get("metrics", {}).items():
             if "mean" in value:
                 out[f"lipsync_cv_{key}_mean"] = value["mean"]
@@ -191,36 +206,6 @@ def _score(model, videos, perturbation: tuple[str, float] | None = None) -> np.n
     return np.asarray(scores, dtype=np.float64)
 
 
-def lipsync_estimates(
-    labels: np.ndarray, scores: np.ndarray, threshold: float, evaluation: EvaluateConfig | None = None
-) -> dict[str, dict]:
-    """The test figures with their confidence intervals (fake is the positive class).
-
-    Args:
-        labels: 1 fake, 0 real, per video.
-        scores: The detector's score per video.
-        threshold: The operating point (chosen on validation).
-        evaluation: The ``evaluate`` settings (level, resamples, seed); defaults when ``None``.
-
-    Returns:
-        ``roc_auc``, ``average_precision`` (bootstrap over videos), ``fpr`` (over the real videos), ``fnr`` (over
-        the fake ones), ``accuracy`` (Wilson) -> :meth:`Estimate.to_dict`.
-    """
-    ev = evaluation or EvaluateConfig()
-    y = np.asarray(labels, dtype=int)
-    s = np.asarray(scores, dtype=np.float64)
-    pred, fake = s >= threshold, y == 1
-    boot = {"confidence": ev.confidence, "n_resamples": ev.n_bootstrap, "seed": ev.seed}
-    out = {
-        "roc_auc": bootstrap_two_class("roc_auc", y, s, **boot),
-        "average_precision": bootstrap_two_class("average_precision", y, s, **boot),
-        "fpr": wilson(int((pred & ~fake).sum()), int((~fake).sum()), ev.confidence),
-        "fnr": wilson(int((~pred & fake).sum()), int(fake.sum()), ev.confidence),
-        "accuracy": wilson(int((pred == fake).sum()), len(y), ev.confidence),
-    }
-    return {k: v.to_dict() for k, v in out.items()}
-
-
 def evaluate_model(
     model_dir: Path, val, test, device: str, evaluation: EvaluateConfig | None
 ) -> tuple[ModelEval, np.ndarray, object]:
@@ -237,6 +222,7 @@ def evaluate_model(
     model = load_model(model_dir, resolve_device(device))
     y_val = np.array([v.label for v in val], dtype=int)
     y_test = np.array([v.label for v in test], dtype=int)
+    fake_types = [v.fake_type for v in test]
     val_scores = _score(model, val) if val else np.zeros(0)
     if len(y_val) and y_val.min() != y_val.max():
         threshold, source = choose_threshold(y_val, val_scores, default=model.config.threshold), "validation"
@@ -250,6 +236,7 @@ def evaluate_model(
         val=binary_metrics(y_val, val_scores, threshold) if len(y_val) else {},
         test=binary_metrics(y_test, test_scores, threshold) if len(y_test) else {},
         test_ci=lipsync_estimates(y_test, test_scores, threshold, evaluation) if len(y_test) else {},
+        test_by_fake_type=fake_type_estimates(y_test, test_scores, fake_types, threshold, evaluation),
     )
     return ev, test_scores, model
 
@@ -322,7 +309,7 @@ def evaluate_lipsync(
 
     paired = []
     for i, v in enumerate(test):
-        row = {"video_id": v.video_id, "label": "fake" if v.label else "real"}
+        row = {"video_id": v.video_id, "label": "fake" if v.label else "real", "fake_type": v.fake_type}
         for role in scores:
             pred = bool(scores[role][i] >= evals[role].threshold)
             row[f"{role}_score"] = float(scores[role][i])
@@ -444,6 +431,9 @@ def write_lipsync_report(report: LipsyncEvalReport, out_dir: str | Path) -> dict
     with open(out / PAIRED_FILE, "w", encoding="utf-8") as fh:
         for row in report.paired:
             fh.write(json.dumps(json_safe(row), sort_keys=True) + "\n")
+    if report.challenger.test_by_fake_type:
+        (out / FAKE_TYPES_FILE).write_text(fake_type_table(report.challenger, report.champion), encoding="utf-8")
+        files["fake_types"] = str(out / FAKE_TYPES_FILE)
     if report.robustness:
         (out / TABLE_FILE).write_text(robustness_table(report.robustness), encoding="utf-8")
         robustness_plot(report.robustness, out / PLOT_FILE)

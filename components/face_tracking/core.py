@@ -322,6 +322,7 @@ def _base_record(rec: Any) -> FaceRecord:
         video_id=rec.video_id,
         split=rec.split,
         authenticity=rec.authenticity,
+        fake_type=rec.fake_type,
         category=rec.category,
         fps=float(rec.dense_fps),
         start_s=float(rec.dense_start_s),

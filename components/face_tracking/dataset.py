@@ -56,6 +56,7 @@ class FaceRecord:
         video_id: From the manifest.
         split: ``train`` / ``val`` / ``test``.
         authenticity: ``real`` / ``fake`` / empty.
+        fake_type: How a fake was made (from the manifest), empty when unknown.
         category: The client's category.
         status: ``ok`` or ``rejected`` (see ``reason``).
         reason: ``code: detail`` when rejected, empty otherwise.
@@ -75,6 +76,7 @@ class FaceRecord:
     video_id: str
     split: str = "train"
     authenticity: str = ""
+    fake_type: str = ""
     category: str = ""
     status: str = "ok"
     reason: str = ""

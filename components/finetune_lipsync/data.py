@@ -38,6 +38,7 @@ class LipsyncVideo:
         split: The manifest split.
         fallback_used: The crops are the frame centre (no face found).
         n_frames: Frames of a streamed video's crops (``len(crops)`` otherwise).
+        fake_type: How a fake was made (from the manifest), empty when unknown; evaluate's per-type figures.
     """
 
     video_id: str
@@ -48,6 +49,7 @@ class LipsyncVideo:
     split: str = "train"
     fallback_used: bool = False
     n_frames: int = 0
+    fake_type: str = ""
 
     @property
     def frame_count(self) -> int:
@@ -142,10 +144,12 @@ def load_lipsync_videos(
             reason = "no_sample: no selected mouth-crop sequence"
             skipped.append({"video_id": rec.video_id, "split": rec.split, "reason": reason})
             continue
+        label, fake_type = LABELS[rec.authenticity], rec.fake_type if rec.authenticity == "fake" else ""
         if rec.video_id in streamed_ids and rec.fps > 0 and sample.n_frames > 0:
-            label = LABELS[rec.authenticity]
             videos.append(
-                LipsyncVideo(rec.video_id, None, None, rec.fps, label, rec.split, rec.fallback_used, sample.n_frames)
+                LipsyncVideo(
+                    rec.video_id, None, None, rec.fps, label, rec.split, rec.fallback_used, sample.n_frames, fake_type
+                )
             )
             continue
         try:
@@ -160,7 +164,7 @@ def load_lipsync_videos(
             logger.warning("finetune_lipsync: skipping %s: %s", rec.video_id, exc)
             continue
         videos.append(
-            LipsyncVideo(rec.video_id, crops, audio, rec.fps, LABELS[rec.authenticity], rec.split, rec.fallback_used)
+            LipsyncVideo(rec.video_id, crops, audio, rec.fps, label, rec.split, rec.fallback_used, fake_type=fake_type)
         )
     return videos, skipped
 

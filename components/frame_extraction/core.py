@@ -371,10 +371,8 @@ def _frame_record(record: VideoRecord, video: ExtractedVideo) -> FrameRecord:
     return FrameRecord(
         video_id=record.video_id,
         key=record.key,
-        split=record.split,
         labels=tuple(record.labels),
-        category=record.category,
-        authenticity=record.authenticity,
+        **{name: getattr(record, name) for name in ("split", "category", "authenticity", "fake_type")},
         status=video.status,
         reason=video.reason,
         partial=video.partial,

@@ -40,6 +40,7 @@ class FrameRecord:
         labels: Text labels for search.
         category: The client's category.
         authenticity: ``real`` / ``fake`` / empty.
+        fake_type: How a fake was made (from the manifest), empty when unknown.
         status: ``ok`` or ``rejected`` (see ``reason``).
         reason: ``code: detail`` when rejected or partial, empty otherwise.
         partial: The video failed mid-decode and keeps the frames produced up to the error.
@@ -66,6 +67,7 @@ class FrameRecord:
     labels: tuple[str, ...] = ()
     category: str = ""
     authenticity: str = ""
+    fake_type: str = ""
     status: str = "ok"
     reason: str = ""
     partial: bool = False

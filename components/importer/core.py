@@ -9,7 +9,8 @@ client's bucket"). Layouts:
   other files (LipFD's ``wav/`` folder, notes) are listed as ``ignored``;
 - ``lipsync-csv``: a CSV/TSV with a header naming the video column (``path``, ``video``, ``video_path`` or
   ``file``) and the label column (``label``, ``authenticity`` or ``class``: ``real``/``fake``, or ``0``/``1`` as
-  in LipFD);
+  in LipFD), optionally a fake-type column (``fake_type``, ``type``, ``method`` or ``manipulation``: how a fake
+  was made, e.g. ``wav2lip``; empty for reals), which evaluate reports figures for;
 - ``search``: a CSV/TSV or JSON Lines file of the video and its ``caption`` (also ``text``, ``sentence``,
   ``captions`` or ``labels``, a list in JSON) and/or ``category`` (also ``class``); several rows of one video
   (MSR-VTT style: many captions each) add up to one record. A row with a category but no caption is
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from components.common.config import StorageConfig
+from components.common.manifest import check_fake_type
 from components.common.storage import (
     InvalidKeyError,
     LocalStore,
@@ -55,6 +57,7 @@ LIPSYNC_DIRS = {"real": "real", "0_real": "real", "fake": "fake", "1_fake": "fak
 LIPSYNC_VALUES = {"real": "real", "0": "real", "fake": "fake", "1": "fake"}
 VIDEO_COLUMNS = ("video", "video_path", "path", "file")
 LABEL_COLUMNS = ("label", "authenticity", "class")
+FAKE_TYPE_COLUMNS = ("fake_type", "type", "method", "manipulation")
 CAPTION_COLUMNS = ("caption", "captions", "text", "sentence", "labels")
 CATEGORY_COLUMNS = ("category", "class")
 
@@ -76,6 +79,7 @@ class ImportRow:
         authenticity: ``real`` / ``fake`` (lip-sync layouts).
         labels: The texts recorded for the video (search layout).
         category: The category recorded for the video.
+        fake_type: How a fake was made (``lipsync-csv`` with a fake-type column), else empty.
     """
 
     source: str
@@ -86,6 +90,7 @@ class ImportRow:
     authenticity: str = ""
     labels: list[str] = field(default_factory=list)
     category: str = ""
+    fake_type: str = ""
 
 
 @dataclass
@@ -132,6 +137,7 @@ class _Video:
     authenticity: str = ""
     labels: list[str] = field(default_factory=list)
     category: str = ""
+    fake_type: str = ""
     status: str = ""
     reason: str = ""
     key: str = ""
@@ -225,7 +231,10 @@ def _read_rows(options: ImportOptions, labels_path: Path, rows_out: list[ImportR
         if options.layout == "lipsync-csv":
             if video.authenticity and video.authenticity != fields["authenticity"]:
                 video.status, video.reason = "rejected", "conflicting_label: rows label it both real and fake"
+            elif video.fake_type and fields["fake_type"] and video.fake_type != fields["fake_type"]:
+                video.status, video.reason = "rejected", "conflicting_label: rows give it two fake types"
             video.authenticity = video.authenticity or fields["authenticity"]
+            video.fake_type = video.fake_type or fields["fake_type"]
         else:
             video.labels = list(dict.fromkeys(video.labels + fields["labels"]))
             video.category = video.category or fields["category"]
@@ -245,7 +254,16 @@ def _parse_row(options: ImportOptions, row: dict[str, Any]) -> tuple[str, str, d
         value = str(_cell(row, LABEL_COLUMNS) or "").strip().lower()
         if value not in LIPSYNC_VALUES:
             return f"bad_label: the label must be real, fake, 0 or 1, got {value!r}", source, {}
-        return "", source, {"source": source, "authenticity": LIPSYNC_VALUES[value]}
+        authenticity = LIPSYNC_VALUES[value]
+        fake_type = str(_cell(row, FAKE_TYPE_COLUMNS) or "").strip()
+        if fake_type:
+            try:
+                check_fake_type(fake_type)
+            except ValueError as exc:
+                return f"bad_label: {exc}", source, {}
+            if authenticity != "fake":
+                return f"bad_label: fake type {fake_type!r} given for a real video", source, {}
+        return "", source, {"source": source, "authenticity": authenticity, "fake_type": fake_type}
     captions: Any = _cell(row, CAPTION_COLUMNS)
     captions = captions if isinstance(captions, list) else [captions] if captions is not None else []
     if not all(isinstance(c, str) for c in captions):
@@ -325,6 +343,8 @@ def _record(video: _Video, timestamp: str) -> dict[str, Any]:
     record["timestamp"] = timestamp
     if video.authenticity:
         record["authenticity"] = video.authenticity
+    if video.fake_type:
+        record["fake_type"] = video.fake_type
     return record
 
 
@@ -402,6 +422,7 @@ def import_folder(source_dir: Path, storage: StorageConfig, options: ImportOptio
                     video.authenticity,
                     video.labels,
                     video.category,
+                    video.fake_type,
                 )
             )
     rows.sort(key=lambda r: (r.line == 0, r.line, r.source))

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from components.common.faults import is_infrastructure_error
-from components.common.manifest import VideoRecord, write_manifest
+from components.common.manifest import VideoRecord, check_fake_type, write_manifest
 from components.common.stage import StageContext
 from components.common.storage import (
     InvalidKeyError,
@@ -116,6 +116,7 @@ class _Label:
     labels: list[str]
     category: str = ""
     authenticity: str = ""
+    fake_type: str = ""
     timestamp: datetime | None = None
     where: str = ""
 
@@ -159,6 +160,11 @@ def _parse_label_line(line: str, videos_prefix: str) -> tuple[str, _Label]:
     authenticity = row.get("authenticity", "") or ""
     if authenticity not in ("", "real", "fake"):
         raise ValueError(f"authenticity must be 'real' or 'fake', got {authenticity!r}")
+    fake_type = row.get("fake_type", "") or ""
+    if fake_type:
+        check_fake_type(fake_type)
+        if authenticity != "fake":
+            raise ValueError(f"fake_type {fake_type!r} is only for a fake video, authenticity is {authenticity!r}")
     stamp = row.get("timestamp")
     timestamp = None
     if stamp not in (None, ""):
@@ -168,7 +174,7 @@ def _parse_label_line(line: str, videos_prefix: str) -> tuple[str, _Label]:
             timestamp = _parse_timestamp(stamp)
         except ValueError:
             raise ValueError(f"timestamp must be an ISO date or datetime, got {stamp!r}") from None
-    return path, _Label(labels=labels, category=category.strip(), authenticity=authenticity, timestamp=timestamp)
+    return path, _Label(labels, category.strip(), authenticity, fake_type, timestamp)
 
 
 def read_labels(store: Any, labels_prefix: str, videos_prefix: str) -> tuple[dict[str, _Label], list[str]]:
@@ -206,6 +212,7 @@ def read_labels(store: Any, labels_prefix: str, videos_prefix: str) -> tuple[dic
                 label.labels = list(dict.fromkeys(first.labels + label.labels))
                 label.category = label.category or first.category
                 label.authenticity = label.authenticity or first.authenticity
+                label.fake_type = (label.fake_type or first.fake_type) if label.authenticity == "fake" else ""
                 label.timestamp = label.timestamp or first.timestamp
             records[path] = label
     return records, problems
@@ -359,6 +366,7 @@ def _ingest_window(manifest_path: Path, rules: IngestConfig, ctx: StageContext, 
             labels=tuple(label.labels) if label else (),
             category=label.category if label else "",
             authenticity=label.authenticity if label else "",  # type: ignore[arg-type]
+            fake_type=label.fake_type if label else "",
             split=split_for(sha, rules) if sha else "train",  # type: ignore[arg-type]
             **kw,
         )

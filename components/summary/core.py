@@ -17,13 +17,15 @@ logger = logging.getLogger("clipsync.summary")
 
 @dataclass(frozen=True)
 class StageResult:
-    """One nested MLflow run of the DAG run (``reason``: why it did not finish, if it did not)."""
+    """One nested MLflow run of the DAG run (``reason``: why it did not finish, if it did not; ``not_evaluated``:
+    figures it could not compute, and why)."""
 
     stage: str
     status: str
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)
     reason: str = ""
+    not_evaluated: str = ""
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,8 @@ class RunSummary:
                 for k, v in stage.metrics.items()
                 if not ("rejected_" in k and v == 0) and not (k.startswith("monitor_") and not k.endswith("_drift"))
             }
-            figures = ", ".join(_figures(shown))
+            notes = [f"not evaluated: {stage.not_evaluated}"] if stage.not_evaluated else []
+            figures = ", ".join(_figures(shown) + notes)
             lines.append(f"| {stage.stage} | {stage.status} | {stage.seconds:.1f} | {figures} |")
         if self.decisions:
             lines += ["", "## A/B gate", ""]
@@ -127,6 +130,7 @@ def collect_stages(config: ClientConfig, parent_run_id: str) -> list[StageResult
                 seconds=(end - run.info.start_time) / 1000.0,
                 metrics=dict(run.data.metrics),
                 reason=run.data.tags.get(tracking.END_REASON_TAG, ""),
+                not_evaluated=run.data.tags.get(tracking.NOT_EVALUATED_TAG, ""),
             )
         )
     return stages
