@@ -15,7 +15,8 @@ month 1's champion vs month 2 with and without feedback, each with its Wilson in
 the same queries with a bootstrap interval (``components/common/stats.py``). Then users search all phrasings with
 month 2's model in November, and the monitor stage compares November with October.
 
-Run: ``PYTHONPATH=. .venv/bin/python benchmarks/learning_loop.py [--clips 6] [--epochs 30]``
+Run: ``PYTHONPATH=. .venv/bin/python benchmarks/learning_loop.py [--clips 6] [--epochs 30] [--base DIR]`` (about
+10 CPU-minutes at 15 epochs; the figures and their diagnosis are in the README's learning-loop section).
 """
 
 from __future__ import annotations
