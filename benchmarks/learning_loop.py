@@ -2,19 +2,21 @@
 
 Month 1 (window up to 2026-10-02) ingests, extracts frames and fine-tunes CLIP; that adapter becomes the champion
 and answers searches in October (in process: the serving code's ``ClipBackbones`` over the library's frames).
-Simulated users search with paraphrases the labels never used (:data:`PARAPHRASES`, not in the demo's label
-phrases) and rate the top 5 results (relevant when the video's category is the query's, from the demo's truth);
-the search log and the answers are written where the model server writes them. Half of each category's
-paraphrases are given as feedback; the other half is held out and never rated.
+Simulated users search in their own words (:data:`USER_QUERIES`: phrasings, and user words, that no demo label
+uses) and rate the top 5 results (relevant when the video's category is the query's, from the demo's truth); the
+search log and the answers are written where the model server writes them. Half of each category's phrasings
+(:data:`RATED`) are asked and rated; the other half (:data:`HELD_OUT`) is never rated.
 
 Month 2 (window up to 2026-11-01) runs the feedback stage (October's answers -> labels and hard negatives) and
 fine-tunes again: on its own window plus month 1's remembered videos, warm-started from the champion. The
 baseline is the same month 2 without feedback (``feedback.enabled: false``), so the gain is the feedback's, not
-the extra month's. The figure: top-1 category hit rate (R@1) on the held-out paraphrases over the whole library,
-month 1's champion vs month 2 with and without feedback. Then users search the held-out paraphrases with month 2's
-model in November, and the monitor stage compares November with October.
+the extra month's. The figure: top-1 category hit rate (R@1) on the 42 held-out phrasings over the whole library,
+month 1's champion vs month 2 with and without feedback, each with its Wilson interval, and the gain paired over
+the same queries with a bootstrap interval (``components/common/stats.py``). Then users search all phrasings with
+month 2's model in November, and the monitor stage compares November with October.
 
-Run: ``PYTHONPATH=. .venv/bin/python benchmarks/learning_loop.py [--clips 6] [--epochs 30]``
+Run: ``PYTHONPATH=. .venv/bin/python benchmarks/learning_loop.py [--clips 6] [--epochs 30] [--base DIR]`` (about
+10 CPU-minutes at 15 epochs; the figures and their diagnosis are in the README's learning-loop section).
 """
 
 from __future__ import annotations
@@ -33,51 +35,114 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-#: category -> phrasings no demo label uses (the demo labels with each category's query and 2-3 of its paraphrases).
-PARAPHRASES = {
+#: category -> what its users type (fixed before any training): phrasings no demo label uses, in the users' own
+#: words ("belly", "pallet loader", "rink", "burglar", "carton", "torch", "ocean tube"), which no label has either.
+#: The demo base CLIP knows no client word (``components/finetune_clip/base_model.py``), so a phrasing nobody
+#: rated can only be learned through words it shares with phrasings that were rated: each held-out phrasing is a
+#: new combination of its category's user words, never a rated phrasing. The split is fixed by position (even:
+#: asked and rated in October; odd: held out, never rated).
+USER_QUERIES = {
     "medical": [
-        "removing a gallbladder through small cuts",
-        "camera inside the belly during an operation",
-        "surgeons operating with thin tools in the abdomen",
-        "endoscopic gallbladder operation footage",
+        "camera in the belly during an operation",
+        "belly operation filmed through a scope",
+        "doctors taking out the bile sack",
+        "bile sack operation with a tiny camera",
+        "scope footage of a tummy operation",
+        "doctors working inside the tummy",
+        "removing an organ through the belly button",
+        "tiny camera pictures of an organ being taken out",
+        "tummy scope operation on the bile organ",
+        "doctors with a camera in someone's belly",
+        "bile organ taken out by doctors",
+        "operation scope moving around the tummy",
     ],
     "industrial_safety": [
-        "pallet truck too close to people on foot",
-        "warehouse vehicle and walker on a collision course",
-        "forklift driving past a worker in the aisle",
-        "dangerous traffic of lift trucks near staff",
+        "pallet loader almost hitting people on foot",
+        "people walking next to a moving pallet loader",
+        "depot vehicle and staff nearly colliding",
+        "staff on foot beside a pallet mover in the depot",
+        "collision risk between loader and people",
+        "pallet loader passing walking staff",
+        "depot traffic too close to people walking",
+        "close call with a pallet mover and staff",
+        "loader reversing towards people in the depot",
+        "staff crossing in front of a depot loader",
+        "pallet mover and walking people in one lane",
+        "near collision of a loader with depot staff",
     ],
     "niche_sport": [
-        "granite stone gliding on an ice rink",
-        "winter sport with brooms and stones",
-        "stone thrown towards the target rings on ice",
-        "team sweeping ice in front of a sliding stone",
+        "rock gliding across the rink",
+        "team sweeping with brooms in front of a rock",
+        "throwing a rock at the target rings",
+        "broom team on the rink",
+        "rink game with heavy rocks and brooms",
+        "rock sliding to the rings on the rink",
+        "players sweeping a gliding rock",
+        "target rings seen from above the rink",
+        "brooms brushing the rink before the rock",
+        "heavy rock thrown down the rink",
+        "rings at the end of the rink and a gliding rock",
+        "players with brooms chasing a rock",
     ],
     "security": [
-        "trespasser caught on a night camera",
-        "someone sneaking past the security fence",
-        "unauthorised entry seen by surveillance",
-        "intruder crossing a restricted boundary",
+        "burglar sneaking onto the property in the dark",
+        "prowler climbing over a barrier at night",
+        "guard camera shows a burglar",
+        "someone sneaking past the barrier in the dark",
+        "dark footage of a prowler on the property",
+        "burglar slipping through the barrier",
+        "property guard cameras catching someone sneaking in",
+        "prowler in the dark near the guard post",
+        "sneaking across the property line after dark",
+        "guard footage of a burglar at the barrier",
+        "a prowler sneaking onto private property",
+        "barrier crossed by a burglar in the dark",
     ],
     "custom_product": [
-        "opening the box of a new thermostat",
-        "smart home device coming out of its packaging",
-        "first look at a round wall thermostat",
-        "unpacking a connected temperature controller",
+        "opening the carton of a heating gadget",
+        "unpacking a round heating dial",
+        "new wall dial coming out of the carton",
+        "heating gadget lifted from its carton",
+        "unpacking a wall gadget for the heating",
+        "first look at a round heating dial",
+        "carton opening of a smart wall dial",
+        "hands unpacking a heating gadget",
+        "wall heating dial shown after unpacking",
+        "gadget and its carton on a table",
+        "opening a new dial for the heating",
+        "unpacking the carton of a wall gadget",
     ],
     "welding": [
-        "bright sparks from joining metal",
-        "metal fabrication with a welding torch",
-        "arc welding seam on steel plates",
-        "welder working on a metal joint",
+        "torch joining two pieces of metal",
+        "molten metal flaring from a torch",
+        "metalwork with a bright torch flame",
+        "joining plates with molten flares",
+        "flares flying from metalwork",
+        "torch fusing metal pieces together",
+        "molten joint on a metalwork bench",
+        "flares of light while joining metal",
+        "fusing metal with a hot torch",
+        "metalwork joint cooling after the torch",
+        "bright flares from molten metal",
+        "joining metal parts in a metalwork shop",
     ],
-    "underwater": [
-        "fish swimming over a coral reef",
-        "diving footage beneath the sea surface",
-        "marine life filmed under water",
-        "scuba view of the ocean floor",
+    "underwater_inspection": [
+        "robot checking a tube on the sea floor",
+        "deep sea tube checked by a robot",
+        "submarine camera along an ocean tube",
+        "checking an ocean duct for damage",
+        "robot sub following a deep tube",
+        "ocean floor duct filmed by a submarine",
+        "deep water robot looking at a duct",
+        "tube on the ocean floor with growth on it",
+        "submarine robot checking the sea tube",
+        "damage check of a deep ocean duct",
+        "robot camera moving over an ocean tube",
+        "submarine following a duct on the sea floor",
     ],
 }
+RATED = {c: qs[0::2] for c, qs in USER_QUERIES.items()}
+HELD_OUT = {c: qs[1::2] for c, qs in USER_QUERIES.items()}
 
 MONTH1, MONTH2 = "2026-10-02", "2026-11-01"
 
@@ -133,13 +198,16 @@ class Library:
         z = np.exp(100.0 * (scores - scores.max()))
         return [int(i) for i in order], float(z[order[0]] / z.sum())
 
-    def recall_at_1(self, queries: dict[str, list[str]]) -> float:
-        hits = [self.categories[self.search(q, 1)[0][0]] == cat for cat, qs in queries.items() for q in qs]
-        return float(np.mean(hits))
+    def hits_at_1(self, queries: dict[str, list[str]]) -> np.ndarray:
+        """Per query (in ``queries``' order): 1 when the top result is a video of the query's category."""
+        return np.array([self.categories[self.search(q, 1)[0][0]] == c for c, qs in queries.items() for q in qs])
 
 
-def _simulate_users(store, library: Library, queries: dict[str, list[str]], month: str, rate: bool) -> int:
-    """Searches (and ratings of the top 5) as the model server would log them, dated in ``month``."""
+def simulate_users(
+    store, library: Library, queries: dict[str, list[str]], month: str, rate: bool, model: str = "clip-demo"
+) -> int:
+    """Searches of ``model`` (and ratings of the top 5) as the model server would log them, dated in ``month``;
+    returns the number of ratings."""
     from serving.feedback import Feedback, feedback_entry
 
     log, answers = [], []
@@ -151,7 +219,7 @@ def _simulate_users(store, library: Library, queries: dict[str, list[str]], mont
         log.append(
             {
                 "ts": ts,
-                "model": "clip-demo",
+                "model": model,
                 "query_id": query_id,
                 "query": texts,
                 "top_video": results[0],
@@ -165,13 +233,20 @@ def _simulate_users(store, library: Library, queries: dict[str, list[str]], mont
         if rate:
             for i in rows:
                 item = Feedback(query_id, library.ids[i], library.categories[i] == category, "")
-                entry = feedback_entry("clip-demo", "1", item, {"query": texts, "results": results}, "v1")
+                entry = feedback_entry(model, "1", item, {"query": texts, "results": results}, "v1")
                 answers.append(entry | {"ts": ts})
-    store.put_bytes(f"querylog/clip-demo/{month}/sim.jsonl", "".join(json.dumps(e) + "\n" for e in log).encode())
+    store.put_bytes(f"querylog/{model}/{month}/sim.jsonl", "".join(json.dumps(e) + "\n" for e in log).encode())
     if answers:
         body = "".join(json.dumps(e) + "\n" for e in answers).encode()
-        store.put_bytes(f"feedback/clip-demo/{month}/sim.jsonl", body)
+        store.put_bytes(f"feedback/{model}/{month}/sim.jsonl", body)
     return len(answers)
+
+
+def _proportion(hits: np.ndarray) -> str:
+    from components.common.stats import wilson
+
+    est = wilson(int(hits.sum()), len(hits))
+    return f"{est.value:.3f} [{est.low:.3f}, {est.high:.3f}] n {est.n}"
 
 
 def main() -> int:
@@ -183,6 +258,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
+    from components.common.stats import bootstrap_mean
     from components.common.storage import LocalStore
     from components.config import from_dict
     from components.demo_data.core import DemoConfig, generate_demo_data
@@ -216,30 +292,29 @@ def main() -> int:
     )
     generate_demo_data(Path(config.storage.source_uri), work / "truth", demo)
     store = LocalStore(config.storage.artifacts_uri, create=True)
-    given = {c: qs[: len(qs) // 2] for c, qs in PARAPHRASES.items()}
-    held_out = {c: qs[len(qs) // 2 :] for c, qs in PARAPHRASES.items()}
 
     t0 = time.perf_counter()
     month1 = _stages(config, MONTH1, work / "month1")
     promote(config.tracking, "clip-demo", month1["report"].registered_version)
     served1 = Library(month1["model"], [month1["frames"]], config.cache_dir)
-    n_answers = _simulate_users(store, served1, given, "2026-10", rate=True)
+    n_answers = simulate_users(store, served1, RATED, "2026-10", rate=True)
 
     # The baseline first and untracked (it registers nothing); what it remembers is month 1's and its own window's
     # videos as they were, which month 2 overwrites with the feedback's labels.
     baseline = _stages(config, MONTH2, work / "month2-no-feedback", feedback_enabled=False, track=False)
     month2 = _stages(config, MONTH2, work / "month2")
     frames = [month1["frames"], month2["frames"]]
-    before = Library(month1["model"], frames, config.cache_dir).recall_at_1(held_out)
-    no_feedback = Library(baseline["model"], frames, config.cache_dir).recall_at_1(held_out)
-    served2 = Library(month2["model"], frames, config.cache_dir)
-    after = served2.recall_at_1(held_out)
-    seen_after = served2.recall_at_1(given)
-    seen_before = Library(month1["model"], frames, config.cache_dir).recall_at_1(given)
+    libraries = {
+        "month 1 champion": Library(month1["model"], frames, config.cache_dir),
+        "month 2 without feedback": Library(baseline["model"], frames, config.cache_dir),
+        "month 2 with feedback": Library(month2["model"], frames, config.cache_dir),
+    }
+    served2 = libraries["month 2 with feedback"]
+    hits = {name: (lib.hits_at_1(HELD_OUT), lib.hits_at_1(RATED)) for name, lib in libraries.items()}
 
     # November: the held-out and the rated phrasings asked of month 2's model. The monitor stage as month 2's DAG
     # runs it (October's signals, month 1's uploads become the library), then at the next month's end.
-    _simulate_users(store, served2, held_out | given, "2026-11", rate=False)
+    simulate_users(store, served2, HELD_OUT | RATED, "2026-11", rate=False)
     t = time.perf_counter()
     for as_of, uploads in (("2026-11-01", month1["frames"]), ("2026-12-01", month2["frames"])):
         at = dataclasses.replace(config, window=dataclasses.replace(config.window, as_of=as_of))
@@ -247,20 +322,24 @@ def main() -> int:
         report = run_monitor(uploads, None, work / f"monitor-{as_of}", config.monitor, ctx, serving=config.serving)
     monitor_s = (time.perf_counter() - t) / 2
 
-    r2 = month2["report"]
-    n_queries = sum(len(q) for q in held_out.values())
     print(f"# learning loop, two months on demo data ({args.clips} clips x 7 categories, {args.epochs} epochs)")
     print(f"month 1: {month1['report'].n_train} train videos; users rated {n_answers} results in October")
-    print(
-        f"month 2: {r2.n_train} train videos ({r2.n_remembered} remembered from month 1), feedback "
-        f"{r2.feedback_labels} labels + {r2.feedback_negatives} hard negatives, warm start from champion "
-        f"v{r2.warm_start_version or '-'}"
-    )
-    print(f"\nR@1 (top-1 category) on {n_queries} held-out paraphrases, library of {len(served2.ids)} videos:")
-    print(f"  month 1 champion                 {before:.3f}")
-    print(f"  month 2 without feedback (base.) {no_feedback:.3f}")
-    print(f"  month 2 with feedback            {after:.3f}   ({after - no_feedback:+.3f} vs baseline)")
-    print(f"R@1 on the rated paraphrases: {seen_before:.3f} -> {seen_after:.3f}")
+    for name, run in (("month 2 without feedback", baseline), ("month 2 with feedback", month2)):
+        r = run["report"]
+        print(
+            f"{name}: {r.n_train} train videos ({r.n_remembered} remembered), feedback {r.feedback_labels} "
+            f"labels + {r.feedback_negatives} hard negatives, warm start from v{r.warm_start_version or '-'}"
+        )
+    print(f"\nR@1 (top-1 category), library of {len(served2.ids)} videos, Wilson 95 % intervals:")
+    print(f"  {'':26} {'held-out phrasings':>24} {'rated phrasings':>24}")
+    for name, (held, rated) in hits.items():
+        print(f"  {name:26} {_proportion(held):>24} {_proportion(rated):>24}")
+    print("gain of month 2 with feedback, paired over the same queries (bootstrap 95 %):")
+    for label, col in (("held-out", 0), ("rated", 1)):
+        with_fb = hits["month 2 with feedback"][col].astype(float)
+        for ref in ("month 2 without feedback", "month 1 champion"):
+            gain = bootstrap_mean(with_fb - hits[ref][col], n_resamples=2000)
+            print(f"  {label:8} vs {ref:26} {gain.value:+.3f} [{gain.low:+.3f}, {gain.high:+.3f}] (n {gain.n})")
     seconds = {**month2["seconds"], "monitor": monitor_s}
     print("\nstage seconds (month 2): " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
     print(f"whole benchmark {time.perf_counter() - t0:.0f} s\n")

@@ -325,14 +325,21 @@ def write_csv(entries: list[dict[str, Any]], out: Any) -> int:
 
 def feedback_store(config: Any) -> ObjectStore:
     """The store a client's feedback is in: ``serving.query_log_uri`` (its ``{client}`` replaced) or, when that is
-    empty, the client's ``storage.artifacts_uri``."""
-    return open_feedback_store(config.serving.query_log_uri, config.storage.artifacts_uri, config.client_id)
+    empty, the client's ``storage.artifacts_uri``; opened with the client's ``encryption`` settings, as the model
+    server writes it."""
+    return open_feedback_store(
+        config.serving.query_log_uri, config.storage.artifacts_uri, config.client_id, config.encryption
+    )
 
 
-def open_feedback_store(query_log_uri: str, artifacts_uri: str, client_id: str) -> ObjectStore:
-    """:func:`feedback_store` from the settings themselves (a stage has its context, not the whole config)."""
+def open_feedback_store(query_log_uri: str, artifacts_uri: str, client_id: str, encryption: Any = None) -> ObjectStore:
+    """:func:`feedback_store` from the settings themselves (a stage has its context, not the whole config).
+
+    ``encryption``: the client config's ``encryption`` settings (a stage's ``ctx.encryption``): an SSE-C client's
+    feedback and query log are readable only with its key.
+    """
     from components.common.storage import open_store
 
     if not query_log_uri or query_log_uri == "off":
-        return open_store(artifacts_uri)
-    return open_store(query_log_uri.replace("{client}", client_id))
+        return open_store(artifacts_uri, encryption)
+    return open_store(query_log_uri.replace("{client}", client_id), encryption)

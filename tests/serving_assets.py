@@ -257,11 +257,12 @@ class ServerProcess:
         return self.proc.returncode
 
 
-def load_benchmark():
-    """``benchmarks/serving_load.py`` as a module: the suite's short load test drives the same code."""
+def load_benchmark(name: str = "serving_load"):
+    """``benchmarks/<name>.py`` as a module: the suite's short versions (the load test, the learning loop's two
+    months) drive the same code."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("serving_load", ROOT / "benchmarks" / "serving_load.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -9,7 +9,7 @@ import numpy as np
 CATEGORIES = {"surgery": (200, 40, 40), "forklift": (40, 200, 40), "curling": (40, 40, 200)}
 
 
-def make_frames(root: Path, n: int = 12, seed: int = 0, rejected: bool = False) -> Path:
+def make_frames(root: Path, n: int = 12, seed: int = 0, rejected: bool = False, first: int = 0) -> Path:
     """Write ``n`` search-frame videos cycling through CATEGORIES and the splits train, train, val, test.
 
     Args:
@@ -17,6 +17,7 @@ def make_frames(root: Path, n: int = 12, seed: int = 0, rejected: bool = False) 
         n: Videos.
         seed: Seed of the background noise.
         rejected: Also list one rejected video (``f`` * 16, a decode error) in the index.
+        first: Number of the first video (its id is the number in hex): another month's uploads get other ids.
 
     Returns:
         ``root``.
@@ -30,7 +31,7 @@ def make_frames(root: Path, n: int = 12, seed: int = 0, rejected: bool = False) 
     with ShardWriter(root, "search", max_videos=10) as writer:
         for i in range(n):
             cat = names[i % len(names)]
-            vid = f"{i:016x}"
+            vid = f"{first + i:016x}"
             frames = rng.integers(0, 60, size=(3, 48, 48, 3)).astype(np.uint8)
             frames[:, 12:36, 12:36] = CATEGORIES[cat]
             shard = writer.add(vid, frames)

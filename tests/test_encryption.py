@@ -230,3 +230,60 @@ def test_crafted_keys_never_reach_another_clients_folder_locally(tmp_path: Path)
     with pytest.raises(StorageError, match="leads outside the store"):
         mine.put_bytes("link/videos/x.mp4", b"evil")
     assert other.get_bytes("videos/x.mp4") == b"theirs"
+
+
+@pytest.mark.slow
+def test_feedback_and_monitor_stages_read_an_sse_c_clients_feedback_with_its_key(tmp_path, monkeypatch):
+    """The model server writes an SSE-C client's feedback and query log with the client's key; the feedback stage,
+    the monitor stage and ``clipsync feedback export`` must send that key to read them (moto ignores it, so the
+    requests' headers are the evidence)."""
+    import json
+
+    pytest.importorskip("evidently")
+    from components.feedback.core import run_feedback
+    from components.monitor.core import run_monitor
+    from serving.feedback import feedback_store, read_feedback
+
+    with moto_https(tmp_path) as (endpoint, cert, seen):
+        monkeypatch.setenv("MINIO_ENDPOINT", endpoint)
+        monkeypatch.setenv("MINIO_ACCESS_KEY", ACCESS)
+        monkeypatch.setenv("MINIO_SECRET_KEY", SECRET)
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        monkeypatch.setenv("CLIPSYNC_SSE_C_KEY", KEY_B64)
+        bucket = f"clipsync-fb-{uuid.uuid4().hex[:8]}"
+        from minio import Minio
+
+        Minio(endpoint.split("://")[1], access_key=ACCESS, secret_key=SECRET, secure=True).make_bucket(bucket)
+        config = from_dict(
+            {
+                "client_id": "acme",
+                "state_dir": str(tmp_path / "state"),
+                "storage": {"artifacts_uri": f"s3://{bucket}/acme"},
+                "encryption": {"mode": "sse-c"},
+                "window": {"as_of": "2026-11-01"},
+            }
+        )
+        written = open_store(config.storage.artifacts_uri, config.encryption)  # as the model server writes them
+        answer = {"ts": "2026-10-05T10:00:00+00:00", "feedback_id": "f1", "query_id": "q1", "video_id": "v1"}
+        answer |= {"relevant": True, "query": "gallbladder op", "label": ""}
+        written.put_bytes("feedback/clip-acme/2026-10/a.jsonl", (json.dumps(answer) + "\n").encode())
+        search = {"ts": "2026-10-05T09:59:00+00:00", "query_id": "q2", "query": "tower crane", "confidence": 0.1}
+        written.put_bytes(
+            "querylog/clip-acme/2026-10/a.jsonl", (json.dumps(search | {"low_confidence": True}) + "\n").encode()
+        )
+        seen.clear()
+        data = run_feedback(tmp_path / "fb", config.feedback, config.context(track=False), serving=config.serving)
+        assert [(r.kind, r.video_id, r.text) for r in data.records] == [("label", "v1", "gallbladder op")]
+        assert [i.query for i in data.review] == ["tower crane"]
+        assert [e["feedback_id"] for e in read_feedback(feedback_store(config), "clip-acme", "2026-10")] == ["f1"]
+        ctx = config.context(track=False)
+        report = run_monitor(None, None, tmp_path / "monitor", config.monitor, ctx, serving=config.serving)
+        assert report.month == "2026-10" and written.exists("monitor/clip-acme/2026-10/summary.json")
+    object_calls = [(m, p, h) for m, p, h in seen if m in ("GET", "PUT", "HEAD") and "/acme/" in p]
+    reads = [p for m, p, _ in object_calls if m == "GET"]
+    assert any(p.endswith("feedback/clip-acme/2026-10/a.jsonl") for p in reads)
+    assert any(p.endswith("querylog/clip-acme/2026-10/a.jsonl") for p in reads)
+    assert any(m == "PUT" and p.endswith("review/clip-acme/2026-10/review_queue.csv") for m, p, _ in object_calls)
+    assert sum(p.endswith("querylog/clip-acme/2026-10/a.jsonl") for p in reads) >= 2  # feedback and monitor
+    for method, path, headers in object_calls:
+        assert headers.get("x-amz-server-side-encryption-customer-key") == KEY_B64, (method, path)

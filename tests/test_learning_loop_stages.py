@@ -113,6 +113,8 @@ def test_training_batch_weighs_the_feedback_hard_negatives(tmp_path):
     ]
     fed = apply_feedback(samples, records)
     assert fed[1].labels == ("blue circle", "round thing") and fed[1].negatives == ()
+    assert fed[1].feedback_labels == ("round thing",) and fed[0].feedback_labels == ()
+    assert apply_feedback(fed, records[:1])[1] == fed[1]  # applied twice: the same sample
     assert fed[2].negatives == ("round thing",) and fed[0] is samples[0] and samples[2].negatives == ()
     assert _data_fingerprint(fed) != _data_fingerprint([*fed[:2], samples[2]])  # a resume sees new negatives
 
@@ -121,6 +123,39 @@ def test_training_batch_weighs_the_feedback_hard_negatives(tmp_path):
         one = float(_batch_loss(bundle.model, bundle, fed, FinetuneClipConfig(negative_weight=1.0)))
         four = float(_batch_loss(bundle.model, bundle, fed, FinetuneClipConfig(negative_weight=4.0)))
     assert one == pytest.approx(plain, rel=1e-6) and four > one
+
+
+def test_a_feedback_text_is_left_out_for_its_videos_category_and_a_negative_only_text_acts_on_its_negatives():
+    torch = pytest.importorskip("torch")
+    from components.finetune_clip.data import ClipSample
+    from components.finetune_clip.loss import batch_texts, positive_mask
+    from components.finetune_clip.negatives import contrastive_loss_with_negatives, negative_mask, unknown_pairs
+
+    samples = [
+        ClipSample("v0", None, ("red square",), "A"),
+        ClipSample("v1", None, ("red square", "round thing"), "A", feedback_labels=("round thing",)),
+        ClipSample("v2", None, ("blue circle",), "B", negatives=("round thing", "odd query")),
+        ClipSample("v3", None, ("blue circle",), "B"),
+    ]
+    known = {"round thing": {"v2"}, "odd query": {"v2"}}
+    texts = batch_texts([*(s.labels for s in samples), list(known)])
+    assert texts == ["red square", "round thing", "blue circle", "odd query"]
+    pos = positive_mask([s.labels for s in samples], texts)
+    neg = negative_mask([s.video_id for s in samples], texts, known)
+    unknown = unknown_pairs(samples, texts, pos, neg)
+    # "round thing" (rated relevant on v1, category A): not a negative of v0 (also A), an assumed one of v3 (B),
+    # a known one of v2; "odd query" (only ever a wrong answer here) counts only with v2.
+    assert unknown.nonzero().tolist() == [[0, 1], [0, 3], [1, 3], [3, 3]]
+
+    rng = np.random.default_rng(0)
+    v = torch.nn.functional.normalize(torch.tensor(rng.normal(size=(4, 8)), dtype=torch.float32), dim=-1)
+    x = torch.nn.functional.normalize(torch.tensor(rng.normal(size=(4, 8)), dtype=torch.float32), dim=-1)
+    x.requires_grad_(True)
+    contrastive_loss_with_negatives(v, x, pos, neg, 10.0, 2.0, unknown).backward()
+    cosine = torch.nn.functional.cosine_similarity(x.grad[3], v[2], dim=0)
+    assert float(cosine) == pytest.approx(1.0, abs=1e-5)  # "odd query" is only pushed away from v2
+    with pytest.raises(ValueError, match="left out is also a positive"):
+        contrastive_loss_with_negatives(v, x, pos, neg, 10.0, 2.0, pos)
 
 
 @pytest.mark.slow
@@ -174,7 +209,8 @@ def test_clip_remembers_labelled_history_newest_first_within_the_window_and_cap(
         return ClipSample(f"v{i}", torch.full(frames_shape, i, dtype=torch.uint8), (f"label {i}",), "cat")
 
     remember(store, [("train", sample(1), "2026-09-01"), ("val", sample(2), "2026-09-01")])
-    remember(store, [("train", replace(sample(3), negatives=("wrong",)), "2026-10-01")])
+    fed = {"labels": ("label 3", "asked"), "negatives": ("wrong",), "feedback_labels": ("asked",)}
+    remember(store, [("train", replace(sample(3), **fed), "2026-10-01")])
     remember(store, [("train", sample(4, (4, 3, 8, 8)), "2026-10-01")])  # another frames_per_video
     remember(store, [("train", sample(5), "2026-12-01")])  # remembered by a later run
 
@@ -185,7 +221,8 @@ def test_clip_remembers_labelled_history_newest_first_within_the_window_and_cap(
         ("train", "v3", "2026-10-01"),
     ]
     v3 = got[2][1]
-    assert v3.labels == ("label 3",) and v3.negatives == ("wrong",) and int(v3.frames[0, 0, 0, 0]) == 3
+    assert v3.labels == ("label 3", "asked") and v3.negatives == ("wrong",) and int(v3.frames[0, 0, 0, 0]) == 3
+    assert v3.feedback_labels == ("asked",) and got[0][1].feedback_labels == ()
     assert [s.video_id for _, s, _ in recall(store, {"v3"}, date(2026, 11, 1), 0, 0, shape)] == ["v1", "v2"]
     assert [s.video_id for _, s, _ in recall(store, set(), date(2026, 11, 1), 40, 0, shape)] == ["v3"]
     newest = recall(store, set(), date(2026, 11, 1), 0, 2, shape)  # the cap keeps the newest

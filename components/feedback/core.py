@@ -302,7 +302,7 @@ def run_feedback(out_dir: Path, cfg: FeedbackConfig, ctx: StageContext, serving:
 
     month = feedback_month(ctx.window.end())
     model = registered_name("clip", ctx.client_id)
-    store = open_feedback_store(serving.query_log_uri, ctx.storage.artifacts_uri, ctx.client_id)
+    store = open_feedback_store(serving.query_log_uri, ctx.storage.artifacts_uri, ctx.client_id, ctx.encryption)
     with ctx.stage_run("feedback", {**asdict(cfg), "month": month}) as run:
         data = feedback_for_month(store, model, month, Path(out_dir), cfg.max_review)
         if not cfg.enabled:

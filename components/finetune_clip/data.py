@@ -27,6 +27,8 @@ class ClipSample:
         labels: Its label texts (at least one for training).
         category: The client's category (for per-category metrics).
         negatives: Texts this video is a known wrong answer to (client feedback: hard negatives of the loss).
+        feedback_labels: The ``labels`` that client feedback gave (a search rated relevant on this video), not its
+            own label records: the loss does not count them as wrong for videos of this video's category.
     """
 
     video_id: str
@@ -34,6 +36,7 @@ class ClipSample:
     labels: tuple[str, ...]
     category: str = ""
     negatives: tuple[str, ...] = ()
+    feedback_labels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ def remember(store: Any, entries: Iterable[tuple[str, ClipSample, str]]) -> int:
             "split": split,
             "labels": list(s.labels),
             "negatives": list(s.negatives),
+            "feedback_labels": list(s.feedback_labels),
             "category": s.category,
             "as_of": as_of,
             "shape": list(np.asarray(s.frames).shape),
@@ -93,7 +94,8 @@ def recall(
     for meta in metas:
         frames = np.load(io.BytesIO(store.get_bytes(f"{HISTORY_PREFIX}/{meta['video_id']}.npy")), allow_pickle=False)
         sample = ClipSample(meta["video_id"], torch.from_numpy(frames), tuple(meta["labels"]), meta["category"])
-        out.append((meta["split"], dataclasses.replace(sample, negatives=tuple(meta["negatives"])), meta["as_of"]))
+        fed = {"negatives": tuple(meta["negatives"]), "feedback_labels": tuple(meta.get("feedback_labels", ()))}
+        out.append((meta["split"], dataclasses.replace(sample, **fed), meta["as_of"]))
     out.sort(key=lambda e: e[1].video_id)
     logger.info("finetune_clip: %d videos of earlier months remembered", len(out))
     return out

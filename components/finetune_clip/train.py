@@ -44,7 +44,7 @@ from components.finetune_clip.data import ClipSample, FrameSource
 from components.finetune_clip.loss import batch_texts, contrastive_loss, positive_mask
 from components.finetune_clip.metrics import embed_samples, query_video_similarity, retrieval_metrics, retrieval_problem
 from components.finetune_clip.model import ClipBundle, TrainableStats, apply_strategy, encode_texts, encode_videos
-from components.finetune_clip.negatives import contrastive_loss_with_negatives, negative_mask
+from components.finetune_clip.negatives import contrastive_loss_with_negatives, negative_mask, unknown_pairs
 
 if TYPE_CHECKING:
     import torch
@@ -130,7 +130,13 @@ def _batch_loss(
     import torch
 
     labels = [s.labels for s in samples]
-    texts = batch_texts(labels)
+    known: dict[str, set[str]] = {}
+    for s in samples:
+        for text in s.negatives:
+            known.setdefault(text, set()).add(s.video_id)
+    # A text known only as a wrong answer (a search whose rated results in this batch were all wrong) joins the
+    # batch's texts: its known negatives are then pushed away from it (it counts for nothing else, see below).
+    texts = batch_texts([*labels, list(known)])
     towers = towers if towers is not None else _towers(model, bundle, cfg.pooling)
     if video_emb is None and frames is None:
         frames = torch.stack([s.frames for s in samples])
@@ -140,14 +146,18 @@ def _batch_loss(
         sizes = [rank_slice(len(samples), r, world.size) for r in range(world.size)]
         video_emb = gather_rows(video_emb, [p.stop - p.start for p in sizes], world)
     positive = positive_mask(labels, texts)
-    known: dict[str, set[str]] = {}
-    for s in samples:
-        for text in s.negatives:
-            known.setdefault(text, set()).add(s.video_id)
-    negative = negative_mask([s.video_id for s in samples], texts, known) & ~positive if known else None
-    if negative is None or not bool(negative.any()):
+    if not known and not any(s.feedback_labels for s in samples):
         return contrastive_loss(video_emb, text_emb, positive, logit_scale)
-    return contrastive_loss_with_negatives(video_emb, text_emb, positive, negative, logit_scale, cfg.negative_weight)
+    negative = negative_mask([s.video_id for s in samples], texts, known) & ~positive
+    return contrastive_loss_with_negatives(
+        video_emb,
+        text_emb,
+        positive,
+        negative,
+        logit_scale,
+        cfg.negative_weight,
+        unknown_pairs(samples, texts, positive, negative),
+    )
 
 
 def _validate(
@@ -183,8 +193,10 @@ def _data_fingerprint(samples: Sequence[ClipSample]) -> str:
 
     h = hashlib.sha256()
     for s in samples:
-        known = f"|-{'|'.join(s.negatives)}" if s.negatives else ""  # checkpoints of runs without feedback still fit
-        h.update(f"{s.video_id}|{'|'.join(s.labels)}{known}\n".encode())
+        # Feedback's parts only when there are any: checkpoints of runs without feedback still fit.
+        known = f"|-{'|'.join(s.negatives)}" if s.negatives else ""
+        fed = f"|+{'|'.join(s.feedback_labels)}" if s.feedback_labels else ""
+        h.update(f"{s.video_id}|{'|'.join(s.labels)}{known}{fed}\n".encode())
     return h.hexdigest()[:16]
 
 

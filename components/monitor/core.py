@@ -417,7 +417,7 @@ def run_monitor(
     month = feedback_month(ctx.window.end())
     model = registered_name("clip", ctx.client_id)
     prefix = f"{MONITOR_PREFIX}/{model}"
-    store = open_feedback_store(serving.query_log_uri, ctx.storage.artifacts_uri, ctx.client_id)
+    store = open_feedback_store(serving.query_log_uri, ctx.storage.artifacts_uri, ctx.client_id, ctx.encryption)
     with ctx.stage_run("monitor", {**asdict(cfg), "month": month}) as run:
         work = out_dir.parent / f"{out_dir.name}-work"
         champion = inputs.champion_embedder(ctx, work)
