@@ -194,7 +194,11 @@ def test_install_resolves_against_the_lock_for_the_image_platform(tmp_path):
 
     closures = {profile: locked_closure(profile) for profile in IMAGES}
     assert closures["media"].items() <= closures["train"].items() <= closures["serve"].items()
-    pins = [f"{name}=={version}" for name, version in sorted(closures["serve"].items())]
+    # The train image also installs the federated extra and, without its dependencies, flwr's own lock.
+    assert "requirements-federated.lock" in dockerfile("train")
+    federated = {**locked_closure("federated"), **_federated_pins()}
+    expected = {**closures["serve"], **federated}
+    pins = [f"{name}=={version}" for name, version in sorted(expected.items())]
     chunks = [pins[i::4] for i in range(4)]
     with ThreadPoolExecutor(4) as pool:
         runs = list(pool.map(lambda i: _pip_dry_run(chunks[i], tmp_path / f"report-{i}.json"), range(4)))
@@ -204,4 +208,10 @@ def test_install_resolves_against_the_lock_for_the_image_platform(tmp_path):
     for i in range(4):
         for item in json.loads((tmp_path / f"report-{i}.json").read_text())["install"]:
             got[canonicalize_name(item["metadata"]["name"])] = item["metadata"]["version"]
-    assert got == closures["serve"]
+    assert got == expected
+
+
+def _federated_pins() -> dict[str, str]:
+    lines = (REPO / "requirements-federated.lock").read_text().splitlines()
+    pins = [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
+    return {canonicalize_name(r.name): str(r.specifier).removeprefix("==") for r in pins}
