@@ -201,10 +201,10 @@ def test_stage_fetches_champion_from_registry_and_logs_to_mlflow(tmp_path):
         faces, [replace(r, fake_type="offset" if r.authenticity == "fake" else "") for r in read_face_index(faces)]
     )
     config = from_dict({"client_id": "acme", "state_dir": str(tmp_path / "state")})
-    mc = LipSyncModelConfig(crop_size=32, visual_channels=4, audio_channels=8, embed_dim=16, attention_heads=2)
+    tiny = {"crop_size": 32, "visual_channels": 4, "audio_channels": 8, "embed_dim": 16, "attention_heads": 2}
     for name in ("champion", "challenger"):
-        save_model(LipSyncDetector(mc), tmp_path / name)
-    cfg = FinetuneLipsyncConfig(model={"crop_size": 32}, pretrained="")
+        save_model(LipSyncDetector(LipSyncModelConfig(**tiny)), tmp_path / name)
+    cfg = FinetuneLipsyncConfig(model=tiny, pretrained="")  # the cross-validation folds train this size too
     first = run_evaluate_lipsync(faces, tmp_path / "challenger", tmp_path / "out1", cfg, config.context())
     assert first.champion is None  # nothing registered yet
     with tracking.stage_run(config.tracking, "", "finetune_lipsync") as trained:
