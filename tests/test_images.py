@@ -97,7 +97,7 @@ def locked_closure(extra: str) -> dict[str, str]:
             continue
         seen.add(key)
         pinned[name] = LOCK[name]
-        installed = metadata.version(req.name)
+        installed = _installed_version(req.name)
         assert installed == LOCK[name], f"this venv has {req.name} {installed}, the lock {LOCK[name]}: run make setup"
         todo += [(sub, e) for sub in metadata.requires(req.name) or [] for e in (req.extras or {""})]
     return pinned
@@ -160,6 +160,15 @@ def test_serve_image_holds_the_face_models_where_the_runtimes_look():
     home = re.findall(r"^ENV CLIPSYNC_HOME=(\S+)$", text, re.M)
     assert home and text.index(f"ENV CLIPSYNC_HOME={home[0]}") < text.index("RUN clipsync fetch-models")
     assert cluster.cache_dir == f"{home[0]}/cache"  # fetch-models' default cache; the runtimes' --cache_dir
+
+
+def _installed_version(name: str) -> str:
+    """The venv's own version of ``name``: Ray puts its vendored packages (psutil 7, colorama) on ``sys.path`` once a
+    test has imported it (the federated tests), and those are not what the venv or the image installs."""
+    paths = [p for p in sys.path if "thirdparty_files" not in Path(p).parts]
+    dist = next(iter(metadata.distributions(name=name, path=paths)), None)
+    assert dist is not None, f"{name} is not installed in this venv: run make setup"
+    return dist.version
 
 
 def test_the_lock_walk_catches_an_unpinned_requirement(monkeypatch):
