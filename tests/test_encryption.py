@@ -9,6 +9,7 @@ front of moto's own app (tests/s3_servers.py), and that the data round-trips.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import os
@@ -145,17 +146,23 @@ def test_sse_c_settings_are_refused_with_the_setting_named(s3, monkeypatch):
         from_dict({"encryption": {"mode": "sse-kms"}})
 
 
-def test_sse_c_sends_the_customer_key_headers_over_tls(tmp_path, monkeypatch):
-    with moto_https(tmp_path) as (endpoint, cert, seen):
-        monkeypatch.setenv("MINIO_ENDPOINT", endpoint)
-        monkeypatch.setenv("MINIO_ACCESS_KEY", ACCESS)
-        monkeypatch.setenv("MINIO_SECRET_KEY", SECRET)
-        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
-        monkeypatch.setenv("CLIPSYNC_SSE_C_KEY", KEY_B64)
-        bucket = f"clipsync-ssec-{uuid.uuid4().hex[:8]}"
-        from minio import Minio
+@contextlib.contextmanager
+def sse_c_bucket(tmp_path: Path, monkeypatch, prefix: str):
+    """A new bucket on moto over TLS, this process's MinIO settings and SSE-C key pointing at it; yields the bucket
+    and moto's record of the requests (method, path, headers)."""
+    from minio import Minio
 
+    with moto_https(tmp_path) as (endpoint, cert, seen):
+        settings = {"MINIO_ENDPOINT": endpoint, "MINIO_ACCESS_KEY": ACCESS, "MINIO_SECRET_KEY": SECRET}
+        for name, value in {**settings, "SSL_CERT_FILE": str(cert), "CLIPSYNC_SSE_C_KEY": KEY_B64}.items():
+            monkeypatch.setenv(name, value)
+        bucket = f"{prefix}-{uuid.uuid4().hex[:8]}"
         Minio(endpoint.split("://")[1], access_key=ACCESS, secret_key=SECRET, secure=True).make_bucket(bucket)
+        yield bucket, seen
+
+
+def test_sse_c_sends_the_customer_key_headers_over_tls(tmp_path, monkeypatch):
+    with sse_c_bucket(tmp_path, monkeypatch, "clipsync-ssec") as (bucket, seen):
         store = open_store(f"s3://{bucket}/acme", EncryptionConfig(mode="sse-c"))
         seen.clear()
         store.put_bytes("models/adapter.safetensors", b"adapter")
@@ -244,16 +251,7 @@ def test_feedback_and_monitor_stages_read_an_sse_c_clients_feedback_with_its_key
     from components.monitor.core import run_monitor
     from serving.feedback import feedback_store, read_feedback
 
-    with moto_https(tmp_path) as (endpoint, cert, seen):
-        monkeypatch.setenv("MINIO_ENDPOINT", endpoint)
-        monkeypatch.setenv("MINIO_ACCESS_KEY", ACCESS)
-        monkeypatch.setenv("MINIO_SECRET_KEY", SECRET)
-        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
-        monkeypatch.setenv("CLIPSYNC_SSE_C_KEY", KEY_B64)
-        bucket = f"clipsync-fb-{uuid.uuid4().hex[:8]}"
-        from minio import Minio
-
-        Minio(endpoint.split("://")[1], access_key=ACCESS, secret_key=SECRET, secure=True).make_bucket(bucket)
+    with sse_c_bucket(tmp_path, monkeypatch, "clipsync-fb") as (bucket, seen):
         config = from_dict(
             {
                 "client_id": "acme",
