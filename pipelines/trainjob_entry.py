@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import logging
 import os
 import sys
@@ -24,13 +25,9 @@ logger = logging.getLogger("clipsync.trainjob")
 
 
 def _run_stage(stage: str, cfg, ctx, inputs: dict[str, Path], out: Path):
-    if stage == "finetune_clip":
-        from components.finetune_clip.core import run_finetune_clip
-
-        return run_finetune_clip(inputs["frames"], out, cfg.finetune_clip, ctx, feedback_dir=inputs.get("feedback"))
-    from components.finetune_lipsync.core import run_finetune_lipsync
-
-    return run_finetune_lipsync(inputs["faces"], out, cfg.finetune_lipsync, ctx, face_config=cfg.face_tracking)
+    """The stage's own rank entry (``components.<stage>.distributed.run_rank``) on the fetched inputs."""
+    module = importlib.import_module(f"components.{stage}.distributed")
+    return module.run_rank(cfg, ctx, inputs, out)
 
 
 def main(argv: list[str] | None = None) -> int:

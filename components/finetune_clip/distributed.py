@@ -17,7 +17,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+
+def run_rank(cfg: Any, ctx: Any, inputs: Mapping[str, Path | None], model_dir: Path) -> Any:
+    """This rank's run of the stage core with the kfp wrapper's inputs (named as its Datasets) and the client's whole
+    configuration ``cfg``; also what a TrainJob's pods call (:mod:`pipelines.trainjob_entry`).
+
+    Returns:
+        The stage report.
+    """
+    from components.finetune_clip.core import run_finetune_clip
+
+    return run_finetune_clip(inputs["frames"], model_dir, cfg.finetune_clip, ctx, feedback_dir=inputs.get("feedback"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,10 +44,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def train(args: argparse.Namespace):
         from components.config import task_inputs
-        from components.finetune_clip.core import run_finetune_clip
 
         cfg, ctx = task_inputs(args.config.read_text(), args.parent_run_id)
-        return run_finetune_clip(args.frames, args.model, cfg.finetune_clip, ctx, feedback_dir=args.feedback)
+        return run_rank(cfg, ctx, {"frames": args.frames, "feedback": args.feedback}, args.model)
 
     return entry_main(parser, train, argv)
 

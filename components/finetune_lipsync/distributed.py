@@ -16,7 +16,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+
+def run_rank(cfg: Any, ctx: Any, inputs: Mapping[str, Path | None], model_dir: Path) -> Any:
+    """This rank's run of the stage core with the kfp wrapper's inputs (named as its Datasets) and the client's whole
+    configuration ``cfg``; also what a TrainJob's pods call (:mod:`pipelines.trainjob_entry`).
+
+    Returns:
+        The stage report.
+    """
+    from components.finetune_lipsync.core import run_finetune_lipsync
+
+    return run_finetune_lipsync(inputs["faces"], model_dir, cfg.finetune_lipsync, ctx, face_config=cfg.face_tracking)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,10 +42,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def train(args: argparse.Namespace):
         from components.config import task_inputs
-        from components.finetune_lipsync.core import run_finetune_lipsync
 
         cfg, ctx = task_inputs(args.config.read_text(), args.parent_run_id)
-        return run_finetune_lipsync(args.faces, args.model, cfg.finetune_lipsync, ctx, face_config=cfg.face_tracking)
+        return run_rank(cfg, ctx, {"faces": args.faces}, args.model)
 
     return entry_main(parser, train, argv)
 
