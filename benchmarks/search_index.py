@@ -7,7 +7,7 @@ benchmark used before) and ``far`` (a library vector turned to cosine 0.3 with i
 are from their best video; what serving/index.py tunes for). For each size:
 
 - exact: the matrix product (``VideoIndex`` below its threshold; the baseline); timed on ``--exact-queries``
-  queries (1.7 s each at 1M);
+  queries (0.4 s p50 at 1M in the run of serving/README.md);
 - IVF: ``VideoIndex`` above its threshold with the serving defaults (nlist about 4 sqrt(N), HNSW32 coarse
   quantizer, SQ8 codes, exact re-ranking of 4k candidates, nprobe tuned to recall@10 >= 0.95 on its own tuning
   queries); build and tuning time, the chosen nprobe, its recall on both query sets, and the time to read the
@@ -196,9 +196,9 @@ def main() -> None:
 
     from threadpoolctl import threadpool_limits
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from components.common.cpus import available_cpus
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args.build_threads = args.build_threads or available_cpus()
     threadpool_limits(limits=args.threads, user_api="blas")
     print(

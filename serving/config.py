@@ -28,7 +28,7 @@ class IndexSettings:
             per query) must reach on the tuning queries when the index is built; the smallest that reaches it is
             kept.
         nlist: Inverted lists (k-means cells) of the IVF index; 0: about ``4 * sqrt(videos)``, a power of two
-            (4096 at 1M videos), at most one per 39 videos (k-means' training sample).
+            (4096 at 1M videos); at most one per 39 videos (k-means' training sample).
         nprobe_max: Largest search breadth tried; a library where even this misses the target keeps it and
             records the recall it reached (``recall_met: false``).
     """

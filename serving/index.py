@@ -6,8 +6,8 @@ HNSW graph over their centroids, the vectors stored in them as 8-bit codes (SQ8)
 ``REFINE_FACTOR * k`` candidates re-ranked exactly from the float vectors. Its search breadth ``nprobe`` (cells
 scanned per query) is chosen when it is built: the smallest that reaches ``recall_target`` recall@10 against exact
 search on held-out tuning queries. A plain HNSW graph (M 32, efConstruction 40) was the index before: at 1M x 512
-it reached recall@10 0.74 on far queries at efSearch 1024 after an 886 s build; the IVF index reaches the target
-at a few ms per query (``benchmarks/search_index.py``; figures in serving/README.md).
+it reached recall@10 0.74 on far queries at efSearch 1024 after an 886 s build; the IVF index reached 0.95 at
+nprobe 48, 1.6 ms per query, after a 552 s build (``benchmarks/search_index.py``; figures in serving/README.md).
 
 The tuning queries are made from the library itself: 200 of its vectors, each turned in a random direction until
 its cosine with its source is ``query_similarity``. How hard an approximate search is depends mostly on how far a
@@ -48,8 +48,8 @@ QUERY_SIMILARITY = 0.3
 #: Candidates re-ranked exactly per result (k-factor of faiss' IndexRefineFlat): the 8-bit codes only order the
 #: candidates; at 200k x 512 the recall with re-ranking 4 k candidates equalled the float IVF's at every nprobe.
 REFINE_FACTOR = 4
-#: k-means iterations of the IVF cells: faiss' default is 25; the training time is linear in them, and cells found
-#: in 10 met the recall target at 200k and 1M (a coarser partition only raises the tuned nprobe a little).
+#: k-means iterations of the IVF cells: faiss' default is 25 and the training time is linear in them; with 10 the
+#: index met the recall target at 200k and 1M x 512 (``benchmarks/search_index.py``) at 1.6 ms p50 or less.
 KMEANS_ITERATIONS = 10
 # Exact search multiplies queries by at most this many library rows at once (bounded memory on large libraries).
 _EXACT_CHUNK = 65_536
@@ -62,10 +62,10 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
-def default_nlist(count: int) -> int:
-    """IVF cells for ``count`` vectors: the power of two nearest ``4 * sqrt(count)``, at most one per 39 vectors
-    (faiss' k-means wants 39 training vectors per centroid)."""
-    return int(max(1, min(2 ** round(np.log2(4 * np.sqrt(count))), count // 39)))
+def nlist_for(count: int, requested: int = 0) -> int:
+    """IVF cells for ``count`` vectors: ``requested``, or (0) the power of two nearest ``4 * sqrt(count)``; at most
+    one per 39 vectors (faiss' k-means wants 39 training vectors per centroid)."""
+    return int(max(1, min(requested or 2 ** round(np.log2(4 * np.sqrt(count))), count // 39)))
 
 
 def _overlap(found: np.ndarray, truth: np.ndarray) -> float:
@@ -139,7 +139,7 @@ class VideoIndex:
         """IVF lists found by k-means on a sample, 8-bit codes, the float vectors kept for exact re-ranking."""
         import faiss
 
-        nlist = self.settings.nlist or default_nlist(len(vectors))
+        nlist = nlist_for(len(vectors), self.settings.nlist)
         base = faiss.index_factory(vectors.shape[1], f"IVF{nlist}_HNSW32,SQ8", faiss.METRIC_INNER_PRODUCT)
         faiss.extract_index_ivf(base).cp.niter = KMEANS_ITERATIONS
         sample = np.random.default_rng(0).choice(len(vectors), size=min(len(vectors), 40 * nlist), replace=False)
@@ -159,7 +159,7 @@ class VideoIndex:
     def _set_nprobe(self, nprobe: int) -> None:
         ivf, quantizer = self._lists()
         ivf.nprobe = nprobe
-        # The quantizer's graph search must return the nprobe nearest centroids; twice as broad keeps it exact enough.
+        # The quantizer's graph search returns at most efSearch centroids; 2 nprobe (64 at least) is what was measured.
         quantizer.hnsw.efSearch = max(64, 2 * nprobe)
 
     def _stored_vectors(self) -> np.ndarray:

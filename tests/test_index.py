@@ -11,7 +11,7 @@ import pytest
 
 from components.common.errors import ConfigError
 from serving.config import IndexSettings, ServingConfig
-from serving.index import IVF_FILE, VideoIndex, default_nlist, normalize
+from serving.index import IVF_FILE, VideoIndex, nlist_for, normalize
 
 
 def _library(n: int, d: int = 32, seed: int = 0) -> tuple[list[str], np.ndarray]:
@@ -52,7 +52,7 @@ def test_ivf_index_above_threshold_is_tuned_to_the_recall_target():
     assert index.approximate and not VideoIndex(ids, vectors).approximate
     t = index.tuning
     assert t["recall_met"] and t["recall_at_10"] >= 0.95 and t["tuning_queries"] == 200
-    assert t["nlist"] == default_nlist(4000) == 102  # 4 sqrt(N) would leave k-means under 39 vectors per cell
+    assert t["nlist"] == nlist_for(4000) == 102  # 4 sqrt(N) would leave k-means under 39 vectors per cell
     # The smallest breadth tried that reaches the target is kept: every smaller one tried missed it.
     assert all(r < 0.95 for nprobe, r in t["tried"].items() if int(nprobe) < t["nprobe"])
     assert index._lists()[0].nprobe == t["nprobe"] < t["nlist"]
@@ -87,7 +87,8 @@ def test_ivf_index_above_threshold_is_tuned_to_the_recall_target():
 
 
 def test_nlist_grows_with_the_square_root_of_the_library():
-    assert [default_nlist(n) for n in (10, 50_000, 200_000, 1_000_000)] == [1, 1024, 2048, 4096]
+    assert [nlist_for(n) for n in (10, 50_000, 200_000, 1_000_000)] == [1, 1024, 2048, 4096]
+    assert nlist_for(1_000_000, requested=1000) == 1000 and nlist_for(3900, requested=1000) == 100
 
 
 def test_a_target_out_of_reach_keeps_the_cap_and_says_so():
