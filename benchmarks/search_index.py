@@ -1,4 +1,4 @@
-"""Search index: HNSW (serving/index.py) vs exact search vs the former IVF-Flat index, in one run.
+"""Search index: the IVF index of serving/index.py vs exact search, the former HNSW graph and IVF-Flat, in one run.
 
 Data: synthetic L2-normalized vectors drawn around ``--clusters`` random centres (video libraries are clustered by
 topic; uniform random vectors would make every approximate index look bad and every query look the same).
@@ -6,18 +6,23 @@ Queries, two sets: ``near`` (a library vector plus small noise, cosine about 0.8
 benchmark used before) and ``far`` (a library vector turned to cosine 0.3 with it: as far as CLIP's text queries
 are from their best video; what serving/index.py tunes for). For each size:
 
-- exact: the matrix product (``VideoIndex`` below its threshold);
-- HNSW: ``VideoIndex`` above its threshold with the serving defaults (M 32, efConstruction 40, efSearch tuned to
-  recall@10 >= 0.95 on its own tuning queries); build + tuning time, the chosen efSearch, its recall on both query
-  sets, and the time to read the graph back from its file (what a server does on load) vs building it;
-- IVF-Flat (baseline: the index serving used before, nlist 4*sqrt(N), nprobe 16; also nprobe 64), skipped above
+- exact: the matrix product (``VideoIndex`` below its threshold; the baseline); timed on ``--exact-queries``
+  queries (0.4 s p50 at 1M in the run of serving/README.md);
+- IVF: ``VideoIndex`` above its threshold with the serving defaults (nlist about 4 sqrt(N), HNSW32 coarse
+  quantizer, SQ8 codes, exact re-ranking of 4k candidates, nprobe tuned to recall@10 >= 0.95 on its own tuning
+  queries); build and tuning time, the chosen nprobe, its recall on both query sets, and the time to read the
+  index back from its file (what a server does on load);
+- HNSW (the serving index before: faiss IndexHNSWFlat M 32, efConstruction 40) at efSearch 128 / 512 / 1024,
+  skipped above ``--hnsw-max`` vectors (its build took 886 s at 1M here and reached recall 0.74 on far queries);
+- IVF-Flat (the index before HNSW: nlist 4*sqrt(N), flat quantizer, nprobe 16 and 64), skipped above
   ``--ivf-max`` vectors (its k-means did not finish in 10 minutes at 1M here).
 
 Each answers the queries one at a time (as the server does for an unbatched query): p50/p99 ms. Memory: the bytes
 of each structure (faiss' serialized size, which is what it holds in memory; the vectors' bytes for exact) and the
-process RSS growth while it was built. Recall@10 is the share of the exact top-10 returned.
+process RSS growth while it was built. Recall@10 is the share of the exact top-10 returned. Builds use
+``--build-threads`` faiss threads, searches ``--threads``.
 
-Run: ``.venv/bin/python benchmarks/search_index.py [--sizes 20000,1000000] [--threads 1] [--out FILE]``
+Run: ``.venv/bin/python benchmarks/search_index.py [--sizes 200000,1000000] [--threads 1] [--out FILE]``
 """
 
 from __future__ import annotations
@@ -97,6 +102,9 @@ def serialized_mib(index) -> float:
 
 
 def measure(n: int, args: argparse.Namespace, rng: np.random.Generator) -> dict:
+    import faiss
+    from threadpoolctl import threadpool_limits
+
     k = args.k
     vectors = library(n, args.dim, args.clusters, rng)
     sources = vectors[rng.integers(0, n, args.queries)]
@@ -105,40 +113,64 @@ def measure(n: int, args: argparse.Namespace, rng: np.random.Generator) -> dict:
     ids = [str(i) for i in range(n)]
     row: dict = {"n": n, "dim": args.dim, "queries": args.queries}
 
+    faiss.omp_set_num_threads(args.build_threads)
     exact = VideoIndex(ids, vectors, IndexSettings(approx_threshold=n + 1))
-    truth = {name: exact._exact(q, k)[1] for name, q in (("near", near), ("far", far))}
-    row["exact"] = {**one_at_a_time(exact._exact, far, k), "mib": round(vectors.nbytes / 2**20, 1)}
+    with threadpool_limits(limits=args.build_threads, user_api="blas"):
+        truth = {name: exact._exact(q, k)[1] for name, q in (("near", near), ("far", far))}
+    faiss.omp_set_num_threads(args.threads)
+    row["exact"] = {**one_at_a_time(exact._exact, far[: args.exact_queries], k), "mib": round(vectors.nbytes / 2**20)}
     del exact
 
+    faiss.omp_set_num_threads(args.build_threads)
     before, t = rss_mib(), time.perf_counter()
-    hnsw = VideoIndex(ids, vectors, IndexSettings(approx_threshold=1))
-    row["hnsw"] = {
+    ivf = VideoIndex(ids, vectors, IndexSettings(approx_threshold=1))
+    faiss.omp_set_num_threads(args.threads)
+    row["ivf"] = {
         "build_and_tune_s": round(time.perf_counter() - t, 2),
-        "build_s": hnsw.tuning["build_s"],
-        "ef_search": hnsw.tuning["ef_search"],
-        "tuning_recall_at_10": hnsw.tuning["recall_at_10"],
-        **one_at_a_time(hnsw._hnsw.search, far, k),
-        "recall_far": recall(hnsw._hnsw.search(far, k)[1], truth["far"]),
-        "recall_near": recall(hnsw._hnsw.search(near, k)[1], truth["near"]),
-        "mib": serialized_mib(hnsw._hnsw),
+        **{key: ivf.tuning[key] for key in ("build_s", "nlist", "nprobe")},
+        "tuning_recall_at_10": ivf.tuning["recall_at_10"],
+        **one_at_a_time(ivf._ivf.search, far, k),
+        "recall_far": recall(ivf._ivf.search(far, k)[1], truth["far"]),
+        "recall_near": recall(ivf._ivf.search(near, k)[1], truth["near"]),
+        "mib": serialized_mib(ivf._ivf),
         "rss_growth_mib": round(rss_mib() - before, 1),
     }
     with tempfile.TemporaryDirectory() as tmp:
-        folder = hnsw.save(Path(tmp) / "index")
+        folder = ivf.save(Path(tmp) / "index")
         t = time.perf_counter()
         VideoIndex.load(folder)
-        row["hnsw"]["load_s"] = round(time.perf_counter() - t, 2)
-    del hnsw
+        row["ivf"]["load_s"] = round(time.perf_counter() - t, 2)
+    del ivf
+
+    if n <= args.hnsw_max:
+        faiss.omp_set_num_threads(args.build_threads)
+        before, t = rss_mib(), time.perf_counter()
+        hnsw = faiss.IndexHNSWFlat(args.dim, 32, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = 40
+        hnsw.add(vectors)
+        faiss.omp_set_num_threads(args.threads)
+        row["hnsw"] = {"build_s": round(time.perf_counter() - t, 2), "mib": serialized_mib(hnsw)}
+        row["hnsw"]["rss_growth_mib"] = round(rss_mib() - before, 1)
+        for ef in (128, 512, 1024):
+            hnsw.hnsw.efSearch = ef
+            row["hnsw"][f"efSearch={ef}"] = {
+                **one_at_a_time(hnsw.search, far, k),
+                "recall_far": recall(hnsw.search(far, k)[1], truth["far"]),
+                "recall_near": recall(hnsw.search(near, k)[1], truth["near"]),
+            }
+        del hnsw
 
     if n <= args.ivf_max:
+        faiss.omp_set_num_threads(args.build_threads)
         before, t = rss_mib(), time.perf_counter()
         ivf = build_ivf(vectors)
-        row["ivf"] = {"build_s": round(time.perf_counter() - t, 2), "nlist": ivf.nlist}
-        row["ivf"]["mib"] = serialized_mib(ivf)
-        row["ivf"]["rss_growth_mib"] = round(rss_mib() - before, 1)
+        faiss.omp_set_num_threads(args.threads)
+        row["ivf_flat"] = {"build_s": round(time.perf_counter() - t, 2), "nlist": ivf.nlist}
+        row["ivf_flat"]["mib"] = serialized_mib(ivf)
+        row["ivf_flat"]["rss_growth_mib"] = round(rss_mib() - before, 1)
         for nprobe in (16, 64):
             ivf.nprobe = nprobe
-            row["ivf"][f"nprobe={nprobe}"] = {
+            row["ivf_flat"][f"nprobe={nprobe}"] = {
                 **one_at_a_time(ivf.search, far, k),
                 "recall_far": recall(ivf.search(far, k)[1], truth["far"]),
                 "recall_near": recall(ivf.search(near, k)[1], truth["near"]),
@@ -154,18 +186,25 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--clusters", type=int, default=2000)
-    p.add_argument("--ivf-max", type=int, default=200_000, help="skip the IVF baseline above this many vectors")
+    p.add_argument("--exact-queries", type=int, default=200, help="far queries timed on exact search")
+    p.add_argument("--hnsw-max", type=int, default=200_000, help="skip the HNSW baseline above this many vectors")
+    p.add_argument("--ivf-max", type=int, default=200_000, help="skip the IVF-Flat baseline above this many vectors")
     p.add_argument("--threads", type=int, default=1, help="faiss and numpy BLAS threads (the server's share of a node)")
+    p.add_argument("--build-threads", type=int, default=0, help="faiss threads while building (0: the CPUs available)")
     p.add_argument("--out", default="", help="write the results as JSON here")
     args = p.parse_args()
 
-    import faiss
     from threadpoolctl import threadpool_limits
 
+    from components.common.cpus import available_cpus
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    faiss.omp_set_num_threads(args.threads)
+    args.build_threads = args.build_threads or available_cpus()
     threadpool_limits(limits=args.threads, user_api="blas")
-    print(f"load average {os.getloadavg()}, cpus {os.cpu_count()}, threads {args.threads}", flush=True)
+    print(
+        f"load average {os.getloadavg()}, cpus {available_cpus()}, threads {args.threads}, build {args.build_threads}",
+        flush=True,
+    )
     rng = np.random.default_rng(0)
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
@@ -177,19 +216,20 @@ def main() -> None:
     print("\n| N | index | build s | p50 / p99 ms (far queries) | recall@10 far / near | MiB |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        e, h = r["exact"], r["hnsw"]
+        e, i = r["exact"], r["ivf"]
         print(f"| {r['n']:,} | exact | - | {e['p50_ms']} / {e['p99_ms']} | 1 / 1 | {e['mib']} |")
         print(
-            f"| {r['n']:,} | HNSW M32 efSearch {h['ef_search']} | {h['build_s']} (+tune, load {h['load_s']}) | "
-            f"{h['p50_ms']} / {h['p99_ms']} | {h['recall_far']} / {h['recall_near']} | {h['mib']} |"
+            f"| {r['n']:,} | IVF{i['nlist']}_HNSW32,SQ8 + re-rank, nprobe {i['nprobe']} | {i['build_s']} "
+            f"(+tune; load {i['load_s']}) | {i['p50_ms']} / {i['p99_ms']} | {i['recall_far']} / {i['recall_near']} "
+            f"| {i['mib']} |"
         )
-        for key in ("nprobe=16", "nprobe=64"):
-            if "ivf" in r:
-                s = r["ivf"][key]
-                print(
-                    f"| {r['n']:,} | IVF-Flat nlist {r['ivf']['nlist']} {key} | {r['ivf']['build_s']} | "
-                    f"{s['p50_ms']} / {s['p99_ms']} | {s['recall_far']} / {s['recall_near']} | {r['ivf']['mib']} |"
-                )
+        for name, label in (("hnsw", "HNSW M32 efC40"), ("ivf_flat", "IVF-Flat")):
+            for key, s in r.get(name, {}).items():
+                if isinstance(s, dict):
+                    print(
+                        f"| {r['n']:,} | {label} {key} | {r[name]['build_s']} | {s['p50_ms']} / {s['p99_ms']} | "
+                        f"{s['recall_far']} / {s['recall_near']} | {r[name]['mib']} |"
+                    )
 
 
 if __name__ == "__main__":

@@ -224,7 +224,7 @@ class ClipSearchModel(Model):
         self.handle = self.backbones.attach(self.name, self.model_dir)
         index_dir = self.model_dir / INDEX_DIR
         if (index_dir / "index.json").is_file():
-            self.index = VideoIndex.load(index_dir)  # as built: its HNSW graph and tuned search breadth
+            self.index = VideoIndex.load(index_dir)  # as built: its IVF index and tuned search breadth
             self._video_ids = frozenset(self.index.ids)
             if (index_dir / CALIBRATION_FILE).is_file():
                 self.calibrator = Calibrator.load(index_dir / CALIBRATION_FILE)

@@ -22,28 +22,24 @@ class IndexSettings:
     """How a client's search index is built (the ``serving`` settings of the same names; :mod:`serving.index`).
 
     Attributes:
-        approx_threshold: From this many videos on, search a faiss HNSW graph instead of exactly.
-        recall_target: Recall@10 against exact search that the HNSW search breadth (``efSearch``) must reach on
-            the tuning queries when the index is built; the smallest breadth that reaches it is kept.
-        hnsw_m: Links per vector in the HNSW graph (memory: about ``8 * hnsw_m`` bytes per vector; recall).
-        ef_construction: Candidate list while the graph is built (build time vs. graph quality).
-        ef_search_max: Largest search breadth tried; a library where even this misses the target keeps it and
+        approx_threshold: From this many videos on, search a faiss IVF index (HNSW coarse quantizer, 8-bit codes,
+            exact re-ranking) instead of exactly.
+        recall_target: Recall@10 against exact search that the IVF search breadth (``nprobe``, the lists scanned
+            per query) must reach on the tuning queries when the index is built; the smallest that reaches it is
+            kept.
+        nlist: Inverted lists (k-means cells) of the IVF index; 0: about ``4 * sqrt(videos)``, a power of two
+            (4096 at 1M videos); at most one per 39 videos (k-means' training sample).
+        nprobe_max: Largest search breadth tried; a library where even this misses the target keeps it and
             records the recall it reached (``recall_met: false``).
     """
 
     approx_threshold: int = 50_000
     recall_target: float = 0.95
-    hnsw_m: int = 32
-    ef_construction: int = 40
-    ef_search_max: int = 1024
+    nlist: int = 0
+    nprobe_max: int = 512
 
     def __post_init__(self) -> None:
-        limits = {
-            "approx_threshold": (1, 2**40),
-            "hnsw_m": (4, 128),
-            "ef_construction": (8, 4096),
-            "ef_search_max": (RECALL_K, 65_536),
-        }
+        limits = {"approx_threshold": (1, 2**40), "nlist": (0, 2**20), "nprobe_max": (1, 2**20)}
         for name, (low, high) in limits.items():
             value = getattr(self, name)
             _require(
@@ -83,11 +79,10 @@ class ServingConfig:
             (gRPC RESOURCE_EXHAUSTED) and counted (``clipsync_requests_refused_total``).
         batch_max: Most text queries encoded together by the dynamic batcher (1 disables batching).
         batch_wait_ms: Longest a text query waits for others to join its batch.
-        approx_threshold: From this many indexed videos on, search a faiss HNSW graph instead of exactly.
-        recall_target: Recall@10 against exact search the HNSW index is tuned to when it is built.
-        hnsw_m: Links per vector of the HNSW graph.
-        ef_construction: HNSW candidate list while the graph is built.
-        ef_search_max: Largest HNSW search breadth tried when tuning (see :class:`IndexSettings`). The index
+        approx_threshold: From this many indexed videos on, search a faiss IVF index instead of exactly.
+        recall_target: Recall@10 against exact search the IVF index is tuned to when it is built.
+        nlist: Inverted lists of the IVF index (0: from the library size).
+        nprobe_max: Largest IVF search breadth tried when tuning (see :class:`IndexSettings`). The index
             settings apply when an index is built (deploy, ``clipsync index``); a served index keeps what it was
             built with (``index.json``).
         threads: Threads of the server's thread pools: torch (the models), faiss (the search index) and the video
@@ -136,9 +131,8 @@ class ServingConfig:
     batch_wait_ms: float = 5.0
     approx_threshold: int = 50_000
     recall_target: float = 0.95
-    hnsw_m: int = 32
-    ef_construction: int = 40
-    ef_search_max: int = 1024
+    nlist: int = 0
+    nprobe_max: int = 512
     threads: int = 0
     blas_threads: int = 1
     low_confidence_threshold: float = 0.5

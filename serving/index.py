@@ -1,23 +1,28 @@
 """A client's video index: one L2-normalised embedding per video, searched by cosine similarity.
 
 Small libraries are searched exactly (a matrix product). From ``approx_threshold`` vectors on, the index is a faiss
-HNSW graph (inner product on the normalised vectors) whose search breadth ``efSearch`` is chosen when it is built:
-the smallest that reaches ``recall_target`` recall@10 against exact search on held-out tuning queries.
+IVF index (inner product on the normalised vectors): k-means cells (``nlist``, about ``4 * sqrt(N)``) found by an
+HNSW graph over their centroids, the vectors stored in them as 8-bit codes (SQ8), and the best
+``REFINE_FACTOR * k`` candidates re-ranked exactly from the float vectors. Its search breadth ``nprobe`` (cells
+scanned per query) is chosen when it is built: the smallest that reaches ``recall_target`` recall@10 against exact
+search on held-out tuning queries. A plain HNSW graph (M 32, efConstruction 40) was the index before: at 1M x 512
+it reached recall@10 0.74 on far queries at efSearch 1024 after an 886 s build; the IVF index reached 0.95 at
+nprobe 48, 1.6 ms per query, after a 552 s build (``benchmarks/search_index.py``; figures in serving/README.md).
 
 The tuning queries are made from the library itself: 200 of its vectors, each turned in a random direction until
-its cosine with its source is ``query_similarity``. How hard a graph search is depends mostly on how far a query is
-from the library: at 20k clustered vectors, efSearch 16 gave recall@10 0.97 for queries at cosine 0.89 from a
-video and 0.58 at cosine 0.3, which needed efSearch 128 for 0.95 (``benchmarks/search_index.py``). Text queries
-are far from the videos' image embeddings (CLIP's text-to-best-video cosine is about 0.3), so queries near library
-vectors would overstate the recall clients get. Given real queries (``serving.index_build`` passes the client's
-held-out label texts), the similarity is their median top-1 cosine; else :data:`QUERY_SIMILARITY`. Held-out library
+its cosine with its source is ``query_similarity``. How hard an approximate search is depends mostly on how far a
+query is from the library: at 20k clustered vectors an HNSW graph at efSearch 16 gave recall@10 0.97 for queries
+at cosine 0.89 from a video and 0.58 at cosine 0.3 (``benchmarks/search_index.py``). Text queries are far from
+the videos' image embeddings (CLIP's text-to-best-video cosine is about 0.3), so queries near library vectors
+would overstate the recall clients get. Given real queries (``serving.index_build`` passes the client's held-out
+label texts), the similarity is their median top-1 cosine; else :data:`QUERY_SIMILARITY`. Held-out library
 vectors were not used: every video must be in the index, and a video's own vector is the easy query. The measured
-recall is recorded in ``index.json`` and served in the model's metadata; the benchmark compares HNSW with exact
-search and the former IVF-Flat index.
+recall is recorded in ``index.json`` and served in the model's metadata.
 
 On disk: ``embeddings.safetensors`` (the vectors), ``ids.json`` (video ids, same order), ``index.json`` (settings
-and tuning) and, for an HNSW index, ``hnsw.faiss``: the graph in faiss' own binary format (no pickle), read back
-on load so a large library is not rebuilt (minutes at 1M vectors) every time a server loads it.
+and tuning) and, for an IVF index, ``ivf.faiss``: the index in faiss' own binary format (no pickle), read back on
+load so a large library is not rebuilt (minutes at 1M vectors) every time a server loads it. An index of another
+kind (the former HNSW graph or IVF-Flat) is rebuilt from its embeddings on load.
 """
 
 from __future__ import annotations
@@ -35,11 +40,17 @@ from serving.config import RECALL_K, IndexSettings
 
 logger = logging.getLogger("clipsync.serving.index")
 
-HNSW_FILE = "hnsw.faiss"
-#: Tuning queries drawn from the library when an HNSW index is built.
+IVF_FILE = "ivf.faiss"
+#: Tuning queries drawn from the library when an IVF index is built.
 TUNING_QUERIES = 200
 #: Cosine of a tuning query with the library vector it was made from, when no real queries say otherwise.
 QUERY_SIMILARITY = 0.3
+#: Candidates re-ranked exactly per result (k-factor of faiss' IndexRefineFlat): the 8-bit codes only order the
+#: candidates; at 200k x 512 the recall with re-ranking 4 k candidates equalled the float IVF's at every nprobe.
+REFINE_FACTOR = 4
+#: k-means iterations of the IVF cells: faiss' default is 25 and the training time is linear in them; with 10 the
+#: index met the recall target at 200k and 1M x 512 (``benchmarks/search_index.py``) at 1.6 ms p50 or less.
+KMEANS_ITERATIONS = 10
 # Exact search multiplies queries by at most this many library rows at once (bounded memory on large libraries).
 _EXACT_CHUNK = 65_536
 
@@ -51,6 +62,12 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
+def nlist_for(count: int, requested: int = 0) -> int:
+    """IVF cells for ``count`` vectors: ``requested``, or (0) the power of two nearest ``4 * sqrt(count)``; at most
+    one per 39 vectors (faiss' k-means wants 39 training vectors per centroid)."""
+    return int(max(1, min(requested or 2 ** round(np.log2(4 * np.sqrt(count))), count // 39)))
+
+
 def _overlap(found: np.ndarray, truth: np.ndarray) -> float:
     """Share of the rows of ``truth`` (exact top-k) that ``found`` holds."""
     hits = sum(len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth, strict=True))
@@ -58,13 +75,13 @@ def _overlap(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 class VideoIndex:
-    """Embeddings of a client's video library with exact or HNSW top-k search.
+    """Embeddings of a client's video library with exact or IVF top-k search.
 
     Attributes:
         ids: Video ids, one per row.
-        vectors: ``[N, D]`` unit vectors (for an HNSW index, a view of the graph's own copy: stored once).
+        vectors: ``[N, D]`` unit vectors (for an IVF index, a view of its re-ranking copy: stored once).
         settings: How it was built.
-        tuning: For an HNSW index, the chosen ``ef_search`` and the recall it measured (see the module doc).
+        tuning: For an IVF index, its ``nlist``, the chosen ``nprobe`` and the recall it measured (module doc).
     """
 
     def __init__(
@@ -74,14 +91,14 @@ class VideoIndex:
         settings: IndexSettings | None = None,
         sample_queries: np.ndarray | None = None,
     ):
-        """Build an index (an HNSW graph, tuned, from ``settings.approx_threshold`` vectors on).
+        """Build an index (an IVF index, tuned, from ``settings.approx_threshold`` vectors on).
 
         Args:
             ids: One video id per row of ``embeddings``; unique.
             embeddings: ``[N, D]`` vectors (normalised here).
             settings: Build settings; defaults to :class:`IndexSettings`.
             sample_queries: ``[Q, D]`` real queries; their median top-1 cosine with the library is the similarity
-                of the HNSW tuning queries (default :data:`QUERY_SIMILARITY`; see the module doc).
+                of the IVF tuning queries (default :data:`QUERY_SIMILARITY`; see the module doc).
 
         Raises:
             ValueError: On mismatched lengths, duplicate ids or a non-2-D array.
@@ -94,16 +111,16 @@ class VideoIndex:
         self.ids = list(ids)
         self.settings = settings or IndexSettings()
         self.tuning: dict[str, Any] = {}
-        self._hnsw = None
+        self._ivf = None
         self.vectors = normalize(embeddings)
         if len(self.ids) >= self.settings.approx_threshold:
             similarity = QUERY_SIMILARITY
             if sample_queries is not None and len(sample_queries):
                 similarity = float(np.median(self._exact(normalize(np.atleast_2d(sample_queries)), 1)[0]))
             started = time.perf_counter()
-            self._hnsw = self._build_hnsw(self.vectors)
+            self._ivf = self._build_ivf(self.vectors)
             build_s = time.perf_counter() - started
-            self.vectors = self._graph_vectors()
+            self.vectors = self._stored_vectors()
             self.tuning = self._tune(build_s, similarity)
 
     @property
@@ -112,27 +129,45 @@ class VideoIndex:
 
     @property
     def approximate(self) -> bool:
-        return self._hnsw is not None
+        return self._ivf is not None
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    # ------------------------------------------------------------------ HNSW
-    def _build_hnsw(self, vectors: np.ndarray):
+    # ------------------------------------------------------------------ IVF
+    def _build_ivf(self, vectors: np.ndarray):
+        """IVF lists found by k-means on a sample, 8-bit codes, the float vectors kept for exact re-ranking."""
         import faiss
 
-        graph = faiss.IndexHNSWFlat(vectors.shape[1], self.settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        graph.hnsw.efConstruction = self.settings.ef_construction
-        graph.add(vectors)
-        return graph
+        nlist = nlist_for(len(vectors), self.settings.nlist)
+        base = faiss.index_factory(vectors.shape[1], f"IVF{nlist}_HNSW32,SQ8", faiss.METRIC_INNER_PRODUCT)
+        faiss.extract_index_ivf(base).cp.niter = KMEANS_ITERATIONS
+        sample = np.random.default_rng(0).choice(len(vectors), size=min(len(vectors), 40 * nlist), replace=False)
+        base.train(vectors[np.sort(sample)])
+        index = faiss.IndexRefineFlat(base)
+        index.k_factor = REFINE_FACTOR
+        index.add(vectors)
+        return index
 
-    def _graph_vectors(self) -> np.ndarray:
-        """The graph's stored vectors as a read-only ``[N, D]`` view (the index keeps one copy of them)."""
+    def _lists(self):
+        """The IVF part of the index (its ``nprobe``) and its coarse quantizer (an HNSW graph over the centroids)."""
         import faiss
 
-        storage = faiss.downcast_index(self._hnsw.storage)
-        view = faiss.rev_swig_ptr(storage.get_xb(), self._hnsw.ntotal * self._hnsw.d)
-        view = view.reshape(self._hnsw.ntotal, self._hnsw.d)
+        ivf = faiss.extract_index_ivf(faiss.downcast_index(self._ivf.base_index))
+        return ivf, faiss.downcast_index(ivf.quantizer)
+
+    def _set_nprobe(self, nprobe: int) -> None:
+        ivf, quantizer = self._lists()
+        ivf.nprobe = nprobe
+        # The quantizer's graph search returns at most efSearch centroids; 2 nprobe (64 at least) is what was measured.
+        quantizer.hnsw.efSearch = max(64, 2 * nprobe)
+
+    def _stored_vectors(self) -> np.ndarray:
+        """The re-ranking copy of the vectors as a read-only ``[N, D]`` view (the index keeps one float copy)."""
+        import faiss
+
+        flat = faiss.downcast_index(self._ivf.refine_index)
+        view = faiss.rev_swig_ptr(flat.get_xb(), self._ivf.ntotal * self._ivf.d).reshape(self._ivf.ntotal, -1)
         view.flags.writeable = False
         return view
 
@@ -147,36 +182,36 @@ class VideoIndex:
         return normalize(similarity * sources + np.sqrt(1 - similarity**2) * away)
 
     def _tune(self, build_s: float, similarity: float) -> dict[str, Any]:
-        """The smallest ``efSearch`` (doubling, then bisecting) whose recall@10 reaches the target."""
+        """The smallest ``nprobe`` (doubling, then bisecting) whose recall@10 reaches the target."""
         started = time.perf_counter()
         similarity = float(np.clip(similarity, 0.0, 0.99))
         queries = self.tuning_queries(similarity)
         k = min(RECALL_K, len(self))
         truth = self._exact(queries, k)[1]
-        target, cap = self.settings.recall_target, self.settings.ef_search_max
+        nlist = int(self._lists()[0].nlist)
+        target, cap = self.settings.recall_target, min(self.settings.nprobe_max, nlist)
         measured: dict[int, float] = {}
 
-        def recall(ef: int) -> float:
-            if ef not in measured:
-                self._hnsw.hnsw.efSearch = ef
-                measured[ef] = _overlap(self._hnsw.search(queries, k)[1], truth)
-            return measured[ef]
+        def recall(nprobe: int) -> float:
+            if nprobe not in measured:
+                self._set_nprobe(nprobe)
+                measured[nprobe] = _overlap(self._ivf.search(queries, k)[1], truth)
+            return measured[nprobe]
 
-        low, high = 0, min(cap, max(k, 16))
+        low, high = 0, min(cap, 4)
         while recall(high) < target and high < cap:
             low, high = high, min(cap, 2 * high)
         if recall(high) >= target:
             while high - low > max(1, high // 16):  # within about 6 % of the smallest breadth that suffices
                 mid = (low + high) // 2
                 low, high = (low, mid) if recall(mid) >= target else (mid, high)
-        self._hnsw.hnsw.efSearch = high
+        self._set_nprobe(high)
         met = recall(high) >= target
         logger.log(
             logging.INFO if met else logging.WARNING,
-            "index: HNSW over %d vectors (M %d, efConstruction %d, %.1f s): efSearch %d, recall@%d %.3f (target %.2f)",
+            "index: IVF over %d vectors (nlist %d, %.1f s): nprobe %d, recall@%d %.3f (target %.2f)",
             len(self),
-            self.settings.hnsw_m,
-            self.settings.ef_construction,
+            nlist,
             build_s,
             high,
             k,
@@ -184,26 +219,26 @@ class VideoIndex:
             target,
         )
         return {
-            "ef_search": high,
+            "nlist": nlist,
+            "nprobe": high,
             "recall_at_10": round(recall(high), 4),
             "recall_target": target,
             "recall_met": met,
             "tuning_queries": len(queries),
             "query_similarity": round(similarity, 4),
-            "tried": {str(ef): round(r, 4) for ef, r in sorted(measured.items())},
+            "tried": {str(nprobe): round(r, 4) for nprobe, r in sorted(measured.items())},
             "build_s": round(build_s, 2),
             "tune_s": round(time.perf_counter() - started, 2),
         }
 
     def describe(self) -> dict[str, Any]:
         """Flat facts about the index (the model metadata's ``parameters``: strings, numbers, booleans)."""
-        facts: dict[str, Any] = {"index": "hnsw" if self.approximate else "exact", "index_videos": len(self)}
+        facts: dict[str, Any] = {"index": "ivf" if self.approximate else "exact", "index_videos": len(self)}
         if self.approximate:
             t = self.tuning
             facts.update(
-                index_hnsw_m=self.settings.hnsw_m,
-                index_ef_construction=self.settings.ef_construction,
-                index_ef_search=t["ef_search"],
+                index_nlist=t["nlist"],
+                index_nprobe=t["nprobe"],
                 index_recall_at_10=t["recall_at_10"],
                 index_recall_target=t["recall_target"],
                 index_recall_met=t["recall_met"],
@@ -237,7 +272,7 @@ class VideoIndex:
         Args:
             queries: ``[Q, D]`` query embeddings (normalised here).
             k: Results per query; capped at the library size.
-            exact: Force exact search even on an HNSW index.
+            exact: Force exact search even on an IVF index.
 
         Returns:
             Scores ``[Q, k']`` (cosine similarity, best first) and the matching video ids.
@@ -246,8 +281,8 @@ class VideoIndex:
         if queries.shape[1] != self.dim:
             raise ValueError(f"query dimension {queries.shape[1]} does not match the index ({self.dim})")
         k = max(1, min(int(k), len(self.ids)))
-        if self._hnsw is not None and not exact:
-            scores, rows = self._hnsw.search(queries, k)
+        if self._ivf is not None and not exact:
+            scores, rows = self._ivf.search(queries, k)
         else:
             scores, rows = self._exact(queries, k)
         ids = [[self.ids[r] for r in row if r >= 0] for row in rows]
@@ -270,11 +305,11 @@ class VideoIndex:
         save_file({"embeddings": np.ascontiguousarray(self.vectors)}, str(directory / "embeddings.safetensors"))
         (directory / "ids.json").write_text(json.dumps(self.ids))
         meta = {"dim": self.dim, "count": len(self), **asdict(self.settings), "kind": "exact"}
-        if self._hnsw is not None:
+        if self._ivf is not None:
             import faiss
 
-            faiss.write_index(self._hnsw, str(directory / HNSW_FILE))
-            meta.update(kind="hnsw", tuning=self.tuning)
+            faiss.write_index(self._ivf, str(directory / IVF_FILE))
+            meta.update(kind="ivf", tuning=self.tuning)
         (directory / "index.json").write_text(json.dumps(meta, indent=1))
         return directory
 
@@ -282,9 +317,9 @@ class VideoIndex:
     def load(cls, directory: Path, settings: IndexSettings | None = None) -> VideoIndex:
         """Read an index written by :meth:`save`.
 
-        The HNSW graph is read from its file when it was built with ``settings``' graph parameters (by default
-        the stored settings); otherwise (another ``hnsw_m`` or ``ef_construction``, an index written before HNSW)
-        it is built again from the embeddings.
+        The IVF index is read from its file when it was built with ``settings``' ``nlist`` (by default the stored
+        settings); otherwise (another ``nlist``, an index of an earlier kind: HNSW, IVF-Flat) it is built again
+        from the embeddings.
 
         Raises:
             FileNotFoundError: If a file of the index is missing.
@@ -293,13 +328,11 @@ class VideoIndex:
         directory = Path(directory)
         meta = json.loads((directory / "index.json").read_text())
         ids = json.loads((directory / "ids.json").read_text())
-        # Keys of indexes written before HNSW (nlist, nprobe) are ignored: they are rebuilt with the defaults.
+        # Keys of earlier kinds of index (hnsw_m, ef_construction, ef_search_max) are ignored.
         stored = IndexSettings(**{f.name: meta[f.name] for f in fields(IndexSettings) if f.name in meta})
         settings = settings or stored
-        graph_file = directory / HNSW_FILE
-        same_graph = (settings.hnsw_m, settings.ef_construction) == (stored.hnsw_m, stored.ef_construction)
-        if meta.get("kind") == "hnsw" and graph_file.is_file() and same_graph and "tuning" in meta:
-            return cls._from_graph(directory, ids, meta, settings)
+        if meta.get("kind") == "ivf" and (directory / IVF_FILE).is_file() and settings.nlist == stored.nlist:
+            return cls._from_file(directory, ids, meta, settings)
         from safetensors.numpy import load_file
 
         vectors = load_file(str(directory / "embeddings.safetensors"))["embeddings"]
@@ -308,18 +341,18 @@ class VideoIndex:
         return cls(ids, vectors, settings)
 
     @classmethod
-    def _from_graph(cls, directory: Path, ids: list[str], meta: dict, settings: IndexSettings) -> VideoIndex:
+    def _from_file(cls, directory: Path, ids: list[str], meta: dict, settings: IndexSettings) -> VideoIndex:
         import faiss
 
-        graph = faiss.read_index(str(directory / HNSW_FILE))
-        if (graph.ntotal, graph.d) != (len(ids), meta["dim"]) or meta["count"] != len(ids):
-            raise ValueError(f"index in {directory} is inconsistent: {HNSW_FILE} holds {graph.ntotal}x{graph.d}")
+        ivf = faiss.read_index(str(directory / IVF_FILE))
+        if (ivf.ntotal, ivf.d) != (len(ids), meta["dim"]) or meta["count"] != len(ids):
+            raise ValueError(f"index in {directory} is inconsistent: {IVF_FILE} holds {ivf.ntotal}x{ivf.d}")
         index = cls.__new__(cls)
-        index.ids, index.settings, index._hnsw = list(ids), settings, graph
-        index.vectors = index._graph_vectors()
+        index.ids, index.settings, index._ivf = list(ids), settings, ivf
+        index.vectors = index._stored_vectors()
         index.tuning = dict(meta["tuning"])
-        if (settings.recall_target, settings.ef_search_max) == (meta["recall_target"], meta["ef_search_max"]):
-            graph.hnsw.efSearch = int(index.tuning["ef_search"])
-        else:  # another target: tuned again on the same graph (seconds, not a rebuild)
+        if (settings.recall_target, settings.nprobe_max) == (meta["recall_target"], meta["nprobe_max"]):
+            index._set_nprobe(int(index.tuning["nprobe"]))
+        else:  # another target: tuned again on the same index (seconds, not a rebuild)
             index.tuning = index._tune(float(meta["tuning"]["build_s"]), float(meta["tuning"]["query_similarity"]))
         return index

@@ -136,7 +136,7 @@ def build_index(
         except ValueError:
             calibrator = _constant_calibrator(hit_arr)
         summary.update(top1_accuracy=float(hit_arr.mean()), ece=calibrator.ece, weights=list(calibrator.weights))
-        if index.approximate:  # the label texts as queries: recall@10 of the HNSW search against exact search
+        if index.approximate:  # the label texts as queries: recall@10 of the IVF search against exact search
             summary["query_recall_at_10"] = index.recall_at_k(q_emb, 10)
     else:
         calibrator = Calibrator(weights=(0.0, 0.0, 0.0), n_queries=0)
