@@ -218,7 +218,7 @@ class LipSyncModel(Model):
         self.version = version
         self.device = device or self.settings.device  # the detector's device; face tracking runs on the CPU
         self.model = None
-        self.face_models = None
+        self.face_models: list[Any] = []  # one MediaPipe set per thread that detects (serving.threads)
         self.rules = None
         self._face_lock = threading.Lock()  # MediaPipe task objects are not re-entrant
 
@@ -233,16 +233,17 @@ class LipSyncModel(Model):
         self.rules = EvidenceRules.of(self.model.config.window_s, self.face_config)
         if self.cache_dir is None:
             raise FileNotFoundError(f"{self.name}: a cache_dir with the MediaPipe face models is required")
-        self.face_models = FaceModels(verify_face_models(self.cache_dir), self.face_config)
+        paths = verify_face_models(self.cache_dir)
+        self.face_models = [FaceModels(paths, self.face_config) for _ in range(self.settings.cpu_threads)]
         self.ready = True
         logger.info("%s: lip-sync model loaded from %s", self.name, self.model_dir)
         return self.ready
 
     def stop(self) -> None:
         self.ready = False
-        if self.face_models is not None:
-            self.face_models.close()
-            self.face_models = None
+        for models in self.face_models:
+            models.close()
+        self.face_models = []
 
     def get_input_types(self) -> list[dict]:
         return INPUTS
