@@ -90,6 +90,7 @@ class Samples:
     latencies: list[float] = field(default_factory=list)
     wall: float = 0.0
     cpu: float = 0.0
+    server_cpu: float = 0.0
 
     def summary(self) -> dict[str, float]:
         lat = sorted(self.latencies)
@@ -98,7 +99,16 @@ class Samples:
             "p99_ms": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000, 2),
             "qps": round(len(lat) / self.wall, 1),
             "client_cpu_ms": round(self.cpu * 1000 / len(lat), 3),
+            "server_cpu_ms": round(self.server_cpu * 1000 / len(lat), 3),
         }
+
+
+def process_cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of a process so far (0 for ``None``)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class RawHttp:
@@ -136,8 +146,9 @@ class RawHttp:
             self._idle.put_nowait((reader, writer))
 
 
-async def drive(call, concurrency: int, total: int, into: Samples) -> None:
-    """``concurrency`` workers issue ``total`` calls in all (after 4 warm-up calls); adds them to ``into``."""
+async def drive(call, concurrency: int, total: int, into: Samples, server: int | None = None) -> None:
+    """``concurrency`` workers issue ``total`` calls in all (after 4 warm-up calls); adds them to ``into``, with the
+    CPU time of this process and of the ``server`` process (a PID) meanwhile."""
     counter = iter(range(total))
 
     async def worker() -> None:
@@ -148,10 +159,11 @@ async def drive(call, concurrency: int, total: int, into: Samples) -> None:
 
     for i in range(min(4, total)):  # warm up
         await call(QUERIES[i % len(QUERIES)])
-    start, cpu = time.perf_counter(), time.process_time()
+    start, cpu, server_cpu = time.perf_counter(), time.process_time(), process_cpu_s(server)
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     into.wall += time.perf_counter() - start
     into.cpu += time.process_time() - cpu
+    into.server_cpu += process_cpu_s(server) - server_cpu
 
 
 def free_port() -> int:
@@ -197,7 +209,7 @@ async def compare(
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError("server did not start; see " + log.name)
                 await asyncio.sleep(0.3)
-            grpc_client = InferenceGRPCClient(url=f"127.0.0.1:{grpc_port}", timeout=60)
+            grpc_client = None  # opened for each gRPC block: its threads must not run during the other paths' blocks
 
             async def in_process(text: str) -> None:
                 await model.predict(await model.preprocess({"instances": [{"text": text, "top_k": 5}]}))
@@ -211,6 +223,7 @@ async def compare(
                 inp.set_data_from_numpy(np.array([text.encode()], dtype=np.object_))
                 k = InferInput("top_k", [1], "INT32")
                 k.set_data_from_numpy(np.array([5], dtype=np.int32))
+                assert grpc_client is not None
                 await grpc_client.infer(InferRequest("clip-bench", [inp, k], request_id="b"))
 
             for c in levels:
@@ -226,8 +239,13 @@ async def compare(
                              "grpc_v2": grpc_v2}  # fmt: skip
                     for _ in range(rounds):
                         for path in paths:
-                            await drive(calls[path], c, max(1, total // rounds), samples[path][c])
-            await grpc_client.close()
+                            server = None if path == "in_process" else proc.pid
+                            if path == "grpc_v2":
+                                grpc_client = InferenceGRPCClient(url=f"127.0.0.1:{grpc_port}", timeout=60)
+                            await drive(calls[path], c, max(1, total // rounds), samples[path][c], server)
+                            if grpc_client is not None:
+                                await grpc_client.close()
+                                grpc_client = None
     finally:
         model.stop()
         proc.send_signal(signal.SIGTERM)
@@ -414,6 +432,15 @@ def main() -> None:
 
                 ratio = f"{rs['p50_ms'] / ip['p50_ms']:.2f}x / {gr['p50_ms'] / ip['p50_ms']:.2f}x"
                 print(f"| {label} | {c} | {cell(ip)} | {cell(rs)} | {cell(gr)} | {ratio} |")
+        print("\nCPU ms a request (in-process: this process; REST and gRPC: the server process, and the client):")
+        for label in ("batched", "unbatched"):
+            r = report[label]
+            for c in levels:
+                ip, rs, gr = r["in_process"][str(c)], r["rest_v1"][str(c)], r["grpc_v2"][str(c)]
+                print(
+                    f"  {label} {c} clients: in-process {ip['client_cpu_ms']}, REST server {rs['server_cpu_ms']} "
+                    f"(client {rs['client_cpu_ms']}), gRPC server {gr['server_cpu_ms']} (client {gr['client_cpu_ms']})"
+                )
         if "unbatched" in report:
             for c in levels:
                 gain = {p: report["batched"][p][str(c)]["qps"] / report["unbatched"][p][str(c)]["qps"] for p in paths}
