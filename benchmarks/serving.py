@@ -4,10 +4,12 @@ Setup: the demo-size base CLIP (4 + 4 layers, width 128; 2 pretraining steps: ti
 here) with one LoRA adapter (r=16 on q_proj/v_proj), an exact index of ``--videos`` random vectors, started
 as ``python -m serving.server`` on 127.0.0.1 twice: with dynamic batching (``--batch_max 32 --batch_wait_ms 5``)
 and without (``--batch_max 1``). At 1, 8 and 32 concurrent clients (asyncio tasks, one request in flight each)
-it records p50/p99 latency and throughput. The in-process baseline runs the predictor's own ``predict`` with the
-same concurrency and batching in this process: the server's overhead is the ratio of the two. The three paths
-alternate in ``--rounds`` blocks per concurrency level (the machine's load, shared with other work, changes by the
-minute and used to fall on one path more than another).
+it records p50/p99 latency, throughput and the CPU time a request costs the server process and the client (CPU
+time is the steadier figure on a shared machine). The in-process baseline runs the predictor's own ``predict`` with
+the same concurrency and batching in this process: the server's overhead is the ratio of the two. Both servers run
+at once and the six cells (in-process, REST, gRPC; batched, unbatched) alternate in ``--rounds`` blocks per
+concurrency level: the machine's load, shared with other work, changes by the minute and used to fall on one cell
+more than another (each server and the baseline used to be measured one after the other).
 
 The REST client (``--client raw``, the default) is a minimal HTTP/1.1 keep-alive client on asyncio streams (one
 connection per client): about 0.2 ms of CPU a request, where httpx's ``AsyncClient`` (``--client httpx``) spends
@@ -21,7 +23,7 @@ loaded one after the other into one server started as the multi-model ServingRun
 searches cycling over the three clients against the p50 on the one-client server.
 
 Run: ``.venv/bin/python benchmarks/serving.py [--part all|batching|multi-model] [--requests 160] [--videos 10000]
-[--client raw|httpx]``
+[--client raw|httpx] [--rounds 4]``
 """
 
 from __future__ import annotations
@@ -173,88 +175,80 @@ def free_port() -> int:
 
 
 async def compare(
-    model_dir: Path, batch_max: int, levels: list[int], total: int, threads: int, client_kind: str, rounds: int
+    work: Path, model_dir: Path, levels: list[int], total: int, threads: int, client_kind: str, rounds: int
 ) -> dict[str, dict]:
-    """In-process, REST V1 and gRPC V2 at each concurrency level, alternating in ``rounds`` blocks of
-    ``total / rounds`` calls each, so that the machine's changing load falls on the three paths alike."""
+    """In-process, REST V1 and gRPC V2, with dynamic batching (``--batch_max 32 --batch_wait_ms 5``) and without
+    (``--batch_max 1``), at each concurrency level: the six cells alternate in ``rounds`` blocks of
+    ``total / rounds`` calls each, so that the machine's changing load falls on all of them alike."""
     import httpx
     from kserve import InferenceGRPCClient, InferInput, InferRequest
 
     from serving.clip_search import ClipSearchModel
     from serving.config import ServingConfig
 
-    http, grpc_port = free_port(), free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
-    cmd = [
-        sys.executable, "-m", "serving.server", "--load", f"clip-bench={model_dir}", "--host", "127.0.0.1",
-        "--http_port", str(http), "--grpc_port", str(grpc_port), "--batch_max", str(batch_max),
-        "--batch_wait_ms", "5", "--query_log_uri", "off", "--threads", str(threads),
-    ]  # fmt: skip
-    log = open(model_dir.parent / f"server-{batch_max}.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    model = ClipSearchModel("clip-bench", model_dir, ServingConfig(batch_max=batch_max, batch_wait_ms=5.0))
-    model.load()
+    batch_max = {"batched": 32, "unbatched": 1}
     paths = ("in_process", "rest_v1", "grpc_v2")
-    samples = {path: {c: Samples() for c in levels} for path in paths}
-    body = {"instances": [{"text": "", "top_k": 5}]}
+    samples = {label: {path: {c: Samples() for c in levels} for path in paths} for label in batch_max}
+    servers: dict[str, Server] = {}
+    models: dict[str, ClipSearchModel] = {}
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http}", timeout=60) as client:
-            deadline = time.monotonic() + 300
-            while True:
-                try:
-                    if (await client.get("/v2/health/ready")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("server did not start; see " + log.name)
-                await asyncio.sleep(0.3)
-            grpc_client = None  # opened for each gRPC block: its threads must not run during the other paths' blocks
+        for label, size in batch_max.items():
+            args = ["--load", f"clip-bench={model_dir}", "--batch_max", str(size), "--batch_wait_ms", "5",
+                    "--threads", str(threads)]  # fmt: skip
+            servers[label] = Server(args, work / f"server-{label}.log", threads)
+            models[label] = ClipSearchModel("clip-bench", model_dir, ServingConfig(batch_max=size, batch_wait_ms=5.0))
+            models[label].load()
+        for c in levels:
+            for _ in range(rounds):
+                for label, srv in servers.items():
+                    model = models[label]
 
-            async def in_process(text: str) -> None:
-                await model.predict(await model.preprocess({"instances": [{"text": text, "top_k": 5}]}))
+                    async def in_process(text: str, model: ClipSearchModel = model) -> None:
+                        await model.predict(await model.preprocess({"instances": [{"text": text, "top_k": 5}]}))
 
-            async def rest_httpx(text: str) -> None:
-                r = await client.post("/v1/models/clip-bench:predict", json={"instances": [{"text": text, "top_k": 5}]})
-                r.raise_for_status()
+                    await drive(in_process, c, max(1, total // rounds), samples[label]["in_process"][c])
+                    body = {"instances": [{"text": "", "top_k": 5}]}
+                    if client_kind == "httpx":
+                        async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
 
-            async def grpc_v2(text: str) -> None:
-                inp = InferInput("text", [1], "BYTES")
-                inp.set_data_from_numpy(np.array([text.encode()], dtype=np.object_))
-                k = InferInput("top_k", [1], "INT32")
-                k.set_data_from_numpy(np.array([5], dtype=np.int32))
-                assert grpc_client is not None
-                await grpc_client.infer(InferRequest("clip-bench", [inp, k], request_id="b"))
+                            async def rest(text: str, client: httpx.AsyncClient = client, body: dict = body) -> None:
+                                body["instances"][0]["text"] = text
+                                (await client.post("/v1/models/clip-bench:predict", json=body)).raise_for_status()
 
-            for c in levels:
-                async with RawHttp("127.0.0.1", http, c) as raw:
+                            await drive(rest, c, max(1, total // rounds), samples[label]["rest_v1"][c], srv.proc.pid)
+                    else:
+                        async with RawHttp("127.0.0.1", srv.http, c) as raw:
 
-                    async def rest_raw(text: str, raw: RawHttp = raw) -> None:
-                        body["instances"][0]["text"] = text
-                        status, answer = await raw.post("/v1/models/clip-bench:predict", json.dumps(body).encode())
-                        if status != 200:
-                            raise RuntimeError(f"HTTP {status}: {answer[:200]!r}")
+                            async def rest(text: str, raw: RawHttp = raw, body: dict = body) -> None:
+                                body["instances"][0]["text"] = text
+                                status, answer = await raw.post(
+                                    "/v1/models/clip-bench:predict", json.dumps(body).encode()
+                                )
+                                if status != 200:
+                                    raise RuntimeError(f"HTTP {status}: {answer[:200]!r}")
 
-                    calls = {"in_process": in_process, "rest_v1": rest_httpx if client_kind == "httpx" else rest_raw,
-                             "grpc_v2": grpc_v2}  # fmt: skip
-                    for _ in range(rounds):
-                        for path in paths:
-                            server = None if path == "in_process" else proc.pid
-                            if path == "grpc_v2":
-                                grpc_client = InferenceGRPCClient(url=f"127.0.0.1:{grpc_port}", timeout=60)
-                            await drive(calls[path], c, max(1, total // rounds), samples[path][c], server)
-                            if grpc_client is not None:
-                                await grpc_client.close()
-                                grpc_client = None
+                            await drive(rest, c, max(1, total // rounds), samples[label]["rest_v1"][c], srv.proc.pid)
+                    # opened for its own block only: its threads must not run during the other blocks
+                    grpc_client = InferenceGRPCClient(url=f"127.0.0.1:{srv.grpc}", timeout=60)
+
+                    async def grpc_v2(text: str, grpc_client: InferenceGRPCClient = grpc_client) -> None:
+                        inp = InferInput("text", [1], "BYTES")
+                        inp.set_data_from_numpy(np.array([text.encode()], dtype=np.object_))
+                        k = InferInput("top_k", [1], "INT32")
+                        k.set_data_from_numpy(np.array([5], dtype=np.int32))
+                        await grpc_client.infer(InferRequest("clip-bench", [inp, k], request_id="b"))
+
+                    await drive(grpc_v2, c, max(1, total // rounds), samples[label]["grpc_v2"][c], srv.proc.pid)
+                    await grpc_client.close()
     finally:
-        model.stop()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-    return {path: {str(c): samples[path][c].summary() for c in levels} for path in paths}
+        for model in models.values():
+            model.stop()
+        for srv in servers.values():
+            srv.stop()
+    return {
+        label: {path: {str(c): samples[label][path][c].summary() for c in levels} for path in paths}
+        for label in batch_max
+    }
 
 
 # ------------------------------------------------------------------------------------------- multi-model
@@ -278,10 +272,10 @@ class Server:
     def __init__(self, args: list[str], log: Path, threads: int) -> None:
         import urllib.request
 
-        self.http, grpc = free_port(), free_port()
+        self.http, self.grpc = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.http}"
         cmd = [sys.executable, "-m", "serving.server", *args, "--host", "127.0.0.1", "--http_port", str(self.http),
-               "--grpc_port", str(grpc), "--query_log_uri", "off"]  # fmt: skip
+               "--grpc_port", str(self.grpc), "--query_log_uri", "off"]  # fmt: skip
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
         self._log = open(log, "w")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
@@ -402,11 +396,10 @@ def main() -> None:
         base = build_base(work)
         model_dir = build_adapter(base, work / "clip-bench", args.videos)
         if args.part in ("batching", "all"):
-            for label, batch_max in (("batched", 32), ("unbatched", 1)):
-                report[label] = asyncio.run(
-                    compare(model_dir, batch_max, levels, args.requests, args.threads, args.client, args.rounds)
-                )
-                print(json.dumps({label: report[label]}), flush=True)
+            report.update(
+                asyncio.run(compare(work, model_dir, levels, args.requests, args.threads, args.client, args.rounds))
+            )
+            print(json.dumps({label: report[label] for label in ("batched", "unbatched")}), flush=True)
         if args.part in ("multi-model", "all"):
             adapters = {f"clip-{c}": build_adapter(base, work / c, args.videos, seed=i + 1)
                         for i, c in enumerate(("acme", "beta", "gamma"))}  # fmt: skip

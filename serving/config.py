@@ -82,7 +82,7 @@ class ServingConfig:
         max_queue: Requests one model holds at once, running or waiting; one more is refused at once with HTTP 429
             (gRPC RESOURCE_EXHAUSTED) and counted (``clipsync_requests_refused_total``).
         batch_max: Most text queries encoded together by the dynamic batcher (1 disables batching).
-        batch_wait_ms: Longest a text query waits for others to join its batch.
+        batch_wait_ms: Longest a batch that already holds several queries waits for more (a lone query never waits).
         approx_threshold: From this many indexed videos on, search a faiss HNSW graph instead of exactly.
         recall_target: Recall@10 against exact search the HNSW index is tuned to when it is built.
         hnsw_m: Links per vector of the HNSW graph.

@@ -38,13 +38,7 @@ from components.face_tracking.dataset import (
     FaceSample,
     write_face_index,
 )
-from components.face_tracking.detect import (
-    FaceDetection,
-    FaceModels,
-    detect_frames,
-    iou,
-    load_face_models,
-)
+from components.face_tracking.detect import FaceDetection, FaceModels, detect_frames, iou, load_face_models
 from components.face_tracking.models import face_model_paths
 from components.face_tracking.tracks import (
     Track,
