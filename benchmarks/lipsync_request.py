@@ -5,9 +5,10 @@ speech-like audio), ``--width`` x ``--height``, H.264 with a keyframe every ``--
 one every 1-2 s; x264's default is 250) and AAC audio; the demo-size lip-sync detector (default
 ``LipSyncModelConfig``, random weights: time, not accuracy, is measured). Two model servers
 (``python -m serving.server --load lipsync-bench=DIR``) on 127.0.0.1: the baseline, the tree of ``--baseline``
-(default ``main``, extracted with ``git archive``: the code as it is there), and this working tree. Requests
-alternate between them (``--rounds``, after one warm-up each); the figures are medians of the client's wall time
-and the ratio this/baseline.
+(default ``main``, extracted with ``git archive``: the code as it is there; ``--baseline 2264da7`` is the code before
+the analysis window was decoded alone), and this working tree. Requests alternate between them (``--rounds``, after
+one warm-up each); the figures are medians of the client's wall time and of the CPU time the request cost the server
+process (all its threads; the steadier figure on a shared machine), and the ratios this/baseline.
 
 ``--part decode`` times only the decoding in this process, on the same file: training's ``extract_video`` (search
 frames + dense clip, slice threads) vs the predictor's ``extract_analysis_clip`` (window only) with 1 decoder
@@ -85,6 +86,12 @@ def server(tree: Path, model: Path, cache: Path, log: Path):
     return proc
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far, its threads included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def post(srv, video: bytes) -> tuple[float, dict]:
     from serving_assets import multipart
 
@@ -110,12 +117,15 @@ def part_server(args: argparse.Namespace, work: Path, video: Path, cache: Path) 
         data = video.read_bytes()
         walls: dict[str, list[float]] = {name: [] for name in servers}
         seconds: dict[str, list[float]] = {name: [] for name in servers}
+        cpu: dict[str, list[float]] = {name: [] for name in servers}
         answers = {}
         for name, srv in servers.items():
             answers[name] = post(srv, data)[1]  # warm-up
         for _ in range(args.rounds):
             for name, srv in servers.items():
+                before = process_cpu_s(srv.proc.pid)
                 wall, answer = post(srv, data)
+                cpu[name].append(process_cpu_s(srv.proc.pid) - before)
                 walls[name].append(wall)
                 seconds[name].append(answer["seconds"])
     finally:
@@ -125,6 +135,7 @@ def part_server(args: argparse.Namespace, work: Path, video: Path, cache: Path) 
         name: {
             "p50_s": round(statistics.median(walls[name]), 3),
             "server_seconds_p50": round(statistics.median(seconds[name]), 3),
+            "server_cpu_s_p50": round(statistics.median(cpu[name]), 3),
             "verdict": answers[name]["verdict"],
             "p_fake": answers[name].get("manipulation_probability"),
             "analyzed": answers[name]["analyzed"],
@@ -132,6 +143,8 @@ def part_server(args: argparse.Namespace, work: Path, video: Path, cache: Path) 
         for name in servers
     }
     result["ratio_this_over_baseline"] = round(result["this"]["p50_s"] / result["baseline"]["p50_s"], 3)
+    cpu_ratio = result["this"]["server_cpu_s_p50"] / max(result["baseline"]["server_cpu_s_p50"], 1e-9)
+    result["cpu_ratio_this_over_baseline"] = round(cpu_ratio, 3)
     return result
 
 

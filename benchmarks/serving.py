@@ -4,15 +4,26 @@ Setup: the demo-size base CLIP (4 + 4 layers, width 128; 2 pretraining steps: ti
 here) with one LoRA adapter (r=16 on q_proj/v_proj), an exact index of ``--videos`` random vectors, started
 as ``python -m serving.server`` on 127.0.0.1 twice: with dynamic batching (``--batch_max 32 --batch_wait_ms 5``)
 and without (``--batch_max 1``). At 1, 8 and 32 concurrent clients (asyncio tasks, one request in flight each)
-it records p50/p99 latency and throughput. The in-process baseline runs the predictor's own ``predict`` with the
-same concurrency and batching in this process: the server's overhead is the ratio of the two.
+it records p50/p99 latency, throughput and the CPU time a request costs the server process and the client (CPU
+time is the steadier figure on a shared machine). The in-process baseline runs the predictor's own ``predict`` with
+the same concurrency and batching in this process: the server's overhead is the ratio of the two. Both servers run
+at once and the six cells (in-process, REST, gRPC; batched, unbatched) alternate in ``--rounds`` blocks per
+concurrency level: the machine's load, shared with other work, changes by the minute and used to fall on one cell
+more than another (each server and the baseline used to be measured one after the other).
+
+The REST client (``--client raw``, the default) is a minimal HTTP/1.1 keep-alive client on asyncio streams (one
+connection per client): about 0.2 ms of CPU a request, where httpx's ``AsyncClient`` (``--client httpx``) spends
+2.4-3.5 ms. The client shares the 2 cores with the server, so with httpx a loaded machine measured the client: at
+32 clients it could not send fast enough to fill the server's batches (2.6 searches per model call). The client's
+CPU time per request is printed with each REST figure.
 
 Multi-model (``--part multi-model``): three clients' adapters (each with its own index of ``--videos`` vectors)
 loaded one after the other into one server started as the multi-model ServingRuntime starts it (``--repository_dir``,
 ``--base_model``): its RSS after each, against the RSS of a server holding one client; then the p50 of sequential
 searches cycling over the three clients against the p50 on the one-client server.
 
-Run: ``.venv/bin/python benchmarks/serving.py [--part all|batching|multi-model] [--requests 160] [--videos 10000]``
+Run: ``.venv/bin/python benchmarks/serving.py [--part all|batching|multi-model] [--requests 160] [--videos 10000]
+[--client raw|httpx] [--rounds 4]``
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -73,46 +85,87 @@ def build_adapter(base: Path, out: Path, videos: int, seed: int = 0) -> Path:
     return out
 
 
-def summarize(latencies: list[float], wall: float) -> dict[str, float]:
-    lat = sorted(latencies)
-    return {
-        "p50_ms": round(statistics.median(lat) * 1000, 2),
-        "p99_ms": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000, 2),
-        "qps": round(len(lat) / wall, 1),
-    }
+@dataclass
+class Samples:
+    """Latencies of one (path, concurrency) cell, gathered over rounds, with the wall and client CPU time."""
+
+    latencies: list[float] = field(default_factory=list)
+    wall: float = 0.0
+    cpu: float = 0.0
+    server_cpu: float = 0.0
+
+    def summary(self) -> dict[str, float]:
+        lat = sorted(self.latencies)
+        return {
+            "p50_ms": round(statistics.median(lat) * 1000, 2),
+            "p99_ms": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000, 2),
+            "qps": round(len(lat) / self.wall, 1),
+            "client_cpu_ms": round(self.cpu * 1000 / len(lat), 3),
+            "server_cpu_ms": round(self.server_cpu * 1000 / len(lat), 3),
+        }
 
 
-async def drive(call, concurrency: int, total: int) -> dict[str, float]:
-    """``concurrency`` workers issue ``total`` calls in all; each call's latency is recorded."""
-    latencies: list[float] = []
+def process_cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of a process so far (0 for ``None``)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class RawHttp:
+    """A minimal HTTP/1.1 client for the benchmark: ``size`` keep-alive connections, JSON POSTs, no redirects,
+    no chunked replies (uvicorn sends a ``content-length``)."""
+
+    def __init__(self, host: str, port: int, size: int) -> None:
+        self.host, self.port, self.size = host, port, size
+        self._idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+
+    async def __aenter__(self) -> RawHttp:
+        for _ in range(self.size):
+            self._idle.put_nowait(await asyncio.open_connection(self.host, self.port))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        while not self._idle.empty():
+            self._idle.get_nowait()[1].close()
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        reader, writer = await self._idle.get()
+        try:
+            head = (
+                f"POST {path} HTTP/1.1\r\nhost: {self.host}\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(body)}\r\n\r\n"
+            )
+            writer.write(head.encode() + body)
+            lines = (await reader.readuntil(b"\r\n\r\n")).split(b"\r\n")
+            status = int(lines[0].split()[1])
+            length = next(
+                int(v) for k, _, v in (x.partition(b":") for x in lines[1:]) if k.lower() == b"content-length"
+            )
+            return status, await reader.readexactly(length)
+        finally:
+            self._idle.put_nowait((reader, writer))
+
+
+async def drive(call, concurrency: int, total: int, into: Samples, server: int | None = None) -> None:
+    """``concurrency`` workers issue ``total`` calls in all (after 4 warm-up calls); adds them to ``into``, with the
+    CPU time of this process and of the ``server`` process (a PID) meanwhile."""
     counter = iter(range(total))
 
     async def worker() -> None:
         for i in counter:
             t = time.perf_counter()
             await call(QUERIES[i % len(QUERIES)])
-            latencies.append(time.perf_counter() - t)
+            into.latencies.append(time.perf_counter() - t)
 
     for i in range(min(4, total)):  # warm up
         await call(QUERIES[i % len(QUERIES)])
-    start = time.perf_counter()
+    start, cpu, server_cpu = time.perf_counter(), time.process_time(), process_cpu_s(server)
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return summarize(latencies, time.perf_counter() - start)
-
-
-async def in_process(model_dir: Path, batch_max: int, levels: list[int], total: int) -> dict[str, dict]:
-    from serving.clip_search import ClipSearchModel
-    from serving.config import ServingConfig
-
-    model = ClipSearchModel("clip-bench", model_dir, ServingConfig(batch_max=batch_max, batch_wait_ms=5.0))
-    model.load()
-
-    async def call(text: str) -> None:
-        await model.predict(await model.preprocess({"instances": [{"text": text, "top_k": 5}]}))
-
-    out = {str(c): await drive(call, c, total) for c in levels}
-    model.stop()
-    return out
+    into.wall += time.perf_counter() - start
+    into.cpu += time.process_time() - cpu
+    into.server_cpu += process_cpu_s(server) - server_cpu
 
 
 def free_port() -> int:
@@ -121,59 +174,81 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def through_server(model_dir: Path, batch_max: int, levels: list[int], total: int, threads: int) -> dict:
+async def compare(
+    work: Path, model_dir: Path, levels: list[int], total: int, threads: int, client_kind: str, rounds: int
+) -> dict[str, dict]:
+    """In-process, REST V1 and gRPC V2, with dynamic batching (``--batch_max 32 --batch_wait_ms 5``) and without
+    (``--batch_max 1``), at each concurrency level: the six cells alternate in ``rounds`` blocks of
+    ``total / rounds`` calls each, so that the machine's changing load falls on all of them alike."""
     import httpx
     from kserve import InferenceGRPCClient, InferInput, InferRequest
 
-    http, grpc_port = free_port(), free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
-    cmd = [
-        sys.executable, "-m", "serving.server", "--load", f"clip-bench={model_dir}", "--host", "127.0.0.1",
-        "--http_port", str(http), "--grpc_port", str(grpc_port), "--batch_max", str(batch_max),
-        "--batch_wait_ms", "5", "--query_log_uri", "off", "--threads", str(threads),
-    ]  # fmt: skip
-    log = open(model_dir.parent / f"server-{batch_max}.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    results: dict[str, dict] = {"rest_v1": {}, "grpc_v2": {}}
+    from serving.clip_search import ClipSearchModel
+    from serving.config import ServingConfig
+
+    batch_max = {"batched": 32, "unbatched": 1}
+    paths = ("in_process", "rest_v1", "grpc_v2")
+    samples = {label: {path: {c: Samples() for c in levels} for path in paths} for label in batch_max}
+    servers: dict[str, Server] = {}
+    models: dict[str, ClipSearchModel] = {}
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http}", timeout=60) as client:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if (await client.get("/v2/health/ready")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("server did not start; see " + log.name)
-                await asyncio.sleep(0.3)
-
-            async def rest(text: str) -> None:
-                r = await client.post("/v1/models/clip-bench:predict", json={"instances": [{"text": text, "top_k": 5}]})
-                r.raise_for_status()
-
-            for c in levels:
-                results["rest_v1"][str(c)] = await drive(rest, c, total)
-        grpc_client = InferenceGRPCClient(url=f"127.0.0.1:{grpc_port}", timeout=60)
-
-        async def grpc_call(text: str) -> None:
-            inp = InferInput("text", [1], "BYTES")
-            inp.set_data_from_numpy(np.array([text.encode()], dtype=np.object_))
-            k = InferInput("top_k", [1], "INT32")
-            k.set_data_from_numpy(np.array([5], dtype=np.int32))
-            await grpc_client.infer(InferRequest("clip-bench", [inp, k], request_id="b"))
-
+        for label, size in batch_max.items():
+            args = ["--load", f"clip-bench={model_dir}", "--batch_max", str(size), "--batch_wait_ms", "5",
+                    "--threads", str(threads)]  # fmt: skip
+            servers[label] = Server(args, work / f"server-{label}.log", threads)
+            models[label] = ClipSearchModel("clip-bench", model_dir, ServingConfig(batch_max=size, batch_wait_ms=5.0))
+            models[label].load()
         for c in levels:
-            results["grpc_v2"][str(c)] = await drive(grpc_call, c, total)
-        await grpc_client.close()
+            for _ in range(rounds):
+                for label, srv in servers.items():
+                    model = models[label]
+
+                    async def in_process(text: str, model: ClipSearchModel = model) -> None:
+                        await model.predict(await model.preprocess({"instances": [{"text": text, "top_k": 5}]}))
+
+                    await drive(in_process, c, max(1, total // rounds), samples[label]["in_process"][c])
+                    body = {"instances": [{"text": "", "top_k": 5}]}
+                    if client_kind == "httpx":
+                        async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
+
+                            async def rest(text: str, client: httpx.AsyncClient = client, body: dict = body) -> None:
+                                body["instances"][0]["text"] = text
+                                (await client.post("/v1/models/clip-bench:predict", json=body)).raise_for_status()
+
+                            await drive(rest, c, max(1, total // rounds), samples[label]["rest_v1"][c], srv.proc.pid)
+                    else:
+                        async with RawHttp("127.0.0.1", srv.http, c) as raw:
+
+                            async def rest(text: str, raw: RawHttp = raw, body: dict = body) -> None:
+                                body["instances"][0]["text"] = text
+                                status, answer = await raw.post(
+                                    "/v1/models/clip-bench:predict", json.dumps(body).encode()
+                                )
+                                if status != 200:
+                                    raise RuntimeError(f"HTTP {status}: {answer[:200]!r}")
+
+                            await drive(rest, c, max(1, total // rounds), samples[label]["rest_v1"][c], srv.proc.pid)
+                    # opened for its own block only: its threads must not run during the other blocks
+                    grpc_client = InferenceGRPCClient(url=f"127.0.0.1:{srv.grpc}", timeout=60)
+
+                    async def grpc_v2(text: str, grpc_client: InferenceGRPCClient = grpc_client) -> None:
+                        inp = InferInput("text", [1], "BYTES")
+                        inp.set_data_from_numpy(np.array([text.encode()], dtype=np.object_))
+                        k = InferInput("top_k", [1], "INT32")
+                        k.set_data_from_numpy(np.array([5], dtype=np.int32))
+                        await grpc_client.infer(InferRequest("clip-bench", [inp, k], request_id="b"))
+
+                    await drive(grpc_v2, c, max(1, total // rounds), samples[label]["grpc_v2"][c], srv.proc.pid)
+                    await grpc_client.close()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-    return results
+        for model in models.values():
+            model.stop()
+        for srv in servers.values():
+            srv.stop()
+    return {
+        label: {path: {str(c): samples[label][path][c].summary() for c in levels} for path in paths}
+        for label in batch_max
+    }
 
 
 # ------------------------------------------------------------------------------------------- multi-model
@@ -197,10 +272,10 @@ class Server:
     def __init__(self, args: list[str], log: Path, threads: int) -> None:
         import urllib.request
 
-        self.http, grpc = free_port(), free_port()
+        self.http, self.grpc = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.http}"
         cmd = [sys.executable, "-m", "serving.server", *args, "--host", "127.0.0.1", "--http_port", str(self.http),
-               "--grpc_port", str(grpc), "--query_log_uri", "off"]  # fmt: skip
+               "--grpc_port", str(self.grpc), "--query_log_uri", "off"]  # fmt: skip
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
         self._log = open(log, "w")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
@@ -304,6 +379,8 @@ def main() -> None:
     p.add_argument("--videos", type=int, default=10_000)
     p.add_argument("--levels", default="1,8,32")
     p.add_argument("--threads", type=int, default=1, help="torch threads (server and in-process)")
+    p.add_argument("--rounds", type=int, default=4, help="alternating blocks per (path, concurrency) cell")
+    p.add_argument("--client", choices=["raw", "httpx"], default="raw", help="REST client (see the module doc)")
     p.add_argument("--out", default="")
     args = p.parse_args()
     import torch
@@ -312,18 +389,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     threadpool_limits(limits=1, user_api="blas")  # what the server does (ServingConfig.blas_threads)
     levels = [int(x) for x in args.levels.split(",")]
+    print(f"load average at the start {os.getloadavg()}", flush=True)
     report: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="clipsync-bench-") as tmp:
         work = Path(tmp)
         base = build_base(work)
         model_dir = build_adapter(base, work / "clip-bench", args.videos)
         if args.part in ("batching", "all"):
-            for label, batch_max in (("batched", 32), ("unbatched", 1)):
-                report[label] = {
-                    "in_process": asyncio.run(in_process(model_dir, batch_max, levels, args.requests)),
-                    **asyncio.run(through_server(model_dir, batch_max, levels, args.requests, args.threads)),
-                }
-                print(json.dumps({label: report[label]}), flush=True)
+            report.update(
+                asyncio.run(compare(work, model_dir, levels, args.requests, args.threads, args.client, args.rounds))
+            )
+            print(json.dumps({label: report[label] for label in ("batched", "unbatched")}), flush=True)
         if args.part in ("multi-model", "all"):
             adapters = {f"clip-{c}": build_adapter(base, work / c, args.videos, seed=i + 1)
                         for i, c in enumerate(("acme", "beta", "gamma"))}  # fmt: skip
@@ -331,6 +407,8 @@ def main() -> None:
             print(json.dumps({"multi_model": report["multi_model"]}), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"load average at the end {os.getloadavg()}")
+    paths = ("in_process", "rest_v1", "grpc_v2")
     if "batched" in report:
         print(
             "\n| batching | clients | in-process p50/p99 ms, qps | REST V1 p50/p99 ms, qps | gRPC V2 p50/p99 ms, qps "
@@ -347,6 +425,22 @@ def main() -> None:
 
                 ratio = f"{rs['p50_ms'] / ip['p50_ms']:.2f}x / {gr['p50_ms'] / ip['p50_ms']:.2f}x"
                 print(f"| {label} | {c} | {cell(ip)} | {cell(rs)} | {cell(gr)} | {ratio} |")
+        print("\nCPU ms a request (in-process: this process; REST and gRPC: the server process, and the client):")
+        for label in ("batched", "unbatched"):
+            r = report[label]
+            for c in levels:
+                ip, rs, gr = r["in_process"][str(c)], r["rest_v1"][str(c)], r["grpc_v2"][str(c)]
+                print(
+                    f"  {label} {c} clients: in-process {ip['client_cpu_ms']}, REST server {rs['server_cpu_ms']} "
+                    f"(client {rs['client_cpu_ms']}), gRPC server {gr['server_cpu_ms']} (client {gr['client_cpu_ms']})"
+                )
+        if "unbatched" in report:
+            for c in levels:
+                gain = {p: report["batched"][p][str(c)]["qps"] / report["unbatched"][p][str(c)]["qps"] for p in paths}
+                print(
+                    f"batched / unbatched throughput at {c} clients: "
+                    + ", ".join(f"{p} {g:.2f}x" for p, g in gain.items())
+                )
     if "multi_model" in report:
         m = report["multi_model"]
         added, alone = m["rss_added_per_client_median_mib"], m["rss_one_client_server_mib"]

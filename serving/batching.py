@@ -97,6 +97,11 @@ class DynamicBatcher(Generic[T, R]):
                 if not future.done():
                     future.set_result(result)
 
+    def describe(self) -> str:
+        """How many items the batch function saw in how many calls (logged when a model stops)."""
+        mean = self.items / self.batches if self.batches else 0.0
+        return f"{self.items} items in {self.batches} batch calls ({mean:.1f} a call)"
+
     async def close(self) -> None:
         """Stop the background worker (pending callers are cancelled)."""
         if self._worker is not None:

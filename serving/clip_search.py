@@ -249,6 +249,8 @@ class ClipSearchModel(Model):
 
     def stop(self) -> None:
         self.ready = False
+        if self.batcher is not None:
+            logger.info("%s: %s", self.name, self.batcher.describe())
         if self.handle is not None:
             self.backbones.detach(self.handle)
 

@@ -78,7 +78,7 @@ class ServingConfig:
         max_queue: Requests one model holds at once, running or waiting; one more is refused at once with HTTP 429
             (gRPC RESOURCE_EXHAUSTED) and counted (``clipsync_requests_refused_total``).
         batch_max: Most text queries encoded together by the dynamic batcher (1 disables batching).
-        batch_wait_ms: Longest a text query waits for others to join its batch.
+        batch_wait_ms: Longest a batch that already holds several queries waits for more (a lone query never waits).
         approx_threshold: From this many indexed videos on, search a faiss IVF index instead of exactly.
         recall_target: Recall@10 against exact search the IVF index is tuned to when it is built.
         nlist: Inverted lists of the IVF index (0: from the library size).

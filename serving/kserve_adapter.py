@@ -812,7 +812,6 @@ class ClipsyncModelServer(ModelServer):
                 max_message=self.max_message,
             )
             self.servers.append(self._grpc_server.start(self.max_threads))
-        self.setup_event_loop()
         # uvicorn handles SIGINT/SIGTERM and, once it has shut down, re-raises the signal to the handler that
         # was installed before it: a no-op here, so that _serve goes on to stop gRPC and flush the query log.
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -820,6 +819,7 @@ class ClipsyncModelServer(ModelServer):
         asyncio.run(self._serve())
 
     async def _serve(self) -> None:
+        self.setup_event_loop()  # on the loop that serves (before asyncio.run, it configured a loop never used)
         tasks = [asyncio.ensure_future(s) for s in self.servers]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)

@@ -26,10 +26,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import logging
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,6 +64,29 @@ OUTPUTS = [
     {"name": "window_probabilities", "datatype": "FP32", "shape": [-1]},
     {"name": "window_starts_s", "datatype": "FP32", "shape": [-1]},
 ]
+
+
+_TORCH_THREADS = threading.Lock()
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run the block with one torch intra-op thread (the process' count is restored after it).
+
+    A request's windows (5 for a 3 s clip) are too little work to split: with ``serving.threads`` (2) torch threads
+    the detector took 2.6x the wall time and 2.9x the CPU time of one thread at load average 5 on the shared 2-core
+    machine, 5.8x and 8.6x at load 14 (its threads spin waiting for each other). torch's count is process-wide: the
+    lock keeps concurrent requests from restoring each other's value.
+    """
+    import torch
+
+    with _TORCH_THREADS:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
 
 #: What the client is told for each way an upload fails to be a video (the media probe's codes).
@@ -218,7 +243,7 @@ class LipSyncModel(Model):
         self.version = version
         self.device = device or self.settings.device  # the detector's device; face tracking runs on the CPU
         self.model = None
-        self.face_models = None
+        self.face_models: list[Any] = []  # one MediaPipe set per thread that detects (serving.threads)
         self.rules = None
         self._face_lock = threading.Lock()  # MediaPipe task objects are not re-entrant
 
@@ -233,16 +258,17 @@ class LipSyncModel(Model):
         self.rules = EvidenceRules.of(self.model.config.window_s, self.face_config)
         if self.cache_dir is None:
             raise FileNotFoundError(f"{self.name}: a cache_dir with the MediaPipe face models is required")
-        self.face_models = FaceModels(verify_face_models(self.cache_dir), self.face_config)
+        paths = verify_face_models(self.cache_dir)
+        self.face_models = [FaceModels(paths, self.face_config) for _ in range(self.settings.cpu_threads)]
         self.ready = True
         logger.info("%s: lip-sync model loaded from %s", self.name, self.model_dir)
         return self.ready
 
     def stop(self) -> None:
         self.ready = False
-        if self.face_models is not None:
-            self.face_models.close()
-            self.face_models = None
+        for models in self.face_models:
+            models.close()
+        self.face_models = []
 
     def get_input_types(self) -> list[dict]:
         return INPUTS
@@ -301,7 +327,8 @@ class LipSyncModel(Model):
                 raise NoEvidence(f"no verdict: {summary}", extra={"reason": codes[0], "reasons": codes, **facts})
             verdict = {"verdict": "inconclusive", "reason": codes[0], "reasons": codes, "detail": summary}
             return {**verdict, "is_real": False, "is_fake": False, **facts, "windows": [], "seconds": _since(started)}
-        score = predict_video(self.model, faces.crops[track_id], audio, fps)
+        with one_torch_thread():
+            score = predict_video(self.model, faces.crops[track_id], audio, fps)
         p_fake = float(score.probability)
         return {
             "verdict": "fake" if score.is_fake else "real",

@@ -110,7 +110,9 @@ def test_requests_that_queue_while_the_model_is_busy_form_the_next_batch():
         release.set()
         results = await asyncio.gather(first, *rest)
         await batcher.close()
-        return results
+        return results, batcher.describe()
 
-    assert asyncio.run(main()) == [2 * i for i in range(7)]
+    results, described = asyncio.run(main())
+    assert results == [2 * i for i in range(7)]
     assert calls == [[0], [1, 2, 3, 4], [5, 6]]
+    assert described == "7 items in 3 batch calls (2.3 a call)"

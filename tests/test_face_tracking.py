@@ -137,6 +137,22 @@ def test_emit_all_tracks_gives_every_speaker(models):
     assert all(c.shape == (24, 96, 96, 3) and c.dtype == np.uint8 for c in result.crops.values())
 
 
+def test_several_model_sets_split_the_frames_and_give_the_same_answer(models, model_cache):
+    frames, _ = _three_face_clip()
+    config = FaceTrackingConfig(emit_all_tracks=True)
+    with detect.load_face_models(model_cache, config) as second:
+        split = core.track_video(frames, 25.0, config, [models, second])
+        odd = detect.detect_frames(frames, [5, 0, 17], [models, second, models], config)
+    alone = core.track_video(frames, 25.0, config, models)
+    assert [t.frames for t in split.tracks] == [t.frames for t in alone.tracks]
+    assert split.boxes == alone.boxes and split.faces_seen == alone.faces_seen == 2
+    assert split.crops.keys() == alone.crops.keys()
+    assert all(np.array_equal(split.crops[k], alone.crops[k]) for k in alone.crops)
+    assert odd == [detect.detect_frame(frames[f], models, config) for f in (5, 0, 17)]  # in the order asked
+    with pytest.raises(ValueError, match="at least one set"):
+        detect.detect_frames(frames, [0], [], config)
+
+
 def test_faceless_clip_falls_back_to_flagged_centre_crop(models):
     import cv2
 

@@ -425,3 +425,30 @@ def test_lipsync_decodes_only_the_analysis_window_with_trainings_frames(tmp_path
     # From the keyframe before the window (at most 1 s earlier) to its end, not the 200 frames of the file.
     assert len(clip.dense_frames) == 75 and clip.decoded_frames <= 75 + 25 + 8
     assert clip.decoded_frames < training.decoded_frames
+
+
+def test_the_lipsync_detector_runs_on_one_torch_thread_and_the_count_comes_back():
+    import threading
+
+    import torch
+
+    from serving.lipsync import one_torch_thread
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen: list[int] = []
+
+    def request() -> None:
+        with one_torch_thread():
+            seen.append(torch.get_num_threads())
+            time.sleep(0.05)
+
+    try:
+        workers = [threading.Thread(target=request) for _ in range(3)]  # concurrent requests restore nothing early
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert seen == [1, 1, 1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -37,7 +38,7 @@ from components.face_tracking.dataset import (
     FaceSample,
     write_face_index,
 )
-from components.face_tracking.detect import FaceDetection, FaceModels, detect_frame, iou, load_face_models
+from components.face_tracking.detect import FaceDetection, FaceModels, detect_frames, iou, load_face_models
 from components.face_tracking.models import face_model_paths
 from components.face_tracking.tracks import (
     Track,
@@ -88,7 +89,7 @@ def track_video(
     frames: np.ndarray,
     fps: float,
     config: FaceTrackingConfig,
-    models: FaceModels,
+    models: FaceModels | Sequence[FaceModels],
     audio: np.ndarray | None = None,
 ) -> VideoFaces:
     """Detect, track and crop the faces of one clip.
@@ -97,7 +98,9 @@ def track_video(
         frames: uint8 [T, H, W, 3] RGB consecutive frames.
         fps: Their frame rate (tracking counts frames; :func:`speech_sync` needs the rate).
         config: The stage settings.
-        models: Open MediaPipe models (see :func:`load_face_models`).
+        models: Open MediaPipe models (see :func:`load_face_models`), or several sets of them: the frames are then
+            split among threads, one set each (:func:`~components.face_tracking.detect.detect_frames`; the same
+            answer).
         audio: 16 kHz mono samples aligned with the first frame; the ``speaking`` strategy picks the face
             whose mouth follows it (without audio, or with one candidate, it falls back to ``longest``).
 
@@ -114,8 +117,8 @@ def track_video(
     per_frame: list[list[FaceDetection] | None] = [None] * n_frames
     full_tries = 0
     keyframes = detection_frames(n_frames, config.detect_every)
-    for f in keyframes:
-        per_frame[f], tried_full = detect_frame(frames[f], models, config)
+    for f, (faces, tried_full) in zip(keyframes, detect_frames(frames, keyframes, models, config), strict=True):
+        per_frame[f] = faces
         full_tries += tried_full
     faces_seen = max((len(per_frame[f] or ()) for f in keyframes), default=0)
     all_tracks = track_faces(per_frame, config)
