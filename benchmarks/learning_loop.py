@@ -25,10 +25,12 @@ import argparse
 import dataclasses
 import json
 import logging
+import re
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -146,32 +148,99 @@ HELD_OUT = {c: qs[1::2] for c, qs in USER_QUERIES.items()}
 
 MONTH1, MONTH2 = "2026-10-02", "2026-11-01"
 
+#: Words that say nothing about a category (left out of the vocabulary coverage).
+STOP_WORDS = frozenset(
+    {
+        "a",
+        "an",
+        "the",
+        "of",
+        "on",
+        "in",
+        "with",
+        "and",
+        "to",
+        "at",
+        "by",
+        "from",
+        "its",
+        "for",
+        "after",
+        "before",
+        "during",
+        "through",
+        "into",
+        "onto",
+        "over",
+        "next",
+        "one",
+        "two",
+        "someone",
+        "being",
+    }
+)
 
-def _stages(config, as_of: str, out: Path, feedback_enabled: bool = True, track: bool = True) -> dict:
-    """ingest -> frame_extraction -> feedback -> finetune_clip of one month, with stage seconds."""
-    from components.feedback.core import run_feedback
-    from components.finetune_clip.core import run_finetune_clip
+
+def _prepare(config, as_of: str, out: Path) -> tuple[Any, Path]:
+    """ingest -> frame_extraction of one month: its config (window ending ``as_of``) and its frames Dataset."""
     from components.frame_extraction.core import run_frame_extraction
     from components.ingest.core import run_ingest
 
     config = dataclasses.replace(config, window=dataclasses.replace(config.window, as_of=as_of))
-    ctx = config.context(track=track)
+    ctx = config.context(track=False)
     out.mkdir(parents=True, exist_ok=True)
-    seconds = {}
-    t = time.perf_counter()
     run_ingest(out / "manifest.jsonl", config.ingest, ctx)
-    seconds["ingest"] = time.perf_counter() - t
-    t = time.perf_counter()
     run_frame_extraction(out / "manifest.jsonl", out / "frames", config.frame_extraction, ctx)
-    seconds["frame_extraction"] = time.perf_counter() - t
+    return config, out / "frames"
+
+
+def _train(config, frames: Path, out: Path, feedback, track: bool, extra_records: list[dict] = ()) -> dict:
+    """feedback -> finetune_clip of one month (``feedback``: the feedback section to run with), with seconds."""
+    from components.feedback.core import run_feedback
+    from components.finetune_clip.core import run_finetune_clip
+
+    ctx = config.context(track=track)
     t = time.perf_counter()
-    fb_cfg = dataclasses.replace(config.feedback, enabled=feedback_enabled)
-    data = run_feedback(out / "feedback", fb_cfg, ctx, serving=config.serving)
-    seconds["feedback"] = time.perf_counter() - t
+    data = run_feedback(out / "feedback", feedback, ctx, serving=config.serving)
+    if extra_records:
+        with open(out / "feedback" / "feedback_records.jsonl", "a", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in extra_records)
+    feedback_s = time.perf_counter() - t
     t = time.perf_counter()
-    report = run_finetune_clip(out / "frames", out / "model", config.finetune_clip, ctx, feedback_dir=out / "feedback")
-    seconds["finetune_clip"] = time.perf_counter() - t
-    return {"report": report, "feedback": data, "seconds": seconds, "frames": out / "frames", "model": out / "model"}
+    report = run_finetune_clip(frames, out / "model", config.finetune_clip, ctx, feedback_dir=out / "feedback")
+    seconds = {"feedback": feedback_s, "finetune_clip": time.perf_counter() - t}
+    return {"report": report, "feedback": data, "seconds": seconds, "model": out / "model"}
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z]+", text.casefold()) if w not in STOP_WORDS}
+
+
+def trained_texts(store) -> dict[str, set[str]]:
+    """category -> every label text (own and feedback) of the training videos the last finetune_clip remembered."""
+    from components.finetune_clip.history import HISTORY_PREFIX
+
+    out: dict[str, set[str]] = {}
+    for key in store.list_keys(f"{HISTORY_PREFIX}/"):
+        if key.endswith(".json"):
+            meta = json.loads(store.get_bytes(key))
+            if meta["split"] == "train":
+                out.setdefault(meta["category"], set()).update(meta["labels"])
+    return out
+
+
+def coverage(queries: dict[str, list[str]], texts: dict[str, set[str]]) -> str:
+    """Share of the queries' content words that some text of the query's category has, and of any category."""
+    any_words = {w for ts in texts.values() for t in ts for w in _words(t)}
+    same = seen_any = total = 0
+    for category, qs in queries.items():
+        cat_words = {w for t in texts.get(category, ()) for w in _words(t)}
+        for q in qs:
+            words = _words(q)
+            total += len(words)
+            same += len(words & cat_words)
+            seen_any += len(words & any_words)
+    return f"{same / total:.2f} in its category's training texts, {seen_any / total:.2f} in any ({total} words)"
 
 
 class Library:
@@ -255,6 +324,11 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--base", type=Path, default=None, help="a base CLIP folder (default: pretrain a small one)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--oracle",
+        action="store_true",
+        help="also month 2 with the held-out phrasings as labels of their category's training videos (upper bound)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -294,21 +368,39 @@ def main() -> int:
     store = LocalStore(config.storage.artifacts_uri, create=True)
 
     t0 = time.perf_counter()
-    month1 = _stages(config, MONTH1, work / "month1")
+    config1, frames1 = _prepare(config, MONTH1, work / "month1")
+    month1 = _train(config1, frames1, work / "month1", config.feedback, track=True)
     promote(config.tracking, "clip-demo", month1["report"].registered_version)
-    served1 = Library(month1["model"], [month1["frames"]], config.cache_dir)
+    served1 = Library(month1["model"], [frames1], config.cache_dir)
     n_answers = simulate_users(store, served1, RATED, "2026-10", rate=True)
 
-    # The baseline first and untracked (it registers nothing); what it remembers is month 1's and its own window's
-    # videos as they were, which month 2 overwrites with the feedback's labels.
-    baseline = _stages(config, MONTH2, work / "month2-no-feedback", feedback_enabled=False, track=False)
-    month2 = _stages(config, MONTH2, work / "month2")
-    frames = [month1["frames"], month2["frames"]]
-    libraries = {
-        "month 1 champion": Library(month1["model"], frames, config.cache_dir),
-        "month 2 without feedback": Library(baseline["model"], frames, config.cache_dir),
-        "month 2 with feedback": Library(month2["model"], frames, config.cache_dir),
+    # Month 2's arms on the same frames, the same remembered videos (put back before each: an arm rewrites them
+    # with its feedback labels), the same warm start and epochs; only what the feedback stage gives differs. The
+    # tracked arm (registered: the monitor and the README's "month 2") runs last.
+    config2, frames2 = _prepare(config, MONTH2, work / "month2")
+    memory = {k: store.get_bytes(k) for k in store.list_keys("history/")}
+    oracle = [
+        {"kind": "category_label", "video_id": "", "text": q, "source": "oracle", "feedback_id": "", "query_id": ""}
+        | {"feedback_ts": "", "category": c}
+        for c, qs in HELD_OUT.items()
+        for q in qs
+    ]
+    arms = {
+        "month 2 without feedback": (dataclasses.replace(config.feedback, enabled=False), []),
+        "month 2, rated videos only": (dataclasses.replace(config.feedback, propagate=False), []),
+        **({"oracle: + held-out as labels": (config.feedback, oracle)} if args.oracle else {}),
+        "month 2 with feedback": (config.feedback, []),
     }
+    runs, texts = {}, {}
+    for n, (name, (feedback, extra)) in enumerate(arms.items()):
+        for key, body in memory.items():
+            store.put_bytes(key, body)
+        out = work / f"month2-arm{n}"
+        runs[name] = _train(config2, frames2, out, feedback, track=name == "month 2 with feedback", extra_records=extra)
+        texts[name] = trained_texts(store)
+    frames = [frames1, frames2]
+    libraries = {"month 1 champion": Library(month1["model"], frames, config.cache_dir)}
+    libraries |= {name: Library(run["model"], frames, config.cache_dir) for name, run in runs.items()}
     served2 = libraries["month 2 with feedback"]
     hits = {name: (lib.hits_at_1(HELD_OUT), lib.hits_at_1(RATED)) for name, lib in libraries.items()}
 
@@ -316,7 +408,7 @@ def main() -> int:
     # runs it (October's signals, month 1's uploads become the library), then at the next month's end.
     simulate_users(store, served2, HELD_OUT | RATED, "2026-11", rate=False)
     t = time.perf_counter()
-    for as_of, uploads in (("2026-11-01", month1["frames"]), ("2026-12-01", month2["frames"])):
+    for as_of, uploads in (("2026-11-01", frames1), ("2026-12-01", frames2)):
         at = dataclasses.replace(config, window=dataclasses.replace(config.window, as_of=as_of))
         ctx = at.context(track=False)
         report = run_monitor(uploads, None, work / f"monitor-{as_of}", config.monitor, ctx, serving=config.serving)
@@ -324,24 +416,38 @@ def main() -> int:
 
     print(f"# learning loop, two months on demo data ({args.clips} clips x 7 categories, {args.epochs} epochs)")
     print(f"month 1: {month1['report'].n_train} train videos; users rated {n_answers} results in October")
-    for name, run in (("month 2 without feedback", baseline), ("month 2 with feedback", month2)):
-        r = run["report"]
+    fed = runs["month 2 with feedback"]["feedback"]
+    relevant = [r for r in fed.labels if r.source == "query"]
+    print(
+        f"October's ratings: {len(relevant)} relevant on {len({r.query_id for r in relevant})} of "
+        f"{sum(map(len, RATED.values()))} searches, of categories {sorted({r.category for r in fed.category_labels})}"
+    )
+    for name, run in runs.items():
+        r, data = run["report"], run["feedback"]
         print(
-            f"{name}: {r.n_train} train videos ({r.n_remembered} remembered), feedback {r.feedback_labels} "
-            f"labels + {r.feedback_negatives} hard negatives, warm start from v{r.warm_start_version or '-'}"
+            f"{name}: {r.n_train} train videos ({r.n_remembered} remembered), feedback {r.feedback_labels} labels "
+            f"({len(data.category_labels)} category labels) + {r.feedback_negatives} hard negatives, warm start "
+            f"from v{r.warm_start_version or '-'}"
         )
+    print("\nheld-out phrasings' content words seen in training:")
+    print(f"  {'rated phrasings (any rating)':34} {coverage(HELD_OUT, {c: set(qs) for c, qs in RATED.items()})}")
+    for name, by_category in texts.items():
+        print(f"  {name:34} {coverage(HELD_OUT, by_category)}")
     print(f"\nR@1 (top-1 category), library of {len(served2.ids)} videos, Wilson 95 % intervals:")
-    print(f"  {'':26} {'held-out phrasings':>24} {'rated phrasings':>24}")
+    print(f"  {'':30} {'held-out phrasings':>24} {'rated phrasings':>24}")
     for name, (held, rated) in hits.items():
-        print(f"  {name:26} {_proportion(held):>24} {_proportion(rated):>24}")
-    print("gain of month 2 with feedback, paired over the same queries (bootstrap 95 %):")
+        print(f"  {name:30} {_proportion(held):>24} {_proportion(rated):>24}")
+    print("gains paired over the same queries (bootstrap 95 %):")
     for label, col in (("held-out", 0), ("rated", 1)):
-        with_fb = hits["month 2 with feedback"][col].astype(float)
-        for ref in ("month 2 without feedback", "month 1 champion"):
-            gain = bootstrap_mean(with_fb - hits[ref][col], n_resamples=2000)
-            print(f"  {label:8} vs {ref:26} {gain.value:+.3f} [{gain.low:+.3f}, {gain.high:+.3f}] (n {gain.n})")
-    seconds = {**month2["seconds"], "monitor": monitor_s}
-    print("\nstage seconds (month 2): " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
+        for name in runs:
+            for ref in ("month 2 without feedback", "month 1 champion"):
+                if name == ref:
+                    continue
+                diff = hits[name][col].astype(float) - hits[ref][col]
+                gain = bootstrap_mean(diff, n_resamples=2000)
+                print(f"  {label:8} {name:30} vs {ref:26} {gain.value:+.3f} [{gain.low:+.3f}, {gain.high:+.3f}]")
+    seconds = {**runs["month 2 with feedback"]["seconds"], "monitor": monitor_s}
+    print("\nstage seconds (month 2 with feedback): " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
     print(f"whole benchmark {time.perf_counter() - t0:.0f} s\n")
     print(report.to_markdown())
     return 0
