@@ -146,7 +146,7 @@ USER_QUERIES = {
 RATED = {c: qs[0::2] for c, qs in USER_QUERIES.items()}
 HELD_OUT = {c: qs[1::2] for c, qs in USER_QUERIES.items()}
 
-MONTH1, MONTH2 = "2026-10-02", "2026-11-01"
+MONTH1, MONTH2, MONTH3 = "2026-10-02", "2026-11-01", "2026-12-01"
 
 #: Words that say nothing about a category (left out of the vocabulary coverage).
 STOP_WORDS = frozenset(
@@ -273,14 +273,23 @@ class Library:
 
 
 def simulate_users(
-    store, library: Library, queries: dict[str, list[str]], month: str, rate: bool, model: str = "clip-demo"
+    store,
+    library: Library,
+    queries: dict[str, list[str]],
+    month: str,
+    rate: bool,
+    model: str = "clip-demo",
+    version: str = "1",
+    name: str = "sim",
+    first: int = 0,
 ) -> int:
-    """Searches of ``model`` (and ratings of the top 5) as the model server would log them, dated in ``month``;
-    returns the number of ratings."""
+    """Searches of ``model`` version ``version`` (and ratings of the top 5) as the model server would log them,
+    dated in ``month``, into ``<month>/<name>.jsonl``; query ids count from ``first``. Returns the number of
+    ratings."""
     from serving.feedback import Feedback, feedback_entry
 
     log, answers = [], []
-    for n, (category, texts) in enumerate((c, q) for c, qs in queries.items() for q in qs):
+    for n, (category, texts) in enumerate(((c, q) for c, qs in queries.items() for q in qs), start=first):
         rows, confidence = library.search(texts)
         ts = f"{month}-{1 + n % 27:02d}T10:00:{n % 60:02d}.000+00:00"
         query_id = f"{month}-q{n}"
@@ -296,18 +305,18 @@ def simulate_users(
                 "low_confidence": confidence < 0.5,
                 "k": len(results),
                 "protocol": "v1",
-                "version": "1",
+                "version": version,
             }
         )
         if rate:
             for i in rows:
                 item = Feedback(query_id, library.ids[i], library.categories[i] == category, "")
-                entry = feedback_entry(model, "1", item, {"query": texts, "results": results}, "v1")
+                entry = feedback_entry(model, version, item, {"query": texts, "results": results}, "v1")
                 answers.append(entry | {"ts": ts})
-    store.put_bytes(f"querylog/{model}/{month}/sim.jsonl", "".join(json.dumps(e) + "\n" for e in log).encode())
+    store.put_bytes(f"querylog/{model}/{month}/{name}.jsonl", "".join(json.dumps(e) + "\n" for e in log).encode())
     if answers:
         body = "".join(json.dumps(e) + "\n" for e in answers).encode()
-        store.put_bytes(f"feedback/{model}/{month}/sim.jsonl", body)
+        store.put_bytes(f"feedback/{model}/{month}/{name}.jsonl", body)
     return len(answers)
 
 
@@ -324,6 +333,12 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--base", type=Path, default=None, help="a base CLIP folder (default: pretrain a small one)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per fine-tune (0: the CPUs available)")
+    parser.add_argument(
+        "--month3",
+        action="store_true",
+        help="a second feedback round: users rate month 2's answers in November, month 3 retrains (reported apart)",
+    )
     parser.add_argument(
         "--oracle",
         action="store_true",
@@ -332,7 +347,6 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
-    from components.common.stats import bootstrap_mean
     from components.common.storage import LocalStore
     from components.config import from_dict
     from components.demo_data.core import DemoConfig, generate_demo_data
@@ -349,7 +363,12 @@ def main() -> int:
         {
             "client_id": "demo",
             "state_dir": str(work / "state"),
-            "finetune_clip": {"base_model": str(base), "epochs": args.epochs, "early_stopping_patience": 0},
+            "finetune_clip": {
+                "base_model": str(base),
+                "epochs": args.epochs,
+                "early_stopping_patience": 0,
+                "num_threads": args.threads,
+            },
         }
     )
     demo = DemoConfig(
@@ -404,9 +423,16 @@ def main() -> int:
     served2 = libraries["month 2 with feedback"]
     hits = {name: (lib.hits_at_1(HELD_OUT), lib.hits_at_1(RATED)) for name, lib in libraries.items()}
 
-    # November: the held-out and the rated phrasings asked of month 2's model. The monitor stage as month 2's DAG
-    # runs it (October's signals, month 1's uploads become the library), then at the next month's end.
-    simulate_users(store, served2, HELD_OUT | RATED, "2026-11", rate=False)
+    # November: the held-out and the rated phrasings asked of month 2's model (with --month3 users rate the rated
+    # ones' answers again). The monitor stage as month 2's DAG runs it (October's signals, month 1's uploads become
+    # the library), then at the next month's end.
+    if args.month3:
+        version2 = runs["month 2 with feedback"]["report"].registered_version
+        promote(config.tracking, "clip-demo", version2)
+        n_november = simulate_users(store, served2, RATED, "2026-11", rate=True, version=version2, name="rated")
+        simulate_users(store, served2, HELD_OUT, "2026-11", rate=False, version=version2, name="held", first=100)
+    else:
+        simulate_users(store, served2, HELD_OUT | RATED, "2026-11", rate=False)
     t = time.perf_counter()
     for as_of, uploads in (("2026-11-01", frames1), ("2026-12-01", frames2)):
         at = dataclasses.replace(config, window=dataclasses.replace(config.window, as_of=as_of))
@@ -434,23 +460,66 @@ def main() -> int:
     for name, by_category in texts.items():
         print(f"  {name:34} {coverage(HELD_OUT, by_category)}")
     print(f"\nR@1 (top-1 category), library of {len(served2.ids)} videos, Wilson 95 % intervals:")
+    refs = ("month 2 without feedback", "month 1 champion")
+    _figures(hits, [(name, ref) for name in runs for ref in refs if name != ref])
+    seconds = {**runs["month 2 with feedback"]["seconds"], "monitor": monitor_s}
+    print("\nstage seconds (month 2 with feedback): " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
+    print(f"whole benchmark {time.perf_counter() - t0:.0f} s\n")
+    print(report.to_markdown(), flush=True)
+    if args.month3:
+        month3(config, store, frames, libraries, n_november, work)
+    return 0
+
+
+def month3(config, store, frames: list[Path], libraries: dict, n_november: int, work: Path) -> None:
+    """The second round: month 3 (window up to 1 December: no new uploads) trains on the remembered videos (with
+    October's feedback labels), warm-started from month 2's champion, with and without November's ratings."""
+    t = time.perf_counter()
+    config3, _ = _prepare(config, MONTH3, work / "month3")
+    frames3 = work / "month3" / "frames"
+    memory = {k: store.get_bytes(k) for k in store.list_keys("history/")}
+    arms = {
+        "month 3 without new feedback": dataclasses.replace(config.feedback, enabled=False),
+        "month 3 with feedback": config.feedback,
+    }
+    for n, (name, feedback) in enumerate(arms.items()):
+        for key, body in memory.items():
+            store.put_bytes(key, body)
+        run = _train(config3, frames3, work / f"month3-arm{n}", feedback, track=False)
+        r = run["report"]
+        print(
+            f"{name}: {r.n_train} train videos ({r.n_remembered} remembered), feedback {r.feedback_labels} labels "
+            f"({len(run['feedback'].category_labels)} category labels) + {r.feedback_negatives} hard negatives, "
+            f"warm start from v{r.warm_start_version or '-'}"
+        )
+        libraries[name] = Library(run["model"], frames, config.cache_dir)
+    rows = ["month 1 champion", "month 2 with feedback", *arms]
+    hits = {name: (libraries[name].hits_at_1(HELD_OUT), libraries[name].hits_at_1(RATED)) for name in rows}
+    print(f"\n# month 3: users rated {n_november} results of month 2's model in November; R@1, Wilson 95 %:")
+    _figures(
+        hits,
+        [
+            ("month 3 with feedback", "month 3 without new feedback"),
+            ("month 3 with feedback", "month 2 with feedback"),
+            ("month 3 with feedback", "month 1 champion"),
+            ("month 3 without new feedback", "month 2 with feedback"),
+        ],
+    )
+    print(f"month 3 took {time.perf_counter() - t:.0f} s")
+
+
+def _figures(hits: dict[str, tuple[np.ndarray, np.ndarray]], pairs: list[tuple[str, str]]) -> None:
+    """R@1 per model on the held-out and the rated phrasings, and the gains of ``pairs`` paired over the queries."""
+    from components.common.stats import bootstrap_mean
+
     print(f"  {'':30} {'held-out phrasings':>24} {'rated phrasings':>24}")
     for name, (held, rated) in hits.items():
         print(f"  {name:30} {_proportion(held):>24} {_proportion(rated):>24}")
     print("gains paired over the same queries (bootstrap 95 %):")
     for label, col in (("held-out", 0), ("rated", 1)):
-        for name in runs:
-            for ref in ("month 2 without feedback", "month 1 champion"):
-                if name == ref:
-                    continue
-                diff = hits[name][col].astype(float) - hits[ref][col]
-                gain = bootstrap_mean(diff, n_resamples=2000)
-                print(f"  {label:8} {name:30} vs {ref:26} {gain.value:+.3f} [{gain.low:+.3f}, {gain.high:+.3f}]")
-    seconds = {**runs["month 2 with feedback"]["seconds"], "monitor": monitor_s}
-    print("\nstage seconds (month 2 with feedback): " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
-    print(f"whole benchmark {time.perf_counter() - t0:.0f} s\n")
-    print(report.to_markdown())
-    return 0
+        for name, ref in pairs:
+            gain = bootstrap_mean(hits[name][col].astype(float) - hits[ref][col], n_resamples=2000)
+            print(f"  {label:8} {name:30} vs {ref:28} {gain.value:+.3f} [{gain.low:+.3f}, {gain.high:+.3f}]")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ def test_two_months_feedback_becomes_training_data_and_the_rated_searches_improv
     from serving_assets import load_benchmark
     from synthetic_frames import make_frames
 
+    from components.common.catalog import known_categories
     from components.common.storage import LocalStore
     from components.config import from_dict
     from components.feedback.core import run_feedback
@@ -85,8 +86,17 @@ def test_two_months_feedback_becomes_training_data_and_the_rated_searches_improv
     # Only training videos take feedback (validation and test stay as labelled, so the months compare).
     keys = [k for k in store.list_keys(f"{HISTORY_PREFIX}/") if k.endswith(".json")]
     remembered = [json.loads(store.get_bytes(k)) for k in keys]
-    train_ids = {m["video_id"] for m in remembered if m["split"] == "train"}
-    assert 0 < month2.feedback_labels <= sum(r.video_id in train_ids for r in feedback.labels)
+    train = {m["video_id"]: m for m in remembered if m["split"] == "train"}
+    # A relevant rating also labels the training videos of the rated video's category (month 1 listed every video's
+    # category, test ones included), with the rating's provenance; validation videos never take feedback.
+    categories = known_categories(store)
+    assert feedback.category_labels and all(r.category == categories[r.video_id] for r in feedback.category_labels)
+    implied = {(r.text, r.category) for r in feedback.category_labels}
+    direct = {(r.text, r.video_id) for r in feedback.labels}
+    for m in train.values():
+        assert all((t, m["category"]) in implied or (t, m["video_id"]) in direct for t in m["feedback_labels"])
+    assert all(not m["feedback_labels"] for m in remembered if m["split"] != "train")
+    assert 0 < month2.feedback_labels <= sum(len(m["feedback_labels"]) for m in train.values())
     assert month2.feedback_negatives > 0
     fed = {t for m in remembered for t in m["feedback_labels"]}
     assert fed and fed <= {q for qs in RATED.values() for q in qs}  # kept for later months, marked as feedback
