@@ -49,9 +49,8 @@ def test_two_months_feedback_becomes_training_data_and_the_rated_searches_improv
     from components.monitor.core import run_monitor
 
     bench = load_benchmark("learning_loop")
-    # A tiny base CLIP as initialized (no pretraining step: its schedule follows the wall clock). Its BPE tokenizer
-    # is not the same from run to run (the tokenizers library breaks ties between merges in no fixed order), so the
-    # figures below vary between runs: the assertion keeps a margin (runs gave +0.10, +0.12 at 16 epochs; +0.18 at 24).
+    # A tiny base CLIP as initialized (no pretraining step: its schedule follows the wall clock), the same every run
+    # (its tokenizer included). The rated searches' margin rose from 0.092 to 0.187 (with feedback's category labels).
     base = build_demo_base_clip(
         tmp_path / "base", seed=0, max_steps=0, image_size=32, patch_size=16, width=32, layers=1
     )
@@ -108,7 +107,8 @@ def test_two_months_feedback_becomes_training_data_and_the_rated_searches_improv
     library = [frames1, frames2]
     before = bench.Library(tmp_path / "model1", library, config.cache_dir)
     served2 = bench.Library(tmp_path / "model2", library, config.cache_dir)
-    assert _margin(served2, RATED) > _margin(before, RATED) + 0.05, (_margin(before, RATED), _margin(served2, RATED))
+    margins = (_margin(before, RATED), _margin(served2, RATED))
+    assert margins[1] > margins[0] + 0.05, margins
 
     # November's searches with month 2's model; the monitor at the end of November compares them with October's.
     bench.simulate_users(store, served2, RATED, "2026-11", rate=False, model="clip-acme")
