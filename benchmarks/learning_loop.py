@@ -7,16 +7,22 @@ uses) and rate the top 5 results (relevant when the video's category is the quer
 search log and the answers are written where the model server writes them. Half of each category's phrasings
 (:data:`RATED`) are asked and rated; the other half (:data:`HELD_OUT`) is never rated.
 
-Month 2 (window up to 2026-11-01) runs the feedback stage (October's answers -> labels and hard negatives) and
-fine-tunes again: on its own window plus month 1's remembered videos, warm-started from the champion. The
-baseline is the same month 2 without feedback (``feedback.enabled: false``), so the gain is the feedback's, not
-the extra month's. The figure: top-1 category hit rate (R@1) on the 42 held-out phrasings over the whole library,
-month 1's champion vs month 2 with and without feedback, each with its Wilson interval, and the gain paired over
-the same queries with a bootstrap interval (``components/common/stats.py``). Then users search all phrasings with
-month 2's model in November, and the monitor stage compares November with October.
+Month 2 (window up to 2026-11-01) runs the feedback stage (October's answers -> labels, category labels and hard
+negatives) and fine-tunes again: on its own window plus month 1's remembered videos, warm-started from the
+champion. Its arms share the frames, the remembered videos, the warm start and the epochs and differ only in what
+the feedback stage gives: none (``feedback.enabled: false``, the baseline, so a gain is the feedback's, not the
+extra month's), ratings on training videos only (``feedback.propagate: false``), the defaults, and with
+``--oracle`` an upper bound (the held-out phrasings as category labels). The figure: top-1 category hit rate (R@1)
+on the 42 held-out (and the 42 rated) phrasings over the whole library, each with its Wilson interval, and gains
+paired over the same queries with a bootstrap interval (``components/common/stats.py``), besides the share of the
+held-out phrasings' words each arm's training texts hold. Then users search all phrasings with month 2's model in
+November, and the monitor stage compares November with October. With ``--month3`` users rate month 2's answers to
+the rated phrasings in November and month 3 (window up to 2026-12-01, no new uploads) retrains with and without
+that second round (reported apart from month 2).
 
-Run: ``PYTHONPATH=. .venv/bin/python benchmarks/learning_loop.py [--clips 6] [--epochs 30] [--base DIR]`` (about
-10 CPU-minutes at 15 epochs; the figures and their diagnosis are in the README's learning-loop section).
+Run: ``PYTHONPATH=. .venv/bin/python benchmarks/learning_loop.py [--clips 6] [--epochs 15] [--base DIR] [--oracle]
+[--month3] [--threads 1] [--seed S]`` (22 minutes with all arms at 15 epochs, one thread, three seeds side by side
+on a loaded 2-core machine; the figures and their diagnosis are in the README's learning-loop section).
 """
 
 from __future__ import annotations
