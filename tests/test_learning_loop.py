@@ -46,6 +46,7 @@ def test_two_months_feedback_becomes_training_data_and_the_rated_searches_improv
     from components.finetune_clip.base_model import build_demo_base_clip
     from components.finetune_clip.core import run_finetune_clip
     from components.finetune_clip.history import HISTORY_PREFIX
+    from components.frame_extraction.dataset import read_frame_index
     from components.monitor.core import run_monitor
 
     bench = load_benchmark("learning_loop")
@@ -89,6 +90,7 @@ def test_two_months_feedback_becomes_training_data_and_the_rated_searches_improv
     # A relevant rating also labels the training videos of the rated video's category (month 1 listed every video's
     # category, test ones included), with the rating's provenance; validation videos never take feedback.
     categories = known_categories(store)
+    assert {r.video_id for r in read_frame_index(frames1)} <= set(categories)
     assert feedback.category_labels and all(r.category == categories[r.video_id] for r in feedback.category_labels)
     implied = {(r.text, r.category) for r in feedback.category_labels}
     direct = {(r.text, r.video_id) for r in feedback.labels}
