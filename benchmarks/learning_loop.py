@@ -174,8 +174,10 @@ def _prepare(config, as_of: str, out: Path) -> tuple[Any, Path]:
     return config, out / "frames"
 
 
-def _train(config, frames: Path, out: Path, feedback, track: bool, extra_records: list[dict] = ()) -> dict:
-    """feedback -> finetune_clip of one month (``feedback``: the feedback section to run with), with seconds."""
+def _train(config, frames: Path, out: Path, feedback, track: bool, extra_records: tuple[dict, ...] = ()) -> dict:
+    """feedback -> finetune_clip of one month (``feedback``: the feedback section to run with; ``extra_records``:
+    training records added to the feedback stage's), with seconds."""
+    from components.common.names import FEEDBACK_RECORDS_FILE
     from components.feedback.core import run_feedback
     from components.finetune_clip.core import run_finetune_clip
 
@@ -183,7 +185,7 @@ def _train(config, frames: Path, out: Path, feedback, track: bool, extra_records
     t = time.perf_counter()
     data = run_feedback(out / "feedback", feedback, ctx, serving=config.serving)
     if extra_records:
-        with open(out / "feedback" / "feedback_records.jsonl", "a", encoding="utf-8") as fh:
+        with open(out / "feedback" / FEEDBACK_RECORDS_FILE, "a", encoding="utf-8") as fh:
             fh.writelines(json.dumps(r) + "\n" for r in extra_records)
     feedback_s = time.perf_counter() - t
     t = time.perf_counter()
@@ -378,17 +380,17 @@ def main() -> int:
     # tracked arm (registered: the monitor and the README's "month 2") runs last.
     config2, frames2 = _prepare(config, MONTH2, work / "month2")
     memory = {k: store.get_bytes(k) for k in store.list_keys("history/")}
-    oracle = [
+    oracle = tuple(
         {"kind": "category_label", "video_id": "", "text": q, "source": "oracle", "feedback_id": "", "query_id": ""}
         | {"feedback_ts": "", "category": c}
         for c, qs in HELD_OUT.items()
         for q in qs
-    ]
+    )
     arms = {
-        "month 2 without feedback": (dataclasses.replace(config.feedback, enabled=False), []),
-        "month 2, rated videos only": (dataclasses.replace(config.feedback, propagate=False), []),
+        "month 2 without feedback": (dataclasses.replace(config.feedback, enabled=False), ()),
+        "month 2, rated videos only": (dataclasses.replace(config.feedback, propagate=False), ()),
         **({"oracle: + held-out as labels": (config.feedback, oracle)} if args.oracle else {}),
-        "month 2 with feedback": (config.feedback, []),
+        "month 2 with feedback": (config.feedback, ()),
     }
     runs, texts = {}, {}
     for n, (name, (feedback, extra)) in enumerate(arms.items()):
