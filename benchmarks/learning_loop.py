@@ -21,8 +21,10 @@ the rated phrasings in November and month 3 (window up to 2026-12-01, no new upl
 that second round (reported apart from month 2).
 
 Run: ``PYTHONPATH=. .venv/bin/python benchmarks/learning_loop.py [--clips 6] [--epochs 15] [--base DIR] [--oracle]
-[--month3] [--threads 1] [--seed S]`` (22 minutes with all arms at 15 epochs, one thread, three seeds side by side
-on a loaded 2-core machine; the figures and their diagnosis are in the README's learning-loop section).
+[--month3] [--threads 1] [--seed S] [--out hits.json]`` (22 minutes with all arms at 15 epochs, one thread, three
+seeds side by side on a loaded 2-core machine), then ``--pool hits_0.json hits_1.json ...`` for the gains over
+seeds (per query averaged over the runs, bootstrap over the queries); the figures and their diagnosis are in the
+README's learning-loop section.
 """
 
 from __future__ import annotations
@@ -321,6 +323,14 @@ def main() -> int:
         action="store_true",
         help="a second feedback round: users rate month 2's answers in November, month 3 retrains (reported apart)",
     )
+    parser.add_argument("--out", type=Path, default=None, help="write every model's per-query hits (JSON) here")
+    parser.add_argument(
+        "--pool",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="only pool the --out files of several seeds: gains per query averaged over seeds, bootstrap over queries",
+    )
     parser.add_argument(
         "--oracle",
         action="store_true",
@@ -328,6 +338,9 @@ def main() -> int:
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.pool:
+        pool(args.pool)
+        return 0
 
     from components.common.storage import LocalStore
     from components.config import from_dict
@@ -449,11 +462,32 @@ def main() -> int:
     print(f"whole benchmark {time.perf_counter() - t0:.0f} s\n")
     print(report.to_markdown(), flush=True)
     if args.month3:
-        month3(config, store, frames, libraries, n_november, work)
+        hits |= month3(config, store, frames, libraries, n_november, work)
+    if args.out:
+        as_lists = {name: {"held_out": h.tolist(), "rated": r.tolist()} for name, (h, r) in hits.items()}
+        args.out.write_text(json.dumps({"seed": args.seed, "epochs": args.epochs, "hits": as_lists}, indent=1))
     return 0
 
 
-def month3(config, store, frames: list[Path], libraries: dict, n_november: int, work: Path) -> None:
+def pool(paths: list[Path]) -> None:
+    """Gains over several seeds' runs (``--out`` files): per query the gain averaged over the seeds, its mean with
+    a bootstrap interval over the 42 queries (the queries are the same in every seed, so they are the items)."""
+    from components.common.stats import bootstrap_mean
+
+    runs = [json.loads(Path(p).read_text())["hits"] for p in paths]
+    names = [n for n in runs[0] if n != "month 1 champion" and all(n in r for r in runs)]
+    print(f"# pooled over {len(runs)} runs ({', '.join(map(str, paths))}): gains averaged per query over the runs")
+    for kind in ("held_out", "rated"):
+        for name in names:
+            for ref in ("month 2 without feedback", "month 1 champion"):
+                if name == ref or ref not in runs[0]:
+                    continue
+                per_query = np.mean([np.array(r[name][kind], float) - np.array(r[ref][kind], float) for r in runs], 0)
+                gain = bootstrap_mean(per_query, n_resamples=2000)
+                print(f"  {kind:8} {name:30} vs {ref:28} {gain.value:+.3f} [{gain.low:+.3f}, {gain.high:+.3f}]")
+
+
+def month3(config, store, frames: list[Path], libraries: dict, n_november: int, work: Path) -> dict:
     """The second round: month 3 (window up to 1 December: no new uploads) trains on the remembered videos (with
     October's feedback labels), warm-started from month 2's champion, with and without November's ratings."""
     t = time.perf_counter()
@@ -488,6 +522,7 @@ def month3(config, store, frames: list[Path], libraries: dict, n_november: int, 
         ],
     )
     print(f"month 3 took {time.perf_counter() - t:.0f} s")
+    return {name: hits[name] for name in arms}
 
 
 def _figures(hits: dict[str, tuple[np.ndarray, np.ndarray]], pairs: list[tuple[str, str]]) -> None:
