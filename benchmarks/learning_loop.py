@@ -25,6 +25,9 @@ Run: ``PYTHONPATH=. .venv/bin/python benchmarks/learning_loop.py [--clips 6] [--
 seeds side by side on a loaded 2-core machine), then ``--pool hits_0.json hits_1.json ...`` for the gains over
 seeds (per query averaged over the runs, bootstrap over the queries); the figures and their diagnosis are in the
 README's learning-loop section.
+
+Why this file is long: the 84 user phrasings (:data:`USER_QUERIES`, fixed data) take a fifth of it, and month 2's
+arms, month 3 and the pooling over seeds are one benchmark that share its months and its simulated users.
 """
 
 from __future__ import annotations
