@@ -7,16 +7,27 @@ uses) and rate the top 5 results (relevant when the video's category is the quer
 search log and the answers are written where the model server writes them. Half of each category's phrasings
 (:data:`RATED`) are asked and rated; the other half (:data:`HELD_OUT`) is never rated.
 
-Month 2 (window up to 2026-11-01) runs the feedback stage (October's answers -> labels and hard negatives) and
-fine-tunes again: on its own window plus month 1's remembered videos, warm-started from the champion. The
-baseline is the same month 2 without feedback (``feedback.enabled: false``), so the gain is the feedback's, not
-the extra month's. The figure: top-1 category hit rate (R@1) on the 42 held-out phrasings over the whole library,
-month 1's champion vs month 2 with and without feedback, each with its Wilson interval, and the gain paired over
-the same queries with a bootstrap interval (``components/common/stats.py``). Then users search all phrasings with
-month 2's model in November, and the monitor stage compares November with October.
+Month 2 (window up to 2026-11-01) runs the feedback stage (October's answers -> labels, category labels and hard
+negatives) and fine-tunes again: on its own window plus month 1's remembered videos, warm-started from the
+champion. Its arms share the frames, the remembered videos, the warm start and the epochs and differ only in what
+the feedback stage gives: none (``feedback.enabled: false``, the baseline, so a gain is the feedback's, not the
+extra month's), ratings on training videos only (``feedback.propagate: false``), the defaults, and with
+``--oracle`` an upper bound (the held-out phrasings as category labels). The figure: top-1 category hit rate (R@1)
+on the 42 held-out (and the 42 rated) phrasings over the whole library, each with its Wilson interval, and gains
+paired over the same queries with a bootstrap interval (``components/common/stats.py``), besides the share of the
+held-out phrasings' words each arm's training texts hold. Then users search all phrasings with month 2's model in
+November, and the monitor stage compares November with October. With ``--month3`` users rate month 2's answers to
+the rated phrasings in November and month 3 (window up to 2026-12-01, no new uploads) retrains with and without
+that second round (reported apart from month 2).
 
-Run: ``PYTHONPATH=. .venv/bin/python benchmarks/learning_loop.py [--clips 6] [--epochs 30] [--base DIR]`` (about
-10 CPU-minutes at 15 epochs; the figures and their diagnosis are in the README's learning-loop section).
+Run: ``PYTHONPATH=. .venv/bin/python benchmarks/learning_loop.py [--clips 6] [--epochs 15] [--base DIR] [--oracle]
+[--month3] [--threads 1] [--seed S] [--out hits.json]`` (22 minutes with all arms at 15 epochs, one thread, three
+seeds side by side on a loaded 2-core machine), then ``--pool hits_0.json hits_1.json ...`` for the gains over
+seeds (per query averaged over the runs, bootstrap over the queries); the figures and their diagnosis are in the
+README's learning-loop section.
+
+Why this file is long: the 84 user phrasings (:data:`USER_QUERIES`, fixed data) take a fifth of it, and month 2's
+arms, month 3 and the pooling over seeds are one benchmark that share its months and its simulated users.
 """
 
 from __future__ import annotations
@@ -25,10 +36,12 @@ import argparse
 import dataclasses
 import json
 import logging
+import re
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -144,34 +157,77 @@ USER_QUERIES = {
 RATED = {c: qs[0::2] for c, qs in USER_QUERIES.items()}
 HELD_OUT = {c: qs[1::2] for c, qs in USER_QUERIES.items()}
 
-MONTH1, MONTH2 = "2026-10-02", "2026-11-01"
+MONTH1, MONTH2, MONTH3 = "2026-10-02", "2026-11-01", "2026-12-01"
+
+#: Words that say nothing about a category (left out of the vocabulary coverage).
+STOP_WORDS = frozenset(
+    "a an the of on in with and to at by from its for after before during through into onto over next one two "  # noqa: SIM905
+    "someone being".split()
+)
 
 
-def _stages(config, as_of: str, out: Path, feedback_enabled: bool = True, track: bool = True) -> dict:
-    """ingest -> frame_extraction -> feedback -> finetune_clip of one month, with stage seconds."""
-    from components.feedback.core import run_feedback
-    from components.finetune_clip.core import run_finetune_clip
+def _prepare(config, as_of: str, out: Path) -> tuple[Any, Path]:
+    """ingest -> frame_extraction of one month: its config (window ending ``as_of``) and its frames Dataset."""
     from components.frame_extraction.core import run_frame_extraction
     from components.ingest.core import run_ingest
 
     config = dataclasses.replace(config, window=dataclasses.replace(config.window, as_of=as_of))
-    ctx = config.context(track=track)
+    ctx = config.context(track=False)
     out.mkdir(parents=True, exist_ok=True)
-    seconds = {}
-    t = time.perf_counter()
     run_ingest(out / "manifest.jsonl", config.ingest, ctx)
-    seconds["ingest"] = time.perf_counter() - t
-    t = time.perf_counter()
     run_frame_extraction(out / "manifest.jsonl", out / "frames", config.frame_extraction, ctx)
-    seconds["frame_extraction"] = time.perf_counter() - t
+    return config, out / "frames"
+
+
+def _train(config, frames: Path, out: Path, feedback, track: bool, extra_records: tuple[dict, ...] = ()) -> dict:
+    """feedback -> finetune_clip of one month (``feedback``: the feedback section to run with; ``extra_records``:
+    training records added to the feedback stage's), with seconds."""
+    from components.common.names import FEEDBACK_RECORDS_FILE
+    from components.feedback.core import run_feedback
+    from components.finetune_clip.core import run_finetune_clip
+
+    ctx = config.context(track=track)
     t = time.perf_counter()
-    fb_cfg = dataclasses.replace(config.feedback, enabled=feedback_enabled)
-    data = run_feedback(out / "feedback", fb_cfg, ctx, serving=config.serving)
-    seconds["feedback"] = time.perf_counter() - t
+    data = run_feedback(out / "feedback", feedback, ctx, serving=config.serving)
+    if extra_records:
+        with open(out / "feedback" / FEEDBACK_RECORDS_FILE, "a", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in extra_records)
+    feedback_s = time.perf_counter() - t
     t = time.perf_counter()
-    report = run_finetune_clip(out / "frames", out / "model", config.finetune_clip, ctx, feedback_dir=out / "feedback")
-    seconds["finetune_clip"] = time.perf_counter() - t
-    return {"report": report, "feedback": data, "seconds": seconds, "frames": out / "frames", "model": out / "model"}
+    report = run_finetune_clip(frames, out / "model", config.finetune_clip, ctx, feedback_dir=out / "feedback")
+    seconds = {"feedback": feedback_s, "finetune_clip": time.perf_counter() - t}
+    return {"report": report, "feedback": data, "seconds": seconds, "model": out / "model"}
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z]+", text.casefold()) if w not in STOP_WORDS}
+
+
+def trained_texts(store) -> dict[str, set[str]]:
+    """category -> every label text (own and feedback) of the training videos the last finetune_clip remembered."""
+    from components.finetune_clip.history import HISTORY_PREFIX
+
+    out: dict[str, set[str]] = {}
+    for key in store.list_keys(f"{HISTORY_PREFIX}/"):
+        if key.endswith(".json"):
+            meta = json.loads(store.get_bytes(key))
+            if meta["split"] == "train":
+                out.setdefault(meta["category"], set()).update(meta["labels"])
+    return out
+
+
+def coverage(queries: dict[str, list[str]], texts: dict[str, set[str]]) -> str:
+    """Share of the queries' content words that some text of the query's category has, and of any category."""
+    any_words = {w for ts in texts.values() for t in ts for w in _words(t)}
+    same = seen_any = total = 0
+    for category, qs in queries.items():
+        cat_words = {w for t in texts.get(category, ()) for w in _words(t)}
+        for q in qs:
+            words = _words(q)
+            total += len(words)
+            same += len(words & cat_words)
+            seen_any += len(words & any_words)
+    return f"{same / total:.2f} in its category's training texts, {seen_any / total:.2f} in any ({total} words)"
 
 
 class Library:
@@ -204,14 +260,23 @@ class Library:
 
 
 def simulate_users(
-    store, library: Library, queries: dict[str, list[str]], month: str, rate: bool, model: str = "clip-demo"
+    store,
+    library: Library,
+    queries: dict[str, list[str]],
+    month: str,
+    rate: bool,
+    model: str = "clip-demo",
+    version: str = "1",
+    name: str = "sim",
+    first: int = 0,
 ) -> int:
-    """Searches of ``model`` (and ratings of the top 5) as the model server would log them, dated in ``month``;
-    returns the number of ratings."""
+    """Searches of ``model`` version ``version`` (and ratings of the top 5) as the model server would log them,
+    dated in ``month``, into ``<month>/<name>.jsonl``; query ids count from ``first``. Returns the number of
+    ratings."""
     from serving.feedback import Feedback, feedback_entry
 
     log, answers = [], []
-    for n, (category, texts) in enumerate((c, q) for c, qs in queries.items() for q in qs):
+    for n, (category, texts) in enumerate(((c, q) for c, qs in queries.items() for q in qs), start=first):
         rows, confidence = library.search(texts)
         ts = f"{month}-{1 + n % 27:02d}T10:00:{n % 60:02d}.000+00:00"
         query_id = f"{month}-q{n}"
@@ -227,18 +292,18 @@ def simulate_users(
                 "low_confidence": confidence < 0.5,
                 "k": len(results),
                 "protocol": "v1",
-                "version": "1",
+                "version": version,
             }
         )
         if rate:
             for i in rows:
                 item = Feedback(query_id, library.ids[i], library.categories[i] == category, "")
-                entry = feedback_entry(model, "1", item, {"query": texts, "results": results}, "v1")
+                entry = feedback_entry(model, version, item, {"query": texts, "results": results}, "v1")
                 answers.append(entry | {"ts": ts})
-    store.put_bytes(f"querylog/{model}/{month}/sim.jsonl", "".join(json.dumps(e) + "\n" for e in log).encode())
+    store.put_bytes(f"querylog/{model}/{month}/{name}.jsonl", "".join(json.dumps(e) + "\n" for e in log).encode())
     if answers:
         body = "".join(json.dumps(e) + "\n" for e in answers).encode()
-        store.put_bytes(f"feedback/{model}/{month}/sim.jsonl", body)
+        store.put_bytes(f"feedback/{model}/{month}/{name}.jsonl", body)
     return len(answers)
 
 
@@ -255,10 +320,31 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--base", type=Path, default=None, help="a base CLIP folder (default: pretrain a small one)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per fine-tune (0: the CPUs available)")
+    parser.add_argument(
+        "--month3",
+        action="store_true",
+        help="a second feedback round: users rate month 2's answers in November, month 3 retrains (reported apart)",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="write every model's per-query hits (JSON) here")
+    parser.add_argument(
+        "--pool",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="only pool the --out files of several seeds: gains per query averaged over seeds, bootstrap over queries",
+    )
+    parser.add_argument(
+        "--oracle",
+        action="store_true",
+        help="also month 2 with the held-out phrasings as labels of their category's training videos (upper bound)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.pool:
+        pool(args.pool)
+        return 0
 
-    from components.common.stats import bootstrap_mean
     from components.common.storage import LocalStore
     from components.config import from_dict
     from components.demo_data.core import DemoConfig, generate_demo_data
@@ -275,7 +361,12 @@ def main() -> int:
         {
             "client_id": "demo",
             "state_dir": str(work / "state"),
-            "finetune_clip": {"base_model": str(base), "epochs": args.epochs, "early_stopping_patience": 0},
+            "finetune_clip": {
+                "base_model": str(base),
+                "epochs": args.epochs,
+                "early_stopping_patience": 0,
+                "num_threads": args.threads,
+            },
         }
     )
     demo = DemoConfig(
@@ -294,29 +385,54 @@ def main() -> int:
     store = LocalStore(config.storage.artifacts_uri, create=True)
 
     t0 = time.perf_counter()
-    month1 = _stages(config, MONTH1, work / "month1")
+    config1, frames1 = _prepare(config, MONTH1, work / "month1")
+    month1 = _train(config1, frames1, work / "month1", config.feedback, track=True)
     promote(config.tracking, "clip-demo", month1["report"].registered_version)
-    served1 = Library(month1["model"], [month1["frames"]], config.cache_dir)
+    served1 = Library(month1["model"], [frames1], config.cache_dir)
     n_answers = simulate_users(store, served1, RATED, "2026-10", rate=True)
 
-    # The baseline first and untracked (it registers nothing); what it remembers is month 1's and its own window's
-    # videos as they were, which month 2 overwrites with the feedback's labels.
-    baseline = _stages(config, MONTH2, work / "month2-no-feedback", feedback_enabled=False, track=False)
-    month2 = _stages(config, MONTH2, work / "month2")
-    frames = [month1["frames"], month2["frames"]]
-    libraries = {
-        "month 1 champion": Library(month1["model"], frames, config.cache_dir),
-        "month 2 without feedback": Library(baseline["model"], frames, config.cache_dir),
-        "month 2 with feedback": Library(month2["model"], frames, config.cache_dir),
+    # Month 2's arms on the same frames, the same remembered videos (put back before each: an arm rewrites them
+    # with its feedback labels), the same warm start and epochs; only what the feedback stage gives differs. The
+    # tracked arm (registered: the monitor and the README's "month 2") runs last.
+    config2, frames2 = _prepare(config, MONTH2, work / "month2")
+    memory = {k: store.get_bytes(k) for k in store.list_keys("history/")}
+    oracle = tuple(
+        {"kind": "category_label", "video_id": "", "text": q, "source": "oracle", "feedback_id": "", "query_id": ""}
+        | {"feedback_ts": "", "category": c}
+        for c, qs in HELD_OUT.items()
+        for q in qs
+    )
+    arms = {
+        "month 2 without feedback": (dataclasses.replace(config.feedback, enabled=False), ()),
+        "month 2, rated videos only": (dataclasses.replace(config.feedback, propagate=False), ()),
+        **({"oracle: + held-out as labels": (config.feedback, oracle)} if args.oracle else {}),
+        "month 2 with feedback": (config.feedback, ()),
     }
+    runs, texts = {}, {}
+    for n, (name, (feedback, extra)) in enumerate(arms.items()):
+        for key, body in memory.items():
+            store.put_bytes(key, body)
+        out = work / f"month2-arm{n}"
+        runs[name] = _train(config2, frames2, out, feedback, track=name == "month 2 with feedback", extra_records=extra)
+        texts[name] = trained_texts(store)
+    frames = [frames1, frames2]
+    libraries = {"month 1 champion": Library(month1["model"], frames, config.cache_dir)}
+    libraries |= {name: Library(run["model"], frames, config.cache_dir) for name, run in runs.items()}
     served2 = libraries["month 2 with feedback"]
     hits = {name: (lib.hits_at_1(HELD_OUT), lib.hits_at_1(RATED)) for name, lib in libraries.items()}
 
-    # November: the held-out and the rated phrasings asked of month 2's model. The monitor stage as month 2's DAG
-    # runs it (October's signals, month 1's uploads become the library), then at the next month's end.
-    simulate_users(store, served2, HELD_OUT | RATED, "2026-11", rate=False)
+    # November: the held-out and the rated phrasings asked of month 2's model (with --month3 users rate the rated
+    # ones' answers again). The monitor stage as month 2's DAG runs it (October's signals, month 1's uploads become
+    # the library), then at the next month's end.
+    if args.month3:
+        version2 = runs["month 2 with feedback"]["report"].registered_version
+        promote(config.tracking, "clip-demo", version2)
+        n_november = simulate_users(store, served2, RATED, "2026-11", rate=True, version=version2, name="rated")
+        simulate_users(store, served2, HELD_OUT, "2026-11", rate=False, version=version2, name="held", first=100)
+    else:
+        simulate_users(store, served2, HELD_OUT | RATED, "2026-11", rate=False)
     t = time.perf_counter()
-    for as_of, uploads in (("2026-11-01", month1["frames"]), ("2026-12-01", month2["frames"])):
+    for as_of, uploads in (("2026-11-01", frames1), ("2026-12-01", frames2)):
         at = dataclasses.replace(config, window=dataclasses.replace(config.window, as_of=as_of))
         ctx = at.context(track=False)
         report = run_monitor(uploads, None, work / f"monitor-{as_of}", config.monitor, ctx, serving=config.serving)
@@ -324,27 +440,106 @@ def main() -> int:
 
     print(f"# learning loop, two months on demo data ({args.clips} clips x 7 categories, {args.epochs} epochs)")
     print(f"month 1: {month1['report'].n_train} train videos; users rated {n_answers} results in October")
-    for name, run in (("month 2 without feedback", baseline), ("month 2 with feedback", month2)):
+    fed = runs["month 2 with feedback"]["feedback"]
+    relevant = [r for r in fed.labels if r.source == "query"]
+    print(
+        f"October's ratings: {len(relevant)} relevant on {len({r.query_id for r in relevant})} of "
+        f"{sum(map(len, RATED.values()))} searches, of categories {sorted({r.category for r in fed.category_labels})}"
+    )
+    for name, run in runs.items():
+        r, data = run["report"], run["feedback"]
+        print(
+            f"{name}: {r.n_train} train videos ({r.n_remembered} remembered), feedback {r.feedback_labels} labels "
+            f"({len(data.category_labels)} category labels) + {r.feedback_negatives} hard negatives, warm start "
+            f"from v{r.warm_start_version or '-'}"
+        )
+    print("\nheld-out phrasings' content words seen in training:")
+    print(f"  {'rated phrasings (any rating)':34} {coverage(HELD_OUT, {c: set(qs) for c, qs in RATED.items()})}")
+    for name, by_category in texts.items():
+        print(f"  {name:34} {coverage(HELD_OUT, by_category)}")
+    print(f"\nR@1 (top-1 category), library of {len(served2.ids)} videos, Wilson 95 % intervals:")
+    refs = ("month 2 without feedback", "month 1 champion")
+    _figures(hits, [(name, ref) for name in runs for ref in refs if name != ref])
+    seconds = {**runs["month 2 with feedback"]["seconds"], "monitor": monitor_s}
+    print("\nstage seconds (month 2 with feedback): " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
+    print(f"whole benchmark {time.perf_counter() - t0:.0f} s\n")
+    print(report.to_markdown(), flush=True)
+    if args.month3:
+        hits |= month3(config, store, frames, libraries, n_november, work)
+    if args.out:
+        as_lists = {name: {"held_out": h.tolist(), "rated": r.tolist()} for name, (h, r) in hits.items()}
+        args.out.write_text(json.dumps({"seed": args.seed, "epochs": args.epochs, "hits": as_lists}, indent=1))
+    return 0
+
+
+def pool(paths: list[Path]) -> None:
+    """Gains over several seeds' runs (``--out`` files): per query the gain averaged over the seeds, its mean with
+    a bootstrap interval over the 42 queries (the queries are the same in every seed, so they are the items)."""
+    from components.common.stats import bootstrap_mean
+
+    runs = [json.loads(Path(p).read_text())["hits"] for p in paths]
+    names = [n for n in runs[0] if n != "month 1 champion" and all(n in r for r in runs)]
+    print(f"# pooled over {len(runs)} runs ({', '.join(map(str, paths))}): gains averaged per query over the runs")
+    for kind in ("held_out", "rated"):
+        for name in names:
+            for ref in ("month 2 without feedback", "month 1 champion"):
+                if name == ref or ref not in runs[0]:
+                    continue
+                per_query = np.mean([np.array(r[name][kind], float) - np.array(r[ref][kind], float) for r in runs], 0)
+                gain = bootstrap_mean(per_query, n_resamples=2000)
+                print(f"  {kind:8} {name:30} vs {ref:28} {gain.value:+.3f} [{gain.low:+.3f}, {gain.high:+.3f}]")
+
+
+def month3(config, store, frames: list[Path], libraries: dict, n_november: int, work: Path) -> dict:
+    """The second round: month 3 (window up to 1 December: no new uploads) trains on the remembered videos (with
+    October's feedback labels), warm-started from month 2's champion, with and without November's ratings."""
+    t = time.perf_counter()
+    config3, _ = _prepare(config, MONTH3, work / "month3")
+    frames3 = work / "month3" / "frames"
+    memory = {k: store.get_bytes(k) for k in store.list_keys("history/")}
+    arms = {
+        "month 3 without new feedback": dataclasses.replace(config.feedback, enabled=False),
+        "month 3 with feedback": config.feedback,
+    }
+    for n, (name, feedback) in enumerate(arms.items()):
+        for key, body in memory.items():
+            store.put_bytes(key, body)
+        run = _train(config3, frames3, work / f"month3-arm{n}", feedback, track=False)
         r = run["report"]
         print(
-            f"{name}: {r.n_train} train videos ({r.n_remembered} remembered), feedback {r.feedback_labels} "
-            f"labels + {r.feedback_negatives} hard negatives, warm start from v{r.warm_start_version or '-'}"
+            f"{name}: {r.n_train} train videos ({r.n_remembered} remembered), feedback {r.feedback_labels} labels "
+            f"({len(run['feedback'].category_labels)} category labels) + {r.feedback_negatives} hard negatives, "
+            f"warm start from v{r.warm_start_version or '-'}"
         )
-    print(f"\nR@1 (top-1 category), library of {len(served2.ids)} videos, Wilson 95 % intervals:")
-    print(f"  {'':26} {'held-out phrasings':>24} {'rated phrasings':>24}")
+        libraries[name] = Library(run["model"], frames, config.cache_dir)
+    rows = ["month 1 champion", "month 2 with feedback", *arms]
+    hits = {name: (libraries[name].hits_at_1(HELD_OUT), libraries[name].hits_at_1(RATED)) for name in rows}
+    print(f"\n# month 3: users rated {n_november} results of month 2's model in November; R@1, Wilson 95 %:")
+    _figures(
+        hits,
+        [
+            ("month 3 with feedback", "month 3 without new feedback"),
+            ("month 3 with feedback", "month 2 with feedback"),
+            ("month 3 with feedback", "month 1 champion"),
+            ("month 3 without new feedback", "month 2 with feedback"),
+        ],
+    )
+    print(f"month 3 took {time.perf_counter() - t:.0f} s")
+    return {name: hits[name] for name in arms}
+
+
+def _figures(hits: dict[str, tuple[np.ndarray, np.ndarray]], pairs: list[tuple[str, str]]) -> None:
+    """R@1 per model on the held-out and the rated phrasings, and the gains of ``pairs`` paired over the queries."""
+    from components.common.stats import bootstrap_mean
+
+    print(f"  {'':30} {'held-out phrasings':>24} {'rated phrasings':>24}")
     for name, (held, rated) in hits.items():
-        print(f"  {name:26} {_proportion(held):>24} {_proportion(rated):>24}")
-    print("gain of month 2 with feedback, paired over the same queries (bootstrap 95 %):")
+        print(f"  {name:30} {_proportion(held):>24} {_proportion(rated):>24}")
+    print("gains paired over the same queries (bootstrap 95 %):")
     for label, col in (("held-out", 0), ("rated", 1)):
-        with_fb = hits["month 2 with feedback"][col].astype(float)
-        for ref in ("month 2 without feedback", "month 1 champion"):
-            gain = bootstrap_mean(with_fb - hits[ref][col], n_resamples=2000)
-            print(f"  {label:8} vs {ref:26} {gain.value:+.3f} [{gain.low:+.3f}, {gain.high:+.3f}] (n {gain.n})")
-    seconds = {**month2["seconds"], "monitor": monitor_s}
-    print("\nstage seconds (month 2): " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
-    print(f"whole benchmark {time.perf_counter() - t0:.0f} s\n")
-    print(report.to_markdown())
-    return 0
+        for name, ref in pairs:
+            gain = bootstrap_mean(hits[name][col].astype(float) - hits[ref][col], n_resamples=2000)
+            print(f"  {label:8} {name:30} vs {ref:28} {gain.value:+.3f} [{gain.low:+.3f}, {gain.high:+.3f}]")
 
 
 if __name__ == "__main__":

@@ -80,6 +80,39 @@ def test_relevant_becomes_a_label_not_relevant_a_hard_negative_with_provenance()
     assert data.as_metrics()["feedback_hard_negatives"] == 1.0
 
 
+def test_a_relevant_rating_labels_the_training_videos_of_its_category_unless_the_client_said_otherwise():
+    from components.finetune_clip.data import ClipSample
+    from components.finetune_clip.negatives import apply_feedback
+
+    feedback = [
+        fb(1, "q1", "vA", True, "belly op"),
+        fb(2, "q2", "vA2", True, "belly op"),  # the same text on another video of the category: one record
+        fb(3, "q3", "vB", False, "belly op"),
+        fb(4, "q4", "vZ", True, "rink game"),  # a video of no known category: a label, nothing propagated
+    ]
+    categories = {"vA": "medical", "vA2": "medical", "vB": "welding"}
+    data = training_records(feedback, [], categories)
+    assert [(r.kind, r.video_id, r.text, r.category, r.feedback_id, r.query_id) for r in data.category_labels] == [
+        ("category_label", "vA", "belly op", "medical", "f1", "q1")
+    ]
+    assert len(data.labels) == 3 and len(data.hard_negatives) == 1
+    assert data.as_metrics()["feedback_category_labels"] == 1.0
+    assert training_records(feedback, []).category_labels == []  # propagation off: no categories given
+
+    samples = [
+        ClipSample("t0", None, ("keyhole surgery",), "medical"),
+        ClipSample("t1", None, ("gallbladder removal",), "medical"),
+        ClipSample("t2", None, ("welding sparks",), "welding"),
+        ClipSample("t3", None, ("no category",), ""),
+    ]
+    wrong = {"kind": "hard_negative", "video_id": "t1", "text": "belly op"}  # the client's word on t1
+    fed = apply_feedback(samples, [*(asdict(r) for r in data.records), wrong])
+    assert fed[0].labels == ("keyhole surgery", "belly op") and fed[0].feedback_labels == ("belly op",)
+    assert fed[1].labels == ("gallbladder removal",) and fed[1].negatives == ("belly op",)
+    assert fed[2] is samples[2] and fed[3] is samples[3]
+    assert apply_feedback(fed, [asdict(r) for r in data.records]) == fed  # applied twice: the same samples
+
+
 def test_review_queue_ranks_unrated_low_confidence_searches_by_unsureness_times_frequency():
     log = [
         q(1, "a1", "drone footage", 0.4),

@@ -299,6 +299,18 @@ def test_demo_tokenizer_loads_with_full_vocabulary(tiny_base):
     assert len(ids) > 4 and tok.eos_token_id not in ids[1:-1]
 
 
+def test_demo_tokenizer_is_the_same_every_time():
+    # Before, the trainer numbered word-final tokens in a hash map's order, so equal-count merges (and the base's
+    # figures) changed from call to call: four calls gave four vocabularies.
+    from components.finetune_clip.base_model import generic_corpus, train_tokenizer
+
+    corpus = generic_corpus()
+    vocabs = {tuple(sorted(train_tokenizer(corpus).get_vocab().items())) for _ in range(3)}
+    assert len(vocabs) == 1
+    vocab = dict(next(iter(vocabs)))
+    assert all(ch + "</w>" in vocab for ch in "az0!") and len(vocab) > 500
+
+
 def test_base_model_errors_are_clear(tmp_path):
     import subprocess
     import sys

@@ -43,6 +43,9 @@ def test_feedback_and_monitor_sections_are_validated():
         from_dict({"feedback": {"enabled": "yes"}})
     with pytest.raises(ConfigError, match=r"feedback: max_review must be 1\.\.100000"):
         from_dict({"feedback": {"max_review": 0}})
+    assert _config(Path("/tmp")).feedback.propagate is True
+    with pytest.raises(ConfigError, match=r"feedback\.propagate must be bool"):
+        from_dict({"feedback": {"propagate": 1}})
     with pytest.raises(ConfigError, match="monitor: min_samples must be >= 2"):
         from_dict({"monitor": {"min_samples": 1}})
     with pytest.raises(ConfigError, match=r"finetune_clip: negative_weight must be 1\.\.100"):

@@ -20,10 +20,14 @@ class FeedbackConfig:
         enabled: Read last month's feedback into training records; off: the stage writes no records (the review
             queue is still written, so the client sees what to rate).
         max_review: Longest review queue (unrated low-confidence searches, most unsure x most frequent first).
+        propagate: A search rated relevant on a video also labels the training videos of that video's client
+            category (``category_label`` records, with the rating's provenance); validation and test videos are
+            never labelled by feedback.
     """
 
     enabled: bool = True
     max_review: int = 200
+    propagate: bool = True
 
     def __post_init__(self) -> None:
         _require(isinstance(self.enabled, bool), f"enabled must be true or false, got {self.enabled!r}")
@@ -31,3 +35,4 @@ class FeedbackConfig:
             isinstance(self.max_review, int) and 1 <= self.max_review <= 100_000,
             f"max_review must be 1..100000, got {self.max_review!r}",
         )
+        _require(isinstance(self.propagate, bool), f"propagate must be true or false, got {self.propagate!r}")

@@ -4,6 +4,11 @@
   own ``label`` text, when it gave one), so the next retrain learns the client's phrasing.
 - A result marked not relevant becomes a **hard negative** of that query text: the next retrain's contrastive loss
   counts it as a known negative of the text (:mod:`components.finetune_clip.negatives`).
+- A relevant result is also evidence about the client's **category** of that video (``feedback.propagate``): the
+  text becomes a ``category_label``, a label of every training video of that category in the next retrain. A
+  rating on a validation or test video teaches the text tower this way too, while that video itself keeps its
+  labels (evaluate's split stays clean). The categories are those finetune_clip listed
+  (:func:`components.common.catalog.known_categories`); a video of no known category propagates nothing.
 - A low-confidence query that got no feedback goes into the client's **review queue** (CSV + HTML), ranked by
   how unsure the model was times how often it was asked, never into training: nobody said what the answer is.
 
@@ -19,12 +24,13 @@ import csv
 import html
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from components.common.catalog import known_categories
 from components.common.names import FEEDBACK_RECORDS_FILE, registered_name
 from components.common.stage import StageContext
 from components.feedback.config import FeedbackConfig
@@ -44,15 +50,17 @@ class FeedbackRecord:
     """One training record from feedback.
 
     Attributes:
-        kind: ``label`` (``text`` is a label of ``video_id``) or ``hard_negative`` (``video_id`` is a known
-            negative of ``text``).
-        video_id: The library's video id (the index's id: the video's content hash).
+        kind: ``label`` (``text`` is a label of ``video_id``), ``hard_negative`` (``video_id`` is a known
+            negative of ``text``) or ``category_label`` (``text`` is a label of the training videos of
+            ``category``, because it was rated relevant on ``video_id``, a video of that category).
+        video_id: The library's video id (the index's id: the video's content hash): the rated video.
         text: The query text, or the client's own label text (``source`` says which).
         source: ``query`` (the search's text) or ``client_label`` (the ``label`` the client typed).
         feedback_id: The answer this record comes from.
         query_id: The search it was given on.
         feedback_ts: When the answer was given (ISO 8601).
         model_version: The model version that answered the search.
+        category: The client's category of ``video_id`` (``category_label`` records; else empty).
     """
 
     kind: str
@@ -63,6 +71,7 @@ class FeedbackRecord:
     query_id: str
     feedback_ts: str
     model_version: str = ""
+    category: str = ""
 
 
 @dataclass(frozen=True)
@@ -96,10 +105,15 @@ class FeedbackData:
     def hard_negatives(self) -> list[FeedbackRecord]:
         return [r for r in self.records if r.kind == "hard_negative"]
 
+    @property
+    def category_labels(self) -> list[FeedbackRecord]:
+        return [r for r in self.records if r.kind == "category_label"]
+
     def as_metrics(self) -> dict[str, float]:
         return {
             "feedback_labels": float(len(self.labels)),
             "feedback_hard_negatives": float(len(self.hard_negatives)),
+            "feedback_category_labels": float(len(self.category_labels)),
             "feedback_skipped": float(len(self.skipped)),
             "feedback_review_queries": float(len(self.review)),
         }
@@ -110,13 +124,17 @@ def normalize_query(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
-def training_records(feedback: Iterable[dict[str, Any]], query_log: Iterable[dict[str, Any]]) -> FeedbackData:
+def training_records(
+    feedback: Iterable[dict[str, Any]], query_log: Iterable[dict[str, Any]], categories: Mapping[str, str] | None = None
+) -> FeedbackData:
     """Training records from feedback entries (latest per pair) and the query log that names their searches.
 
     Args:
         feedback: Entries of :func:`serving.feedback.read_feedback` (one month, latest answer per pair).
         query_log: Entries of :func:`serving.querylog.read_month` (the month and the one before: a search at the
             end of a month may be rated in the next).
+        categories: ``video_id -> client category``: each label of a rated video of a known category is also
+            a ``category_label`` record of that category (once per text and category); ``None``: none.
 
     Returns:
         The records (labels and hard negatives) and the answers that gave none, with the reason
@@ -133,6 +151,7 @@ def training_records(feedback: Iterable[dict[str, Any]], query_log: Iterable[dic
             )
             continue
         latest[(normalize_query(query), entry["video_id"])] = (entry, query)  # the later answer wins
+    propagated: set[tuple[str, str]] = set()
     for entry, query in latest.values():
         common = {
             "video_id": entry["video_id"],
@@ -144,10 +163,18 @@ def training_records(feedback: Iterable[dict[str, Any]], query_log: Iterable[dic
         if not entry["relevant"]:
             data.records.append(FeedbackRecord("hard_negative", text=query, source="query", **common))
             continue
-        data.records.append(FeedbackRecord("label", text=query, source="query", **common))
+        texts = [("query", query)]
         label = (entry.get("label") or "").strip()
         if label and normalize_query(label) != normalize_query(query):
-            data.records.append(FeedbackRecord("label", text=label, source="client_label", **common))
+            texts.append(("client_label", label))
+        category = (categories or {}).get(entry["video_id"], "")
+        for source, text in texts:
+            data.records.append(FeedbackRecord("label", text=text, source=source, **common))
+            if category and (text, category) not in propagated:
+                propagated.add((text, category))
+                data.records.append(
+                    FeedbackRecord("category_label", text=text, source=source, category=category, **common)
+                )
     return data
 
 
@@ -231,7 +258,9 @@ def feedback_month(as_of: date) -> str:
     return previous_month(as_of.strftime("%Y-%m"))
 
 
-def feedback_for_month(store: Any, model: str, month: str, out_dir: Path, max_review: int = 200) -> FeedbackData:
+def feedback_for_month(
+    store: Any, model: str, month: str, out_dir: Path, max_review: int = 200, propagate: bool = True
+) -> FeedbackData:
     """One month of a model's feedback -> training records and the review queue.
 
     Reads ``feedback/<model>/<month>/`` and the query log of ``month`` and the month before from ``store`` (the
@@ -244,6 +273,8 @@ def feedback_for_month(store: Any, model: str, month: str, out_dir: Path, max_re
         month: ``YYYY-MM`` of the feedback.
         out_dir: The stage's output folder.
         max_review: Longest review queue.
+        propagate: Also turn relevant ratings into ``category_label`` records (the video's category as
+            finetune_clip listed it in the store).
 
     Returns:
         The records, the answers skipped with their reasons, and the review queue.
@@ -253,7 +284,8 @@ def feedback_for_month(store: Any, model: str, month: str, out_dir: Path, max_re
 
     feedback = read_feedback(store, model, month)
     month_log = read_month(store, model, month)
-    data = training_records(feedback, month_log + read_month(store, model, previous_month(month)))
+    categories = known_categories(store) if propagate else None
+    data = training_records(feedback, month_log + read_month(store, model, previous_month(month)), categories)
     data.review = review_queue(month_log, feedback, max_review)
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / FEEDBACK_RECORDS_FILE, "w", encoding="utf-8") as fh:
@@ -263,11 +295,12 @@ def feedback_for_month(store: Any, model: str, month: str, out_dir: Path, max_re
     for kind, path in files.items():
         store.put_file(f"{REVIEW_PREFIX}/{model}/{month}/{path.name}", path, f"text/{kind}")
     logger.info(
-        "feedback %s %s: %d labels, %d hard negatives, %d skipped, %d searches to review",
+        "feedback %s %s: %d labels, %d hard negatives, %d category labels, %d skipped, %d searches to review",
         model,
         month,
         len(data.labels),
         len(data.hard_negatives),
+        len(data.category_labels),
         len(data.skipped),
         len(data.review),
     )
@@ -304,7 +337,7 @@ def run_feedback(out_dir: Path, cfg: FeedbackConfig, ctx: StageContext, serving:
     model = registered_name("clip", ctx.client_id)
     store = open_feedback_store(serving.query_log_uri, ctx.storage.artifacts_uri, ctx.client_id, ctx.encryption)
     with ctx.stage_run("feedback", {**asdict(cfg), "month": month}) as run:
-        data = feedback_for_month(store, model, month, Path(out_dir), cfg.max_review)
+        data = feedback_for_month(store, model, month, Path(out_dir), cfg.max_review, cfg.propagate)
         if not cfg.enabled:
             data.records = []
             (Path(out_dir) / FEEDBACK_RECORDS_FILE).write_text("", encoding="utf-8")

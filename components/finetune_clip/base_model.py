@@ -241,24 +241,26 @@ def train_tokenizer(corpus: list[str], vocab_size: int = 600):
             pre_tokenizers.ByteLevel(add_prefix_space=False),
         ]
     )
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    # Word-final byte tokens ("x</w>") must exist, as in CLIP's vocabulary, or a word ending in a byte that never
+    # ended a training word would map to <unk>. They are given to the trainer up front, in a fixed order: left to
+    # it, it numbers them in the order it meets words (a hash map's, new in every process), and merges of equal
+    # count are ranked by those numbers, so the vocabulary changed from run to run. The trainer's bound grows by
+    # the ones no training word ends with, so the number of merges is what ``vocab_size`` gave before.
+    word_final = [ch + "</w>" for ch in alphabet]
+    words = (w for text in corpus for w, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(text)))
+    unused_final = len(alphabet) - len({w[-1] for w in words})
     trainer = BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[BOS, EOS],
+        vocab_size=vocab_size + unused_final,
+        special_tokens=[BOS, EOS, *word_final],
         initial_alphabet=alphabet,
         end_of_word_suffix="</w>",
         show_progress=False,
     )
     tok.train_from_iterator(corpus, trainer=trainer)
     model_state = json.loads(tok.to_str())["model"]
-    vocab: dict[str, int] = model_state["vocab"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model_state["merges"]]
-    # Word-final byte tokens ("x</w>") must exist, as in CLIP's vocabulary, or a word ending in a byte
-    # that never ended a training word would map to <unk>.
-    for ch in sorted(alphabet):
-        if ch + "</w>" not in vocab:
-            vocab[ch + "</w>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=32)
+    return CLIPTokenizer(vocab=model_state["vocab"], merges=merges, model_max_length=32)
 
 
 def _demo_clip_config(

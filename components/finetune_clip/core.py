@@ -15,6 +15,7 @@ from pathlib import Path
 
 from components.common import checkpoints as ckpt
 from components.common import retrain
+from components.common.catalog import remember_categories
 from components.common.champions import fetch_champion
 from components.common.device import resolve_device
 from components.common.distributed import init_distributed, main_first, world_from_env
@@ -146,6 +147,9 @@ def run_finetune_clip(
     val = sorted([*data["val"], *(s for split, s, _ in earlier if split == "val")], key=lambda s: s.video_id)
     first_seen = {s.video_id: seen for _, s, seen in earlier}
     if world.is_main:
+        from components.frame_extraction.dataset import read_frame_index
+
+        remember_categories(store, {r.video_id: r.category for r in read_frame_index(Path(frames_dir))})
         # One video's frames at a time: a streamed video's are read back from its shard to be remembered.
         frames = FrameSource.of([], shards, cfg, bundle.image_spec)
         history.remember(

@@ -13,6 +13,9 @@ as a negative, but most of those are easy and only assumed. Feedback adds what t
   answers to the search (``eval_relevance: category``), so the text is not an assumed negative of them:
   :func:`unknown_pairs` leaves such pairs out of the loss. A feedback text is an assumed negative only of videos
   of other categories, as any label is.
+- A ``category_label`` record (the rated video's client category, ``feedback.propagate``) makes its text a feedback
+  label of every training video of that category, except one the client said it is wrong for (a hard negative of
+  the text): the client's word on a video wins over what its category suggests.
 """
 
 from __future__ import annotations
@@ -45,18 +48,26 @@ def apply_feedback(samples: Sequence[ClipSample], records: Iterable[Mapping[str,
 
     A ``label`` record's text becomes one more label of its video (once) and one of its ``feedback_labels`` (unless
     the video's own label records have it); a ``hard_negative`` record's text goes into the video's ``negatives``
-    unless it is already one of its labels (the loss cannot hold a pair as both). Records of videos not among
-    ``samples`` are left out.
+    unless it is already one of its labels (the loss cannot hold a pair as both); a ``category_label`` record's
+    text becomes a feedback label of every sample of its ``category`` that does not hold it as a negative. Records
+    of videos (and categories) not among ``samples`` are left out.
     """
     labels: dict[str, list[str]] = {}
     negatives: dict[str, list[str]] = {}
+    by_category: dict[str, list[str]] = {}
     for r in records:
+        if r["kind"] == "category_label":
+            by_category.setdefault(r["category"], []).append(r["text"])
+            continue
         target = labels if r["kind"] == "label" else negatives
         target.setdefault(r["video_id"], []).append(r["text"])
     out = []
     for s in samples:
         own = [t for t in s.labels if t not in s.feedback_labels]
-        fed = tuple(dict.fromkeys(t for t in [*s.feedback_labels, *labels.get(s.video_id, [])] if t not in own))
+        told = [*s.feedback_labels, *labels.get(s.video_id, [])]
+        known_wrong = {*s.negatives, *negatives.get(s.video_id, [])} - set(told)
+        implied = [t for t in by_category.get(s.category, []) if s.category and t not in known_wrong]
+        fed = tuple(dict.fromkeys(t for t in [*told, *implied] if t not in own))
         new_labels = (*own, *fed)
         new_negatives = tuple(
             dict.fromkeys(t for t in [*s.negatives, *negatives.get(s.video_id, [])] if t not in new_labels)
