@@ -110,7 +110,7 @@ def _probe(home: Path, repeats: int) -> None:
     from pipelines.local import tracking_server
 
     config = _config(home)
-    runs = sorted((Path(config.pipeline_root)).glob("monthly-retrain-*/ab-gate/executor_output.json"))
+    runs = sorted(Path(config.pipeline_root).glob("monthly-retrain-*/ab-gate/executor_output.json"))
     if not runs:
         raise SystemExit(f"no DAG run under {config.pipeline_root}: run this benchmark once on --home first")
     run_dir = runs[-1].parents[1]

@@ -2,7 +2,7 @@
 
 kfp.local starts a fresh Python process for every task, and each one opens its own MLflow client. With the default
 ``sqlite:///`` tracking URI that client imports MLflow's SQLAlchemy store (SQLAlchemy's ORM, alembic, MLflow's table
-models) in every task, about 1.3 s of CPU a task, more than the work of most tasks on a small library
+models) in every task, 1.2-1.7 s of CPU a task, more than the work of most tasks on a small library
 (benchmarks/dag_overhead.py). :func:`run_local` therefore starts one real ``mlflow server`` on 127.0.0.1 over that
 same sqlite file for the length of the run and hands the tasks its ``http://`` URI: a task's client is then MLflow's
 REST store, as in a cluster, and the database, the artifacts (the experiment's ``artifact_location``, written by the
