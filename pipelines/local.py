@@ -128,7 +128,9 @@ def tracking_server(config: ClientConfig) -> Iterator[TrackingServer | None]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING_", "MLFLOW_REGISTRY_"))}
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     command = [
-        str(Path(sys.executable).with_name("mlflow")),
+        sys.executable,
+        "-m",
+        "mlflow",
         "server",
         "--backend-store-uri",
         tracking.tracking_uri,
