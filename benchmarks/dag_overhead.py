@@ -10,12 +10,26 @@ and reads what each task printed. Per task:
 - **stage**: the task's MLflow stage run (start to end), the stage's own work; tasks without one (start_run,
   summary, the gate's branches' plumbing) count as overhead entirely;
 - **imports**: the top-level imports' cumulative time the task process reported (kfp's executor, the wrapper's
-  body, and lazy imports inside the stage such as torch, which then also count in **stage**).
+  body, and lazy imports inside the stage such as torch, which then also count in **stage**), and its split by
+  package: the MLflow client (``mlflow`` and, with a sqlite tracking URI, its SQLAlchemy store: sqlalchemy,
+  alembic), the torch stack (torch, transformers, peft, safetensors), kfp, clipsync's own modules, the rest.
+
+``--probe N`` (after a run on the same --home) measures one task's start-up alone, in the same session for both
+tracking paths: kfp.local's SubprocessRunner runs the ``keep`` task (its config, its MLflow stage run and the champion
+lookup, nothing else: a task that is all start-up) N times against the sqlite file and N times through
+``run_local``'s server, alternating; it prints the medians of the task's wall time and of its process's CPU time
+(the CPU time, unlike the wall time, hardly depends on what else the machine runs), and how long the server took to
+answer.
+
+``--server off`` runs the DAG the way it ran before ``run_local`` served the sqlite file to the tasks with a local
+``mlflow server`` (every task opens the sqlite store itself); run both on copies of the same prepared --home for a
+before/after pair.
 
 Prints the per-task split, the load average, and the **overhead share** = 1 - sum(stage) / DAG wall (goal <= 15 %
 on a quiet machine).
 
-    PYTHONPATH=. nice -n 10 python -P benchmarks/dag_overhead.py --home /tmp/clipsync-dag
+    PYTHONPATH=. nice -n 10 python -P benchmarks/dag_overhead.py --home /tmp/clipsync-dag [--server off]
+    PYTHONPATH=. nice -n 10 python -P benchmarks/dag_overhead.py --home /tmp/clipsync-dag --probe 5
 
 (``-P``: ``benchmarks/serving.py`` would otherwise shadow the ``serving`` package.)
 """
@@ -23,8 +37,11 @@ on a quiet machine).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
+import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -37,6 +54,21 @@ FAST = {
 }
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _IMPORT = re.compile(r"^\s*import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)")
+#: Import groups of the per-task split (the first dotted name of a top-level import); the rest is "other".
+GROUPS = {
+    "mlflow": "mlflow",
+    "sqlalchemy": "mlflow",
+    "alembic": "mlflow",
+    "torch": "torch",
+    "transformers": "torch",
+    "peft": "torch",
+    "safetensors": "torch",
+    "kfp": "kfp",
+    "components": "clipsync",
+    "serving": "clipsync",
+    "pipelines": "clipsync",
+}
+SPLIT = ("mlflow", "torch", "kfp", "clipsync", "other")
 
 
 def _config(home: Path):
@@ -61,13 +93,55 @@ def _prepare(home: Path) -> None:
     )
 
 
-def _child(home: Path) -> None:
+def _child(home: Path, server: bool) -> None:
     """Run the DAG (this process's imports are not a task's: the profile lines before the first task are skipped)."""
     from pipelines.local import run_local
 
-    report = run_local(_config(home), as_of=AS_OF)
+    report = run_local(_config(home), as_of=AS_OF, server=server)
     parent = re.search(r"MLflow parent run (\w+)", report).group(1)
     print(f"BENCH parent run {parent}", flush=True)
+
+
+def _probe(home: Path, repeats: int) -> None:
+    """One task's start-up, the sqlite file vs run_local's server (see the module docstring)."""
+    from kfp import local
+
+    from components.deploy.component import keep
+    from pipelines.local import tracking_server
+
+    config = _config(home)
+    runs = sorted(Path(config.pipeline_root).glob("monthly-retrain-*/ab-gate/executor_output.json"))
+    if not runs:
+        raise SystemExit(f"no DAG run under {config.pipeline_root}: run this benchmark once on --home first")
+    run_dir = runs[-1].parents[1]
+    outputs = {t: json.loads((run_dir / t / "executor_output.json").read_text()) for t in ("start-run", "ab-gate")}
+    parent = outputs["start-run"]["parameterValues"]["parent_run_id"]
+    decision = outputs["ab-gate"]["parameterValues"]["decision"]
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(home / "probe-root"))
+    figures: dict[str, list[tuple[float, float]]] = {"sqlite file": [], "local server": []}
+    started = time.monotonic()
+    with tracking_server(config) as server:
+        served = server.task_config(config)
+        ready = time.monotonic() - started
+        if served is config:
+            raise SystemExit("the local mlflow server did not come up")
+        for _ in range(repeats):
+            for name, task_config in (("sqlite file", config), ("local server", served)):
+                cpu, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
+                keep(config=task_config.to_json(), parent_run_id=parent, model="clip", decision=decision)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                used = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
+                figures[name].append((time.monotonic() - wall, used))
+    print(f"local mlflow server answered after {ready:.1f} s (nothing else started beside it)")
+    for name, values in figures.items():
+        wall = statistics.median(v[0] for v in values)
+        cpu = statistics.median(v[1] for v in values)
+        print(f"keep task through the {name}: median wall {wall:.2f} s, median CPU {cpu:.2f} s ({repeats} runs)")
+    ratio = statistics.median(v[1] for v in figures["local server"]) / statistics.median(
+        v[1] for v in figures["sqlite file"]
+    )
+    print(f"CPU ratio local server / sqlite file: {ratio:.2f}")
+    print(f"load average {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} CPUs")
 
 
 def _stage_runs(home: Path, parent_id: str) -> list[tuple[str, float, float]]:
@@ -85,14 +159,21 @@ def _stage_runs(home: Path, parent_id: str) -> list[tuple[str, float, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", type=Path, required=True, help="where the demo client lives (kept between runs)")
+    parser.add_argument(
+        "--server", choices=("on", "off"), default="on", help="run_local's local mlflow server for the tasks"
+    )
+    parser.add_argument("--probe", type=int, default=0, metavar="N", help="time one task's start-up N times each way")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.probe:
+        _probe(args.home, args.probe)
+        return
     if args.child:
-        _child(args.home)
+        _child(args.home, args.server == "on")
         return
     _prepare(args.home)
     env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-P", __file__, "--home", str(args.home), "--child"]
+    command = [sys.executable, "-P", __file__, "--home", str(args.home), "--server", args.server, "--child"]
     tasks: list[dict] = []
     current: dict | None = None
     parent_id = ""
@@ -102,12 +183,13 @@ def main() -> None:
         for raw in child.stdout:
             now, line = time.time(), _ANSI.sub("", raw.rstrip("\n"))
             if m := re.search(r"Executing task '([^']+)'", line):
-                current = {"task": m.group(1), "start": now, "end": now, "imports_us": 0}
+                current = {"task": m.group(1), "start": now, "end": now, "imports_us": 0, **dict.fromkeys(SPLIT, 0)}
                 tasks.append(current)
             elif (m := re.search(r"Task '([^']+)' finished", line)) and current is not None:
                 current["end"], current = now, None
             elif (m := _IMPORT.match(line)) and current is not None and not m.group(3):
                 current["imports_us"] += int(m.group(2))
+                current[GROUPS.get(m.group(4).split(".")[0], "other")] += int(m.group(2))
             elif line.startswith("BENCH parent run "):
                 parent_id = line.split()[-1]
     wall = time.time() - started
@@ -117,21 +199,25 @@ def main() -> None:
 
     stages = _stage_runs(args.home, parent_id)
     total_stage = 0.0
-    print(f"{'task':<28}{'wall s':>8}{'stage s':>9}{'overhead s':>12}{'imports s':>11}  stage run")
+    split = "".join(f"{name:>9}" for name in SPLIT)
+    print(f"{'task':<22}{'wall s':>8}{'stage s':>9}{'overhead s':>12}{'imports s':>11}{split}  stage run")
     for task in tasks:
         inside = [s for s in stages if task["start"] - 1 <= s[1] and s[2] <= task["end"] + 1]
         stage_s = sum(end - start for _, start, end in inside)
         total_stage += stage_s
         task_wall = task["end"] - task["start"]
         print(
-            f"{task['task']:<28}{task_wall:>8.1f}{stage_s:>9.1f}{task_wall - stage_s:>12.1f}"
-            f"{task['imports_us'] / 1e6:>11.1f}  {', '.join(s[0] for s in inside) or '-'}"
+            f"{task['task']:<22}{task_wall:>8.1f}{stage_s:>9.1f}{task_wall - stage_s:>12.1f}"
+            f"{task['imports_us'] / 1e6:>11.1f}{''.join(f'{task[name] / 1e6:>9.1f}' for name in SPLIT)}"
+            f"  {', '.join(s[0] for s in inside) or '-'}"
         )
     tasks_wall = sum(t["end"] - t["start"] for t in tasks)
     imports = sum(t["imports_us"] for t in tasks) / 1e6
     print(f"DAG wall {wall:.1f} s ({len(tasks)} tasks, {tasks_wall:.1f} s inside tasks), stages {total_stage:.1f} s")
     print(f"task imports {imports:.1f} s ({imports / wall:.1%} of the DAG wall; lazy ones inside stages included)")
+    print("  by package: " + ", ".join(f"{name} {sum(t[name] for t in tasks) / 1e6:.1f} s" for name in SPLIT))
     print(f"overhead share: {1 - total_stage / wall:.1%} (goal <= 15% on a quiet machine)")
+    print(f"tracking for the tasks: {'local mlflow server' if args.server == 'on' else 'the sqlite file'}")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min), {os.cpu_count()} CPUs")
 
 

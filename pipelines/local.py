@@ -1,10 +1,29 @@
-"""Running monthly_retrain on one machine with kfp.local (the embedded default)."""
+"""Running monthly_retrain on one machine with kfp.local (the embedded default).
+
+kfp.local starts a fresh Python process for every task, and each one opens its own MLflow client. With the default
+``sqlite:///`` tracking URI that client imports MLflow's SQLAlchemy store (SQLAlchemy's ORM, alembic, MLflow's table
+models) in every task, 1.2-1.7 s of CPU a task, more than the work of most tasks on a small library
+(benchmarks/dag_overhead.py). :func:`run_local` therefore starts one real ``mlflow server`` on 127.0.0.1 over that
+same sqlite file for the length of the run and hands the tasks its ``http://`` URI: a task's client is then MLflow's
+REST store, as in a cluster, and the database, the artifacts (the experiment's ``artifact_location``, written by the
+tasks directly) and what the run records are the same. If the server is not ready in time the tasks use the sqlite
+file directly, as before.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import os
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from components.config import ClientConfig
@@ -13,6 +32,10 @@ logger = logging.getLogger("clipsync.local")
 
 #: Where kfp.local writes the exit handler's summary inside a run's folder.
 REPORT = Path("finish-run") / "report"
+
+
+#: How long run_local waits for its MLflow server to answer /health before the tasks use the sqlite file directly.
+SERVER_READY_S = 120.0
 
 
 class RunFailedError(RuntimeError):
@@ -42,13 +65,105 @@ def local_pipeline():
     return components.load_component_from_text(yaml.safe_dump_all(docs))
 
 
-def run_local(config: ClientConfig, as_of: str = "", window_days: int = 0) -> str:
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackingServer:
+    """A local ``mlflow server`` started by :func:`tracking_server`."""
+
+    proc: subprocess.Popen
+    url: str
+    log: Path
+
+    def task_config(self, config: ClientConfig, ready_s: float = SERVER_READY_S) -> ClientConfig:
+        """``config`` with the server's URI once it answers ``/health`` (at most ``ready_s``), else ``config``."""
+        deadline = time.monotonic() + ready_s
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{self.url}/health", timeout=2) as reply:
+                if reply.status == 200:
+                    logger.info("MLflow for the tasks: %s over %s", self.url, config.tracking.tracking_uri)
+                    return dataclasses.replace(
+                        config, tracking=dataclasses.replace(config.tracking, tracking_uri=self.url)
+                    )
+            time.sleep(0.2)
+        self.stop()  # so that it does not open the database beside the tasks later
+        tail = self.log.read_text(errors="replace")[-2000:]
+        logger.warning(
+            "mlflow server not ready (exit code %s); the tasks open %s themselves; its output:\n%s",
+            self.proc.poll(),
+            config.tracking.tracking_uri,
+            tail,
+        )
+        return config
+
+    def stop(self) -> None:
+        """Stop the server and its uvicorn worker (the process group it leads, started here), by PID."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=15)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def tracking_server(config: ClientConfig) -> Iterator[TrackingServer | None]:
+    """Start ``mlflow server`` over the config's sqlite file on a free loopback port, stop it (by PID) on exit.
+
+    Yields:
+        The server (not yet waited for), or ``None`` when the config does not track to a sqlite file.
+    """
+    tracking = config.tracking
+    if not tracking.tracking_uri.startswith("sqlite:") or not tracking.artifact_location:
+        yield None
+        return
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING_", "MLFLOW_REGISTRY_"))}
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        tracking.tracking_uri,
+        "--default-artifact-root",
+        tracking.artifact_location,
+        "--no-serve-artifacts",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    with tempfile.TemporaryDirectory(prefix="clipsync-mlflow-") as tmp:
+        log = Path(tmp) / "server.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        server = TrackingServer(proc, f"http://127.0.0.1:{port}", log)
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+def run_local(config: ClientConfig, as_of: str = "", window_days: int = 0, server: bool = True) -> str:
     """Execute the whole DAG locally, each task in a subprocess of this Python environment.
 
     Args:
         config: The client's configuration (paths already resolved).
         as_of: End of the window (ISO date); empty for the config's value, else today (UTC).
         window_days: Window length; 0 keeps the config's value.
+        server: With a sqlite tracking URI, serve it to the tasks with a local ``mlflow server`` (see the module
+            docstring); off: every task opens the sqlite file itself (benchmarks/dag_overhead.py compares both).
 
     Returns:
         The run summary (Markdown) followed by where the pipeline's outputs are.
@@ -56,12 +171,18 @@ def run_local(config: ClientConfig, as_of: str = "", window_days: int = 0) -> st
     Raises:
         RunFailedError: A task failed; the message is the summary the exit handler wrote.
     """
+    with tracking_server(config) if server else contextlib.nullcontext() as served:
+        pipeline = local_pipeline()  # compiled while the server starts
+        tasks_config = served.task_config(config) if served is not None else config
+        return _run(pipeline, config, tasks_config, as_of, window_days)
+
+
+def _run(pipeline, config: ClientConfig, tasks_config: ClientConfig, as_of: str, window_days: int) -> str:
     from kfp import local
 
     from components.common.lease import DRIVER_ENV
     from pipelines.monthly_retrain import PIPELINE_NAME
 
-    pipeline = local_pipeline()
     pipeline_root = Path(config.pipeline_root)
     pipeline_root.mkdir(parents=True, exist_ok=True)
     before = set(os.listdir(pipeline_root))
@@ -71,7 +192,9 @@ def run_local(config: ClientConfig, as_of: str = "", window_days: int = 0) -> st
     os.environ[DRIVER_ENV] = f"{socket.gethostname()}:{os.getpid()}"
     try:
         # The config travels fully resolved (JSON is valid YAML) so every task sees the same absolute paths.
-        task = pipeline(client_id=config.client_id, config_yaml=config.to_json(), as_of=as_of, window_days=window_days)
+        task = pipeline(
+            client_id=config.client_id, config_yaml=tasks_config.to_json(), as_of=as_of, window_days=window_days
+        )
     except RuntimeError as exc:  # kfp.local: "Pipeline ... finished with status FAILURE. Inner task failed: ..."
         new = sorted(pipeline_root / name for name in set(os.listdir(pipeline_root)) - before)
         reports = [run / REPORT for run in new if run.name.startswith(PIPELINE_NAME) and (run / REPORT).is_file()]

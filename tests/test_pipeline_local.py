@@ -62,6 +62,9 @@ def test_dag_runs_locally_and_summarizes(tiny_client: Path, model_cache: Path, f
     assert "# monthly_retrain: tiny, window of 30 days up to 2026-11-01" in report
     assert "| ingest | FINISHED |" in report
     run_dir = Path(report.split("Pipeline outputs: ")[1].strip())
+    # The tasks tracked through run_local's MLflow server over the same sqlite file (read back below).
+    started = json.loads((run_dir / "start-run" / "executor_output.json").read_text())
+    assert json.loads(started["parameterValues"]["config"])["tracking"]["tracking_uri"].startswith("http://127.0.0.1:")
     manifest = read_manifest(run_dir / "ingest" / "manifest")
     reasons = {r.reason.split(":")[0] for r in manifest if r.status == "rejected"}
     assert {"empty_file", "not_media", "no_video_stream", "no_audio_for_lipsync"} <= reasons
