@@ -224,3 +224,17 @@ def _federated_pins() -> dict[str, str]:
     lines = (REPO / "requirements-federated.lock").read_text().splitlines()
     pins = [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
     return {canonicalize_name(r.name): str(r.specifier).removeprefix("==") for r in pins}
+
+
+def test_no_process_sends_mlflow_telemetry(monkeypatch):
+    """MLflow 3 reports usage to mlflow.org unless told not to: every image and the CLI (and so the DAG's task
+    processes and the local MLflow server it starts, which inherit its environment) turn it off."""
+    for profile in ("media", "serve", "train"):
+        assert re.search(r"^ENV MLFLOW_DISABLE_TELEMETRY=true$", dockerfile(profile), re.M), profile
+    from pipelines import cli
+
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "")
+    monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY")
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
