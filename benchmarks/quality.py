@@ -334,6 +334,11 @@ def main(argv: list[str] | None = None) -> int:
         "--selection-only", action="store_true", help="stop after the face selection comparison on the two-face clips"
     )
     parser.add_argument(
+        "--faces-only",
+        action="store_true",
+        help="stop after face tracking (the inputs of finetune_lipsync; `benchmarks/lipsync_gpu.py export` uses this)",
+    )
+    parser.add_argument(
         "--lipsync-only",
         action="store_true",
         help="the lip-sync half only: no search clips generated, no CLIP fine-tune, no search figures",
@@ -412,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     faces = out / "faces"
     if _stage(faces / "index.jsonl", args.fresh):
         timed("face_tracking", lambda: run_face_tracking(frames, faces, config.face_tracking, ctx))
+    if args.faces_only:
+        logger.info("faces Dataset ready: %s (stage seconds %s)", faces, seconds)
+        return 0
 
     search = None
     if not args.lipsync_only:

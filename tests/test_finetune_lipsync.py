@@ -163,6 +163,34 @@ def test_speed_augmentation_keeps_audio_and_video_aligned():
     assert sound[-1] > 3.8 and sound.min() > 0
 
 
+def test_sync_negatives_are_real_windows_with_shifted_audio_labelled_fake():
+    """SyncNet-style self-supervised negatives: a real window's crops with its own audio shifted, inside the clip."""
+    from components.finetune_lipsync.data import WindowLoader, epoch_plan
+    from components.finetune_lipsync.model import LipSyncModelConfig
+
+    fps, sr = 25.0, 16000
+    crops = np.zeros((75, 16, 16, 3), np.uint8)
+    crops[..., 0] = np.arange(75)[:, None, None]  # pixel = frame index
+    audio = (np.arange(3 * sr) / sr).astype(np.float32)  # sample = its time in seconds
+    videos = [LipsyncVideo("real", crops, audio, fps, 0), LipsyncVideo("fake", crops, audio, fps, 1)]
+    cfg = replace(TINY, sync_negatives=2, sync_shift_min_frames=2, sync_shift_max_frames=6)
+    plan = epoch_plan(videos, cfg, np.random.default_rng(0))
+    plain = [p for p in plan if p[2] == 0.0]
+    shifted = [p for p in plan if p[2] != 0.0]
+    assert len(plain) == 10 and len(shifted) == 2 * 5 and {p[0] for p in shifted} == {0}  # reals only, 2 per window
+    assert all(2 <= round(abs(p[2]) * fps) <= 6 for p in shifted) and {p[2] > 0 for p in shifted} == {True, False}
+    span = cfg.augment.speed_max  # one-second windows at the fastest speed
+    assert all(0 <= p[1] <= 3.0 - span and 0 <= p[1] + p[2] <= 3.0 - span for p in shifted)
+    mc = LipSyncModelConfig(**{**asdict(cfg.model), "crop_size": 16})
+    loader = WindowLoader(videos, plan, mc, None, (0, 0))
+    for key, (i, start, shift) in enumerate(plan):
+        video, sound, label = loader(str(key), loader.read(str(key)))
+        assert label == (1 if shift else videos[i].label)
+        assert sound[0] == pytest.approx(start + shift, abs=1e-4)  # the audio starts `shift` later (or earlier)
+        assert video[0, 0, 0, 0] == int(np.floor(start * fps + 1e-6))  # the crops are the window's own
+    assert not [p for p in epoch_plan(videos, replace(cfg, sync_negatives=0), np.random.default_rng(0)) if p[2]]
+
+
 def test_spatial_augmentation_changes_pixels_but_not_shape():
     crops, _ = synthetic_video(False, 0, duration_s=0.4, size=32)
     batch = torch.from_numpy(np.stack([crops, crops]))
