@@ -1,7 +1,8 @@
 """The lip-sync detector on the whole hard benchmark (version 2), trained where a GPU is: one file in, figures out.
 
-Two modes, because the GPU machine has torch, numpy, scikit-learn and OpenCV but none of av, mediapipe, mlflow or
-kfp, and no copy of the project's venv:
+Two modes (and ``oracle``, a model-free rule on an export's crops: :func:`crop_oracle`), because the GPU machine
+has torch, numpy, scikit-learn and OpenCV but none of av, mediapipe, mlflow or kfp, and no copy of the project's
+venv:
 
 ``export`` (here): the benchmark through the project's own stages up to face tracking (``benchmarks/quality.py``:
 generation, ``run_ingest``, ``run_frame_extraction``, ``run_face_tracking``; every stage output is reused when
@@ -33,6 +34,8 @@ Run:
     PYTHONPATH=. .venv/bin/python benchmarks/lipsync_gpu.py export --home .clipsync/bench -o .gpu/lipsync_v2.npz
     # there
     PYTHONPATH=. python benchmarks/lipsync_gpu.py train --data .gpu/lipsync_v2.npz --device cuda --max-minutes 6
+    # anywhere: the model-free crop oracle of an export (seconds)
+    PYTHONPATH=. .venv/bin/python benchmarks/lipsync_gpu.py oracle --data .gpu/lipsync_v2.npz
     # a CPU smoke run of both modes (synthetic faces, a few seconds): tests/test_lipsync_gpu.py
 """
 
@@ -424,8 +427,15 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--loader-workers", type=int, default=4)
     tr.add_argument("--work", default=None, help="checkpoints and models (default: a new temporary folder)")
     tr.add_argument("--json", type=Path, help="also write the figures here")
+    orc = sub.add_parser("oracle", help="the model-free crop oracle of an export, per split (seconds, any machine)")
+    orc.add_argument("--data", type=Path, required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.mode == "oracle":
+        _, videos = load_export(args.data)
+        test = [v for v in videos if v.split == "test"]
+        print(json.dumps({"all": crop_oracle(videos), "test": crop_oracle(test)}, indent=1))
+        return 0
     return export(args) if args.mode == "export" else train(args)
 
 

@@ -49,6 +49,7 @@ def _videos(n: int, duration_s: float = 1.5, seed: int = 0) -> list[LipsyncVideo
 def test_config_defaults_and_validation():
     cfg = FinetuneLipsyncConfig()
     assert (cfg.lr, cfg.lr_encoder, cfg.val_fraction, cfg.batch_size) == (1e-4, 1e-5, 0.2, 8)
+    assert (cfg.sync_negatives, cfg.sync_shift_min_frames, cfg.sync_shift_max_frames) == (1, 1, 6)
     augment = cfg.augment
     assert augment.enabled and (augment.speed_min, augment.speed_max, augment.rotation_deg) == (0.9, 1.1, 15.0)
     for bad in (
@@ -62,6 +63,9 @@ def test_config_defaults_and_validation():
         {"model": {"embed_dim": 30}},
         {"augment": {"speed_min": 1.2}},
         {"model": {"crop_size": 50}},
+        {"sync_negatives": -1},
+        {"sync_shift_min_frames": 0},
+        {"sync_shift_min_frames": 7, "sync_shift_max_frames": 6},
     ):
         with pytest.raises(ConfigError):
             FinetuneLipsyncConfig(**bad)
