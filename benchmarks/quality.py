@@ -20,7 +20,8 @@ Run: ``.venv/bin/python benchmarks/quality.py --home .clipsync/bench`` (1.6 h me
 which lip-sync training 57 min); ``--talking-heads 24 --clips-per-category 3`` makes a smoke run of a few minutes.
 ``--lipsync-only`` runs the lip-sync half alone (no search clips, no CLIP fine-tune); ``--skip-selection``,
 ``--lipsync-epochs N`` and ``--perturbations KIND[:LEVEL],...`` bound it further on a busy machine (each is printed
-with the figures). A model-free oracle on the generator's true mouth opening gives the context of the lip-sync
+with the figures); ``--faces-only`` stops after face tracking (``benchmarks/lipsync_gpu.py export`` reads the faces
+Dataset from there). A model-free oracle on the generator's true mouth opening gives the context of the lip-sync
 figures: how separable each fake type is at all for a correlation rule.
 """
 
