@@ -20,7 +20,8 @@ Run: ``.venv/bin/python benchmarks/quality.py --home .clipsync/bench`` (1.6 h me
 which lip-sync training 57 min); ``--talking-heads 24 --clips-per-category 3`` makes a smoke run of a few minutes.
 ``--lipsync-only`` runs the lip-sync half alone (no search clips, no CLIP fine-tune); ``--skip-selection``,
 ``--lipsync-epochs N`` and ``--perturbations KIND[:LEVEL],...`` bound it further on a busy machine (each is printed
-with the figures). A model-free oracle on the generator's true mouth opening gives the context of the lip-sync
+with the figures); ``--faces-only`` stops after face tracking (``benchmarks/lipsync_gpu.py export`` reads the faces
+Dataset from there). A model-free oracle on the generator's true mouth opening gives the context of the lip-sync
 figures: how separable each fake type is at all for a correlation rule.
 """
 
@@ -334,6 +335,11 @@ def main(argv: list[str] | None = None) -> int:
         "--selection-only", action="store_true", help="stop after the face selection comparison on the two-face clips"
     )
     parser.add_argument(
+        "--faces-only",
+        action="store_true",
+        help="stop after face tracking (the inputs of finetune_lipsync; `benchmarks/lipsync_gpu.py export` uses this)",
+    )
+    parser.add_argument(
         "--lipsync-only",
         action="store_true",
         help="the lip-sync half only: no search clips generated, no CLIP fine-tune, no search figures",
@@ -412,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     faces = out / "faces"
     if _stage(faces / "index.jsonl", args.fresh):
         timed("face_tracking", lambda: run_face_tracking(frames, faces, config.face_tracking, ctx))
+    if args.faces_only:
+        logger.info("faces Dataset ready: %s (stage seconds %s)", faces, seconds)
+        return 0
 
     search = None
     if not args.lipsync_only:

@@ -49,6 +49,7 @@ def _videos(n: int, duration_s: float = 1.5, seed: int = 0) -> list[LipsyncVideo
 def test_config_defaults_and_validation():
     cfg = FinetuneLipsyncConfig()
     assert (cfg.lr, cfg.lr_encoder, cfg.val_fraction, cfg.batch_size) == (1e-4, 1e-5, 0.2, 8)
+    assert (cfg.sync_negatives, cfg.sync_shift_min_frames, cfg.sync_shift_max_frames) == (1, 3, 25)
     augment = cfg.augment
     assert augment.enabled and (augment.speed_min, augment.speed_max, augment.rotation_deg) == (0.9, 1.1, 15.0)
     for bad in (
@@ -62,6 +63,9 @@ def test_config_defaults_and_validation():
         {"model": {"embed_dim": 30}},
         {"augment": {"speed_min": 1.2}},
         {"model": {"crop_size": 50}},
+        {"sync_negatives": -1},
+        {"sync_shift_min_frames": 0},
+        {"sync_shift_min_frames": 7, "sync_shift_max_frames": 6},
     ):
         with pytest.raises(ConfigError):
             FinetuneLipsyncConfig(**bad)
@@ -161,6 +165,34 @@ def test_speed_augmentation_keeps_audio_and_video_aligned():
     # Near the end, the sped-up window is moved back inside the clip instead of running past it.
     video, sound = speed_window(crops, audio, fps, 3.0, 25, 25.0, sr, 1.1, sr)
     assert sound[-1] > 3.8 and sound.min() > 0
+
+
+def test_sync_negatives_are_real_windows_with_shifted_audio_labelled_fake():
+    """SyncNet-style self-supervised negatives: a real window's crops with its own audio shifted, inside the clip."""
+    from components.finetune_lipsync.data import WindowLoader, epoch_plan
+    from components.finetune_lipsync.model import LipSyncModelConfig
+
+    fps, sr = 25.0, 16000
+    crops = np.zeros((75, 16, 16, 3), np.uint8)
+    crops[..., 0] = np.arange(75)[:, None, None]  # pixel = frame index
+    audio = (np.arange(3 * sr) / sr).astype(np.float32)  # sample = its time in seconds
+    videos = [LipsyncVideo("real", crops, audio, fps, 0), LipsyncVideo("fake", crops, audio, fps, 1)]
+    cfg = replace(TINY, sync_negatives=2, sync_shift_min_frames=2, sync_shift_max_frames=6)
+    plan = epoch_plan(videos, cfg, np.random.default_rng(0))
+    plain = [p for p in plan if p[2] == 0.0]
+    shifted = [p for p in plan if p[2] != 0.0]
+    assert len(plain) == 10 and len(shifted) == 2 * 5 and {p[0] for p in shifted} == {0}  # reals only, 2 per window
+    assert all(2 <= round(abs(p[2]) * fps) <= 6 for p in shifted) and {p[2] > 0 for p in shifted} == {True, False}
+    span = cfg.augment.speed_max  # one-second windows at the fastest speed
+    assert all(0 <= p[1] <= 3.0 - span and 0 <= p[1] + p[2] <= 3.0 - span for p in shifted)
+    mc = LipSyncModelConfig(**{**asdict(cfg.model), "crop_size": 16})
+    loader = WindowLoader(videos, plan, mc, None, (0, 0))
+    for key, (i, start, shift) in enumerate(plan):
+        video, sound, label = loader(str(key), loader.read(str(key)))
+        assert label == (1 if shift else videos[i].label)
+        assert sound[0] == pytest.approx(start + shift, abs=1e-4)  # the audio starts `shift` later (or earlier)
+        assert video[0, 0, 0, 0] == int(np.floor(start * fps + 1e-6))  # the crops are the window's own
+    assert not [p for p in epoch_plan(videos, replace(cfg, sync_negatives=0), np.random.default_rng(0)) if p[2]]
 
 
 def test_spatial_augmentation_changes_pixels_but_not_shape():

@@ -233,15 +233,31 @@ def fixed_windows(videos: Sequence[LipsyncVideo], mc: LipSyncModelConfig) -> Win
 
 
 def epoch_plan(videos: Sequence[LipsyncVideo], cfg: FinetuneLipsyncConfig, rng: np.random.Generator) -> list:
-    """The epoch's training windows as ``(video index, start)``, at most ``max_windows_per_video`` each, shuffled."""
+    """The epoch's training windows as ``(video index, start, audio shift)``, shuffled.
+
+    Each video gives its windows (at most ``max_windows_per_video``) with shift 0; each real one also gives
+    ``sync_negatives`` self-supervised negatives per window: a random start where both the window and its audio,
+    shifted by a random ``sync_shift_min_frames`` .. ``sync_shift_max_frames`` frames either way, lie inside the
+    clip (at the fastest augmented speed), and that shift in seconds (a clip too short for the shift gives none).
+    """
     from components.finetune_lipsync.model import window_starts
 
     plan = []
+    mc = cfg.model
+    span = mc.window_s * (cfg.augment.speed_max if cfg.augment.enabled else 1.0)
     for i, v in enumerate(videos):
-        starts = window_starts(v.duration_s, cfg.model.window_s, cfg.model.hop_s)
+        starts = window_starts(v.duration_s, mc.window_s, mc.hop_s)
         if cfg.max_windows_per_video and len(starts) > cfg.max_windows_per_video:
             starts = rng.choice(starts, cfg.max_windows_per_video, replace=False)
-        plan.extend((i, float(s)) for s in starts)
+        plan.extend((i, float(s), 0.0) for s in starts)
+        if v.label != 0:
+            continue
+        for _ in range(cfg.sync_negatives * len(starts)):
+            frames = int(rng.integers(cfg.sync_shift_min_frames, cfg.sync_shift_max_frames + 1))
+            shift = frames / mc.fps * (1 if rng.random() < 0.5 else -1)
+            low, high = max(0.0, -shift), v.duration_s - span - max(0.0, shift)
+            if high >= low:
+                plan.append((i, float(rng.uniform(low, high)), shift))
     rng.shuffle(plan)
     return plan
 
@@ -253,11 +269,12 @@ class WindowLoader:
     A key is a window's position in ``items`` (the epoch plan, the same on every rank); its video's crops and
     audio come from memory or the training shards, are resized to the model, and the window is cut, at a random
     speed when augmenting. The speed is drawn from ``seed`` and the position alone, so a window is cut the same
-    whichever rank or worker cuts it.
+    whichever rank or worker cuts it. A window with an audio shift (a self-supervised negative) takes its audio
+    from ``start + shift`` at the same speed and is labelled fake.
 
     Attributes:
         videos: The training videos (metadata; arrays where in memory).
-        items: The epoch plan, ``(video index, start)`` per window.
+        items: The epoch plan, ``(video index, start, audio shift)`` per window.
         mc: The model's geometry.
         augment: The augmentation ranges, or ``None``.
         seed: ``(seed, epoch)``.
@@ -265,7 +282,7 @@ class WindowLoader:
     """
 
     videos: Sequence[LipsyncVideo]
-    items: Sequence[tuple[int, float]]
+    items: Sequence[tuple[int, float, float]]
     mc: LipSyncModelConfig
     augment: AugmentConfig | None
     seed: tuple[int, int]
@@ -284,15 +301,20 @@ class WindowLoader:
         from components.finetune_lipsync.augment import random_speed, speed_window
         from components.finetune_lipsync.model import extract_window
 
-        i, start = self.items[int(key)]
+        i, start, shift = self.items[int(key)]
         v, mc = self.videos[i], self.mc
         crops = _resize_crops(fields["crops"], mc.crop_size)
         audio = np.asarray(fields["audio"], dtype=np.float32)
+        speed = 1.0
         if self.augment is not None:
             speed = random_speed(np.random.default_rng([*self.seed, int(key)]), self.augment)
-            clip, sound = speed_window(
-                crops, audio, v.fps, start, mc.n_frames, mc.fps, mc.n_samples, speed, mc.sample_rate
+        if shift:  # the plan chose a start where both streams fit at any augmented speed
+            clip, _ = extract_window(
+                crops, audio, v.fps, start, mc.n_frames, mc.fps, mc.n_samples, mc.sample_rate, speed
             )
-        else:
-            clip, sound = extract_window(crops, audio, v.fps, start, mc.n_frames, mc.fps, mc.n_samples, mc.sample_rate)
+            _, sound = extract_window(
+                crops, audio, v.fps, start + shift, mc.n_frames, mc.fps, mc.n_samples, mc.sample_rate, speed
+            )
+            return clip, sound, 1
+        clip, sound = speed_window(crops, audio, v.fps, start, mc.n_frames, mc.fps, mc.n_samples, speed, mc.sample_rate)
         return clip, sound, v.label

@@ -9,6 +9,12 @@ dropout from ``seed`` and the epoch, so a resumed run follows the same path as a
 CPU). The checkpoint with the lowest validation loss is kept and the decision threshold is chosen on the
 validation videos. Epochs are counted from 1 (``best_epoch``, MLflow's step).
 
+Besides the labelled windows, every real training window gives ``sync_negatives`` self-supervised negatives (the
+same crops with the clip's own audio shifted by a few frames, labelled fake;
+:func:`~components.finetune_lipsync.data.epoch_plan`), SyncNet-style: the mouth-voice timing is then learnt from
+every real clip, not only from the labelled fakes, and the fake class's loss weight balances the windows of both
+classes.
+
 The training windows come through a ``DataLoader`` (:class:`~components.finetune_lipsync.data.WindowLoader` over
 :mod:`components.common.shards`): a streamed video's crops and audio are read from the faces Dataset's training
 shards by the loader's workers. Under ``torchrun`` (:mod:`components.common.distributed`) the model is wrapped in
@@ -406,7 +412,10 @@ def _train_lipsync(
     val_ws = fixed_windows(val_videos, mc)
     val_labels = np.array([v.label for v in val_videos])
     n_fake = sum(v.label for v in train_videos)
-    pos_weight = torch.tensor(min(5.0, max(0.2, (len(train_videos) - n_fake) / max(n_fake, 1))), device=runtime.device)
+    n_real = len(train_videos) - n_fake
+    # The self-supervised negatives count as fakes: the fake class's weight balances real against fake windows.
+    n_fake_like = n_fake + cfg.sync_negatives * n_real
+    pos_weight = torch.tensor(min(5.0, max(0.2, n_real / max(n_fake_like, 1))), device=runtime.device)
     optim = make_optimizer(model, cfg, from_pretrained, runtime)
     augment = cfg.augment if cfg.augment.enabled else None
     n_groups = max(len(g) for g in model.encoder_layer_groups().values())

@@ -1,0 +1,73 @@
+"""benchmarks/lipsync_gpu.py: the export's codecs lose little, and both modes run (train where only the GPU
+machine's packages are installed, on the CPU, on a tiny synthetic export)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import lipsync_gpu  # noqa: E402
+from test_gpu_check import ABSENT, _site_packages_without  # noqa: E402
+
+
+def test_crops_and_audio_codecs_round_trip_closely():
+    from components.finetune_lipsync.model import log_mel
+    from components.finetune_lipsync.synthetic import synthetic_video
+
+    crops, audio = synthetic_video(False, 3, duration_s=1.0, size=48)
+    back = lipsync_gpu.decode_crops(lipsync_gpu.encode_crops(crops), len(crops), 48)
+    assert back.shape == crops.shape and back.dtype == np.uint8
+    luma = np.array([0.299, 0.587, 0.114])
+    assert np.abs((back.astype(float) - crops) @ luma).mean() < 1.0  # luma is kept at full resolution
+    assert np.abs(back.astype(int) - crops).mean() < 6  # chroma at half (this clip has per-pixel colour noise)
+    # Frame differences are exact: the decoded frames move as the original ones do.
+    np.testing.assert_allclose(np.diff(back.mean(axis=(1, 2, 3))), np.diff(crops.mean(axis=(1, 2, 3))), atol=1.0)
+    sound = lipsync_gpu.decode_audio(lipsync_gpu.encode_audio(audio))
+    assert sound.shape == audio.shape and sound.dtype == np.float32
+    a, b = log_mel(audio).numpy().ravel(), log_mel(sound).numpy().ravel()
+    assert np.corrcoef(a, b)[0, 1] > 0.95  # what the model sees of the mu-law audio
+
+
+@pytest.mark.slow
+def test_export_then_train_without_the_project_only_packages(tmp_path):
+    from components.finetune_lipsync.synthetic import write_synthetic_faces
+
+    faces = tmp_path / "faces"
+    ids = write_synthetic_faces(faces, {"train": 8, "val": 4, "test": 6}, duration_s=1.5, size=96)
+    truth = {vid: {"scene": "single" if k % 3 else "two_face"} for k, vid in enumerate(ids)}
+    data = tmp_path / "export.npz"
+    header = lipsync_gpu.export_faces(faces, data, truth)
+    assert len(header["videos"]) == 18 and not header["skipped"]
+    loaded, videos = lipsync_gpu.load_export(data)
+    assert loaded == json.loads(json.dumps(header))
+    assert [v.video_id for v in videos] == sorted(ids) and videos[0].crops.shape == (38, 48, 48, 3)
+
+    site = _site_packages_without(ABSENT, tmp_path / "site-packages")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(site)]), "OMP_NUM_THREADS": "1"}
+    env.pop("PYTHONHOME", None)
+    tiny = {
+        "model": {"crop_size": 32, "visual_channels": 4, "audio_channels": 8, "embed_dim": 16},
+        "epochs": 2,
+        "freeze_epochs": 0,
+    }
+    recipe = "tiny:" + json.dumps({**tiny, "num_threads": 1, "precision": "fp32"})
+    cmd = [sys.executable, "-S", str(ROOT / "benchmarks" / "lipsync_gpu.py"), "train", "--data", str(data)]
+    cmd += ["--device", "cpu", "--recipe", recipe, "--perturbations", "compression:40,blur:2", "--loader-workers", "0"]
+    cmd += ["--work", str(tmp_path / "work"), "--json", str(tmp_path / "figures.json")]
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    figures = json.loads((tmp_path / "figures.json").read_text())
+    (run,) = figures["recipes"]
+    assert run["epochs_done"] == 2 and not run["stopped_by_time_budget"]
+    assert run["videos"]["test"] == 6 and run["test"]["roc_auc"]["n"] == 6
+    assert [(r["perturbation"], r["level"]) for r in run["perturbations"]] == [("compression", 40), ("blur", 2)]
+    assert {"scene=single", "scene=two_face"} <= set(run["per_condition"])
