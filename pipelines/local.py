@@ -101,16 +101,22 @@ class TrackingServer:
         return config
 
     def stop(self) -> None:
-        """Stop the server and its uvicorn worker (the process group it leads, started here), by PID."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=15)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        """Stop the server and its uvicorn worker, by PID."""
+        stop_process_group(self.proc)
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """Stop ``proc`` (TERM, KILL after 15 s) and every process of the group it leads (started with
+    ``start_new_session``): an ``mlflow server`` leaves its uvicorn worker behind otherwise."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 @contextlib.contextmanager

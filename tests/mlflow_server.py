@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +11,8 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+
+from pipelines.local import stop_process_group as stop
 
 MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME")
 
@@ -69,16 +70,3 @@ def mlflow_server(root: Path, ready_timeout_s: float = 90) -> Iterator[tuple[str
         yield url, proc
     finally:
         stop(proc)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """Stop the server and every process of its group (its uvicorn worker), by PID."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)

@@ -7,7 +7,6 @@ model server started as a subprocess on loopback ports, stopped by PID.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import os
@@ -308,13 +307,7 @@ class MlflowServer:
     def stop(self) -> None:
         if self.proc is None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=15)
-        # Its uvicorn worker is in the process group started for it: none may outlive the server.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        from pipelines.local import stop_process_group
+
+        stop_process_group(self.proc)  # its uvicorn worker too: none may outlive the server
         self.proc = None
