@@ -159,6 +159,10 @@ HELD_OUT = {c: qs[1::2] for c, qs in USER_QUERIES.items()}
 
 MONTH1, MONTH2, MONTH3 = "2026-10-02", "2026-11-01", "2026-12-01"
 
+#: How many entries of October's review queue the simulated reviewer answers (fixed before any run: about an hour
+#: of a person's time, half as many as the 42 searches users rated).
+REVIEW_BUDGET = 20
+
 #: Words that say nothing about a category (left out of the vocabulary coverage).
 STOP_WORDS = frozenset(
     "a an the of on in with and to at by from its for after before during through into onto over next one two "  # noqa: SIM905
@@ -307,6 +311,45 @@ def simulate_users(
     return len(answers)
 
 
+def review(
+    store,
+    library: Library,
+    month: str,
+    out: Path,
+    asked: dict[str, list[str]] = RATED,
+    held_out: dict[str, list[str]] = HELD_OUT,
+    budget: int = REVIEW_BUDGET,
+    model: str = "clip-demo",
+) -> tuple[list, list[dict]]:
+    """A reviewer works through the month's review queue (``clipsync feedback review``): for each of its first
+    ``budget`` entries it names the right video, the first video of the search's category (the users' truth:
+    ``asked``, category -> phrasings) in the served model's ranking of the whole library, as a relevant answer on
+    the entry's ``query_id``, checked as the model server checks an answer (:func:`serving.feedback.check_feedback`,
+    a video of the library). A ``held_out`` phrasing in the queue is an error: nobody may ask it.
+
+    Returns:
+        The queue and the feedback entries of the answers (not yet in the store).
+    """
+    from components.feedback.core import normalize_query, review_for_month
+    from serving.feedback import check_feedback, feedback_entry
+
+    truth = {normalize_query(q): c for c, qs in asked.items() for q in qs}
+    queue = review_for_month(store, model, month, out)
+    unseen = {normalize_query(q) for qs in held_out.values() for q in qs}
+    assert not unseen & {normalize_query(i.query) for i in queue}, "a held-out phrasing reached the review queue"
+    answers = []
+    for n, item in enumerate(queue[:budget]):
+        category = truth[normalize_query(item.query)]
+        rows, _ = library.search(item.query, k=len(library.ids))
+        video = next(library.ids[i] for i in rows if library.categories[i] == category)
+        assert video in library.ids  # the server refuses a video of no library (HTTP 400)
+        answer = check_feedback(item.query_id, video, True, "")
+        results = [library.ids[i] for i in rows[:5]]
+        entry = feedback_entry(model, "1", answer, {"query": item.query, "results": results}, "v1")
+        answers.append(entry | {"ts": f"{month}-28T18:00:{n % 60:02d}.000+00:00"})
+    return queue, answers
+
+
 def _proportion(hits: np.ndarray) -> str:
     from components.common.stats import wilson
 
@@ -349,6 +392,7 @@ def main() -> int:
     from components.config import from_dict
     from components.demo_data.core import DemoConfig, generate_demo_data
     from components.deploy.core import promote
+    from components.feedback.core import normalize_query
     from components.finetune_clip.base_model import build_demo_base_clip
     from components.monitor.core import run_monitor
 
@@ -390,6 +434,8 @@ def main() -> int:
     promote(config.tracking, "clip-demo", month1["report"].registered_version)
     served1 = Library(month1["model"], [frames1], config.cache_dir)
     n_answers = simulate_users(store, served1, RATED, "2026-10", rate=True)
+    queue, review_answers = review(store, served1, "2026-10", work / "review")
+    review_key = "feedback/clip-demo/2026-10/review.jsonl"
 
     # Month 2's arms on the same frames, the same remembered videos (put back before each: an arm rewrites them
     # with its feedback labels), the same warm start and epochs; only what the feedback stage gives differs. The
@@ -406,15 +452,26 @@ def main() -> int:
         "month 2 without feedback": (dataclasses.replace(config.feedback, enabled=False), ()),
         "month 2, rated videos only": (dataclasses.replace(config.feedback, propagate=False), ()),
         **({"oracle: + held-out as labels": (config.feedback, oracle)} if args.oracle else {}),
+        "month 2 with feedback + review": (config.feedback, ()),
         "month 2 with feedback": (config.feedback, ()),
     }
+    held_out = {normalize_query(q) for qs in HELD_OUT.values() for q in qs}
     runs, texts = {}, {}
     for n, (name, (feedback, extra)) in enumerate(arms.items()):
         for key, body in memory.items():
             store.put_bytes(key, body)
+        reviewed = name.endswith("+ review")
+        if reviewed:  # the reviewer's answers are in October's feedback for this arm only
+            store.put_bytes(review_key, "".join(json.dumps(e) + "\n" for e in review_answers).encode())
         out = work / f"month2-arm{n}"
         runs[name] = _train(config2, frames2, out, feedback, track=name == "month 2 with feedback", extra_records=extra)
+        if reviewed:
+            store.put_bytes(review_key, b"")
         texts[name] = trained_texts(store)
+        if not extra:  # held-out phrasings are never asked, rated, reviewed or trained on (the oracle's are)
+            trained = {normalize_query(r.text) for r in runs[name]["feedback"].records}
+            trained |= {normalize_query(t) for ts in texts[name].values() for t in ts}
+            assert not held_out & trained, f"{name}: a held-out phrasing reached training"
     frames = [frames1, frames2]
     libraries = {"month 1 champion": Library(month1["model"], frames, config.cache_dir)}
     libraries |= {name: Library(run["model"], frames, config.cache_dir) for name, run in runs.items()}
@@ -445,6 +502,14 @@ def main() -> int:
     print(
         f"October's ratings: {len(relevant)} relevant on {len({r.query_id for r in relevant})} of "
         f"{sum(map(len, RATED.values()))} searches, of categories {sorted({r.category for r in fed.category_labels})}"
+    )
+    rev = [r for r in runs["month 2 with feedback + review"]["feedback"].labels if r.source == "query"]
+    print(
+        f"October's review queue: {len(queue)} searches ({sum(i.reason == 'no_relevant_result' for i in queue)} "
+        f"with no relevant result); the reviewer answered the first {len(review_answers)} (budget {REVIEW_BUDGET}): "
+        f"searches with a relevant answer {len({r.query_id for r in relevant})} -> {len({r.query_id for r in rev})}"
+        f", categories {len({r.category for r in fed.category_labels})} -> "
+        f"{len({r.category for r in runs['month 2 with feedback + review']['feedback'].category_labels})} of 7"
     )
     for name, run in runs.items():
         r, data = run["report"], run["feedback"]
