@@ -331,23 +331,35 @@ def review(
         The queue and the feedback entries of the answers (not yet in the store).
     """
     from components.feedback.core import normalize_query, review_for_month
-    from serving.feedback import check_feedback, feedback_entry
+    from serving.feedback import check_feedback, feedback_entry, read_feedback
+    from serving.querylog import read_month
 
     truth = {normalize_query(q): c for c, qs in asked.items() for q in qs}
     queue = review_for_month(store, model, month, out)
     unseen = {normalize_query(q) for qs in held_out.values() for q in qs}
+    seen = [e["query"] for e in read_month(store, model, month) + read_feedback(store, model, month)]
+    assert not unseen & {normalize_query(q) for q in seen}, "a held-out phrasing was asked or rated"
     assert not unseen & {normalize_query(i.query) for i in queue}, "a held-out phrasing reached the review queue"
     answers = []
     for n, item in enumerate(queue[:budget]):
         category = truth[normalize_query(item.query)]
         rows, _ = library.search(item.query, k=len(library.ids))
         video = next(library.ids[i] for i in rows if library.categories[i] == category)
-        assert video in library.ids  # the server refuses a video of no library (HTTP 400)
         answer = check_feedback(item.query_id, video, True, "")
         results = [library.ids[i] for i in rows[:5]]
         entry = feedback_entry(model, "1", answer, {"query": item.query, "results": results}, "v1")
         answers.append(entry | {"ts": f"{month}-28T18:00:{n % 60:02d}.000+00:00"})
     return queue, answers
+
+
+def _never_trained(name: str, feedback, texts: dict[str, set[str]]) -> None:
+    """A held-out phrasing is in no training record of the feedback stage and no training text of the run."""
+    from components.feedback.core import normalize_query
+
+    held_out = {normalize_query(q) for qs in HELD_OUT.values() for q in qs}
+    trained = {normalize_query(r.text) for r in feedback.records}
+    trained |= {normalize_query(t) for ts in texts.values() for t in ts}
+    assert not held_out & trained, f"{name}: a held-out phrasing reached training"
 
 
 def _proportion(hits: np.ndarray) -> str:
@@ -368,6 +380,12 @@ def main() -> int:
         "--month3",
         action="store_true",
         help="a second feedback round: users rate month 2's answers in November, month 3 retrains (reported apart)",
+    )
+    parser.add_argument(
+        "--review-budget",
+        type=int,
+        default=REVIEW_BUDGET,
+        help=f"review queue entries the simulated reviewer answers (default {REVIEW_BUDGET}, fixed before any run)",
     )
     parser.add_argument("--out", type=Path, default=None, help="write every model's per-query hits (JSON) here")
     parser.add_argument(
@@ -392,7 +410,6 @@ def main() -> int:
     from components.config import from_dict
     from components.demo_data.core import DemoConfig, generate_demo_data
     from components.deploy.core import promote
-    from components.feedback.core import normalize_query
     from components.finetune_clip.base_model import build_demo_base_clip
     from components.monitor.core import run_monitor
 
@@ -434,7 +451,7 @@ def main() -> int:
     promote(config.tracking, "clip-demo", month1["report"].registered_version)
     served1 = Library(month1["model"], [frames1], config.cache_dir)
     n_answers = simulate_users(store, served1, RATED, "2026-10", rate=True)
-    queue, review_answers = review(store, served1, "2026-10", work / "review")
+    queue, review_answers = review(store, served1, "2026-10", work / "review", budget=args.review_budget)
     review_key = "feedback/clip-demo/2026-10/review.jsonl"
 
     # Month 2's arms on the same frames, the same remembered videos (put back before each: an arm rewrites them
@@ -455,7 +472,6 @@ def main() -> int:
         "month 2 with feedback + review": (config.feedback, ()),
         "month 2 with feedback": (config.feedback, ()),
     }
-    held_out = {normalize_query(q) for qs in HELD_OUT.values() for q in qs}
     runs, texts = {}, {}
     for n, (name, (feedback, extra)) in enumerate(arms.items()):
         for key, body in memory.items():
@@ -468,10 +484,8 @@ def main() -> int:
         if reviewed:
             store.put_bytes(review_key, b"")
         texts[name] = trained_texts(store)
-        if not extra:  # held-out phrasings are never asked, rated, reviewed or trained on (the oracle's are)
-            trained = {normalize_query(r.text) for r in runs[name]["feedback"].records}
-            trained |= {normalize_query(t) for ts in texts[name].values() for t in ts}
-            assert not held_out & trained, f"{name}: a held-out phrasing reached training"
+        if not extra:  # the oracle's training texts are the held-out phrasings
+            _never_trained(name, runs[name]["feedback"], texts[name])
     frames = [frames1, frames2]
     libraries = {"month 1 champion": Library(month1["model"], frames, config.cache_dir)}
     libraries |= {name: Library(run["model"], frames, config.cache_dir) for name, run in runs.items()}
@@ -506,7 +520,8 @@ def main() -> int:
     rev = [r for r in runs["month 2 with feedback + review"]["feedback"].labels if r.source == "query"]
     print(
         f"October's review queue: {len(queue)} searches ({sum(i.reason == 'no_relevant_result' for i in queue)} "
-        f"with no relevant result); the reviewer answered the first {len(review_answers)} (budget {REVIEW_BUDGET}): "
+        f"with no relevant result); the reviewer answered the first {len(review_answers)} "
+        f"(budget {args.review_budget}): "
         f"searches with a relevant answer {len({r.query_id for r in relevant})} -> {len({r.query_id for r in rev})}"
         f", categories {len({r.category for r in fed.category_labels})} -> "
         f"{len({r.category for r in runs['month 2 with feedback + review']['feedback'].category_labels})} of 7"
@@ -523,8 +538,7 @@ def main() -> int:
     for name, by_category in texts.items():
         print(f"  {name:34} {coverage(HELD_OUT, by_category)}")
     print(f"\nR@1 (top-1 category), library of {len(served2.ids)} videos, Wilson 95 % intervals:")
-    refs = ("month 2 without feedback", "month 1 champion")
-    _figures(hits, [(name, ref) for name in runs for ref in refs if name != ref])
+    _figures(hits, [(name, ref) for name in runs for ref in _refs(name) if name != ref])
     seconds = {**runs["month 2 with feedback"]["seconds"], "monitor": monitor_s}
     print("\nstage seconds (month 2 with feedback): " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
     print(f"whole benchmark {time.perf_counter() - t0:.0f} s\n")
@@ -547,12 +561,18 @@ def pool(paths: list[Path]) -> None:
     print(f"# pooled over {len(runs)} runs ({', '.join(map(str, paths))}): gains averaged per query over the runs")
     for kind in ("held_out", "rated"):
         for name in names:
-            for ref in ("month 2 without feedback", "month 1 champion"):
+            for ref in _refs(name):
                 if name == ref or ref not in runs[0]:
                     continue
                 per_query = np.mean([np.array(r[name][kind], float) - np.array(r[ref][kind], float) for r in runs], 0)
                 gain = bootstrap_mean(per_query, n_resamples=2000)
                 print(f"  {kind:8} {name:30} vs {ref:28} {gain.value:+.3f} [{gain.low:+.3f}, {gain.high:+.3f}]")
+
+
+def _refs(name: str) -> tuple[str, ...]:
+    """What a month-2 arm's gains are measured against (the review arm also against feedback without review)."""
+    review = ("month 2 with feedback",) if name.endswith("+ review") else ()
+    return ("month 2 without feedback", "month 1 champion", *review)
 
 
 def month3(config, store, frames: list[Path], libraries: dict, n_november: int, work: Path) -> dict:
@@ -570,6 +590,7 @@ def month3(config, store, frames: list[Path], libraries: dict, n_november: int, 
         for key, body in memory.items():
             store.put_bytes(key, body)
         run = _train(config3, frames3, work / f"month3-arm{n}", feedback, track=False)
+        _never_trained(name, run["feedback"], trained_texts(store))
         r = run["report"]
         print(
             f"{name}: {r.n_train} train videos ({r.n_remembered} remembered), feedback {r.feedback_labels} labels "
