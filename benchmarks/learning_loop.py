@@ -5,26 +5,30 @@ and answers searches in October (in process: the serving code's ``ClipBackbones`
 Simulated users search in their own words (:data:`USER_QUERIES`: phrasings, and user words, that no demo label
 uses) and rate the top 5 results (relevant when the video's category is the query's, from the demo's truth); the
 search log and the answers are written where the model server writes them. Half of each category's phrasings
-(:data:`RATED`) are asked and rated; the other half (:data:`HELD_OUT`) is never rated.
+(:data:`RATED`) are asked and rated; the other half (:data:`HELD_OUT`) is never asked before month 2 is trained,
+never rated or reviewed, and in no training text but the oracle's (asserted). A reviewer then answers the first
+:data:`REVIEW_BUDGET` entries of October's review queue (``clipsync feedback review``: the searches whose rated
+results were all wrong) with a right video found in the library (:func:`review`).
 
 Month 2 (window up to 2026-11-01) runs the feedback stage (October's answers -> labels, category labels and hard
 negatives) and fine-tunes again: on its own window plus month 1's remembered videos, warm-started from the
 champion. Its arms share the frames, the remembered videos, the warm start and the epochs and differ only in what
 the feedback stage gives: none (``feedback.enabled: false``, the baseline, so a gain is the feedback's, not the
-extra month's), ratings on training videos only (``feedback.propagate: false``), the defaults, and with
-``--oracle`` an upper bound (the held-out phrasings as category labels). The figure: top-1 category hit rate (R@1)
-on the 42 held-out (and the 42 rated) phrasings over the whole library, each with its Wilson interval, and gains
-paired over the same queries with a bootstrap interval (``components/common/stats.py``), besides the share of the
-held-out phrasings' words each arm's training texts hold. Then users search all phrasings with month 2's model in
+extra month's), ratings on training videos only (``feedback.propagate: false``), the defaults, the defaults with
+the reviewer's answers, and with ``--oracle`` an upper bound (the held-out phrasings as category labels). The
+figure: top-1 category hit rate (R@1) on the 42 held-out (and the 42 rated) phrasings over the whole library, each
+with its Wilson interval, and gains paired over the same queries with a bootstrap interval
+(``components/common/stats.py``), besides the share of the held-out phrasings' words each arm's training texts
+hold. Then users search all phrasings with month 2's model in
 November, and the monitor stage compares November with October. With ``--month3`` users rate month 2's answers to
 the rated phrasings in November and month 3 (window up to 2026-12-01, no new uploads) retrains with and without
 that second round (reported apart from month 2).
 
 Run: ``PYTHONPATH=. .venv/bin/python benchmarks/learning_loop.py [--clips 6] [--epochs 15] [--base DIR] [--oracle]
-[--month3] [--threads 1] [--seed S] [--out hits.json]`` (22 minutes with all arms at 15 epochs, one thread, three
-seeds side by side on a loaded 2-core machine), then ``--pool hits_0.json hits_1.json ...`` for the gains over
-seeds (per query averaged over the runs, bootstrap over the queries); the figures and their diagnosis are in the
-README's learning-loop section.
+[--month3] [--threads 1] [--seed S] [--review-budget 20] [--out hits.json]`` (8 minutes with ``--oracle`` at 15
+epochs, one thread, three seeds side by side on a loaded 2-core machine; 22 with ``--month3``), then ``--pool
+hits_0.json hits_1.json ...`` for the gains over seeds (per query averaged over the runs, bootstrap over the
+queries); the figures and their diagnosis are in the README's learning-loop section.
 
 Why this file is long: the 84 user phrasings (:data:`USER_QUERIES`, fixed data) take a fifth of it, and month 2's
 arms, month 3 and the pooling over seeds are one benchmark that share its months and its simulated users.
@@ -159,8 +163,8 @@ HELD_OUT = {c: qs[1::2] for c, qs in USER_QUERIES.items()}
 
 MONTH1, MONTH2, MONTH3 = "2026-10-02", "2026-11-01", "2026-12-01"
 
-#: How many entries of October's review queue the simulated reviewer answers (fixed before any run: about an hour
-#: of a person's time, half as many as the 42 searches users rated).
+#: How many entries of October's review queue the simulated reviewer answers (fixed before any run: half as many as
+#: the 42 searches the users rated).
 REVIEW_BUDGET = 20
 
 #: Words that say nothing about a category (left out of the vocabulary coverage).

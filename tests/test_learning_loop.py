@@ -1,9 +1,10 @@
 """Two months of the learning loop on a tiny library, the stage cores called directly (no DAG run).
 
 Month 1 trains and serves (the model server's ``ClipBackbones``, in process); simulated users search in words no
-label uses and rate the results; month 2's feedback stage turns the ratings into labels and hard negatives that
-its fine-tune consumes, with provenance; the monitor compares November's searches (month 2's model) with
-October's (month 1's). Whether the loop also answers held-out phrasings better is the benchmark's figure
+label uses and rate the results, and a reviewer answers the review queue with right videos the searches had not
+returned; month 2's feedback stage turns both into labels and hard negatives that its fine-tune consumes, with
+provenance, and no held-out phrasing reaches training; the monitor compares November's searches (month 2's
+model) with October's (month 1's). Whether the loop also answers held-out phrasings better is the benchmark's figure
 (``benchmarks/learning_loop.py``: it needs a larger library and more epochs than a test can afford).
 """
 
