@@ -81,7 +81,8 @@ def test_two_months_feedback_becomes_training_data_and_the_rated_searches_improv
     assert n_rated == 9 * 5
     bench.simulate_users(store, served1, ASKED, "2026-10", rate=False, model="clip-acme", name="asked", first=100)
     # A reviewer answers October's review queue (unsure unrated searches, searches whose rated results were all
-    # wrong) with the right video found in the library: a relevant rating the search had not returned.
+    # wrong) with the right video found in the library (for a search whose results were all wrong, one it had not
+    # returned: its rank is empty).
     truth = {c: RATED[c] + ASKED[c] for c in RATED}
     queue, answers = bench.review(store, served1, "2026-10", tmp_path / "review", truth, HELD_OUT, 3, "clip-acme")
     assert answers and len(answers) == min(3, len(queue)) and (tmp_path / "review" / "review_queue.html").exists()
@@ -101,7 +102,10 @@ def test_two_months_feedback_becomes_training_data_and_the_rated_searches_improv
     for answer in answers:
         made = {(r.kind, r.text, r.video_id) for r in feedback.records if r.feedback_id == answer["feedback_id"]}
         assert made == {(k, answer["query"], answer["video_id"]) for k in ("label", "category_label")}
-        assert all(r.rank is None for r in feedback.records if r.feedback_id == answer["feedback_id"])
+        assert all(r.rank == answer["rank"] for r in feedback.records if r.feedback_id == answer["feedback_id"])
+    reasons = {i.query_id: i.reason for i in queue}
+    wrong = [a for a in answers if reasons[a["query_id"]] == "no_relevant_result"]
+    assert wrong and all(a["rank"] is None for a in wrong)  # the search had not returned the video named
     assert all(
         r.query_id.startswith("2026-10-q") and r.feedback_id and r.model_version == "1" for r in feedback.records
     )
