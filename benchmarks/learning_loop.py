@@ -5,26 +5,30 @@ and answers searches in October (in process: the serving code's ``ClipBackbones`
 Simulated users search in their own words (:data:`USER_QUERIES`: phrasings, and user words, that no demo label
 uses) and rate the top 5 results (relevant when the video's category is the query's, from the demo's truth); the
 search log and the answers are written where the model server writes them. Half of each category's phrasings
-(:data:`RATED`) are asked and rated; the other half (:data:`HELD_OUT`) is never rated.
+(:data:`RATED`) are asked and rated; the other half (:data:`HELD_OUT`) is never asked before month 2 is trained,
+never rated or reviewed, and in no training text but the oracle's (asserted). A reviewer then answers the first
+:data:`REVIEW_BUDGET` entries of October's review queue (``clipsync feedback review``: the searches whose rated
+results were all wrong) with a right video found in the library (:func:`review`).
 
 Month 2 (window up to 2026-11-01) runs the feedback stage (October's answers -> labels, category labels and hard
 negatives) and fine-tunes again: on its own window plus month 1's remembered videos, warm-started from the
 champion. Its arms share the frames, the remembered videos, the warm start and the epochs and differ only in what
 the feedback stage gives: none (``feedback.enabled: false``, the baseline, so a gain is the feedback's, not the
-extra month's), ratings on training videos only (``feedback.propagate: false``), the defaults, and with
-``--oracle`` an upper bound (the held-out phrasings as category labels). The figure: top-1 category hit rate (R@1)
-on the 42 held-out (and the 42 rated) phrasings over the whole library, each with its Wilson interval, and gains
-paired over the same queries with a bootstrap interval (``components/common/stats.py``), besides the share of the
-held-out phrasings' words each arm's training texts hold. Then users search all phrasings with month 2's model in
+extra month's), ratings on training videos only (``feedback.propagate: false``), the defaults, the defaults with
+the reviewer's answers, and with ``--oracle`` an upper bound (the held-out phrasings as category labels). The
+figure: top-1 category hit rate (R@1) on the 42 held-out (and the 42 rated) phrasings over the whole library, each
+with its Wilson interval, and gains paired over the same queries with a bootstrap interval
+(``components/common/stats.py``), besides the share of the held-out phrasings' words each arm's training texts
+hold. Then users search all phrasings with month 2's model in
 November, and the monitor stage compares November with October. With ``--month3`` users rate month 2's answers to
 the rated phrasings in November and month 3 (window up to 2026-12-01, no new uploads) retrains with and without
 that second round (reported apart from month 2).
 
 Run: ``PYTHONPATH=. .venv/bin/python benchmarks/learning_loop.py [--clips 6] [--epochs 15] [--base DIR] [--oracle]
-[--month3] [--threads 1] [--seed S] [--out hits.json]`` (22 minutes with all arms at 15 epochs, one thread, three
-seeds side by side on a loaded 2-core machine), then ``--pool hits_0.json hits_1.json ...`` for the gains over
-seeds (per query averaged over the runs, bootstrap over the queries); the figures and their diagnosis are in the
-README's learning-loop section.
+[--month3] [--threads 1] [--seed S] [--review-budget 20] [--out hits.json]`` (8 minutes with ``--oracle`` at 15
+epochs, one thread, three seeds side by side on a loaded 2-core machine; 22 with ``--month3``), then ``--pool
+hits_0.json hits_1.json ...`` for the gains over seeds (per query averaged over the runs, bootstrap over the
+queries); the figures and their diagnosis are in the README's learning-loop section.
 
 Why this file is long: the 84 user phrasings (:data:`USER_QUERIES`, fixed data) take a fifth of it, and month 2's
 arms, month 3 and the pooling over seeds are one benchmark that share its months and its simulated users.
@@ -158,6 +162,10 @@ RATED = {c: qs[0::2] for c, qs in USER_QUERIES.items()}
 HELD_OUT = {c: qs[1::2] for c, qs in USER_QUERIES.items()}
 
 MONTH1, MONTH2, MONTH3 = "2026-10-02", "2026-11-01", "2026-12-01"
+
+#: How many entries of October's review queue the simulated reviewer answers (fixed before any run: half as many as
+#: the 42 searches the users rated).
+REVIEW_BUDGET = 20
 
 #: Words that say nothing about a category (left out of the vocabulary coverage).
 STOP_WORDS = frozenset(
@@ -307,6 +315,57 @@ def simulate_users(
     return len(answers)
 
 
+def review(
+    store,
+    library: Library,
+    month: str,
+    out: Path,
+    asked: dict[str, list[str]] = RATED,
+    held_out: dict[str, list[str]] = HELD_OUT,
+    budget: int = REVIEW_BUDGET,
+    model: str = "clip-demo",
+) -> tuple[list, list[dict]]:
+    """A reviewer works through the month's review queue (``clipsync feedback review``): for each of its first
+    ``budget`` entries it names the right video, the first video of the search's category (the users' truth:
+    ``asked``, category -> phrasings) in the served model's ranking of the whole library, as a relevant answer on
+    the entry's ``query_id``, checked as the model server checks an answer (:func:`serving.feedback.check_feedback`,
+    a video of the library). A ``held_out`` phrasing in the queue is an error: nobody may ask it.
+
+    Returns:
+        The queue and the feedback entries of the answers (not yet in the store).
+    """
+    from components.feedback.core import normalize_query, review_for_month
+    from serving.feedback import check_feedback, feedback_entry, read_feedback
+    from serving.querylog import read_month
+
+    truth = {normalize_query(q): c for c, qs in asked.items() for q in qs}
+    queue = review_for_month(store, model, month, out)
+    unseen = {normalize_query(q) for qs in held_out.values() for q in qs}
+    seen = [e["query"] for e in read_month(store, model, month) + read_feedback(store, model, month)]
+    assert not unseen & {normalize_query(q) for q in seen}, "a held-out phrasing was asked or rated"
+    assert not unseen & {normalize_query(i.query) for i in queue}, "a held-out phrasing reached the review queue"
+    answers = []
+    for n, item in enumerate(queue[:budget]):
+        category = truth[normalize_query(item.query)]
+        rows, _ = library.search(item.query, k=len(library.ids))
+        video = next(library.ids[i] for i in rows if library.categories[i] == category)
+        answer = check_feedback(item.query_id, video, True, "")
+        results = [library.ids[i] for i in rows[:5]]
+        entry = feedback_entry(model, "1", answer, {"query": item.query, "results": results}, "v1")
+        answers.append(entry | {"ts": f"{month}-28T18:00:{n % 60:02d}.000+00:00"})
+    return queue, answers
+
+
+def _never_trained(name: str, feedback, texts: dict[str, set[str]]) -> None:
+    """A held-out phrasing is in no training record of the feedback stage and no training text of the run."""
+    from components.feedback.core import normalize_query
+
+    held_out = {normalize_query(q) for qs in HELD_OUT.values() for q in qs}
+    trained = {normalize_query(r.text) for r in feedback.records}
+    trained |= {normalize_query(t) for ts in texts.values() for t in ts}
+    assert not held_out & trained, f"{name}: a held-out phrasing reached training"
+
+
 def _proportion(hits: np.ndarray) -> str:
     from components.common.stats import wilson
 
@@ -325,6 +384,12 @@ def main() -> int:
         "--month3",
         action="store_true",
         help="a second feedback round: users rate month 2's answers in November, month 3 retrains (reported apart)",
+    )
+    parser.add_argument(
+        "--review-budget",
+        type=int,
+        default=REVIEW_BUDGET,
+        help=f"review queue entries the simulated reviewer answers (default {REVIEW_BUDGET}, fixed before any run)",
     )
     parser.add_argument("--out", type=Path, default=None, help="write every model's per-query hits (JSON) here")
     parser.add_argument(
@@ -390,6 +455,8 @@ def main() -> int:
     promote(config.tracking, "clip-demo", month1["report"].registered_version)
     served1 = Library(month1["model"], [frames1], config.cache_dir)
     n_answers = simulate_users(store, served1, RATED, "2026-10", rate=True)
+    queue, review_answers = review(store, served1, "2026-10", work / "review", budget=args.review_budget)
+    review_key = "feedback/clip-demo/2026-10/review.jsonl"
 
     # Month 2's arms on the same frames, the same remembered videos (put back before each: an arm rewrites them
     # with its feedback labels), the same warm start and epochs; only what the feedback stage gives differs. The
@@ -406,15 +473,23 @@ def main() -> int:
         "month 2 without feedback": (dataclasses.replace(config.feedback, enabled=False), ()),
         "month 2, rated videos only": (dataclasses.replace(config.feedback, propagate=False), ()),
         **({"oracle: + held-out as labels": (config.feedback, oracle)} if args.oracle else {}),
+        "month 2 with feedback + review": (config.feedback, ()),
         "month 2 with feedback": (config.feedback, ()),
     }
     runs, texts = {}, {}
     for n, (name, (feedback, extra)) in enumerate(arms.items()):
         for key, body in memory.items():
             store.put_bytes(key, body)
+        reviewed = name.endswith("+ review")
+        if reviewed:  # the reviewer's answers are in October's feedback for this arm only
+            store.put_bytes(review_key, "".join(json.dumps(e) + "\n" for e in review_answers).encode())
         out = work / f"month2-arm{n}"
         runs[name] = _train(config2, frames2, out, feedback, track=name == "month 2 with feedback", extra_records=extra)
+        if reviewed:
+            store.put_bytes(review_key, b"")
         texts[name] = trained_texts(store)
+        if not extra:  # the oracle's training texts are the held-out phrasings
+            _never_trained(name, runs[name]["feedback"], texts[name])
     frames = [frames1, frames2]
     libraries = {"month 1 champion": Library(month1["model"], frames, config.cache_dir)}
     libraries |= {name: Library(run["model"], frames, config.cache_dir) for name, run in runs.items()}
@@ -446,6 +521,15 @@ def main() -> int:
         f"October's ratings: {len(relevant)} relevant on {len({r.query_id for r in relevant})} of "
         f"{sum(map(len, RATED.values()))} searches, of categories {sorted({r.category for r in fed.category_labels})}"
     )
+    rev = [r for r in runs["month 2 with feedback + review"]["feedback"].labels if r.source == "query"]
+    print(
+        f"October's review queue: {len(queue)} searches ({sum(i.reason == 'no_relevant_result' for i in queue)} "
+        f"with no relevant result); the reviewer answered the first {len(review_answers)} "
+        f"(budget {args.review_budget}): "
+        f"searches with a relevant answer {len({r.query_id for r in relevant})} -> {len({r.query_id for r in rev})}"
+        f", categories {len({r.category for r in fed.category_labels})} -> "
+        f"{len({r.category for r in runs['month 2 with feedback + review']['feedback'].category_labels})} of 7"
+    )
     for name, run in runs.items():
         r, data = run["report"], run["feedback"]
         print(
@@ -458,8 +542,7 @@ def main() -> int:
     for name, by_category in texts.items():
         print(f"  {name:34} {coverage(HELD_OUT, by_category)}")
     print(f"\nR@1 (top-1 category), library of {len(served2.ids)} videos, Wilson 95 % intervals:")
-    refs = ("month 2 without feedback", "month 1 champion")
-    _figures(hits, [(name, ref) for name in runs for ref in refs if name != ref])
+    _figures(hits, [(name, ref) for name in runs for ref in _refs(name) if name != ref])
     seconds = {**runs["month 2 with feedback"]["seconds"], "monitor": monitor_s}
     print("\nstage seconds (month 2 with feedback): " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
     print(f"whole benchmark {time.perf_counter() - t0:.0f} s\n")
@@ -482,12 +565,18 @@ def pool(paths: list[Path]) -> None:
     print(f"# pooled over {len(runs)} runs ({', '.join(map(str, paths))}): gains averaged per query over the runs")
     for kind in ("held_out", "rated"):
         for name in names:
-            for ref in ("month 2 without feedback", "month 1 champion"):
+            for ref in _refs(name):
                 if name == ref or ref not in runs[0]:
                     continue
                 per_query = np.mean([np.array(r[name][kind], float) - np.array(r[ref][kind], float) for r in runs], 0)
                 gain = bootstrap_mean(per_query, n_resamples=2000)
                 print(f"  {kind:8} {name:30} vs {ref:28} {gain.value:+.3f} [{gain.low:+.3f}, {gain.high:+.3f}]")
+
+
+def _refs(name: str) -> tuple[str, ...]:
+    """What a month-2 arm's gains are measured against (the review arm also against feedback without review)."""
+    review = ("month 2 with feedback",) if name.endswith("+ review") else ()
+    return ("month 2 without feedback", "month 1 champion", *review)
 
 
 def month3(config, store, frames: list[Path], libraries: dict, n_november: int, work: Path) -> dict:
@@ -505,6 +594,7 @@ def month3(config, store, frames: list[Path], libraries: dict, n_november: int, 
         for key, body in memory.items():
             store.put_bytes(key, body)
         run = _train(config3, frames3, work / f"month3-arm{n}", feedback, track=False)
+        _never_trained(name, run["feedback"], trained_texts(store))
         r = run["report"]
         print(
             f"{name}: {r.n_train} train videos ({r.n_remembered} remembered), feedback {r.feedback_labels} labels "

@@ -2,6 +2,8 @@
 
 Only the standard library is imported at module level so that ``clipsync --help`` and ``clipsync compile``
 stay fast and need nothing beyond kfp; each subcommand imports what it needs.
+
+Why this file is long: it is the one parser of every client-facing command, each a thin function over a core.
 """
 
 from __future__ import annotations
@@ -294,6 +296,19 @@ def cmd_feedback_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_feedback_review(args: argparse.Namespace) -> int:
+    """Write the client's review queue of a month so far (CSV + HTML): searches whose right answer nobody gave."""
+    from components.feedback.core import review_for_month
+    from serving.feedback import feedback_store
+
+    config = _load(args)
+    out = args.output or Path(config.state_dir) / "review" / config.client_id / args.month
+    model = f"clip-{config.client_id}"
+    items = review_for_month(feedback_store(config), model, args.month, out, config.feedback.max_review)
+    print(f"{len(items)} searches to review in {args.month} -> {out}", file=sys.stderr)
+    return 0
+
+
 def cmd_monitor(args: argparse.Namespace) -> int:
     """Accuracy over months: each monthly run's champion metrics, the production proxies, promote or keep."""
     from components.monitor.core import accuracy_markdown, accuracy_over_months, write_accuracy_report
@@ -458,6 +473,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="CSV file (default: standard output)")
     p.add_argument("--all-answers", action="store_true", help="every answer, not only the latest per query and video")
     p.set_defaults(func=cmd_feedback_export)
+    p = feedback_sub.add_parser("review", help="write the month's review queue so far (CSV + HTML) to answer now")
+    _add_config_args(p)
+    p.add_argument("--month", required=True, type=_month, help="the month of the searches, YYYY-MM")
+    p.add_argument("-o", "--output", type=Path, help="folder (default: {state_dir}/review/<client>/<month>)")
+    p.set_defaults(func=cmd_feedback_review)
 
     p = sub.add_parser("monitor", help="accuracy over months: champion metrics, production proxies, promotions")
     _add_config_args(p)

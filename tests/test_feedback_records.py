@@ -113,19 +113,40 @@ def test_a_relevant_rating_labels_the_training_videos_of_its_category_unless_the
     assert apply_feedback(fed, [asdict(r) for r in data.records]) == fed  # applied twice: the same samples
 
 
-def test_review_queue_ranks_unrated_low_confidence_searches_by_unsureness_times_frequency():
+def test_review_queue_ranks_searches_without_a_right_answer_by_unsureness_times_frequency():
     log = [
         q(1, "a1", "drone footage", 0.4),
         q(2, "a2", "Drone  footage", 0.2),  # same text: 2 searches, mean 0.3 -> 2 x 0.7 = 1.4
         q(3, "b1", "crane lift", 0.05),  # 1 x 0.95
-        q(4, "c1", "paint booth", 0.1),  # rated below: out
+        q(4, "c1", "paint booth", 0.9),  # confident, but every rated result was wrong: 1 x 1.0
         q(5, "d1", "conveyor", 0.9),  # confident: out
+        q(6, "e1", "tower crane", 0.1),  # unsure, but a result was rated relevant: out
     ]
-    items = review_queue(log, [fb(6, "c1", "v", False, "paint booth")])
-    assert [(i.rank, i.query, i.count) for i in items] == [(1, "Drone  footage", 2), (2, "crane lift", 1)]
+    answers = [fb(7, "c1", "v", False, "paint booth"), fb(8, "e1", "v", False), fb(9, "e1", "w", True)]
+    items = review_queue(log, answers)
+    assert [(i.rank, i.query, i.count, i.reason) for i in items] == [
+        (1, "Drone  footage", 2, "low_confidence"),
+        (2, "paint booth", 1, "no_relevant_result"),
+        (3, "crane lift", 1, "low_confidence"),
+    ]
     assert items[0].unsureness == pytest.approx(0.7) and items[0].priority == pytest.approx(1.4)
     assert items[0].query_id == "a2" and items[0].top_video == "top-a2"
+    assert items[1].unsureness == 1.0 and items[1].mean_confidence == pytest.approx(0.9)
     assert review_queue(log, [], max_items=1)[0].query == "Drone  footage"
+
+
+def test_a_review_answer_names_a_video_the_search_did_not_return_and_trains_like_any_relevant_rating():
+    # The client answers "paint booth" (every result it was shown was wrong) with the video it found in its library.
+    named = fb(9, "c1", "vZ", True, "paint booth") | {"rank": None}
+    data = training_records([fb(7, "c1", "v", False, "paint booth") | {"rank": 1}, named], [], {"vZ": "painting"})
+    assert [(r.kind, r.video_id, r.text, r.rank, r.feedback_id, r.query_id) for r in data.records] == [
+        ("hard_negative", "v", "paint booth", 1, "f7", "c1"),
+        ("label", "vZ", "paint booth", None, "f9", "c1"),
+        ("category_label", "vZ", "paint booth", None, "f9", "c1"),
+    ]
+    assert (
+        data.category_labels[0].category == "painting" and review_queue([q(4, "c1", "paint booth", 0.9)], [named]) == []
+    )
 
 
 def test_run_feedback_reads_the_store_and_writes_records_and_the_review_queue(tmp_path):
@@ -155,6 +176,7 @@ def test_run_feedback_reads_the_store_and_writes_records_and_the_review_queue(tm
     assert [i.query for i in data.review] == ["crane"]
     rows = list(csv.DictReader((tmp_path / "out" / "review_queue.csv").read_text().splitlines()))
     assert rows[0]["query"] == "crane" and set(rows[0]) == set(ReviewItem.__dataclass_fields__)
+    assert rows[0]["reason"] == "low_confidence"
     assert "crane" in (tmp_path / "out" / "review_queue.html").read_text()
     assert sorted(k for k in store.list_keys("review/")) == [
         "review/clip-acme/2026-10/review_queue.csv",

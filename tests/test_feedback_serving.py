@@ -167,6 +167,14 @@ def test_feedback_is_stored_before_the_answer_and_the_latest_answer_wins(server,
     every = read_feedback(acme_store, "clip-acme", month(), latest_only=False)
     assert [e["relevant"] for e in every if e["query_id"] == pred["query_id"]] == [True, False]  # nothing rewritten
 
+    # A review answer: the right video, found in the library, which the search had not returned (rank empty).
+    shown = {r["video_id"] for r in pred["results"]}
+    found = next(r["video_id"] for r in search(server, "curling", k=20)["results"] if r["video_id"] not in shown)
+    status, _ = feedback(server, {"query_id": pred["query_id"], "video_id": found, "relevant": True})
+    assert status == 200
+    (named,) = [e for e in read_feedback(acme_store, "clip-acme", month()) if e["video_id"] == found]
+    assert (named["query"], named["rank"], named["relevant"]) == ("gallbladder surgery", None, True)
+
 
 def test_unknown_query_is_recorded_but_flagged_and_bad_input_is_refused(server, acme_store):
     from serving.feedback import read_feedback
@@ -313,6 +321,14 @@ def test_feedback_export_writes_the_month_as_csv(server, tmp_path, s3, monkeypat
     assert len((tmp_path / "all.csv").read_text().splitlines()) - 1 > len(rows)
     with pytest.raises(SystemExit):
         main(["feedback", "export", "--client", "acme", "--month", "2026-13"])
+
+    # The review queue of the month so far, to answer within the month: no search with a relevant answer in it.
+    args = ["feedback", "review", "--config", str(tmp_path / "acme.yaml"), "--month", month(), "-o", str(tmp_path)]
+    assert main(args) == 0
+    queue = list(csv.DictReader((tmp_path / "review_queue.csv").read_text().splitlines()))
+    answered = {r["query"] for r in rows if r["relevant"] == "True"}
+    assert "gallbladder surgery" in answered and not answered & {r["query"] for r in queue}
+    assert all(r["reason"] in ("low_confidence", "no_relevant_result") for r in queue)
 
 
 def test_sigterm_flushes_and_stops(server):

@@ -19,7 +19,8 @@ class FeedbackConfig:
     Attributes:
         enabled: Read last month's feedback into training records; off: the stage writes no records (the review
             queue is still written, so the client sees what to rate).
-        max_review: Longest review queue (unrated low-confidence searches, most unsure x most frequent first).
+        max_review: Longest review queue (searches nobody gave the right answer of: unrated low-confidence ones
+            and ones whose rated results were all wrong; most unsure x most frequent first).
         propagate: A search rated relevant on a video also labels the training videos of that video's client
             category (``category_label`` records, with the rating's provenance); validation and test videos are
             never labelled by feedback.

@@ -9,8 +9,14 @@
   rating on a validation or test video teaches the text tower this way too, while that video itself keeps its
   labels (evaluate's split stays clean). The categories are those finetune_clip listed
   (:func:`components.common.catalog.known_categories`); a video of no known category propagates nothing.
-- A low-confidence query that got no feedback goes into the client's **review queue** (CSV + HTML), ranked by
-  how unsure the model was times how often it was asked, never into training: nobody said what the answer is.
+- A search nobody has said the right answer of goes into the client's **review queue** (CSV + HTML): a
+  low-confidence one that got no feedback, and one whose rated results were all not relevant (the client said
+  what is wrong, not what is right); ranked by how unsure the model was times how often it was asked, never into
+  training by itself. The client answers an entry by rating, with the entry's ``query_id``, the right video it
+  found in its library (``relevant: true``, through the feedback API like any answer): such an answer is a
+  relevant rating like the others (its ``rank`` is empty: the search had not returned that video), so it becomes
+  a label and, with ``propagate``, a category label of the search text. ``clipsync feedback review`` writes the
+  queue of the month so far, so that answers given within the month reach the next retrain.
 
 Every record names where it came from (feedback id, query id, when, which model version answered). Only the
 latest answer per (query, video) counts (:func:`serving.feedback.read_feedback`); when two searches with the same
@@ -61,6 +67,8 @@ class FeedbackRecord:
         feedback_ts: When the answer was given (ISO 8601).
         model_version: The model version that answered the search.
         category: The client's category of ``video_id`` (``category_label`` records; else empty).
+        rank: ``video_id``'s rank in the search's results; ``None`` when the search had not returned it (the
+            client named it, answering its review queue) or the server did not know the search.
     """
 
     kind: str
@@ -72,11 +80,13 @@ class FeedbackRecord:
     feedback_ts: str
     model_version: str = ""
     category: str = ""
+    rank: int | None = None
 
 
 @dataclass(frozen=True)
 class ReviewItem:
-    """A query the model was unsure about and nobody rated: for the client to look at."""
+    """A search whose right answer nobody gave: for the client to answer (``reason``: ``low_confidence``, unsure
+    and unrated, or ``no_relevant_result``, every rated result of it was not relevant)."""
 
     rank: int
     query: str
@@ -87,6 +97,7 @@ class ReviewItem:
     top_video: str
     last_seen: str
     query_id: str
+    reason: str
 
 
 @dataclass
@@ -159,6 +170,7 @@ def training_records(
             "query_id": entry["query_id"],
             "feedback_ts": entry["ts"],
             "model_version": str(entry.get("version", "")),
+            "rank": entry.get("rank"),
         }
         if not entry["relevant"]:
             data.records.append(FeedbackRecord("hard_negative", text=query, source="query", **common))
@@ -181,16 +193,19 @@ def training_records(
 def review_queue(
     query_log: Iterable[dict[str, Any]], feedback: Iterable[dict[str, Any]], max_items: int = 200
 ) -> list[ReviewItem]:
-    """Low-confidence searches that got no feedback, grouped by text and ranked by unsureness x frequency.
+    """Searches whose right answer nobody gave, grouped by text and ranked by unsureness x frequency.
 
-    ``unsureness`` is ``1 - mean confidence`` (the calibrated probability that the top result was wrong); a text
-    asked often and answered unsurely comes first. A text of which any search was rated is left out.
+    A text joins the queue when no search of it got a relevant answer and some search of it was either unsure
+    (``low_confidence``) or rated with every rated result not relevant. ``unsureness`` is the mean over those
+    searches of the probability that the top result was wrong: ``1 - confidence`` (calibrated) for an unrated
+    one, 1 for a rated one (the client said so); a text asked often and answered unsurely or wrongly comes first.
 
     Args:
         query_log: Query-log entries of the month.
-        feedback: Feedback entries of the month (any answer on a search takes its text out of the queue).
+        feedback: Feedback entries of the month (latest per pair).
         max_items: Longest queue.
     """
+    relevant = {e["query_id"] for e in feedback if e["relevant"]}
     rated = {e["query_id"] for e in feedback}
     groups: dict[str, list[dict[str, Any]]] = {}
     for entry in query_log:
@@ -198,28 +213,34 @@ def review_queue(
             groups.setdefault(normalize_query(entry["query"]), []).append(entry)
     items = []
     for entries in groups.values():
-        if any(e.get("query_id") in rated for e in entries):
+        if any(e.get("query_id") in relevant for e in entries):
             continue
-        low = [e for e in entries if e.get("low_confidence") and e.get("confidence") is not None]
-        if not low:
+        wrong = [e for e in entries if e.get("query_id") in rated]
+        low = [e for e in entries if e.get("query_id") not in rated and e.get("low_confidence")]
+        low = [e for e in low if e.get("confidence") is not None]
+        if not wrong and not low:
             continue
-        mean_conf = sum(float(e["confidence"]) for e in low) / len(low)
-        last = max(low, key=lambda e: e.get("ts", ""))
-        items.append((len(low) * (1.0 - mean_conf), len(low), mean_conf, last))
-    items.sort(key=lambda t: (-t[0], -t[1], t[3]["query"]))
+        asked = wrong + low
+        mean_conf = sum(float(e.get("confidence") or 0.0) for e in asked) / len(asked)
+        unsureness = (len(wrong) + sum(1.0 - float(e["confidence"]) for e in low)) / len(asked)
+        last = max(asked, key=lambda e: e.get("ts", ""))
+        reason = "no_relevant_result" if wrong else "low_confidence"
+        items.append((len(asked) * unsureness, len(asked), unsureness, mean_conf, last, reason))
+    items.sort(key=lambda t: (-t[0], -t[1], t[4]["query"]))
     return [
         ReviewItem(
             rank=n + 1,
             query=last["query"],
             count=count,
             mean_confidence=round(mean_conf, 4),
-            unsureness=round(1.0 - mean_conf, 4),
+            unsureness=round(unsureness, 4),
             priority=round(priority, 4),
             top_video=last.get("top_video", ""),
             last_seen=last.get("ts", ""),
             query_id=last.get("query_id", ""),
+            reason=reason,
         )
-        for n, (priority, count, mean_conf, last) in enumerate(items[:max_items])
+        for n, (priority, count, unsureness, mean_conf, last, reason) in enumerate(items[:max_items])
     ]
 
 
@@ -238,10 +259,12 @@ def write_review_queue(items: list[ReviewItem], out_dir: Path, title: str) -> di
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><p>Searches the model was unsure about (low confidence) that nobody rated, "
-        "most unsure x most frequent first. Rating their results (POST /api/feedback) turns them into training "
-        f"data for the next month.</p><table><tr>{''.join(f'<th>{c}</th>' for c in columns)}</tr>{rows}</table>"
-        f"{'' if items else '<p>No unrated low-confidence search this month.</p>'}</body></html>\n"
+        f"<h1>{html.escape(title)}</h1><p>Searches whose right answer nobody gave: unsure ones nobody rated "
+        "(low_confidence) and ones whose rated results were all wrong (no_relevant_result), most unsure x most "
+        "frequent first. Answer one by rating the right video you find in the library with its query_id "
+        "(POST /api/feedback, relevant: true): the next month trains on it.</p>"
+        f"<table><tr>{''.join(f'<th>{c}</th>' for c in columns)}</tr>{rows}</table>"
+        f"{'' if items else '<p>No search to review this month.</p>'}</body></html>\n"
     )
     (out_dir / REVIEW_HTML).write_text(page, encoding="utf-8")
     return {"csv": out_dir / REVIEW_CSV, "html": out_dir / REVIEW_HTML}
@@ -291,9 +314,7 @@ def feedback_for_month(
     with open(out_dir / FEEDBACK_RECORDS_FILE, "w", encoding="utf-8") as fh:
         for record in data.records:
             fh.write(json.dumps(asdict(record), sort_keys=True, ensure_ascii=False) + "\n")
-    files = write_review_queue(data.review, out_dir, f"{model}: searches to review, {month}")
-    for kind, path in files.items():
-        store.put_file(f"{REVIEW_PREFIX}/{model}/{month}/{path.name}", path, f"text/{kind}")
+    publish_review_queue(store, model, month, data.review, out_dir)
     logger.info(
         "feedback %s %s: %d labels, %d hard negatives, %d category labels, %d skipped, %d searches to review",
         model,
@@ -305,6 +326,32 @@ def feedback_for_month(
         len(data.review),
     )
     return data
+
+
+def publish_review_queue(store: Any, model: str, month: str, items: list[ReviewItem], out_dir: Path) -> None:
+    """Write the review queue into ``out_dir`` and to ``review/<model>/<month>/`` of ``store`` (the client's)."""
+    files = write_review_queue(items, out_dir, f"{model}: searches to review, {month}")
+    for kind, path in files.items():
+        store.put_file(f"{REVIEW_PREFIX}/{model}/{month}/{path.name}", path, f"text/{kind}")
+
+
+def review_for_month(store: Any, model: str, month: str, out_dir: Path, max_items: int = 200) -> list[ReviewItem]:
+    """The review queue of ``month`` so far (``clipsync feedback review``): the client can answer it within the
+    month, so that its answers reach the next monthly run (which publishes the month's final queue).
+
+    Args:
+        store: The client's artifacts store (:func:`serving.feedback.feedback_store`).
+        model: ``clip-<client>``.
+        month: ``YYYY-MM``.
+        out_dir: Where ``review_queue.csv`` and ``.html`` are written (and published to the store).
+        max_items: Longest queue.
+    """
+    from serving.feedback import read_feedback
+    from serving.querylog import read_month
+
+    items = review_queue(read_month(store, model, month), read_feedback(store, model, month), max_items)
+    publish_review_queue(store, model, month, items, Path(out_dir))
+    return items
 
 
 def read_records(path: Path) -> list[FeedbackRecord]:
