@@ -247,7 +247,3 @@ def build_pipeline(
         )(_monthly_retrain)
     finally:
         _gpu, _secret = None, (MINIO_SECRET, {})
-
-
-#: The pipeline with the default GPU settings (``clipsync run``; ``clipsync compile`` builds its own).
-monthly_retrain = build_pipeline()
