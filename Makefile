@@ -40,7 +40,8 @@ run: $(STAMP) models demo-data
 
 test: $(STAMP) models
 	$(BIN)/ruff check components pipelines serving tests benchmarks
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
+	# Two workers, one test file each at a time (module fixtures stay shared), longest files first (tests/conftest.py).
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check components pipelines serving tests benchmarks

@@ -10,6 +10,25 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+#: The longest test files (DAG runs, multi-process training, servers), run first: with pytest-xdist's
+#: ``--dist loadfile --no-loadscope-reorder`` (make test) files go to the workers in collection order, and a DAG
+#: file handed out last would keep one worker busy minutes after the other ran out of work.
+LONGEST_FIRST = (
+    "test_pipeline_local.py",
+    "test_distributed.py",
+    "test_federated_clip.py",
+    "test_faults.py",
+    "test_deploy.py",
+    "test_trainjob.py",
+    "test_checkpoints.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: n for n, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 @pytest.fixture(autouse=True)
 def _quiet_threads(monkeypatch):
     # Two cores on CI: keep numeric libraries from oversubscribing them.
