@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -498,6 +499,7 @@ def crashing_worker(record, source_uri, cache_dir, config):
     import os
 
     if record.video_id == "crash":
+        Path(cache_dir, "crashed").touch()
         os._exit(3)
     return core.ExtractedVideo(video_id=record.video_id, search_times=[0.0])
 
@@ -505,7 +507,17 @@ def crashing_worker(record, source_uri, cache_dir, config):
 def test_a_crashing_worker_rejects_only_its_video(tmp_path):
     records = [record(v) for v in ("a", "b", "crash", "c", "d")]
     fx = dataclasses.replace(FX, workers=2)
-    results = list(core._results(records, str(tmp_path), tmp_path, fx, worker=crashing_worker))
+    results = []
+    for item in core._results(records, str(tmp_path), tmp_path, fx, worker=crashing_worker):
+        results.append(item)
+        if len(results) == 1:
+            # Let the worker die before the next video is submitted: the pool is already broken then (a race
+            # a loaded CI machine hit; submit itself raised).
+            for _ in range(600):
+                if (tmp_path / "crashed").exists():
+                    break
+                time.sleep(0.1)
+            time.sleep(0.5)
     by_id = {r.video_id: v for r, v in results}
     assert sorted(by_id) == ["a", "b", "c", "crash", "d"] and len(results) == 5
     assert by_id["crash"].status == "rejected" and by_id["crash"].reason.startswith("worker_error: ")

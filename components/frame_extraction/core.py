@@ -345,8 +345,13 @@ def _results(
                 yield record, result
                 continue
             while todo and len(pending) < 2 * workers:
-                nxt = todo.popleft()
-                pending.append((nxt, pool.submit(worker, nxt, source_uri, str(cache_dir), config)))
+                try:
+                    future = pool.submit(worker, todo[0], source_uri, str(cache_dir), config)
+                except BrokenProcessPool:
+                    if not pending:
+                        raise  # nothing was in flight: the worker processes cannot start
+                    break  # a video in flight killed its worker since the last result: its future says so below
+                pending.append((todo.popleft(), future))
             record, future = pending.popleft()
             try:
                 result = future.result()
