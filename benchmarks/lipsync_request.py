@@ -14,13 +14,22 @@ process (all its threads; the steadier figure on a shared machine), and the rati
 frames + dense clip, slice threads) vs the predictor's ``extract_analysis_clip`` (window only) with 1 decoder
 thread and with ``available_cpus()`` threads (frame threading, ``thread_type = "AUTO"``).
 
-Run: ``.venv/bin/python benchmarks/lipsync_request.py [--part all|server|decode] [--rounds 7] [--keyint 50]``
+``--part crops`` compares the mouth crops of the face mesh followed through the clip (``landmark_tracking``, MediaPipe's
+VIDEO running mode: the face_tracking stage with one set of models, and the server's ``serving.threads`` sets) with
+those of the mesh run on each frame alone (the IMAGE running mode, which the stage used before), on the 10 s talking
+head, ``--demo-clips`` of the demo's talking heads and interviews and ``--bench-clips`` of benchmark v2's: the selected
+track, the crop square (centre and side, rotation left out) as IoU and centre distance in crop sides, the crops'
+mean absolute pixel difference, the detector's probability (the benchmark's untrained detector: how far the answer
+moves, not accuracy) and the CPU time of ``track_video``.
+
+Run: ``.venv/bin/python benchmarks/lipsync_request.py [--part all|server|decode|crops] [--rounds 7] [--keyint 50]``
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -181,9 +190,126 @@ def part_decode(args: argparse.Namespace, video: Path) -> dict:
     }
 
 
+def _clips(work: Path, video: Path, demo: int, bench: int) -> dict[str, list[Path]]:
+    """The benchmark's talking head, and a few demo and benchmark v2 clips (talking heads and interviews)."""
+    from dataclasses import replace
+
+    from components.demo_data.benchmark import generate_benchmark
+    from components.demo_data.config import BenchmarkConfig
+    from components.demo_data.core import DemoConfig, generate_demo_data
+
+    def talking(summary) -> list[Path]:
+        rows = [json.loads(line) for line in summary.truth_path.read_text().splitlines()]
+        return [summary.bucket_dir / r["video_path"] for r in rows if r["kind"] != "search"]
+
+    share = max(1, demo // 3)
+    config = DemoConfig(
+        seed=3, as_of="2026-11-01", clips_per_category=0, talking_real=share, talking_fake=share,
+        two_face=max(1, demo - 2 * share), no_face=0,
+    )  # fmt: skip
+    demo_clips = talking(
+        generate_demo_data(work / "demo", work / "demo-truth", replace(config, broken=False, workers=1))
+    )
+    bench = BenchmarkConfig(
+        seed=2, as_of="2026-11-01", clips_per_category=0, talking_heads=bench, two_face_fraction=0.34
+    )
+    bench_clips = talking(generate_benchmark(work / "bench", work / "bench-truth", replace(bench, workers=1)))
+    return {"talking_head_10s": [video], "demo": demo_clips, "benchmark_v2": bench_clips}
+
+
+def _share(flags: list[float]) -> str:
+    return f"{int(sum(flags))}/{len(flags)}"
+
+
+def part_crops(args: argparse.Namespace, work: Path, video: Path, cache: Path) -> dict:
+    from dataclasses import replace
+
+    from components.face_tracking.config import FaceTrackingConfig
+    from components.face_tracking.core import clip_audio, track_video
+    from components.face_tracking.crops import mouth_geometry
+    from components.face_tracking.detect import iou, load_face_models
+    from components.finetune_lipsync.model import load_model, predict_video
+    from components.frame_extraction.config import FrameExtractionConfig
+    from serving.config import ServingConfig
+    from serving.lipsync import extract_analysis_clip
+
+    config = FaceTrackingConfig()
+    variants = {
+        "image_mode_1_set": (replace(config, landmark_tracking=False), 1),
+        "tracking_1_set": (config, 1),
+        "tracking_server_sets": (config, ServingConfig().cpu_threads),
+    }
+    model = load_model(detector(work / "model"), "cpu")
+    sets = [load_face_models(cache, config) for _ in range(max(n for _, n in variants.values()))]
+    result: dict = {}
+    try:
+        for group, paths in _clips(work, video, args.demo_clips, args.bench_clips).items():
+            rows: dict[str, dict[str, list[float]]] = {name: {} for name in variants if name != "image_mode_1_set"}
+            cpu: dict[str, list[float]] = {name: [] for name in variants}
+            for path in paths:
+                clip = extract_analysis_clip(path, FrameExtractionConfig(), 1)
+                fps = float(clip.dense_fps)
+                audio = clip_audio(clip.audio if clip.audio is not None else np.zeros(0, np.float32),
+                                   clip.dense_start_s, len(clip.dense_frames), fps)  # fmt: skip
+                runs = {}
+                for name, (cfg, n) in variants.items():
+                    started = time.process_time()
+                    runs[name] = track_video(clip.dense_frames, fps, cfg, sets[:n], audio)
+                    cpu[name].append(time.process_time() - started)
+                ref = runs["image_mode_1_set"]
+                if ref.selected is None:
+                    continue
+                p_ref = predict_video(model, ref.crops[ref.selected.track_id], audio, fps).probability
+                for name, row in rows.items():
+                    faces = runs[name]
+                    same = (
+                        faces.selected is not None
+                        and faces.boxes[faces.selected.track_id] == ref.boxes[ref.selected.track_id]
+                    )
+                    row.setdefault("same_selected_track", []).append(float(same))
+                    if not same:
+                        continue
+                    for f, det in ref.selected.detections.items():
+                        a = mouth_geometry(det, config.mouth_scale)
+                        b = mouth_geometry(faces.selected.detections[f], config.mouth_scale)
+                        box_a = (a.cx - a.side / 2, a.cy - a.side / 2, a.cx + a.side / 2, a.cy + a.side / 2)
+                        box_b = (b.cx - b.side / 2, b.cy - b.side / 2, b.cx + b.side / 2, b.cy + b.side / 2)
+                        row.setdefault("crop_iou", []).append(iou(box_a, box_b))
+                        row.setdefault("centre_shift_sides", []).append(math.hypot(a.cx - b.cx, a.cy - b.cy) / a.side)
+                    crops = faces.crops[faces.selected.track_id].astype(np.int16)
+                    row.setdefault("crop_mad", []).append(
+                        float(np.abs(crops - ref.crops[ref.selected.track_id]).mean())
+                    )
+                    p = predict_video(model, faces.crops[faces.selected.track_id], audio, fps).probability
+                    row.setdefault("p_diff", []).append(abs(p - p_ref))
+            result[group] = {
+                "clips": len(paths),
+                "track_video_cpu_s_median": {k: round(statistics.median(v), 3) for k, v in cpu.items()},
+                **{
+                    f"{name}_vs_image_mode": {
+                        "same_selected_track": _share(row["same_selected_track"]),
+                        **{
+                            k: {
+                                "median": round(statistics.median(v), 4),
+                                "worst": round(min(v) if k == "crop_iou" else max(v), 4),
+                            }
+                            for k, v in row.items()
+                            if k != "same_selected_track" and v
+                        },
+                    }
+                    for name, row in rows.items()
+                },
+            }
+            print(group, json.dumps(result[group]), flush=True)
+    finally:
+        for models in sets:
+            models.close()
+    return result
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--part", choices=["all", "server", "decode"], default="all")
+    p.add_argument("--part", choices=["all", "server", "decode", "crops"], default="all")
     p.add_argument("--baseline", default="main", help="git ref whose code is the baseline server")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--seconds", type=float, default=10.0)
@@ -191,6 +317,8 @@ def main() -> None:
     p.add_argument("--height", type=int, default=360)
     p.add_argument("--keyint", type=int, default=50, help="frames between keyframes")
     p.add_argument("--cache", default=os.environ.get("CLIPSYNC_MODEL_CACHE", str(ROOT / ".clipsync" / "cache")))
+    p.add_argument("--demo-clips", type=int, default=6, help="demo talking heads and interviews (--part crops)")
+    p.add_argument("--bench-clips", type=int, default=6, help="benchmark v2 talking heads (--part crops)")
     p.add_argument("--out", default="")
     args = p.parse_args()
 
@@ -202,6 +330,8 @@ def main() -> None:
         if args.part in ("all", "decode"):
             result["decode"] = part_decode(args, video)
             print(json.dumps(result["decode"]), flush=True)
+        if args.part in ("all", "crops"):
+            result["crops"] = part_crops(args, work, video, Path(args.cache))
         if args.part in ("all", "server"):
             result["server"] = part_server(args, work, video, Path(args.cache))
             print(json.dumps(result["server"]), flush=True)
