@@ -91,8 +91,16 @@ def server(tree: Path, model: Path, cache: Path, log: Path):
         sys.executable, "-m", "serving.server", "--load", f"lipsync-bench={model}", "--cache_dir", str(cache),
         "--http_port", str(http), "--grpc_port", str(grpc), "--query_log_uri", "off",
     ]  # fmt: skip
-    proc = ServerProcess(cmd, http, grpc, log, env={"PYTHONPATH": str(tree), "OMP_NUM_THREADS": ""})
-    return proc
+    env = {"PYTHONPATH": str(tree), "OMP_NUM_THREADS": ""}
+    # python -m imports from its working directory first: each server runs in its own tree (before, the baseline's
+    # server ran in this one and imported this tree's code).
+    where = subprocess.run(
+        [sys.executable, "-c", "import serving; print(serving.__file__)"],
+        cwd=tree, env={**os.environ, **env}, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    if not Path(where).resolve().is_relative_to(tree.resolve()):
+        raise RuntimeError(f"the server of {tree} would import {where}")
+    return ServerProcess(cmd, http, grpc, log, env=env, cwd=tree)
 
 
 def process_cpu_s(pid: int) -> float:
@@ -198,9 +206,9 @@ def _clips(work: Path, video: Path, demo: int, bench: int) -> dict[str, list[Pat
     from components.demo_data.config import BenchmarkConfig
     from components.demo_data.core import DemoConfig, generate_demo_data
 
-    def talking(summary) -> list[Path]:
+    def talking(summary) -> list[tuple[Path, dict]]:
         rows = [json.loads(line) for line in summary.truth_path.read_text().splitlines()]
-        return [summary.bucket_dir / r["video_path"] for r in rows if r["kind"] != "search"]
+        return [(summary.bucket_dir / r["video_path"], r) for r in rows if r["kind"] != "search"]
 
     share = max(1, demo // 3)
     config = DemoConfig(
@@ -214,7 +222,18 @@ def _clips(work: Path, video: Path, demo: int, bench: int) -> dict[str, list[Pat
         seed=2, as_of="2026-11-01", clips_per_category=0, talking_heads=bench, two_face_fraction=0.34
     )
     bench_clips = talking(generate_benchmark(work / "bench", work / "bench-truth", replace(bench, workers=1)))
-    return {"talking_head_10s": [video], "demo": demo_clips, "benchmark_v2": bench_clips}
+    return {"talking_head_10s": [(video, {})], "demo": demo_clips, "benchmark_v2": bench_clips}
+
+
+def _speaker_picked(faces, truth: dict, dense_width: int) -> bool:
+    """Whether the selected track is the speaker of a two-face interview (the two faces are left and right)."""
+    speaker = next(f for f in truth["faces"] if f["speaking"])
+    boxes = [b for b in faces.boxes[faces.selected.track_id] if b is not None] if faces.selected else []
+    if not boxes:
+        return False
+    centre_x = float(np.median([(b[0] + b[2]) / 2 for b in boxes])) / dense_width
+    true_x = np.median([(b[0] + b[2]) / 2 for b in speaker["boxes"] if b]) / truth["width"]
+    return abs(centre_x - true_x) < 0.15
 
 
 def _share(flags: list[float]) -> str:
@@ -225,6 +244,7 @@ def part_crops(args: argparse.Namespace, work: Path, video: Path, cache: Path) -
     from dataclasses import replace
 
     from components.face_tracking.config import FaceTrackingConfig
+    from components.face_tracking import core
     from components.face_tracking.core import clip_audio, track_video
     from components.face_tracking.crops import mouth_geometry
     from components.face_tracking.detect import iou, load_face_models
@@ -238,6 +258,7 @@ def part_crops(args: argparse.Namespace, work: Path, video: Path, cache: Path) -
         "image_mode_1_set": (replace(config, landmark_tracking=False), 1),
         "tracking_1_set": (config, 1),
         "tracking_server_sets": (config, ServingConfig().cpu_threads),
+        "tracking_detect_every_2": (replace(config, detect_every=2), 1),
     }
     model = load_model(detector(work / "model"), "cpu")
     sets = [load_face_models(cache, config) for _ in range(max(n for _, n in variants.values()))]
@@ -246,7 +267,8 @@ def part_crops(args: argparse.Namespace, work: Path, video: Path, cache: Path) -
         for group, paths in _clips(work, video, args.demo_clips, args.bench_clips).items():
             rows: dict[str, dict[str, list[float]]] = {name: {} for name in variants if name != "image_mode_1_set"}
             cpu: dict[str, list[float]] = {name: [] for name in variants}
-            for path in paths:
+            speaker: dict[str, list[float]] = {name: [] for name in variants}
+            for path, truth in paths:
                 clip = extract_analysis_clip(path, FrameExtractionConfig(), 1)
                 fps = float(clip.dense_fps)
                 audio = clip_audio(clip.audio if clip.audio is not None else np.zeros(0, np.float32),
@@ -256,21 +278,21 @@ def part_crops(args: argparse.Namespace, work: Path, video: Path, cache: Path) -
                     started = time.process_time()
                     runs[name] = track_video(clip.dense_frames, fps, cfg, sets[:n], audio)
                     cpu[name].append(time.process_time() - started)
+                if len(truth.get("faces", ())) == 2:
+                    for name, faces in runs.items():
+                        speaker[name].append(_speaker_picked(faces, truth, clip.dense_frames.shape[2]))
                 ref = runs["image_mode_1_set"]
                 if ref.selected is None:
                     continue
                 p_ref = predict_video(model, ref.crops[ref.selected.track_id], audio, fps).probability
                 for name, row in rows.items():
                     faces = runs[name]
-                    same = (
-                        faces.selected is not None
-                        and faces.boxes[faces.selected.track_id] == ref.boxes[ref.selected.track_id]
-                    )
+                    same = core.selected_box_agreement(ref, faces) > 0.5  # NaN (no track) is not the same
                     row.setdefault("same_selected_track", []).append(float(same))
                     if not same:
                         continue
-                    for f, det in ref.selected.detections.items():
-                        a = mouth_geometry(det, config.mouth_scale)
+                    for f in ref.selected.detections.keys() & faces.selected.detections.keys():
+                        a = mouth_geometry(ref.selected.detections[f], config.mouth_scale)
                         b = mouth_geometry(faces.selected.detections[f], config.mouth_scale)
                         box_a = (a.cx - a.side / 2, a.cy - a.side / 2, a.cx + a.side / 2, a.cy + a.side / 2)
                         box_b = (b.cx - b.side / 2, b.cy - b.side / 2, b.cx + b.side / 2, b.cy + b.side / 2)
@@ -285,6 +307,7 @@ def part_crops(args: argparse.Namespace, work: Path, video: Path, cache: Path) -
             result[group] = {
                 "clips": len(paths),
                 "track_video_cpu_s_median": {k: round(statistics.median(v), 3) for k, v in cpu.items()},
+                "interviews_speaker_picked": {k: _share(v) for k, v in speaker.items() if v},
                 **{
                     f"{name}_vs_image_mode": {
                         "same_selected_track": _share(row["same_selected_track"]),
