@@ -83,7 +83,7 @@ def detector(out: Path) -> Path:
     return save_model(LipSyncDetector(LipSyncModelConfig()), out)
 
 
-def server(tree: Path, model: Path, cache: Path, log: Path):
+def server(tree: Path, model: Path, cache: Path, log: Path, client_config: Path | None = None):
     from serving_assets import ServerProcess, free_port
 
     http, grpc = free_port(), free_port()
@@ -91,6 +91,8 @@ def server(tree: Path, model: Path, cache: Path, log: Path):
         sys.executable, "-m", "serving.server", "--load", f"lipsync-bench={model}", "--cache_dir", str(cache),
         "--http_port", str(http), "--grpc_port", str(grpc), "--query_log_uri", "off",
     ]  # fmt: skip
+    if client_config is not None:
+        cmd += ["--client_config", str(client_config)]
     env = {"PYTHONPATH": str(tree), "OMP_NUM_THREADS": ""}
     # python -m imports from its working directory first: each server runs in its own tree (before, the baseline's
     # server ran in this one and imported this tree's code).
@@ -129,8 +131,13 @@ def part_server(args: argparse.Namespace, work: Path, video: Path, cache: Path) 
     model = detector(work / "model")
     servers = {}
     try:
-        for name, tree in (("baseline", baseline), ("this", ROOT)):
-            servers[name] = server(tree, model, cache, work / f"{name}.log").wait_ready()
+        variants: list[tuple[str, Path, Path | None]] = [("baseline", baseline, None), ("this", ROOT, None)]
+        if args.detect_every > 1:  # a client whose face_tracking (training and serving alike) detects every k-th frame
+            sparse = work / "detect_every.yaml"
+            sparse.write_text(f"face_tracking:\n  detect_every: {args.detect_every}\n")
+            variants.append((f"this_detect_every_{args.detect_every}", ROOT, sparse))
+        for name, tree, client_config in variants:
+            servers[name] = server(tree, model, cache, work / f"{name}.log", client_config).wait_ready()
         data = video.read_bytes()
         walls: dict[str, list[float]] = {name: [] for name in servers}
         seconds: dict[str, list[float]] = {name: [] for name in servers}
@@ -159,9 +166,11 @@ def part_server(args: argparse.Namespace, work: Path, video: Path, cache: Path) 
         }
         for name in servers
     }
-    result["ratio_this_over_baseline"] = round(result["this"]["p50_s"] / result["baseline"]["p50_s"], 3)
-    cpu_ratio = result["this"]["server_cpu_s_p50"] / max(result["baseline"]["server_cpu_s_p50"], 1e-9)
-    result["cpu_ratio_this_over_baseline"] = round(cpu_ratio, 3)
+    base = result["baseline"]
+    for name in list(servers)[1:]:
+        result[f"ratio_{name}_over_baseline"] = round(result[name]["p50_s"] / base["p50_s"], 3)
+        cpu_ratio = result[name]["server_cpu_s_p50"] / max(base["server_cpu_s_p50"], 1e-9)
+        result[f"cpu_ratio_{name}_over_baseline"] = round(cpu_ratio, 3)
     return result
 
 
@@ -240,15 +249,60 @@ def _share(flags: list[float]) -> str:
     return f"{int(sum(flags))}/{len(flags)}"
 
 
+#: (variant, reference) pairs of ``--part crops``: each way of tracking against the IMAGE mode's per-frame mesh
+#: (the face_tracking stage before), and the server's crops against the stage's now.
+PAIRS = (
+    ("tracking_1_set", "image_mode_1_set"),
+    ("tracking_server_sets", "image_mode_1_set"),
+    ("tracking_detect_every_2", "image_mode_1_set"),
+    ("tracking_server_sets", "tracking_1_set"),
+)
+
+
+def _compare(ref, faces, row: dict[str, list[float]], model, audio: np.ndarray, fps: float, mouth_scale: float) -> None:
+    """Add one clip's agreement of ``faces`` with ``ref`` (both ``track_video`` answers) to ``row``."""
+    from components.face_tracking.core import selected_box_agreement
+    from components.face_tracking.crops import mouth_geometry
+    from components.face_tracking.detect import iou
+    from components.finetune_lipsync.model import predict_video
+
+    if ref.selected is None:
+        return
+    same = selected_box_agreement(ref, faces) > 0.5  # NaN (no track) is not the same
+    row.setdefault("same_selected_track", []).append(float(same))
+    if not same:
+        return
+    for f in ref.selected.detections.keys() & faces.selected.detections.keys():
+        a = mouth_geometry(ref.selected.detections[f], mouth_scale)
+        b = mouth_geometry(faces.selected.detections[f], mouth_scale)
+        box_a = (a.cx - a.side / 2, a.cy - a.side / 2, a.cx + a.side / 2, a.cy + a.side / 2)
+        box_b = (b.cx - b.side / 2, b.cy - b.side / 2, b.cx + b.side / 2, b.cy + b.side / 2)
+        row.setdefault("crop_iou", []).append(iou(box_a, box_b))
+        row.setdefault("centre_shift_sides", []).append(math.hypot(a.cx - b.cx, a.cy - b.cy) / a.side)
+    crops, ref_crops = faces.crops[faces.selected.track_id], ref.crops[ref.selected.track_id]
+    row.setdefault("crop_mad", []).append(float(np.abs(crops.astype(np.int16) - ref_crops).mean()))
+    p, p_ref = (predict_video(model, c, audio, fps).probability for c in (crops, ref_crops))
+    row.setdefault("p_diff", []).append(abs(p - p_ref))
+
+
+def _summary(row: dict[str, list[float]]) -> dict:
+    figures: dict = {"same_selected_track": _share(row.get("same_selected_track", []))}
+    for k, v in row.items():
+        if k != "same_selected_track" and v:
+            figures[k] = {
+                "median": round(statistics.median(v), 4),
+                "worst": round(min(v) if k == "crop_iou" else max(v), 4),
+            }
+    return figures
+
+
 def part_crops(args: argparse.Namespace, work: Path, video: Path, cache: Path) -> dict:
     from dataclasses import replace
 
     from components.face_tracking.config import FaceTrackingConfig
-    from components.face_tracking import core
     from components.face_tracking.core import clip_audio, track_video
-    from components.face_tracking.crops import mouth_geometry
-    from components.face_tracking.detect import iou, load_face_models
-    from components.finetune_lipsync.model import load_model, predict_video
+    from components.face_tracking.detect import load_face_models
+    from components.finetune_lipsync.model import load_model
     from components.frame_extraction.config import FrameExtractionConfig
     from serving.config import ServingConfig
     from serving.lipsync import extract_analysis_clip
@@ -265,7 +319,7 @@ def part_crops(args: argparse.Namespace, work: Path, video: Path, cache: Path) -
     result: dict = {}
     try:
         for group, paths in _clips(work, video, args.demo_clips, args.bench_clips).items():
-            rows: dict[str, dict[str, list[float]]] = {name: {} for name in variants if name != "image_mode_1_set"}
+            rows: dict[tuple[str, str], dict[str, list[float]]] = {pair: {} for pair in PAIRS}
             cpu: dict[str, list[float]] = {name: [] for name in variants}
             speaker: dict[str, list[float]] = {name: [] for name in variants}
             for path, truth in paths:
@@ -281,47 +335,13 @@ def part_crops(args: argparse.Namespace, work: Path, video: Path, cache: Path) -
                 if len(truth.get("faces", ())) == 2:
                     for name, faces in runs.items():
                         speaker[name].append(_speaker_picked(faces, truth, clip.dense_frames.shape[2]))
-                ref = runs["image_mode_1_set"]
-                if ref.selected is None:
-                    continue
-                p_ref = predict_video(model, ref.crops[ref.selected.track_id], audio, fps).probability
-                for name, row in rows.items():
-                    faces = runs[name]
-                    same = core.selected_box_agreement(ref, faces) > 0.5  # NaN (no track) is not the same
-                    row.setdefault("same_selected_track", []).append(float(same))
-                    if not same:
-                        continue
-                    for f in ref.selected.detections.keys() & faces.selected.detections.keys():
-                        a = mouth_geometry(ref.selected.detections[f], config.mouth_scale)
-                        b = mouth_geometry(faces.selected.detections[f], config.mouth_scale)
-                        box_a = (a.cx - a.side / 2, a.cy - a.side / 2, a.cx + a.side / 2, a.cy + a.side / 2)
-                        box_b = (b.cx - b.side / 2, b.cy - b.side / 2, b.cx + b.side / 2, b.cy + b.side / 2)
-                        row.setdefault("crop_iou", []).append(iou(box_a, box_b))
-                        row.setdefault("centre_shift_sides", []).append(math.hypot(a.cx - b.cx, a.cy - b.cy) / a.side)
-                    crops = faces.crops[faces.selected.track_id].astype(np.int16)
-                    row.setdefault("crop_mad", []).append(
-                        float(np.abs(crops - ref.crops[ref.selected.track_id]).mean())
-                    )
-                    p = predict_video(model, faces.crops[faces.selected.track_id], audio, fps).probability
-                    row.setdefault("p_diff", []).append(abs(p - p_ref))
+                for (name, ref_name), row in rows.items():
+                    _compare(runs[ref_name], runs[name], row, model, audio, fps, config.mouth_scale)
             result[group] = {
                 "clips": len(paths),
                 "track_video_cpu_s_median": {k: round(statistics.median(v), 3) for k, v in cpu.items()},
                 "interviews_speaker_picked": {k: _share(v) for k, v in speaker.items() if v},
-                **{
-                    f"{name}_vs_image_mode": {
-                        "same_selected_track": _share(row["same_selected_track"]),
-                        **{
-                            k: {
-                                "median": round(statistics.median(v), 4),
-                                "worst": round(min(v) if k == "crop_iou" else max(v), 4),
-                            }
-                            for k, v in row.items()
-                            if k != "same_selected_track" and v
-                        },
-                    }
-                    for name, row in rows.items()
-                },
+                **{f"{name}_vs_{ref}": _summary(row) for (name, ref), row in rows.items()},
             }
             print(group, json.dumps(result[group]), flush=True)
     finally:
@@ -340,6 +360,7 @@ def main() -> None:
     p.add_argument("--height", type=int, default=360)
     p.add_argument("--keyint", type=int, default=50, help="frames between keyframes")
     p.add_argument("--cache", default=os.environ.get("CLIPSYNC_MODEL_CACHE", str(ROOT / ".clipsync" / "cache")))
+    p.add_argument("--detect-every", type=int, default=1, help="also serve this tree with face_tracking.detect_every")
     p.add_argument("--demo-clips", type=int, default=6, help="demo talking heads and interviews (--part crops)")
     p.add_argument("--bench-clips", type=int, default=6, help="benchmark v2 talking heads (--part crops)")
     p.add_argument("--out", default="")
