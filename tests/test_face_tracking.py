@@ -323,8 +323,13 @@ def test_padded_landmark_model_outputs_478_points(model_cache):
     assert [list(before.tensors[i].shape) for i in before.outputs] == [[1, 1, 1, 1404], [1, 1, 1, 1]]
     assert shapes == [[1, 1, 1, 1434], [1, 1, 1, 1]]
     assert len(after.operators) == len(before.operators) + 1
+    repeated = graph(pad_landmark_model(raw, fill="mesh"))  # VIDEO mode's: points 0-9 repeated (SLICE + CONCATENATION)
+    assert [list(repeated.tensors[i].shape) for i in repeated.outputs] == shapes
+    assert len(repeated.operators) == len(before.operators) + 2
     with pytest.raises(FaceModelError, match="1404-value output"):
         pad_landmark_model(pad_landmark_model(raw))
+    with pytest.raises(ValueError, match="fill must be"):
+        pad_landmark_model(raw, fill="edge")
 
 
 def test_a_cache_with_the_old_bundle_is_refused_then_rebuilt_offline(model_cache, tmp_path):

@@ -12,7 +12,9 @@ irises) while that model outputs 468 x 3 values, so unpadded every point after t
 wrong values (the "mouth" lands on an eye). Padded to 478 x 3, points 0-467 are the face mesh and points
 468-477 are zeros to ignore. ``models.json`` records the bundle's version: a cache built before this fix
 (version 1) is refused at run time and rebuilt by ``clipsync fetch-models`` from the extracted files, without
-a download.
+a download. The face mesh's VIDEO running mode needs padding points inside the face instead of zeros
+(:func:`pad_landmark_model`); its bundle is built in memory from the same verified files
+(:func:`landmarker_bundle`), so the cache and its record stay as they are.
 """
 
 from __future__ import annotations
