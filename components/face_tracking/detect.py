@@ -318,8 +318,9 @@ def detect_frames(
     runs on each frame alone. With several model sets the indices are cut into one contiguous share per set, each
     run in its own thread: MediaPipe runs a frame without holding the GIL (the lip-sync server opens
     ``serving.threads`` sets). Each share is one run: its first frame's mesh is placed by a detection, not
-    followed from the frame before, so the landmarks there can differ by a fraction of a pixel from one set's
-    (boxes, scores and tracks are the same). One set is never used by two threads at once.
+    followed from the frame before, so the landmarks from there on differ a little from one set's (crop centres by
+    a median 0 and at most 3 % of a crop side on benchmark v2 clips, ``benchmarks/lipsync_request.py --part
+    crops``); boxes and scores are the same. One set is never used by two threads at once.
 
     Args:
         frames: uint8 [T, H, W, 3] RGB.
