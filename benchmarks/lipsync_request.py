@@ -8,7 +8,9 @@ one every 1-2 s; x264's default is 250) and AAC audio; the demo-size lip-sync de
 (default ``main``, extracted with ``git archive``: the code as it is there; ``--baseline 2264da7`` is the code before
 the analysis window was decoded alone), and this working tree. Requests alternate between them (``--rounds``, after
 one warm-up each); the figures are medians of the client's wall time and of the CPU time the request cost the server
-process (all its threads; the steadier figure on a shared machine), and the ratios this/baseline.
+process (all its threads; the steadier figure on a shared machine), and the ratios this/baseline. Each server runs in
+its own tree (``python -m`` imports from its working directory first). ``--detect-every K`` adds a third server of
+this tree for a client whose ``face_tracking.detect_every`` is K (training crops that client's videos the same way).
 
 ``--part decode`` times only the decoding in this process, on the same file: training's ``extract_video`` (search
 frames + dense clip, slice threads) vs the predictor's ``extract_analysis_clip`` (window only) with 1 decoder
