@@ -177,13 +177,16 @@ def _send_until_answered(sock: socket.socket, data: bytes) -> None:
 class ServerProcess:
     """A model server subprocess (any command line) on 127.0.0.1, its log in ``log_path``; stop() by PID."""
 
-    def __init__(self, cmd: list[str], http: int, grpc: int, log_path: Path, env: dict | None = None, token=""):
+    def __init__(
+        self, cmd: list[str], http: int, grpc: int, log_path: Path, env: dict | None = None, token="", cwd: Path = ROOT
+    ):
+        """``cwd`` is also where ``python -m`` imports from first (before ``PYTHONPATH``)."""
         self.cmd, self.http, self.grpc, self.log_path, self.token = cmd, http, grpc, log_path, token
         self.url = f"http://127.0.0.1:{http}"
         self.agent_url = ""  # the loopback-only listener of KServe's model agent, when the server has one
         self._log = open(log_path, "w")  # noqa: SIM115 (closed in stop)
         full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})}
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
         self._terminated = False
 
     def log(self) -> str:

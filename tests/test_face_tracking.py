@@ -147,8 +147,11 @@ def test_several_model_sets_split_the_frames_and_give_the_same_answer(models, mo
     assert [t.frames for t in split.tracks] == [t.frames for t in alone.tracks]
     assert split.boxes == alone.boxes and split.faces_seen == alone.faces_seen == 2
     assert split.crops.keys() == alone.crops.keys()
-    assert all(np.array_equal(split.crops[k], alone.crops[k]) for k in alone.crops)
-    assert odd == [detect.detect_frame(frames[f], models, config) for f in (5, 0, 17)]  # in the order asked
+    # The second share's face mesh starts from a detection instead of following the first share's last frame.
+    for k in alone.crops:
+        assert np.abs(split.crops[k].astype(int) - alone.crops[k]).mean() < 2.0
+        assert np.array_equal(split.crops[k][:12], alone.crops[k][:12])
+    assert odd == [detect.detect_frames(frames, [f], models, config)[0] for f in (5, 0, 17)]  # in the order asked
     with pytest.raises(ValueError, match="at least one set"):
         detect.detect_frames(frames, [0], [], config)
 
@@ -168,7 +171,7 @@ def test_faceless_clip_falls_back_to_flagged_centre_crop(models):
     assert np.abs(crops[0].astype(int) - expected.astype(int)).mean() < 4
 
 
-def test_detect_every_k_agrees_with_every_frame(models):
+def test_detect_every_k_and_landmark_tracking_agree_with_every_frame(models):
     frames, truth = render_clip([FaceSpec(0, 30, 30, 30, size=130, vx=3.0, vy=1.0)], 30)
     reference = core.track_video(frames, 25.0, CFG, models)
     sparse = core.track_video(frames, 25.0, FaceTrackingConfig(detect_every=3), models)
@@ -177,6 +180,14 @@ def test_detect_every_k_agrees_with_every_frame(models):
     boxes = sparse.boxes[sparse.selected.track_id]
     assert all(b is not None for b in boxes)  # interpolated between detection frames
     assert _recall(boxes, truth[0]) == 1.0
+    # The face mesh followed from frame to frame (VIDEO running mode) lands where the mesh of each frame alone
+    # does: on every frame (with zeros as the bundle's padding points it lost the face every third frame).
+    per_frame = core.track_video(frames, 25.0, replace(CFG, landmark_tracking=False), models)
+    assert reference.boxes == per_frame.boxes
+    followed, alone = reference.selected.detections, per_frame.selected.detections
+    assert all(d.lips is not None for d in (*followed.values(), *alone.values()))
+    lips = [np.mean(followed[f].lips, axis=0) - np.mean(alone[f].lips, axis=0) for f in alone]
+    assert np.max(np.hypot(*np.transpose(lips))) < 2.0  # px; the eyes are 38 px apart
 
 
 @pytest.mark.parametrize("angle", [-30.0, -10.0, 0.0, 25.0])
@@ -312,8 +323,13 @@ def test_padded_landmark_model_outputs_478_points(model_cache):
     assert [list(before.tensors[i].shape) for i in before.outputs] == [[1, 1, 1, 1404], [1, 1, 1, 1]]
     assert shapes == [[1, 1, 1, 1434], [1, 1, 1, 1]]
     assert len(after.operators) == len(before.operators) + 1
+    repeated = graph(pad_landmark_model(raw, fill="mesh"))  # VIDEO mode's: points 0-9 repeated (SLICE + CONCATENATION)
+    assert [list(repeated.tensors[i].shape) for i in repeated.outputs] == shapes
+    assert len(repeated.operators) == len(before.operators) + 2
     with pytest.raises(FaceModelError, match="1404-value output"):
         pad_landmark_model(pad_landmark_model(raw))
+    with pytest.raises(ValueError, match="fill must be"):
+        pad_landmark_model(raw, fill="edge")
 
 
 def test_a_cache_with_the_old_bundle_is_refused_then_rebuilt_offline(model_cache, tmp_path):

@@ -35,6 +35,10 @@ class FaceTrackingConfig:
             from its lip and eye landmarks where the mesh agrees with the detector's keypoints (the seed's
             method); elsewhere, and when off, from the detector's six keypoints (eyes, mouth centre). On by
             default: see ``benchmarks/face_tracking.py`` for its cost and effect.
+        landmark_tracking: Run the face mesh over a clip in MediaPipe's VIDEO running mode: each frame's mesh is
+            placed from the previous frame's, and the landmarker's own face detector runs only where it has lost a
+            face (in the IMAGE mode it runs on every frame: a third of the mesh's time). The lip centres move
+            by about 1 px on 320 px frames (``benchmarks/lipsync_request.py --part crops``).
         full_range_fallback: Where the short-range detector finds nothing in a frame, try the full-range
             model (small or distant faces).
         emit_all_tracks: Emit every kept track as its own sample (each speaker), not only the selected one.
@@ -56,6 +60,7 @@ class FaceTrackingConfig:
     crop_size: int = 96
     mouth_scale: float = 1.6
     use_landmarks: bool = True
+    landmark_tracking: bool = True
     full_range_fallback: bool = True
     emit_all_tracks: bool = False
     min_track_frames: int = 3
@@ -82,5 +87,5 @@ class FaceTrackingConfig:
         _require(1 <= self.workers <= 64, f"workers must be 1..64, got {self.workers}")
         _require(0 <= self.min_face_px <= 4096, f"min_face_px must be 0..4096, got {self.min_face_px}")
         _require(0 <= self.min_face_score < 1, f"min_face_score must be in [0, 1), got {self.min_face_score}")
-        for name in ("use_landmarks", "full_range_fallback", "emit_all_tracks"):
+        for name in ("use_landmarks", "landmark_tracking", "full_range_fallback", "emit_all_tracks"):
             _require(isinstance(getattr(self, name), bool), f"{name} must be a bool, got {getattr(self, name)!r}")

@@ -100,7 +100,7 @@ def track_video(
         config: The stage settings.
         models: Open MediaPipe models (see :func:`load_face_models`), or several sets of them: the frames are then
             split among threads, one set each (:func:`~components.face_tracking.detect.detect_frames`; the same
-            answer).
+            boxes and tracks).
         audio: 16 kHz mono samples aligned with the first frame; the ``speaking`` strategy picks the face
             whose mouth follows it (without audio, or with one candidate, it falls back to ``longest``).
 
@@ -117,7 +117,7 @@ def track_video(
     per_frame: list[list[FaceDetection] | None] = [None] * n_frames
     full_tries = 0
     keyframes = detection_frames(n_frames, config.detect_every)
-    for f, (faces, tried_full) in zip(keyframes, detect_frames(frames, keyframes, models, config), strict=True):
+    for f, (faces, tried_full) in zip(keyframes, detect_frames(frames, keyframes, models, config, fps), strict=True):
         per_frame[f] = faces
         full_tries += tried_full
     faces_seen = max((len(per_frame[f] or ()) for f in keyframes), default=0)

@@ -1,15 +1,19 @@
-"""face_tracking, detection: MediaPipe's face detectors and face mesh on one frame.
+"""face_tracking, detection: MediaPipe's face detectors and face mesh on the frames of a clip.
 
 The short-range detector (Tasks API) finds the faces; where it finds nothing the full-range model gets a second
 try (small, distant faces). When the face mesh (FaceLandmarker) is on, each detection gets the lip and eye
-landmarks of the mesh that matches it and agrees with its keypoints.
+landmarks of the mesh that matches it and agrees with its keypoints. Over a clip (:func:`detect_frames`) the face
+mesh runs in MediaPipe's VIDEO running mode (``landmark_tracking``): it places each frame's mesh from the previous
+frame's and detects a face only where it has lost one, instead of running its own face detector on every frame.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +22,7 @@ import numpy as np
 
 from components.face_tracking.config import FaceTrackingConfig
 from components.face_tracking.dataset import Box
-from components.face_tracking.models import MESH_POINTS, FaceModelPaths, face_model_paths
+from components.face_tracking.models import MESH_POINTS, FaceModelPaths, face_model_paths, landmarker_bundle
 
 Point = tuple[float, float]
 
@@ -70,6 +74,12 @@ def iou(a: Sequence[float], b: Sequence[float]) -> float:
     return float(inter / union) if union > 0 else 0.0
 
 
+@functools.cache
+def _tracking_bundle(detector: Path, landmark: Path) -> bytes:
+    """The VIDEO running mode's landmarker bundle (padding points inside the face), built once per process."""
+    return landmarker_bundle(detector, landmark, fill="mesh")
+
+
 class FaceModels:
     """The MediaPipe detectors and landmarker for one process (IMAGE running mode; close when done).
 
@@ -91,6 +101,7 @@ class FaceModels:
         self.short = detector(paths.short_range)
         self.full = detector(paths.full_range) if config.full_range_fallback else None
         self.landmarker = None
+        self._paths, self._confidence = paths, config.min_detection_confidence
         if config.use_landmarks:
             options = vision.FaceLandmarkerOptions(
                 base_options=BaseOptions(model_asset_path=str(paths.landmarker_task)),
@@ -98,6 +109,34 @@ class FaceModels:
                 min_face_detection_confidence=config.min_detection_confidence,
             )
             self.landmarker = vision.FaceLandmarker.create_from_options(options)
+            if config.landmark_tracking:  # built now, not in the first request or video
+                _tracking_bundle(paths.short_range, paths.face_landmark)
+
+    @contextmanager
+    def tracking_landmarker(self, num_faces: int) -> Iterator[Any]:
+        """A fresh face mesh in VIDEO running mode for one run of frames.
+
+        Fresh for each run: a VIDEO landmarker carries the last frame's meshes into the next call. ``num_faces``
+        should be the most faces the detector found in the run: the landmarker detects again on every frame
+        where it follows fewer than that. Its bundle repeats mesh points as padding
+        (:func:`~components.face_tracking.models.pad_landmark_model`): the next frame's region is the box of all
+        478 points.
+        """
+        from mediapipe.tasks.python import BaseOptions, vision
+
+        options = vision.FaceLandmarkerOptions(
+            base_options=BaseOptions(
+                model_asset_buffer=_tracking_bundle(self._paths.short_range, self._paths.face_landmark)
+            ),
+            num_faces=num_faces,
+            min_face_detection_confidence=self._confidence,
+            running_mode=vision.RunningMode.VIDEO,
+        )
+        landmarker = vision.FaceLandmarker.create_from_options(options)
+        try:
+            yield landmarker
+        finally:
+            landmarker.close()
 
     def close(self) -> None:
         for model in (self.short, self.full, self.landmarker):
@@ -153,10 +192,16 @@ def detect_faces(frame: np.ndarray, detector: Any, source: str = "short") -> lis
     return faces
 
 
-def _landmark_faces(frame: np.ndarray, landmarker: Any) -> list[tuple[Box, tuple[Point, ...], tuple[Point, Point]]]:
-    """Per mesh found: its box, lip points and eye centres (only the face mesh's points 0-467 are used)."""
+def _landmark_faces(
+    frame: np.ndarray, landmarker: Any, timestamp_ms: int | None = None
+) -> list[tuple[Box, tuple[Point, ...], tuple[Point, Point]]]:
+    """Per mesh found: its box, lip points and eye centres (only the face mesh's points 0-467 are used).
+
+    ``timestamp_ms`` runs a VIDEO-mode landmarker on the frame (increasing within a run), else the IMAGE mode.
+    """
     height, width = frame.shape[:2]
-    result = landmarker.detect(_mp_image(frame))
+    image = _mp_image(frame)
+    result = landmarker.detect(image) if timestamp_ms is None else landmarker.detect_for_video(image, timestamp_ms)
     faces = []
     for landmarks in result.face_landmarks:
         # Points 468-477 are the padding of the bundled model (models.pad_landmark_model), not irises.
@@ -182,9 +227,11 @@ def _landmarks_plausible(face: FaceDetection, lips: tuple[Point, ...], eyes: tup
     return all(math.hypot(a[0] - b[0], a[1] - b[1]) <= tolerance for a, b in pairs)
 
 
-def _attach_landmarks(frame: np.ndarray, faces: list[FaceDetection], landmarker: Any) -> list[FaceDetection]:
+def _attach_landmarks(
+    frame: np.ndarray, faces: list[FaceDetection], landmarker: Any, timestamp_ms: int | None = None
+) -> list[FaceDetection]:
     """Give each detection the lip/eye landmarks of the plausible landmarker mesh that matches it best."""
-    meshes = _landmark_faces(frame, landmarker)
+    meshes = _landmark_faces(frame, landmarker, timestamp_ms)
     if not meshes:
         return faces
     used: set[int] = set()
@@ -206,32 +253,81 @@ def _attach_landmarks(frame: np.ndarray, faces: list[FaceDetection], landmarker:
     return out
 
 
-def detect_frame(frame: np.ndarray, models: FaceModels, config: FaceTrackingConfig) -> tuple[list[FaceDetection], bool]:
-    """Detect the faces of one frame with the configured fallbacks.
-
-    Returns:
-        The detections (at most ``max_faces``, highest score first) and whether the full-range model ran.
-    """
+def _find_faces(frame: np.ndarray, models: FaceModels, config: FaceTrackingConfig) -> tuple[list[FaceDetection], bool]:
+    """The detectors only: the short-range model, the full-range one where it finds nothing."""
     faces = detect_faces(frame, models.short, "short")
     tried_full = False
     if not faces and models.full is not None:
         faces = detect_faces(frame, models.full, "full")
         tried_full = True
-    faces = faces[: config.max_faces]
+    return faces[: config.max_faces], tried_full
+
+
+def detect_frame(frame: np.ndarray, models: FaceModels, config: FaceTrackingConfig) -> tuple[list[FaceDetection], bool]:
+    """Detect the faces of one frame with the configured fallbacks (the face mesh in IMAGE running mode).
+
+    Returns:
+        The detections (at most ``max_faces``, highest score first) and whether the full-range model ran.
+    """
+    faces, tried_full = _find_faces(frame, models, config)
     if faces and models.landmarker is not None:
         faces = _attach_landmarks(frame, faces, models.landmarker)
     return faces, tried_full
 
 
-def detect_frames(
-    frames: np.ndarray, indices: Sequence[int], models: FaceModels | Sequence[FaceModels], config: FaceTrackingConfig
+def _detect_run(
+    frames: np.ndarray, indices: Sequence[int], models: FaceModels, config: FaceTrackingConfig, fps: float
 ) -> list[tuple[list[FaceDetection], bool]]:
-    """:func:`detect_frame` on ``frames[i]`` for each of ``indices``, in that order.
+    """:func:`detect_frame` on a run of frames, the face mesh following the faces from frame to frame.
 
-    With several model sets the indices are cut into one contiguous share per set, each run in its own thread:
-    MediaPipe runs a frame without holding the GIL and the IMAGE running mode keeps no state between frames, so
-    the answers are those of one set, in less wall time where the process has the cores (the lip-sync server
-    opens ``serving.threads`` sets). One set is never used by two threads at once.
+    The detectors run on every frame first; then one VIDEO-mode landmarker, asked for as many faces as the
+    detectors found at most in one frame, runs on the frames with a face in the order given (timestamps from the
+    frame indices at ``fps``, always increasing). Once it follows every face it runs no face detector of its own.
+    Its meshes go through the same matching and plausibility check as :func:`detect_frame`'s.
+    """
+    found = [_find_faces(frames[i], models, config) for i in indices]
+    most = max((len(faces) for faces, _ in found), default=0)
+    if models.landmarker is None or most == 0:
+        return found
+    if not config.landmark_tracking:
+        return [
+            (_attach_landmarks(frames[i], faces, models.landmarker), tried)
+            for i, (faces, tried) in zip(indices, found, strict=True)
+        ]
+    answers, timestamp, previous = [], -1, None
+    with models.tracking_landmarker(most) as landmarker:
+        for i, (faces, tried_full) in zip(indices, found, strict=True):
+            step = 1 if previous is None else round((i - previous) * 1000.0 / fps)
+            timestamp, previous = timestamp + max(1, step), i
+            if faces:
+                faces = _attach_landmarks(frames[i], faces, landmarker, timestamp)
+            answers.append((faces, tried_full))
+    return answers
+
+
+def detect_frames(
+    frames: np.ndarray,
+    indices: Sequence[int],
+    models: FaceModels | Sequence[FaceModels],
+    config: FaceTrackingConfig,
+    fps: float = 25.0,
+) -> list[tuple[list[FaceDetection], bool]]:
+    """Detect the faces of ``frames[i]`` for each of ``indices``, in that order (as :func:`detect_frame`).
+
+    With ``landmark_tracking`` the face mesh follows the faces through the frames (:func:`_detect_run`), else it
+    runs on each frame alone. With several model sets the indices are cut into one contiguous share per set, each
+    run in its own thread: MediaPipe runs a frame without holding the GIL (the lip-sync server opens
+    ``serving.threads`` sets). Each share is one run: its first frame's mesh is placed by a detection, not
+    followed from the frame before, so the landmarks from there on differ a little from one set's (crop centres by
+    a median 0 and at most 3 % of a crop side on benchmark v2 clips, ``benchmarks/lipsync_request.py --part
+    crops``); boxes and scores are the same. One set is never used by two threads at once.
+
+    Args:
+        frames: uint8 [T, H, W, 3] RGB.
+        indices: The frames to detect.
+        models: One set of models, or several.
+        config: The stage settings.
+        fps: Frame rate (the VIDEO running mode's timestamps).
     """
     sets = [models] if isinstance(models, FaceModels) else list(models)
     if not sets:
@@ -239,11 +335,11 @@ def detect_frames(
     indices = list(indices)
     shares = min(len(sets), len(indices))
     if shares <= 1:
-        return [detect_frame(frames[i], sets[0], config) for i in indices]
+        return _detect_run(frames, indices, sets[0], config, fps)
     bounds = [round(k * len(indices) / shares) for k in range(shares + 1)]
 
     def run(k: int) -> list[tuple[list[FaceDetection], bool]]:
-        return [detect_frame(frames[i], sets[k], config) for i in indices[bounds[k] : bounds[k + 1]]]
+        return _detect_run(frames, indices[bounds[k] : bounds[k + 1]], sets[k], config, fps)
 
     with ThreadPoolExecutor(max_workers=shares, thread_name_prefix="face-detect") as pool:
         return [answer for share in pool.map(run, range(shares)) for answer in share]

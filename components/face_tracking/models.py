@@ -12,12 +12,15 @@ irises) while that model outputs 468 x 3 values, so unpadded every point after t
 wrong values (the "mouth" lands on an eye). Padded to 478 x 3, points 0-467 are the face mesh and points
 468-477 are zeros to ignore. ``models.json`` records the bundle's version: a cache built before this fix
 (version 1) is refused at run time and rebuilt by ``clipsync fetch-models`` from the extracted files, without
-a download.
+a download. The face mesh's VIDEO running mode needs padding points inside the face instead of zeros
+(:func:`pad_landmark_model`); its bundle is built in memory from the same verified files
+(:func:`landmarker_bundle`), so the cache and its record stay as they are.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import shutil
@@ -157,25 +160,36 @@ def face_model_paths(cache_dir: Path) -> FaceModelPaths:
     return paths
 
 
-def pad_landmark_model(model: bytes) -> bytes:
-    """Append a TFLite PAD op to the face mesh model so that its landmark output holds 478 x 3 values.
+def pad_landmark_model(model: bytes, fill: str = "zeros") -> bytes:
+    """Append TFLite ops to the face mesh model so that its landmark output holds 478 x 3 values.
 
     Uses ``flatbuffers`` and the TFLite schema module that mediapipe bundles. The landmark tensor (468 x 3 =
-    1404 values in the last dimension) gets 30 zeros appended; the face-presence output is left alone.
+    1404 values in the last dimension) gets 30 values appended; the face-presence output is left alone.
+
+    ``fill`` ``zeros`` (the ``.task`` file ``clipsync fetch-models`` builds) appends zeros (one PAD op): the padding
+    points land on the corner of the region the mesh ran on, which the IMAGE running mode never looks at. ``mesh``
+    repeats mesh points 0-9 (a SLICE and a CONCATENATION op; they lie inside the face): the VIDEO running mode
+    places the next frame's region on the box of all 478 points, and with zeros that box is stretched to the
+    previous region's corner until the face is lost every second or third frame. Points 0-467 are the same either
+    way.
 
     Args:
         model: ``face_landmark.tflite`` from the mediapipe 0.10.21 wheel.
+        fill: ``zeros`` or ``mesh``.
 
     Returns:
         The padded model.
 
     Raises:
         FaceModelError: If the model does not have the expected single subgraph and 1404-value output.
+        ValueError: An unknown ``fill``.
     """
     import flatbuffers
     import numpy as np
     from mediapipe.tasks.metadata import schema_py_generated as tfl
 
+    if fill not in ("zeros", "mesh"):
+        raise ValueError(f"fill must be 'zeros' or 'mesh', got {fill!r}")
     root = tfl.ModelT.InitFromObj(tfl.Model.GetRootAsModel(model, 0))
     if len(root.subgraphs) != 1:
         raise FaceModelError(f"face_landmark.tflite: expected 1 subgraph, found {len(root.subgraphs)}")
@@ -187,6 +201,7 @@ def pad_landmark_model(model: bytes) -> bytes:
         raise FaceModelError(f"face_landmark.tflite: no single {3 * MESH_POINTS}-value output among {shapes}")
     source = graph.tensors[mesh[0]]
     rank = len(source.shape)
+    extra = 3 * (TASKS_POINTS - MESH_POINTS)
 
     def add_buffer(data: bytes | None) -> int:
         buffer = tfl.BufferT()
@@ -195,29 +210,57 @@ def pad_landmark_model(model: bytes) -> bytes:
         root.buffers.append(buffer)
         return len(root.buffers) - 1
 
-    def add_tensor(name: bytes, shape: list[int], dtype: int, buffer: int) -> int:
+    def add_tensor(name: bytes, shape: list[int], dtype: int, data: bytes | None = None) -> int:
         tensor = tfl.TensorT()
-        tensor.name, tensor.shape, tensor.type, tensor.buffer = name, shape, dtype, buffer
+        tensor.name, tensor.shape, tensor.type, tensor.buffer = name, shape, dtype, add_buffer(data)
         graph.tensors.append(tensor)
         return len(graph.tensors) - 1
 
-    paddings = np.zeros((rank, 2), dtype="<i4")
-    paddings[-1, 1] = 3 * (TASKS_POINTS - MESH_POINTS)
-    pad_spec = add_tensor(b"landmarks_paddings", [rank, 2], tfl.TensorType.INT32, add_buffer(paddings.tobytes()))
-    padded_shape = [*source.shape[:-1], 3 * TASKS_POINTS]
-    padded = add_tensor(b"landmarks_padded", padded_shape, source.type, add_buffer(None))
     codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in root.operatorCodes]
-    if tfl.BuiltinOperator.PAD not in codes:
-        code = tfl.OperatorCodeT()
-        code.builtinCode = code.deprecatedBuiltinCode = tfl.BuiltinOperator.PAD
-        code.version = 1
-        root.operatorCodes.append(code)
-        codes.append(tfl.BuiltinOperator.PAD)
-    op = tfl.OperatorT()
-    op.opcodeIndex = codes.index(tfl.BuiltinOperator.PAD)
-    op.inputs, op.outputs = [mesh[0], pad_spec], [padded]
-    op.builtinOptionsType, op.builtinOptions = tfl.BuiltinOptions.PadOptions, tfl.PadOptionsT()
-    graph.operators.append(op)
+
+    def add_op(builtin: int, inputs: list[int], outputs: list[int], options_type: int, options: object) -> None:
+        if builtin not in codes:
+            code = tfl.OperatorCodeT()
+            code.builtinCode = code.deprecatedBuiltinCode = builtin
+            code.version = 1
+            root.operatorCodes.append(code)
+            codes.append(builtin)
+        op = tfl.OperatorT()
+        op.opcodeIndex = codes.index(builtin)
+        op.inputs, op.outputs = inputs, outputs
+        op.builtinOptionsType, op.builtinOptions = options_type, options
+        graph.operators.append(op)
+
+    int32 = tfl.TensorType.INT32
+    padded_shape = [*source.shape[:-1], 3 * TASKS_POINTS]
+    if fill == "zeros":
+        paddings = np.zeros((rank, 2), dtype="<i4")
+        paddings[-1, 1] = extra
+        spec = add_tensor(b"landmarks_paddings", [rank, 2], int32, paddings.tobytes())
+        padded = add_tensor(b"landmarks_padded", padded_shape, source.type)
+        add_op(tfl.BuiltinOperator.PAD, [mesh[0], spec], [padded], tfl.BuiltinOptions.PadOptions, tfl.PadOptionsT())
+    else:
+        size = np.array([*source.shape[:-1], extra], dtype="<i4")
+        begin = add_tensor(b"landmarks_repeat_begin", [rank], int32, np.zeros(rank, dtype="<i4").tobytes())
+        length = add_tensor(b"landmarks_repeat_size", [rank], int32, size.tobytes())
+        head = add_tensor(b"landmarks_repeated", size.tolist(), source.type)
+        padded = add_tensor(b"landmarks_padded", padded_shape, source.type)
+        add_op(
+            tfl.BuiltinOperator.SLICE,
+            [mesh[0], begin, length],
+            [head],
+            tfl.BuiltinOptions.SliceOptions,
+            tfl.SliceOptionsT(),
+        )
+        concat = tfl.ConcatenationOptionsT()
+        concat.axis = rank - 1
+        add_op(
+            tfl.BuiltinOperator.CONCATENATION,
+            [mesh[0], head],
+            [padded],
+            tfl.BuiltinOptions.ConcatenationOptions,
+            concat,
+        )
     graph.outputs = [padded if i == mesh[0] else i for i in outputs]
     builder = flatbuffers.Builder(len(model) + 4096)
     builder.Finish(root.Pack(builder), file_identifier=b"TFL3")
@@ -251,27 +294,31 @@ def verify_face_models(cache_dir: Path) -> FaceModelPaths:
     return paths
 
 
-def build_landmarker_task(detector: Path, landmark: Path, out: Path) -> Path:
-    """Bundle a face detector and the padded face mesh model into a ``FaceLandmarker`` ``.task`` zip.
+def landmarker_bundle(detector: Path, landmark: Path, fill: str = "zeros") -> bytes:
+    """A ``FaceLandmarker`` ``.task`` zip of a face detector and the padded face mesh model, as bytes.
 
     Args:
         detector: The short-range face detector tflite.
-        landmark: ``face_landmark.tflite`` as extracted from the wheel (padded here, see
+        landmark: ``face_landmark.tflite`` as extracted from the wheel (padded here with ``fill``, see
             :func:`pad_landmark_model`).
-        out: The ``.task`` file to write (atomically replaced).
-
-    Returns:
-        ``out``.
+        fill: ``zeros`` (the bundle file) or ``mesh`` (the bundle of the VIDEO running mode, built in memory).
     """
     members = (
         ("face_detector.tflite", Path(detector).read_bytes()),
-        ("face_landmarks_detector.tflite", pad_landmark_model(Path(landmark).read_bytes())),
+        ("face_landmarks_detector.tflite", pad_landmark_model(Path(landmark).read_bytes(), fill)),
     )
-    tmp = out.with_suffix(".task.part")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as bundle:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as bundle:
         # Fixed timestamps keep the bundle byte-identical across fetches (stable sha256).
         for arcname, data in members:
             bundle.writestr(zipfile.ZipInfo(arcname, date_time=(1980, 1, 1, 0, 0, 0)), data)
+    return buffer.getvalue()
+
+
+def build_landmarker_task(detector: Path, landmark: Path, out: Path) -> Path:
+    """Write :func:`landmarker_bundle` (zero padding) to the ``.task`` file ``out`` (atomically replaced)."""
+    tmp = out.with_suffix(".task.part")
+    tmp.write_bytes(landmarker_bundle(detector, landmark))
     tmp.replace(out)
     return out
 
