@@ -309,10 +309,7 @@ def _results(
     config: FrameExtractionConfig,
     worker: Callable[[VideoRecord, str, str, FrameExtractionConfig], ExtractedVideo] = _process,
 ) -> Iterator[tuple[VideoRecord, ExtractedVideo]]:
-    """Results in manifest order, at most ``2 * workers`` videos in flight (bounded memory).
-
-    ``worker`` is a top-level function (spawn-safe); tests replace it to make a worker process crash.
-    """
+    """Results in manifest order, at most ``2 * workers`` videos in flight (``worker``: top-level, spawn-safe)."""
     if config.workers <= 1 or len(records) <= 1:
         for record in records:
             yield record, worker(record, source_uri, str(cache_dir), config)
