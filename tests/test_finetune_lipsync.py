@@ -66,6 +66,8 @@ def test_config_defaults_and_validation():
         {"sync_negatives": -1},
         {"sync_shift_min_frames": 0},
         {"sync_shift_min_frames": 7, "sync_shift_max_frames": 6},
+        {"model": {"sync_lags": 13}},  # 1 s windows at 25 fps: 12 frames at most
+        {"model": {"sync_lags": -1}},
     ):
         with pytest.raises(ConfigError):
             FinetuneLipsyncConfig(**bad)
