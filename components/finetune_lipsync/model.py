@@ -95,7 +95,7 @@ class LipSyncModelConfig(LipSyncArchitecture):
         unknown = sorted(set(data) - known)
         if unknown:
             raise ModelConfigError(f"unknown model config key(s): {', '.join(unknown)}")
-        return cls(**data)
+        return cls(**{"sync_lags": 0, **data})  # a model saved before sync_lags existed has no lag features
 
 
 # ---------------------------------------------------------------------------------------------- audio
@@ -378,7 +378,7 @@ class Fusion(nn.Module):
     sound is a frame or three off from one whose lips merely lead it, which the lag-0 product cannot.
     """
 
-    def __init__(self, kind: str, embed_dim: int, heads: int, sync_lags: int = 0) -> None:
+    def __init__(self, kind: str, embed_dim: int, heads: int, sync_lags: int) -> None:
         super().__init__()
         self.kind = kind
         self.sync_lags = sync_lags
