@@ -50,7 +50,7 @@ def test_config_defaults_and_validation():
     cfg = FinetuneLipsyncConfig()
     assert (cfg.lr, cfg.lr_encoder, cfg.val_fraction, cfg.batch_size) == (1e-4, 1e-5, 0.2, 8)
     assert (cfg.sync_negatives, cfg.sync_shift_min_frames, cfg.sync_shift_max_frames) == (1, 3, 25)
-    assert cfg.model.sync_lags == 5
+    assert cfg.model.sync_lags == 0
     augment = cfg.augment
     assert augment.enabled and (augment.speed_min, augment.speed_max, augment.rotation_deg) == (0.9, 1.1, 15.0)
     for bad in (

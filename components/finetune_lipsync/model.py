@@ -95,7 +95,7 @@ class LipSyncModelConfig(LipSyncArchitecture):
         unknown = sorted(set(data) - known)
         if unknown:
             raise ModelConfigError(f"unknown model config key(s): {', '.join(unknown)}")
-        return cls(**{"sync_lags": 0, **data})  # a model saved before sync_lags existed has no lag features
+        return cls(**data)
 
 
 # ---------------------------------------------------------------------------------------------- audio
