@@ -276,6 +276,44 @@ def _auc_with_interval(y: np.ndarray, s: np.ndarray) -> dict:
     return bootstrap_two_class("roc_auc", y, s).to_dict()
 
 
+def aggregation_figures(model, val: list, test: list) -> dict:
+    """ROC AUC of every ``video_aggregation`` on the validation (which chooses) and test videos, overall and per type.
+
+    The window logits are computed once per video; only the video score's aggregation differs between the rows.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    from components.finetune_lipsync.config import AGGREGATIONS
+    from components.finetune_lipsync.model import aggregate, window_logits, windows
+
+    c = model.config
+
+    def logits(videos: list) -> list[np.ndarray]:
+        return [
+            window_logits(model, windows(v.crops, v.audio, v.fps, c.window_s, c.hop_s, target_fps=c.fps))
+            for v in videos
+        ]
+
+    def aucs(videos: list, per_video: list[np.ndarray], method: str, interval: bool) -> dict:
+        y = np.array([v.label for v in videos])
+        s = np.array([aggregate(w, method) for w in per_video])
+        auc = _auc_with_interval if interval else lambda yy, ss: round(float(roc_auc_score(yy, ss)), 4)
+        out = {"all": auc(y, s)}
+        for fake_type in sorted({v.fake_type for v in videos if v.label == 1}):
+            keep = (y == 0) | np.array([v.label == 1 and v.fake_type == fake_type for v in videos])
+            out[fake_type or "untyped"] = auc(y[keep], s[keep])
+        return out
+
+    val_logits, test_logits = logits(val), logits(test)
+    return {
+        method: {
+            "val_roc_auc": aucs(val, val_logits, method, False),
+            "test_roc_auc": aucs(test, test_logits, method, True),
+        }
+        for method in AGGREGATIONS
+    }
+
+
 def evaluate_recipe(model_dir: Path, val: list, test: list, header: dict, device: str, levels: dict) -> dict:
     """The evaluate stage's figures of one trained model on the exported test set, plus conditions and perturbations."""
     import torch
@@ -307,6 +345,7 @@ def evaluate_recipe(model_dir: Path, val: list, test: list, header: dict, device
                     "roc_auc": _auc_with_interval(y[keep], scores[keep]),
                 }
     figures["per_condition"] = per_condition
+    figures["aggregations"] = aggregation_figures(model, val, test)
     rows = []
     for kind, kind_levels in levels.items():
         for level in kind_levels:
@@ -371,17 +410,40 @@ def train_recipe(name: str, overrides: dict, videos: list, header: dict, args, d
     }
 
 
-def train(args) -> int:
-    """Train and evaluate every recipe; print the figures as JSON."""
+def _levels(text: str) -> dict[str, tuple]:
+    """``--perturbations``: comma-separated KIND (evaluate's levels) or KIND:LEVEL -> kind -> levels."""
     from components.evaluate.lipsync_eval import PERTURBATIONS
 
+    levels: dict[str, tuple] = {}
+    for item in filter(None, text.split(",")):
+        kind, _, level = item.partition(":")
+        levels[kind] = levels.get(kind, ()) + ((float(level),) if level else PERTURBATIONS[kind])
+    return levels
+
+
+def evaluate_saved(args) -> int:
+    """The figures of a model folder a ``train`` call saved (``--work``), on the export it was trained on."""
+    from components.finetune_lipsync.config import FinetuneLipsyncConfig
+    from components.finetune_lipsync.data import split_by_video, training_pool
+
+    header, videos = load_export(args.data)
+    cfg = FinetuneLipsyncConfig()  # the split train_recipe made (every recipe keeps the default split settings)
+    _, val = split_by_video(training_pool(videos), cfg.val_fraction, cfg.seed)
+    test = [v for v in videos if v.split == "test"]
+    figures = evaluate_recipe(args.model, val, test, header, args.device, _levels(args.perturbations))
+    text = json.dumps({"data": str(args.data), "model": str(args.model), **figures}, indent=1, default=float)
+    if args.json:
+        args.json.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def train(args) -> int:
+    """Train and evaluate every recipe; print the figures as JSON."""
     started = time.monotonic()
     header, videos = load_export(args.data)
     logger.info("loaded %s in %.0f s: %s", args.data, time.monotonic() - started, _counts(header))
-    args.levels = {}
-    for item in filter(None, args.perturbations.split(",")):  # KIND (evaluate's levels) or KIND:LEVEL
-        kind, _, level = item.partition(":")
-        args.levels[kind] = args.levels.get(kind, ()) + ((float(level),) if level else PERTURBATIONS[kind])
+    args.levels = _levels(args.perturbations)
     recipes = [r.partition(":") for r in args.recipe] or [("default", ":", "{}")]
     out = {"data": str(args.data), "device": args.device, "budget_s": round(args.max_minutes * 60), **_counts(header)}
     out |= {"crop_oracle": crop_oracle(videos), "recipes": []}
@@ -419,14 +481,20 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help='NAME:JSON of finetune_lipsync overrides, repeatable (default: one recipe, "default", the config\'s)',
     )
-    tr.add_argument(
-        "--perturbations",
-        default=",".join(TARGET_PERTURBATIONS),
-        help="comma-separated KIND (evaluate's three levels) or KIND:LEVEL; empty: none",
-    )
+    perturbations = {
+        "default": ",".join(TARGET_PERTURBATIONS),
+        "help": "comma-separated KIND (evaluate's three levels) or KIND:LEVEL; empty: none",
+    }
+    tr.add_argument("--perturbations", **perturbations)
     tr.add_argument("--loader-workers", type=int, default=4)
     tr.add_argument("--work", default=None, help="checkpoints and models (default: a new temporary folder)")
     tr.add_argument("--json", type=Path, help="also write the figures here")
+    ev = sub.add_parser("evaluate", help="the figures of a model folder a train call saved under --work")
+    ev.add_argument("--data", type=Path, required=True)
+    ev.add_argument("--model", type=Path, required=True, help="WORK/RECIPE/model")
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--perturbations", **perturbations)
+    ev.add_argument("--json", type=Path, help="also write the figures here")
     orc = sub.add_parser("oracle", help="the model-free crop oracle of an export, per split (seconds, any machine)")
     orc.add_argument("--data", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -436,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         test = [v for v in videos if v.split == "test"]
         print(json.dumps({"all": crop_oracle(videos), "test": crop_oracle(test)}, indent=1))
         return 0
-    return export(args) if args.mode == "export" else train(args)
+    return {"export": export, "train": train, "evaluate": evaluate_saved}[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ def test_config_defaults_and_validation():
     cfg = FinetuneLipsyncConfig()
     assert (cfg.lr, cfg.lr_encoder, cfg.val_fraction, cfg.batch_size) == (1e-4, 1e-5, 0.2, 8)
     assert (cfg.sync_negatives, cfg.sync_shift_min_frames, cfg.sync_shift_max_frames) == (1, 3, 25)
+    assert cfg.model.sync_lags == 0
     augment = cfg.augment
     assert augment.enabled and (augment.speed_min, augment.speed_max, augment.rotation_deg) == (0.9, 1.1, 15.0)
     for bad in (
@@ -66,6 +67,8 @@ def test_config_defaults_and_validation():
         {"sync_negatives": -1},
         {"sync_shift_min_frames": 0},
         {"sync_shift_min_frames": 7, "sync_shift_max_frames": 6},
+        {"model": {"sync_lags": 13}},  # 1 s windows at 25 fps: 12 frames at most
+        {"model": {"sync_lags": -1}},
     ):
         with pytest.raises(ConfigError):
             FinetuneLipsyncConfig(**bad)

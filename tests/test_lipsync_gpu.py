@@ -39,6 +39,7 @@ def test_crops_and_audio_codecs_round_trip_closely():
 
 @pytest.mark.slow
 def test_export_then_train_without_the_project_only_packages(tmp_path):
+    from components.finetune_lipsync.config import AGGREGATIONS
     from components.finetune_lipsync.synthetic import write_synthetic_faces
 
     faces = tmp_path / "faces"
@@ -71,3 +72,14 @@ def test_export_then_train_without_the_project_only_packages(tmp_path):
     assert run["videos"]["test"] == 6 and run["test"]["roc_auc"]["n"] == 6
     assert [(r["perturbation"], r["level"]) for r in run["perturbations"]] == [("compression", 40), ("blur", 2)]
     assert {"scene=single", "scene=two_face"} <= set(run["per_condition"])
+    assert set(run["aggregations"]) == set(AGGREGATIONS)
+    for row in run["aggregations"].values():  # every aggregation on validation and on test, overall and per type
+        assert {"all", "untyped"} <= set(row["val_roc_auc"]) and row["test_roc_auc"]["all"]["n"] == 6
+
+    # The saved model evaluated again (the same split, the same test figures).
+    again = tmp_path / "again.json"
+    model = tmp_path / "work" / "tiny" / "model"
+    args = ["evaluate", "--data", str(data), "--model", str(model), "--perturbations", "", "--json", str(again)]
+    assert lipsync_gpu.main(args) == 0
+    figures = json.loads(again.read_text())
+    assert figures["test"] == run["test"] and figures["aggregations"] == run["aggregations"]

@@ -13,6 +13,7 @@ from components.finetune_lipsync.model import (
     LipSyncModelConfig,
     ModelConfigError,
     aggregate,
+    lag_correlations,
     load_model,
     log_mel,
     mel_filterbank,
@@ -154,7 +155,34 @@ def test_predict_video_and_aggregation():
     )
     assert aggregate(np.array([0.0, 2.0]), "mean_logit") == pytest.approx(1 / (1 + np.exp(-1.0)))
     assert aggregate(np.array([-10.0, 0.0, 10.0]), "median") == pytest.approx(0.5)
+    # A fake second in a clean clip: the mean of the two highest logits, not of all five.
+    assert aggregate(np.array([-3.0, 2.0, -3.0, 0.0, -3.0]), "top2_logit") == pytest.approx(1 / (1 + np.exp(-1.0)))
+    assert aggregate(np.array([0.0]), "top2_logit") == pytest.approx(0.5)  # a one-window clip
+    assert aggregate(np.array([0.0, 0.0]), "noisy_or") == pytest.approx(0.75)
     with pytest.raises(ValueError):
         aggregate(np.array([]), "mean_logit")
     with pytest.raises(ModelConfigError):
         LipSyncModelConfig(fusion="sum")
+
+
+def test_lag_correlations_peak_where_the_sound_lags_and_the_model_reads_them(tmp_path):
+    torch.manual_seed(0)
+    lips = torch.randn(2, 4, 40)
+    for lag in (-3, 0, 2):  # sound[t + lag] = lips[t]: the lips lead by ``lag`` frames
+        sound = torch.roll(lips, lag, dims=-1)
+        corr = lag_correlations(lips[..., 5:-5], sound[..., 5:-5], 4)
+        assert corr.shape == (2, 4, 9)
+        assert (corr.argmax(dim=-1) == lag + 4).all()
+        assert corr[..., lag + 4].min() > 0.8  # (standardized over the whole window, averaged over the overlap)
+    config = LipSyncModelConfig(sync_lags=3, **TINY)
+    model = LipSyncDetector(config).eval()
+    assert model.fusion.out_dim == 3 * TINY["embed_dim"]
+    video = torch.randint(0, 256, (1, 25, 32, 32, 3), dtype=torch.uint8)
+    audio = 0.1 * torch.randn(1, 16000)
+    save_model(model, tmp_path / "m")
+    with torch.no_grad():
+        torch.testing.assert_close(model(video, audio), load_model(tmp_path / "m")(video, audio))
+    # A model folder from before the setting existed loads as the model without it.
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    del cfg["sync_lags"]
+    assert LipSyncModelConfig.from_dict(cfg).sync_lags == 0

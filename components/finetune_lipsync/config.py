@@ -9,6 +9,7 @@ threshold to it), and :class:`AugmentConfig` is what the augmentations take, so 
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -17,7 +18,7 @@ from components.common.device import PRECISIONS, is_device_name
 from components.common.errors import require
 
 FUSIONS = ("cross_attention", "concat")
-AGGREGATIONS = ("mean_logit", "max", "median")
+AGGREGATIONS = ("mean_logit", "top2_logit", "max", "median", "noisy_or")
 
 
 _require = functools.partial(require, section="finetune_lipsync")
@@ -41,7 +42,14 @@ class LipSyncArchitecture:
         attention_heads: Heads of the cross-attention fusion.
         fusion: ``cross_attention`` (video queries attend to audio) or ``concat`` (aligned concatenation).
         dropout: Dropout before the classifier.
-        video_aggregation: Video score from window scores: ``mean_logit``, ``max`` or ``median``.
+        sync_lags: Also feed the classifier the two streams' per-channel correlation at every lag within
+            +-``sync_lags`` frames (``finetune_lipsync.model.lag_correlations``; 0: off, the lag-0 product only).
+            With 5 the detector learns from its first epoch on benchmark v2, but on the full benchmark its validation
+            loss was not lower, so it is not the default (README, "The whole benchmark on the CPU, the video score
+            and lag features").
+        video_aggregation: Video score from window scores (``finetune_lipsync.model.aggregate``): ``mean_logit``,
+            ``top2_logit``, ``max``, ``median`` or ``noisy_or``. On benchmark v2's validation they differ by less than
+            their noise (README, "The whole benchmark on the CPU, the video score and lag features").
     """
 
     window_s: float = 1.0
@@ -55,6 +63,7 @@ class LipSyncArchitecture:
     attention_heads: int = 4
     fusion: str = "concat"
     dropout: float = 0.2
+    sync_lags: int = 0
     video_aggregation: str = "mean_logit"
 
     def __post_init__(self) -> None:
@@ -74,6 +83,11 @@ class LipSyncArchitecture:
         )
         _require_model(self.fusion in FUSIONS, f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         _require_model(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
+        _require_model(
+            0 <= self.sync_lags < self.window_s * self.fps / 2,
+            f"sync_lags must be 0..{math.ceil(self.window_s * self.fps / 2) - 1} (under half a window's frames), "
+            f"got {self.sync_lags}",
+        )
         _require_model(
             self.video_aggregation in AGGREGATIONS,
             f"video_aggregation must be one of {AGGREGATIONS}, got {self.video_aggregation!r}",

@@ -75,7 +75,8 @@ def write_model_card(model_dir: Path, result: TrainResult, cfg: FinetuneLipsyncC
         f"- visual: 3D-conv encoder, {mc.visual_channels}/{2 * mc.visual_channels}/{4 * mc.visual_channels} "
         f"channels on {mc.crop_size}x{mc.crop_size} crops at {mc.fps:g} fps, temporal conv to {mc.embed_dim}",
         f"- audio: 1D-conv encoder over a {mc.n_mels}-band log-mel spectrogram (10 ms hop)",
-        f"- fusion: {mc.fusion}; classifier: 2-layer MLP on mean+max pooled fused sequence",
+        f"- fusion: {mc.fusion}; classifier: 2-layer MLP on mean+max pooled fused sequence"
+        + (f" and the streams' correlation at lags within ±{mc.sync_lags} frames" if mc.sync_lags else ""),
         "",
         "## Training",
         f"- started from: {result.pretrained or 'scratch'}",

@@ -353,17 +353,43 @@ def _standardize_time(x: torch.Tensor) -> torch.Tensor:
     return x / (x.square().mean(dim=-1, keepdim=True) + 1e-5).sqrt()
 
 
-class Fusion(nn.Module):
-    """Aligns audio to the video frames, then a temporal conv over [v, a, std(v) * std(a)]: ``-> [B, 2D]``."""
+def lag_correlations(v: torch.Tensor, a: torch.Tensor, max_lag: int) -> torch.Tensor:
+    """Per-channel correlation of two ``[B, D, T]`` sequences at lags ``-max_lag..max_lag``: ``[B, D, 2L+1]``.
 
-    def __init__(self, kind: str, embed_dim: int, heads: int) -> None:
+    At lag ``k`` frame ``t`` of ``v`` meets frame ``t + k`` of ``a`` (positive: the lips lead the sound); each
+    lag averages over the frames both sequences cover.
+    """
+    v, a = _standardize_time(v), _standardize_time(a)
+    t = v.shape[-1]
+    return torch.stack(
+        [
+            (v[..., max(0, -k) : t - max(0, k)] * a[..., max(0, k) : t + min(0, k)]).mean(dim=-1)
+            for k in range(-max_lag, max_lag + 1)
+        ],
+        dim=-1,
+    )
+
+
+class Fusion(nn.Module):
+    """Aligns audio to the video frames, then a temporal conv over [v, a, std(v) * std(a)]: ``-> [B, out_dim]``.
+
+    With ``sync_lags`` it also reads the streams' correlation at every lag within +-``sync_lags`` frames
+    (:func:`lag_correlations`, SyncNet's offset search as a feature): where the agreement peaks tells a window whose
+    sound is a frame or three off from one whose lips merely lead it, which the lag-0 product cannot.
+    """
+
+    def __init__(self, kind: str, embed_dim: int, heads: int, sync_lags: int) -> None:
         super().__init__()
         self.kind = kind
+        self.sync_lags = sync_lags
         d = embed_dim
         if kind == "cross_attention":
             self.attention = nn.MultiheadAttention(d, heads, batch_first=True)
             self.attention_norm = nn.LayerNorm(d)
         self.temporal = nn.Sequential(_conv1d_block(3 * d, d), _conv1d_block(d, d))
+        if sync_lags:
+            self.lags = nn.Sequential(nn.Flatten(), nn.Linear(d * (2 * sync_lags + 1), d), nn.ReLU(inplace=True))
+        self.out_dim = (3 if sync_lags else 2) * d
 
     def forward(self, v: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         t = v.shape[-1]
@@ -378,7 +404,10 @@ class Fusion(nn.Module):
         # Standardized over time, the product's mean is the per-channel correlation of the two streams:
         # the direct evidence of (a)synchrony, available from the first step on.
         x = self.temporal(torch.cat([v, aligned, _standardize_time(v) * _standardize_time(aligned)], dim=1))
-        return torch.cat([x.mean(dim=-1), x.amax(dim=-1)], dim=1)
+        pooled = [x.mean(dim=-1), x.amax(dim=-1)]
+        if self.sync_lags:
+            pooled.append(self.lags(lag_correlations(v, aligned, self.sync_lags)))
+        return torch.cat(pooled, dim=1)
 
 
 class LipSyncDetector(nn.Module):
@@ -390,10 +419,10 @@ class LipSyncDetector(nn.Module):
         c = self.config
         self.visual = VisualEncoder(c.visual_channels, c.embed_dim)
         self.audio = AudioEncoder(c.n_mels, c.audio_channels, c.embed_dim)
-        self.fusion = Fusion(c.fusion, c.embed_dim, c.attention_heads)
+        self.fusion = Fusion(c.fusion, c.embed_dim, c.attention_heads, c.sync_lags)
         self.classifier = nn.Sequential(
             nn.Dropout(c.dropout),
-            nn.Linear(2 * c.embed_dim, c.embed_dim),
+            nn.Linear(self.fusion.out_dim, c.embed_dim),
             nn.ReLU(inplace=True),
             nn.Dropout(c.dropout),
             nn.Linear(c.embed_dim, 1),
@@ -494,18 +523,24 @@ def aggregate(logits: np.ndarray, method: str = "mean_logit") -> float:
 
     Args:
         logits: Window logits.
-        method: ``mean_logit`` (sigmoid of the mean logit), ``max`` or ``median`` of window probabilities.
+        method: ``mean_logit`` (sigmoid of the mean logit), ``top2_logit`` (sigmoid of the mean of the two highest
+            logits: a manipulation of a second or two of the clip is not averaged away by its clean windows),
+            ``max`` or ``median`` of window probabilities, or ``noisy_or`` (``1 - prod(1 - p)``: any window fake).
     """
     logits = np.asarray(logits, dtype=np.float64).reshape(-1)
     if logits.size == 0:
         raise ValueError("no window scores to aggregate")
     if method == "mean_logit":
         return float(1.0 / (1.0 + np.exp(-logits.mean())))
+    if method == "top2_logit":
+        return float(1.0 / (1.0 + np.exp(-np.sort(logits)[-2:].mean())))
     probs = 1.0 / (1.0 + np.exp(-logits))
     if method == "max":
         return float(probs.max())
     if method == "median":
         return float(np.median(probs))
+    if method == "noisy_or":
+        return float(1.0 - np.prod(1.0 - probs))
     raise ValueError(f"unknown aggregation {method!r}; expected one of {AGGREGATIONS}")
 
 
