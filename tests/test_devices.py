@@ -142,22 +142,23 @@ def test_clip_predictor_call_on_meta(tiny_base, tmp_path):
 # --------------------------------------------------------------------------------------- lip-sync on meta
 
 
-def _lipsync_model():
+def _lipsync_model(**changes):
     from components.finetune_lipsync.model import LipSyncDetector, LipSyncModelConfig
 
     torch.manual_seed(0)
-    return LipSyncDetector(LipSyncModelConfig(**LIPSYNC_TINY))
+    return LipSyncDetector(LipSyncModelConfig(**{**LIPSYNC_TINY, **changes}))
 
 
-@pytest.mark.parametrize("fusion", ["concat", "cross_attention"])
-def test_lipsync_training_step_on_meta(fusion):
+@pytest.mark.parametrize(("fusion", "sync_lags"), [("concat", 0), ("cross_attention", 0), ("concat", 3)])
+def test_lipsync_training_step_on_meta(fusion, sync_lags):
     from components.finetune_lipsync.augment import augment_video
     from components.finetune_lipsync.config import AugmentConfig
     from components.finetune_lipsync.model import LipSyncDetector, LipSyncModelConfig
     from components.finetune_lipsync.synthetic import synthetic_video
     from components.finetune_lipsync.train import _window_loss
 
-    model = LipSyncDetector(LipSyncModelConfig(**{**LIPSYNC_TINY, "fusion": fusion})).to(META).train()
+    config = LipSyncModelConfig(**{**LIPSYNC_TINY, "fusion": fusion, "sync_lags": sync_lags})
+    model = LipSyncDetector(config).to(META).train()
     crops, audio = synthetic_video(True, 0, duration_s=1.0, size=24)  # 24 px crops: resized inside the model
     video, sound = torch.from_numpy(np.stack([crops, crops])), torch.from_numpy(np.stack([audio, audio]))
     # As in train_lipsync: the uint8 batch goes to the device, is augmented there (CPU generator), then the loss.
@@ -248,12 +249,13 @@ def test_clip_batch_loss_under_cpu_autocast(tiny_base, dtype):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize("sync_lags", [0, 3])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_lipsync_window_loss_under_cpu_autocast(dtype):
+def test_lipsync_window_loss_under_cpu_autocast(dtype, sync_lags):
     from components.finetune_lipsync.synthetic import synthetic_video
     from components.finetune_lipsync.train import _window_loss
 
-    model = _lipsync_model().train()
+    model = _lipsync_model(sync_lags=sync_lags).train()
     crops, audio = synthetic_video(True, 0, duration_s=1.0, size=16)
     video, sound = torch.from_numpy(np.stack([crops, crops])), torch.from_numpy(np.stack([audio, audio]))
     loss = _window_loss(model, video, sound, torch.tensor([1.0, 0.0]), torch.tensor(2.0), dtype)
