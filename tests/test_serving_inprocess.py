@@ -1,7 +1,8 @@
 """serving: the model server's app in-process (httpx's ASGI transport, no listener), for the answers that need a
 setting or a state a running server is not in: verdicts marked ``inconclusive`` (``serving.inconclusive_verdicts``),
 a model that is not ready (HTTP 503 with ``Retry-After``), the per-request deadline (HTTP 504) and the search
-index's parameters in the model metadata."""
+index's parameters in the model metadata; and clients' LoRA adapters sharing one base (``ClipBackbones``),
+without the server around them."""
 
 from __future__ import annotations
 
