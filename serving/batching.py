@@ -9,8 +9,8 @@ against unbatched calls and the lone request's latency.
 
 :class:`BatchStats` says where a request's time went (logged when a model stops): the batch sizes, the time an item
 waited in the queue, the model call's wall and CPU time in its worker thread, how long the event loop took to pick a
-finished call up again, and how many model calls ran at once (unbatched, each request is its own call in the event
-loop's thread pool, so several can run side by side).
+finished call up again, and how many model calls were in flight at once (unbatched, each request is its own call in
+the event loop's thread pool, so several run side by side, taking turns on the model's lock).
 """
 
 from __future__ import annotations
@@ -52,10 +52,12 @@ class BatchStats:
     Attributes:
         sizes: Batch size -> number of model calls of that size.
         queued_s: Seconds the items waited between ``submit`` and their model call's start, summed over items.
-        model_s: Wall seconds of the model calls (in their worker threads), summed over calls.
+        model_s: Wall seconds of the model calls in their worker threads (waiting for the model's lock, the GIL or
+            a CPU included), summed over calls.
         model_cpu_s: CPU seconds of the worker threads during the model calls, summed over calls.
         handback_s: Seconds from a model call's end to the event loop taking its results, summed over calls.
-        running: Model calls running now; ``most_running`` the most ever at once.
+        running: Model calls handed to the thread pool and not finished (running or waiting for a thread);
+            ``most_running`` the most ever at once.
     """
 
     sizes: collections.Counter[int] = field(default_factory=collections.Counter)
