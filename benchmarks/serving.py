@@ -11,6 +11,15 @@ at once and the six cells (in-process, REST, gRPC; batched, unbatched) alternate
 concurrency level: the machine's load, shared with other work, changes by the minute and used to fall on one cell
 more than another (each server and the baseline used to be measured one after the other).
 
+A block holds ``--requests / --rounds`` requests, and at least ``--per-client`` per client: at 32 clients a block of
+40 requests (160 / 4, the earlier size) was one batch of 32 and a tail, a start-up transient of about 0.15 s that a
+single time slice of another process could halve or double (the batching ratio moved between 2.8x and 5.9x from run
+to run). The verdict is the median over rounds of each round's own ratio (batched / unbatched REST throughput at the
+highest level; REST / in-process p50 of a lone search on the batched server), with its spread and how many rounds
+meet the goal (>= 3x; <= 1.2x). The server's CPU a request is split into its event loop (the main thread: HTTP,
+JSON, gRPC's asyncio side) and its other threads (the model calls in the thread pool); each server's log line at
+stop (batch sizes, queue, model and hand-back times) is printed at the end.
+
 The REST client (``--client raw``, the default) is a minimal HTTP/1.1 keep-alive client on asyncio streams (one
 connection per client): about 0.2 ms of CPU a request, where httpx's ``AsyncClient`` (``--client httpx``) spends
 2.4-3.5 ms. The client shares the 2 cores with the server, so with httpx a loaded machine measured the client: at
@@ -23,7 +32,7 @@ loaded one after the other into one server started as the multi-model ServingRun
 searches cycling over the three clients against the p50 on the one-client server.
 
 Run: ``.venv/bin/python benchmarks/serving.py [--part all|batching|multi-model] [--requests 160] [--videos 10000]
-[--client raw|httpx] [--rounds 4]``
+[--client raw|httpx] [--rounds 4] [--per-client 8]``
 """
 
 from __future__ import annotations
@@ -56,10 +65,15 @@ QUERIES = [
 ]
 
 
-def build_base(work: Path) -> Path:
+def build_base(work: Path, threads: int = 1) -> Path:
+    """The demo base CLIP, built on ``threads`` torch threads: the builder sets this process' torch thread count,
+    and its default (every CPU) used to leave the in-process baseline on 2 threads where the servers ran on 1
+    (their OpenMP threads spinning on the loaded machine: 12-13 ms of CPU a lone search against the server's 8-9)."""
     from components.finetune_clip.base_model import build_demo_base_clip
 
-    return build_demo_base_clip(work / "base", seed=0, time_budget_s=30, max_steps=2, batch_size=16)
+    return build_demo_base_clip(
+        work / "base", seed=0, time_budget_s=30, max_steps=2, batch_size=16, num_threads=threads
+    )
 
 
 def build_adapter(base: Path, out: Path, videos: int, seed: int = 0) -> Path:
@@ -93,8 +107,10 @@ class Samples:
     wall: float = 0.0
     cpu: float = 0.0
     server_cpu: float = 0.0
+    server_loop_cpu: float = 0.0
+    blocks: list[tuple[float, float, float]] = field(default_factory=list)  # each block's qps, p50 ms, server CPU ms
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, float | list[float]]:
         lat = sorted(self.latencies)
         return {
             "p50_ms": round(statistics.median(lat) * 1000, 2),
@@ -102,14 +118,19 @@ class Samples:
             "qps": round(len(lat) / self.wall, 1),
             "client_cpu_ms": round(self.cpu * 1000 / len(lat), 3),
             "server_cpu_ms": round(self.server_cpu * 1000 / len(lat), 3),
+            "server_loop_cpu_ms": round(self.server_loop_cpu * 1000 / len(lat), 3),
+            "rounds_qps": [round(q, 1) for q, _, _ in self.blocks],
+            "rounds_p50_ms": [round(p, 2) for _, p, _ in self.blocks],
+            "rounds_server_cpu_ms": [round(c, 3) for _, _, c in self.blocks],
         }
 
 
-def process_cpu_s(pid: int | None) -> float:
-    """User + system CPU seconds of a process so far (0 for ``None``)."""
+def process_cpu_s(pid: int | None, thread: int | None = None) -> float:
+    """User + system CPU seconds of a process (or of one of its threads) so far (0 for ``None``)."""
     if pid is None:
         return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    stat = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -149,23 +170,31 @@ class RawHttp:
 
 
 async def drive(call, concurrency: int, total: int, into: Samples, server: int | None = None) -> None:
-    """``concurrency`` workers issue ``total`` calls in all (after 4 warm-up calls); adds them to ``into``, with the
-    CPU time of this process and of the ``server`` process (a PID) meanwhile."""
+    """``concurrency`` workers issue ``total`` calls in all (after 4 warm-up calls); adds them to ``into`` as one
+    block, with the CPU time of this process and of the ``server`` process (a PID; its main thread, the event loop,
+    apart) meanwhile."""
     counter = iter(range(total))
+    latencies: list[float] = []
 
     async def worker() -> None:
         for i in counter:
             t = time.perf_counter()
             await call(QUERIES[i % len(QUERIES)])
-            into.latencies.append(time.perf_counter() - t)
+            latencies.append(time.perf_counter() - t)
 
     for i in range(min(4, total)):  # warm up
         await call(QUERIES[i % len(QUERIES)])
-    start, cpu, server_cpu = time.perf_counter(), time.process_time(), process_cpu_s(server)
+    start, cpu = time.perf_counter(), time.process_time()
+    server_cpu, loop_cpu = process_cpu_s(server), process_cpu_s(server, server)
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    into.wall += time.perf_counter() - start
+    wall = time.perf_counter() - start
+    into.wall += wall
     into.cpu += time.process_time() - cpu
-    into.server_cpu += process_cpu_s(server) - server_cpu
+    server_cpu = process_cpu_s(server) - server_cpu
+    into.server_cpu += server_cpu
+    into.server_loop_cpu += process_cpu_s(server, server) - loop_cpu
+    into.latencies += latencies
+    into.blocks.append((len(latencies) / wall, statistics.median(latencies) * 1000, server_cpu * 1000 / len(latencies)))
 
 
 def free_port() -> int:
@@ -175,11 +204,19 @@ def free_port() -> int:
 
 
 async def compare(
-    work: Path, model_dir: Path, levels: list[int], total: int, threads: int, client_kind: str, rounds: int
+    work: Path,
+    model_dir: Path,
+    levels: list[int],
+    total: int,
+    threads: int,
+    client_kind: str,
+    rounds: int,
+    per_client: int,
 ) -> dict[str, dict]:
     """In-process, REST V1 and gRPC V2, with dynamic batching (``--batch_max 32 --batch_wait_ms 5``) and without
     (``--batch_max 1``), at each concurrency level: the six cells alternate in ``rounds`` blocks of
-    ``total / rounds`` calls each, so that the machine's changing load falls on all of them alike."""
+    ``total / rounds`` calls each (at least ``per_client`` per client), so that the machine's changing load falls on
+    all of them alike."""
     import httpx
     from kserve import InferenceGRPCClient, InferInput, InferRequest
 
@@ -199,6 +236,7 @@ async def compare(
             models[label] = ClipSearchModel("clip-bench", model_dir, ServingConfig(batch_max=size, batch_wait_ms=5.0))
             models[label].load()
         for c in levels:
+            block = max(1, total // rounds, per_client * c)
             for _ in range(rounds):
                 for label, srv in servers.items():
                     model = models[label]
@@ -206,7 +244,7 @@ async def compare(
                     async def in_process(text: str, model: ClipSearchModel = model) -> None:
                         await model.predict(await model.preprocess({"instances": [{"text": text, "top_k": 5}]}))
 
-                    await drive(in_process, c, max(1, total // rounds), samples[label]["in_process"][c])
+                    await drive(in_process, c, block, samples[label]["in_process"][c])
                     body = {"instances": [{"text": "", "top_k": 5}]}
                     if client_kind == "httpx":
                         async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
@@ -215,7 +253,7 @@ async def compare(
                                 body["instances"][0]["text"] = text
                                 (await client.post("/v1/models/clip-bench:predict", json=body)).raise_for_status()
 
-                            await drive(rest, c, max(1, total // rounds), samples[label]["rest_v1"][c], srv.proc.pid)
+                            await drive(rest, c, block, samples[label]["rest_v1"][c], srv.proc.pid)
                     else:
                         async with RawHttp("127.0.0.1", srv.http, c) as raw:
 
@@ -227,7 +265,7 @@ async def compare(
                                 if status != 200:
                                     raise RuntimeError(f"HTTP {status}: {answer[:200]!r}")
 
-                            await drive(rest, c, max(1, total // rounds), samples[label]["rest_v1"][c], srv.proc.pid)
+                            await drive(rest, c, block, samples[label]["rest_v1"][c], srv.proc.pid)
                     # opened for its own block only: its threads must not run during the other blocks
                     grpc_client = InferenceGRPCClient(url=f"127.0.0.1:{srv.grpc}", timeout=60)
 
@@ -238,17 +276,61 @@ async def compare(
                         k.set_data_from_numpy(np.array([5], dtype=np.int32))
                         await grpc_client.infer(InferRequest("clip-bench", [inp, k], request_id="b"))
 
-                    await drive(grpc_v2, c, max(1, total // rounds), samples[label]["grpc_v2"][c], srv.proc.pid)
+                    await drive(grpc_v2, c, block, samples[label]["grpc_v2"][c], srv.proc.pid)
                     await grpc_client.close()
     finally:
         for model in models.values():
             model.stop()
         for srv in servers.values():
             srv.stop()
-    return {
+    report = {
         label: {path: {str(c): samples[label][path][c].summary() for c in levels} for path in paths}
         for label in batch_max
     }
+    report["server_logs"] = {label: batch_log_lines(work / f"server-{label}.log") for label in batch_max}
+    return report
+
+
+def batch_log_lines(log: Path) -> list[str]:
+    """The server's log lines about its batcher (written when the model stops)."""
+    lines = []
+    for line in log.read_text().splitlines():
+        if "batch calls" in line:
+            try:
+                lines.append(json.loads(line)["msg"])
+            except (ValueError, KeyError):
+                lines.append(line)
+    return lines
+
+
+def verdict(report: dict, levels: list[int]) -> dict[str, dict]:
+    """The two goals from each round's own figures (the blocks of one round ran within seconds of each other):
+    batched / unbatched REST throughput at the highest level (goal >= 3x), and the REST / in-process p50 of a lone
+    search on the batched server (goal <= 1.2x); median, spread and rounds meeting the goal. Beside the throughput,
+    the unbatched / batched server CPU a search at that level (against the same 3x): the figure the machine's load
+    moves least."""
+
+    def summary(ratios: list[float], goal: float, above: bool) -> dict:
+        met = sum(r >= goal if above else r <= goal for r in ratios)
+        return {
+            "median": round(statistics.median(ratios), 2),
+            "min": round(min(ratios), 2),
+            "max": round(max(ratios), 2),
+            "rounds": [round(r, 2) for r in ratios],
+            "rounds_meeting_goal": f"{met}/{len(ratios)}",
+        }
+
+    top, out = str(max(levels)), {}
+    batched, unbatched = report["batched"]["rest_v1"][top], report["unbatched"]["rest_v1"][top]
+    ratios = [b / u for b, u in zip(batched["rounds_qps"], unbatched["rounds_qps"], strict=True)]
+    out[f"rest_batching_gain_at_{top}"] = summary(ratios, 3.0, above=True)
+    ratios = [u / b for b, u in zip(batched["rounds_server_cpu_ms"], unbatched["rounds_server_cpu_ms"], strict=True)]
+    out[f"rest_batching_cpu_saving_at_{top}"] = summary(ratios, 3.0, above=True)
+    if 1 in levels:
+        rest, inproc = report["batched"]["rest_v1"]["1"], report["batched"]["in_process"]["1"]
+        ratios = [r / i for r, i in zip(rest["rounds_p50_ms"], inproc["rounds_p50_ms"], strict=True)]
+        out["rest_over_in_process_p50_lone"] = summary(ratios, 1.2, above=False)
+    return out
 
 
 # ------------------------------------------------------------------------------------------- multi-model
@@ -381,6 +463,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (server and in-process)")
     p.add_argument("--rounds", type=int, default=4, help="alternating blocks per (path, concurrency) cell")
     p.add_argument("--client", choices=["raw", "httpx"], default="raw", help="REST client (see the module doc)")
+    p.add_argument("--per-client", type=int, default=8, help="fewest requests per client in a block")
     p.add_argument("--out", default="")
     args = p.parse_args()
     import torch
@@ -393,12 +476,17 @@ def main() -> None:
     report: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="clipsync-bench-") as tmp:
         work = Path(tmp)
-        base = build_base(work)
+        base = build_base(work, args.threads)
         model_dir = build_adapter(base, work / "clip-bench", args.videos)
         if args.part in ("batching", "all"):
             report.update(
-                asyncio.run(compare(work, model_dir, levels, args.requests, args.threads, args.client, args.rounds))
+                asyncio.run(
+                    compare(
+                        work, model_dir, levels, args.requests, args.threads, args.client, args.rounds, args.per_client
+                    )
+                )
             )
+            report["verdict"] = verdict(report, levels)
             print(json.dumps({label: report[label] for label in ("batched", "unbatched")}), flush=True)
         if args.part in ("multi-model", "all"):
             adapters = {f"clip-{c}": build_adapter(base, work / c, args.videos, seed=i + 1)
@@ -425,14 +513,18 @@ def main() -> None:
 
                 ratio = f"{rs['p50_ms'] / ip['p50_ms']:.2f}x / {gr['p50_ms'] / ip['p50_ms']:.2f}x"
                 print(f"| {label} | {c} | {cell(ip)} | {cell(rs)} | {cell(gr)} | {ratio} |")
-        print("\nCPU ms a request (in-process: this process; REST and gRPC: the server process, and the client):")
+        print(
+            "\nCPU ms a request (in-process: this process; REST and gRPC: the server process, of which its event "
+            "loop, and the client):"
+        )
         for label in ("batched", "unbatched"):
             r = report[label]
             for c in levels:
                 ip, rs, gr = r["in_process"][str(c)], r["rest_v1"][str(c)], r["grpc_v2"][str(c)]
                 print(
                     f"  {label} {c} clients: in-process {ip['client_cpu_ms']}, REST server {rs['server_cpu_ms']} "
-                    f"(client {rs['client_cpu_ms']}), gRPC server {gr['server_cpu_ms']} (client {gr['client_cpu_ms']})"
+                    f"(loop {rs['server_loop_cpu_ms']}; client {rs['client_cpu_ms']}), gRPC server "
+                    f"{gr['server_cpu_ms']} (loop {gr['server_loop_cpu_ms']}; client {gr['client_cpu_ms']})"
                 )
         if "unbatched" in report:
             for c in levels:
@@ -441,6 +533,14 @@ def main() -> None:
                     f"batched / unbatched throughput at {c} clients: "
                     + ", ".join(f"{p} {g:.2f}x" for p, g in gain.items())
                 )
+        for label, lines in report["server_logs"].items():
+            for line in lines:
+                print(f"{label} server: {line}")
+        for name, v in report["verdict"].items():
+            print(
+                f"verdict {name}: median {v['median']}x over rounds {v['rounds']} (spread {v['min']}-{v['max']}), "
+                f"goal met in {v['rounds_meeting_goal']} rounds"
+            )
     if "multi_model" in report:
         m = report["multi_model"]
         added, alone = m["rss_added_per_client_median_mib"], m["rss_one_client_server_mib"]

@@ -759,6 +759,9 @@ class ClipsyncModelServer(ModelServer):
             registered_models=registered_models,
             enable_docs_url=False,
             grace_period=5,
+            # kserve's "kserve.trace" line (pre/predict/post ms) per request, written on the event loop beside
+            # uvicorn's access line; the query log already records each search's latency.
+            enable_latency_logging=False,
         )
         self.dataplane = ClipsyncDataPlane(self.registered_models, admission)
         self.model_repository_extension = ClipsyncRepositoryExtension(model_registry=self.registered_models)

@@ -40,10 +40,12 @@ def test_batch_size_one_calls_per_item():
 
     async def main():
         batcher = DynamicBatcher(fn, BatchSettings(max_batch=1))
-        return await asyncio.gather(*(batcher.submit(i) for i in range(5)))
+        return await asyncio.gather(*(batcher.submit(i) for i in range(5))), batcher.stats
 
-    assert asyncio.run(main()) == [0, 2, 4, 6, 8]
+    results, stats = asyncio.run(main())
+    assert results == [0, 2, 4, 6, 8]
     assert calls == [1] * 5
+    assert stats.sizes == {1: 5} and stats.running == 0 and stats.most_running >= 1
 
 
 def test_errors_reach_every_caller_of_the_batch_and_the_batcher_recovers():
@@ -115,4 +117,5 @@ def test_requests_that_queue_while_the_model_is_busy_form_the_next_batch():
     results, described = asyncio.run(main())
     assert results == [2 * i for i in range(7)]
     assert calls == [[0], [1, 2, 3, 4], [5, 6]]
-    assert described == "7 items in 3 batch calls (2.3 a call)"
+    assert described.startswith("7 items in 3 batch calls (2.3 a call; sizes 1:1 2:1 4:1); an item queued ")
+    assert described.endswith("at most 1 call(s) at once")

@@ -1,7 +1,8 @@
 """serving: the model server's app in-process (httpx's ASGI transport, no listener), for the answers that need a
 setting or a state a running server is not in: verdicts marked ``inconclusive`` (``serving.inconclusive_verdicts``),
 a model that is not ready (HTTP 503 with ``Retry-After``), the per-request deadline (HTTP 504) and the search
-index's parameters in the model metadata."""
+index's parameters in the model metadata; and clients' LoRA adapters sharing one base (``ClipBackbones``),
+without the server around them."""
 
 from __future__ import annotations
 
@@ -107,3 +108,30 @@ def test_metadata_carries_the_search_index_parameters(app):
     assert meta["parameters"]["index"] == "exact" and meta["parameters"]["index_videos"] >= 1
     assert call(app, "GET", "/v2/models/clip-acme/versions/1").json() == meta
     assert "parameters" not in call(app, "GET", "/v2/models/lipsync-acme").json()  # nothing to say there
+
+
+def test_adapters_sharing_a_base_answer_as_if_alone_when_requests_alternate(serving_models):
+    """peft's ``set_adapter`` runs only when another adapter was active (it walks every module); requests that
+    alternate between clients, and requests after a detach (which activates another adapter), still get their own."""
+    import numpy as np
+
+    from serving.clip_backbones import ClipBackbones
+
+    texts = ["a red circle", "surgery"]
+    alone = {}
+    for client in ("acme", "beta"):
+        backbones = ClipBackbones(device="cpu")
+        alone[client] = backbones.attach(f"clip-{client}", serving_models["adapters"][client]).encode_texts(texts)
+    assert not np.allclose(alone["acme"], alone["beta"], atol=1e-4)  # the two adapters do differ
+    shared = ClipBackbones(device="cpu")
+    handles = {c: shared.attach(f"clip-{c}", serving_models["adapters"][c]) for c in ("acme", "beta")}
+    gamma = shared.attach("clip-gamma", serving_models["adapters"]["acme"])  # acme's weights under a third name
+    for client in ("acme", "beta", "beta", "acme", "beta"):
+        np.testing.assert_allclose(handles[client].encode_texts(texts), alone[client], atol=1e-5)
+    assert handles["beta"].backbone.active == handles["beta"].adapter
+    shared.detach(gamma)  # peft activates the first remaining adapter (acme's) while beta's was the last used
+    np.testing.assert_allclose(handles["beta"].encode_texts(texts), alone["beta"], atol=1e-5)
+    shared.detach(handles["acme"])
+    again = shared.attach("clip-acme", serving_models["adapters"]["acme"])
+    np.testing.assert_allclose(again.encode_texts(texts), alone["acme"], atol=1e-5)
+    np.testing.assert_allclose(handles["beta"].encode_texts(texts), alone["beta"], atol=1e-5)
