@@ -10,7 +10,8 @@ the analysis window was decoded alone), and this working tree. Requests alternat
 one warm-up each); the figures are medians of the client's wall time and of the CPU time the request cost the server
 process (all its threads; the steadier figure on a shared machine), and the ratios this/baseline. Each server runs in
 its own tree (``python -m`` imports from its working directory first). ``--detect-every K`` adds a third server of
-this tree for a client whose ``face_tracking.detect_every`` is K (training crops that client's videos the same way).
+this tree for a client whose ``face_tracking.detect_every`` is K (training crops that client's videos the same way;
+the default is 2, so ``--detect-every 1`` is the every-frame detection of before).
 
 ``--part decode`` times only the decoding in this process, on the same file: training's ``extract_video`` (search
 frames + dense clip, slice threads) vs the predictor's ``extract_analysis_clip`` (window only) with 1 decoder
@@ -134,7 +135,7 @@ def part_server(args: argparse.Namespace, work: Path, video: Path, cache: Path) 
     servers = {}
     try:
         variants: list[tuple[str, Path, Path | None]] = [("baseline", baseline, None), ("this", ROOT, None)]
-        if args.detect_every > 1:  # a client whose face_tracking (training and serving alike) detects every k-th frame
+        if args.detect_every:  # a client whose face_tracking (training and serving alike) detects every k-th frame
             sparse = work / "detect_every.yaml"
             sparse.write_text(f"face_tracking:\n  detect_every: {args.detect_every}\n")
             variants.append((f"this_detect_every_{args.detect_every}", ROOT, sparse))
@@ -309,7 +310,7 @@ def part_crops(args: argparse.Namespace, work: Path, video: Path, cache: Path) -
     from serving.config import ServingConfig
     from serving.lipsync import extract_analysis_clip
 
-    config = FaceTrackingConfig()
+    config = FaceTrackingConfig(detect_every=1)  # every frame, the reference (the default detects every other one)
     variants = {
         "image_mode_1_set": (replace(config, landmark_tracking=False), 1),
         "tracking_1_set": (config, 1),
@@ -362,7 +363,9 @@ def main() -> None:
     p.add_argument("--height", type=int, default=360)
     p.add_argument("--keyint", type=int, default=50, help="frames between keyframes")
     p.add_argument("--cache", default=os.environ.get("CLIPSYNC_MODEL_CACHE", str(ROOT / ".clipsync" / "cache")))
-    p.add_argument("--detect-every", type=int, default=1, help="also serve this tree with face_tracking.detect_every")
+    p.add_argument(
+        "--detect-every", type=int, default=0, help="also serve this tree with this face_tracking.detect_every"
+    )
     p.add_argument("--demo-clips", type=int, default=6, help="demo talking heads and interviews (--part crops)")
     p.add_argument("--bench-clips", type=int, default=6, help="benchmark v2 talking heads (--part crops)")
     p.add_argument("--out", default="")
