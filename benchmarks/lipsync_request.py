@@ -86,6 +86,31 @@ def detector(out: Path) -> Path:
     return save_model(LipSyncDetector(LipSyncModelConfig()), out)
 
 
+def model_for(tree: Path, model: Path, out: Path) -> Path:
+    """``model`` as the code of ``tree`` reads it: the config keys that code does not know are left out where they
+    hold this tree's default (a setting added since then, off); any other unknown key is an error."""
+    import dataclasses
+    import shutil
+
+    from components.finetune_lipsync.model import LipSyncModelConfig
+
+    probe = "import dataclasses as d, json; from components.finetune_lipsync.model import LipSyncModelConfig as C; "
+    probe += "print(json.dumps([f.name for f in d.fields(C)]))"
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    known = json.loads(subprocess.run([sys.executable, "-c", probe], cwd=tree, env=env, capture_output=True,
+                                      text=True, check=True).stdout)  # fmt: skip
+    config = json.loads((model / "config.json").read_text())
+    defaults = dataclasses.asdict(LipSyncModelConfig())
+    newer = {k for k in config if k not in known}
+    if any(config[k] != defaults.get(k) for k in newer):
+        raise RuntimeError(f"the code of {tree} cannot read this model: {sorted(newer)} are set")
+    if not newer:
+        return model
+    shutil.copytree(model, out)
+    (out / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k not in newer}, indent=2))
+    return out
+
+
 def server(tree: Path, model: Path, cache: Path, log: Path, client_config: Path | None = None):
     from serving_assets import ServerProcess, free_port
 
@@ -140,7 +165,8 @@ def part_server(args: argparse.Namespace, work: Path, video: Path, cache: Path) 
             sparse.write_text(f"face_tracking:\n  detect_every: {args.detect_every}\n")
             variants.append((f"this_detect_every_{args.detect_every}", ROOT, sparse))
         for name, tree, client_config in variants:
-            servers[name] = server(tree, model, cache, work / f"{name}.log", client_config).wait_ready()
+            folder = model_for(tree, model, work / f"model-{name}")
+            servers[name] = server(tree, folder, cache, work / f"{name}.log", client_config).wait_ready()
         data = video.read_bytes()
         walls: dict[str, list[float]] = {name: [] for name in servers}
         seconds: dict[str, list[float]] = {name: [] for name in servers}
