@@ -46,6 +46,7 @@ import dataclasses
 import json
 import logging
 import lzma
+import math
 import sys
 import tempfile
 import time
@@ -201,10 +202,11 @@ def export(args) -> int:
     home = args.home.resolve()
     argv = ["--home", str(home), "--lipsync-only", "--skip-selection", "--faces-only"]
     argv += ["--talking-heads", str(args.talking_heads), "--test-fraction", str(args.test_fraction)]
-    argv += ["--seed", str(args.seed), "--workers", str(args.workers)]
+    argv += ["--seed", str(args.seed), "--workers", str(args.workers), "--face-tracking", args.face_tracking]
+    out = (args.stages or home / "quality").resolve()
+    argv += ["--out", str(out)]
     if quality.main(argv) != 0:
         return 1
-    out = home / "quality"
     truth = quality._truth_by_id(out / "ingest" / "manifest.jsonl", home / "demo" / "bench" / "truth.jsonl")
     header = export_faces(out / "faces", args.out, truth)
     print(json.dumps({"file": str(args.out), "mib": round(args.out.stat().st_size / 2**20, 2), **_counts(header)}))
@@ -261,6 +263,143 @@ def crop_oracle(videos: list) -> dict:
             for name, rule in rules.items()
         }
     return out
+
+
+# ----------------------------------------------------------------------------------------------- paired
+
+
+def paired_auc(labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, n_resamples: int = 2000) -> dict:
+    """ROC AUC of two scorings of the same items and ``b - a``, with a paired percentile bootstrap (95 %).
+
+    Every resample draws the same items for both, so what the two share (the items' difficulty) cancels out of the
+    difference; resamples that draw a single class are dropped.
+    """
+    from components.common.stats import auc_rows
+
+    y = np.asarray(labels, dtype=np.int64)
+    a, b = np.asarray(scores_a, dtype=np.float64), np.asarray(scores_b, dtype=np.float64)
+    idx = np.random.default_rng(0).integers(0, len(y), size=(n_resamples, len(y)))
+    auc_a, auc_b = auc_rows(y[idx], a[idx]), auc_rows(y[idx], b[idx])
+    diff = (auc_b - auc_a)[np.isfinite(auc_a)]
+    whole_a, whole_b = (float(auc_rows(y[None], s[None])[0]) for s in (a, b))
+
+    def rounded(value: float, interval: np.ndarray) -> dict:
+        low, high = np.quantile(interval, [0.025, 0.975])
+        return {"value": round(value, 4), "low": round(float(low), 4), "high": round(float(high), 4)}
+
+    return {
+        "n": len(y),
+        "n_fake": int(y.sum()),
+        "a": rounded(whole_a, auc_a[np.isfinite(auc_a)]),
+        "b": rounded(whole_b, auc_b[np.isfinite(auc_b)]),
+        "b_minus_a": rounded(whole_b - whole_a, diff),
+    }
+
+
+def box_agreement(faces_a: Path, faces_b: Path, video_ids: set[str], detect_every_b: int = 1) -> dict:
+    """How far the subject's face boxes of two faces Datasets lie apart on the same frames of ``video_ids``.
+
+    Per frame where both saw the subject: IoU and centre shift in box sides (of ``a``); medians and worst (the
+    5th percentile of IoU, the 95th of the shift) over all such frames and over those ``b`` did not detect (its
+    ``detect_every``: boxes interpolated there), and how many videos have the same subject (median IoU > 0.5).
+    """
+    from components.face_tracking.dataset import read_face_index
+    from components.face_tracking.detect import iou
+    from components.face_tracking.tracks import detection_frames
+
+    def boxes(directory: Path) -> dict[str, tuple]:
+        return {
+            r.video_id: r.selected_sample.boxes for r in read_face_index(directory)
+            if r.video_id in video_ids and r.selected_sample is not None and r.selected_track >= 0
+        }  # fmt: skip
+
+    along_a, along_b = boxes(faces_a), boxes(faces_b)
+    rows, same = [], []  # (interpolated in b, IoU, centre shift)
+    for vid in sorted(along_a.keys() & along_b.keys()):
+        detected = set(detection_frames(len(along_b[vid]), detect_every_b))
+        pairs = [(f, p, q) for f, (p, q) in enumerate(zip(along_a[vid], along_b[vid], strict=True)) if p and q]
+        clip = [
+            (
+                f not in detected,
+                iou(p, q),
+                math.hypot(p[0] + p[2] - q[0] - q[2], p[1] + p[3] - q[1] - q[3]) / 2 / (p[2] - p[0]),
+            )
+            for f, p, q in pairs
+        ]
+        same.append(bool(clip) and float(np.median([r[1] for r in clip])) > 0.5)
+        rows += clip if same[-1] else []
+    table = np.array(rows, dtype=np.float64).reshape(-1, 3)
+
+    def figures(part: np.ndarray) -> dict:
+        if not len(part):
+            return {"frames": 0}
+        return {
+            "frames": len(part),
+            "iou_median": round(float(np.median(part[:, 1])), 4),
+            "iou_p5": round(float(np.quantile(part[:, 1], 0.05)), 4),
+            "centre_shift_sides_median": round(float(np.median(part[:, 2])), 4),
+            "centre_shift_sides_p95": round(float(np.quantile(part[:, 2], 0.95)), 4),
+        }
+
+    return {
+        "videos_with_a_track_in_both": len(same),
+        "same_subject": int(sum(same)),
+        "all_frames": figures(table),
+        "frames_interpolated_in_b": figures(table[table[:, 0] == 1]),
+    }
+
+
+def paired(args) -> int:
+    """One saved model on the test videos of two exports of the same benchmark (e.g. two face_tracking settings).
+
+    ROC AUC of each and the paired difference (``--data-b`` minus ``--data``) overall and per fake type (its fakes
+    against all reals), the per-video probability and crop differences, and with ``--faces`` the face boxes'
+    agreement of the two faces Datasets on those videos.
+    """
+    from components.finetune_lipsync.model import load_model, predict_video
+
+    _, videos_a = load_export(args.data)
+    _, videos_b = load_export(args.data_b)
+    test_a = {v.video_id: v for v in videos_a if v.split == "test"}
+    test_b = {v.video_id: v for v in videos_b if v.split == "test"}
+    ids = sorted(test_a.keys() & test_b.keys())
+    if any(test_a[i].label != test_b[i].label or test_a[i].fake_type != test_b[i].fake_type for i in ids):
+        raise ValueError("the two exports disagree on the labels of shared test videos")
+    model = load_model(args.model, args.device)
+    scores = {
+        name: np.array([predict_video(model, t[i].crops, t[i].audio, t[i].fps).probability for i in ids])
+        for name, t in (("a", test_a), ("b", test_b))
+    }
+    y = np.array([test_a[i].label for i in ids])
+    types = np.array([test_a[i].fake_type for i in ids])
+    out: dict = {
+        "data": str(args.data),
+        "data_b": str(args.data_b),
+        "model": str(args.model),
+        "test_videos": {
+            "shared": len(ids),
+            "only_in_data": len(test_a) - len(ids),
+            "only_in_data_b": len(test_b) - len(ids),
+        },
+        "roc_auc": {"all": paired_auc(y, scores["a"], scores["b"])},
+    }
+    for fake_type in sorted(set(types[y == 1].tolist())):
+        keep = (y == 0) | (types == fake_type)
+        out["roc_auc"][fake_type or "untyped"] = paired_auc(y[keep], scores["a"][keep], scores["b"][keep])
+    p_diff = np.abs(scores["b"] - scores["a"])
+    mad = [
+        float(np.abs(test_a[i].crops.astype(np.int16) - test_b[i].crops).mean())
+        for i in ids if test_a[i].crops.shape == test_b[i].crops.shape
+    ]  # fmt: skip
+    out["probability_abs_diff"] = {"median": round(float(np.median(p_diff)), 4), "max": round(float(p_diff.max()), 4)}
+    out["crops_mean_abs_diff"] = {"median": round(float(np.median(mad)), 2), "max": round(float(max(mad)), 2)}
+    if args.faces:
+        out["face_boxes"] = box_agreement(args.faces[0], args.faces[1], set(ids), args.detect_every_b)
+    text = json.dumps(out, indent=1)
+    if args.json:
+        args.json.write_text(text + "\n")
+    print(text)
+    return 0
 
 
 # ------------------------------------------------------------------------------------------------ train
@@ -471,6 +610,12 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--test-fraction", type=float, default=0.3)
     ex.add_argument("--seed", type=int, default=0)
     ex.add_argument("--workers", type=int, default=2)
+    ex.add_argument(
+        "--face-tracking",
+        default="{}",
+        help="face_tracking settings over the defaults as JSON, e.g. '{\"detect_every\": 2}' (with its own --stages)",
+    )
+    ex.add_argument("--stages", type=Path, default=None, help="the stage outputs (quality.py's --out; HOME/quality)")
     tr = sub.add_parser("train", help="train and evaluate on an export (run on the GPU machine)")
     tr.add_argument("--data", type=Path, required=True)
     tr.add_argument("--device", default="cuda")
@@ -495,6 +640,14 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--perturbations", **perturbations)
     ev.add_argument("--json", type=Path, help="also write the figures here")
+    pa = sub.add_parser("paired", help="one saved model on the same test videos of two exports, paired (any machine)")
+    pa.add_argument("--data", type=Path, required=True, help="the reference export (a)")
+    pa.add_argument("--data-b", type=Path, required=True, help="the other export (b) of the same benchmark")
+    pa.add_argument("--model", type=Path, required=True)
+    pa.add_argument("--device", default="cpu")
+    pa.add_argument("--faces", type=Path, nargs=2, metavar=("FACES_A", "FACES_B"), help="the two faces Datasets")
+    pa.add_argument("--detect-every-b", type=int, default=1, help="face_tracking.detect_every of FACES_B")
+    pa.add_argument("--json", type=Path, help="also write the figures here")
     orc = sub.add_parser("oracle", help="the model-free crop oracle of an export, per split (seconds, any machine)")
     orc.add_argument("--data", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -504,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
         test = [v for v in videos if v.split == "test"]
         print(json.dumps({"all": crop_oracle(videos), "test": crop_oracle(test)}, indent=1))
         return 0
-    return {"export": export, "train": train, "evaluate": evaluate_saved}[args.mode](args)
+    return {"export": export, "train": train, "evaluate": evaluate_saved, "paired": paired}[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ the analysis window was decoded alone), and this working tree. Requests alternat
 one warm-up each); the figures are medians of the client's wall time and of the CPU time the request cost the server
 process (all its threads; the steadier figure on a shared machine), and the ratios this/baseline. Each server runs in
 its own tree (``python -m`` imports from its working directory first). ``--detect-every K`` adds a third server of
-this tree for a client whose ``face_tracking.detect_every`` is K (training crops that client's videos the same way).
+this tree for a client whose ``face_tracking.detect_every`` is K (training crops that client's videos the same way;
+the default is 2, so ``--detect-every 1`` is the every-frame detection of before).
 
 ``--part decode`` times only the decoding in this process, on the same file: training's ``extract_video`` (search
 frames + dense clip, slice threads) vs the predictor's ``extract_analysis_clip`` (window only) with 1 decoder
@@ -85,6 +86,31 @@ def detector(out: Path) -> Path:
     return save_model(LipSyncDetector(LipSyncModelConfig()), out)
 
 
+def model_for(tree: Path, model: Path, out: Path) -> Path:
+    """``model`` as the code of ``tree`` reads it: the config keys that code does not know are left out where they
+    hold this tree's default (a setting added since then, off); any other unknown key is an error."""
+    import dataclasses
+    import shutil
+
+    from components.finetune_lipsync.model import LipSyncModelConfig
+
+    probe = "import dataclasses as d, json; from components.finetune_lipsync.model import LipSyncModelConfig as C; "
+    probe += "print(json.dumps([f.name for f in d.fields(C)]))"
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    known = json.loads(subprocess.run([sys.executable, "-c", probe], cwd=tree, env=env, capture_output=True,
+                                      text=True, check=True).stdout)  # fmt: skip
+    config = json.loads((model / "config.json").read_text())
+    defaults = dataclasses.asdict(LipSyncModelConfig())
+    newer = {k for k in config if k not in known}
+    if any(config[k] != defaults.get(k) for k in newer):
+        raise RuntimeError(f"the code of {tree} cannot read this model: {sorted(newer)} are set")
+    if not newer:
+        return model
+    shutil.copytree(model, out)
+    (out / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k not in newer}, indent=2))
+    return out
+
+
 def server(tree: Path, model: Path, cache: Path, log: Path, client_config: Path | None = None):
     from serving_assets import ServerProcess, free_port
 
@@ -134,12 +160,13 @@ def part_server(args: argparse.Namespace, work: Path, video: Path, cache: Path) 
     servers = {}
     try:
         variants: list[tuple[str, Path, Path | None]] = [("baseline", baseline, None), ("this", ROOT, None)]
-        if args.detect_every > 1:  # a client whose face_tracking (training and serving alike) detects every k-th frame
+        if args.detect_every:  # a client whose face_tracking (training and serving alike) detects every k-th frame
             sparse = work / "detect_every.yaml"
             sparse.write_text(f"face_tracking:\n  detect_every: {args.detect_every}\n")
             variants.append((f"this_detect_every_{args.detect_every}", ROOT, sparse))
         for name, tree, client_config in variants:
-            servers[name] = server(tree, model, cache, work / f"{name}.log", client_config).wait_ready()
+            folder = model_for(tree, model, work / f"model-{name}")
+            servers[name] = server(tree, folder, cache, work / f"{name}.log", client_config).wait_ready()
         data = video.read_bytes()
         walls: dict[str, list[float]] = {name: [] for name in servers}
         seconds: dict[str, list[float]] = {name: [] for name in servers}
@@ -309,7 +336,7 @@ def part_crops(args: argparse.Namespace, work: Path, video: Path, cache: Path) -
     from serving.config import ServingConfig
     from serving.lipsync import extract_analysis_clip
 
-    config = FaceTrackingConfig()
+    config = FaceTrackingConfig(detect_every=1)  # every frame, the reference (the default detects every other one)
     variants = {
         "image_mode_1_set": (replace(config, landmark_tracking=False), 1),
         "tracking_1_set": (config, 1),
@@ -362,7 +389,9 @@ def main() -> None:
     p.add_argument("--height", type=int, default=360)
     p.add_argument("--keyint", type=int, default=50, help="frames between keyframes")
     p.add_argument("--cache", default=os.environ.get("CLIPSYNC_MODEL_CACHE", str(ROOT / ".clipsync" / "cache")))
-    p.add_argument("--detect-every", type=int, default=1, help="also serve this tree with face_tracking.detect_every")
+    p.add_argument(
+        "--detect-every", type=int, default=0, help="also serve this tree with this face_tracking.detect_every"
+    )
     p.add_argument("--demo-clips", type=int, default=6, help="demo talking heads and interviews (--part crops)")
     p.add_argument("--bench-clips", type=int, default=6, help="benchmark v2 talking heads (--part crops)")
     p.add_argument("--out", default="")

@@ -340,6 +340,12 @@ def main(argv: list[str] | None = None) -> int:
         help="stop after face tracking (the inputs of finetune_lipsync; `benchmarks/lipsync_gpu.py export` uses this)",
     )
     parser.add_argument(
+        "--face-tracking",
+        type=json.loads,
+        default={},
+        help="face_tracking settings over the defaults as JSON, e.g. '{\"detect_every\": 2}' (use a fresh --out)",
+    )
+    parser.add_argument(
         "--lipsync-only",
         action="store_true",
         help="the lip-sync half only: no search clips generated, no CLIP fine-tune, no search figures",
@@ -367,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             "window": {"as_of": args.as_of, "days": 30},
             "ingest": {"test_fraction": args.test_fraction},
             "frame_extraction": {"workers": args.workers},
-            "face_tracking": {"workers": args.workers},
+            "face_tracking": {"workers": args.workers, **args.face_tracking},
             "finetune_lipsync": {} if args.lipsync_epochs is None else {"epochs": args.lipsync_epochs},
         }
     )

@@ -83,3 +83,54 @@ def test_export_then_train_without_the_project_only_packages(tmp_path):
     assert lipsync_gpu.main(args) == 0
     figures = json.loads(again.read_text())
     assert figures["test"] == run["test"] and figures["aggregations"] == run["aggregations"]
+
+    # The same model on the same export twice, paired: no difference, the same faces.
+    same = tmp_path / "paired.json"
+    args = ["paired", "--data", str(data), "--data-b", str(data), "--model", str(model), "--json", str(same)]
+    assert lipsync_gpu.main(args) == 0
+    figures = json.loads(same.read_text())
+    assert figures["test_videos"] == {"shared": 6, "only_in_data": 0, "only_in_data_b": 0}
+    assert figures["roc_auc"]["all"]["b_minus_a"] == {"value": 0.0, "low": 0.0, "high": 0.0}
+    assert figures["roc_auc"]["all"]["a"]["value"] == round(run["test"]["roc_auc"]["value"], 4)
+    assert figures["probability_abs_diff"]["max"] == 0 and figures["crops_mean_abs_diff"]["max"] == 0
+
+
+def test_paired_auc_difference_is_the_same_resamples_for_both_scorings():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    y = np.array([0] * 30 + [1] * 30)
+    a = y + rng.normal(0, 0.8, len(y))
+    same = lipsync_gpu.paired_auc(y, a, a.copy())
+    assert same["b_minus_a"] == {"value": 0.0, "low": 0.0, "high": 0.0} and same["a"] == same["b"]
+    # b a little noisier: the difference is exact on all items and its interval is far narrower than each AUC's.
+    b = a + rng.normal(0, 0.3, len(y))
+    out = lipsync_gpu.paired_auc(y, a, b)
+    auc = {k: roc_auc_score(y, s) for k, s in (("a", a), ("b", b))}
+    assert out["a"]["value"] == round(auc["a"], 4) and out["b"]["value"] == round(auc["b"], 4)
+    assert out["b_minus_a"]["value"] == round(auc["b"] - auc["a"], 4)
+    diff = out["b_minus_a"]
+    assert diff["low"] <= diff["value"] <= diff["high"]
+    assert diff["high"] - diff["low"] < 0.5 * (out["a"]["high"] - out["a"]["low"])
+    # b ranks the reverse way: a loss the interval tells from chance.
+    reverse = lipsync_gpu.paired_auc(y, a, -a)
+    assert reverse["b_minus_a"]["high"] < 0 and reverse["n"] == 60 and reverse["n_fake"] == 30
+
+
+def test_box_agreement_of_two_faces_datasets_on_their_interpolated_frames(tmp_path):
+    from components.face_tracking.dataset import FaceRecord, FaceSample, write_face_index
+
+    def dataset(name: str, shift: float) -> Path:
+        boxes = [[10.0, 10.0, 30.0, 30.0]] * 5  # 20 px boxes; b moves its frames 1 and 3 (between detections)
+        boxes = [[b[0] + shift * (f % 2), b[1], b[2] + shift * (f % 2), b[3]] for f, b in enumerate(boxes)]
+        sample = FaceSample("v-t0", 0, True, "crops/v-t0.npy", 5, tuple([*boxes[:4], None]))
+        other = FaceRecord("w", selected_track=-1)  # a fallback: no track
+        write_face_index(tmp_path / name, [FaceRecord("v", n_frames=5, selected_track=0, samples=(sample,)), other])
+        return tmp_path / name
+
+    out = lipsync_gpu.box_agreement(dataset("a", 0.0), dataset("b", 4.0), {"v", "w"}, detect_every_b=2)
+    assert out["videos_with_a_track_in_both"] == 1 and out["same_subject"] == 1
+    assert out["all_frames"]["frames"] == 4 and out["frames_interpolated_in_b"]["frames"] == 2
+    moved = out["frames_interpolated_in_b"]  # 4 px of a 20 px box: centre shift 0.2 sides, IoU 16 * 20 / (24 * 20)
+    assert moved["centre_shift_sides_median"] == 0.2 and moved["iou_median"] == round(16 / 24, 4)
+    assert out["all_frames"]["iou_median"] == round((1 + 16 / 24) / 2, 4)
