@@ -2,10 +2,10 @@
 
 Two modes:
 
-``ceiling`` (seconds, no model, no video): an ideal observer's ROC AUC per fake type on the test split (the ingest
-split the training uses), from the generator's truth rows and its own ``REALISM`` and ``BenchmarkConfig`` (imported,
-not copied), with the project's bootstrap intervals (``components/common/stats.py``), and the same figures at the
-distribution level (a large simulation), so that the test split's sampling is visible.
+``ceiling`` (a minute or two, no model, no video): an ideal observer's ROC AUC per fake type on the test split (the
+ingest split the training uses) and on all clips, from the generator's truth rows and its own ``REALISM`` and
+``BenchmarkConfig`` (imported, not copied), with the project's bootstrap intervals (``components/common/stats.py``),
+and the offset ceiling at the distribution level (a large simulation), so that the test split's sampling is visible.
 
 - ``offset``: in version 2 every speaker's lips lead the sound by ``lead_s`` ~ U(REALISM lead_s), reals and fakes
   alike, and an offset fake shifts the syllables that drive its mouth by ``offset_frames`` / fps, so its effective
@@ -17,10 +17,11 @@ distribution level (a large simulation), so that the test split's sampling is vi
   (the stretch is symmetric about the centre), whose mean over the clip's m syllables is the sufficient statistic,
   ``lead + N(0, sigma^2 / m)``; the likelihood ratio then uses the densities convolved with that noise.
 - ``partial`` and ``other_speaker`` are separable in principle: their mouths follow another speaker's syllables,
-  whose timing is independent of the clip's own sound, so gestures appear where the sound has none and sound has no
-  gesture. :func:`unexplained_gestures` counts, per fake, the driver's syllables (inside the manipulated segment) that
-  no own syllable explains within the lead range plus ``TOLERANCE_SIGMAS`` jitter s.d., and the own syllables left
-  without a gesture; a real has such an event with probability below 1e-4 per syllable.
+  whose timing is independent of the clip's own sound. :func:`unexplained_gestures` counts, inside the manipulated
+  segment, what no real mouth shows: a gesture count unlike the sound's syllable count, a gesture no stretch in
+  ``REALISM syllable_stretch`` makes from its sound, or one farther than ``TOLERANCE_SIGMAS`` jitter s.d. from where
+  any lead in the reals' range puts it (probability under 1e-4 per syllable for a real). Scoring a fake with such an
+  event as certain and the rest by their lead gives a lower bound of their ceiling (:func:`ideal_scores`).
 
 ``model`` (minutes on the CPU): the trained detector on an export (``benchmarks/lipsync_gpu.py export``): its test
 scores per offset magnitude and effective lead beside the ceiling of the same clips, partial fakes by the length of the
@@ -171,8 +172,8 @@ def _plain_auc(y: np.ndarray, s: np.ndarray) -> float:
 
 
 def split_clips(home: Path) -> tuple[object, list[dict]]:
-    """The benchmark's config and the truth rows of its lip-sync test clips (the ingest split), each with ``index``
-    (the generator's talking-head index) and ``video_id``."""
+    """The benchmark's config and the truth rows of its ingested lip-sync clips, each with ``index`` (the generator's
+    talking-head index), ``video_id`` and ``split`` (the ingest split: the training's test set is ``test``)."""
     from components.common.manifest import read_manifest
     from components.demo_data.benchmark import _plan_benchmark
     from components.demo_data.config import BenchmarkConfig
@@ -347,7 +348,7 @@ def ceiling_figures(home: Path, simulate: int = 100_000) -> dict:
 
 def window_logits_by_hop(model, videos: list, hops: tuple[float, ...]) -> list[dict[float, np.ndarray]]:
     """Per video and stride: the window logits ``predict_video`` would aggregate at that ``hop_s`` (each distinct
-    window start is scored once)."""
+    window start is scored once; at the model's own stride and aggregation the video scores are evaluate's)."""
     from components.finetune_lipsync.model import AVWindows, extract_window, window_logits, window_starts
 
     c = model.config
@@ -424,8 +425,6 @@ def model_figures(home: Path, data: Path, model_dir: Path, hops: tuple[float, ..
     fps, dur = config.talking_fps, config.talking_duration_s
     low, high = REALISM["lead_s"]
     default = scores(test_logits, c.hop_s, c.video_aggregation)
-    shifts = offset_shifts(config.offset_frames, fps)
-    ceiling = offset_posterior(np.array([e["effective_lead_s"] for e in ev]), REALISM["lead_s"], shifts)
 
     def beside(keep: np.ndarray, extra: dict | None = None) -> dict:
         row = {"n_fake": int(y[keep].sum()), "n_real": int((y[keep] == 0).sum()), "model": _auc(y[keep], default[keep])}
@@ -440,24 +439,29 @@ def model_figures(home: Path, data: Path, model_dir: Path, hops: tuple[float, ..
     offset_rows = {}
     for m in range(config.offset_frames[0], config.offset_frames[1] + 1):
         keep = reals | np.array([e["fake_type"] == "offset" and abs(e["offset_frames"]) == m for e in ev])
-        offset_rows[f"{m}_frames"] = beside(keep, {"ceiling_exact": _auc(y[keep], ceiling[keep])})
+        offset_rows[f"{m}_frames"] = beside(keep, {"ceiling": _auc(y[keep], ideal[keep])})
     inside = np.array([low <= e["effective_lead_s"] <= high for e in ev])
     is_offset = np.array([e["fake_type"] == "offset" for e in ev])
     for name, part in (("lead_inside_reals_range", inside), ("lead_outside_reals_range", ~inside)):
         keep = reals | (is_offset & part)
-        offset_rows[name] = beside(keep, {"ceiling_exact": _auc(y[keep], ceiling[keep])})
+        offset_rows[name] = beside(keep, {"ceiling": _auc(y[keep], ideal[keep])})
 
     partial_rows = {}
     part = [(i, e) for i, e in enumerate(ev) if e["fake_type"] == "partial"]
     finest = min(hops)
+
+    def segment(e: dict) -> tuple[float, float]:
+        return e["manipulated_frames"][0] / fps, e["manipulated_frames"][1] / fps
+
+    def window_inside(e: dict) -> bool:
+        return _window_inside(segment(e), dur, c.window_s, c.hop_s)
+
     groups = {
-        "segment_under_1.25s": lambda e: (e["manipulated_frames"][1] - e["manipulated_frames"][0]) / fps < 1.25,
-        "segment_1.25s_or_more": lambda e: (e["manipulated_frames"][1] - e["manipulated_frames"][0]) / fps >= 1.25,
-        "a_default_window_inside": lambda e: _window_inside(
-            (e["manipulated_frames"][0] / fps, e["manipulated_frames"][1] / fps), dur, c.window_s, c.hop_s
-        ),
+        "segment_under_1.25s": lambda e: segment(e)[1] - segment(e)[0] < 1.25,
+        "segment_1.25s_or_more": lambda e: segment(e)[1] - segment(e)[0] >= 1.25,
+        "a_default_window_inside": window_inside,
+        "no_default_window_inside": lambda e: not window_inside(e),
     }
-    groups["no_default_window_inside"] = lambda e: not groups["a_default_window_inside"](e)
     for name, rule in groups.items():
         keep = reals.copy()
         keep[[i for i, e in part if rule(e)]] = True

@@ -111,3 +111,26 @@ def test_the_ideal_score_combines_both_kinds_of_evidence():
     figures = lc.split_figures(clips, BenchmarkConfig())
     assert figures["partial"]["value"] == pytest.approx(0.75)  # one of two certain, the other tied with the real
     assert figures["partial_events"] == {"with_one_or_more": 1, "with_two_or_more": 1}
+
+
+def test_every_stride_scores_the_windows_predict_video_scores():
+    from dataclasses import replace
+
+    import torch
+
+    from components.finetune_lipsync.data import LipsyncVideo
+    from components.finetune_lipsync.model import LipSyncDetector, LipSyncModelConfig, predict_video
+    from components.finetune_lipsync.synthetic import synthetic_video
+
+    torch.manual_seed(0)
+    config = LipSyncModelConfig(crop_size=16, visual_channels=4, audio_channels=8, embed_dim=8, attention_heads=2)
+    model = LipSyncDetector(config).eval()
+    crops, audio = synthetic_video(False, 1, duration_s=2.0, size=32)
+    hops = (0.5, 0.12)
+    per_hop = lc.window_logits_by_hop(model, [LipsyncVideo("v", crops, audio, 25.0, 0, "test", False)], hops)[0]
+    for hop in hops:
+        at_hop = LipSyncDetector(replace(config, hop_s=hop))
+        at_hop.load_state_dict(model.state_dict())
+        score = predict_video(at_hop, crops, audio, 25.0)
+        assert len(score.window_probabilities) == len(per_hop[hop])
+        np.testing.assert_allclose(score.window_probabilities, 1 / (1 + np.exp(-per_hop[hop])), rtol=1e-5, atol=1e-6)
