@@ -3,9 +3,10 @@
 Two modes:
 
 ``ceiling`` (a minute or two, no model, no video): an ideal observer's ROC AUC per fake type on the test split (the
-ingest split the training uses) and on all clips, from the generator's truth rows and its own ``REALISM`` and
-``BenchmarkConfig`` (imported, not copied), with the project's bootstrap intervals (``components/common/stats.py``),
-and the offset ceiling at the distribution level (a large simulation), so that the test split's sampling is visible.
+ingest split the training uses), on all clips and on new clips drawn by the generator's own ``_mouth_track``, from
+the generator's truth rows and its own ``REALISM`` and ``BenchmarkConfig`` (imported, not copied), with the project's
+bootstrap intervals (``components/common/stats.py``), and the offset ceiling at the distribution level (a large
+simulation), so that the test split's sampling is visible.
 
 - ``offset``: in version 2 every speaker's lips lead the sound by ``lead_s`` ~ U(REALISM lead_s), reals and fakes
   alike, and an offset fake shifts the syllables that drive its mouth by ``offset_frames`` / fps, so its effective
@@ -327,9 +328,31 @@ def split_figures(clips: list[dict], config) -> dict:
     return out
 
 
-def ceiling_figures(home: Path, simulate: int = 100_000) -> dict:
+def simulated_rows(config, n: int, seed: int = 0) -> list[dict]:
+    """``n`` new reals and ``n`` new fakes of each type as truth rows, drawn by the generator's own ``_mouth_track``
+    (lead, shift, manipulated segment): new talking-head indices give new speakers and new other-speaker candidates."""
+    from components.demo_data.benchmark import _mouth_track
+    from components.demo_data.core import _syllables
+
+    frames = round(config.talking_duration_s * config.talking_fps)
+    rows = []
+    for k, kind in enumerate(["", "offset", "partial", "other_speaker"] * n):
+        index = 10_000 + k
+        syl = _syllables(config, ["bench", index])
+        params = {"fake_type": kind, "index": index}
+        _, info = _mouth_track(config, params, syl, frames, np.random.default_rng([seed, k]))
+        rows.append(
+            {"index": index, "video_id": f"sim{k}", "split": "simulated", "fake_type": kind}
+            | {"authenticity": "fake" if kind else "real"}
+            | {key: info[key] for key in ("lead_s", "offset_frames", "manipulated_frames")}
+        )
+    return rows
+
+
+def ceiling_figures(home: Path, simulate: int = 100_000, simulate_clips: int = 1000) -> dict:
     """Every ceiling figure of the benchmark state under ``home``: its test split, all its clips (the same
-    generator, three times the clips) and the offset ceiling at the distribution level."""
+    generator, three times the clips), ``simulate_clips`` new clips of each kind, and the offset ceiling at the
+    distribution level (``simulate`` clips per class)."""
     from components.demo_data.benchmark import REALISM
 
     config, rows = split_clips(home)
@@ -339,6 +362,7 @@ def ceiling_figures(home: Path, simulate: int = 100_000) -> dict:
         "syllable_jitter_s": REALISM["syllable_jitter_s"],
         "test": split_figures([c for c in clips if c["split"] == "test"], config),
         "all_splits": split_figures(clips, config),
+        "simulated": split_figures(clip_evidence(config, simulated_rows(config, simulate_clips)), config),
         "offset_distribution": simulated_ceiling(config, simulate),
     }
 
@@ -486,7 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="mode", required=True)
     ce = sub.add_parser("ceiling", help="the ideal observer's figures (seconds)")
     ce.add_argument("--home", type=Path, required=True, help="the benchmark's state folder (quality.py's --home)")
-    ce.add_argument("--simulate", type=int, default=100_000, help="clips per class of the distribution-level figure")
+    ce.add_argument("--simulate", type=int, default=100_000, help="clips per class of the offset's distribution")
+    ce.add_argument("--simulate-clips", type=int, default=1000, help="new clips of each kind, every fake type's")
     mo = sub.add_parser("model", help="a trained model beside the ceiling, and the evaluation-time levers")
     mo.add_argument("--home", type=Path, required=True)
     mo.add_argument("--data", type=Path, required=True, help="the export the model was trained on")
@@ -497,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.mode == "ceiling":
-        figures = ceiling_figures(args.home, args.simulate)
+        figures = ceiling_figures(args.home, args.simulate, args.simulate_clips)
     else:
         hops = tuple(float(h) for h in args.hops.split(","))
         figures = model_figures(args.home, args.data, args.model, hops)

@@ -134,3 +134,19 @@ def test_every_stride_scores_the_windows_predict_video_scores():
         score = predict_video(at_hop, crops, audio, 25.0)
         assert len(score.window_probabilities) == len(per_hop[hop])
         np.testing.assert_allclose(score.window_probabilities, 1 / (1 + np.exp(-per_hop[hop])), rtol=1e-5, atol=1e-6)
+
+
+def test_simulated_clips_are_drawn_by_the_generator():
+    config = BenchmarkConfig()
+    rows = lc.simulated_rows(config, 3)
+    assert [r["fake_type"] for r in rows[:4]] == ["", "offset", "partial", "other_speaker"] and len(rows) == 12
+    for r in rows:
+        assert LEAD[0] <= r["lead_s"] <= LEAD[1]
+        start, end = r["manipulated_frames"]
+        if r["fake_type"] == "offset":
+            assert 1 <= abs(r["offset_frames"]) <= 3
+        if r["fake_type"] == "partial":
+            assert config.partial_s[0] <= (end - start) / FPS <= config.partial_s[1] and start > 0 and end < 75
+    clips = lc.clip_evidence(config, rows)
+    assert all(("unexplained" in c) == (c["fake_type"] in ("partial", "other_speaker")) for c in clips)
+    assert all(5 <= c["syllables"] <= 14 for c in clips)
