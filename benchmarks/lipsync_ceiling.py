@@ -502,6 +502,11 @@ def model_figures(home: Path, data: Path, model_dir: Path, hops: tuple[float, ..
         "offset_vs_ceiling": offset_rows,
         "partial": partial_rows,
         "levers": levers,
+        "test_scores": [
+            {k: e[k] for k in ("video_id", "label", "fake_type", "offset_frames", "effective_lead_s")}
+            | {"score": round(float(p), 4), "ceiling": round(float(q), 4)}
+            for e, p, q in zip(ev, default, ideal, strict=True)
+        ],
     }
 
 
