@@ -1,10 +1,11 @@
 """DAG overhead (issue 15.6): how much of a local monthly_retrain run is the stages' own work, and how much is
 process start-up and imports around it.
 
-Runs the DAG once with kfp.local (the tiny demo library of tests/test_pipeline_local.py, generated under --home
-when missing; a second call on the same --home is a rerun of the same window, where the stages reuse every video's
-result and train nothing) in a child process with ``PYTHONPROFILEIMPORTTIME=1``, which every task process inherits,
-and reads what each task printed. Per task:
+Runs the DAG once with kfp.local (``--library tiny``: the tiny demo library of tests/test_pipeline_local.py with
+3-epoch training; ``--library demo``: what ``make run`` runs, the demo library of ``clipsync demo-data`` with
+``configs/demo.yaml``; generated under --home when missing; a second call on the same --home is a rerun of the same
+window, where the stages reuse every video's result and train nothing) in a child process with
+``PYTHONPROFILEIMPORTTIME=1``, which every task process inherits, and reads what each task printed. Per task:
 
 - **wall**: from kfp's ``Executing task`` line to its ``finished`` line, as the lines arrive;
 - **stage**: the task's MLflow stage run (start to end), the stage's own work; tasks without one (start_run,
@@ -29,6 +30,7 @@ Prints the per-task split, the load average, and the **overhead share** = 1 - su
 on a quiet machine).
 
     PYTHONPATH=. nice -n 10 python -P benchmarks/dag_overhead.py --home /tmp/clipsync-dag [--server off]
+    PYTHONPATH=. python -P benchmarks/dag_overhead.py --home /tmp/clipsync-demo --library demo   # make run's DAG
     PYTHONPATH=. nice -n 10 python -P benchmarks/dag_overhead.py --home /tmp/clipsync-dag --probe 5
 
 (``-P``: ``benchmarks/serving.py`` would otherwise shadow the ``serving`` package.)
@@ -48,6 +50,7 @@ import time
 from pathlib import Path
 
 AS_OF = "2026-11-01"
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 FAST = {
     "finetune_clip": {"epochs": 3, "early_stopping_patience": 0, "frames_per_video": 2},
     "finetune_lipsync": {"epochs": 3, "freeze_epochs": 1},
@@ -71,45 +74,55 @@ GROUPS = {
 SPLIT = ("mlflow", "torch", "kfp", "clipsync", "other")
 
 
-def _config(home: Path):
+def _config(home: Path, library: str = "tiny"):
     from components.config import load_config
 
     cache = os.environ.get("CLIPSYNC_MODEL_CACHE", "")
+    if library == "demo":
+        return load_config(DEMO_CONFIG, state_dir=str(home / "state"), client_id="acme", cache_dir=cache)
     return load_config(state_dir=str(home / "state"), client_id="tiny", cache_dir=cache, **FAST)
 
 
-def _prepare(home: Path) -> None:
+def _prepare(home: Path, library: str) -> None:
+    """Generate the library and the demo base CLIP under ``home`` unless they are there (as ``clipsync demo-data``)."""
     from components.demo_data.core import DemoConfig, generate_demo_data
     from components.finetune_clip.base_model import build_demo_base_clip
+    from components.finetune_clip.model import resolve_base_ref
 
-    config = _config(home)
-    if (home / "state" / "demo" / "tiny" / "truth.jsonl").is_file():
+    config = _config(home, library)
+    truth = Path(config.state_dir) / "demo" / config.client_id
+    if (truth / "truth.jsonl").is_file():
         return
-    build_demo_base_clip(home / "state" / "models" / "base-clip", seed=1, time_budget_s=10, max_steps=40)
+    base = Path(resolve_base_ref("", config.state_dir))
+    if library == "demo":
+        generate_demo_data(Path(config.storage.source_uri), truth, DemoConfig(seed=0, as_of=AS_OF))
+        build_demo_base_clip(base, seed=0)
+        return
+    build_demo_base_clip(base, seed=1, time_budget_s=10, max_steps=40)
     generate_demo_data(
         Path(config.storage.source_uri),
-        home / "state" / "demo" / "tiny",
+        truth,
         DemoConfig(seed=1, as_of=AS_OF, clips_per_category=2, talking_real=6, talking_fake=6, two_face=1, no_face=1),
     )
 
 
-def _child(home: Path, server: bool) -> None:
+def _child(home: Path, server: bool, library: str) -> None:
     """Run the DAG (this process's imports are not a task's: the profile lines before the first task are skipped)."""
     from pipelines.local import run_local
 
-    report = run_local(_config(home), as_of=AS_OF, server=server)
+    report = run_local(_config(home, library), as_of=AS_OF, server=server)
     parent = re.search(r"MLflow parent run (\w+)", report).group(1)
     print(f"BENCH parent run {parent}", flush=True)
 
 
-def _probe(home: Path, repeats: int) -> None:
+def _probe(home: Path, repeats: int, library: str) -> None:
     """One task's start-up, the sqlite file vs run_local's server (see the module docstring)."""
     from kfp import local
 
     from components.deploy.component import keep
     from pipelines.local import tracking_server
 
-    config = _config(home)
+    config = _config(home, library)
     runs = sorted(Path(config.pipeline_root).glob("monthly-retrain-*/ab-gate/executor_output.json"))
     if not runs:
         raise SystemExit(f"no DAG run under {config.pipeline_root}: run this benchmark once on --home first")
@@ -144,10 +157,10 @@ def _probe(home: Path, repeats: int) -> None:
     print(f"load average {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} CPUs")
 
 
-def _stage_runs(home: Path, parent_id: str) -> list[tuple[str, float, float]]:
+def _stage_runs(home: Path, parent_id: str, library: str) -> list[tuple[str, float, float]]:
     from mlflow.tracking import MlflowClient
 
-    config = _config(home)
+    config = _config(home, library)
     client = MlflowClient(config.tracking.tracking_uri)
     experiment = client.get_experiment_by_name(config.tracking.experiment)
     runs = client.search_runs(
@@ -162,18 +175,22 @@ def main() -> None:
     parser.add_argument(
         "--server", choices=("on", "off"), default="on", help="run_local's local mlflow server for the tasks"
     )
+    parser.add_argument(
+        "--library", choices=("tiny", "demo"), default="tiny", help="the tests' tiny DAG or make run's demo"
+    )
     parser.add_argument("--probe", type=int, default=0, metavar="N", help="time one task's start-up N times each way")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.probe:
-        _probe(args.home, args.probe)
+        _probe(args.home, args.probe, args.library)
         return
     if args.child:
-        _child(args.home, args.server == "on")
+        _child(args.home, args.server == "on", args.library)
         return
-    _prepare(args.home)
+    _prepare(args.home, args.library)
     env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-P", __file__, "--home", str(args.home), "--server", args.server, "--child"]
+    command = [sys.executable, "-P", __file__, "--home", str(args.home), "--server", args.server]
+    command += ["--library", args.library, "--child"]
     tasks: list[dict] = []
     current: dict | None = None
     parent_id = ""
@@ -197,7 +214,7 @@ def main() -> None:
     if child.returncode != 0 or not parent_id:
         raise SystemExit(f"the DAG run failed (exit {child.returncode})")
 
-    stages = _stage_runs(args.home, parent_id)
+    stages = _stage_runs(args.home, parent_id, args.library)
     total_stage = 0.0
     split = "".join(f"{name:>9}" for name in SPLIT)
     print(f"{'task':<22}{'wall s':>8}{'stage s':>9}{'overhead s':>12}{'imports s':>11}{split}  stage run")
