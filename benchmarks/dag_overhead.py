@@ -43,6 +43,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -106,11 +107,11 @@ def _prepare(home: Path, library: str) -> None:
     )
 
 
-def _child(home: Path, server: bool, library: str) -> None:
+def _child(home: Path, server: bool, warm: bool, library: str) -> None:
     """Run the DAG (this process's imports are not a task's: the profile lines before the first task are skipped)."""
     from pipelines.local import run_local
 
-    report = run_local(_config(home, library), as_of=AS_OF, server=server)
+    report = run_local(_config(home, library), as_of=AS_OF, server=server, warm=warm)
     parent = re.search(r"MLflow parent run (\w+)", report).group(1)
     print(f"BENCH parent run {parent}", flush=True)
 
@@ -169,11 +170,24 @@ def _stage_runs(home: Path, parent_id: str, library: str) -> list[tuple[str, flo
     return [(r.info.run_name, r.info.start_time / 1000, (r.info.end_time or r.info.start_time) / 1000) for r in runs]
 
 
+def _owner(tasks: list[dict], start: float, end: float) -> int:
+    """The task a stage run belongs to: the one its time overlaps most (the line timestamps of a task and the
+    run's own clock differ by a few tens of milliseconds, so short runs of neighbouring tasks can touch both)."""
+    return max(range(len(tasks)), key=lambda n: min(end, tasks[n]["end"]) - max(start, tasks[n]["start"]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", type=Path, required=True, help="where the demo client lives (kept between runs)")
     parser.add_argument(
         "--server", choices=("on", "off"), default="on", help="run_local's local mlflow server for the tasks"
+    )
+    parser.add_argument(
+        "--warm",
+        choices=("on", "off", "both"),
+        default="on",
+        help="tasks forked from run_local's preloader (pipelines/warm_start.py) or fresh processes; both: off, then "
+        "on, each on a fresh copy of --home",
     )
     parser.add_argument(
         "--library", choices=("tiny", "demo"), default="tiny", help="the tests' tiny DAG or make run's demo"
@@ -185,13 +199,35 @@ def main() -> None:
         _probe(args.home, args.probe, args.library)
         return
     if args.child:
-        _child(args.home, args.server == "on", args.library)
+        _child(args.home, args.server == "on", args.warm == "on", args.library)
         return
     _prepare(args.home, args.library)
+    if args.warm != "both":
+        _measure(args.home, args.server, args.warm, args.library)
+        return
+    results = {}
+    for warm in ("off", "on"):
+        copy = args.home.with_name(f"{args.home.name}-warm-{warm}")
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(args.home, copy, symlinks=True)
+        print(f"\n## warm start {warm} ({copy})", flush=True)
+        results[warm] = _measure(copy, args.server, warm, args.library)
+    off, on = results["off"], results["on"]
+    print(
+        f"\nwarm start off -> on: DAG wall {off['wall']:.1f} -> {on['wall']:.1f} s ({on['wall'] / off['wall']:.2f}x), "
+        f"outside the stages {off['wall'] - off['stages']:.1f} -> {on['wall'] - on['stages']:.1f} s, "
+        f"overhead share {off['share']:.1%} -> {on['share']:.1%} (goal <= 15% on a quiet machine)"
+    )
+
+
+def _measure(home: Path, server: str, warm: str, library: str) -> dict[str, float]:
+    """Run the DAG once in a child process, print the per-task split and return the DAG's wall time, the sum of
+    its stage runs and the overhead share."""
     env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-P", __file__, "--home", str(args.home), "--server", args.server]
-    command += ["--library", args.library, "--child"]
+    command = [sys.executable, "-P", __file__, "--home", str(home), "--server", server, "--warm", warm]
+    command += ["--library", library, "--child"]
     tasks: list[dict] = []
+    cold: list[str] = []  # tasks that did not fork from the preloader, and why
     current: dict | None = None
     parent_id = ""
     load_before = os.getloadavg()
@@ -209,17 +245,20 @@ def main() -> None:
                 current[GROUPS.get(m.group(4).split(".")[0], "other")] += int(m.group(2))
             elif line.startswith("BENCH parent run "):
                 parent_id = line.split()[-1]
+            elif "clipsync warm start: starting cold" in line:
+                cold.append(line.strip())
     wall = time.time() - started
     load_after = os.getloadavg()
     if child.returncode != 0 or not parent_id:
         raise SystemExit(f"the DAG run failed (exit {child.returncode})")
 
-    stages = _stage_runs(args.home, parent_id, args.library)
+    stages = _stage_runs(home, parent_id, library)
     total_stage = 0.0
     split = "".join(f"{name:>9}" for name in SPLIT)
     print(f"{'task':<22}{'wall s':>8}{'stage s':>9}{'overhead s':>12}{'imports s':>11}{split}  stage run")
-    for task in tasks:
-        inside = [s for s in stages if task["start"] - 1 <= s[1] and s[2] <= task["end"] + 1]
+    owner = [_owner(tasks, start, end) for _, start, end in stages]
+    for n, task in enumerate(tasks):
+        inside = [s for s, o in zip(stages, owner, strict=True) if o == n]
         stage_s = sum(end - start for _, start, end in inside)
         total_stage += stage_s
         task_wall = task["end"] - task["start"]
@@ -234,8 +273,16 @@ def main() -> None:
     print(f"task imports {imports:.1f} s ({imports / wall:.1%} of the DAG wall; lazy ones inside stages included)")
     print("  by package: " + ", ".join(f"{name} {sum(t[name] for t in tasks) / 1e6:.1f} s" for name in SPLIT))
     print(f"overhead share: {1 - total_stage / wall:.1%} (goal <= 15% on a quiet machine)")
-    print(f"tracking for the tasks: {'local mlflow server' if args.server == 'on' else 'the sqlite file'}")
+    print(f"tracking for the tasks: {'local mlflow server' if server == 'on' else 'the sqlite file'}")
+    if warm == "on":
+        print(
+            f"tasks forked from the preloader: {len(tasks) - len(cold)} of {len(tasks)}"
+            + "".join(f"\n  {line}" for line in cold[:3])
+        )
+    else:
+        print("tasks: fresh processes")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min), {os.cpu_count()} CPUs")
+    return {"wall": wall, "stages": total_stage, "share": 1 - total_stage / wall}
 
 
 if __name__ == "__main__":

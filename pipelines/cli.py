@@ -118,7 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _load(args)
     try:
-        report = run_local(config, as_of=args.as_of or "", window_days=args.window_days or 0)
+        report = run_local(config, as_of=args.as_of or "", window_days=args.window_days or 0, warm=not args.cold_tasks)
     except RunFailedError as exc:
         print(exc)
         print("clipsync: the run failed; the summary above says what failed and why", file=sys.stderr)
@@ -384,6 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--as-of", help="end of the retrain window, ISO date, exclusive (default: today UTC)")
     p.add_argument("--window-days", type=int, help="window length in days (default: the config's, 30)")
+    p.add_argument(
+        "--cold-tasks",
+        action="store_true",
+        help="start every task as a fresh Python process, as in a cluster (default: fork each from a process that "
+        "has imported MLflow and torch once, pipelines/warm_start.py)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compile", help="write the pipeline package YAML for the Kubeflow UI / API")

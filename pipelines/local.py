@@ -8,6 +8,10 @@ same sqlite file for the length of the run and hands the tasks its ``http://`` U
 REST store, as in a cluster, and the database, the artifacts (the experiment's ``artifact_location``, written by the
 tasks directly) and what the run records are the same. If the server is not ready in time the tasks use the sqlite
 file directly, as before.
+
+Every task also imports MLflow itself, kfp's executor and often the torch stack before its stage starts, about 2 s
+of CPU a task: :func:`run_local` starts :mod:`pipelines.warm_start`'s preloader, which imports them once, and the
+tasks fork from it (``run_local(..., warm=False)``: every task a fresh process, as in a cluster).
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -35,6 +41,11 @@ logger = logging.getLogger("clipsync.local")
 REPORT = Path("finish-run") / "report"
 
 
+#: A task's executor in the compiled package, and the same through pipelines.warm_start.
+EXECUTOR = "python3 -m kfp.dsl.executor_main"
+WARM_EXECUTOR = "python3 -m pipelines.warm_start kfp.dsl.executor_main"
+#: How long run_local waits for the preloader's imports before the tasks start cold.
+PRELOADER_READY_S = 120.0
 #: How long run_local waits for its MLflow server to answer /health before the tasks use the sqlite file directly.
 SERVER_READY_S = 120.0
 
@@ -45,7 +56,9 @@ class RunFailedError(RuntimeError):
 
 @functools.cache
 def local_pipeline():
-    """monthly_retrain as kfp.local runs it: the compiled package without KFP's task retries.
+    """monthly_retrain as kfp.local runs it: the compiled package without KFP's task retries, each task's
+    executor started through :mod:`pipelines.warm_start` (it forks from the preloader when :func:`run_local`
+    started one, and runs as before otherwise).
 
     kfp.local 2.17 honours ``set_retry``: a task that fails would run again after 30, 60 and 120 s. On one
     machine that only delays a failure by minutes, since each call to the store or to MLflow already retries
@@ -64,10 +77,18 @@ def local_pipeline():
     with tempfile.TemporaryDirectory() as tmp:
         docs = list(yaml.safe_load_all(compile_pipeline(Path(tmp) / "monthly_retrain.yaml").read_text()))
     spec = docs[0]
+    through_warm_start(spec)
     for dag in [spec["root"]["dag"], *(c["dag"] for c in spec["components"].values() if "dag" in c)]:
         for task in dag["tasks"].values():
             task.pop("retryPolicy", None)
     return components.load_component_from_text(yaml.safe_dump_all(docs))
+
+
+def through_warm_start(spec: dict) -> None:
+    """Start every executor of a compiled pipeline spec through :mod:`pipelines.warm_start` (in place)."""
+    for executor in spec["deploymentSpec"]["executors"].values():
+        command = executor["container"]["command"]
+        executor["container"]["command"] = [part.replace(EXECUTOR, WARM_EXECUTOR) for part in command]
 
 
 def _free_port() -> int:
@@ -166,7 +187,80 @@ def tracking_server(config: ClientConfig) -> Iterator[TrackingServer | None]:
             server.stop()
 
 
-def run_local(config: ClientConfig, as_of: str = "", window_days: int = 0, server: bool = True) -> str:
+@dataclasses.dataclass(frozen=True)
+class Preloader:
+    """:mod:`pipelines.warm_start`'s preloader, started by :func:`preloader`."""
+
+    proc: subprocess.Popen
+    path: str
+
+    def activate(self, ready_s: float = PRELOADER_READY_S) -> dict:
+        """Wait for the preloader's imports (at most ``ready_s``) and name it to the tasks (``os.environ``); when
+        it is not ready the tasks start cold, with a warning, and it is stopped.
+
+        Returns:
+            Its status line: ``ready``, ``reason`` when not, ``import_s``, ``missing`` (modules it could not
+            import).
+        """
+        from pipelines.warm_start import SOCKET_ENV
+
+        readable, _, _ = select.select([self.proc.stdout], [], [], ready_s)
+        line = self.proc.stdout.readline() if readable else b""
+        status = json.loads(line) if line else {"ready": False, "reason": f"no status in {ready_s:.0f} s"}
+        if status["ready"]:
+            logger.info("the tasks fork from a preloader (its imports took %.1f s)", status["import_s"])
+            os.environ[SOCKET_ENV] = self.path
+        else:
+            logger.warning("the tasks start cold: %s (preloader exit code %s)", status["reason"], self.proc.poll())
+            stop_process_group(self.proc)
+        return status
+
+
+@contextlib.contextmanager
+def preloader() -> Iterator[Preloader]:
+    """Start :mod:`pipelines.warm_start`'s preloader; on exit stop it with its process group (by PID) and stop
+    naming it to the tasks.
+
+    It starts with this process's environment as the tasks will inherit it (``_KFP_RUNTIME``, which kfp's imports
+    read, included): set the tasks' environment first.
+    """
+    from pipelines.warm_start import SOCKET_ENV
+
+    with tempfile.TemporaryDirectory(prefix="clipsync-warm-") as tmp:  # mode 0700: only this user reaches it
+        path = str(Path(tmp) / "preloader.sock")
+        # Through env(1), as the tasks get theirs through sh: the process's C-level environment can hold more than
+        # os.environ (GNU readline, imported by pytest, sets COLUMNS and LINES there).
+        command = ["env", "_KFP_RUNTIME=true", f"{SOCKET_ENV}={path}", sys.executable, "-m", "pipelines.warm_start"]
+        proc = subprocess.Popen([*command, "--serve", path], stdout=subprocess.PIPE, start_new_session=True)
+        try:
+            yield Preloader(proc, path)
+        finally:
+            if os.environ.get(SOCKET_ENV) == path:
+                del os.environ[SOCKET_ENV]
+            stop_process_group(proc)
+            proc.stdout.close()
+
+
+@contextlib.contextmanager
+def _driver_env() -> Iterator[None]:
+    """Name this process to the tasks as the run's driver: the run lease holds it, so a run killed with this
+    process is taken over at once."""
+    from components.common.lease import DRIVER_ENV
+
+    previous = os.environ.get(DRIVER_ENV)
+    os.environ[DRIVER_ENV] = f"{socket.gethostname()}:{os.getpid()}"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(DRIVER_ENV, None)
+        else:
+            os.environ[DRIVER_ENV] = previous
+
+
+def run_local(
+    config: ClientConfig, as_of: str = "", window_days: int = 0, server: bool = True, warm: bool = True
+) -> str:
     """Execute the whole DAG locally, each task in a subprocess of this Python environment.
 
     Args:
@@ -182,25 +276,27 @@ def run_local(config: ClientConfig, as_of: str = "", window_days: int = 0, serve
     Raises:
         RunFailedError: A task failed; the message is the summary the exit handler wrote.
     """
-    with tracking_server(config) if server else contextlib.nullcontext() as served:
-        pipeline = local_pipeline()  # compiled while the server starts
+    with (
+        _driver_env(),
+        preloader() if warm else contextlib.nullcontext() as warm_start,
+        tracking_server(config) if server else contextlib.nullcontext() as served,
+    ):
+        pipeline = local_pipeline()  # compiled while the preloader imports and the server starts
         tasks_config = served.task_config(config) if served is not None else config
+        if warm_start is not None:
+            warm_start.activate()
         return _run(pipeline, config, tasks_config, as_of, window_days)
 
 
 def _run(pipeline, config: ClientConfig, tasks_config: ClientConfig, as_of: str, window_days: int) -> str:
     from kfp import local
 
-    from components.common.lease import DRIVER_ENV
     from pipelines.monthly_retrain import PIPELINE_NAME
 
     pipeline_root = Path(config.pipeline_root)
     pipeline_root.mkdir(parents=True, exist_ok=True)
     before = set(os.listdir(pipeline_root))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
-    # The tasks inherit this: the run lease names this process, so a run killed with it is taken over at once.
-    previous = os.environ.get(DRIVER_ENV)
-    os.environ[DRIVER_ENV] = f"{socket.gethostname()}:{os.getpid()}"
     try:
         # The config travels fully resolved (JSON is valid YAML) so every task sees the same absolute paths.
         task = pipeline(
@@ -214,11 +310,6 @@ def _run(pipeline, config: ClientConfig, tasks_config: ClientConfig, as_of: str,
         if not ours:
             raise RunFailedError(f"{exc} (the exit handler wrote no summary)") from exc
         raise RunFailedError(ours[-1].read_text() + f"\nPipeline outputs: {ours[-1].parents[1]}\n") from None
-    finally:
-        if previous is None:
-            os.environ.pop(DRIVER_ENV, None)
-        else:
-            os.environ[DRIVER_ENV] = previous
     report = Path(task.output.path)
     run_dir = report.parents[1]  # {pipeline_root}/{pipeline}-{timestamp}/finish-run/report
     return report.read_text() + f"\nPipeline outputs: {run_dir}\n"
