@@ -199,8 +199,8 @@ class Preloader:
         it is not ready the tasks start cold, with a warning, and it is stopped.
 
         Returns:
-            Its status line: ``ready``, ``reason`` when not, ``import_s``, ``missing`` (modules it could not
-            import).
+            Its status line: ``ready``, ``reason`` when not, ``import_s``, ``native_threads``, ``missing``
+            (modules it could not import).
         """
         from pipelines.warm_start import SOCKET_ENV
 

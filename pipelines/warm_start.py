@@ -23,6 +23,10 @@ of numpy and scipy, pyarrow's jemalloc background thread, all idle) are fork-saf
 ``pthread_atfork`` handlers; ``multiprocessing``'s fork start method and torch's DataLoader workers rely on it),
 and torch's OpenMP pool does not exist yet: no preloaded module runs a parallel operation.
 
+What forked tasks share that fresh processes would not: the hash seed and numpy's global random state (the stages
+seed their own generators; ``random`` reseeds itself after a fork), and the environment variables the imports set
+(mlflow's telemetry session, torch inductor's cache folder), which each task gets as a fresh process would.
+
 Local runs only: in a cluster every task is a pod of its own. The module imports only the standard library, so that
 the client starts in a few tens of milliseconds.
 """
@@ -186,6 +190,8 @@ def serve(path: str) -> TaskRequest:
     process between the preloader and each task collects the task's exit status and sends it to the client.
     """
     started = time.monotonic()
+    status_out = os.fdopen(os.dup(1), "w")  # the status line's pipe; whatever the imports print goes to stderr
+    os.dup2(2, 1)
     preloaded_env = dict(os.environ)  # what the imports see
     missing = []
     for name in PRELOAD:
@@ -204,8 +210,8 @@ def serve(path: str) -> TaskRequest:
     listener.listen(64)
     status = {"ready": not refuse, "reason": refuse, "import_s": round(time.monotonic() - started, 2)}
     status |= {"native_threads": _native_threads(), "missing": missing}
-    print(json.dumps(status), flush=True)  # read by pipelines.local.Preloader.activate
-    os.dup2(os.open(os.devnull, os.O_RDWR), 1)  # nobody reads that pipe any more
+    with status_out:  # read by pipelines.local.Preloader.activate
+        print(json.dumps(status), file=status_out)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the waiters
     while True:
         conn, _ = listener.accept()
