@@ -11,6 +11,12 @@ at once and the six cells (in-process, REST, gRPC; batched, unbatched) alternate
 concurrency level: the machine's load, shared with other work, changes by the minute and used to fall on one cell
 more than another (each server and the baseline used to be measured one after the other).
 
+``--baseline REF`` (default ``main``; ``''`` for none): a third, batched server runs the code of that git ref
+(``git archive`` into a temporary tree, the server started from it) and its REST cells join the rounds, swapping
+places with this tree's every other round: the REST figures of this tree and of the baseline's code come from the
+same run (verdicts ``baseline_rest_over_in_process_p50_lone``, against this tree's in-process cell, and
+``rest_p50_lone_this_over_baseline``).
+
 A block holds ``--requests / --rounds`` requests, and at least ``--per-client`` per client: at 32 clients a block of
 40 requests (160 / 4, the earlier size) was one batch of 32 and a tail, a start-up transient of about 0.15 s that a
 single time slice of another process could halve or double (the batching ratio moved between 2.8x and 5.9x from run
@@ -32,7 +38,7 @@ loaded one after the other into one server started as the multi-model ServingRun
 searches cycling over the three clients against the p50 on the one-client server.
 
 Run: ``.venv/bin/python benchmarks/serving.py [--part all|batching|multi-model] [--requests 160] [--videos 10000]
-[--client raw|httpx] [--rounds 4] [--per-client 8]``
+[--client raw|httpx] [--rounds 4] [--per-client 8] [--baseline main]``
 """
 
 from __future__ import annotations
