@@ -37,8 +37,11 @@ loaded one after the other into one server started as the multi-model ServingRun
 ``--base_model``): its RSS after each, against the RSS of a server holding one client; then the p50 of sequential
 searches cycling over the three clients against the p50 on the one-client server.
 
-Run: ``.venv/bin/python benchmarks/serving.py [--part all|batching|multi-model] [--requests 160] [--videos 10000]
-[--client raw|httpx] [--rounds 4] [--per-client 8] [--baseline main]``
+``--part loop-profile``: cProfile on the event loop of a batched server of this tree and of the baseline's code over
+``--requests`` lone searches each: the share of the loop's own time by package.
+
+Run: ``.venv/bin/python benchmarks/serving.py [--part all|batching|multi-model|loop-profile] [--requests 160]
+[--videos 10000] [--client raw|httpx] [--rounds 4] [--per-client 8] [--baseline main]``
 """
 
 from __future__ import annotations
@@ -406,12 +409,19 @@ class Server:
     """``python -m serving.server ARGS`` of the code in ``tree`` on free loopback ports (query log off), stopped by
     PID."""
 
-    def __init__(self, args: list[str], log: Path, threads: int, tree: Path = ROOT) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        log: Path,
+        threads: int,
+        tree: Path = ROOT,
+        launch: tuple[str, ...] = ("-m", "serving.server"),
+    ) -> None:
         import urllib.request
 
         self.http, self.grpc = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.http}"
-        cmd = [sys.executable, "-m", "serving.server", *args, "--host", "127.0.0.1", "--http_port", str(self.http),
+        cmd = [sys.executable, *launch, *args, "--host", "127.0.0.1", "--http_port", str(self.http),
                "--grpc_port", str(self.grpc), "--query_log_uri", "off"]  # fmt: skip
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(tree)}
         self._log = open(log, "w")  # noqa: SIM115
@@ -458,6 +468,74 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self._log.close()
+
+
+#: ``python -c`` launcher of a server whose event loop (the main thread) SIGUSR1 puts under cProfile and SIGUSR2 takes
+#: out of it, writing the stats to the file named by ``LOOP_PROFILE``.
+PROFILED_SERVER = """
+import cProfile, os, signal, sys
+profile = cProfile.Profile()
+signal.signal(signal.SIGUSR1, lambda *_: profile.enable())
+signal.signal(signal.SIGUSR2, lambda *_: (profile.disable(), profile.dump_stats(os.environ["LOOP_PROFILE"])))
+from serving.server import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def loop_profile(work: Path, model_dir: Path, total: int, threads: int, tree: Path = ROOT) -> dict[str, float]:
+    """Where a batched server of ``tree``'s code spends its event loop's own time on ``total`` lone REST searches
+    (cProfile on its main thread; waiting in ``epoll`` left out): the share of each package (``stdlib:<module>``,
+    ``serving/<file>``, a builtin's name), largest first. cProfile slows small Python calls more than C ones: shares,
+    not milliseconds."""
+    import pstats
+    from collections import Counter
+
+    work.mkdir()
+    stats_file = work / "loop.prof"
+    os.environ["LOOP_PROFILE"] = str(stats_file)
+    args = ["--load", f"clip-bench={model_dir}", "--batch_max", "32", "--batch_wait_ms", "5", "--threads", str(threads)]
+    srv = Server(args, work / "server.log", threads, tree=tree, launch=("-c", PROFILED_SERVER))
+
+    async def searches(raw: RawHttp, n: int) -> None:
+        for i in range(n):
+            body = json.dumps({"instances": [{"text": QUERIES[i % len(QUERIES)], "top_k": 5}]}).encode()
+            status, answer = await raw.post("/v1/models/clip-bench:predict", body)
+            if status != 200:
+                raise RuntimeError(f"HTTP {status}: {answer[:200]!r}")
+
+    async def run() -> None:
+        async with RawHttp("127.0.0.1", srv.http, 1) as raw:
+            await searches(raw, 10)
+            srv.proc.send_signal(signal.SIGUSR1)
+            await asyncio.sleep(0.5)
+            await searches(raw, total)
+            srv.proc.send_signal(signal.SIGUSR2)
+            for _ in range(100):  # the stats are written by the server's signal handler
+                await asyncio.sleep(0.1)
+                if stats_file.exists():
+                    break
+
+    try:
+        asyncio.run(run())
+    finally:
+        srv.stop()
+    shares: Counter[str] = Counter()
+    for (path, _, name), (_, _, own, _, _) in pstats.Stats(str(stats_file)).stats.items():
+        if "'poll' of 'select.epoll'" in name:
+            continue
+        if path == "~":
+            key = f"builtin {name}"
+        elif "site-packages/" in path:
+            key = path.split("site-packages/")[1].split("/")[0]
+        elif "/serving/" in path:
+            key = "serving/" + path.rsplit("/", 1)[1]
+        else:
+            key = "stdlib:" + path.split("python3")[-1].split("/")[1] if "python3" in path else path
+        shares[key] += own
+    whole = sum(shares.values())
+    return {"loop_ms_a_search_profiled": round(whole * 1000 / total, 3)} | {
+        k: round(v / whole, 3) for k, v in shares.most_common(15)
+    }
 
 
 def multi_model(work: Path, base: Path, adapters: dict[str, Path], total: int, threads: int) -> dict:
@@ -511,7 +589,7 @@ def multi_model(work: Path, base: Path, adapters: dict[str, Path], total: int, t
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--part", choices=["batching", "multi-model", "all"], default="all")
+    p.add_argument("--part", choices=["batching", "multi-model", "loop-profile", "all"], default="all")
     p.add_argument("--requests", type=int, default=160, help="requests per (protocol, concurrency) cell")
     p.add_argument("--videos", type=int, default=10_000)
     p.add_argument("--levels", default="1,8,32")
@@ -534,16 +612,16 @@ def main() -> None:
         work = Path(tmp)
         base = build_base(work, args.threads)
         model_dir = build_adapter(base, work / "clip-bench", args.videos)
+        baseline = None
+        if args.baseline and args.part != "multi-model":
+            baseline = work / "baseline"
+            baseline.mkdir()
+            commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.baseline], check=True,
+                                    capture_output=True, text=True).stdout.strip()  # fmt: skip
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], check=True, capture_output=True)
+            subprocess.run(["tar", "-x", "-C", str(baseline)], input=archive.stdout, check=True)
+            print(f"baseline: the code of {args.baseline} ({commit})", flush=True)
         if args.part in ("batching", "all"):
-            baseline = None
-            if args.baseline:
-                baseline = work / "baseline"
-                baseline.mkdir()
-                commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.baseline], check=True,
-                                        capture_output=True, text=True).stdout.strip()  # fmt: skip
-                archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], check=True, capture_output=True)
-                subprocess.run(["tar", "-x", "-C", str(baseline)], input=archive.stdout, check=True)
-                print(f"baseline: the code of {args.baseline} ({commit})", flush=True)
             report.update(
                 asyncio.run(
                     compare(
@@ -560,6 +638,18 @@ def main() -> None:
                         for i, c in enumerate(("acme", "beta", "gamma"))}  # fmt: skip
             report["multi_model"] = multi_model(work, base, adapters, args.requests, args.threads)
             print(json.dumps({"multi_model": report["multi_model"]}), flush=True)
+        if args.part == "loop-profile":
+            trees = {"this tree": ROOT} | ({"baseline": baseline} if baseline else {})
+            report["loop_profile"] = {
+                label: loop_profile(
+                    work / f"profile-{label.replace(' ', '-')}", model_dir, args.requests, args.threads, tree
+                )
+                for label, tree in trees.items()
+            }
+            for label, shares in report["loop_profile"].items():
+                print(f"{label}: the event loop's own time on lone searches, by package (cProfile):")
+                for key, share in shares.items():
+                    print(f"  {key}: {share}")
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"load average at the end {os.getloadavg()}")
