@@ -11,6 +11,12 @@ at once and the six cells (in-process, REST, gRPC; batched, unbatched) alternate
 concurrency level: the machine's load, shared with other work, changes by the minute and used to fall on one cell
 more than another (each server and the baseline used to be measured one after the other).
 
+``--baseline REF`` (default ``main``; ``''`` for none): a third, batched server runs the code of that git ref
+(``git archive`` into a temporary tree, the server started from it) and its REST cells join the rounds, swapping
+places with this tree's every other round: the REST figures of this tree and of the baseline's code come from the
+same run (verdicts ``baseline_rest_over_in_process_p50_lone``, against this tree's in-process cell, and
+``rest_p50_lone_this_over_baseline``).
+
 A block holds ``--requests / --rounds`` requests, and at least ``--per-client`` per client: at 32 clients a block of
 40 requests (160 / 4, the earlier size) was one batch of 32 and a tail, a start-up transient of about 0.15 s that a
 single time slice of another process could halve or double (the batching ratio moved between 2.8x and 5.9x from run
@@ -31,14 +37,18 @@ loaded one after the other into one server started as the multi-model ServingRun
 ``--base_model``): its RSS after each, against the RSS of a server holding one client; then the p50 of sequential
 searches cycling over the three clients against the p50 on the one-client server.
 
-Run: ``.venv/bin/python benchmarks/serving.py [--part all|batching|multi-model] [--requests 160] [--videos 10000]
-[--client raw|httpx] [--rounds 4] [--per-client 8]``
+``--part loop-profile``: cProfile on the event loop of a batched server of this tree and of the baseline's code over
+``--requests`` lone searches each: the share of the loop's own time by package.
+
+Run: ``.venv/bin/python benchmarks/serving.py [--part all|batching|multi-model|loop-profile] [--requests 160]
+[--videos 10000] [--client raw|httpx] [--rounds 4] [--per-client 8] [--baseline main]``
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -126,9 +136,17 @@ class Samples:
 
 
 def process_cpu_s(pid: int | None, thread: int | None = None) -> float:
-    """User + system CPU seconds of a process (or of one of its threads) so far (0 for ``None``)."""
+    """User + system CPU seconds of a process (or of one of its threads) so far (0 for ``None``).
+
+    A thread's time comes from its ``schedstat`` (nanoseconds, exact while the thread waits, as a server's event loop
+    does between requests); ``stat`` counts clock ticks of 10 ms, a quarter of the event loop's CPU in a block of 26
+    lone searches. A process' time stays ``stat``'s: it keeps the time of threads that have ended.
+    """
     if pid is None:
         return 0.0
+    if thread is not None:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            return int(Path(f"/proc/{pid}/task/{thread}/schedstat").read_text().split()[0]) / 1e9
     stat = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
     fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -212,11 +230,13 @@ async def compare(
     client_kind: str,
     rounds: int,
     per_client: int,
+    baseline: Path | None = None,
 ) -> dict[str, dict]:
     """In-process, REST V1 and gRPC V2, with dynamic batching (``--batch_max 32 --batch_wait_ms 5``) and without
-    (``--batch_max 1``), at each concurrency level: the six cells alternate in ``rounds`` blocks of
-    ``total / rounds`` calls each (at least ``per_client`` per client), so that the machine's changing load falls on
-    all of them alike."""
+    (``--batch_max 1``), at each concurrency level, and REST V1 on a batched server of the ``baseline`` tree's code:
+    the cells alternate in ``rounds`` blocks of ``total / rounds`` calls each (at least ``per_client`` per client),
+    so that the machine's changing load falls on all of them alike; this tree's and the baseline's REST blocks swap
+    places every other round."""
     import httpx
     from kserve import InferenceGRPCClient, InferInput, InferRequest
 
@@ -224,6 +244,9 @@ async def compare(
     from serving.config import ServingConfig
 
     batch_max = {"batched": 32, "unbatched": 1}
+    trees = {"batched": ROOT, "unbatched": ROOT}
+    if baseline is not None:
+        batch_max["baseline"], trees["baseline"] = 32, baseline
     paths = ("in_process", "rest_v1", "grpc_v2")
     samples = {label: {path: {c: Samples() for c in levels} for path in paths} for label in batch_max}
     servers: dict[str, Server] = {}
@@ -232,61 +255,83 @@ async def compare(
         for label, size in batch_max.items():
             args = ["--load", f"clip-bench={model_dir}", "--batch_max", str(size), "--batch_wait_ms", "5",
                     "--threads", str(threads)]  # fmt: skip
-            servers[label] = Server(args, work / f"server-{label}.log", threads)
-            models[label] = ClipSearchModel("clip-bench", model_dir, ServingConfig(batch_max=size, batch_wait_ms=5.0))
-            models[label].load()
+            servers[label] = Server(args, work / f"server-{label}.log", threads, tree=trees[label])
+            if label != "baseline":
+                models[label] = ClipSearchModel(
+                    "clip-bench", model_dir, ServingConfig(batch_max=size, batch_wait_ms=5.0)
+                )
+                models[label].load()
+
+        async def in_process_block(label: str, c: int, block: int) -> None:
+            model = models[label]
+
+            async def in_process(text: str) -> None:
+                await model.predict(await model.preprocess({"instances": [{"text": text, "top_k": 5}]}))
+
+            await drive(in_process, c, block, samples[label]["in_process"][c])
+
+        async def rest_block(label: str, c: int, block: int) -> None:
+            srv, body = servers[label], {"instances": [{"text": "", "top_k": 5}]}
+            if client_kind == "httpx":
+                async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
+
+                    async def rest(text: str) -> None:
+                        body["instances"][0]["text"] = text
+                        (await client.post("/v1/models/clip-bench:predict", json=body)).raise_for_status()
+
+                    await drive(rest, c, block, samples[label]["rest_v1"][c], srv.proc.pid)
+                return
+            async with RawHttp("127.0.0.1", srv.http, c) as raw:
+
+                async def rest(text: str) -> None:
+                    body["instances"][0]["text"] = text
+                    status, answer = await raw.post("/v1/models/clip-bench:predict", json.dumps(body).encode())
+                    if status != 200:
+                        raise RuntimeError(f"HTTP {status}: {answer[:200]!r}")
+
+                await drive(rest, c, block, samples[label]["rest_v1"][c], srv.proc.pid)
+
+        async def grpc_block(label: str, c: int, block: int) -> None:
+            srv = servers[label]
+            # opened for its own block only: its threads must not run during the other blocks
+            grpc_client = InferenceGRPCClient(url=f"127.0.0.1:{srv.grpc}", timeout=60)
+
+            async def grpc_v2(text: str) -> None:
+                inp = InferInput("text", [1], "BYTES")
+                inp.set_data_from_numpy(np.array([text.encode()], dtype=np.object_))
+                k = InferInput("top_k", [1], "INT32")
+                k.set_data_from_numpy(np.array([5], dtype=np.int32))
+                await grpc_client.infer(InferRequest("clip-bench", [inp, k], request_id="b"))
+
+            try:
+                await drive(grpc_v2, c, block, samples[label]["grpc_v2"][c], srv.proc.pid)
+            finally:
+                await grpc_client.close()
+
         for c in levels:
             block = max(1, total // rounds, per_client * c)
-            for _ in range(rounds):
-                for label, srv in servers.items():
-                    model = models[label]
-
-                    async def in_process(text: str, model: ClipSearchModel = model) -> None:
-                        await model.predict(await model.preprocess({"instances": [{"text": text, "top_k": 5}]}))
-
-                    await drive(in_process, c, block, samples[label]["in_process"][c])
-                    body = {"instances": [{"text": "", "top_k": 5}]}
-                    if client_kind == "httpx":
-                        async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
-
-                            async def rest(text: str, client: httpx.AsyncClient = client, body: dict = body) -> None:
-                                body["instances"][0]["text"] = text
-                                (await client.post("/v1/models/clip-bench:predict", json=body)).raise_for_status()
-
-                            await drive(rest, c, block, samples[label]["rest_v1"][c], srv.proc.pid)
-                    else:
-                        async with RawHttp("127.0.0.1", srv.http, c) as raw:
-
-                            async def rest(text: str, raw: RawHttp = raw, body: dict = body) -> None:
-                                body["instances"][0]["text"] = text
-                                status, answer = await raw.post(
-                                    "/v1/models/clip-bench:predict", json.dumps(body).encode()
-                                )
-                                if status != 200:
-                                    raise RuntimeError(f"HTTP {status}: {answer[:200]!r}")
-
-                            await drive(rest, c, block, samples[label]["rest_v1"][c], srv.proc.pid)
-                    # opened for its own block only: its threads must not run during the other blocks
-                    grpc_client = InferenceGRPCClient(url=f"127.0.0.1:{srv.grpc}", timeout=60)
-
-                    async def grpc_v2(text: str, grpc_client: InferenceGRPCClient = grpc_client) -> None:
-                        inp = InferInput("text", [1], "BYTES")
-                        inp.set_data_from_numpy(np.array([text.encode()], dtype=np.object_))
-                        k = InferInput("top_k", [1], "INT32")
-                        k.set_data_from_numpy(np.array([5], dtype=np.int32))
-                        await grpc_client.infer(InferRequest("clip-bench", [inp, k], request_id="b"))
-
-                    await drive(grpc_v2, c, block, samples[label]["grpc_v2"][c], srv.proc.pid)
-                    await grpc_client.close()
+            for n in range(rounds):
+                rest = [("batched", rest_block)] + ([("baseline", rest_block)] if "baseline" in servers else [])
+                cells = [
+                    ("batched", in_process_block),
+                    *(rest if n % 2 == 0 else rest[::-1]),
+                    ("batched", grpc_block),
+                    ("unbatched", in_process_block),
+                    ("unbatched", rest_block),
+                    ("unbatched", grpc_block),
+                ]
+                for label, run_block in cells:
+                    await run_block(label, c, block)
     finally:
         for model in models.values():
             model.stop()
         for srv in servers.values():
             srv.stop()
     report = {
-        label: {path: {str(c): samples[label][path][c].summary() for c in levels} for path in paths}
+        label: {path: {str(c): samples[label][path][c].summary() for c in levels if samples[label][path][c].latencies}
+                for path in paths}
         for label in batch_max
-    }
+    }  # fmt: skip
     report["server_logs"] = {label: batch_log_lines(work / f"server-{label}.log") for label in batch_max}
     return report
 
@@ -308,7 +353,9 @@ def verdict(report: dict, levels: list[int]) -> dict[str, dict]:
     batched / unbatched REST throughput at the highest level (goal >= 3x), and the REST / in-process p50 of a lone
     search on the batched server (goal <= 1.2x); median, spread and rounds meeting the goal. Beside the throughput,
     the unbatched / batched server CPU a search at that level (against the same 3x): the figure the machine's load
-    moves least."""
+    moves least. With a baseline server: its REST / in-process p50 of a lone search (this tree's in-process cell of
+    the same round: the predictor is the same code) and this tree's REST p50 / the baseline's ("rounds meeting" counts
+    those where this tree was faster)."""
 
     def summary(ratios: list[float], goal: float, above: bool) -> dict:
         met = sum(r >= goal if above else r <= goal for r in ratios)
@@ -327,9 +374,19 @@ def verdict(report: dict, levels: list[int]) -> dict[str, dict]:
     ratios = [u / b for b, u in zip(batched["rounds_server_cpu_ms"], unbatched["rounds_server_cpu_ms"], strict=True)]
     out[f"rest_batching_cpu_saving_at_{top}"] = summary(ratios, 3.0, above=True)
     if 1 in levels:
-        rest, inproc = report["batched"]["rest_v1"]["1"], report["batched"]["in_process"]["1"]
-        ratios = [r / i for r, i in zip(rest["rounds_p50_ms"], inproc["rounds_p50_ms"], strict=True)]
-        out["rest_over_in_process_p50_lone"] = summary(ratios, 1.2, above=False)
+        inproc = report["batched"]["in_process"]["1"]
+        for label, name in (
+            ("batched", "rest_over_in_process_p50_lone"),
+            ("baseline", "baseline_rest_over_in_process_p50_lone"),
+        ):
+            if label in report:
+                rest = report[label]["rest_v1"]["1"]
+                ratios = [r / i for r, i in zip(rest["rounds_p50_ms"], inproc["rounds_p50_ms"], strict=True)]
+                out[name] = summary(ratios, 1.2, above=False)
+        if "baseline" in report:
+            this, base = report["batched"]["rest_v1"]["1"], report["baseline"]["rest_v1"]["1"]
+            ratios = [t / b for t, b in zip(this["rounds_p50_ms"], base["rounds_p50_ms"], strict=True)]
+            out["rest_p50_lone_this_over_baseline"] = summary(ratios, 1.0, above=False)
     return out
 
 
@@ -349,18 +406,26 @@ def folder_mib(path: Path) -> float:
 
 
 class Server:
-    """``python -m serving.server ARGS`` on free loopback ports (query log off), stopped by PID."""
+    """``python -m serving.server ARGS`` of the code in ``tree`` on free loopback ports (query log off), stopped by
+    PID."""
 
-    def __init__(self, args: list[str], log: Path, threads: int) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        log: Path,
+        threads: int,
+        tree: Path = ROOT,
+        launch: tuple[str, ...] = ("-m", "serving.server"),
+    ) -> None:
         import urllib.request
 
         self.http, self.grpc = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.http}"
-        cmd = [sys.executable, "-m", "serving.server", *args, "--host", "127.0.0.1", "--http_port", str(self.http),
+        cmd = [sys.executable, *launch, *args, "--host", "127.0.0.1", "--http_port", str(self.http),
                "--grpc_port", str(self.grpc), "--query_log_uri", "off"]  # fmt: skip
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(tree)}
         self._log = open(log, "w")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
         while True:
             try:
@@ -403,6 +468,74 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self._log.close()
+
+
+#: ``python -c`` launcher of a server whose event loop (the main thread) SIGUSR1 puts under cProfile and SIGUSR2 takes
+#: out of it, writing the stats to the file named by ``LOOP_PROFILE``.
+PROFILED_SERVER = """
+import cProfile, os, signal, sys
+profile = cProfile.Profile()
+signal.signal(signal.SIGUSR1, lambda *_: profile.enable())
+signal.signal(signal.SIGUSR2, lambda *_: (profile.disable(), profile.dump_stats(os.environ["LOOP_PROFILE"])))
+from serving.server import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def loop_profile(work: Path, model_dir: Path, total: int, threads: int, tree: Path = ROOT) -> dict[str, float]:
+    """Where a batched server of ``tree``'s code spends its event loop's own time on ``total`` lone REST searches
+    (cProfile on its main thread; waiting in ``epoll`` left out): the share of each package (``stdlib:<module>``,
+    ``serving/<file>``, a builtin's name), largest first. cProfile slows small Python calls more than C ones: shares,
+    not milliseconds."""
+    import pstats
+    from collections import Counter
+
+    work.mkdir()
+    stats_file = work / "loop.prof"
+    os.environ["LOOP_PROFILE"] = str(stats_file)
+    args = ["--load", f"clip-bench={model_dir}", "--batch_max", "32", "--batch_wait_ms", "5", "--threads", str(threads)]
+    srv = Server(args, work / "server.log", threads, tree=tree, launch=("-c", PROFILED_SERVER))
+
+    async def searches(raw: RawHttp, n: int) -> None:
+        for i in range(n):
+            body = json.dumps({"instances": [{"text": QUERIES[i % len(QUERIES)], "top_k": 5}]}).encode()
+            status, answer = await raw.post("/v1/models/clip-bench:predict", body)
+            if status != 200:
+                raise RuntimeError(f"HTTP {status}: {answer[:200]!r}")
+
+    async def run() -> None:
+        async with RawHttp("127.0.0.1", srv.http, 1) as raw:
+            await searches(raw, 10)
+            srv.proc.send_signal(signal.SIGUSR1)
+            await asyncio.sleep(0.5)
+            await searches(raw, total)
+            srv.proc.send_signal(signal.SIGUSR2)
+            for _ in range(100):  # the stats are written by the server's signal handler
+                await asyncio.sleep(0.1)
+                if stats_file.exists():
+                    break
+
+    try:
+        asyncio.run(run())
+    finally:
+        srv.stop()
+    shares: Counter[str] = Counter()
+    for (path, _, name), (_, _, own, _, _) in pstats.Stats(str(stats_file)).stats.items():
+        if "'poll' of 'select.epoll'" in name:
+            continue
+        if path == "~":
+            key = f"builtin {name}"
+        elif "site-packages/" in path:
+            key = path.split("site-packages/")[1].split("/")[0]
+        elif "/serving/" in path:
+            key = "serving/" + path.rsplit("/", 1)[1]
+        else:
+            key = "stdlib:" + path.split("python3")[-1].split("/")[1] if "python3" in path else path
+        shares[key] += own
+    whole = sum(shares.values())
+    return {"loop_ms_a_search_profiled": round(whole * 1000 / total, 3)} | {
+        k: round(v / whole, 3) for k, v in shares.most_common(15)
+    }
 
 
 def multi_model(work: Path, base: Path, adapters: dict[str, Path], total: int, threads: int) -> dict:
@@ -456,7 +589,7 @@ def multi_model(work: Path, base: Path, adapters: dict[str, Path], total: int, t
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--part", choices=["batching", "multi-model", "all"], default="all")
+    p.add_argument("--part", choices=["batching", "multi-model", "loop-profile", "all"], default="all")
     p.add_argument("--requests", type=int, default=160, help="requests per (protocol, concurrency) cell")
     p.add_argument("--videos", type=int, default=10_000)
     p.add_argument("--levels", default="1,8,32")
@@ -464,6 +597,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=4, help="alternating blocks per (path, concurrency) cell")
     p.add_argument("--client", choices=["raw", "httpx"], default="raw", help="REST client (see the module doc)")
     p.add_argument("--per-client", type=int, default=8, help="fewest requests per client in a block")
+    p.add_argument("--baseline", default="main", help="git ref whose code serves the baseline REST cells ('' for none)")
     p.add_argument("--out", default="")
     args = p.parse_args()
     import torch
@@ -478,21 +612,44 @@ def main() -> None:
         work = Path(tmp)
         base = build_base(work, args.threads)
         model_dir = build_adapter(base, work / "clip-bench", args.videos)
+        baseline = None
+        if args.baseline and args.part != "multi-model":
+            baseline = work / "baseline"
+            baseline.mkdir()
+            commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.baseline], check=True,
+                                    capture_output=True, text=True).stdout.strip()  # fmt: skip
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], check=True, capture_output=True)
+            subprocess.run(["tar", "-x", "-C", str(baseline)], input=archive.stdout, check=True)
+            print(f"baseline: the code of {args.baseline} ({commit})", flush=True)
         if args.part in ("batching", "all"):
             report.update(
                 asyncio.run(
                     compare(
-                        work, model_dir, levels, args.requests, args.threads, args.client, args.rounds, args.per_client
+                        work, model_dir, levels, args.requests, args.threads, args.client, args.rounds,
+                        args.per_client, baseline,
                     )
                 )
-            )
+            )  # fmt: skip
             report["verdict"] = verdict(report, levels)
-            print(json.dumps({label: report[label] for label in ("batched", "unbatched")}), flush=True)
+            labels = [label for label in ("batched", "unbatched", "baseline") if label in report]
+            print(json.dumps({label: report[label] for label in labels}), flush=True)
         if args.part in ("multi-model", "all"):
             adapters = {f"clip-{c}": build_adapter(base, work / c, args.videos, seed=i + 1)
                         for i, c in enumerate(("acme", "beta", "gamma"))}  # fmt: skip
             report["multi_model"] = multi_model(work, base, adapters, args.requests, args.threads)
             print(json.dumps({"multi_model": report["multi_model"]}), flush=True)
+        if args.part == "loop-profile":
+            trees = {"this tree": ROOT} | ({"baseline": baseline} if baseline else {})
+            report["loop_profile"] = {
+                label: loop_profile(
+                    work / f"profile-{label.replace(' ', '-')}", model_dir, args.requests, args.threads, tree
+                )
+                for label, tree in trees.items()
+            }
+            for label, shares in report["loop_profile"].items():
+                print(f"{label}: the event loop's own time on lone searches, by package (cProfile):")
+                for key, share in shares.items():
+                    print(f"  {key}: {share}")
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"load average at the end {os.getloadavg()}")
@@ -525,6 +682,15 @@ def main() -> None:
                     f"  {label} {c} clients: in-process {ip['client_cpu_ms']}, REST server {rs['server_cpu_ms']} "
                     f"(loop {rs['server_loop_cpu_ms']}; client {rs['client_cpu_ms']}), gRPC server "
                     f"{gr['server_cpu_ms']} (loop {gr['server_loop_cpu_ms']}; client {gr['client_cpu_ms']})"
+                )
+        if "baseline" in report:
+            for c in levels:
+                rs, this = report["baseline"]["rest_v1"][str(c)], report["batched"]["rest_v1"][str(c)]
+                print(
+                    f"  baseline (batched) {c} clients: REST p50/p99 {rs['p50_ms']}/{rs['p99_ms']} ms, {rs['qps']} qps "
+                    f"(this tree {this['p50_ms']}/{this['p99_ms']} ms, {this['qps']} qps); server CPU "
+                    f"{rs['server_cpu_ms']} (loop {rs['server_loop_cpu_ms']}; this tree {this['server_cpu_ms']}, loop "
+                    f"{this['server_loop_cpu_ms']})"
                 )
         if "unbatched" in report:
             for c in levels:

@@ -14,6 +14,9 @@ What it changes, and why:
   KServe's model agent (repository load/unload only, see ``serving.auth``).
 - One FastAPI app per server (:func:`build_app`) instead of kserve's module-level ``app``, so the deploy step can
   run the same app in-process to verify a version (no global routes registered twice).
+- A search's path, ``POST /v1/models/<name>:predict``, is answered by :class:`LeanV1Predict` (an ASGI middleware
+  inside the access gate) with kserve's own V1 handler, without FastAPI's router and dependency resolution: on a
+  lone search FastAPI's and Starlette's code had a fifth of the event loop's time.
 - Open Inference Protocol conformance: every malformed request is HTTP 400 / INVALID_ARGUMENT with a short
   message (kserve answered 500 and echoed payloads: a video sent with the binary extension, a non-numeric
   ``Inference-Header-Content-Length``, FastAPI's 422 bodies); the binary extension carries any bytes (kserve
@@ -54,6 +57,7 @@ import hashlib
 import inspect
 import logging
 import math
+import re
 import signal
 import struct
 import uuid
@@ -107,6 +111,7 @@ SHARED_OPTIONS = frozenset({"--http_port", "--grpc_port", "--model_name"})
 #: Longest error message a caller gets (a message never carries the payload; this bounds any that would).
 MAX_MESSAGE = 300
 HEADER_LENGTH = "inference-header-content-length"
+_V1_PREDICT = re.compile(r"^/v1/models/([^/]+):predict$")  # the path Starlette's route for kserve's would match
 
 #: kserve callables whose code this module re-implements or relies on -> SHA-256 of their source (kserve 0.21.0).
 KSERVE_INTERNALS_SHA256 = {
@@ -529,17 +534,63 @@ def _v2_metadata_route(dataplane: ClipsyncDataPlane) -> Callable:
     return metadata
 
 
+class LeanV1Predict:
+    """ASGI middleware that answers ``POST /v1/models/{name}:predict`` (a search's path) itself and passes every
+    other request on.
+
+    The answer is kserve's own V1 handler's (``V1Endpoints.predict``: the model's readiness, orjson decoding, the
+    data plane, an ORJSONResponse), reached without FastAPI's router (a match against every route) and its
+    per-request dependency resolution: on a lone search FastAPI's and Starlette's code had a fifth of the event
+    loop's time, a twentieth now (serving/README.md, the batching benchmark). Its errors get the app's own exception
+    handlers, looked up by class as Starlette's ``ExceptionMiddleware`` does; one with no handler but
+    ``Exception``'s goes on up to ``ServerErrorMiddleware`` (HTTP 500, logged), as from a route.
+
+    Args:
+        app: The rest of the middleware stack.
+        dataplane: The server's data plane.
+        owner: The FastAPI app whose exception handlers apply.
+    """
+
+    def __init__(self, app: Callable, dataplane: ClipsyncDataPlane, owner: FastAPI) -> None:
+        self.app = app
+        self.v1 = V1Endpoints(dataplane)
+        self.owner = owner
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        match = _V1_PREDICT.match(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if match is None:
+            return await self.app(scope, receive, send)
+        request = Request(scope, receive)
+        try:
+            response = await self.v1.predict(match.group(1), request)
+        except Exception as exc:
+            handler = next(
+                (
+                    self.owner.exception_handlers[cls]
+                    for cls in type(exc).__mro__
+                    if cls is not Exception and cls in self.owner.exception_handlers
+                ),
+                None,
+            )
+            if handler is None:
+                raise
+            response = await handler(request, exc)
+        await response(scope, receive, send)
+
+
 def build_app(
     dataplane: ClipsyncDataPlane, extension: ModelRepositoryExtension, install: Callable[[FastAPI], None] | None = None
 ) -> FastAPI:
     """A fresh FastAPI app: ``install``'s routes and middleware and the V2 infer route first (they win), then
-    kserve's V1/V2 endpoints and error handlers, then clipsync's error handlers (no module globals).
+    kserve's V1/V2 endpoints and error handlers, then clipsync's error handlers (no module globals);
+    :class:`LeanV1Predict` answers V1 predict requests once ``install``'s gate let them through.
 
     kserve's timing middleware is left out: it logs two lines per request on the event loop, and under 128
     clients the server admitted 160-230 searches/s with it and 234-337 without (``benchmarks/serving_load.py``,
     on the shared 2-core machine); uvicorn's access log still records every request.
     """
     app = FastAPI(title="clipsync model server", docs_url=None, redoc_url=None, default_response_class=ORJSONResponse)
+    app.add_middleware(LeanV1Predict, dataplane=dataplane, owner=app)  # inside install's gate (added after it)
     if install is not None:
         install(app)
     app.add_api_route("/v2/models/{model_name}/infer", _v2_infer_route(dataplane), methods=["POST"])

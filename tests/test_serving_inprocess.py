@@ -135,3 +135,64 @@ def test_adapters_sharing_a_base_answer_as_if_alone_when_requests_alternate(serv
     again = shared.attach("clip-acme", serving_models["adapters"]["acme"])
     np.testing.assert_allclose(again.encode_texts(texts), alone["acme"], atol=1e-5)
     np.testing.assert_allclose(handles["beta"].encode_texts(texts), alone["beta"], atol=1e-5)
+
+
+def test_v1_predict_keeps_the_answers_of_kserves_route(app):
+    """``POST /v1/models/<name>:predict`` is answered by ``LeanV1Predict`` (ahead of FastAPI's router): what kserve's
+    route answered stays, errors included (status, body, headers; the same table passed on the code before it)."""
+    from serving.kserve_adapter import LeanV1Predict
+    from serving.routes import Gate
+
+    assert [m.cls for m in app.app.user_middleware] == [Gate, LeanV1Predict]  # the gate first, then the lean path
+    v1, json_ = "/v1/models/clip-acme:predict", {"Content-Type": "application/json"}
+    search = b'{"instances": [{"text": "surgery", "top_k": 2}]}'
+    cases = [  # (method, path, body, headers, status, error message or None for an answer)
+        ("POST", v1, search, json_, 200, None),
+        ("POST", v1, search, {}, 200, None),  # no content type: JSON all the same
+        ("POST", "/v1/models/clip-zeta:predict", search, json_, 404, "Model with name clip-zeta does not exist."),
+        (
+            "POST",
+            v1,
+            b"{nope",
+            json_,
+            400,
+            "Unrecognized request format: unexpected character, expected a string key: line 1 column 2 (char 1)",
+        ),
+        ("POST", v1, b"[1, 2]", json_, 400, "expected a JSON object with 'instances'"),
+        ("POST", v1, search, {"Content-Type": "text/plain"}, 400, "expected a JSON object with 'instances'"),
+        (
+            "POST",
+            v1,
+            b'{"instances": [{"text": "surgery", "top_k": 0}]}',
+            json_,
+            400,
+            "instance 0: 'top_k' must be 1..100, got 0",
+        ),
+        ("POST", "/v1/models/:predict", b"{}", json_, 405, "Method Not Allowed"),  # kserve's GET route's path
+        ("GET", v1, None, {}, 404, "Model with name clip-acme:predict does not exist."),
+    ]
+    for method, path, body, headers, status, error in cases:
+        answer = call(app, method, path, content=body, headers=headers)
+        assert (answer.status_code, answer.headers["content-type"]) == (status, "application/json"), (path, body)
+        if error is None:
+            results = answer.json()["predictions"][0]["results"]
+            assert len(results) == 2 and results[0]["score"] >= results[1]["score"]
+        else:
+            assert answer.json()["error"].startswith(error), (path, body, answer.text)
+    model = app.registered_models.get_model("clip-acme")
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("a bug at /srv/secret")
+
+    async def post():
+        transport = httpx.ASGITransport(app=app.app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://in-process") as client:
+            return await client.post(v1, content=search, headers=json_)
+
+    model.predict = broken
+    try:
+        answer = asyncio.run(post())
+    finally:
+        del model.predict
+    assert answer.status_code == 500 and answer.json() == {"error": "internal error (logged by the server)"}
+    assert app.dataplane.admission.in_flight == {}
