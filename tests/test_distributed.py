@@ -1,10 +1,14 @@
 """Training shards streamed across ranks and workers, and finetune_clip under ``torchrun --nproc_per_node 2`` (gloo).
 
-The torchrun test compares a two-rank run with a one-process run on the same data and global batch (LoRA dropout
-off: each rank draws its own dropout masks, so with dropout the runs agree in distribution only): the same loss
-curve within ``TOL`` (float32 sums in another order: the gathered batch is the same, the reductions are not); the
-two-rank run is stopped after epoch 1 and resumed on both ranks from rank 0's checkpoint, so the curve compared is
-that of a resumed run.
+The CLIP torchrun test compares a two-rank run with a one-process run on the same data and global batch (LoRA
+dropout off: each rank draws its own dropout masks, so with dropout the runs agree in distribution only). Before
+any update the gathered batch gives one process's loss (``TOL``); after updates the curves agree within
+``CURVE_TOL`` only: the two ranks sum the vision tower's gradient in another order, and AdamW divides each gradient
+element by its own running magnitude, so rounding differences in small elements are not damped. Measured on an AMD
+EPYC: after one step the LoRA weights of the two runs differ by at most 7e-9, after two by up to 1e-4; the loss
+curves were up to 3e-4 apart after two steps and 2e-4 to 1e-3 after four (under 1e-4 on the machine the test was
+first written on). A two-rank run stopped after epoch 1 and resumed on both ranks from rank 0's checkpoint must
+equal an uninterrupted two-rank run exactly (the same reductions in the same order).
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from components.common.shards import (  # noqa: E402
     write_listing,
 )
 
-TOL = 1e-4  # max abs difference of a step's loss between one process and two ranks
+TOL = 1e-4  # max abs difference of a loss between one process and two ranks on the same weights
+CURVE_TOL = 2e-3  # the same after a few AdamW steps (module docstring)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -160,7 +165,7 @@ def test_torchrun_two_ranks_match_one_process_and_resume(tiny_base, tmp_path):
     write_search_shards(frames, 5, str(tmp_path / "artifacts"), "unused")
     assert (frames / "train_shards.json").is_file()
     # one global batch of the 12 training videos per epoch (6 per rank): each epoch's train_loss is one step's
-    cfg = {"epochs": 4, "batch_size": 12, "frames_per_video": 2, "lr": 5e-3, "warmup_ratio": 0.0,
+    cfg = {"epochs": 3, "batch_size": 12, "frames_per_video": 2, "lr": 5e-3, "warmup_ratio": 0.0,
            "early_stopping_patience": 0, "device": "cpu", "lora_r": 4, "lora_alpha": 8,
            "lora_dropout": 0.0, "num_threads": 1, "loader_workers": 1}  # fmt: skip
     worker = str(REPO / "tests" / "ddp_clip_worker.py")
@@ -173,21 +178,25 @@ def test_torchrun_two_ranks_match_one_process_and_resume(tiny_base, tmp_path):
         return json.loads((tmp_path / f"{name}.json.{rank}").read_text())
 
     run("one", 1)
-    run("two", 2, stop=1)  # both ranks stop after epoch 1, as a preempted job would
-    state = json.loads((tmp_path / "two" / "checkpoints" / "last" / "state.json").read_text())
-    assert state["epoch"] == 1 and not state["finished"]
     run("two", 2)
-    assert [result("two", rank)["resumed_from_epoch"] for rank in (0, 1)] == [1, 1]
-    one, two = result("one")["history"], result("two")["history"]
-    assert len(one) == len(two) == 4
+    run("resumed", 2, stop=1)  # both ranks stop after epoch 1, as a preempted job would
+    state = json.loads((tmp_path / "resumed" / "checkpoints" / "last" / "state.json").read_text())
+    assert state["epoch"] == 1 and not state["finished"]
+    run("resumed", 2)
+    assert [result("resumed", rank)["resumed_from_epoch"] for rank in (0, 1)] == [1, 1]
+    one, two, resumed = (result(name)["history"] for name in ("one", "two", "resumed"))
+    assert len(one) == len(two) == 3
+    assert abs(one[0]["train_loss"] - two[0]["train_loss"]) < TOL  # the first step's loss: no update yet
+    assert one[0]["train_loss"] - one[-1]["train_loss"] > 10 * CURVE_TOL  # it learns (about 0.04 here)
     for key in ("train_loss", "val_loss"):
         diffs = [abs(a[key] - b[key]) for a, b in zip(one, two, strict=True)]
-        print(f"{key}: one process {[round(h[key], 6) for h in one]}, max abs diff two ranks {max(diffs):.2e}")
-        assert max(diffs) < TOL
+        print(f"{key}: one process {[round(h[key], 6) for h in one]}, two ranks apart by {[f'{d:.1e}' for d in diffs]}")
+        assert max(diffs) < CURVE_TOL
 
     def figures(history: list[dict]) -> list[dict]:
         return [{k: v for k, v in h.items() if k != "epoch_seconds"} for h in history]
 
+    assert figures(resumed) == figures(two)  # resuming changes nothing
     assert figures(result("two", 1)["history"]) == figures(two)  # both ranks: the same global batches, validation
 
 
