@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import shutil
 import statistics
 import subprocess
@@ -107,8 +108,11 @@ def write_video(
 
 
 def _record(path: Path, copy: int = 0) -> VideoRecord:
+    # A hash of its own for each listed copy: the stage keeps results by content hash and would reuse one for the rest.
+    video_id = f"{path.stem}-{copy}"
+    digest = hashlib.sha256(video_id.encode()).hexdigest()
     return VideoRecord(
-        video_id=f"{path.stem}-{copy}", key=f"videos/{path.name}", uri=str(path), sha256="0",
+        video_id=video_id, key=f"videos/{path.name}", uri=str(path), sha256=digest,
         size_bytes=path.stat().st_size, uploaded_at="2026-11-01T00:00:00", status="accepted",
     )  # fmt: skip
 
@@ -167,11 +171,13 @@ def part_a(files: list[Path], seconds: float, repeats: int, workdir: Path, stage
     manifest = workdir / "manifest.jsonl"
     write_manifest(manifest, [_record(f, c) for c in range(stage_copies) for f in files])
     stage_cfg = dataclasses.replace(search_cfg, workers=2)
-    ctx = from_dict({"state_dir": str(workdir), "storage": {"source_uri": str(workdir)}}).context(track=False)
 
     def stage() -> int:
+        # A fresh state folder each time: a first run's work (the kept results of the last would be reused).
         with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+            ctx = from_dict({"state_dir": tmp, "storage": {"source_uri": str(workdir)}}).context(track=False)
             report = core.run_frame_extraction(manifest, Path(tmp) / "frames", stage_cfg, ctx)
+            assert report.reused == 0, report
         return report.frames_written
 
     def ffmpeg_2() -> int:
