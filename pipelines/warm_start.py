@@ -64,6 +64,8 @@ PRELOAD = (
 )
 #: Variables a shell sets by itself; a difference in them does not make a task start cold.
 IGNORED_ENV = frozenset({"PWD", "OLDPWD", "SHLVL", "_"})
+#: Signals the client passes on to its task.
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _LENGTH = struct.Struct("!I")
 _MAX_MESSAGE = 64 << 20
 
@@ -126,6 +128,7 @@ def environment_difference(preloaded: dict[str, str], task: dict[str, str]) -> s
 def _cold(argv: list[str], why: str = "") -> NoReturn:
     if why:
         print(f"clipsync warm start: starting cold ({why})", file=sys.stderr, flush=True)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)  # the mask survives exec; one held arrives now
     os.execv(sys.executable, [sys.executable, "-m", *argv])
 
 
@@ -147,6 +150,9 @@ def client(argv: list[str]) -> NoReturn:
     path = os.environ.get(SOCKET_ENV, "")
     if not path:
         _cold(argv)
+    # Held until the task's PID is known, then passed on: the task runs (and may print) before that reply arrives,
+    # and a signal in between would end this client alone and leave the task running.
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(path)
@@ -164,11 +170,13 @@ def client(argv: list[str]) -> NoReturn:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
 
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for sig in FORWARDED:
         signal.signal(sig, forward)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
     reply, _ = _receive(sock)
-    if reply is None:
-        print(f"clipsync warm start: lost task process {pid} (the preloader stopped)", file=sys.stderr, flush=True)
+    if reply is None or "exit" not in reply:  # the waiter failed after the fork: the task ran, do not run it again
+        why = reply.get("cold", reply) if reply else "the preloader stopped"
+        print(f"clipsync warm start: lost task process {pid} ({why})", file=sys.stderr, flush=True)
         sys.exit(1)
     code = reply["exit"]
     if code < 0:

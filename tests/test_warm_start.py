@@ -9,9 +9,11 @@ tests/test_pipeline_local.py.
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,6 +100,43 @@ def test_sigterm_to_the_client_reaches_the_task(warm, tmp_path: Path):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 5
     assert proc.stdout.read() == "got TERM\n"
+
+
+def test_a_signal_before_the_tasks_pid_is_known_still_reaches_the_task(tmp_path: Path):
+    """The task may run (and print) before its PID reaches the client: a SIGTERM in between is held, then passed on.
+    A socket of the test's stands in for the preloader, to hold the client in that window."""
+    from pipelines.warm_start import _receive, _send
+
+    path = str(tmp_path / "preloader.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    target = subprocess.Popen(
+        [sys.executable, "-c", "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: sys.exit(5)); "
+         "print('ready', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    command = [sys.executable, "-m", "pipelines.warm_start", "never_imported"]
+    client = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1], env={**os.environ, SOCKET_ENV: path})
+    try:
+        conn, _ = listener.accept()
+        request, fds = _receive(conn, max_fds=3)
+        for fd in fds:
+            os.close(fd)
+        assert request["argv"] == ["never_imported"]
+        assert target.stdout.readline() == "ready\n"
+        client.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert client.poll() is None  # held, not fatal
+        _send(conn, {"pid": target.pid})
+        assert target.wait(timeout=30) == 5  # passed on once the PID came
+        _send(conn, {"exit": 5})
+        assert client.wait(timeout=30) == 5
+    finally:
+        for proc in (client, target):
+            proc.kill()
+            proc.wait()
+        listener.close()
 
 
 def test_a_forked_task_uses_blas_openmp_and_arrow_threads(warm, tmp_path: Path):
